@@ -1,0 +1,1 @@
+"""PyTorch generator -> ONNX, with a parity check in onnxruntime."""

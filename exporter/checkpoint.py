@@ -1,0 +1,60 @@
+"""Load weights into a module from a state_dict file or safetensors, never executing code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gencompress.errors import GencompressError
+
+
+def read_state_dict(path) -> dict:
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise GencompressError(f"checkpoint {path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:
+            raise GencompressError(f"checkpoint {path}: not a readable safetensors file ({type(e).__name__})") from None
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GencompressError(f"checkpoint {path}: cannot be loaded as weights ({first[:200]})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise GencompressError(f"checkpoint {path}: expected a state_dict (a mapping of names to tensors)")
+    return state
+
+
+def load_checkpoint_into(module, path) -> None:
+    """Load a checkpoint strictly; a mismatch names the missing, unexpected and misshapen keys."""
+    state = read_state_dict(path)
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    misshapen = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or misshapen:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_few(unexpected)}")
+        if misshapen:
+            parts.append(f"shape mismatch (checkpoint vs model): {_few(misshapen)}")
+        raise GencompressError(f"checkpoint {path} does not match {type(module).__name__}: " + "; ".join(parts))
+    module.load_state_dict(state, strict=True)
+
+
+def _few(items, limit: int = 6) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")

@@ -1,0 +1,256 @@
+"""`gencompress export`: a PyTorch generator to one self-contained ONNX file, checked in onnxruntime.
+
+The torch.export-based exporter (dynamo, onnxscript) is the default; the TorchScript exporter
+is used with ``legacy=True``, or as a named fallback when dynamo export fails. The batch axis
+is dynamic. Before anything is written, onnxruntime and torch run the same seeded inputs at
+batch sizes 1, 7 and 64; the output is written only if they agree within ``tolerance``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from gencompress.errors import GencompressError
+from gencompress.inputs import (
+    METADATA_INPUTS,
+    METADATA_OUTPUT_RANGE,
+    METADATA_SOURCE,
+    InputSpec,
+    parse_input_spec,
+    sample_inputs,
+    specs_to_json,
+)
+from gencompress.onnx_io import refuse_overwrite, save_model
+
+PARITY_BATCHES = (1, 7, 64)
+
+
+def export(
+    model,
+    out,
+    *,
+    checkpoint=None,
+    inputs=None,
+    opset: int | None = None,
+    legacy: bool = False,
+    tolerance: float = 1e-4,
+    batches=PARITY_BATCHES,
+    seed: int = 0,
+    log=None,
+) -> dict:
+    """Export ``model`` (zoo name, ``file.py:Name``, ``package.module:attr`` or an nn.Module) to ``out``.
+
+    ``inputs``: InputSpecs or ``NAME=SHAPE[:DTYPE[:LOW..HIGH]]`` strings; zoo models know theirs.
+    Returns a report: exporter used, opset, parity error per batch size, file size.
+    """
+    import torch
+
+    from gencompress.exporter.resolve import ResolvedModel, resolve_model
+
+    log = log or (lambda msg: None)
+    if tolerance <= 0:
+        raise GencompressError(f"--tolerance must be positive, got {tolerance}")
+    if opset is not None and not 7 <= opset <= onnx.defs.onnx_opset_version():
+        raise GencompressError(f"--opset {opset}: supported opsets are 7..{onnx.defs.onnx_opset_version()}")
+    if isinstance(model, torch.nn.Module):
+        resolved = ResolvedModel(model.eval(), getattr(model, "gencompress_inputs", None), None, None, type(model).__name__)
+    else:
+        resolved = resolve_model(str(model), checkpoint)
+    if Path(out).suffix != ".onnx":
+        raise GencompressError(f"{out}: output should be an .onnx file")
+    refuse_overwrite(out, [checkpoint] if checkpoint else [])
+
+    specs = _input_specs(inputs, resolved)
+    module = resolved.module
+    output_names = list(resolved.output_names or _default_output_names(module, specs, seed))
+
+    exporter = "legacy" if legacy else "dynamo"
+    with tempfile.TemporaryDirectory(prefix="gencompress-export-") as tmp:
+        tmp_onnx = Path(tmp) / "model.onnx"
+        example = _torch_inputs(specs, 2, seed)
+        if legacy:
+            _export_legacy(module, example, specs, output_names, tmp_onnx, opset)
+        else:
+            try:
+                _export_dynamo(module, example, specs, output_names, tmp_onnx, opset)
+            except GencompressError:
+                raise
+            except Exception as e:
+                reason = " ".join(str(e).split())[:200] or type(e).__name__
+                log(f"warning: dynamo export failed ({type(e).__name__}: {reason}); falling back to the TorchScript exporter (--legacy)")
+                exporter = "legacy (fallback)"
+                _export_legacy(module, example, specs, output_names, tmp_onnx, opset)
+        proto = onnx.load(str(tmp_onnx), load_external_data=True)
+
+    _set_metadata(proto, specs, resolved)
+    parity = check_parity(module, proto, specs, batches=batches, seed=seed)
+    worst = max(parity["max_abs_error"].values())
+    if not np.isfinite(worst) or worst > tolerance:
+        raise GencompressError(
+            f"parity check failed: onnxruntime and torch differ by {worst:.3g} (tolerance {tolerance:g}); "
+            + ("try --legacy" if exporter == "dynamo" else "the model may use ops that do not export faithfully")
+        )
+    save_model(proto, out, inputs=[checkpoint] if checkpoint else [])
+    return {
+        "model": resolved.source,
+        "output": str(out),
+        "exporter": exporter,
+        "opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+        "inputs": [{"name": s.name, "shape": ["N", *s.shape[1:]], "dtype": s.dtype} for s in specs],
+        "outputs": output_names,
+        "parity": parity,
+        "tolerance": tolerance,
+        "bytes": os.path.getsize(out),
+    }
+
+
+def _input_specs(inputs, resolved) -> list[InputSpec]:
+    if inputs:
+        specs = [s if isinstance(s, InputSpec) else parse_input_spec(s) for s in inputs]
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise GencompressError(f"--input names repeat: {', '.join(names)}")
+        return specs
+    if resolved.inputs:
+        return list(resolved.inputs)
+    raise GencompressError(f"{resolved.source}: give its inputs, e.g. --input z=1x100x1x1 (one --input per forward argument)")
+
+
+def _torch_inputs(specs, batch: int, seed: int):
+    import torch
+
+    return tuple(torch.from_numpy(a) for a in sample_inputs(specs, batch, seed).values())
+
+
+def _run_torch(module, args):
+    import torch
+
+    with torch.no_grad():
+        try:
+            out = module(*args)
+        except Exception as e:
+            msg = " ".join(str(e).split())[:300]
+            raise GencompressError(f"the model fails on inputs of the given --input shapes ({type(e).__name__}: {msg})") from None
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    if not all(isinstance(o, torch.Tensor) for o in outs):
+        raise GencompressError("the model must return a tensor or a tuple of tensors")
+    return [o.detach().numpy() for o in outs]
+
+
+def _default_output_names(module, specs, seed):
+    n = len(_run_torch(module, _torch_inputs(specs, 2, seed)))
+    return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters print progress and warnings; keep stdout for our own result."""
+    import logging
+
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # e.g. "torchvision is not installed. Skipping torchvision::nms"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                yield
+        finally:
+            logger.setLevel(level)
+
+
+def _export_dynamo(module, example, specs, output_names, path, opset):
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    dynamic_shapes = tuple({0: batch} for _ in specs)
+    kwargs = {"opset_version": opset} if opset else {}
+    with _quiet():
+        program = torch.onnx.export(
+            module,
+            example,
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes,
+            input_names=[s.name for s in specs],
+            output_names=output_names,
+            verbose=False,
+            **kwargs,
+        )
+        program.save(str(path))
+
+
+def _export_legacy(module, example, specs, output_names, path, opset):
+    import torch
+
+    names = [s.name for s in specs]
+    axes = {n: {0: "batch"} for n in [*names, *output_names]}
+    try:
+        with _quiet():
+            torch.onnx.export(
+                module,
+                example,
+                str(path),
+                dynamo=False,
+                input_names=names,
+                output_names=output_names,
+                dynamic_axes=axes,
+                opset_version=opset or 17,
+                do_constant_folding=True,
+            )
+    except Exception as e:
+        msg = " ".join(str(e).split())[:300]
+        raise GencompressError(f"TorchScript export failed ({type(e).__name__}: {msg})") from None
+
+
+def _set_metadata(proto, specs, resolved) -> None:
+    meta = {METADATA_INPUTS: specs_to_json(specs), METADATA_SOURCE: resolved.source}
+    if resolved.output_range:
+        meta[METADATA_OUTPUT_RANGE] = repr(float(resolved.output_range))
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+
+
+def check_parity(module, proto, specs, *, batches=PARITY_BATCHES, seed: int = 0) -> dict:
+    """Max abs error between torch and onnxruntime per batch size, and batch consistency.
+
+    Batch consistency: rows of the largest batch run one at a time must equal the batched rows
+    (a model in eval mode has no cross-sample interaction).
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise GencompressError(f"onnxruntime cannot load the exported model ({type(e).__name__}: {str(e)[:200]})") from None
+    errors = {}
+    for batch in batches:
+        feeds = sample_inputs(specs, batch, seed + batch)
+        expected = _run_torch(module, tuple(_as_torch(feeds)))
+        got = session.run(None, feeds)
+        errors[str(batch)] = float(max(np.max(np.abs(e - g)) if e.size else 0.0 for e, g in zip(expected, got)))
+    big = max(batches)
+    feeds = sample_inputs(specs, big, seed + big)
+    batched = session.run(None, feeds)
+    rows = range(min(big, 8))
+    consistency = 0.0
+    for i in rows:
+        single = session.run(None, {k: v[i : i + 1] for k, v in feeds.items()})
+        consistency = max(consistency, *(float(np.max(np.abs(b[i : i + 1] - s))) for b, s in zip(batched, single)))
+    return {"max_abs_error": errors, "batch_consistency": consistency}
+
+
+def _as_torch(feeds):
+    import torch
+
+    return [torch.from_numpy(v) for v in feeds.values()]

@@ -1,0 +1,96 @@
+"""Resolve a MODEL argument to a torch generator: a zoo name, ``file.py:Name`` or ``package.module:attr``."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from gencompress.errors import GencompressError
+from gencompress.inputs import InputSpec
+
+
+@dataclass
+class ResolvedModel:
+    module: object  # torch.nn.Module in eval mode
+    inputs: tuple[InputSpec, ...] | None  # None: the user must give --input
+    output_names: tuple[str, ...] | None
+    output_range: float | None
+    source: str
+
+
+def resolve_model(spec: str, checkpoint=None) -> ResolvedModel:
+    """Build the module MODEL names and load ``checkpoint`` into it (zoo models default to theirs)."""
+    from gencompress.models import ZOO, get_zoo_entry
+
+    if ":" not in spec:
+        if spec.endswith(".py") or "/" in spec or spec.endswith(".onnx"):
+            raise GencompressError(f"{spec}: expected a zoo name, file.py:ClassOrFactory or package.module:attr")
+        entry = get_zoo_entry(spec)
+        if checkpoint is None:
+            module = entry.generator()
+        else:
+            module = entry.generator(load_weights=False)
+            _load(module, checkpoint)
+        return ResolvedModel(module.eval(), entry.inputs, entry.output_names, entry.output_range, f"zoo:{entry.name}")
+
+    location, _, attr = spec.rpartition(":")
+    if not attr.isidentifier():
+        raise GencompressError(f"{spec}: {attr!r} is not a valid Python name")
+    namespace = _load_python_file(location) if location.endswith(".py") else _import_module(location)
+    if not hasattr(namespace, attr):
+        raise GencompressError(f"{spec}: {location} has no attribute {attr!r}")
+    module = _instantiate(getattr(namespace, attr), spec)
+    if checkpoint is not None:
+        _load(module, checkpoint)
+    inputs = getattr(module, "gencompress_inputs", None)
+    return ResolvedModel(module.eval(), tuple(inputs) if inputs else None, None, None, spec)
+
+
+def _load(module, checkpoint) -> None:
+    from gencompress.exporter.checkpoint import load_checkpoint_into
+
+    load_checkpoint_into(module, checkpoint)
+
+
+def _load_python_file(location: str):
+    path = Path(location)
+    if not path.is_file():
+        raise GencompressError(f"{location}: no such file")
+    name = f"_gencompress_user_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[name]
+        raise GencompressError(f"{location}: failed to import ({type(e).__name__}: {e})") from None
+    return module
+
+
+def _import_module(location: str):
+    try:
+        return importlib.import_module(location)
+    except ModuleNotFoundError as e:
+        raise GencompressError(f"{location}: no module named {e.name!r}") from None
+    except Exception as e:
+        raise GencompressError(f"{location}: failed to import ({type(e).__name__}: {e})") from None
+
+
+def _instantiate(obj, spec: str):
+    import torch
+
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    if not callable(obj):
+        raise GencompressError(f"{spec}: is neither an nn.Module nor a class or factory")
+    try:
+        module = obj()
+    except TypeError as e:
+        raise GencompressError(f"{spec}: cannot be built without arguments ({e})") from None
+    if not isinstance(module, torch.nn.Module):
+        raise GencompressError(f"{spec}: returned {type(module).__name__}, expected a torch.nn.Module")
+    return module

@@ -1,0 +1,30 @@
+"""gencompress: shrink trained generative models as ONNX graphs and check them in onnxruntime.
+
+The Python API has the CLI's verbs; each is imported on first use so that
+``import gencompress`` stays light (no torch until a verb needs it).
+"""
+
+from gencompress.errors import GencompressError
+
+__version__ = "0.1.0"
+
+_VERBS = {
+    "export": "gencompress.exporter.export",
+    "train": "gencompress.models.train",
+    "prune": "gencompress.passes.api",
+    "quantize": "gencompress.passes.api",
+    "sensitivity": "gencompress.passes.api",
+    "check": "gencompress.runtime_check.api",
+    "bench": "gencompress.runtime_check.api",
+    "compress": "gencompress.pipeline",
+}
+
+__all__ = ["GencompressError", "__version__", *_VERBS]
+
+
+def __getattr__(name):
+    if name in _VERBS:
+        import importlib
+
+        return getattr(importlib.import_module(_VERBS[name]), name)
+    raise AttributeError(f"module 'gencompress' has no attribute {name!r}")

@@ -1,0 +1,83 @@
+"""The `gencompress` command: a thin click layer over the Python API.
+
+Subcommands are imported on first use, so `gencompress --help` and the ONNX-only
+verbs never pay for importing torch. User errors (GencompressError and click's usage
+errors) print one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from gencompress.errors import GencompressError
+
+# verb -> (module that defines a click command of that name, one-line help for the listing)
+COMMANDS = {
+    "compress": ("gencompress.pipeline_cli", "Export, compress and check a generator; write model, report.json/html."),
+    "export": ("gencompress.exporter.cli", "Export a zoo or user PyTorch generator to ONNX, with a parity check."),
+    "prune": ("gencompress.passes.cli_prune", "Prune weights: unstructured magnitude, N:M, or whole channels."),
+    "quantize": ("gencompress.passes.cli_quantize", "Quantize: static int8 QDQ, weight-only int8/int4, or fp16."),
+    "sensitivity": ("gencompress.passes.cli_quantize", "Rank layers by the damage int8 does to the output."),
+    "check": ("gencompress.runtime_check.cli", "Fidelity of a candidate model against its float reference."),
+    "bench": ("gencompress.runtime_check.cli", "Latency, throughput, memory and size of a model in onnxruntime."),
+    "train": ("gencompress.models.cli", "Train a zoo generator on the bundled digits and write its checkpoint."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), name.replace("-", "_"))
+
+    def format_commands(self, ctx, formatter):
+        # Static help lines: listing the verbs must not import torch.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, short) for name, (_, short) in COMMANDS.items()])
+
+    def main(self, args=None, prog_name=None, **extra):
+        try:
+            rv = super().main(args=args, prog_name=prog_name or "gencompress", standalone_mode=False, **extra)
+        except GencompressError as e:
+            _fail(str(e))
+        except click.exceptions.Abort:
+            click.echo("gencompress: aborted", err=True)
+            sys.exit(130)
+        except click.ClickException as e:
+            prefix = "gencompress"
+            if isinstance(e, click.UsageError) and e.ctx is not None:
+                prefix = e.ctx.command_path
+            _fail(e.format_message(), prefix)
+        except KeyboardInterrupt:
+            click.echo("gencompress: interrupted", err=True)
+            sys.exit(130)
+        if isinstance(rv, int):
+            sys.exit(rv)
+        sys.exit(0)
+
+
+def _fail(message: str, prefix: str = "gencompress") -> None:
+    one_line = " ".join(message.split())
+    click.echo(f"{prefix}: error: {one_line}", err=True)
+    sys.exit(2)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="gencompress")
+def main():
+    """Shrink trained generators (GANs, VAEs, recurrent VAEs) as ONNX graphs.
+
+    \b
+    Typical flow:
+      gencompress export dcgan g.onnx
+      gencompress quantize g.onnx g.int8.onnx
+      gencompress check g.onnx g.int8.onnx
+      gencompress compress dcgan out/        # all of the above, plus report.html
+    """

@@ -1,0 +1,58 @@
+"""Shared CLI plumbing: JSON or table output, and progress bars that stay quiet in pipes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Iterable, Sequence
+
+import click
+
+
+def echo_json(result: Any) -> None:
+    click.echo(json.dumps(result, indent=2, sort_keys=False, default=_jsonable))
+
+
+def _jsonable(x):
+    import numpy as np
+
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A plain aligned text table (numbers right-aligned)."""
+    rows = [[_cell(v) for v in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    numeric = [all(_is_num(r[i]) for r in rows) if rows else False for i in range(len(headers))]
+
+    def fmt(cells):
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)).rstrip()
+
+    lines = [fmt(headers), "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in rows]
+    return "\n".join(lines)
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
+    return str(v)
+
+
+def _is_num(s: str) -> bool:
+    try:
+        float(s.rstrip("%x×"))
+        return True
+    except ValueError:
+        return s in ("-", "")
+
+
+def progress(iterable=None, *, total=None, desc: str = "", unit: str = "it"):
+    """A tqdm bar on a terminal; silent when stderr is not a TTY (pipes, CI, tests)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not sys.stderr.isatty(), leave=False)

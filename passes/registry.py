@@ -1,0 +1,149 @@
+"""Pass names -> pass classes, and recipes: ordered lists of ``{pass: NAME, options: {...}}``.
+
+A pass class registered here:
+- subclasses ``onnx_ir.passes.InPlacePass`` (or ``FunctionalPass``),
+- has a nested frozen dataclass ``Options`` and takes ``options`` as its only constructor argument,
+- may set ``self.report`` (a JSON-able dict) while it runs, for the CLI and report.json.
+
+Passes register themselves with ``@register("name")``; ``PASS_MODULES`` lists the modules
+that hold them, imported on first lookup so the registry never goes stale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from gencompress.errors import GencompressError
+
+# Modules whose import registers passes. A module listed here that does not exist yet is skipped.
+PASS_MODULES = [
+    "gencompress.passes.cleanup",
+    "gencompress.passes.magnitude_prune",
+    "gencompress.passes.nm_prune",
+    "gencompress.passes.channel_prune",
+    "gencompress.passes.fold_batchnorm",
+    "gencompress.passes.convtranspose_to_gemm",
+    "gencompress.passes.convtranspose_to_conv",
+    "gencompress.passes.insert_qdq",
+    "gencompress.passes.weight_only_quantize",
+    "gencompress.passes.fp16_convert",
+]
+
+_REGISTRY: dict[str, type] = {}
+_loaded = False
+
+
+def register(name: str):
+    def deco(cls):
+        if not dataclasses.is_dataclass(getattr(cls, "Options", None)):
+            raise TypeError(f"pass {cls.__name__} needs a dataclass Options")
+        _REGISTRY[name] = cls
+        cls.pass_name = name
+        return cls
+
+    return deco
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for module in PASS_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+    _loaded = True
+
+
+def available() -> dict[str, type]:
+    _load()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def pass_class(name: str) -> type:
+    passes = available()
+    if name not in passes:
+        raise GencompressError(f"unknown pass {name!r}; known passes: {', '.join(passes)}")
+    return passes[name]
+
+
+def make_options(name: str, options: dict[str, Any] | None):
+    """Build a pass's Options from plain data; unknown or ill-typed options are user errors."""
+    cls = pass_class(name)
+    options = dict(options or {})
+    fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise GencompressError(
+            f"pass {name!r}: unknown option(s) {', '.join(unknown)}; it takes {', '.join(fields) or 'no options'}"
+        )
+    for key, value in options.items():
+        if isinstance(value, list):
+            options[key] = tuple(value)
+    try:
+        return cls.Options(**options)
+    except (TypeError, ValueError) as e:
+        raise GencompressError(f"pass {name!r}: {e}") from None
+
+
+def make_pass(name: str, options: dict[str, Any] | None = None):
+    return pass_class(name)(make_options(name, options))
+
+
+# ---- recipes ---------------------------------------------------------------------------------
+
+
+def validate_recipe(recipe: Any) -> list[dict]:
+    """Check a recipe against the registry before anything runs; return it normalised."""
+    if isinstance(recipe, dict) and "passes" in recipe:
+        recipe = recipe["passes"]
+    if not isinstance(recipe, list) or not recipe:
+        raise GencompressError("recipe: expected a non-empty list of {pass: NAME, options: {...}}")
+    steps = []
+    for i, step in enumerate(recipe, 1):
+        if not isinstance(step, dict) or "pass" not in step:
+            raise GencompressError(f"recipe step {i}: expected a mapping with a 'pass' key")
+        extra = sorted(set(step) - {"pass", "options"})
+        if extra:
+            raise GencompressError(f"recipe step {i}: unknown key(s) {', '.join(extra)}")
+        options = step.get("options") or {}
+        if not isinstance(options, dict):
+            raise GencompressError(f"recipe step {i} ({step['pass']}): options must be a mapping")
+        make_options(step["pass"], options)  # raises on unknown pass / option
+        steps.append({"pass": step["pass"], "options": options})
+    return steps
+
+
+def load_recipe(path) -> list[dict]:
+    """Read a recipe from a YAML or JSON file and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise GencompressError(f"recipe {path}: no such file")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:
+        raise GencompressError(f"recipe {path}: malformed ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    return validate_recipe(data)
+
+
+def run_recipe(model, recipe: list[dict]):
+    """Run a validated recipe on an onnx_ir model in place; return the list of pass reports."""
+    reports = []
+    for step in validate_recipe(recipe):
+        p = make_pass(step["pass"], step["options"])
+        result = p(model)
+        model = result.model
+        reports.append({"pass": step["pass"], "options": step["options"], "report": getattr(p, "report", None)})
+    return model, reports
