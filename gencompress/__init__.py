@@ -11,9 +11,9 @@ __version__ = "0.1.0"
 _VERBS = {
     "export": "gencompress.exporter.export",
     "train": "gencompress.models.train",
-    "prune": "gencompress.passes.api",
-    "quantize": "gencompress.passes.api",
-    "sensitivity": "gencompress.passes.api",
+    "prune": "gencompress.passes.prune",
+    "quantize": "gencompress.passes.quantize",
+    "sensitivity": "gencompress.passes.sensitivity",
     "check": "gencompress.runtime_check.api",
     "bench": "gencompress.runtime_check.api",
     "compress": "gencompress.pipeline",
