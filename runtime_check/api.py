@@ -1,0 +1,549 @@
+"""Python API of runtime_check: ``check`` (fidelity), ``bench`` (latency, memory, size), reports.
+
+    import gencompress
+    fid = gencompress.check("g.onnx", "g.int8.onnx", samples=256, preview=8)
+    lat = gencompress.bench("g.int8.onnx", reference="g.onnx", batches=(1, 64), threads=(2,))
+
+    from gencompress.runtime_check.api import build_report, write_report
+    report = build_report("g.onnx", "g.int8.onnx", fidelity=fid, latency=lat, recipe=recipe,
+                          passes=pass_reports, sweep=sweep)
+    write_report("out/", report)   # out/report.json + out/report.html
+
+Every function takes model paths, ``onnx.ModelProto`` or ``onnx_ir.Model``. User errors (a missing
+file, models with different inputs/outputs, a provider this build lacks, 0 samples) raise
+``GencompressError`` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+
+import numpy as np
+
+from gencompress.errors import GencompressError
+from gencompress.runtime_check.report_html import pareto_front, write_report  # noqa: F401  (re-exported)
+
+SCHEMA = "gencompress.report/1"
+DEFAULT_SAMPLES = 256
+DEFAULT_PREVIEW_OUTPUT_KINDS = ("image", "sequence")
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+def _load(model, role: str):
+    """(proto, label) of a path / ModelProto / onnx_ir.Model."""
+    import onnx
+
+    from gencompress.onnx_io import load_model, to_proto
+
+    if model is None:
+        raise GencompressError(f"no {role} model given")
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model), str(model)
+    if isinstance(model, onnx.ModelProto) or type(model).__module__.startswith("onnx_ir"):
+        return to_proto(model), f"<{role}>"
+    raise GencompressError(f"{role}: expected an .onnx path or an ONNX model, got {type(model).__name__}")
+
+
+def _positive(value, what: str) -> int:
+    try:
+        v = int(value)
+    except (TypeError, ValueError):
+        raise GencompressError(f"{what} must be a positive integer, got {value!r}") from None
+    if v <= 0 or v != value:
+        raise GencompressError(f"{what} must be a positive integer, got {value}")
+    return v
+
+
+def _describe_specs(specs) -> list[dict]:
+    out = []
+    for s in specs:
+        prior = "normal(0, 1)" if s.is_float else ("bernoulli(0.5)" if s.dtype == "bool" else f"uniform integers {s.low}..{s.high}")
+        out.append({"name": s.name, "shape": ["N", *s.shape[1:]], "dtype": s.dtype, "prior": prior})
+    return out
+
+
+# --- check -----------------------------------------------------------------------------------------
+
+
+def check(
+    reference,
+    candidate,
+    *,
+    samples: int = DEFAULT_SAMPLES,
+    seed: int = 0,
+    batch: int = 64,
+    inputs=None,
+    features=None,
+    peak: float | None = None,
+    provider: str = "cpu",
+    threads: int | None = None,
+    preview: int = 0,
+    progress: bool = False,
+) -> dict:
+    """Fidelity of ``candidate`` against ``reference`` on one fixed, seeded input set.
+
+    ``samples`` latents are drawn with ``seed`` from the prior the exporter recorded in the
+    reference (``gencompress.inputs``), or taken from ``inputs`` (an ``.npz`` path or a dict of
+    arrays keyed by input name). Both models run the same inputs, ``batch`` samples per call.
+    ``features``: an ONNX model (path) whose first output, flattened, gives the features for the
+    Fréchet distance of the first output (default: the built-in seeded conv net).
+    ``peak``: override the PSNR/SSIM peak (default: the nominal range the exporter recorded,
+    else the reference's observed peak-to-peak). ``preview`` > 0 keeps that many reference and
+    candidate samples and a per-element error map as arrays under ``"preview"`` for the HTML
+    report (they are left out of report.json).
+
+    Returns ``{"reference", "candidate", "samples", "seed", "provider", "inputs", "outputs":
+    [per-output metrics, see fidelity.compare_output], "preview"?}``.
+    """
+    from gencompress.inputs import load_npz_inputs, output_range_of_model, sample_inputs, specs_of_model
+    from gencompress.runtime_check import fidelity as F
+    from gencompress.runtime_check.latency import fixed_batch
+    from gencompress.runtime_check.sessions import make_session, model_bytes, resolve_provider
+
+    if inputs is None:
+        samples = _positive(samples, "--samples (the number of latents)")
+    batch = _positive(batch, "--batch")
+    if threads is not None:
+        threads = _positive(threads, "--threads")
+    preview = int(preview or 0)
+    if preview < 0:
+        raise GencompressError(f"preview must be 0 or more, got {preview}")
+    provider = resolve_provider(provider)
+    ref_proto, ref_label = _load(reference, "reference")
+    cand_proto, cand_label = _load(candidate, "candidate")
+    F.check_compatible(ref_proto, cand_proto)
+
+    specs = specs_of_model(ref_proto)
+    if inputs is None:
+        feeds = sample_inputs(specs, samples, seed)
+        inputs_source = f"seeded prior draws (seed {seed})"
+    else:
+        if isinstance(inputs, (str, os.PathLike)):
+            feeds = load_npz_inputs(inputs, specs)
+            inputs_source = str(inputs)
+        else:
+            feeds = {k: np.asarray(v) for k, v in dict(inputs).items()}
+            inputs_source = "given arrays"
+        counts = {len(v) for v in feeds.values()}
+        if len(counts) != 1 or 0 in counts:
+            raise GencompressError("inputs must all have the same, non-zero number of samples")
+        samples = counts.pop()
+
+    ref_session = make_session(model_bytes(ref_proto), provider=provider, threads=threads, label=f"reference {ref_label}")
+    cand_session = make_session(model_bytes(cand_proto), provider=provider, threads=threads, label=f"candidate {cand_label}")
+    output_names = [o.name for o in ref_session.get_outputs()]
+    ref_out = _run_all(ref_session, feeds, output_names, samples, fixed_batch(ref_proto) or batch, f"reference {ref_label}", progress)
+    cand_out = _run_all(cand_session, feeds, output_names, samples, fixed_batch(cand_proto) or batch, f"candidate {cand_label}", progress)
+
+    if peak is not None:
+        if not (np.isfinite(peak) and peak > 0):
+            raise GencompressError(f"--peak must be a positive number, got {peak}")
+        peak_value, peak_source = float(peak), "given"
+    else:
+        nominal = output_range_of_model(ref_proto)
+        peak_value, peak_source = (nominal, "nominal") if nominal else (None, None)
+
+    outputs = []
+    for i, name in enumerate(output_names):
+        extractor = None
+        if features is not None and i == 0:
+            from gencompress.runtime_check.features import onnx_extractor
+
+            extractor = onnx_extractor(features, name, ref_out[name])
+        outputs.append(F.compare_output(name, ref_out[name], cand_out[name], peak=peak_value, peak_source=peak_source, extractor=extractor))
+
+    result = {
+        "reference": ref_label,
+        "candidate": cand_label,
+        "samples": int(samples),
+        "seed": int(seed),
+        "inputs_source": inputs_source,
+        "provider": provider,
+        "inputs": _describe_specs(specs),
+        "outputs": outputs,
+    }
+    if preview:
+        result["preview"] = _preview(feeds, specs, ref_out, cand_out, outputs, preview)
+    return result
+
+
+def _run_all(session, feeds, output_names, n, chunk, label, progress):
+    """Run ``n`` samples in chunks of ``chunk`` (the last one padded for fixed-batch models)."""
+    from gencompress.output import progress as bar
+    from gencompress.runtime_check.sessions import run
+
+    parts = {name: [] for name in output_names}
+    starts = range(0, n, chunk)
+    it = bar(starts, desc=label.split()[0], unit="batch") if progress else starts
+    for start in it:
+        stop = min(start + chunk, n)
+        piece = {k: v[start:stop] for k, v in feeds.items()}
+        pad = chunk - (stop - start)
+        if pad and chunk != n:
+            piece = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in piece.items()}
+        outs = run(session, piece, label)
+        for name, arr in zip(output_names, outs):
+            parts[name].append(np.asarray(arr)[: stop - start])
+    return {name: np.concatenate(p, axis=0) for name, p in parts.items()}
+
+
+def _preview(feeds, specs, ref_out, cand_out, outputs, k: int) -> dict | None:
+    """Arrays for the report's sample grid: the first image-like output, first ``k`` samples."""
+    chosen = next((o for o in outputs if o["kind"] in DEFAULT_PREVIEW_OUTPUT_KINDS), None)
+    if chosen is None:
+        return None
+    name = chosen["name"]
+    ref = np.asarray(ref_out[name], dtype=np.float64)
+    cand = np.asarray(cand_out[name], dtype=np.float64)
+    k = min(k, len(ref))
+    err = np.abs(cand - ref)
+    err_map = err.mean(axis=(0, 1)) if chosen["kind"] == "image" else err.mean(axis=0)
+    finite = ref[np.isfinite(ref)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    labels = {s.name: [int(x) for x in np.asarray(feeds[s.name][:k]).reshape(k, -1)[:, 0]] for s in specs if not s.is_float}
+    return {
+        "output": name,
+        "kind": chosen["kind"],
+        "indices": list(range(k)),
+        "labels": labels,
+        "display_range": [lo, hi],
+        "reference": ref[:k],
+        "candidate": cand[:k],
+        "error_map": err_map,
+        "error_map_note": f"mean |candidate - reference| over all {len(ref)} samples" + (" and channels" if chosen["kind"] == "image" else ""),
+    }
+
+
+# --- bench -----------------------------------------------------------------------------------------
+
+
+def bench(
+    model,
+    *,
+    reference=None,
+    providers=("CPUExecutionProvider",),
+    batches=(1, 64),
+    threads=(2,),
+    runs: int = 100,
+    warmup: int = 10,
+    seed: int = 0,
+    memory: bool = True,
+    progress: bool = False,
+) -> dict:
+    """Latency (p50/p90/p99, samples/s), peak memory and size of ``model`` in onnxruntime.
+
+    With ``reference``, both are timed interleaved in this process (spinning off) and every
+    row carries ``ratio`` = model p50 / reference p50. A provider this onnxruntime build does
+    not offer is an error, never a CPU fallback. See ``latency`` for what is measured how.
+    """
+    from gencompress.inputs import sample_inputs, specs_of_model
+    from gencompress.output import progress as bar
+    from gencompress.runtime_check import fidelity as F
+    from gencompress.runtime_check import latency as L
+    from gencompress.runtime_check.sessions import make_session, model_bytes, resolve_providers
+
+    if isinstance(providers, str):
+        providers = (providers,)
+    batches = [_positive(b, "--batch") for b in (batches or ())] or _fail("give at least one batch size")
+    threads = [_positive(t, "--threads") for t in (threads or ())] or _fail("give at least one thread count")
+    runs = _positive(runs, "--runs")
+    if int(warmup) < 0:
+        raise GencompressError(f"--warmup must be 0 or more, got {warmup}")
+    providers = resolve_providers(providers)
+    proto, label = _load(model, "model")
+    models = {"model": (proto, label)}
+    if reference is not None:
+        ref_proto, ref_label = _load(reference, "reference")
+        F.check_compatible(ref_proto, proto)
+        models["reference"] = (ref_proto, ref_label)
+    data = {k: model_bytes(p) for k, (p, _) in models.items()}
+    for key, (p, lab) in models.items():
+        fixed = L.fixed_batch(p)
+        if fixed is not None and any(b != fixed for b in batches):
+            raise GencompressError(f"{key} {lab}: its graph fixes the batch size to {fixed}; use --batch {fixed}")
+    specs = specs_of_model(models.get("reference", models["model"])[0])
+
+    rows = []
+    total = len(providers) * len(threads) * len(batches) * runs
+    with bar(total=total, desc="bench", unit="run") if progress else _NullBar() as pbar:
+        for provider in providers:
+            for t in threads:
+                sessions = {k: make_session(data[k], provider=provider, threads=t, label=f"{k} {models[k][1]}") for k in models}
+                for b in batches:
+                    feeds = sample_inputs(specs, b, seed)
+                    times = L.time_interleaved(sessions, feeds, runs=runs, warmup=int(warmup), tick=lambda: pbar.update(1))
+                    row = {"provider": provider, "threads": t, "batch": b}
+                    for k in models:
+                        stats = L.percentiles(times[k])
+                        stats["samples_per_s"] = b / (stats["p50_ms"] / 1e3) if stats["p50_ms"] > 0 else None
+                        row[k] = stats
+                    row["reference"] = row.get("reference")
+                    if row["reference"]:
+                        r = row["model"]["p50_ms"] / row["reference"]["p50_ms"] if row["reference"]["p50_ms"] > 0 else None
+                        row["ratio"] = r
+                        row["speedup"] = 1.0 / r if r else None
+                    else:
+                        row["ratio"] = row["speedup"] = None
+                    rows.append(row)
+                del sessions
+
+    mem = None
+    if memory:
+        mem_rows = []
+        for provider in providers:
+            for b in batches:
+                entry = {"provider": provider, "batch": b, "threads": threads[0]}
+                for k in models:
+                    probe = L.measure_memory(data[k], specs, provider=provider, batch=b, threads=threads[0], seed=seed)
+                    entry[f"{k}_peak_bytes"] = probe["session_peak_bytes"]
+                    entry[f"{k}_create_peak_bytes"] = probe["create_peak_bytes"]
+                    entry["probe"] = probe["method"]
+                mem_rows.append(entry)
+        mem = {"method": L.MEMORY_METHOD, "results": mem_rows}
+
+    sources = {"model": model, "reference": reference}
+    size_rows = {k: L.sizes(data[k], sources[k] if isinstance(sources[k], (str, os.PathLike)) else None) for k in models}
+    sizes = {"model": size_rows["model"], "reference": size_rows.get("reference")}
+    if sizes["reference"]:
+        sizes["ratio"] = sizes["model"]["bytes"] / sizes["reference"]["bytes"]
+        sizes["deflate_ratio"] = sizes["model"]["deflate_bytes"] / sizes["reference"]["deflate_bytes"]
+    return {
+        "model": label,
+        "reference": models["reference"][1] if "reference" in models else None,
+        "providers": providers,
+        "batches": batches,
+        "threads": threads,
+        "runs": runs,
+        "warmup": int(warmup),
+        "seed": int(seed),
+        "settings": {"intra_op_spinning": False, "inter_op_spinning": False, "inter_op_threads": 1, "interleaved": "model/reference alternating A B, B A"},
+        "results": rows,
+        "memory": mem,
+        "sizes": sizes,
+    }
+
+
+class _NullBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n=1):
+        pass
+
+
+def _fail(message):
+    raise GencompressError(message)
+
+
+# --- per-layer statistics ----------------------------------------------------------------------------
+
+WEIGHT_OPS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (1,), "MatMul": (1, 0), "GRU": (1, 2), "LSTM": (1, 2), "RNN": (1, 2), "Gather": (0,)}
+_PASSTHROUGH = {"Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten"}
+
+
+def layer_stats(model) -> list[dict]:
+    """Per weight of every Conv/ConvTranspose/Gemm/MatMul/GRU/LSTM (and embedding tables read by
+    Gather): shape, sparsity, precision.
+
+    A weight is an initializer feeding the op directly or through DequantizeLinear (QDQ, then its
+    stored integer type is the precision and the scale's shape the granularity), Cast (e.g. fp16
+    storage) and shape-only ops. ``sparsity`` = fraction of stored values that are zero (for
+    quantized weights: equal to the zero point); ``zero_channels`` = fraction of output channels
+    that are entirely zero (structured pruning).
+    """
+    from onnx import numpy_helper
+
+    proto, _ = _load(model, "model")
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output}
+    rows = []
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in WEIGHT_OPS:
+            continue
+        if node.op_type == "Gather" and any(a.name == "axis" and a.i != 0 for a in node.attribute):
+            continue
+        for index in WEIGHT_OPS[node.op_type]:
+            if index >= len(node.input) or not node.input[index]:
+                continue
+            found = _trace_weight(node.input[index], inits, producer, consts)
+            if found is None:
+                continue
+            tensor, dq, cast_to = found
+            try:
+                arr = numpy_helper.to_array(tensor)
+            except Exception:
+                continue
+            if arr.ndim < 2:
+                continue
+            precision, granularity, zero_point = _precision(arr, tensor, dq, cast_to, inits, consts)
+            flat = np.asarray(arr)
+            zero = flat == (zero_point if zero_point is not None else 0)
+            out_axis = _out_axis(node, index, arr.ndim)
+            zero_channels = None
+            if out_axis is not None and arr.shape[out_axis] > 0:
+                other = tuple(a for a in range(arr.ndim) if a != out_axis)
+                zero_channels = float(np.mean(np.all(np.broadcast_to(zero, arr.shape), axis=other)))
+            rows.append(
+                {
+                    "node": node.name or f"{node.op_type}_{len(rows)}",
+                    "op_type": node.op_type,
+                    "weight": tensor.name,
+                    "shape": [int(d) for d in arr.shape],
+                    "params": int(arr.size),
+                    "sparsity": float(np.mean(zero)) if arr.size else 0.0,
+                    "zero_channels": zero_channels,
+                    "precision": precision,
+                    "granularity": granularity,
+                    "bytes": int(len(tensor.raw_data)) if tensor.raw_data else int(arr.nbytes),
+                }
+            )
+    return rows
+
+
+def _trace_weight(name, inits, producer, consts, hops: int = 6):
+    dq = None
+    cast_to = None
+    for _ in range(hops):
+        if name in inits:
+            return inits[name], dq, cast_to
+        if name in consts:
+            for a in consts[name].attribute:
+                if a.name == "value":
+                    t = a.t
+                    t.name = t.name or name
+                    return t, dq, cast_to
+            return None
+        node = producer.get(name)
+        if node is None or not node.input:
+            return None
+        if node.op_type == "DequantizeLinear" and dq is None:
+            dq = node
+        elif node.op_type == "Cast" and cast_to is None:
+            cast_to = node
+        elif node.op_type not in _PASSTHROUGH:
+            return None
+        name = node.input[0]
+    return None
+
+
+def _value(name, inits, consts):
+    from onnx import numpy_helper
+
+    if name in inits:
+        return numpy_helper.to_array(inits[name])
+    if name in consts:
+        for a in consts[name].attribute:
+            if a.name == "value":
+                return numpy_helper.to_array(a.t)
+    return None
+
+
+def _precision(arr, tensor, dq, cast_to, inits, consts):
+    from onnx import TensorProto
+
+    stored = TensorProto.DataType.Name(tensor.data_type).lower()
+    stored = {"float": "float32", "double": "float64"}.get(stored, stored)
+    if dq is None:
+        return stored, None, None
+    scale = _value(dq.input[1], inits, consts) if len(dq.input) > 1 else None
+    zp = _value(dq.input[2], inits, consts) if len(dq.input) > 2 and dq.input[2] else None
+    attrs = {a.name: a for a in dq.attribute}
+    if "block_size" in attrs and attrs["block_size"].i > 0:
+        granularity = f"blockwise ({attrs['block_size'].i})"
+    elif scale is not None and np.size(scale) > 1:
+        axis = attrs["axis"].i if "axis" in attrs else 1
+        granularity = f"per-channel (axis {axis % max(arr.ndim, 1)})"
+    else:
+        granularity = "per-tensor"
+    zero_point = None
+    if zp is not None and np.size(zp) >= 1:
+        zpa = np.asarray(zp)
+        if zpa.size == 1:
+            zero_point = zpa.reshape(()).item()
+        elif "axis" in attrs or zpa.ndim == 1:
+            axis = (attrs["axis"].i if "axis" in attrs else 1) % arr.ndim
+            shape = [1] * arr.ndim
+            shape[axis] = zpa.size
+            if zpa.size == arr.shape[axis]:
+                zero_point = zpa.reshape(shape)
+    return stored, granularity, zero_point
+
+
+def _out_axis(node, index, rank):
+    op = node.op_type
+    if op == "Conv":
+        return 0
+    if op == "ConvTranspose":
+        return 1 if rank >= 2 else None
+    if op == "Gemm" and rank == 2:
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    if op == "MatMul":
+        return rank - 1 if index == 1 else rank - 2
+    if op in ("GRU", "LSTM", "RNN") and rank == 3:
+        return 1
+    if op == "Gather":
+        return 0  # an embedding table: one row per class
+    return None
+
+
+# --- the report ------------------------------------------------------------------------------------
+
+
+def model_sizes(model) -> dict:
+    from gencompress.runtime_check.latency import sizes
+    from gencompress.runtime_check.sessions import model_bytes
+
+    proto, label = _load(model, "model")
+    return sizes(model_bytes(proto), model if isinstance(model, (str, os.PathLike)) else None)
+
+
+def build_report(
+    reference,
+    candidate,
+    *,
+    fidelity: dict | None = None,
+    latency: dict | None = None,
+    recipe=None,
+    passes: list | None = None,
+    sweep: list | None = None,
+    layers: list | None = None,
+    title: str | None = None,
+    **extra,
+) -> dict:
+    """The report dict ``write_report`` renders; sizes and per-layer stats read off the models.
+
+    See ``report_html`` for the schema. Extra keyword arguments are kept as top-level keys
+    (shown in the report's "details" section).
+    """
+    ref_sizes, cand_sizes = model_sizes(reference), model_sizes(candidate)
+    report = {
+        "schema": SCHEMA,
+        "title": title or f"gencompress report: {Path(str(candidate)).name}",
+        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "reference": str(reference) if isinstance(reference, (str, os.PathLike)) else "<reference>",
+        "candidate": str(candidate) if isinstance(candidate, (str, os.PathLike)) else "<candidate>",
+        "sizes": {
+            "reference": ref_sizes,
+            "candidate": cand_sizes,
+            "ratio": cand_sizes["bytes"] / ref_sizes["bytes"],
+            "deflate_ratio": cand_sizes["deflate_bytes"] / ref_sizes["deflate_bytes"],
+        },
+        "recipe": recipe,
+        "passes": passes,
+        "layers": layers if layers is not None else layer_stats(candidate),
+        "fidelity": fidelity,
+        "latency": latency,
+        "sweep": sweep,
+    }
+    report.update(extra)
+    return report

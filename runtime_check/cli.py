@@ -1,0 +1,187 @@
+"""`gencompress check` and `gencompress bench`: thin click layers over runtime_check.api."""
+
+from __future__ import annotations
+
+import click
+
+from gencompress.errors import GencompressError
+
+
+def _ints(values, option: str) -> list[int]:
+    """``--batch 1 --batch 64`` or ``--batch 1,64`` → [1, 64]; each must be a positive integer."""
+    out = []
+    for v in values:
+        for part in str(v).replace(",", " ").split():
+            try:
+                n = int(part)
+            except ValueError:
+                raise GencompressError(f"{option} {part!r}: expected a positive integer") from None
+            if n <= 0:
+                raise GencompressError(f"{option} must be a positive integer, got {n}")
+            out.append(n)
+    if not out:
+        raise GencompressError(f"{option}: give at least one value")
+    return list(dict.fromkeys(out))
+
+
+def _f(v, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        if v in (float("inf"), float("-inf")):
+            return "inf" if v > 0 else "-inf"
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+CHECK_ROWS = [
+    ("max_abs_error", "max |error|"),
+    ("mse", "MSE"),
+    ("psnr_db", "PSNR dB"),
+    ("psnr_worst_sample_db", "PSNR worst sample dB"),
+    ("ssim", "SSIM"),
+    ("cosine_similarity", "cosine similarity"),
+    ("diversity_ratio", "diversity / reference"),
+    ("frechet_distance", "Frechet distance"),
+    ("frechet_distance_relative", "Frechet distance relative"),
+]
+
+
+@click.command("check")
+@click.argument("reference", metavar="REF.onnx")
+@click.argument("candidate", metavar="CANDIDATE.onnx")
+@click.option("--samples", "-n", type=int, default=256, show_default=True, help="Number of seeded latents (the same for both models).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the latent set.")
+@click.option("--batch", type=int, default=64, show_default=True, help="Samples per onnxruntime call.")
+@click.option("--inputs", "inputs_npz", metavar="FILE.npz", help="Real inputs keyed by input name, instead of prior draws.")
+@click.option("--features", metavar="FEAT.onnx", help="ONNX model (e.g. a discriminator or encoder) whose first output gives the Frechet features.")
+@click.option("--peak", type=float, help="Peak-to-peak range for PSNR/SSIM (default: the nominal range the exporter recorded).")
+@click.option("--provider", "-p", default="cpu", show_default=True, help="Execution provider to run both models on.")
+@click.option("--report", "report_dir", metavar="DIR", help="Also write DIR/report.json and DIR/report.html (samples side by side).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def check(reference, candidate, samples, seed, batch, inputs_npz, features, peak, provider, report_dir, as_json):
+    """Fidelity of CANDIDATE against its float reference REF on a fixed seeded latent set.
+
+    Both models run the same inputs in onnxruntime: max abs error, MSE, PSNR (peak = the
+    output's nominal range, 2.0 for tanh, 1.0 for sigmoid), SSIM for images, cosine
+    similarity, and the Frechet distance of feature statistics (catches mode collapse).
+
+    \b
+    Examples:
+      gencompress check g.onnx g.int8.onnx
+      gencompress check g.onnx g.int8.onnx --samples 1024 --seed 3 --json
+      gencompress check g.onnx g.int8.onnx --features disc.onnx --report out/
+    """
+    from gencompress.output import echo_json, table
+    from gencompress.runtime_check import api
+    from gencompress.runtime_check.report_html import jsonable
+
+    result = api.check(
+        reference,
+        candidate,
+        samples=samples,
+        seed=seed,
+        batch=batch,
+        inputs=inputs_npz,
+        features=features,
+        peak=peak,
+        provider=provider,
+        preview=8 if report_dir else 0,
+        progress=not as_json,
+    )
+    written = None
+    if report_dir:
+        written = api.write_report(report_dir, api.build_report(reference, candidate, fidelity=result))
+    if as_json:
+        data = jsonable({k: v for k, v in result.items() if k != "preview"})
+        if written:
+            data["report"] = {k: str(v) for k, v in written.items()}
+        echo_json(data)
+        return
+    outs = result["outputs"]
+    rows = []
+    for key, label in CHECK_ROWS:
+        if all(o.get(key) is None for o in outs):
+            continue
+        rows.append([label, *(_f(o.get(key)) for o in outs)])
+    click.echo(f"{result['samples']} samples, seed {result['seed']}, {result['provider']}")
+    click.echo(table(["metric", *(o["name"] for o in outs)], rows))
+    for o in outs:
+        click.echo(f"{o['name']}: peak {_f(o['peak'])} ({o['peak_note']})")
+    if written:
+        click.echo(f"report: {written['html']}")
+
+
+@click.command("bench")
+@click.argument("model", metavar="MODEL.onnx")
+@click.option("--reference", "-r", metavar="REF.onnx", help="Time this model interleaved with MODEL and report the ratio.")
+@click.option("--provider", "-p", "providers", multiple=True, default=("cpu",), show_default=True, help="Execution provider (repeatable): cpu, cuda, tensorrt, or a full onnxruntime name.")
+@click.option("--batch", "-b", "batches", multiple=True, default=("1", "64"), show_default=True, help="Batch size (repeatable, or comma-separated).")
+@click.option("--threads", "-t", "threads", multiple=True, default=("2",), show_default=True, help="Intra-op thread count (repeatable, or comma-separated).")
+@click.option("--runs", type=int, default=100, show_default=True, help="Timed runs per model and configuration.")
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed warm-up runs.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the inputs.")
+@click.option("--memory/--no-memory", default=True, show_default=True, help="Measure session peak memory (one fresh process per model and batch).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def bench(model, reference, providers, batches, threads, runs, warmup, seed, memory, as_json):
+    """Latency, throughput, peak memory and size of MODEL in onnxruntime.
+
+    Warm-up, then repeated runs: p50/p90/p99 and samples/s per execution provider, batch size
+    and thread count. With --reference, both models are timed interleaved in one process
+    (intra-op spinning off) and their p50 ratio is the figure to quote. A provider this
+    onnxruntime build lacks is an error, never a silent CPU fallback.
+
+    \b
+    Examples:
+      gencompress bench g.int8.onnx --reference g.onnx
+      gencompress bench g.onnx --batch 1 --batch 64 --threads 1,2 --runs 200
+      gencompress bench g.onnx --provider cuda --json
+    """
+    from gencompress.output import echo_json, table
+    from gencompress.runtime_check import api
+    from gencompress.runtime_check.report_html import jsonable
+
+    result = api.bench(
+        model,
+        reference=reference,
+        providers=providers,
+        batches=_ints(batches, "--batch"),
+        threads=_ints(threads, "--threads"),
+        runs=runs,
+        warmup=warmup,
+        seed=seed,
+        memory=memory,
+        progress=not as_json,
+    )
+    if as_json:
+        echo_json(jsonable(result))
+        return
+    has_ref = result["reference"] is not None
+    headers = ["provider", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "samples/s"]
+    if has_ref:
+        headers += ["ref p50 ms", "ratio"]
+    rows = []
+    for r in result["results"]:
+        row = [r["provider"].replace("ExecutionProvider", ""), r["threads"], r["batch"], *(_f(r["model"][k]) for k in ("p50_ms", "p90_ms", "p99_ms")), _f(r["model"]["samples_per_s"], 5)]
+        if has_ref:
+            row += [_f(r["reference"]["p50_ms"]), _f(r["ratio"], 3)]
+        rows.append(row)
+    click.echo(table(headers, rows))
+    if result["memory"]:
+        mheaders = ["provider", "batch", "peak MiB"] + (["ref peak MiB"] if has_ref else [])
+        mrows = []
+        for r in result["memory"]["results"]:
+            row = [r["provider"].replace("ExecutionProvider", ""), r["batch"], _f(r["model_peak_bytes"] / 2**20)]
+            if has_ref:
+                row.append(_f(r["reference_peak_bytes"] / 2**20))
+            mrows.append(row)
+        click.echo("")
+        click.echo(table(mheaders, mrows))
+    s = result["sizes"]
+    line = f"size: {s['model']['bytes']} bytes, deflate {s['model']['deflate_bytes']}"
+    if s.get("reference"):
+        line += f"; reference {s['reference']['bytes']} bytes (ratio {_f(s['ratio'], 3)}, deflate ratio {_f(s['deflate_ratio'], 3)})"
+    click.echo("")
+    click.echo(line)

@@ -1,0 +1,264 @@
+"""Fidelity metrics of a candidate's outputs against its float reference, with plain numpy.
+
+All metrics compare outputs for the *same* inputs (a fixed seeded latent set), sample by sample,
+except the Fréchet distance, which compares the two sets as distributions.
+
+- ``max_abs_error``, ``mean_abs_error``, ``mse``, ``rmse`` over every element.
+- ``psnr_db`` = 10·log10(peak² / mse) with the pooled mse; ``psnr_worst_sample_db`` the lowest
+  per-sample PSNR. ``peak`` is the output's nominal peak-to-peak range (2.0 for tanh, 1.0 for
+  sigmoid, recorded by the exporter), else the reference's observed peak-to-peak; the report
+  says which (``peak_source``). Identical outputs give ``inf``.
+- ``ssim`` (images ``[N, C, H, W]`` only): SSIM of Wang et al. with a 7×7 uniform window (smaller,
+  odd, for images under 7 pixels), K1 = 0.01, K2 = 0.03, data range = peak, sample covariances
+  (the scikit-image defaults); the SSIM map is averaged over the valid windows and channels of
+  each image, then over images; ``ssim_min`` is the worst image.
+- ``cosine_similarity``: per-sample cosine of the flattened outputs (1 when both are zero, 0 when
+  only one is), averaged; ``cosine_similarity_min`` the worst sample.
+- ``diversity_ratio``: mean over output elements of the across-sample std of the candidate
+  divided by that of the reference — near 1 unless the candidate has collapsed (→ 0).
+- ``frechet_distance``: ‖μr − μc‖² + Tr(Σr + Σc − 2(Σr Σc)^½) of feature statistics (see
+  ``features``); ``frechet_distance_relative`` divides it by Tr(Σr), so that a candidate whose
+  samples collapse to one point scores 1 or more (Tr(Σr) plus the shift of the mean) and a
+  faithful one about 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gencompress.errors import GencompressError
+
+K1, K2 = 0.01, 0.03
+SSIM_WINDOW = 7
+
+
+def output_kind(shape) -> str:
+    """``image`` for [N, C, H, W], ``sequence`` for [N, T, F], ``vector`` for [N, D], else ``tensor``."""
+    return {4: "image", 3: "sequence", 2: "vector"}.get(len(shape), "tensor")
+
+
+def mse(ref: np.ndarray, cand: np.ndarray) -> float:
+    d = _f64(cand) - _f64(ref)
+    return float(np.mean(d * d)) if d.size else 0.0
+
+
+def psnr(mse_value: float, peak: float) -> float:
+    if not np.isfinite(mse_value):
+        return float("nan")
+    if mse_value == 0:
+        return float("inf")
+    return float(10.0 * np.log10(peak * peak / mse_value))
+
+
+def per_sample_psnr(ref: np.ndarray, cand: np.ndarray, peak: float) -> np.ndarray:
+    d = (_f64(cand) - _f64(ref)).reshape(len(ref), -1)
+    m = np.mean(d * d, axis=1)
+    with np.errstate(divide="ignore"):
+        return np.where(m == 0, np.inf, 10.0 * np.log10(peak * peak / np.where(m == 0, 1.0, m)))
+
+
+def cosine_similarity(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Per-sample cosine of the flattened outputs."""
+    a = _f64(ref).reshape(len(ref), -1)
+    b = _f64(cand).reshape(len(cand), -1)
+    na = np.linalg.norm(a, axis=1)
+    nb = np.linalg.norm(b, axis=1)
+    dot = np.sum(a * b, axis=1)
+    both_zero = (na == 0) & (nb == 0)
+    denom = np.where((na == 0) | (nb == 0), 1.0, na * nb)
+    cos = np.where((na == 0) | (nb == 0), 0.0, dot / denom)
+    return np.where(both_zero, 1.0, np.clip(cos, -1.0, 1.0))
+
+
+def ssim_window(height: int, width: int) -> int | None:
+    w = min(SSIM_WINDOW, height, width)
+    if w % 2 == 0:
+        w -= 1
+    return w if w >= 3 else None
+
+
+def _box_mean(x: np.ndarray, w: int) -> np.ndarray:
+    """Mean over every valid w×w window of x [B, H, W] (integral images)."""
+    c = np.pad(x, ((0, 0), (1, 0), (1, 0))).cumsum(axis=1).cumsum(axis=2)
+    s = c[:, w:, w:] - c[:, :-w, w:] - c[:, w:, :-w] + c[:, :-w, :-w]
+    return s / (w * w)
+
+
+def ssim(ref: np.ndarray, cand: np.ndarray, peak: float, chunk: int = 64) -> np.ndarray | None:
+    """Per-image SSIM of [N, C, H, W] images (mean over channels and valid windows); None if too small."""
+    n, c, h, w_ = ref.shape
+    w = ssim_window(h, w_)
+    if w is None:
+        return None
+    c1, c2 = (K1 * peak) ** 2, (K2 * peak) ** 2
+    cov_norm = w * w / (w * w - 1.0)
+    out = np.empty(n)
+    for i in range(0, n, chunk):
+        x = _f64(ref[i : i + chunk]).reshape(-1, h, w_)
+        y = _f64(cand[i : i + chunk]).reshape(-1, h, w_)
+        ux, uy = _box_mean(x, w), _box_mean(y, w)
+        vx = cov_norm * (_box_mean(x * x, w) - ux * ux)
+        vy = cov_norm * (_box_mean(y * y, w) - uy * uy)
+        vxy = cov_norm * (_box_mean(x * y, w) - ux * uy)
+        s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+        out[i : i + chunk] = s.reshape(-1, c, *s.shape[1:]).mean(axis=(1, 2, 3))
+    return out
+
+
+def frechet_distance(f_ref: np.ndarray, f_cand: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets [N, D] (N ≥ 2)."""
+    f_ref, f_cand = _f64(f_ref), _f64(f_cand)
+    if len(f_ref) < 2 or len(f_cand) < 2:
+        raise GencompressError("the Fréchet distance needs at least 2 samples")
+    if not (np.isfinite(f_ref).all() and np.isfinite(f_cand).all()):
+        return float("nan")
+    mu1, mu2 = f_ref.mean(axis=0), f_cand.mean(axis=0)
+    s1 = np.atleast_2d(np.cov(f_ref, rowvar=False))
+    s2 = np.atleast_2d(np.cov(f_cand, rowvar=False))
+    # Tr((S1 S2)^½) = Tr((S1^½ S2 S1^½)^½): a symmetric PSD matrix, so eigvalsh is exact and stable.
+    w, v = np.linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = root1 @ s2 @ root1
+    ev = np.linalg.eigvalsh((m + m.T) / 2)
+    tr_covmean = float(np.sum(np.sqrt(np.clip(ev, 0, None))))
+    diff = mu1 - mu2
+    fd = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+    return max(fd, 0.0)
+
+
+def compare_output(
+    name: str,
+    ref: np.ndarray,
+    cand: np.ndarray,
+    *,
+    peak: float | None = None,
+    peak_source: str | None = None,
+    extractor=None,
+) -> dict:
+    """Every metric that applies to one output, as a JSON-friendly dict.
+
+    ``peak`` None → the reference's observed peak-to-peak (``peak_source`` = ``observed``).
+    ``extractor``: features for the Fréchet distance (default: the built-in seeded net).
+    """
+    if ref.shape != cand.shape:
+        raise GencompressError(
+            f"output {name!r}: the reference gives shape {list(ref.shape)}, the candidate {list(cand.shape)}"
+        )
+    kind = output_kind(ref.shape)
+    refd, candd = _f64(ref), _f64(cand)
+    nonfinite = int(np.size(candd) - np.count_nonzero(np.isfinite(candd)))
+    if peak is None:
+        finite = refd[np.isfinite(refd)]
+        peak = float(finite.max() - finite.min()) if finite.size else 0.0
+        peak_source = "observed"
+        note = "no nominal range recorded; the reference's observed peak-to-peak"
+        if peak <= 0:
+            peak, note = 1.0, "no nominal range and a constant reference; 1.0 used"
+    else:
+        peak = float(peak)
+        peak_source = peak_source or "given"
+        note = {"nominal": "the output's nominal range recorded by the exporter", "given": "given by the user"}.get(peak_source, peak_source)
+    diff = np.abs(candd - refd)
+    m = mse(refd, candd)
+    per_psnr = per_sample_psnr(refd, candd, peak)
+    cos = cosine_similarity(refd, candd)
+    result = {
+        "name": name,
+        "kind": kind,
+        "shape": ["N", *map(int, ref.shape[1:])],
+        "dtype": str(ref.dtype),
+        "peak": peak,
+        "peak_source": peak_source,
+        "peak_note": note,
+        "max_abs_error": float(diff.max()) if diff.size else 0.0,
+        "mean_abs_error": float(diff.mean()) if diff.size else 0.0,
+        "mse": m,
+        "rmse": float(np.sqrt(m)),
+        "psnr_db": psnr(m, peak),
+        "psnr_worst_sample_db": float(np.min(per_psnr)) if per_psnr.size else float("inf"),
+        "ssim": None,
+        "ssim_min": None,
+        "ssim_window": None,
+        "cosine_similarity": float(np.mean(cos)),
+        "cosine_similarity_min": float(np.min(cos)),
+        "diversity_ratio": _diversity_ratio(refd, candd),
+        "frechet_distance": None,
+        "frechet_distance_relative": None,
+        "features": None,
+        "nonfinite": nonfinite,
+    }
+    if kind == "image":
+        s = ssim(refd, candd, peak)
+        if s is not None:
+            result.update(ssim=float(np.mean(s)), ssim_min=float(np.min(s)), ssim_window=ssim_window(*ref.shape[2:]))
+    if len(ref) >= 2:
+        if extractor is None:
+            from gencompress.runtime_check.features import builtin_extractor
+
+            extractor = builtin_extractor(refd, peak)
+        f_ref, f_cand = extractor(ref), extractor(cand)
+        fd = frechet_distance(f_ref, f_cand)
+        spread = float(np.trace(np.atleast_2d(np.cov(f_ref, rowvar=False))))
+        result["frechet_distance"] = fd
+        result["frechet_distance_relative"] = fd / spread if spread > 0 else (0.0 if fd == 0 else float("inf"))
+        result["features"] = extractor.describe()
+    return result
+
+
+def _diversity_ratio(ref: np.ndarray, cand: np.ndarray) -> float | None:
+    if len(ref) < 2:
+        return None
+    sr = ref.std(axis=0).mean()
+    sc = cand.std(axis=0).mean()
+    if not np.isfinite(sc):
+        return float("nan")
+    return float(sc / sr) if sr > 0 else (1.0 if sc == 0 else float("inf"))
+
+
+def _f64(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
+
+
+# --- the models' interface -------------------------------------------------------------------------
+
+_ELEM = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64", 16: "bfloat16"}
+
+
+def io_signature(proto) -> dict:
+    """``{"inputs": {name: (dtype, rank)}, "outputs": {...}}`` of a model's graph (initializers excluded)."""
+    inits = {i.name for i in proto.graph.initializer}
+
+    def sig(vi):
+        t = vi.type.tensor_type
+        rank = len(t.shape.dim) if t.HasField("shape") else None
+        return _ELEM.get(t.elem_type, f"type {t.elem_type}"), rank
+
+    return {
+        "inputs": {vi.name: sig(vi) for vi in proto.graph.input if vi.name not in inits},
+        "outputs": {vi.name: sig(vi) for vi in proto.graph.output},
+    }
+
+
+def check_compatible(ref_proto, cand_proto) -> None:
+    """Refuse a reference and candidate whose inputs or outputs differ in names, dtypes or ranks."""
+    a, b = io_signature(ref_proto), io_signature(cand_proto)
+    problems = []
+    for side in ("inputs", "outputs"):
+        word = side[:-1]
+        ra, rb = a[side], b[side]
+        if list(ra) != list(rb):
+            only_ref = [n for n in ra if n not in rb]
+            only_cand = [n for n in rb if n not in ra]
+            if only_ref or only_cand:
+                problems.append(
+                    f"{side} differ (reference: {', '.join(ra) or 'none'}; candidate: {', '.join(rb) or 'none'})"
+                )
+                continue
+        for n, (dt, rank) in ra.items():
+            dt2, rank2 = rb[n]
+            if dt != dt2:
+                problems.append(f"{word} {n!r} is {dt} in the reference, {dt2} in the candidate")
+            if rank is not None and rank2 is not None and rank != rank2:
+                problems.append(f"{word} {n!r} has rank {rank} in the reference, {rank2} in the candidate")
+    if problems:
+        raise GencompressError("reference and candidate are not comparable: " + "; ".join(problems[:4]))
