@@ -136,8 +136,8 @@ def check(
     ref_session = make_session(model_bytes(ref_proto), provider=provider, threads=threads, label=f"reference {ref_label}")
     cand_session = make_session(model_bytes(cand_proto), provider=provider, threads=threads, label=f"candidate {cand_label}")
     output_names = [o.name for o in ref_session.get_outputs()]
-    ref_out = _run_all(ref_session, feeds, output_names, samples, fixed_batch(ref_proto) or batch, f"reference {ref_label}", progress)
-    cand_out = _run_all(cand_session, feeds, output_names, samples, fixed_batch(cand_proto) or batch, f"candidate {cand_label}", progress)
+    ref_out = _run_all(ref_session, feeds, output_names, samples, batch, fixed_batch(ref_proto), f"reference {ref_label}", progress)
+    cand_out = _run_all(cand_session, feeds, output_names, samples, batch, fixed_batch(cand_proto), f"candidate {cand_label}", progress)
 
     if peak is not None:
         if not (np.isfinite(peak) and peak > 0):
@@ -171,11 +171,13 @@ def check(
     return result
 
 
-def _run_all(session, feeds, output_names, n, chunk, label, progress):
-    """Run ``n`` samples in chunks of ``chunk`` (the last one padded for fixed-batch models)."""
+def _run_all(session, feeds, output_names, n, batch, fixed, label, progress):
+    """Run ``n`` samples ``batch`` at a time; a model whose graph fixes the batch size gets chunks
+    of exactly that size (the last one padded by repeating its last sample, padding dropped)."""
     from gencompress.output import progress as bar
     from gencompress.runtime_check.sessions import run
 
+    chunk = fixed or batch
     parts = {name: [] for name in output_names}
     starts = range(0, n, chunk)
     it = bar(starts, desc=label.split()[0], unit="batch") if progress else starts
@@ -183,7 +185,7 @@ def _run_all(session, feeds, output_names, n, chunk, label, progress):
         stop = min(start + chunk, n)
         piece = {k: v[start:stop] for k, v in feeds.items()}
         pad = chunk - (stop - start)
-        if pad and chunk != n:
+        if fixed and pad:
             piece = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in piece.items()}
         outs = run(session, piece, label)
         for name, arr in zip(output_names, outs):
@@ -505,6 +507,20 @@ def model_sizes(model) -> dict:
 
     proto, label = _load(model, "model")
     return sizes(model_bytes(proto), model if isinstance(model, (str, os.PathLike)) else None)
+
+
+def sweep_entry(label: str, candidate, fidelity: dict, **extra) -> dict:
+    """One row of a sweep for ``build_report(sweep=[...])``: size and the first output's metrics."""
+    out = (fidelity.get("outputs") or [{}])[0]
+    row = {
+        "label": str(label),
+        "bytes": model_sizes(candidate)["bytes"],
+        "psnr_db": out.get("psnr_db"),
+        "ssim": out.get("ssim"),
+        "frechet_distance_relative": out.get("frechet_distance_relative"),
+    }
+    row.update(extra)
+    return row
 
 
 def build_report(

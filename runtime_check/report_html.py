@@ -14,7 +14,9 @@ The report dict (every key optional except where noted; ``api.build_report`` fil
                  "ratio": candidate/reference bytes, "deflate_ratio": same for deflate}
 ``recipe``      the recipe as data: [{"pass": name, "options": {...}}, ...] (or a YAML str)
 ``passes``      what each pass did: [{"pass": name, "options": {...}?, "modified": bool?,
-                 "summary": {key: number|str}?}, ...] — free-form summary, shown as key: value
+                 "summary": {key: number|str}?, "layers": [{flat row}, ...]?}, ...] — the summary
+                 is shown as key: value, ``layers`` (e.g. the prune report's per-initializer rows)
+                 as a table with one column per scalar key
 ``layers``      per-layer state of the candidate: [{"node", "op_type", "weight", "shape",
                  "params", "sparsity" (0..1), "zero_channels" (0..1|None), "precision"
                  ("float32", "int8", "float16", ...), "granularity" (None|"per-tensor"|
@@ -22,7 +24,8 @@ The report dict (every key optional except where noted; ``api.build_report`` fil
 ``fidelity``    the dict ``api.check`` returns (with ``preview`` arrays: check(..., preview=8))
 ``latency``     the dict ``api.bench`` returns
 ``sweep``       configurations tried: [{"label": str, "bytes": int, "psnr_db": float,
-                 "selected": bool?, ...any other numbers/str}]; drawn as size-vs-PSNR with the
+                 "selected": bool?, ...any other numbers/str, shown as extra columns}]
+                 (``api.sweep_entry`` makes one); drawn as size-vs-PSNR with the
                  Pareto front (smallest size for a given PSNR) marked; report.json gets
                  ``"pareto": bool`` on each entry.
 
@@ -493,6 +496,10 @@ def _passes_section(data, page: _Page) -> str:
                 f"<td>{'<br>'.join(cells)}</td></tr>"
             )
         parts.append(f"<h3>Passes</h3><table id='passes'>{''.join(rows)}</table>")
+        for i, p in enumerate(passes):
+            if isinstance(p.get("layers"), list) and p["layers"]:
+                name = p.get("pass") or p.get("name") or f"#{i + 1}"
+                parts.append(f"<h3>Pass {i + 1}: <code>{_e(name)}</code>, per layer</h3>" + generic_table(p["layers"], f"passes.{i}.layers", page))
     if recipe:
         text = recipe if isinstance(recipe, str) else json.dumps(recipe, indent=2)
         parts.append(f"<h3>Recipe</h3><pre>{_e(text)}</pre>")
@@ -545,19 +552,66 @@ def _latency_section(data, page: _Page) -> str:
     return ("<h2>Cost: size, latency, memory</h2>" + "".join(parts)) if parts else ""
 
 
+SWEEP_FIXED = ("label", "bytes", "psnr_db", "selected", "pareto")
+
+
 def _sweep_section(data, page: _Page) -> str:
     sweep = data.get("sweep")
     if not sweep:
         return ""
-    rows = ["<tr><th>configuration</th><th>bytes</th><th>PSNR dB</th><th>Pareto front</th></tr>"]
+    extra = _scalar_columns(sweep, exclude=SWEEP_FIXED)
+    head = "<tr><th>configuration</th><th>bytes</th><th>PSNR dB</th>" + "".join(f"<th>{_e(k)}</th>" for k in extra) + "<th>Pareto front</th></tr>"
+    rows = [head]
     for i, e in enumerate(sweep):
         mark = " (selected)" if e.get("selected") else ""
         rows.append(
             f"<tr><td>{_e(e.get('label', f'#{i}'))}{_e(mark)}</td>{page.num(f'sweep.{i}.bytes')}{page.num(f'sweep.{i}.psnr_db', digits=4)}"
-            f"<td>{'yes' if e.get('pareto') else ''}</td></tr>"
+            + "".join(_cell(e, k, f"sweep.{i}.{k}", page) for k in extra)
+            + f"<td>{'yes' if e.get('pareto') else ''}</td></tr>"
         )
     note = "<p class='note'>Pareto front: configurations no other configuration beats on both size and PSNR (at most as big and at least as good).</p>"
     return "<h2>Sweep: size vs PSNR</h2>" + sweep_svg(sweep) + note + f"<table id='sweep'>{''.join(rows)}</table>"
+
+
+def _is_scalar(v) -> bool:
+    """A value for one table cell: a scalar, or a short list of numbers (a shape)."""
+    if isinstance(v, list):
+        return len(v) <= 8 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def _scalar_columns(rows, exclude=()) -> list[str]:
+    """Keys (in first-seen order) whose values are scalars in every row that has them."""
+    cols: dict[str, bool] = {}
+    for r in rows:
+        if not isinstance(r, dict):
+            continue
+        for k, v in r.items():
+            if k in exclude:
+                continue
+            cols[k] = cols.get(k, True) and _is_scalar(v)
+    return [k for k, ok in cols.items() if ok]
+
+
+def _cell(row: dict, key: str, path: str, page: _Page) -> str:
+    v = row.get(key)
+    if (isinstance(v, (int, float)) and not isinstance(v, bool)) or (isinstance(v, str) and v in ("inf", "-inf", "nan")):
+        return page.num(path)
+    if isinstance(v, list):
+        return f"<td>{_e('×'.join(fmt_value(x) for x in v))}</td>"
+    return f"<td>{_e(fmt_value(v)) if v is not None else ''}</td>"
+
+
+def generic_table(rows: list, path: str, page: _Page) -> str:
+    """A table of a list of flat dicts: one column per scalar key, numbers keyed to report.json."""
+    rows = [r for r in rows if isinstance(r, dict)]
+    cols = _scalar_columns(rows)
+    if not cols:
+        return ""
+    out = ["<tr>" + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr>"]
+    for i, r in enumerate(rows):
+        out.append("<tr>" + "".join(_cell(r, c, f"{path}.{i}.{c}", page) for c in cols) + "</tr>")
+    return f"<table>{''.join(out)}</table>"
 
 
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:

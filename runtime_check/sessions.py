@@ -118,6 +118,8 @@ def make_session(model, *, provider: str = CPU, threads: int | None = None, spin
     provider = resolve_provider(provider)
     data = model if isinstance(model, (bytes, bytearray)) else model_bytes(model)
     providers = [provider] if provider == CPU else [provider, CPU]
+    if provider == "TensorrtExecutionProvider" and "CUDAExecutionProvider" in available_providers():
+        providers.insert(1, "CUDAExecutionProvider")  # what TensorRT cannot take runs on CUDA first
     try:
         session = ort.InferenceSession(data, session_options(threads, spinning=spinning), providers=providers)
     except Exception as e:

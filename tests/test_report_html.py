@@ -126,8 +126,8 @@ def test_json_form_has_no_infinity_and_no_arrays():
 
 
 SWEEP = [
-    {"label": "float", "bytes": 9558, "psnr_db": float("inf")},
-    {"label": "int8", "bytes": 4000, "psnr_db": 41.5, "selected": True},
+    {"label": "float", "bytes": 9558, "psnr_db": float("inf"), "ssim": 1.0},
+    {"label": "int8", "bytes": 4000, "psnr_db": 41.5, "selected": True, "ssim": 0.991, "recipe": [{"pass": "insert_qdq"}]},
     {"label": "prune 50% + int8", "bytes": 3000, "psnr_db": 33.0},
     {"label": "prune 50%", "bytes": 9558, "psnr_db": 30.2},
     {"label": "prune 80% + int8", "bytes": 2500, "psnr_db": 35.0},
@@ -148,8 +148,16 @@ def report_dir(tmp_path_factory):
         fidelity=fid,
         latency=lat,
         recipe=[{"pass": "magnitude_prune", "options": {"sparsity": 0.5}}, {"pass": "insert_qdq", "options": {}}],
-        passes=[{"pass": "magnitude_prune", "options": {"sparsity": 0.5}, "modified": True, "summary": {"sparsity": 0.5, "params_removed": 1024}}],
-        sweep=SWEEP,
+        passes=[
+            {
+                "pass": "magnitude_prune",
+                "options": {"sparsity": 0.5},
+                "modified": True,
+                "summary": {"sparsity": 0.5, "params_removed": 1024},
+                "layers": [{"initializer": "w", "shape": [8, 256], "zeros": 1024, "sparsity": 0.5}],
+            }
+        ],
+        sweep=SWEEP + [api.sweep_entry("this run", cand, fid)],
         title="tiny <generator> report",
     )
     paths = write_report(d / "out", report)
@@ -169,7 +177,9 @@ def test_report_json_contents(report_dir):
     o = data["fidelity"]["outputs"][0]
     assert o["psnr_db"] == pytest.approx(report["fidelity"]["outputs"][0]["psnr_db"])
     assert data["fidelity"]["preview"]["reference_shape"] == [6, 1, 16, 16]
-    assert [e["pareto"] for e in data["sweep"]] == [True, True, False, False, True]
+    assert [e["pareto"] for e in data["sweep"]][:5] == [True, True, False, False, True]
+    assert data["sweep"][5]["bytes"] == data["sizes"]["candidate"]["bytes"]
+    assert data["sweep"][5]["psnr_db"] == o["psnr_db"]
     assert data["sweep"][0]["psnr_db"] == "inf"
     layer = data["layers"][0]
     assert layer["precision"] == "int8" and layer["granularity"] == "per-channel (axis 1)"
@@ -186,7 +196,8 @@ def test_report_html_is_self_contained(report_dir):
     srcs = re.findall(r'<img[^>]*src="([^"]+)"', page)
     assert len(srcs) == 3 * 6 + 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "tiny &lt;generator&gt; report" in page  # escaped
-    assert '<svg id="sweep-chart"' in page and page.count('data-pareto="true"') == 3
+    assert '<svg id="sweep-chart"' in page
+    assert page.count('data-pareto="true"') == sum(e["pareto"] for e in report_dir["data"]["sweep"])
 
 
 def test_write_report_refuses_a_file(tmp_path):
@@ -275,7 +286,8 @@ def test_report_renders_in_chromium(chromium, report_dir, tmp_path):
     for needed in ("fidelity.outputs.0.psnr_db", "fidelity.outputs.0.mse", "fidelity.outputs.0.ssim", "fidelity.outputs.0.frechet_distance",
                    "fidelity.outputs.0.max_abs_error", "fidelity.outputs.0.cosine_similarity", "layers.0.sparsity", "sizes.candidate.bytes",
                    "sizes.candidate.deflate_bytes", "latency.results.0.model.p50_ms", "latency.results.0.ratio", "sweep.1.psnr_db",
-                   "latency.memory.results.0.model_peak_bytes", "passes.0.summary.params_removed"):
+                   "latency.memory.results.0.model_peak_bytes", "passes.0.summary.params_removed", "passes.0.layers.0.zeros",
+                   "sweep.1.ssim", "sweep.5.frechet_distance_relative"):
         assert needed in keys, needed
     for cell in result["cells"]:
         expected = _get(data, cell["key"])

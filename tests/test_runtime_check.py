@@ -335,6 +335,21 @@ def test_fixed_batch_model_and_user_feature_model(models, tmp_path):
         api.check(models["ref"], models["ref"], samples=4, features=models["seq_ref"])
 
 
+def test_real_inputs_peak_override_and_single_sample(models, tmp_path):
+    z = latents(10, 42)
+    np.savez(tmp_path / "z.npz", z=z)
+    r = api.check(models["ref"], models["noisy"], inputs=tmp_path / "z.npz", peak=4.0)
+    ref, cand = (run_ort(models[k], {"z": z})[0].astype(np.float64) for k in ("ref", "noisy"))
+    o = r["outputs"][0]
+    assert r["samples"] == 10 and o["peak"] == 4.0 and o["peak_source"] == "given"
+    assert o["psnr_db"] == pytest.approx(10 * np.log10(16.0 / np.mean((ref - cand) ** 2)), rel=1e-9)
+    one = api.check(models["ref"], models["noisy"], samples=1)["outputs"][0]
+    assert one["frechet_distance"] is None and one["diversity_ratio"] is None and one["mse"] > 0
+    np.savez(tmp_path / "bad.npz", w=z)
+    with pytest.raises(GencompressError, match="unknown input name"):
+        api.check(models["ref"], models["noisy"], inputs=tmp_path / "bad.npz")
+
+
 def test_check_user_errors(models, tmp_path):
     with pytest.raises(GencompressError, match="samples"):
         api.check(models["ref"], models["noise"], samples=0)
