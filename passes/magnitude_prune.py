@@ -1,0 +1,121 @@
+"""Unstructured magnitude pruning: the smallest |w| of each weight (or of all weights) become 0."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from gencompress.passes.prune_report import (
+    DEFAULT_MIN_SIZE,
+    SCOPES,
+    FoldComputedWeights,
+    check_common,
+    check_sparsity,
+    choose_targets,
+    float_params,
+    round_half_up,
+    row,
+    stats,
+    totals,
+    unmatched_warnings,
+    weight_targets,
+)
+from gencompress.passes.registry import register
+
+
+def smallest_mask(magnitudes: np.ndarray, count: int) -> np.ndarray:
+    """Boolean keep-mask of a flat array: False at its ``count`` smallest entries.
+
+    Ties are broken by position (the earlier entry goes first), so the result is deterministic;
+    NaN sorts last and is never pruned.
+    """
+    keep = np.ones(magnitudes.size, dtype=bool)
+    if count > 0:
+        keep[np.argsort(magnitudes, kind="stable")[:count]] = False
+    return keep
+
+
+def apply_mask(array: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``array`` with zeros where ``keep`` is False; kept entries are bit-identical."""
+    return np.where(keep.reshape(array.shape), array, np.zeros((), dtype=array.dtype))
+
+
+def write_array(value: ir.Value, array: np.ndarray) -> None:
+    value.const_value = ir.Tensor(np.ascontiguousarray(array), name=value.name)
+    value.shape = ir.Shape(array.shape)
+
+
+@register("magnitude_prune")
+class MagnitudePrunePass(ir.passes.InPlacePass):
+    """Zero the smallest-magnitude entries of Conv/ConvTranspose/Gemm/MatMul/GRU/LSTM weights.
+
+    Guarantees: in each pruned weight (``scope="layer"``) or across all pruned weights
+    (``scope="global"``) exactly ``round(sparsity * size)`` entries are 0, and every zeroed entry
+    has magnitude <= every kept entry (ties: the earlier position is pruned first). Kept entries,
+    shapes, graph inputs and outputs are unchanged; ``sparsity=0`` changes nothing.
+    Weights computed from constants by data movement are folded to initializers first.
+    """
+
+    @dataclass(frozen=True)
+    class Options:
+        sparsity: float = 0.5
+        scope: str = "layer"  # "layer": per weight; "global": one threshold across weights
+        exclude: tuple[str, ...] = ()  # node or initializer names / globs left dense
+        min_size: int = DEFAULT_MIN_SIZE  # weights with fewer elements are left dense
+        keep_first_last: bool = False  # leave the first and last weight layers dense
+
+        def __post_init__(self):
+            check_sparsity(self.sparsity)
+            if self.scope not in SCOPES:
+                raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+            check_common(self.exclude, self.min_size)
+
+    def __init__(self, options: Options = Options()):
+        super().__init__()
+        self.options = options
+        self.report: dict | None = None
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        o = self.options
+        modified = FoldComputedWeights()(model).modified
+        graph = model.graph
+        params_before = float_params(graph)
+        targets = weight_targets(graph)
+        selection = choose_targets(targets, exclude=o.exclude, min_size=o.min_size, keep_first_last=o.keep_first_last)
+        arrays = {t.name: t.array() for t in selection.selected}
+
+        keeps: dict[str, np.ndarray] = {}
+        if o.scope == "layer":
+            for name, a in arrays.items():
+                keeps[name] = smallest_mask(np.abs(a.astype(np.float64)).ravel(), round_half_up(o.sparsity * a.size))
+        elif arrays:
+            flat = np.concatenate([np.abs(a.astype(np.float64)).ravel() for a in arrays.values()])
+            keep = smallest_mask(flat, round_half_up(o.sparsity * flat.size))
+            start = 0
+            for name, a in arrays.items():
+                keeps[name] = keep[start : start + a.size]
+                start += a.size
+
+        rows = []
+        for t in targets:
+            if t.name not in arrays:
+                s = stats(t.array())
+                rows.append(row(t.name, t.op_type, t.node_names, s, s, "dense", selection.skipped[t.name]))
+                continue
+            a = arrays[t.name]
+            pruned = apply_mask(a, keeps[t.name])
+            if pruned.tobytes() != a.tobytes():
+                write_array(t.value, pruned)
+                modified = True
+            rows.append(row(t.name, t.op_type, t.node_names, stats(a), stats(pruned), "pruned"))
+
+        self.report = {
+            "pass": self.pass_name,
+            "options": asdict(o),
+            "initializers": rows,
+            "totals": totals(rows, params_before, float_params(graph)),
+            "warnings": unmatched_warnings(selection.unmatched),
+        }
+        return ir.passes.PassResult(model, modified)
