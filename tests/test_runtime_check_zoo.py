@@ -96,3 +96,35 @@ def test_zoo_layers_bench_and_report(zoo, tmp_path):
     paths = api.write_report(tmp_path / "out", report)
     page = paths["html"].read_text()
     assert page.count("data:image/png;base64,") == 3 * 8 + 2 and "label=" in page
+
+
+def constant_like(ref_path, value, dst):
+    """A collapsed 'generator' with the reference's interface: every sample is ``value``."""
+    from onnx import helper
+
+    ref = onnx.load(str(ref_path))
+    nodes = [
+        helper.make_node("Shape", [ref.graph.input[0].name], ["n"], start=0, end=1),
+        helper.make_node("Concat", ["n", "rest"], ["full"], axis=0),
+        helper.make_node("Expand", ["value", "full"], [ref.graph.output[0].name]),
+    ]
+    inits = [numpy_helper.from_array(value[None].astype(np.float32), "value"), numpy_helper.from_array(np.array(value.shape, np.int64), "rest")]
+    graph = helper.make_graph(nodes, "collapsed", list(ref.graph.input), list(ref.graph.output), inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    m.metadata_props.extend(ref.metadata_props)
+    onnx.save(m, str(dst))
+    return dst
+
+
+def test_zoo_mode_collapse_gets_a_large_frechet_distance(zoo, tmp_path):
+    ref_path, noisy = zoo("dcgan")
+    n = 64
+    feeds = sample_inputs(ZOO["dcgan"].inputs, n, 0)
+    out = ort.InferenceSession(str(ref_path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    mean = constant_like(ref_path, out.mean(axis=0), tmp_path / "mean.onnx")
+    repeat = constant_like(ref_path, out[3], tmp_path / "repeat.onnx")
+    fd = {k: api.check(ref_path, p, samples=n)["outputs"][0]["frechet_distance_relative"] for k, p in (("noisy", noisy), ("mean", mean), ("repeat", repeat))}
+    assert fd["noisy"] < 0.05
+    assert fd["mean"] > 0.5 and fd["repeat"] > 0.5
+    assert min(fd["mean"], fd["repeat"]) > 20 * fd["noisy"]
