@@ -1,0 +1,311 @@
+"""Rewrites that make a float graph quantize into fast int8 kernels, and the helpers they share.
+
+``rewrite_for_int8(model)`` runs, in this order:
+
+1. ``fold_batchnorm``: BatchNormalization folded into the Conv/ConvTranspose/Gemm before it, so a
+   quantizer sees ``Conv -> Relu`` (fusable) rather than ``Conv -> BatchNormalization -> Relu``;
+2. ``convtranspose_to_gemm``: ConvTranspose on a statically 1x1 input (the latent projection)
+   becomes Flatten -> Gemm -> Reshape;
+3. ``convtranspose_to_conv``: every other ConvTranspose with constant weights becomes a sub-pixel
+   Conv -> DepthToSpace -> Slice (a plain Conv for stride 1);
+4. ``cleanup``: drop the replaced weights, fold constants, sort.
+
+Each step is exact in float (same ops on the same numbers, up to float rounding of folded
+weights); onnxruntime has int8 kernels for Conv and Gemm, but not for ConvTranspose, which a
+QDQ graph runs as dequantize -> float ConvTranspose -> quantize.
+
+The helpers below (constant lookup, unique names, static shapes, activation hoisting) are the
+graph surgery the three rewrite passes share.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import onnx_ir as ir
+
+from gencompress.passes.registry import register
+
+# ---- shared helpers --------------------------------------------------------------------------
+
+# Elementwise ops with no per-channel parameters: f(move(x)) == move(f(x)) for any data movement
+# (DepthToSpace, Slice, Reshape, Transpose), so they can run before it, next to the Conv/Gemm,
+# where a QDQ quantizer fuses them (Conv + Relu).
+HOISTABLE_ACTIVATIONS = frozenset(
+    {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "HardSigmoid", "HardSwish", "Softplus", "Softsign", "Gelu", "Clip"}
+)
+
+
+def is_onnx_domain(node: ir.Node) -> bool:
+    return node.domain in ("", "ai.onnx")
+
+
+def onnx_opset(model: ir.Model) -> int:
+    """The model's default-domain opset version (0 if it imports none)."""
+    imports = model.opset_imports
+    return int(imports.get("", imports.get("ai.onnx", 0)))
+
+
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    """The constant behind ``value`` as numpy (initializer, Constant node, through Identity), else None.
+
+    A graph input that also has an initializer (an overridable default) is not a constant.
+    """
+    seen = 0
+    while value is not None and seen < 16:
+        if value.is_graph_input():
+            return None
+        if value.const_value is not None:
+            return value.const_value.numpy()
+        node = value.producer()
+        if node is None or not is_onnx_domain(node):
+            return None
+        if node.op_type == "Identity" and len(node.inputs) == 1:
+            value = node.inputs[0]
+            seen += 1
+            continue
+        if node.op_type == "Constant":
+            try:
+                tensor = ir.convenience.get_const_tensor(value)
+            except ValueError:
+                return None
+            return None if tensor is None else tensor.numpy()
+        return None
+    return None
+
+
+class Namer:
+    """Unique, deterministic value and node names for new graph elements: ``base``, ``base_1``, ..."""
+
+    def __init__(self, graph: ir.Graph):
+        self._used: set[str] = set()
+        for value in [*graph.inputs, *graph.outputs, *graph.initializers.values()]:
+            if value.name:
+                self._used.add(value.name)
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            if node.name:
+                self._used.add(node.name)
+            for value in node.outputs:
+                if value.name:
+                    self._used.add(value.name)
+
+    def __call__(self, base: str) -> str:
+        name, i = base, 0
+        while name in self._used:
+            i += 1
+            name = f"{base}_{i}"
+        self._used.add(name)
+        return name
+
+
+def add_initializer(graph: ir.Graph, namer: Namer, base: str, array: np.ndarray) -> ir.Value:
+    """A new initializer holding ``array`` (never overwrites or aliases an existing one)."""
+    array = np.ascontiguousarray(array)
+    name = namer(base)
+    value = ir.Value(
+        name=name,
+        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+        shape=ir.Shape(array.shape),
+        const_value=ir.tensor(array, name=name),
+    )
+    graph.register_initializer(value)
+    return value
+
+
+def new_node(namer: Namer, base: str, op_type: str, inputs, attributes=None, dtype=None, shape=None) -> ir.Node:
+    """A default-domain node with one named output (not yet in a graph)."""
+    node = ir.node(op_type, list(inputs), attributes or {}, name=namer(f"{base}/{op_type}"))
+    out = node.outputs[0]
+    out.name = namer(f"{base}/{op_type}_output")
+    if dtype is not None:
+        out.type = ir.TensorType(dtype)
+    if shape is not None:
+        out.shape = ir.Shape(shape)
+    return node
+
+
+def only_consumer(value: ir.Value) -> ir.Node | None:
+    """The single node reading ``value`` (through one input slot), if it is not also a graph output."""
+    if value.is_graph_output():
+        return None
+    uses = list(value.uses())
+    if len(uses) != 1:
+        return None
+    return uses[0].node
+
+
+def hoistable_activation(value: ir.Value) -> ir.Node | None:
+    """The elementwise activation that alone consumes ``value``, if it can move before data movement."""
+    node = only_consumer(value)
+    if node is None or not is_onnx_domain(node) or node.op_type not in HOISTABLE_ACTIVATIONS:
+        return None
+    if len(node.outputs) != 1 or node.inputs[0] is not value:
+        return None
+    if node.op_type == "Clip":
+        for bound in node.inputs[1:]:
+            if bound is None:
+                continue
+            arr = const_array(bound)
+            if arr is None or arr.size != 1:
+                return None
+    return node
+
+
+def static_shapes(model: ir.Model) -> dict[str, tuple[int | None, ...]]:
+    """Shapes by value name from onnx shape inference on a copy (the model is not touched).
+
+    Unknown or symbolic dims are None. Used only where a value carries no shape of its own.
+    """
+    import onnx
+
+    try:
+        proto = onnx.shape_inference.infer_shapes(ir.serde.serialize_model(model), data_prop=True)
+    except Exception:
+        return {}
+    shapes = {}
+    for info in [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]:
+        t = info.type.tensor_type
+        if not t.HasField("shape"):
+            continue
+        shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+    return shapes
+
+
+class ShapeLookup:
+    """``dims(value)``: the value's dims (None where not static) or None if its rank is unknown."""
+
+    def __init__(self, model: ir.Model):
+        self._model = model
+        self._inferred: dict | None = None
+
+    def dims(self, value: ir.Value) -> tuple[int | None, ...] | None:
+        if value.shape is not None:
+            own = tuple(d if isinstance(d, int) else None for d in value.shape)
+            if all(d is not None for d in own):
+                return own
+        else:
+            own = None
+        if self._inferred is None:
+            self._inferred = static_shapes(self._model)
+        inferred = self._inferred.get(value.name)
+        if own is None:
+            return inferred
+        if inferred is None or len(inferred) != len(own):
+            return own
+        return tuple(a if a is not None else b for a, b in zip(own, inferred))
+
+
+def replace_with(graph: ir.Graph, old_nodes: list[ir.Node], new_nodes: list[ir.Node], old_value: ir.Value, new_value: ir.Value) -> None:
+    """Put ``new_nodes`` where ``old_nodes[0]`` was; ``new_value`` takes over ``old_value``'s uses and name."""
+    name = old_value.name
+    old_value.name = None  # free the name for the value that takes its place
+    ir.convenience.replace_nodes_and_values(graph, old_nodes[0], old_nodes, new_nodes, [old_value], [new_value])
+    new_value.name = name
+    take_over_metadata(old_value, new_value)
+
+
+def take_over_metadata(old_value: ir.Value, new_value: ir.Value) -> None:
+    """``new_value`` keeps ``old_value``'s metadata_props (a graph output's, e.g. from the exporter)."""
+    for key, item in old_value.metadata_props.items():
+        new_value.metadata_props.setdefault(key, item)
+    if old_value.doc_string and not new_value.doc_string:
+        new_value.doc_string = old_value.doc_string
+
+
+def drop_if_unused(graph: ir.Graph, values) -> None:
+    """Remove initializers among ``values`` that nothing reads any more (never graph inputs/outputs)."""
+    for value in values:
+        if value is None or value.name not in graph.initializers or graph.initializers[value.name] is not value:
+            continue
+        if value.is_graph_input() or value.is_graph_output() or value.uses():
+            continue
+        del graph.initializers[value.name]
+
+
+def count_by(items: Iterable[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+# ---- the pipeline ----------------------------------------------------------------------------
+
+REWRITE_PASSES = ("fold_batchnorm", "convtranspose_to_gemm", "convtranspose_to_conv")
+
+
+@register("rewrite_for_int8")
+class RewriteForInt8Pass(ir.passes.InPlacePass):
+    """fold_batchnorm -> convtranspose_to_gemm -> convtranspose_to_conv -> cleanup.
+
+    Guarantees: graph inputs and outputs unchanged (names, dtypes, ranks, dynamic dims),
+    metadata kept; outputs equal the original's up to float rounding of folded weights.
+    ``self.report`` holds each step's report.
+    """
+
+    @dataclass(frozen=True)
+    class Options:
+        fold_batchnorm: bool = True
+        gemm: bool = True  # ConvTranspose on 1x1 input -> Gemm
+        conv: bool = True  # other ConvTranspose -> sub-pixel Conv
+        hoist_activations: bool = True
+        depth_to_space: str = "CRD"  # CRD | DCR | reshape: how phases interleave (see convtranspose_to_conv)
+        layout: str = "fused"  # fused | phases (see convtranspose_to_conv)
+        cleanup: bool = True
+
+    def __init__(self, options: Options = Options()):
+        super().__init__()
+        self.options = options
+        self.report: dict = {}
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        # imported here: the three pass modules import the helpers above
+        from gencompress.passes.cleanup import CleanupPass
+        from gencompress.passes.convtranspose_to_conv import ConvTransposeToConvPass
+        from gencompress.passes.convtranspose_to_gemm import ConvTransposeToGemmPass
+        from gencompress.passes.fold_batchnorm import FoldBatchNormPass
+
+        o = self.options
+        steps = []
+        if o.fold_batchnorm:
+            steps.append(FoldBatchNormPass())
+        if o.gemm:
+            steps.append(ConvTransposeToGemmPass(ConvTransposeToGemmPass.Options(hoist_activations=o.hoist_activations)))
+        if o.conv:
+            steps.append(
+                ConvTransposeToConvPass(
+                    ConvTransposeToConvPass.Options(
+                        depth_to_space=o.depth_to_space, hoist_activations=o.hoist_activations, layout=o.layout
+                    )
+                )
+            )
+        modified = False
+        report = {}
+        for step in steps:
+            result = step(model)
+            model, modified = result.model, modified or result.modified
+            report[step.pass_name] = step.report
+        if o.cleanup and modified:
+            model = CleanupPass()(model).model
+        self.report = report
+        return ir.passes.PassResult(model, modified)
+
+
+def rewrite_for_int8(model: ir.Model, **options) -> tuple[ir.Model, dict]:
+    """Run the int8 rewrites on an ``onnx_ir.Model`` in place; return it and the per-pass report."""
+    p = RewriteForInt8Pass(RewriteForInt8Pass.Options(**options))
+    result = p(model)
+    return result.model, p.report
+
+
+def recipe_steps(*, depth_to_space: str = "CRD", hoist_activations: bool = True) -> list[dict]:
+    """The same pipeline as recipe data (``[{pass, options}]``) for compress recipes."""
+    return [
+        {"pass": "fold_batchnorm", "options": {}},
+        {"pass": "convtranspose_to_gemm", "options": {"hoist_activations": hoist_activations}},
+        {"pass": "convtranspose_to_conv", "options": {"depth_to_space": depth_to_space, "hoist_activations": hoist_activations}},
+        {"pass": "cleanup", "options": {}},
+    ]
