@@ -475,7 +475,8 @@ class ChannelPrunePass(ir.passes.InPlacePass):
     Guarantees: graph inputs and outputs unchanged; the result computes what the original computes
     with the removed channels zeroed where they enter the next Conv/ConvTranspose/Gemm/MatMul
     (up to float summation order); every static shape on the way is updated;
-    ``sparsity=0`` changes nothing. Identity nodes are removed first (onnx_ir's pass).
+    ``sparsity=0`` changes nothing. Weights computed from constants by data movement are folded
+    to initializers, and Identity nodes removed (onnx_ir's pass), before tracing.
     """
 
     @dataclass(frozen=True)
@@ -644,7 +645,7 @@ class ChannelPrunePass(ir.passes.InPlacePass):
     def _channel_row(self, p: Plan) -> dict:
         after = p.channels - len(p.removed) * p.group
         r = {
-            "node": p.node.name,
+            "node": p.node.name or f"{p.node.op_type} -> {p.node.outputs[0].name}",
             "op": p.node.op_type,
             "weight": p.weight.name,
             "channels_before": p.channels,

@@ -15,7 +15,7 @@ from gencompress.passes.prune_report import DEFAULT_MIN_SIZE
 @click.option("--scope", type=click.Choice(["layer", "global"]), default="layer", show_default=True, help="Sparsity per layer, or one ranking across all layers.")
 @click.option("--nm", "nm", default="2:4", show_default=True, metavar="N:M", help="--mode nm: at most N non-zeros in every M weights along the input-channel axis.")
 @click.option("--criterion", type=click.Choice(["l1", "l2"]), default="l1", show_default=True, help="--mode channel: rank channels by the L1 or L2 norm of their weights.")
-@click.option("--exclude", multiple=True, metavar="NAME|GLOB", help="Leave matching nodes/initializers dense (repeatable, or comma-separated).")
+@click.option("--exclude", multiple=True, metavar="NAME|GLOB", help="Leave matching weight nodes/initializers dense; in channel mode they keep their output channels (repeatable, or comma-separated).")
 @click.option("--min-size", type=int, default=DEFAULT_MIN_SIZE, show_default=True, help="Leave weights with fewer elements dense.")
 @click.option("--keep-first-last", is_flag=True, help="Leave the first and last weight layers dense (often the most sensitive in generators).")
 @click.option("--sparse-initializers", is_flag=True, help="Store pruned weights as SparseTensorProto where smaller (onnxruntime densifies them at load).")

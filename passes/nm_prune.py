@@ -57,7 +57,8 @@ class NMPrunePass(ir.passes.InPlacePass):
     Guarantees: every group of M consecutive entries along that axis keeps its N largest |w|
     unchanged and has the others 0 (ties: the earlier entry is pruned). A weight whose axis is not
     a multiple of M, or used with different reduction axes, is left dense and listed with the reason.
-    Shapes, graph inputs and outputs unchanged.
+    Shapes, graph inputs and outputs unchanged. Weights computed from constants by data movement
+    are folded to initializers first.
     """
 
     @dataclass(frozen=True)

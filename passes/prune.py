@@ -14,6 +14,7 @@ indices a sparse weight is smaller only above ~2/3 sparsity (12 bytes per non-ze
 
 from __future__ import annotations
 
+import numbers
 import zlib
 
 import numpy as np
@@ -122,12 +123,14 @@ def _options(sparsity, mode, scope, nm, exclude, min_size, keep_first_last, crit
         raise GencompressError(f"--criterion {criterion!r}: choose l1 or l2")
     if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
         raise GencompressError(f"--min-size must be a non-negative integer, got {min_size!r}")
-    if isinstance(exclude, str):
+    if exclude is None:
+        exclude = ()
+    elif isinstance(exclude, str):
         exclude = (exclude,)
     exclude = tuple(p.strip() for e in exclude for p in str(e).split(",") if p.strip())
     common = {"exclude": exclude, "min_size": min_size, "keep_first_last": bool(keep_first_last)}
     if sparsity is not None:
-        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+        if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0 <= sparsity < 1:
             raise GencompressError(f"--sparsity must be in [0, 1), got {sparsity}")
         sparsity = float(sparsity)
     if mode == "nm":

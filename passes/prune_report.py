@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +35,7 @@ DATA_MOVEMENT_OPS = frozenset(
 
 
 def check_sparsity(sparsity) -> None:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0 <= sparsity < 1:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
 
 

@@ -302,3 +302,41 @@ def test_zoo_nm_every_group(zoo_onnx, tmp_path):
         assert r["status"] == "pruned", r
         assert _groups_ok(after[r["name"]], r["axis"], 2, 4)
         assert r["sparsity"] == pytest.approx(0.5)
+
+
+# ---- registry: the passes compose as a recipe --------------------------------------------------
+
+
+def test_passes_compose_through_the_registry(tiny):
+    from gencompress.errors import GencompressError
+    from gencompress.onnx_io import load_ir, to_proto
+    from gencompress.passes.registry import available, make_options, run_recipe
+
+    assert {"magnitude_prune", "nm_prune", "channel_prune"} <= set(available())
+    recipe = [
+        {"pass": "channel_prune", "options": {"sparsity": 0.5, "min_size": 0, "criterion": "l2"}},
+        {"pass": "magnitude_prune", "options": {"sparsity": 0.5, "min_size": 0, "exclude": ["mm"]}},
+    ]
+    model, reports = run_recipe(load_ir(tiny), recipe)
+    proto = to_proto(model)
+    onnx.checker.check_model(proto, full_check=True)
+    after = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    assert after["conv.w"].shape == (4, 4, 3, 3) and after["convt.w"].shape == (4, 3, 2, 2)
+    assert after["gemm.w"].shape == (6, 3 * 144) and after["mm.w"].shape == (6, 5)
+    for name in ("conv.w", "convt.w", "gemm.w"):
+        assert abs(np.mean(after[name] == 0) - 0.5) <= 0.5 / after[name].size + 1e-12
+    assert np.count_nonzero(after["mm.w"] == 0) == 0
+    assert [r["pass"] for r in reports] == ["channel_prune", "magnitude_prune"]
+    feeds = sample_inputs(specs_of_model(proto), 2, seed=0)
+    out = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert out.shape == (2, 5)
+
+    for name, options in [
+        ("magnitude_prune", {"sparsity": 1.0}),
+        ("magnitude_prune", {"scope": "model"}),
+        ("nm_prune", {"n": 4, "m": 4}),
+        ("channel_prune", {"criterion": "l3"}),
+        ("channel_prune", {"min_size": -1}),
+    ]:
+        with pytest.raises(GencompressError):
+            make_options(name, options)
