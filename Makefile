@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The main job on the bundled default generator: export → int8 rewrites → QDQ int8 → check → report.
 demo: setup
-	$(BIN)/gencompress export dcgan demo_out/dcgan.onnx
+	$(BIN)/gencompress compress dcgan demo_out
+	@echo "open demo_out/report.html"
 
 test: setup
 	$(BIN)/pytest -q

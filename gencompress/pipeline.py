@@ -1,0 +1,251 @@
+"""`gencompress compress`: export → recipe of passes → check, written to one folder.
+
+    OUT_DIR/reference.onnx   the float model (exported, or a copy of the given .onnx)
+    OUT_DIR/model.onnx       the compressed model
+    OUT_DIR/report.json      fidelity, latency, sizes, per-layer precision/sparsity, recipe
+    OUT_DIR/report.html      the same, self-contained, with samples side by side
+
+Everything is built in a staging folder beside OUT_DIR and moved in only when the whole job
+succeeded, so a failure never leaves a half-written result.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from gencompress.errors import GencompressError
+
+PRUNE_PASSES = {"unstructured": "magnitude_prune", "nm": "nm_prune", "channel": "channel_prune"}
+QUANT_MODES = ("static", "weight-only", "fp16", "none")
+SWEEP_KEYS = ("sparsity", "bits", "mode", "calib")
+OUTPUT_FILES = ("reference.onnx", "model.onnx", "report.json", "report.html")
+
+
+def default_recipe(
+    *,
+    mode: str = "static",
+    sparsity: float = 0.0,
+    prune_mode: str = "unstructured",
+    nm: str = "2:4",
+    bits: int = 8,
+    calib: str = "minmax",
+    calib_size: int | None = None,
+    per_tensor: bool = False,
+    activations: str = "uint8",
+    rewrite: bool = True,
+    exclude: tuple[str, ...] = (),
+    seed: int = 0,
+) -> list[dict]:
+    """The recipe the common flags stand for: cleanup → prune? → (rewrite →) quantize."""
+    if mode not in QUANT_MODES:
+        raise GencompressError(f"--mode {mode!r}: one of {', '.join(QUANT_MODES)}")
+    if prune_mode not in PRUNE_PASSES:
+        raise GencompressError(f"--prune-mode {prune_mode!r}: one of {', '.join(PRUNE_PASSES)}")
+    if not 0 <= sparsity < 1:
+        raise GencompressError(f"--sparsity must be in [0, 1), got {sparsity}")
+    steps: list[dict] = [{"pass": "cleanup", "options": {}}]
+    if sparsity > 0:
+        if prune_mode == "nm":
+            n, m = _parse_nm(nm)
+            steps.append({"pass": "nm_prune", "options": {"n": n, "m": m}})
+        else:
+            steps.append({"pass": PRUNE_PASSES[prune_mode], "options": {"sparsity": sparsity}})
+    if mode == "static":
+        if rewrite:
+            steps.append({"pass": "rewrite_for_int8", "options": {}})
+        options = {"calib": calib, "per_tensor": per_tensor, "activations": activations, "seed": seed}
+        if calib_size:
+            options["calib_size"] = calib_size
+        if exclude:
+            options["exclude"] = list(exclude)
+        steps.append({"pass": "insert_qdq", "options": options})
+    elif mode == "weight-only":
+        options = {"bits": bits}
+        if exclude:
+            options["exclude"] = list(exclude)
+        steps.append({"pass": "weight_only_quantize", "options": options})
+    elif mode == "fp16":
+        steps.append({"pass": "fp16_convert", "options": {"exclude": list(exclude)} if exclude else {}})
+    return steps
+
+
+def _parse_nm(nm: str) -> tuple[int, int]:
+    try:
+        n, m = (int(v) for v in nm.split(":"))
+    except ValueError:
+        raise GencompressError(f"--nm {nm!r}: expected N:M, e.g. 2:4") from None
+    if not 0 < n < m:
+        raise GencompressError(f"--nm {nm!r}: need 0 < N < M")
+    return n, m
+
+
+def parse_sweep(text: str) -> tuple[str, list]:
+    """``KEY=V1,V2,...`` with KEY one of sparsity, bits, mode, calib."""
+    key, sep, values = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or key not in SWEEP_KEYS or not values.strip():
+        raise GencompressError(f"--sweep {text!r}: expected KEY=V1,V2,... with KEY one of {', '.join(SWEEP_KEYS)}")
+    items = [v.strip() for v in values.split(",") if v.strip()]
+    try:
+        if key == "sparsity":
+            items = [float(v) for v in items]
+        elif key == "bits":
+            items = [int(v) for v in items]
+    except ValueError:
+        raise GencompressError(f"--sweep {text!r}: {key} values must be numbers") from None
+    return key, items
+
+
+def run_recipe_on(reference_path, recipe) -> tuple[object, list[dict]]:
+    """Load the reference as onnx_ir and run the recipe on it; returns (model, pass reports)."""
+    from gencompress.onnx_io import load_ir
+    from gencompress.passes.registry import run_recipe
+
+    model = load_ir(reference_path)
+    return run_recipe(model, recipe)
+
+
+def compress(
+    model,
+    out_dir,
+    *,
+    recipe=None,
+    checkpoint=None,
+    inputs=None,
+    samples: int = 256,
+    seed: int = 0,
+    bench: bool = True,
+    batches=(1, 64),
+    threads=(2,),
+    runs: int = 50,
+    provider: str = "CPUExecutionProvider",
+    sweep: tuple[str, list] | None = None,
+    flags: dict | None = None,
+    log=None,
+    progress: bool = False,
+) -> dict:
+    """Run the whole job; returns the report dict (as written to report.json).
+
+    ``model``: zoo name, ``file.py:Name``, ``package.module:attr`` or an ``.onnx`` path.
+    ``recipe``: a recipe file path or a list of steps; default: ``default_recipe(**flags)``.
+    ``sweep``: (key, values): extra configurations of the flag recipe, for the size-vs-PSNR chart.
+    """
+    from gencompress.onnx_io import load_model, save_model
+    from gencompress.passes.registry import load_recipe, validate_recipe
+    from gencompress.runtime_check import api as rc
+
+    log = log or (lambda msg: None)
+    flags = dict(flags or {})
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise GencompressError(f"{out}: exists and is a file; OUT_DIR must be a folder")
+    if samples <= 0:
+        raise GencompressError(f"--samples must be positive, got {samples}")
+    if any(b <= 0 for b in batches):
+        raise GencompressError(f"--batch must be positive, got {', '.join(map(str, batches))}")
+    if any(t <= 0 for t in threads):
+        raise GencompressError(f"--threads must be positive, got {', '.join(map(str, threads))}")
+    if bench:
+        from gencompress.runtime_check.sessions import resolve_providers
+
+        (provider,) = resolve_providers([provider])  # an unavailable provider fails now, not after export
+
+    # Everything that can be checked is checked before any work is done.
+    if recipe is None:
+        steps = default_recipe(**flags)
+        recipe_source = "flags"
+    elif isinstance(recipe, (str, Path)):
+        steps, recipe_source = load_recipe(recipe), str(recipe)
+    else:
+        steps, recipe_source = validate_recipe(recipe), "api"
+    sweep_recipes = []
+    if sweep:
+        if recipe is not None:
+            raise GencompressError("--sweep varies the flag recipe; it cannot be combined with --recipe")
+        key, values = sweep
+        for value in values:
+            sweep_recipes.append((f"{key}={value}", validate_recipe(default_recipe(**{**flags, key: value}))))
+    is_onnx = str(model).endswith(".onnx")
+    if is_onnx and (checkpoint or inputs):
+        raise GencompressError("--checkpoint and --input apply to a torch model, not an .onnx file")
+
+    out.parent.mkdir(parents=True, exist_ok=True) if str(out.parent) else None
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent if str(out.parent) else "."))
+    try:
+        reference = staging / "reference.onnx"
+        if is_onnx:
+            save_model(load_model(model), reference)
+            source = str(model)
+        else:
+            from gencompress.exporter.export import export
+
+            log(f"exporting {model} ...")
+            result = export(model, reference, checkpoint=checkpoint, inputs=inputs, seed=seed, log=log)
+            source = result["model"]
+
+        log(f"running {len(steps)} passes: {' → '.join(s['pass'] for s in steps)}")
+        compressed, pass_reports = run_recipe_on(reference, steps)
+        candidate = staging / "model.onnx"
+        save_model(compressed, candidate)
+
+        log(f"checking fidelity on {samples} seeded samples ...")
+        fidelity = rc.check(reference, candidate, samples=samples, seed=seed, preview=8, progress=progress)
+        latency = None
+        if bench:
+            log("timing reference and candidate, interleaved ...")
+            latency = rc.bench(candidate, reference=reference, providers=(provider,), batches=tuple(batches),
+                               threads=tuple(threads), runs=runs, seed=seed, memory=False, progress=progress)
+
+        sweep_rows = []
+        for label, sweep_steps in sweep_recipes:
+            log(f"sweep {label} ...")
+            swept, _ = run_recipe_on(reference, sweep_steps)
+            swept_path = staging / "sweep" / f"{label.replace('=', '-')}.onnx"
+            save_model(swept, swept_path)
+            fid = rc.check(reference, swept_path, samples=samples, seed=seed)
+            sweep_rows.append(rc.sweep_entry(label, swept_path, fid, file=f"sweep/{swept_path.name}"))
+
+        report = rc.build_report(
+            reference,
+            candidate,
+            fidelity=fidelity,
+            latency=latency,
+            recipe=steps,
+            passes=[_pass_entry(r) for r in pass_reports],
+            sweep=sweep_rows or None,
+            title=f"gencompress: {source}",
+            source=source,
+            recipe_source=recipe_source,
+        )
+        report["reference"], report["candidate"] = "reference.onnx", "model.onnx"
+        rc.write_report(staging, report)
+        _move_into(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    import json
+
+    return json.loads((out / "report.json").read_text())
+
+
+def _pass_entry(entry: dict) -> dict:
+    """A recipe step's report in the shape the HTML report renders (summary scalars + layer rows)."""
+    report = entry.get("report") or {}
+    summary = {k: v for k, v in report.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    layers = next((v for v in report.values() if isinstance(v, list) and v and isinstance(v[0], dict)), None)
+    row = {"pass": entry["pass"], "options": entry["options"], "summary": summary}
+    if layers:
+        row["layers"] = [{k: v for k, v in layer.items() if not isinstance(v, (dict, list))} for layer in layers]
+    return row
+
+
+def _move_into(staging: Path, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if (staging / "sweep").exists():
+        target = out / "sweep"
+        if target.exists():
+            shutil.rmtree(target)
+        (staging / "sweep").replace(target)
+    for name in OUTPUT_FILES:
+        (staging / name).replace(out / name)

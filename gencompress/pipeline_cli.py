@@ -1,0 +1,88 @@
+"""`gencompress compress MODEL OUT_DIR`: the product's main job."""
+
+import sys
+
+import click
+
+from gencompress.output import echo_json, table
+
+
+@click.command()
+@click.argument("model")
+@click.argument("out_dir", type=click.Path(file_okay=True))
+@click.option("--recipe", type=click.Path(), help="YAML/JSON recipe: a list of {pass: NAME, options: {...}}.")
+@click.option("--checkpoint", type=click.Path(), help="Weights for a torch MODEL (state_dict or .safetensors).")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=SHAPE[:DTYPE[:LOW..HIGH]]", help="Inputs of a torch MODEL.")
+@click.option("--mode", type=click.Choice(["static", "weight-only", "fp16", "none"]), default="static", show_default=True, help="Quantization.")
+@click.option("--bits", type=click.Choice(["8", "4"]), default="8", show_default=True, help="Weight bits for --mode weight-only.")
+@click.option("--sparsity", type=float, default=0.0, show_default=True, help="Prune this fraction of weights first.")
+@click.option("--prune-mode", type=click.Choice(["unstructured", "nm", "channel"]), default="unstructured", show_default=True)
+@click.option("--nm", default="2:4", show_default=True, help="N:M pattern for --prune-mode nm.")
+@click.option("--calib", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax", show_default=True)
+@click.option("--calib-size", type=int, help="Calibration samples (seeded draws from the latent prior).")
+@click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
+@click.option("--activations", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True)
+@click.option("--no-rewrite", is_flag=True, help="Skip the int8 rewrites (ConvTranspose → Conv/Gemm, BatchNorm folding).")
+@click.option("--exclude", multiple=True, help="Node names, weight names or op types to keep in float.")
+@click.option("--sweep", help="Also run KEY=V1,V2,... (sparsity, bits, mode, calib) for the size-vs-PSNR chart.")
+@click.option("--samples", type=int, default=256, show_default=True, help="Seeded latents for the fidelity check.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--provider", default="CPUExecutionProvider", show_default=True, help="Execution provider to time.")
+@click.option("--batch", "batches", type=int, multiple=True, help="Batch sizes to time (default 1 and 64).")
+@click.option("--threads", type=int, multiple=True, help="Intra-op thread counts to time (default 2).")
+@click.option("--no-bench", is_flag=True, help="Skip the latency measurement.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the summary table.")
+def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, prune_mode, nm, calib, calib_size,
+             per_tensor, activations, no_rewrite, exclude, sweep, samples, seed, provider, batches, threads, no_bench, as_json):
+    """Export MODEL (or take MODEL.onnx), compress it, check it; write OUT_DIR.
+
+    OUT_DIR gets model.onnx, reference.onnx, report.json and report.html.
+    The default recipe is static int8: cleanup → int8 rewrites → QDQ with calibration.
+
+    \b
+    Examples:
+      gencompress compress dcgan out/
+      gencompress compress vae out/ --sparsity 0.5 --mode weight-only --bits 4
+      gencompress compress g.onnx out/ --recipe recipe.yaml
+      gencompress compress dcgan out/ --sweep bits=8,4 --mode weight-only
+    """
+    from gencompress.pipeline import compress as run, parse_sweep
+
+    flags = dict(mode=mode, sparsity=sparsity, prune_mode=prune_mode, nm=nm, bits=int(bits), calib=calib,
+                 calib_size=calib_size, per_tensor=per_tensor, activations=activations, rewrite=not no_rewrite,
+                 exclude=tuple(exclude), seed=seed)
+    report = run(
+        model, out_dir, recipe=recipe, checkpoint=checkpoint, inputs=inputs, samples=samples, seed=seed,
+        bench=not no_bench, batches=batches or (1, 64), threads=threads or (2,), provider=provider,
+        sweep=parse_sweep(sweep) if sweep else None, flags=flags,
+        log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty(),
+    )
+    if as_json:
+        echo_json(report)
+        return
+    click.echo(summary_table(report))
+    click.echo(f"\nreport: {out_dir}/report.html   model: {out_dir}/model.onnx")
+
+
+def summary_table(report: dict) -> str:
+    sizes = report["sizes"]
+    rows = [["size", f"{sizes['reference']['bytes'] / 1e6:.3f} MB", f"{sizes['candidate']['bytes'] / 1e6:.3f} MB", f"{sizes['ratio']:.3f}x"],
+            ["deflated size", f"{sizes['reference']['deflate_bytes'] / 1e6:.3f} MB", f"{sizes['candidate']['deflate_bytes'] / 1e6:.3f} MB", f"{sizes['deflate_ratio']:.3f}x"]]
+    for out in report["fidelity"]["outputs"]:
+        name = out["name"]
+        rows.append([f"PSNR {name} (dB, peak {out['peak']:g})", "", _fmt(out.get("psnr_db")), ""])
+        if out.get("ssim") is not None:
+            rows.append([f"SSIM {name}", "", _fmt(out["ssim"]), ""])
+        rows.append([f"Fréchet distance {name} (relative)", "", _fmt(out.get("frechet_distance_relative")), ""])
+    for r in (report.get("latency") or {}).get("results", []):
+        rows.append([f"latency p50, batch {r['batch']}, {r['threads']} threads",
+                     f"{r['reference']['p50_ms']:.3f} ms", f"{r['model']['p50_ms']:.3f} ms", f"{r['speedup']:.2f}x speed-up"])
+    return table(["", "reference", "compressed", "compressed vs reference"], rows)
+
+
+def _fmt(v):
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    return f"{v:.4g}"

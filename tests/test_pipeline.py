@@ -1,0 +1,127 @@
+"""`gencompress compress`: end to end on the zoo, report figures recomputed independently, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from gencompress.inputs import sample_inputs, specs_of_model
+
+FAST = ("--samples", "32", "--no-bench", "--calib-size", "32")
+
+
+def _outputs(path, feeds):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+@pytest.mark.parametrize("name", ["vae", "rvae", "cgan"])
+def test_compress_every_zoo_model_from_onnx(name, zoo_onnx, tmp_path, run_cli):
+    out = tmp_path / "out"
+    r = run_cli("compress", zoo_onnx(name), out, *FAST)
+    assert r.exit_code == 0, r
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "reference.onnx", "report.html", "report.json"]
+    assert (out / "reference.onnx").read_bytes() == zoo_onnx(name).read_bytes()
+    proto = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(proto, full_check=True)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in proto.graph.node}
+
+
+def test_compress_zoo_name_report_agrees_with_recomputation(tmp_path, run_cli):
+    out = tmp_path / "out"
+    r = run_cli("compress", "dcgan", out, "--samples", "64", "--batch", "4", "--threads", "1", "--json")
+    assert r.exit_code == 0, r
+    report = json.loads(r.stdout)
+    assert report == json.loads((out / "report.json").read_text())
+
+    # sizes are the files' sizes
+    assert report["sizes"]["reference"]["bytes"] == (out / "reference.onnx").stat().st_size
+    assert report["sizes"]["candidate"]["bytes"] == (out / "model.onnx").stat().st_size
+    assert report["sizes"]["ratio"] == pytest.approx((out / "model.onnx").stat().st_size / (out / "reference.onnx").stat().st_size)
+
+    # fidelity: the same seeded draws from the prior, recomputed with plain numpy
+    fid = report["fidelity"]
+    specs = specs_of_model(onnx.load(str(out / "reference.onnx")))
+    feeds = sample_inputs(specs, fid["samples"], fid["seed"])
+    ref, cand = _outputs(out / "reference.onnx", feeds)[0], _outputs(out / "model.onnx", feeds)[0]
+    metrics = fid["outputs"][0]
+    mse = float(np.mean((ref.astype(np.float64) - cand) ** 2))
+    assert metrics["peak"] == 2.0  # tanh output: nominal range recorded by the exporter
+    assert metrics["mse"] == pytest.approx(mse, rel=1e-5)
+    assert metrics["psnr_db"] == pytest.approx(10 * np.log10(2.0**2 / mse), abs=1e-3)
+    assert metrics["max_abs_error"] == pytest.approx(float(np.max(np.abs(ref - cand))), rel=1e-5)
+    assert metrics["psnr_db"] > 35  # int8 of a trained generator stays close to float
+
+    lat = report["latency"]["results"]
+    assert [(row["batch"], row["threads"]) for row in lat] == [(4, 1)]
+    assert lat[0]["ratio"] == pytest.approx(lat[0]["model"]["p50_ms"] / lat[0]["reference"]["p50_ms"], rel=1e-6)
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "http://" not in html.replace("http://www.w3.org", "")
+
+
+def test_recipe_file_and_sweep(zoo_onnx, tmp_path, run_cli):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("passes:\n  - pass: cleanup\n  - pass: nm_prune\n    options: {n: 2, m: 4}\n  - pass: weight_only_quantize\n    options: {bits: 8}\n")
+    out = tmp_path / "a"
+    r = run_cli("compress", zoo_onnx("vae"), out, "--recipe", recipe, *FAST)
+    assert r.exit_code == 0, r
+    report = json.loads((out / "report.json").read_text())
+    assert [s["pass"] for s in report["recipe"]] == ["cleanup", "nm_prune", "weight_only_quantize"]
+
+    out = tmp_path / "b"
+    r = run_cli("compress", zoo_onnx("vae"), out, "--mode", "weight-only", "--sweep", "bits=8,4", *FAST)
+    assert r.exit_code == 0, r
+    sweep = json.loads((out / "report.json").read_text())["sweep"]
+    assert [row["label"] for row in sweep] == ["bits=8", "bits=4"]
+    assert sweep[1]["bytes"] < sweep[0]["bytes"]
+    assert all(isinstance(row["pareto"], bool) for row in sweep)
+    assert (out / "sweep" / "bits-4.onnx").exists()
+
+
+# ---- bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "recipe_text, fragment",
+    [
+        (None, "no such file"),
+        ("passes: [cleanup", "malformed"),
+        ("passes:\n  - pass: squash\n", "unknown pass 'squash'"),
+        ("passes:\n  - pass: magnitude_prune\n    options: {sparsty: 0.5}\n", "unknown option(s) sparsty"),
+        ("[]", "non-empty list"),
+    ],
+)
+def test_bad_recipe(recipe_text, fragment, zoo_onnx, tmp_path, run_cli, user_error):
+    recipe = tmp_path / "r.yaml"
+    if recipe_text is not None:
+        recipe.write_text(recipe_text)
+    out = tmp_path / "out"
+    user_error(run_cli("compress", zoo_onnx("vae"), out, "--recipe", recipe), fragment)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (("--provider", "NoSuchExecutionProvider"), "provider"),
+        (("--samples", "0"), "--samples"),
+        (("--batch", "0"), "--batch"),
+        (("--sweep", "colour=1,2"), "--sweep"),
+        (("--sparsity", "1.5"), "--sparsity"),
+    ],
+)
+def test_bad_options(args, fragment, zoo_onnx, tmp_path, run_cli, user_error):
+    out = tmp_path / "out"
+    user_error(run_cli("compress", zoo_onnx("vae"), out, *args), fragment)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no staging folder left behind
+
+
+def test_out_dir_that_is_a_file(zoo_onnx, tmp_path, run_cli, user_error):
+    target = tmp_path / "taken"
+    target.write_text("x")
+    user_error(run_cli("compress", zoo_onnx("vae"), target), "is a file")
+    assert target.read_text() == "x"
