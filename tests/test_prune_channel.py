@@ -351,3 +351,81 @@ def test_zoo_channel_prune_runs(name, zoo_onnx, tmp_path):
         assert report["totals"]["params_after"] < 0.6 * report["totals"]["params_before"]
         first = report["channels"][0]
         assert first["op"] in ("Gemm", "MatMul") and first["status"] == "pruned" and first["group"] == 16
+
+
+def test_fan_out_through_per_channel_ops_transpose_and_concat_with_an_input(tmp_path):
+    rng = np.random.default_rng(8)
+    inits = {
+        "a.w": _w(rng, 6, 3, 1, 1),
+        "scale": _w(rng, 1, 6, 1, 1),
+        "slope": _w(rng, 6, 1, 1, scale=0.1),
+        "lo": np.array(-1.0, dtype=np.float32),
+        "hi": np.array(6.0, dtype=np.float32),
+        "b.w": _w(rng, 2, 6, 1, 1),
+        "c.w": _w(rng, 6, 3),
+        "d.w": _w(rng, 2, 9, 1, 1),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "a.w"], ["a"], name="a"),
+        helper.make_node("Mul", ["a", "scale"], ["s"], name="scale"),
+        helper.make_node("PRelu", ["s", "slope"], ["p"], name="prelu"),
+        helper.make_node("Clip", ["p", "lo", "hi"], ["t"], name="clip"),
+        helper.make_node("Conv", ["t", "b.w"], ["yb"], name="b"),
+        helper.make_node("Transpose", ["t"], ["tt"], name="nhwc", perm=[0, 2, 3, 1]),
+        helper.make_node("MatMul", ["tt", "c.w"], ["yc"], name="c"),
+        helper.make_node("Concat", ["x", "t"], ["cat"], name="cat", axis=1),  # x is an input: it cannot shrink
+        helper.make_node("Conv", ["cat", "d.w"], ["yd"], name="d"),
+    ]
+    outputs = [_vi("yb", ["N", 2, 4, 4]), _vi("yc", ["N", 4, 4, 3]), _vi("yd", ["N", 2, 4, 4])]
+    model = _model(nodes, [_vi("x", ["N", 3, 4, 4])], outputs, inits)
+    src, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(model, str(src))
+    report = prune(src, out, mode="channel", sparsity=0.5, min_size=0)
+    proto = _check(out)
+    before, after = _inits(src), _inits(out)
+    assert {c["node"]: c["status"] for c in report["channels"]}["a"] == "pruned"
+    kept = _kept(before["a.w"], after["a.w"], 0)
+    removed = _removed(6, kept)
+    assert len(removed) == 3
+    np.testing.assert_array_equal(after["scale"], before["scale"][:, kept])
+    np.testing.assert_array_equal(after["slope"], before["slope"][kept])
+    assert after["b.w"].shape == (2, 3, 1, 1) and after["c.w"].shape == (3, 3) and after["d.w"].shape == (2, 6, 1, 1)
+    reference = _masked(model, {"b.w": (1, removed), "c.w": (0, removed), "d.w": (1, [3 + i for i in removed])})
+    feeds = {"x": rng.standard_normal((2, 3, 4, 4)).astype(np.float32)}
+    sess = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)  # noqa: E731
+    for got, want in zip(sess(proto), sess(reference)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_legacy_layout_bn_parameters_behind_identity(tmp_path):
+    """The TorchScript exporter feeds BN from Identity nodes and shares one zero tensor for bias and mean."""
+    rng = np.random.default_rng(9)
+    inits = {
+        "ct.w": _w(rng, 5, 8, 2, 2),
+        "bn.weight": _w(rng, 8, scale=2.0),
+        "bn.bias": np.zeros(8, np.float32),
+        "bn.var": (rng.random(8) + 0.5).astype(np.float32),
+        "out.w": _w(rng, 1, 8, 3, 3),
+    }
+    nodes = [
+        helper.make_node("Identity", ["bn.bias"], ["bn.running_mean"], name="id_mean"),
+        helper.make_node("ConvTranspose", ["z", "ct.w"], ["ct"], name="ct"),
+        helper.make_node("BatchNormalization", ["ct", "bn.weight", "bn.bias", "bn.running_mean", "bn.var"], ["bn"], name="bn"),
+        helper.make_node("Relu", ["bn"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "out.w"], ["y"], name="out", pads=[1, 1, 1, 1]),
+    ]
+    model = _model(nodes, [_vi("z", ["N", 5, 1, 1])], [_vi("y", ["N", 1, 2, 2])], inits)
+    src, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(model, str(src))
+    prune(src, out, mode="channel", sparsity=0.5, min_size=0)
+    proto = _check(out)
+    assert not [n for n in proto.graph.node if n.op_type == "Identity"]
+    before, after = _inits(src), _inits(out)
+    kept = _kept(before["ct.w"], after["ct.w"], 1)  # ConvTranspose: output channels on axis 1
+    assert len(kept) == 4
+    bn = next(n for n in proto.graph.node if n.op_type == "BatchNormalization")
+    assert all(after[name].shape == (4,) for name in bn.input[1:])
+    np.testing.assert_array_equal(after[bn.input[1]], before["bn.weight"][kept])
+    reference = _masked(model, {"out.w": (1, _removed(8, kept))})
+    feeds = {"z": rng.standard_normal((3, 5, 1, 1)).astype(np.float32)}
+    np.testing.assert_allclose(_run(proto, feeds), _run(reference, feeds), rtol=1e-5, atol=1e-6)

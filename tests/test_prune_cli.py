@@ -144,3 +144,10 @@ def test_sparse_initializers_load_in_onnxruntime(run_cli, tiny, tmp_path):
     assert "sparse initializer" in result.stderr
     w = numpy_helper.to_array(onnx.load(str(again)).graph.initializer[0])
     assert np.mean(w == 0) == pytest.approx(0.95, abs=0.005)
+
+
+def test_channel_mode_explains_kept_channels(run_cli, tiny, tmp_path):
+    result = run_cli("prune", tiny, tmp_path / "c.onnx", "--mode", "channel", "--sparsity", "0.5")
+    assert result.exit_code == 0, result
+    assert "channels" in result.stdout and "graph output" in result.stdout
+    assert "nothing was pruned" in result.stderr
