@@ -7,8 +7,9 @@
 2. ``convtranspose_to_gemm``: ConvTranspose on a statically 1x1 input (the latent projection)
    becomes Flatten -> Gemm -> Reshape;
 3. ``convtranspose_to_conv``: every other ConvTranspose with constant weights becomes a sub-pixel
-   Conv -> DepthToSpace -> Slice (a plain Conv for stride 1);
-4. ``cleanup``: drop the replaced weights, fold constants, sort.
+   Conv -> DepthToSpace -> Slice (a plain Conv for stride 1), the activation after it moved
+   next to the Conv;
+4. ``cleanup``: drop what the rewrites left unused, fold constants, sort.
 
 Each step is exact in float (same ops on the same numbers, up to float rounding of folded
 weights); onnxruntime has int8 kernels for Conv and Gemm, but not for ConvTranspose, which a
@@ -20,7 +21,6 @@ graph surgery the three rewrite passes share.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -240,6 +240,10 @@ REWRITE_PASSES = ("fold_batchnorm", "convtranspose_to_gemm", "convtranspose_to_c
 @register("rewrite_for_int8")
 class RewriteForInt8Pass(ir.passes.InPlacePass):
     """fold_batchnorm -> convtranspose_to_gemm -> convtranspose_to_conv -> cleanup.
+
+    The order matters: BatchNorm must go first so the activation after each ConvTranspose is its
+    sole consumer (and can move next to the new Conv/Gemm); the 1x1 case must be claimed by the
+    Gemm rewrite before the general sub-pixel one would turn it into a padded Conv.
 
     Guarantees: graph inputs and outputs unchanged (names, dtypes, ranks, dynamic dims),
     metadata kept; outputs equal the original's up to float rounding of folded weights.
