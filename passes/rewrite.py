@@ -260,6 +260,12 @@ class RewriteForInt8Pass(ir.passes.InPlacePass):
         layout: str = "fused"  # fused | phases (see convtranspose_to_conv)
         cleanup: bool = True
 
+        def __post_init__(self):
+            from gencompress.passes.convtranspose_to_conv import ConvTransposeToConvPass
+
+            # the same checks (and messages) as the pass that takes these options
+            ConvTransposeToConvPass.Options(depth_to_space=self.depth_to_space, layout=self.layout)
+
     def __init__(self, options: Options = Options()):
         super().__init__()
         self.options = options

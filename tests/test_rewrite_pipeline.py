@@ -174,6 +174,10 @@ def test_pass_names_and_options_are_registered():
         registry.make_pass("convtranspose_to_conv", {"layout": "nope"})
     with pytest.raises(GencompressError, match="unknown option"):
         registry.make_pass("fold_batchnorm", {"epsilon": 1})
+    # the pipeline is a pass too (recipes name it), and checks its options up front
+    assert registry.pass_class("rewrite_for_int8") is RewriteForInt8Pass
+    with pytest.raises(GencompressError, match="layout"):
+        registry.validate_recipe([{"pass": "rewrite_for_int8", "options": {"layout": "diagonal"}}])
 
 
 def test_rewrite_is_deterministic_and_a_noop_the_second_time(zoo_model):
