@@ -1,0 +1,370 @@
+"""Calibration: run the float model in onnxruntime over a calibration set, collect tensor statistics.
+
+Not a pass: it reads a model and returns numbers. ``collect_stats`` runs the model once per
+batch with every requested tensor added as a graph output, and keeps for each tensor its exact
+min/max, its count of exact zeros and (for the histogram methods) a signed histogram whose
+range doubles as larger values arrive, so one pass over the data suffices. ``TensorStats.range``
+turns the statistics into a quantization range for one of the methods:
+
+- ``minmax``: the observed range.
+- ``percentile``: keep ``percentile`` % of the values, clip the rest (of ``|x|`` for symmetric
+  ranges; split between both tails for asymmetric ones).
+- ``entropy``: the clipping threshold minimising the KL divergence between the histogram and
+  its quantized version (TensorRT's method), on ``|x|``, or on ``x`` for non-negative tensors.
+- ``mse``: the range, shrunk from the observed one, minimising the expected squared error of
+  quantize-dequantize (rounding error inside, clipping error outside).
+
+Every range contains 0, so that zero (padding, ReLU) is exactly representable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from gencompress.errors import GencompressError
+
+METHODS = ("minmax", "percentile", "entropy", "mse")
+DEFAULT_PERCENTILE = 99.99
+DEFAULT_CALIB_SIZE = 256
+BATCH_SIZE = 64
+HALF_BINS = 2048  # histogram bins on each side of zero
+
+
+# ---- statistics -------------------------------------------------------------------------------
+
+
+@dataclass
+class TensorStats:
+    """Running statistics of one tensor over the calibration set."""
+
+    name: str
+    histogram: bool = True
+    lo: float = math.inf
+    hi: float = -math.inf
+    count: int = 0
+    zeros: int = 0
+    half_range: float = 0.0  # the histogram covers [-half_range, half_range]
+    counts: np.ndarray | None = field(default=None, repr=False)  # 2 * HALF_BINS bins
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x)
+        if x.size == 0:
+            return
+        x = x.astype(np.float64, copy=False).ravel()
+        if not np.isfinite(x).all():
+            raise GencompressError(
+                f"calibration: tensor {self.name!r} has NaN or Inf values on the calibration inputs"
+            )
+        self.lo = min(self.lo, float(x.min()))
+        self.hi = max(self.hi, float(x.max()))
+        self.count += x.size
+        self.zeros += int(np.count_nonzero(x == 0))
+        if not self.histogram:
+            return
+        peak = max(abs(self.lo), abs(self.hi))
+        if self.counts is None:
+            self.counts = np.zeros(2 * HALF_BINS, dtype=np.float64)
+            # a little above the peak, so that no value sits on the upper edge
+            self.half_range = peak * (1.0 + 1.0 / HALF_BINS) if peak > 0 else 1.0
+        while peak >= self.half_range:
+            self._double()
+        width = self.half_range / HALF_BINS
+        index = np.floor(x / width).astype(np.int64) + HALF_BINS
+        np.clip(index, 0, 2 * HALF_BINS - 1, out=index)
+        self.counts += np.bincount(index, minlength=2 * HALF_BINS)
+
+    def _double(self) -> None:
+        """Double the histogram's range by merging bin pairs (exact: edges stay aligned)."""
+        merged = self.counts.reshape(HALF_BINS, 2).sum(axis=1)
+        counts = np.zeros_like(self.counts)
+        counts[HALF_BINS // 2 : HALF_BINS // 2 + HALF_BINS] = merged
+        self.counts = counts
+        self.half_range *= 2.0
+
+    # ---- ranges ---------------------------------------------------------------------------
+
+    def range(self, method: str = "minmax", *, symmetric: bool = False, percentile: float = DEFAULT_PERCENTILE) -> tuple[float, float]:
+        """The quantization range ``(lo, hi)`` for ``method``; always contains 0.
+
+        ``symmetric``: the range will be used as ``[-t, t]`` (int8 symmetric); otherwise
+        as an asymmetric uint8 range.
+        """
+        if self.count == 0:
+            raise GencompressError(f"calibration: tensor {self.name!r} was never computed")
+        lo, hi = min(self.lo, 0.0), max(self.hi, 0.0)
+        if method == "minmax" or hi == lo:
+            return lo, hi
+        if self.counts is None:
+            raise ValueError(f"{self.name}: method {method!r} needs a histogram")
+        nonneg = self.lo >= 0
+        if method == "percentile":
+            lo2, hi2 = self._percentile_range(percentile, symmetric, nonneg)
+        elif method == "entropy":
+            t = self._entropy_threshold(symmetric, nonneg)
+            lo2, hi2 = (0.0, t) if nonneg else (-t, t)
+        elif method == "mse":
+            lo2, hi2 = self._mse_range(symmetric, nonneg)
+        else:
+            raise GencompressError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+        # never wider than what was observed, never excluding 0
+        return max(lo, min(lo2, 0.0)), min(hi, max(hi2, 0.0))
+
+    @property
+    def _width(self) -> float:
+        return self.half_range / HALF_BINS
+
+    def _abs_hist(self) -> np.ndarray:
+        """Counts of |x| over [0, half_range] (HALF_BINS bins)."""
+        return self.counts[HALF_BINS:] + self.counts[:HALF_BINS][::-1]
+
+    def _percentile_range(self, percentile: float, symmetric: bool, nonneg: bool) -> tuple[float, float]:
+        keep = percentile / 100.0
+        w = self._width
+        if symmetric or nonneg:
+            hist = self.counts[HALF_BINS:] if nonneg else self._abs_hist()
+            cdf = np.cumsum(hist) / max(hist.sum(), 1.0)
+            i = int(np.searchsorted(cdf, keep))
+            t = (i + 1) * w
+            return (0.0, t) if nonneg else (-t, t)
+        tail = (1.0 - keep) / 2.0
+        cdf = np.cumsum(self.counts) / max(self.counts.sum(), 1.0)
+        i_lo = int(np.searchsorted(cdf, tail))
+        i_hi = int(np.searchsorted(cdf, 1.0 - tail))
+        return (i_lo - HALF_BINS) * w, (i_hi + 1 - HALF_BINS) * w
+
+    def _entropy_threshold(self, symmetric: bool, nonneg: bool) -> float:
+        hist = (self.counts[HALF_BINS:] if nonneg else self._abs_hist()).copy()
+        # exact zeros (ReLU, padding) are exact at any threshold: a spike in the first bin would
+        # otherwise dominate the divergence and pull the threshold towards 0
+        hist[0] = max(hist[0] - self.zeros, 0.0)
+        levels = 255 if (nonneg and not symmetric) else 127
+        return _kl_threshold(hist, levels) * self._width
+
+    def _mse_range(self, symmetric: bool, nonneg: bool) -> tuple[float, float]:
+        lo, hi = min(self.lo, 0.0), max(self.hi, 0.0)
+        if symmetric:
+            t = max(-lo, hi)
+            lo, hi = -t, t
+        centers = (np.arange(-HALF_BINS, HALF_BINS) + 0.5) * self._width
+        counts = self.counts
+        # exact zeros cost nothing (0 is on the grid); remove them from the zero-adjacent bins
+        zeros_left = float(self.zeros)
+        counts = counts.copy()
+        for i in (HALF_BINS, HALF_BINS - 1):
+            take = min(counts[i], zeros_left)
+            counts[i] -= take
+            zeros_left -= take
+        w2 = self._width**2 / 12.0
+        best, best_err = (lo, hi), math.inf
+        for c in np.linspace(1.0, 0.05, 96):
+            clo, chi = lo * c, hi * c
+            if symmetric:
+                scale = chi / 127.0
+            else:
+                scale = (chi - clo) / 255.0
+            if scale <= 0:
+                continue
+            inside = (centers >= clo) & (centers <= chi)
+            over = np.where(centers > chi, centers - chi, 0.0) + np.where(centers < clo, clo - centers, 0.0)
+            err = float(np.sum(counts[inside]) * scale * scale / 12.0 + np.sum(counts * (over * over + w2 * (~inside))))
+            if err < best_err:
+                best, best_err = (clo, chi), err
+        return best
+
+
+def _kl_threshold(hist: np.ndarray, levels: int) -> int:
+    """Bin count ``i`` (threshold = i bins) minimising KL(P || Q) of the clipped histogram."""
+    n = hist.size
+    total = hist.sum()
+    if total <= 0:
+        return n
+    nonzero = np.nonzero(hist)[0]
+    last = int(nonzero[-1]) + 1 if nonzero.size else n
+    if last <= levels:
+        return last
+    cumsum = np.cumsum(hist)
+    step = max(1, (last - levels) // 512)
+    candidates = list(range(levels, last + 1, step))
+    if candidates[-1] != last:
+        candidates.append(last)
+    best_i, best_kl = last, math.inf
+    for i in candidates:
+        p = hist[:i].astype(np.float64).copy()
+        p[i - 1] += total - cumsum[i - 1]  # clipped outliers land in the last bin
+        # Q: merge the i bins into `levels` groups, spread each group's mass over its non-empty bins
+        edges = np.linspace(0, i, levels + 1).round().astype(np.int64)
+        group = np.repeat(np.arange(levels), np.diff(edges))
+        src = hist[:i]
+        nz = (src > 0).astype(np.float64)
+        mass = np.bincount(group, weights=src, minlength=levels)
+        nnz = np.bincount(group, weights=nz, minlength=levels)
+        q = np.where(nz > 0, (mass / np.maximum(nnz, 1.0))[group], 0.0)
+        kl = _kl(p, q)
+        if kl < best_kl:
+            best_i, best_kl = i, kl
+    return best_i
+
+
+def _kl(p: np.ndarray, q: np.ndarray) -> float:
+    p = p / p.sum()
+    qs = q.sum()
+    if qs <= 0:
+        return math.inf
+    q = q / qs
+    mask = p > 0
+    qm = np.where(q[mask] > 0, q[mask], 1e-12)  # smoothing: p>0 where q==0 (the outlier bin)
+    return float(np.sum(p[mask] * np.log(p[mask] / qm)))
+
+
+# ---- running the float model ------------------------------------------------------------------
+
+
+def make_session(model, *, optimization: str = "all", threads: int = 0, profile_prefix: str | None = None):
+    """An onnxruntime CPU session for a ModelProto / onnx_ir model / path."""
+    import onnxruntime as ort
+
+    from gencompress.onnx_io import to_proto
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "layout": getattr(ort.GraphOptimizationLevel, "ORT_ENABLE_LAYOUT", ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    data = model if isinstance(model, (str, bytes)) else to_proto(model).SerializeToString()
+    try:
+        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        msg = " ".join(str(e).split())[:300]
+        raise GencompressError(f"onnxruntime cannot load the model ({type(e).__name__}: {msg})") from None
+
+
+def fixed_batch(model) -> int | None:
+    """The batch size a model's inputs fix (dim 0 a number), or None when the batch axis is dynamic."""
+    from gencompress.onnx_io import to_proto
+
+    proto = to_proto(model)
+    initializers = {i.name for i in proto.graph.initializer}
+    sizes = set()
+    for vi in proto.graph.input:
+        if vi.name in initializers:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value"):
+            sizes.add(dims[0].dim_value)
+        else:
+            return None
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def batches(feeds: Mapping[str, np.ndarray], batch_size: int, *, exact: bool = False) -> Iterable[dict[str, np.ndarray]]:
+    """Consecutive batches of ``feeds``; with ``exact`` only full batches (a fixed-batch model)."""
+    n = len(next(iter(feeds.values())))
+    if exact and n < batch_size:
+        raise GencompressError(f"the model takes batches of exactly {batch_size}; give at least {batch_size} samples")
+    stop = n - n % batch_size if exact else n
+    for start in range(0, stop, batch_size):
+        yield {k: v[start : start + batch_size] for k, v in feeds.items()}
+
+
+def num_samples(feeds: Mapping[str, np.ndarray]) -> int:
+    return len(next(iter(feeds.values())))
+
+
+def run_model(session, feeds: Mapping[str, np.ndarray], batch_size: int = BATCH_SIZE, *, exact: bool = False) -> list[np.ndarray]:
+    """All outputs of ``session`` over ``feeds``, run batch by batch and concatenated."""
+    try:
+        parts = [session.run(None, b) for b in batches(feeds, batch_size, exact=exact)]
+    except GencompressError:
+        raise
+    except Exception as e:
+        msg = " ".join(str(e).split())[:300]
+        raise GencompressError(f"onnxruntime fails to run the model ({type(e).__name__}: {msg})") from None
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def float_tensors(proto) -> list[str]:
+    """Names of every float32 tensor computed by the top-level graph (and its float inputs)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    initializers = {i.name for i in proto.graph.initializer}
+    names = [i.name for i in proto.graph.input if i.name not in initializers and types.get(i.name) == onnx.TensorProto.FLOAT]
+    for node in proto.graph.node:
+        for out in node.output:
+            if out and types.get(out) == onnx.TensorProto.FLOAT:
+                names.append(out)
+    return names
+
+
+def collect_stats(
+    model,
+    names: Iterable[str],
+    feeds: Mapping[str, np.ndarray],
+    *,
+    histogram: bool = True,
+    batch_size: int = BATCH_SIZE,
+    desc: str = "calibrating",
+) -> dict[str, TensorStats]:
+    """Run ``model`` (float) over ``feeds`` once per batch; statistics of each tensor in ``names``."""
+    import onnx
+
+    from gencompress.onnx_io import to_proto
+    from gencompress.output import progress
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(to_proto(model))
+    names = list(dict.fromkeys(names))
+    existing = {o.name for o in proto.graph.output}
+    for name in names:
+        if name not in existing:
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    session = make_session(proto)
+    out_names = [o.name for o in session.get_outputs()]
+    wanted = [out_names.index(n) for n in names]
+    stats = {n: TensorStats(n, histogram=histogram) for n in names}
+    n = num_samples(feeds)
+    fixed = fixed_batch(proto)
+    batch_size = fixed or batch_size
+    total = n // batch_size if fixed else math.ceil(n / batch_size)
+    for batch in progress(batches(feeds, batch_size, exact=fixed is not None), total=total, desc=desc, unit="batch"):
+        try:
+            outputs = session.run(None, batch)
+        except Exception as e:
+            msg = " ".join(str(e).split())[:300]
+            raise GencompressError(f"calibration: the model fails on the calibration inputs ({type(e).__name__}: {msg})") from None
+        for name, i in zip(names, wanted):
+            stats[name].update(outputs[i])
+    return stats
+
+
+def calibration_inputs(model, *, size: int | None = None, seed: int = 0, data=None) -> dict[str, np.ndarray]:
+    """The calibration set: ``size`` seeded draws from the model's input prior, or a user ``.npz``.
+
+    With ``data`` every sample of the file is used, or the first ``size`` if ``size`` is given.
+    """
+    from gencompress.inputs import load_npz_inputs, sample_inputs, specs_of_model
+
+    specs = specs_of_model(model)
+    if size is not None and size <= 0:
+        raise GencompressError(f"--calib-size must be positive, got {size}")
+    if data is not None:
+        feeds = load_npz_inputs(data, specs)
+        if size is not None:
+            feeds = {k: v[:size] for k, v in feeds.items()}
+        return feeds
+    return sample_inputs(specs, size or DEFAULT_CALIB_SIZE, seed)

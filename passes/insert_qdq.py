@@ -1,0 +1,533 @@
+"""Static int8 quantization in QDQ form: QuantizeLinear/DequantizeLinear pairs, standard ONNX ops only.
+
+What the pass writes (the conventions of DESIGN.md):
+
+- Weights of Conv, ConvTranspose, Gemm and MatMul: int8 initializers, symmetric (zero point 0,
+  values in [-127, 127]), one scale per output channel (axis from ``passes/weights.py``: 0 for
+  Conv and Gemm with transB, 1 for ConvTranspose and MatMul / Gemm without transB), or one
+  scale per tensor with ``per_tensor``; a DequantizeLinear feeds the float op.
+- Bias of Conv/ConvTranspose (and of Gemm with alpha = beta = 1): int32, scale = input scale ×
+  weight scale, zero point 0.
+- Activations: one scale per tensor from the calibrated range; uint8 asymmetric (default) or
+  int8 symmetric. A Q→DQ pair sits on every float input of a quantized op, and on the output of
+  Conv/ConvTranspose/Add/Mul (so the runtime can fuse DQ→op→Q into one int8 kernel).
+- Placement that onnxruntime's QDQ fusion recognises: a ReLU after a quantized op shares the
+  scale of its output (with uint8 the zero point is 0 and the runtime drops the ReLU into the
+  int8 kernel); data-movement ops (Reshape, Transpose, Squeeze, ...) between two quantized
+  points share the scale of their input so the runtime can run them on int8 data.
+- GRU/LSTM/RNN weights and Gather tables (embeddings) have no int8 kernel: they are stored as
+  int8 (per output channel / per row) with a DequantizeLinear in front, computed in float; so is
+  a GRU/LSTM/RNN bias (int8, one scale per tensor).
+- Graph outputs stay float; graph inputs and outputs keep their names, types and ranks.
+
+Ranges come from ``Options.ranges`` (name, lo, hi); any the plan needs that are missing are
+calibrated here on the model as given (see ``calibrate.py``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from gencompress.errors import GencompressError
+from gencompress.passes.registry import register
+from gencompress.passes.weights import WeightUse, find_weights
+
+ACTIVATION_TYPES = ("uint8", "int8")
+INT8_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+BINARY_OPS = ("Add", "Mul")
+RECURRENT_OPS = ("GRU", "LSTM", "RNN")
+# Ops that move or select data without changing values (or clamp at 0, for ReLU and MaxPool):
+# a quantized tensor keeps its scale through them.
+TRANSPARENT_OPS = (
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Flatten",
+    "Identity",
+    "Expand",
+    "Tile",
+    "Slice",
+    "Gather",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "MaxPool",
+    "Relu",
+)
+MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
+INT32_MAX = 2**31 - 1
+
+
+# ---- which nodes are layers -------------------------------------------------------------------
+
+
+@dataclass
+class Layer:
+    """A node that gets int8 weights (and, for ``kind == 'int8'``, quantized activations)."""
+
+    node: ir.Node
+    kind: str  # "int8": runs on int8 data in the runtime; "weights": int8 storage, float compute
+    weights: list[WeightUse] = field(default_factory=list)
+    act_inputs: tuple[int, ...] = ()
+    bias_index: int | None = None
+    quantize_output: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.node.name or ""
+
+    @property
+    def op_type(self) -> str:
+        return self.node.op_type
+
+    def matches(self, pattern: str) -> bool:
+        return pattern in (self.name, self.op_type) or any(w.name == pattern for w in self.weights)
+
+    def describe(self) -> dict:
+        return {"node": self.name, "op_type": self.op_type, "kind": self.kind, "weights": [w.name for w in self.weights]}
+
+
+def _is_float(value: ir.Value | None) -> bool:
+    return value is not None and (value.dtype is None or value.dtype == ir.DataType.FLOAT)
+
+
+def _is_constant(graph: ir.Graph, value: ir.Value | None) -> bool:
+    return value is not None and value.const_value is not None and not value.is_graph_input()
+
+
+def _is_activation(graph: ir.Graph, value: ir.Value | None) -> bool:
+    return value is not None and _is_float(value) and not _is_constant(graph, value)
+
+
+def table_weights(graph: ir.Graph) -> list[WeightUse]:
+    """Gather tables (embeddings): initializer ``[V, D]`` read by rows; output axis 0, reduce axis 1."""
+    uses = []
+    for node in graph:
+        if node.domain not in ("", "ai.onnx") or node.op_type != "Gather" or node.attributes.get_int("axis", 0) != 0:
+            continue
+        data = node.inputs[0]
+        if _is_constant(graph, data) and data.name in graph.initializers and data.dtype == ir.DataType.FLOAT:
+            if len(data.const_value.shape) == 2:
+                uses.append(WeightUse(node, 0, data, 0, 1))
+    return uses
+
+
+def find_layers(graph: ir.Graph) -> list[Layer]:
+    """Every node the static quantizer can quantize, in graph order."""
+    weights_by_node: dict[int, list[WeightUse]] = defaultdict(list)
+    for use in [*find_weights(graph), *table_weights(graph)]:
+        if use.value.dtype == ir.DataType.FLOAT:
+            weights_by_node[id(use.node)].append(use)
+    outputs = set(id(v) for v in graph.outputs)
+    layers = []
+    for node in graph:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        op = node.op_type
+        uses = weights_by_node.get(id(node), [])
+        if op in INT8_OPS:
+            if not _is_float(node.outputs[0]):
+                continue
+            weight_idx = {u.input_index for u in uses}
+            act = tuple(i for i in (0, 1) if i < len(node.inputs) and i not in weight_idx and _is_activation(graph, node.inputs[i]))
+            if len(act) + len(weight_idx) < 2:
+                continue  # e.g. a constant left operand: leave it in float
+            bias = None
+            if op in ("Conv", "ConvTranspose") and len(node.inputs) > 2 and _is_constant(graph, node.inputs[2]) and 1 in weight_idx:
+                bias = 2
+            if op == "Gemm" and 1 in weight_idx and _gemm_bias_ok(node):
+                bias = 2
+            layers.append(
+                Layer(node, "int8", uses, act, bias, quantize_output=op in ("Conv", "ConvTranspose") and id(node.outputs[0]) not in outputs)
+            )
+        elif op in BINARY_OPS:
+            if all(_is_activation(graph, v) for v in node.inputs) and len(node.inputs) == 2:
+                layers.append(Layer(node, "int8", [], (0, 1), None, quantize_output=id(node.outputs[0]) not in outputs))
+        elif uses and (op in RECURRENT_OPS or op == "Gather"):
+            layers.append(Layer(node, "weights", uses))
+    return layers
+
+
+def _gemm_bias_ok(node: ir.Node) -> bool:
+    if len(node.inputs) < 3 or node.inputs[2] is None:
+        return False
+    c = node.inputs[2]
+    if c.const_value is None or c.is_graph_input() or c.dtype != ir.DataType.FLOAT:
+        return False
+    if node.attributes.get_float("alpha", 1.0) != 1.0 or node.attributes.get_float("beta", 1.0) != 1.0:
+        return False
+    w = node.inputs[1].const_value
+    n = w.shape[0] if node.attributes.get_int("transB", 0) else w.shape[1]
+    shape = tuple(c.const_value.shape)
+    return shape in ((n,), (1, n))
+
+
+def select_layers(layers: list[Layer], exclude=(), include=None) -> tuple[list[Layer], list[Layer]]:
+    """(kept, excluded): ``exclude`` patterns (node name, op type or weight name) drop layers;
+    ``include`` (if not None) keeps only the layers it names. An unknown pattern is a user error."""
+    for option, patterns in (("--exclude", exclude), ("include", include or ())):
+        for p in patterns:
+            if not any(layer.matches(p) for layer in layers):
+                known = ", ".join(sorted({layer.name for layer in layers} | {layer.op_type for layer in layers})) or "none"
+                raise GencompressError(f"{option} {p!r}: no quantizable node, op type or weight of that name (quantizable: {known})")
+    kept, dropped = [], []
+    for layer in layers:
+        out = any(layer.matches(p) for p in exclude) or (include is not None and not any(layer.matches(p) for p in include))
+        (dropped if out else kept).append(layer)
+    return kept, dropped
+
+
+# ---- where the Q/DQ pairs go ------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    layers: list[Layer]
+    points: dict[ir.Value, ir.Value]  # activation tensor -> the tensor whose range sets its scale
+    readers: dict[ir.Value, set[tuple[ir.Node, int]]]  # which inputs read the dequantized tensor
+
+    @property
+    def seeds(self) -> list[str]:
+        return list(dict.fromkeys(v.name for v in self.points.values()))
+
+
+def make_plan(graph: ir.Graph, layers: list[Layer], excluded_nodes=()) -> Plan:
+    order = {id(n): i for i, n in enumerate(graph)}
+    int8_nodes = {id(layer.node) for layer in layers if layer.kind == "int8"}
+    excluded = {id(n) for n in excluded_nodes}
+    graph_outputs = {id(v) for v in graph.outputs}
+    seeds: list[tuple[ir.Value, tuple[ir.Node, int] | None]] = []
+    for layer in layers:
+        if layer.kind != "int8":
+            continue
+        for i in layer.act_inputs:
+            seeds.append((layer.node.inputs[i], (layer.node, i)))
+        if layer.quantize_output:
+            seeds.append((layer.node.outputs[0], None))
+
+    def position(value: ir.Value) -> int:
+        producer = value.producer()
+        return order.get(id(producer), -1) if producer is not None else -1
+
+    points: dict[ir.Value, ir.Value] = {}
+    readers: dict[ir.Value, set] = defaultdict(set)
+    # downstream tensors first, so that a chain claims the tensors above it
+    for value, reader in sorted(seeds, key=lambda s: -position(s[0])):
+        if reader is not None:
+            readers[value].add(reader)
+        if value in points:
+            continue
+        points[value] = value
+        current = value
+        while True:
+            producer = current.producer()
+            if producer is None or producer.op_type not in TRANSPARENT_OPS or id(producer) in excluded:
+                break
+            if producer.domain not in ("", "ai.onnx") or id(producer) in int8_nodes:
+                break
+            upstream = producer.inputs[0]
+            if not _is_activation(graph, upstream) or upstream in points:
+                break
+            if len(upstream.uses()) != 1 or id(upstream) in graph_outputs:
+                break
+            points[upstream] = value
+            readers[upstream].add((producer, 0))
+            current = upstream
+    # an int8 op's output feeds all its consumers through Q/DQ (else the runtime cannot fuse it)
+    for value in points:
+        producer = value.producer()
+        if producer is not None and id(producer) in int8_nodes:
+            readers[value].update((u.node, u.idx) for u in value.uses())
+    ordered = sorted(points, key=position)
+    return Plan(layers, {v: points[v] for v in ordered}, {v: readers[v] for v in ordered})
+
+
+# ---- numbers ----------------------------------------------------------------------------------
+
+
+def activation_params(lo: float, hi: float, dtype: str) -> tuple[np.float32, int]:
+    """Scale and zero point of a per-tensor activation range (the range is widened to contain 0)."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if dtype == "uint8":
+        scale = np.float32((hi - lo) / 255.0)
+        if not scale > 0:
+            return np.float32(1.0), 0
+        zp = int(np.clip(np.rint(-lo / float(scale)), 0, 255))
+        return scale, zp
+    peak = max(-lo, hi)
+    scale = np.float32(peak / 127.0)
+    if not scale > 0:
+        return np.float32(1.0), 0
+    return scale, 0
+
+
+def quantize_symmetric(w: np.ndarray, axis: int | None, qmax: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric integer weights: ``(q, scale)`` with q in [-qmax, qmax]; one scale per slice along ``axis``."""
+    w = np.asarray(w, dtype=np.float32)
+    if axis is None:
+        peak = np.abs(w).max(initial=0.0)
+        scale = np.asarray(peak / qmax, dtype=np.float32)
+    else:
+        other = tuple(i for i in range(w.ndim) if i != axis)
+        scale = (np.abs(w).max(axis=other, initial=0.0) / qmax).astype(np.float32)
+    scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+    shaped = scale if axis is None else scale.reshape([-1 if i == axis else 1 for i in range(w.ndim)])
+    q = np.clip(np.rint(w / shaped), -qmax, qmax).astype(np.int8)
+    return q, scale
+
+
+# ---- graph building ---------------------------------------------------------------------------
+
+
+class Builder:
+    """Unique names and new initializers/nodes for one graph."""
+
+    def __init__(self, graph: ir.Graph):
+        self.graph = graph
+        self.names = {v.name for v in graph.initializers.values()}
+        self.names |= {v.name for v in graph.inputs}
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            self.names.add(node.name)
+            self.names.update(v.name for v in node.outputs)
+        self.names.discard(None)
+
+    def unique(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.names:
+            k += 1
+            name = f"{base}_{k}"
+        self.names.add(name)
+        return name
+
+    def initializer(self, base: str, array: np.ndarray, dtype: ir.DataType | None = None) -> ir.Value:
+        name = self.unique(base)
+        array = np.array(array, order="C", copy=True)  # keeps 0-d arrays scalar
+        tensor = ir.Tensor(array, dtype=dtype, name=name) if dtype is not None else ir.tensor(array, name=name)
+        value = ir.Value(name=name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+        self.graph.register_initializer(value)
+        return value
+
+    def node(self, op: str, inputs, out_base: str, out_dtype: ir.DataType, shape, attributes=None) -> ir.Node:
+        out = ir.Value(name=self.unique(out_base), type=ir.TensorType(out_dtype), shape=ir.Shape(shape) if shape is not None else None)
+        return ir.node(op, inputs, attributes or {}, outputs=[out], name=self.unique(f"{out_base.rsplit('_', 1)[0]}_{op}"))
+
+
+def dequantize_weight(
+    builder: Builder,
+    use: WeightUse,
+    q: np.ndarray,
+    scale: np.ndarray,
+    axis: int | None,
+    qtype: ir.DataType,
+    *,
+    block_size: int | None = None,
+    zero_point: bool = False,
+    half_scales: bool = False,
+) -> ir.Value:
+    """Store ``q`` as an integer initializer with a DequantizeLinear in front; return the float value.
+
+    ``half_scales``: store the scales as float16 with a Cast to float32 in front of the
+    DequantizeLinear (a constant subgraph: runtimes fold it at load time). ``scale`` must then
+    already be exactly representable in float16.
+    """
+    base = use.value.name
+    qv = builder.initializer(f"{base}_quantized", q, qtype)
+    if half_scales:
+        sh = builder.initializer(f"{base}_scale_fp16", scale.astype(np.float16))
+        cast = builder.node("Cast", [sh], f"{base}_scale", ir.DataType.FLOAT, sh.shape, {"to": ir.DataType.FLOAT})
+        builder.graph.insert_before(use.node, cast)
+        sv = cast.outputs[0]
+    else:
+        sv = builder.initializer(f"{base}_scale", scale.astype(np.float32))
+    inputs = [qv, sv]
+    if zero_point:
+        zp_dtype = np.int8 if qtype == ir.DataType.INT4 else q.dtype
+        inputs.append(builder.initializer(f"{base}_zero_point", np.zeros(scale.shape, dtype=zp_dtype), qtype))
+    attributes = {}
+    if axis is not None:
+        attributes["axis"] = axis
+    if block_size:
+        attributes["block_size"] = block_size
+    dq = builder.node("DequantizeLinear", inputs, f"{base}_dequantized", ir.DataType.FLOAT, use.value.shape, attributes)
+    builder.graph.insert_before(use.node, dq)
+    return dq.outputs[0]
+
+
+MIN_BIAS_VALUES = 16  # smaller float biases are not worth a DequantizeLinear
+
+
+def store_bias_int8(builder: Builder, node: ir.Node, index: int, done: dict[str, ir.Value]) -> bool:
+    """Store a float bias (input ``index`` of ``node``) as int8, one scale per tensor, behind a
+    DequantizeLinear (for ops whose bias is added in float: weight-only layers, GRU/LSTM)."""
+    if len(node.inputs) <= index or node.inputs[index] is None:
+        return False
+    bias = node.inputs[index]
+    if bias.name not in done:
+        if bias.const_value is None or bias.is_graph_input() or bias.dtype != ir.DataType.FLOAT:
+            return False
+        if bias.name not in builder.graph.initializers or bias.const_value.size < MIN_BIAS_VALUES:
+            return False
+        q, scale = quantize_symmetric(bias.const_value.numpy(), None)
+        done[bias.name] = dequantize_weight(builder, WeightUse(node, index, bias, 0, 0), q, scale, None, ir.DataType.INT8)
+    node.replace_input_with(index, done[bias.name])
+    return True
+
+
+# ---- the pass ---------------------------------------------------------------------------------
+
+
+@register("insert_qdq")
+class InsertQDQPass(ir.passes.InPlacePass):
+    """Static int8 QDQ quantization (see the module docstring for what is written where).
+
+    Guarantees: graph inputs and outputs unchanged (names, dtypes, ranks), outputs stay float;
+    every quantized weight is an int8 initializer behind a DequantizeLinear; only standard ONNX
+    ops are added (QuantizeLinear, DequantizeLinear); deterministic for the same ranges.
+    """
+
+    @dataclass(frozen=True)
+    class Options:
+        per_tensor: bool = False  # one weight scale per tensor instead of per output channel
+        activations: str = "uint8"  # uint8 asymmetric or int8 symmetric
+        exclude: tuple[str, ...] = ()  # node names, op types or weight names kept in float
+        include: tuple[str, ...] | None = None  # quantize only these (None: all)
+        ranges: tuple[tuple[str, float, float], ...] = ()  # calibrated activation ranges
+        # calibration, for the ranges the plan needs and ``ranges`` lacks
+        calib: str = "minmax"
+        calib_size: int | None = None
+        calib_data: str | None = None
+        percentile: float = 99.99
+        seed: int = 0
+
+        def __post_init__(self):
+            if self.activations not in ACTIVATION_TYPES:
+                raise ValueError(f"activations must be one of {', '.join(ACTIVATION_TYPES)}, not {self.activations!r}")
+
+    def __init__(self, options: Options = Options()):
+        super().__init__()
+        self.options = options
+        self.report: dict | None = None
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        opts = self.options
+        graph = model.graph
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+        if opset < MIN_OPSET:
+            raise GencompressError(f"the model's opset is {opset}; int8 QDQ needs opset {MIN_OPSET} or newer (re-export with --opset {MIN_OPSET})")
+        all_layers = find_layers(graph)
+        if not all_layers:
+            raise GencompressError("nothing to quantize: the model has no Conv, ConvTranspose, Gemm, MatMul, GRU/LSTM or embedding weights")
+        layers, dropped = select_layers(all_layers, opts.exclude, opts.include)
+        if not layers:
+            raise GencompressError("nothing to quantize: every quantizable layer is excluded")
+        plan = make_plan(graph, layers, excluded_nodes=[layer.node for layer in dropped] if opts.exclude else ())
+        ranges = {name: (lo, hi) for name, lo, hi in opts.ranges}
+        missing = [s for s in plan.seeds if s not in ranges]
+        if missing:
+            ranges.update(self._calibrate(model, missing))
+        symmetric = opts.activations == "int8"
+        qtype = ir.DataType.INT8 if symmetric else ir.DataType.UINT8
+        builder = Builder(graph)
+
+        # activations
+        params: dict[str, tuple[np.float32, int, ir.Value, ir.Value]] = {}
+        act_scale: dict[ir.Value, np.float32] = {}
+        for value, seed in plan.points.items():
+            if seed.name not in params:
+                lo, hi = ranges[seed.name]
+                scale, zp = activation_params(lo, hi, opts.activations)
+                sv = builder.initializer(f"{seed.name}_scale", np.asarray(scale, dtype=np.float32))
+                zv = builder.initializer(f"{seed.name}_zero_point", np.asarray(zp, dtype=np.int8 if symmetric else np.uint8), qtype)
+                params[seed.name] = (scale, zp, sv, zv)
+            scale, zp, sv, zv = params[seed.name]
+            act_scale[value] = scale
+            q = builder.node("QuantizeLinear", [value, sv, zv], f"{value.name}_quantized", qtype, value.shape)
+            dq = builder.node("DequantizeLinear", [q.outputs[0], sv, zv], f"{value.name}_dequantized", ir.DataType.FLOAT, value.shape)
+            producer = value.producer()
+            if producer is not None:
+                graph.insert_after(producer, [q, dq])
+            else:
+                graph.insert_before(graph.node(0), [q, dq])
+            for node, index in sorted(plan.readers[value], key=lambda r: (r[0].name or "", r[1])):
+                node.replace_input_with(index, dq.outputs[0])
+
+        # weights and biases
+        cache: dict[tuple, tuple[ir.Value, np.ndarray]] = {}
+        float_biases: dict[str, ir.Value] = {}
+        weight_bytes = 0
+        for layer in layers:
+            for use in layer.weights:
+                axis = None if (opts.per_tensor and layer.kind == "int8") else use.out_axis
+                key = (use.value.name, axis)
+                if key not in cache:
+                    q, scale = quantize_symmetric(use.array(), axis)
+                    # onnxruntime's Gemm fusion wants the weight zero point spelled out
+                    dq_value = dequantize_weight(builder, use, q, scale, axis, ir.DataType.INT8, zero_point=layer.op_type == "Gemm")
+                    cache[key] = (dq_value, scale)
+                    weight_bytes += q.nbytes
+                dq_value, scale = cache[key]
+                layer.node.replace_input_with(use.input_index, dq_value)
+                if layer.bias_index is not None and use.input_index == 1:
+                    self._quantize_bias(builder, layer, scale)
+            if layer.op_type in RECURRENT_OPS:
+                store_bias_int8(builder, layer.node, 3, float_biases)
+        self._remove_unused_initializers(graph)
+        common_passes.TopologicalSortPass()(model)
+        self.report = {
+            "activations": opts.activations,
+            "weights": "int8 per-tensor" if opts.per_tensor else "int8 per-channel",
+            "layers": [layer.describe() for layer in layers],
+            "float_layers": [layer.describe() for layer in dropped],
+            "quantized_activations": len(plan.points),
+            "activation_scales": len(params),
+        }
+        return ir.passes.PassResult(model, True)
+
+    def _quantize_bias(self, builder: Builder, layer: Layer, w_scale: np.ndarray) -> None:
+        node = layer.node
+        bias = node.inputs[layer.bias_index]
+        x_dq = node.inputs[0].producer()  # the DequantizeLinear feeding the op
+        if x_dq is None or x_dq.op_type != "DequantizeLinear":
+            return
+        x_scale = x_dq.inputs[1].const_value.numpy()
+        b = bias.const_value.numpy().astype(np.float64)
+        shape = b.shape
+        b = b.reshape(-1)
+        n = b.size
+        ws = np.asarray(w_scale, dtype=np.float32).reshape(-1)
+        if node.op_type == "ConvTranspose" and ws.size > 1 and ws.size != n:
+            ws = np.tile(ws, n // ws.size)  # grouped: axis 1 holds C_out / group channels
+        scale = (np.float32(x_scale) * ws).astype(np.float32)
+        if scale.size == 1 and n > 1:
+            per_axis = None
+        else:
+            per_axis = len(shape) - 1
+        q = np.clip(np.rint(b / (scale.astype(np.float64) if scale.size > 1 else float(scale[0]))), -INT32_MAX, INT32_MAX).astype(np.int32)
+        q = q.reshape(shape)
+        use = WeightUse(node, layer.bias_index, bias, per_axis or 0, 0)
+        scale_arr = scale if per_axis is not None else np.asarray(scale[0], dtype=np.float32)
+        dq_value = dequantize_weight(builder, use, q, scale_arr, per_axis, ir.DataType.INT32)
+        node.replace_input_with(layer.bias_index, dq_value)
+
+    @staticmethod
+    def _remove_unused_initializers(graph: ir.Graph) -> None:
+        outputs = set(id(v) for v in graph.outputs)
+        for name in list(graph.initializers):
+            value = graph.initializers[name]
+            if not value.uses() and id(value) not in outputs and not value.is_graph_input():
+                del graph.initializers[name]
+
+    def _calibrate(self, model: ir.Model, names: list[str]) -> dict[str, tuple[float, float]]:
+        from gencompress.passes.calibrate import calibration_inputs, collect_stats
+
+        opts = self.options
+        proto = ir.serde.serialize_model(model)
+        feeds = calibration_inputs(proto, size=opts.calib_size, seed=opts.seed, data=opts.calib_data)
+        stats = collect_stats(proto, names, feeds, histogram=opts.calib != "minmax")
+        symmetric = opts.activations == "int8"
+        return {n: stats[n].range(opts.calib, symmetric=symmetric, percentile=opts.percentile) for n in names}

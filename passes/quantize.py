@@ -1,0 +1,411 @@
+"""`gencompress quantize`: static int8 QDQ, weight-only int8/int4, or fp16, checked against float.
+
+The Python API behind the CLI verb::
+
+    report = gencompress.quantize("g.onnx", "g.int8.onnx")                       # static int8
+    report = gencompress.quantize("g.onnx", "g.w4.onnx", mode="weight-only", bits=4)
+    report = gencompress.quantize("g.onnx", "g.int8.onnx", target_psnr=40.0)     # keep layers in float as needed
+
+Flow: load → prepare (fold constant weight reshuffles so every weight is an initializer, drop
+the exporter's per-node debug metadata) → [rewrite hook] → calibrate (static) → pass
+(``insert_qdq`` / ``weight_only_quantize`` / ``fp16_convert``) → [--target-psnr search] → save,
+then PSNR against the float model on a held-back seeded latent set.
+
+Seeds: calibration draws use ``seed``; the held-back evaluation set uses ``seed + EVAL_SEED_OFFSET``,
+so the two never coincide.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from gencompress.errors import GencompressError
+
+MODES = ("static", "weight-only", "fp16")
+EVAL_SEED_OFFSET = 1_000_003
+DEFAULT_EVAL_SIZE = 64
+DEFAULT_BLOCK_SIZE = 64
+# graph rewrites that make int8 fast, run before quantizing when ``rewrite=True`` (by registry name)
+REWRITE_PIPELINE = "rewrite_for_int8"
+REWRITE_PASSES = ("fold_batchnorm", "convtranspose_to_gemm", "convtranspose_to_conv")
+DEBUG_METADATA_PREFIXES = ("pkg.torch", "pkg.onnxscript", "namespace")
+
+
+# ---- preparing the float model ----------------------------------------------------------------
+
+
+def prepare(model, *, keep_debug_metadata: bool = False):
+    """Make every weight an initializer, in place: lift Constant nodes, fold constant subgraphs
+    that reshuffle weights (e.g. the exporter's Slice/Concat of a GRU's recurrent weights), drop
+    what became unused, sort; strip the exporter's per-node debug metadata (stack traces) unless
+    ``keep_debug_metadata``. Numerics unchanged; model-level metadata kept."""
+    import onnx_ir as ir
+    import onnx_ir.passes.common as common
+    from onnxscript.optimizer import fold_constants
+
+    common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model)
+
+    def should_fold(node):
+        if node.op_type in ("Expand", "Tile", "ConstantOfShape", "Range"):
+            return False  # would grow the file
+        return None
+
+    fold_constants(model, input_size_limit=1 << 26, output_size_limit=1 << 26, should_fold=should_fold)
+    common.RemoveUnusedNodesPass()(model)
+    common.NameFixPass()(model)
+    common.TopologicalSortPass()(model)
+    if not keep_debug_metadata:
+        strip_debug_metadata(model)
+    return model
+
+
+def strip_debug_metadata(model) -> None:
+    import onnx_ir as ir
+
+    def clean(props):
+        for key in [k for k in props if k.startswith(DEBUG_METADATA_PREFIXES)]:
+            del props[key]
+
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        clean(node.metadata_props)
+        for value in node.outputs:
+            clean(value.metadata_props)
+    for value in [*model.graph.initializers.values(), *model.graph.inputs, *model.graph.outputs]:
+        clean(value.metadata_props)
+
+
+def rewrite_for_int8(model):
+    """The hook for the int8 graph rewrites (BatchNorm folding, ConvTranspose → Gemm / Conv +
+    DepthToSpace), looked up by registry name: the ``rewrite_for_int8`` pipeline pass if
+    registered, else its steps one by one. Returns (model, report)."""
+    from gencompress.passes.registry import available
+
+    passes = available()
+    names = [REWRITE_PIPELINE] if REWRITE_PIPELINE in passes else list(REWRITE_PASSES)
+    missing = [name for name in names if name not in passes]
+    if missing:
+        raise GencompressError(f"--rewrite needs the pass(es) {', '.join(missing)}, which this installation does not have")
+    report = {}
+    for name in names:
+        p = passes[name](passes[name].Options())
+        model = p(model).model
+        report[name] = getattr(p, "report", None)
+    return model, report
+
+
+def finalize(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop value_info entries that merely repeat an initializer's type (the initializer has it)."""
+    initializers = {i.name for i in proto.graph.initializer}
+    keep = [vi for vi in proto.graph.value_info if vi.name not in initializers]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(keep)
+    return proto
+
+
+# ---- fidelity ---------------------------------------------------------------------------------
+
+
+class Evaluator:
+    """PSNR of candidate models against the float reference on one fixed seeded input set."""
+
+    def __init__(self, reference: onnx.ModelProto, feeds: dict[str, np.ndarray]):
+        from gencompress.inputs import output_range_of_model
+        from gencompress.passes.calibrate import BATCH_SIZE, fixed_batch, make_session, run_model
+
+        fixed = fixed_batch(reference)
+        self.batch, self.exact = fixed or BATCH_SIZE, fixed is not None
+        self.feeds = feeds
+        self.reference = run_model(make_session(reference), feeds, self.batch, exact=self.exact)
+        self.samples = len(self.reference[0])
+        nominal = output_range_of_model(reference)
+        self.peak_source = "nominal output range" if nominal else "reference peak-to-peak"
+        self.peaks = [float(nominal) if nominal else float(np.ptp(r)) or 1.0 for r in self.reference]
+
+    def psnr(self, candidate, optimization: str = "all") -> float:
+        from gencompress.passes.calibrate import make_session, run_model
+
+        outputs = run_model(make_session(candidate, optimization=optimization), self.feeds, self.batch, exact=self.exact)
+        values = []
+        for ref, out, peak in zip(self.reference, outputs, self.peaks):
+            mse = float(np.mean((out.astype(np.float64) - ref.astype(np.float64)) ** 2))
+            if not np.isfinite(mse):
+                return -math.inf
+            values.append(math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse))
+        return min(values)
+
+    def describe(self) -> dict:
+        return {"samples": self.samples, "peak": self.peaks[0] if len(self.peaks) == 1 else self.peaks, "peak_source": self.peak_source}
+
+
+def eval_inputs(model, seed: int, size: int = DEFAULT_EVAL_SIZE) -> dict[str, np.ndarray]:
+    from gencompress.inputs import sample_inputs, specs_of_model
+
+    return sample_inputs(specs_of_model(model), size, seed + EVAL_SEED_OFFSET)
+
+
+def db(value: float) -> float | None:
+    """A PSNR for reports: rounded, ``None`` for identical outputs (infinite PSNR)."""
+    return None if math.isinf(value) else round(float(value), 2)
+
+
+# ---- the quantizers: build a model with a given set of layers kept in float ------------------------
+
+
+@dataclass
+class Quantizer:
+    """Builds quantized variants of one prepared float model (``build(exclude)`` → ModelProto)."""
+
+    prepared: onnx.ModelProto
+    make_pass: Callable[[tuple[str, ...], tuple[str, ...] | None], object]
+    layers: list[dict]  # every quantizable layer: node, op_type, weights
+    calibration: dict | None = None
+
+    def build(self, exclude=(), include=None) -> tuple[onnx.ModelProto, dict]:
+        import onnx_ir as ir
+
+        model = ir.serde.deserialize_model(self.prepared)
+        p = self.make_pass(tuple(exclude), include)
+        model = p(model).model
+        return finalize(ir.serde.serialize_model(model)), p.report
+
+
+def static_quantizer(prepared: onnx.ModelProto, *, calib, calib_size, calib_data, seed, percentile, per_tensor, activations, log, exclude=()) -> Quantizer:
+    import onnx_ir as ir
+
+    from gencompress.passes.calibrate import calibration_inputs, collect_stats, float_tensors
+    from gencompress.passes.insert_qdq import InsertQDQPass, find_layers, select_layers
+
+    layers = find_layers(ir.serde.deserialize_model(prepared).graph)
+    if not layers:
+        raise GencompressError("nothing to quantize: the model has no Conv, ConvTranspose, Gemm, MatMul, GRU/LSTM or embedding weights")
+    select_layers(layers, exclude)  # unknown names fail before the calibration run
+    feeds = calibration_inputs(prepared, size=calib_size, seed=seed, data=calib_data)
+    n = len(next(iter(feeds.values())))
+    log(f"calibrating on {n} {'samples from ' + str(calib_data) if calib_data else 'seeded latent draws'} ({calib})")
+    names = float_tensors(prepared)
+    stats = collect_stats(prepared, names, feeds, histogram=calib != "minmax")
+    symmetric = activations == "int8"
+    ranges = tuple((name, *stats[name].range(calib, symmetric=symmetric, percentile=percentile)) for name in names)
+
+    def make_pass(exclude, include):
+        return InsertQDQPass(InsertQDQPass.Options(per_tensor=per_tensor, activations=activations, exclude=exclude, include=include, ranges=ranges))
+
+    calibration = {"method": calib, "samples": n, "source": str(calib_data) if calib_data else "latent prior (seeded)", "seed": None if calib_data else seed}
+    if calib == "percentile":
+        calibration["percentile"] = percentile
+    return Quantizer(prepared, make_pass, [_layer_info(layer) for layer in layers], calibration)
+
+
+def weight_only_quantizer(prepared: onnx.ModelProto, *, bits: int, block_size: int) -> Quantizer:
+    import onnx_ir as ir
+
+    from gencompress.passes.weight_only_quantize import WeightOnlyQuantizePass, weight_layers
+
+    layers = weight_layers(ir.serde.deserialize_model(prepared).graph)
+    if not layers:
+        raise GencompressError("nothing to quantize: the model has no Conv, ConvTranspose, Gemm, MatMul, GRU/LSTM or embedding weights")
+
+    def make_pass(exclude, include):
+        return WeightOnlyQuantizePass(WeightOnlyQuantizePass.Options(bits=bits, block_size=block_size, exclude=exclude, include=include))
+
+    return Quantizer(prepared, make_pass, [_layer_info(layer) for layer in layers])
+
+
+def _layer_info(layer) -> dict:
+    return {"node": layer.name, "op_type": layer.op_type, "weights": [w.name for w in layer.weights]}
+
+
+# ---- the API ----------------------------------------------------------------------------------
+
+
+def validate_options(*, mode, bits, calib, calib_size, activations, percentile, block_size, target_psnr, eval_size) -> None:
+    from gencompress.passes.calibrate import METHODS
+    from gencompress.passes.insert_qdq import ACTIVATION_TYPES
+
+    if mode not in MODES:
+        raise GencompressError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
+    if bits not in (4, 8):
+        raise GencompressError(f"--bits {bits}: supported widths are 8 and 4 (4 with --mode weight-only)")
+    if bits == 4 and mode != "weight-only":
+        raise GencompressError(f"--bits 4 needs --mode weight-only (--mode {mode} is {'int8' if mode == 'static' else 'float16'})")
+    if calib not in METHODS:
+        raise GencompressError(f"--calib {calib!r}: choose one of {', '.join(METHODS)}")
+    if calib_size is not None and calib_size <= 0:
+        raise GencompressError(f"--calib-size must be positive, got {calib_size}")
+    if activations not in ACTIVATION_TYPES:
+        raise GencompressError(f"--activations {activations!r}: choose one of {', '.join(ACTIVATION_TYPES)}")
+    if not 50.0 < percentile <= 100.0:
+        raise GencompressError(f"--percentile {percentile}: must be in (50, 100]")
+    if block_size < 16 or block_size & (block_size - 1):
+        raise GencompressError(f"--block-size {block_size}: must be a power of two, 16 or more")
+    if target_psnr is not None and (not math.isfinite(target_psnr) or target_psnr <= 0):
+        raise GencompressError(f"--target-psnr {target_psnr}: must be a positive number of dB")
+    if target_psnr is not None and mode == "fp16":
+        raise GencompressError("--target-psnr works with --mode static or weight-only")
+    if eval_size <= 0:
+        raise GencompressError(f"--eval-size must be positive, got {eval_size}")
+
+
+def quantize(
+    in_path,
+    out_path,
+    *,
+    mode: str = "static",
+    bits: int = 8,
+    calib: str = "minmax",
+    calib_size: int | None = None,
+    calib_data=None,
+    per_tensor: bool = False,
+    activations: str = "uint8",
+    exclude=(),
+    target_psnr: float | None = None,
+    strict: bool = False,
+    seed: int = 0,
+    percentile: float | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    keep_io_types: bool = True,
+    eval_size: int = DEFAULT_EVAL_SIZE,
+    rewrite: bool = False,
+    keep_debug_metadata: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Quantize the float ONNX model at ``in_path`` into ``out_path``; return a report.
+
+    ``mode``: "static" (int8 QDQ, calibrated), "weight-only" (``bits`` 8 or 4), or "fp16".
+    ``calib_size``: seeded latent draws for calibration (default 256), or the first N rows of
+    ``calib_data`` (an .npz keyed by input name; all rows by default).
+    ``exclude``: node names, op types or weight names to keep in float.
+    ``target_psnr``: keep the most damaging layers in float until the PSNR against float reaches
+    it; when it cannot be reached the closest model is written (or, with ``strict``, an error).
+    ``rewrite``: run the int8 graph rewrites first (see ``REWRITE_PASSES``).
+    ``log``: receives progress and warning lines (the CLI sends them to stderr).
+    """
+    import onnx_ir as ir
+
+    from gencompress.onnx_io import load_model, refuse_overwrite, save_model
+    from gencompress.passes.calibrate import DEFAULT_PERCENTILE
+
+    log = log or (lambda message: None)
+    started = time.perf_counter()
+    percentile = DEFAULT_PERCENTILE if percentile is None else percentile
+    exclude = _split_patterns(exclude)
+    validate_options(
+        mode=mode, bits=bits, calib=calib, calib_size=calib_size, activations=activations,
+        percentile=percentile, block_size=block_size, target_psnr=target_psnr, eval_size=eval_size,
+    )
+    sources = [in_path, *([calib_data] if calib_data else [])]
+    refuse_overwrite(out_path, sources)
+    if Path(out_path).suffix != ".onnx":
+        raise GencompressError(f"{out_path}: output should be an .onnx file")
+    reference = load_model(in_path)
+    _check_float_model(reference, in_path)
+
+    model = ir.serde.deserialize_model(reference)
+    prepare(model, keep_debug_metadata=keep_debug_metadata)
+    rewrite_report = None
+    if rewrite:
+        model, rewrite_report = rewrite_for_int8(model)
+    prepared = ir.serde.serialize_model(model)
+    evaluator = Evaluator(reference, eval_inputs(reference, seed, eval_size))
+
+    report: dict = {"input": str(in_path), "output": str(out_path), "mode": mode}
+    target = None
+    if mode == "fp16":
+        from gencompress.passes.fp16_convert import FP16ConvertPass
+
+        p = FP16ConvertPass(FP16ConvertPass.Options(keep_io_types=keep_io_types, exclude=exclude))
+        proto = finalize(ir.serde.serialize_model(p(model).model))
+        pass_report = p.report
+        report["bits"] = 16
+    else:
+        if mode == "static":
+            quantizer = static_quantizer(
+                prepared, calib=calib, calib_size=calib_size, calib_data=calib_data, seed=seed,
+                percentile=percentile, per_tensor=per_tensor, activations=activations, log=log, exclude=exclude,
+            )
+            report.update(bits=8, activations=activations, weights="per-tensor" if per_tensor else "per-channel", calibration=quantizer.calibration)
+        else:
+            quantizer = weight_only_quantizer(prepared, bits=bits, block_size=block_size)
+            report.update(bits=bits, block_size=block_size if bits == 4 else None)
+        proto, pass_report = quantizer.build(exclude)
+        if target_psnr is not None:
+            proto, pass_report, target = _meet_target(quantizer, evaluator, exclude, target_psnr, proto, pass_report, log)
+            if not target["met"] and strict:
+                raise GencompressError(target["message"])
+
+    psnr = evaluator.psnr(proto)
+    save_model(proto, out_path, inputs=sources)
+    before, after = os.path.getsize(in_path), os.path.getsize(out_path)
+    report.update(
+        bytes_before=before,
+        bytes_after=after,
+        ratio=round(after / before, 4),
+        psnr_db=db(psnr),
+        evaluation=evaluator.describe(),
+        opset=next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
+    )
+    if mode == "fp16":
+        report["fp16"] = pass_report
+    else:
+        report["layers"] = pass_report["layers"]
+        report["float_layers"] = pass_report["float_layers"]
+        if mode == "static":
+            report["quantized_activations"] = pass_report["quantized_activations"]
+    if target is not None:
+        report["target"] = target
+    if rewrite:
+        report["rewrite"] = rewrite_report
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    return report
+
+
+def _split_patterns(patterns) -> tuple[str, ...]:
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    out = []
+    for p in patterns or ():
+        out += [x.strip() for x in str(p).split(",") if x.strip()]
+    return tuple(dict.fromkeys(out))
+
+
+def _check_float_model(proto: onnx.ModelProto, path) -> None:
+    ops = {n.op_type for n in proto.graph.node}
+    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger"}:
+        raise GencompressError(f"{path}: the model is already quantized; give the float model")
+
+
+def _meet_target(quantizer: Quantizer, evaluator: Evaluator, exclude, target: float, proto, pass_report, log):
+    """Keep the most damaging layers in float, one more at a time, until ``target`` dB is met."""
+    from gencompress.passes.sensitivity import rank_layers
+
+    full = evaluator.psnr(proto)
+    result = {"psnr_db": target, "all_quantized_psnr_db": db(full)}
+    if full >= target:
+        return proto, pass_report, {**result, "met": True, "kept_float": [], "message": f"target {target:g} dB met with every layer quantized ({full:.2f} dB)"}
+    ranking = rank_layers(quantizer, evaluator, exclude)
+    log(f"target {target:g} dB: all-quantized PSNR is {full:.2f} dB; keeping the most damaging layers in float")
+    best = (full, proto, pass_report, [])
+    for k in range(1, len(ranking)):
+        kept_float = [r["node"] for r in ranking[:k]]
+        candidate, rep = quantizer.build((*exclude, *kept_float))
+        value = evaluator.psnr(candidate)
+        log(f"  {k} layer(s) in float ({', '.join(kept_float)}): {value:.2f} dB")
+        if value > best[0]:
+            best = (value, candidate, rep, kept_float)
+        if value >= target:
+            return candidate, rep, {**result, "met": True, "kept_float": kept_float, "message": f"target {target:g} dB met ({value:.2f} dB) with {k} layer(s) kept in float"}
+    value, candidate, rep, kept_float = best
+    quantized = len(ranking) - len(kept_float)
+    message = (
+        f"target PSNR {target:g} dB cannot be met: the closest is {value:.2f} dB "
+        f"({target - value:.2f} dB short) with {quantized} of {len(ranking)} layer(s) quantized"
+    )
+    return candidate, rep, {**result, "met": False, "kept_float": kept_float, "closest_psnr_db": db(value), "message": message}

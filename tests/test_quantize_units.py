@@ -1,0 +1,430 @@
+"""Quantization on tiny hand-built graphs: calibration statistics, weight/bias/activation encoding,
+QDQ placement, weight-only int8/int4, fp16. Fast; the zoo models are in test_quantize_zoo.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper, numpy_helper
+
+from gencompress.errors import GencompressError
+from gencompress.passes.calibrate import HALF_BINS, METHODS, TensorStats
+from gencompress.passes.fp16_convert import FP16ConvertPass
+from gencompress.passes.insert_qdq import InsertQDQPass, activation_params, quantize_symmetric
+from gencompress.passes.weight_only_quantize import WeightOnlyQuantizePass, quantize_blockwise
+
+RNG = np.random.default_rng(1234)
+
+
+def _init(name, array):
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def _model(nodes, inputs, outputs, initializers, opset=20):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10
+    return model
+
+
+def conv_model():
+    """x[N,4,6,6] -> Conv(bias) -> Relu -> ConvTranspose(group 2, bias) -> Relu -> Flatten -> Gemm(transB=0) -> MatMul -> y."""
+    RNG = np.random.default_rng(7)
+    w1 = RNG.normal(size=(8, 4, 3, 3)).astype(np.float32) * np.linspace(0.05, 2.0, 8, dtype=np.float32)[:, None, None, None]
+    b1 = RNG.normal(size=8).astype(np.float32)
+    w2 = RNG.normal(size=(8, 3, 2, 2)).astype(np.float32) * 0.3  # ConvTranspose: [C_in, C_out/g, kH, kW], group 2 -> 6 out
+    b2 = RNG.normal(size=6).astype(np.float32) * 0.1
+    w3 = RNG.normal(size=(6 * 12 * 12, 10)).astype(np.float32) * 0.05  # Gemm B [K, N] (transB=0)
+    b3 = RNG.normal(size=10).astype(np.float32)
+    w4 = RNG.normal(size=(10, 5)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("ConvTranspose", ["r1", "w2", "b2"], ["c2"], name="convt", strides=[2, 2], group=2),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Flatten", ["r2"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["g"], name="gemm"),
+        helper.make_node("MatMul", ["g", "w4"], ["y"], name="matmul"),
+    ]
+    inits = [_init(n, a) for n, a in [("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2), ("w3", w3), ("b3", b3), ("w4", w4)]]
+    x = helper.make_tensor_value_info("x", TP.FLOAT, ["N", 4, 6, 6])
+    y = helper.make_tensor_value_info("y", TP.FLOAT, ["N", 5])
+    return _model(nodes, [x], [y], inits)
+
+
+def rel_rms(out, ref) -> float:
+    return float(np.sqrt(np.mean((out.astype(np.float64) - ref) ** 2) / np.mean(ref.astype(np.float64) ** 2)))
+
+
+def run(proto, feeds, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = level
+    opts.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def static(proto, **options) -> tuple[onnx.ModelProto, dict]:
+    model = ir.serde.deserialize_model(proto)
+    p = InsertQDQPass(InsertQDQPass.Options(**{"calib_size": 32, **options}))
+    p(model)
+    return ir.serde.serialize_model(model), p.report
+
+
+def inits(proto):
+    return {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+
+
+def dq_of(proto, weight_name):
+    return next(n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == f"{weight_name}_quantized")
+
+
+def attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+# ---- calibration statistics ----------------------------------------------------------------------
+
+
+def test_histogram_growth_keeps_every_count_and_the_exact_extremes():
+    stats = TensorStats("t")
+    parts = [RNG.normal(size=1000) * s for s in (0.1, 1.0, 10.0, 0.5)]
+    for p in parts:
+        stats.update(p)
+    everything = np.concatenate(parts)
+    assert stats.counts.sum() == everything.size
+    assert stats.lo == everything.min() and stats.hi == everything.max()
+    assert stats.half_range >= np.abs(everything).max()
+    # bin edges stay aligned after doubling: every value falls in the bin its index says
+    width = stats.half_range / HALF_BINS
+    expected = np.bincount(np.clip(np.floor(everything / width).astype(int) + HALF_BINS, 0, 2 * HALF_BINS - 1), minlength=2 * HALF_BINS)
+    assert np.array_equal(stats.counts, expected)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_every_range_contains_zero_and_stays_within_the_observed_range(method, symmetric):
+    for data in (RNG.normal(size=5000) + 3.0, np.maximum(RNG.normal(size=5000), 0), -np.abs(RNG.laplace(size=5000))):
+        stats = TensorStats("t")
+        stats.update(data)
+        lo, hi = stats.range(method, symmetric=symmetric)
+        assert lo <= 0 <= hi
+        assert min(data.min(), 0) - 1e-9 <= lo and hi <= max(data.max(), 0) + 1e-9
+
+
+def test_percentile_clips_the_requested_share():
+    data = RNG.uniform(-1, 1, size=200_000)
+    stats = TensorStats("t")
+    stats.update(data)
+    lo, hi = stats.range("percentile", symmetric=True, percentile=99.0)
+    assert hi == pytest.approx(0.99, abs=2 / HALF_BINS + 0.01)
+    assert lo == -hi
+    kept = np.mean((data >= lo) & (data <= hi))
+    assert kept == pytest.approx(0.99, abs=0.005)
+
+
+def test_entropy_clips_a_rare_outlier():
+    data = np.concatenate([RNG.normal(size=100_000), [60.0]])
+    stats = TensorStats("t")
+    stats.update(data)
+    lo, hi = stats.range("entropy", symmetric=True)
+    assert 3.0 < hi < 20.0  # well inside the outlier, well outside the bulk
+
+
+def _qdq_mse(data, lo, hi, dtype):
+    scale, zp = activation_params(lo, hi, dtype)
+    qmin, qmax = (0, 255) if dtype == "uint8" else (-128, 127)
+    q = np.clip(np.rint(data / scale) + zp, qmin, qmax)
+    return float(np.mean(((q - zp) * scale - data) ** 2))
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+def test_mse_range_beats_minmax_on_heavy_tails(dtype):
+    data = np.concatenate([RNG.laplace(size=200_000), np.maximum(RNG.laplace(size=200_000), 0)])
+    stats = TensorStats("t")
+    stats.update(data)
+    symmetric = dtype == "int8"
+    lo, hi = stats.range("mse", symmetric=symmetric)
+    mm_lo, mm_hi = stats.range("minmax", symmetric=symmetric)
+    assert hi < mm_hi  # it clips the tail...
+    assert _qdq_mse(data, lo, hi, dtype) < 0.8 * _qdq_mse(data, mm_lo, mm_hi, dtype)  # ...and that pays
+
+
+def test_exact_zeros_do_not_pull_the_entropy_threshold():
+    """ReLU outputs: a spike of exact zeros is representable at any threshold and must not move it."""
+    positive = np.abs(RNG.normal(size=50_000))
+    plain, spiked = TensorStats("a"), TensorStats("b")
+    plain.update(positive)
+    spiked.update(np.concatenate([positive, np.zeros(200_000)]))
+    assert spiked.range("entropy")[1] == pytest.approx(plain.range("entropy")[1], rel=0.02)
+    assert spiked.range("entropy")[1] > 0.5 * positive.max()
+
+
+def test_nan_in_a_calibrated_tensor_is_a_user_error():
+    with pytest.raises(GencompressError, match="NaN or Inf"):
+        TensorStats("t").update(np.array([1.0, np.nan]))
+
+
+# ---- numbers -------------------------------------------------------------------------------------
+
+
+def test_symmetric_per_channel_weights_round_to_the_nearest_step():
+    w = RNG.normal(size=(6, 3, 2, 2)).astype(np.float32) * np.arange(1, 7, dtype=np.float32)[:, None, None, None]
+    w[2] = 0.0  # a dead channel must not divide by zero
+    for axis in (0, 1):
+        q, scale = quantize_symmetric(w, axis)
+        assert q.dtype == np.int8 and np.abs(q).max() <= 127
+        assert scale.shape == (w.shape[axis],) and np.all(scale > 0)
+        shaped = scale.reshape([-1 if i == axis else 1 for i in range(4)])
+        assert np.all(np.abs(q * shaped - w) <= shaped / 2 + 1e-7)
+        live = np.abs(np.moveaxis(q, axis, 0)).reshape(w.shape[axis], -1).max(axis=1)
+        assert np.all((live == 127) | (np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1) == 0).all(axis=1))
+    q, scale = quantize_symmetric(w, None)
+    assert scale.shape == () and np.abs(q).max() == 127
+
+
+def test_int4_blocks_along_the_input_axis():
+    w = RNG.normal(size=(70, 9)).astype(np.float32)  # [K, N], blocks along K (axis 0)
+    q, scale = quantize_blockwise(w, 0, 32)
+    assert q.shape == w.shape and q.dtype == np.int8 and np.abs(q).max() <= 7
+    assert scale.shape == (3, 9)  # ceil(70 / 32) blocks
+    assert np.all(scale == scale.astype(np.float16).astype(np.float32))  # exactly representable in float16
+    full = np.repeat(scale, 32, axis=0)[:70]
+    assert np.all(np.abs(q * full - w) <= full / 2 + 1e-6)
+
+
+def test_activation_parameters():
+    scale, zp = activation_params(-1.0, 3.0, "uint8")
+    assert scale == pytest.approx(4 / 255) and zp == 64
+    assert (0 - zp) * scale == pytest.approx(-1.0, abs=float(scale)) and (255 - zp) * scale == pytest.approx(3.0, abs=float(scale))
+    scale, zp = activation_params(0.0, 2.0, "uint8")
+    assert zp == 0  # a ReLU output: zero point at the bottom, so runtimes fuse the ReLU away
+    scale, zp = activation_params(-0.5, 2.0, "int8")
+    assert zp == 0 and scale == pytest.approx(2 / 127)
+    assert activation_params(0.0, 0.0, "uint8") == (1.0, 0)
+
+
+# ---- static QDQ ------------------------------------------------------------------------------------
+
+
+def test_static_qdq_on_a_tiny_graph():
+    proto = conv_model()
+    q, report = static(proto)
+    onnx.checker.check_model(q, full_check=True)
+    values = inits(q)
+    for name in ("w1", "w2", "w3", "w4"):
+        assert name not in values  # the float weight is gone
+        assert values[f"{name}_quantized"].dtype == np.int8
+    # per-channel axes: Conv 0, ConvTranspose 1, Gemm without transB 1, MatMul last
+    assert attr(dq_of(q, "w1"), "axis") == 0 and values["w1_scale"].shape == (8,)
+    assert attr(dq_of(q, "w2"), "axis") == 1 and values["w2_scale"].shape == (3,)
+    assert attr(dq_of(q, "w3"), "axis") == 1 and values["w3_scale"].shape == (10,)
+    assert attr(dq_of(q, "w4"), "axis") == 1 and values["w4_scale"].shape == (5,)
+    # bias: int32, scale = input scale x weight scale (tiled over ConvTranspose groups)
+    assert values["b1_quantized"].dtype == np.int32 and values["b2_quantized"].dtype == np.int32 and values["b3_quantized"].dtype == np.int32
+    x_scale = values["x_scale"]
+    assert np.allclose(values["b1_scale"], x_scale * values["w1_scale"], rtol=1e-6)
+    r1_scale = values["r1_scale"]
+    assert np.allclose(values["b2_scale"], r1_scale * np.tile(values["w2_scale"], 2), rtol=1e-6)
+    assert np.allclose(values["b1_quantized"] * values["b1_scale"], numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == "b1")), atol=values["b1_scale"].max())
+    # the Conv output is quantized with its ReLU's range: one shared scale, zero point 0
+    q_nodes = {n.input[0]: n for n in q.graph.node if n.op_type == "QuantizeLinear"}
+    assert q_nodes["c1"].input[1] == q_nodes["r1"].input[1] == "r1_scale"
+    assert values["r1_zero_point"] == 0 and values["r1_zero_point"].dtype == np.uint8
+    # graph inputs/outputs unchanged, output float and not quantized
+    assert [i.name for i in q.graph.input] == ["x"] and [o.name for o in q.graph.output] == ["y"]
+    assert "y" not in q_nodes
+    assert [layer["op_type"] for layer in report["layers"]] == ["Conv", "ConvTranspose", "Gemm", "MatMul"]
+    x = RNG.normal(size=(16, 4, 6, 6)).astype(np.float32)
+    (ref,) = run(proto, {"x": x})
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        (out,) = run(q, {"x": x}, level)
+        assert rel_rms(out, ref) < 0.03
+
+
+def test_per_tensor_and_int8_activations():
+    proto = conv_model()
+    q, report = static(proto, per_tensor=True, activations="int8")
+    onnx.checker.check_model(q, full_check=True)
+    values = inits(q)
+    assert values["w1_scale"].shape == () and attr(dq_of(q, "w1"), "axis") is None
+    assert values["x_zero_point"].dtype == np.int8 and values["x_zero_point"] == 0
+    assert report["weights"] == "int8 per-tensor"
+    x = RNG.normal(size=(8, 4, 6, 6)).astype(np.float32)
+    (ref,) = run(proto, {"x": x})
+    (out,) = run(q, {"x": x})
+    assert rel_rms(out, ref) < 0.05
+
+
+def test_exclude_keeps_a_layer_float_and_unknown_names_are_user_errors():
+    proto = conv_model()
+    q, report = static(proto, exclude=("convt", "MatMul"))
+    values = inits(q)
+    assert values["w2"].dtype == np.float32 and values["w4"].dtype == np.float32
+    assert "w1_quantized" in values and "w3_quantized" in values
+    assert {layer["node"] for layer in report["float_layers"]} == {"convt", "matmul"}
+    with pytest.raises(GencompressError, match="no_such_layer"):
+        static(proto, exclude=("no_such_layer",))
+    with pytest.raises(GencompressError, match="every quantizable layer is excluded"):
+        static(proto, exclude=("Conv", "ConvTranspose", "Gemm", "MatMul"))
+
+
+def test_nothing_to_quantize_is_a_user_error():
+    nodes = [helper.make_node("Relu", ["x"], ["y"])]
+    proto = _model(nodes, [helper.make_tensor_value_info("x", TP.FLOAT, ["N", 3])], [helper.make_tensor_value_info("y", TP.FLOAT, ["N", 3])], [])
+    with pytest.raises(GencompressError, match="nothing to quantize"):
+        static(proto)
+    with pytest.raises(GencompressError, match="nothing to quantize"):
+        WeightOnlyQuantizePass(WeightOnlyQuantizePass.Options())(ir.serde.deserialize_model(proto))
+
+
+def test_options_validate():
+    with pytest.raises(ValueError):
+        InsertQDQPass.Options(activations="int4")
+    with pytest.raises(ValueError):
+        WeightOnlyQuantizePass.Options(bits=3)
+    with pytest.raises(ValueError):
+        WeightOnlyQuantizePass.Options(bits=4, block_size=48)
+
+
+# ---- weight-only ----------------------------------------------------------------------------------
+
+
+def gru_model():
+    """x[N,12] -> Gather(table) + Gemm -> GRU over a 5-step sequence -> MatMul -> y."""
+    RNG = np.random.default_rng(8)
+    hidden, features = 40, 12
+    nodes = [
+        helper.make_node("Gather", ["table", "label"], ["e"], name="embed"),
+        helper.make_node("Gemm", ["x", "wg", "bg"], ["g"], name="gemm", transB=1),
+        helper.make_node("Add", ["g", "e"], ["h"], name="add"),
+        helper.make_node("Unsqueeze", ["h", "axes0"], ["h0"], name="unsq"),
+        helper.make_node("Expand", ["h0", "seq_shape"], ["xs"], name="expand"),
+        helper.make_node("GRU", ["xs", "W", "R", "B"], ["ys"], name="gru", hidden_size=hidden),
+        helper.make_node("Squeeze", ["ys", "axes1"], ["y2"], name="squeeze"),
+        helper.make_node("MatMul", ["y2", "wm"], ["y"], name="matmul"),
+    ]
+    arrays = {
+        "table": RNG.normal(size=(10, features)).astype(np.float32),
+        "wg": RNG.normal(size=(features, features)).astype(np.float32) * 0.3,
+        "bg": RNG.normal(size=features).astype(np.float32) * 0.1,
+        "W": RNG.normal(size=(1, 3 * hidden, features)).astype(np.float32) * 0.3,
+        "R": RNG.normal(size=(1, 3 * hidden, hidden)).astype(np.float32) * 0.2,
+        "B": RNG.normal(size=(1, 6 * hidden)).astype(np.float32) * 0.1,
+        "wm": RNG.normal(size=(hidden, 7)).astype(np.float32) * 0.3,
+        "axes0": np.array([0], dtype=np.int64),
+        "axes1": np.array([1], dtype=np.int64),
+        "seq_shape": np.array([5, 1, 1], dtype=np.int64),
+    }
+    inputs = [helper.make_tensor_value_info("x", TP.FLOAT, ["N", features]), helper.make_tensor_value_info("label", TP.INT64, ["N"])]
+    return _model(nodes, inputs, [helper.make_tensor_value_info("y", TP.FLOAT, [5, "N", 7])], [_init(k, v) for k, v in arrays.items()])
+
+
+def gru_feeds(n=6):
+    RNG = np.random.default_rng(10)
+    return {"x": RNG.normal(size=(n, 12)).astype(np.float32), "label": RNG.integers(0, 10, size=n).astype(np.int64)}
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_weight_only_covers_gemm_gru_matmul_and_embeddings(bits):
+    proto = gru_model()
+    model = ir.serde.deserialize_model(proto)
+    p = WeightOnlyQuantizePass(WeightOnlyQuantizePass.Options(bits=bits, block_size=16))
+    p(model)
+    q = ir.serde.serialize_model(model)
+    onnx.checker.check_model(q, full_check=True)
+    raw = {i.name: i for i in q.graph.initializer}
+    for name in ("table", "wg", "W", "R", "wm"):
+        assert name not in raw
+        t = raw[f"{name}_quantized"]
+        n = int(np.prod(t.dims))
+        if bits == 8:
+            assert t.data_type == TP.INT8
+        else:
+            assert t.data_type in (TP.INT4, TP.INT8)
+            if t.data_type == TP.INT4:
+                assert len(t.raw_data) == (n + 1) // 2  # packed: two values per byte
+                assert attr(dq_of(q, name), "block_size") == 16
+    assert raw["B_quantized"].data_type == TP.INT8  # the GRU bias too
+    opset = next(o.version for o in q.opset_import if o.domain == "")
+    assert opset == (21 if bits == 4 else 20)
+    if bits == 8:
+        assert attr(dq_of(q, "W"), "axis") == 1 and attr(dq_of(q, "table"), "axis") == 0 and attr(dq_of(q, "wm"), "axis") == 1
+    else:
+        assert attr(dq_of(q, "W"), "axis") == 2 and attr(dq_of(q, "wm"), "axis") == 0  # blocks along the input axis
+    feeds = gru_feeds()
+    (ref,) = run(proto, feeds)
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        (out,) = run(q, feeds, level)
+        assert rel_rms(out, ref) < (0.02 if bits == 8 else 0.2)
+
+
+def test_static_stores_gru_and_embedding_weights_as_int8(tmp_path):
+    proto = gru_model()
+    model = ir.serde.deserialize_model(proto)
+    # no metadata: the label's prior would be read as 0..1; calibrate on real labels 0..9 instead
+    rng = np.random.default_rng(11)
+    np.savez(tmp_path / "calib.npz", x=rng.normal(size=(64, 12)).astype(np.float32), label=rng.integers(0, 10, size=64).astype(np.int64))
+    p = InsertQDQPass(InsertQDQPass.Options(calib_data=str(tmp_path / "calib.npz")))
+    p(model)
+    q = ir.serde.serialize_model(model)
+    onnx.checker.check_model(q, full_check=True)
+    kinds = {layer["node"]: layer["kind"] for layer in p.report["layers"]}
+    assert kinds == {"embed": "weights", "gemm": "int8", "add": "int8", "gru": "weights", "matmul": "int8"}
+    raw = {i.name: i for i in q.graph.initializer}
+    assert all(raw[f"{n}_quantized"].data_type == TP.INT8 for n in ("table", "W", "R", "B"))
+    feeds = gru_feeds()
+    (ref,) = run(proto, feeds)
+    (out,) = run(q, feeds)
+    assert rel_rms(out, ref) < 0.05
+
+
+# ---- fp16 ------------------------------------------------------------------------------------------
+
+
+def resize_model():
+    """x -> Conv -> Resize(scales: a float32-only input) -> Transpose -> MatMul -> y."""
+    RNG = np.random.default_rng(9)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Resize", ["c", "", "scales"], ["r"], name="resize", mode="nearest"),
+        helper.make_node("Transpose", ["r"], ["t"], name="transpose", perm=[0, 2, 1, 3]),
+        helper.make_node("MatMul", ["t", "wm"], ["y"], name="matmul"),
+    ]
+    arrays = {
+        "w": RNG.normal(size=(3, 2, 1, 1)).astype(np.float32),
+        "scales": np.array([1, 1, 2, 2], dtype=np.float32),
+        "wm": RNG.normal(size=(8, 4)).astype(np.float32),
+    }
+    x = helper.make_tensor_value_info("x", TP.FLOAT, ["N", 2, 4, 4])
+    return _model(nodes, [x], [helper.make_tensor_value_info("y", TP.FLOAT, ["N", 8, 3, 4])], [_init(k, v) for k, v in arrays.items()])
+
+
+@pytest.mark.parametrize("keep_io_types", [True, False])
+def test_fp16_conversion(keep_io_types):
+    proto = resize_model()
+    model = ir.serde.deserialize_model(proto)
+    p = FP16ConvertPass(FP16ConvertPass.Options(keep_io_types=keep_io_types))
+    p(model)
+    q = ir.serde.serialize_model(model)
+    onnx.checker.check_model(q, full_check=True)
+    types = {i.name: i.data_type for i in q.graph.initializer}
+    assert types["w"] == TP.FLOAT16 and types["wm"] == TP.FLOAT16
+    assert types["scales"] == TP.FLOAT  # Resize's scales must stay float32
+    io = TP.FLOAT if keep_io_types else TP.FLOAT16
+    assert q.graph.input[0].type.tensor_type.elem_type == io and q.graph.output[0].type.tensor_type.elem_type == io
+    assert [i.name for i in q.graph.input] == ["x"] and [o.name for o in q.graph.output] == ["y"]
+    x = RNG.normal(size=(3, 2, 4, 4)).astype(np.float32)
+    (ref,) = run(proto, {"x": x})
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        (out,) = run(q, {"x": x if keep_io_types else x.astype(np.float16)}, level)
+        assert out.dtype == (np.float32 if keep_io_types else np.float16)
+        assert rel_rms(out, ref) < 1e-2
+
