@@ -15,6 +15,9 @@ the wall time of the whole quantization call (calibration included).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import logging
 import os
 import sys
 import tempfile
@@ -46,18 +49,20 @@ def ort_quantize(float_path: Path, out_path: Path, feeds: dict, method: str, per
             return next(self.batches, None)
 
     extra = {"CalibPercentile": percentile} if method == "percentile" else {}
+    logging.getLogger().setLevel(logging.ERROR)  # "Please consider pre-processing before quantization"
     start = time.perf_counter()
-    quantize_static(
-        str(float_path),
-        str(out_path),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=getattr(CalibrationMethod, ORT_METHODS[method]),
-        extra_options=extra,
-    )
+    with contextlib.redirect_stdout(io.StringIO()):  # its calibrators print their progress
+        quantize_static(
+            str(float_path),
+            str(out_path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, ORT_METHODS[method]),
+            extra_options=extra,
+        )
     return time.perf_counter() - start
 
 
@@ -111,7 +116,6 @@ def main(argv=None) -> int:
                         "-" if ort_time is None else f"{ort_time:.2f}",
                     )
                 )
-                print(f"{name} {method}: done", file=sys.stderr)
     headers = ["model", "calib", "size ours", "size ORT", "PSNR ours dB", "PSNR ORT dB", "Δ dB", "time ours s", "time ORT s"]
     print(table(headers, rows))
     print(

@@ -23,43 +23,52 @@ Examples:
 """
 
 
-def _calibration_options(f):
-    options = [
-        click.option("--calib", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax", show_default=True,
-                     help="How activation ranges are chosen from the calibration run (static mode)."),
-        click.option("--calib-size", type=int, default=None,
-                     help="Calibration samples: seeded latent draws (default 256), or the first N rows of --calib-data."),
-        click.option("--calib-data", type=click.Path(dir_okay=False), default=None,
-                     help="Real calibration inputs: an .npz with one array per model input, keyed by input name."),
-        click.option("--percentile", type=float, default=None, help="For --calib percentile: the % of values kept (default 99.99)."),
-        click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel."),
-        click.option("--activations", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True,
-                     help="Activation type: uint8 asymmetric or int8 symmetric."),
-        click.option("--mode", type=click.Choice(["static", "weight-only", "fp16"]), default="static", show_default=True,
-                     help="static: int8 weights and activations (QDQ); weight-only: int8/int4 weights, float compute; fp16."),
-        click.option("--bits", type=click.Choice(["8", "4"]), default="8", show_default=True, help="Weight bits (4 needs --mode weight-only)."),
-        click.option("--block-size", type=int, default=64, show_default=True, help="int4: weights per scale along the input axis."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration draws (evaluation uses a held-back seed)."),
-        click.option("--eval-size", type=int, default=64, show_default=True, help="Held-back seeded latents for the PSNR check."),
-        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+def _options(*names):
+    """Shared click options, applied in the order named."""
+    table_ = {
+        "mode": click.option("--mode", type=click.Choice(["static", "weight-only", "fp16"]), default="static", show_default=True,
+                             help="static: int8 weights and activations (QDQ); weight-only: int8/int4 weights, float compute; fp16."),
+        "bits": click.option("--bits", type=click.Choice(["8", "4"]), default="8", show_default=True, help="Weight bits (4 needs --mode weight-only)."),
+        "block-size": click.option("--block-size", type=int, default=64, show_default=True, help="int4: weights per scale along the input axis."),
+        "calib": click.option("--calib", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax", show_default=True,
+                              help="How activation ranges are chosen from the calibration run (static mode)."),
+        "calib-size": click.option("--calib-size", type=int, default=None,
+                                   help="Calibration samples: seeded latent draws (default 256), or the first N rows of --calib-data."),
+        "calib-data": click.option("--calib-data", type=click.Path(dir_okay=False), default=None,
+                                   help="Real calibration inputs: an .npz with one array per model input, keyed by input name."),
+        "percentile": click.option("--percentile", type=float, default=None, help="For --calib percentile: the % of values kept (default 99.99)."),
+        "per-tensor": click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel."),
+        "activations": click.option("--activations", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True,
+                                    help="Activation type: uint8 asymmetric or int8 symmetric."),
+        "seed": click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration draws (evaluation uses a held-back seed)."),
+        "eval-size": click.option("--eval-size", type=int, default=64, show_default=True, help="Held-back seeded latents for the PSNR check."),
+        "json": click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+    }
+
+    def apply(f):
+        for name in reversed(names):
+            f = table_[name](f)
+        return f
+
+    return apply
+
+
+_COMMON = ("mode", "bits", "block-size", "calib", "calib-size", "calib-data", "percentile", "per-tensor", "activations")
 
 
 @click.command("quantize", epilog=_QUANTIZE_EPILOG)
 @click.argument("in_path", metavar="IN.onnx", type=click.Path(dir_okay=False))
 @click.argument("out_path", metavar="OUT.onnx", type=click.Path(dir_okay=False))
-@_calibration_options
+@_options(*_COMMON)
 @click.option("--exclude", multiple=True, metavar="NAME", help="Keep a node, op type or weight in float (repeat, or comma-separated).")
 @click.option("--target-psnr", type=float, default=None, metavar="DB",
               help="Keep the most damaging layers in float until the PSNR against float reaches DB.")
 @click.option("--strict", is_flag=True, help="With --target-psnr: fail (exit 2, nothing written) when the target cannot be met.")
 @click.option("--fp16-io", is_flag=True, help="fp16 mode: make the graph inputs/outputs float16 too (default: they stay float32).")
 @click.option("--rewrite", is_flag=True, help="Run the int8 graph rewrites (BatchNorm folding, ConvTranspose → Conv/Gemm) first.")
-def quantize(in_path, out_path, calib, calib_size, calib_data, percentile, per_tensor, activations, mode, bits, block_size, seed, eval_size,
-             as_json, exclude, target_psnr, strict, fp16_io, rewrite):
+@_options("seed", "eval-size", "json")
+def quantize(in_path, out_path, mode, bits, block_size, calib, calib_size, calib_data, percentile, per_tensor, activations,
+             exclude, target_psnr, strict, fp16_io, rewrite, seed, eval_size, as_json):
     """Quantize a float ONNX generator: static int8 QDQ (default), weight-only int8/int4, or fp16.
 
     Static int8 calibrates activation ranges on seeded draws from the model's latent prior (or
@@ -90,9 +99,11 @@ def _mb(n: int) -> str:
 
 def _summary(report: dict) -> str:
     mode = report["mode"]
-    what = {"static": f"static int8 ({report.get('weights')} weights, {report.get('activations')} activations)",
-            "weight-only": f"weight-only int{report['bits']}" + (f" (blocks of {report['block_size']})" if report.get("block_size") else ""),
-            "fp16": "float16"}[mode]
+    what = {
+        "static": f"static int8 ({report.get('weights')} weights, {report.get('activations')} activations)",
+        "weight-only": f"weight-only int{report['bits']}" + (f" (blocks of {report['block_size']})" if report.get("block_size") else ""),
+        "fp16": "float16",
+    }[mode]
     ev = report["evaluation"]
     psnr = "identical" if report["psnr_db"] is None else f"{report['psnr_db']:.2f} dB"
     rows = [
@@ -108,23 +119,32 @@ def _summary(report: dict) -> str:
     if "target" in report:
         rows.append(("target", report["target"]["message"]))
     lines = [table(["", report["output"]], rows)]
-    if mode != "fp16":
-        label = "int8" if mode == "static" else f"int{report['bits']} weights"
-        layer_rows = [(l["node"], l["op_type"], label if l["kind"] == "int8" or mode != "static" else "int8 weights, float compute",
-                       ", ".join(l["weights"])) for l in report["layers"]]
-        layer_rows += [(l["node"], l["op_type"], "float (excluded)", ", ".join(l["weights"])) for l in report["float_layers"]]
-        lines += ["", table(["layer", "op", "runs as", "weights"], layer_rows)]
-    else:
+    if mode == "fp16":
         fp = report["fp16"]
         kept = ", ".join(f"{n['node']} ({n['op_type']})" for n in fp["float32_nodes"]) or "none"
         lines += ["", f"float16 nodes: {fp['float16_nodes']}; kept float32: {kept}; casts: {fp['casts']}"]
+        return "\n".join(lines)
+    layer_rows = []
+    for layer in report["layers"]:
+        if mode == "weight-only":
+            kind = "/".join(sorted(set(layer.get("formats", [])))) + " weights, float compute"
+        elif layer["kind"] == "int8":
+            kind = "int8 weights + activations"
+        else:
+            kind = "int8 weights, float compute"
+        layer_rows.append((layer["node"], layer["op_type"], kind, ", ".join(layer["weights"])))
+    layer_rows += [(layer["node"], layer["op_type"], "float (excluded)", ", ".join(layer["weights"])) for layer in report["float_layers"]]
+    lines += ["", table(["layer", "op", "quantized", "weights"], layer_rows)]
+    if mode == "static" and any(layer["op_type"] == "ConvTranspose" for layer in report["layers"]):
+        lines.append("note: onnxruntime's CPU provider has no int8 ConvTranspose kernel; it runs those as dequantize -> float "
+                     "ConvTranspose -> quantize (--rewrite turns them into int8 Conv/Gemm)")
     return "\n".join(lines)
 
 
 @click.command("sensitivity", epilog=_SENSITIVITY_EPILOG)
 @click.argument("in_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
-@_calibration_options
-def sensitivity(in_path, calib, calib_size, calib_data, percentile, per_tensor, activations, mode, bits, block_size, seed, eval_size, as_json):
+@_options(*_COMMON, "seed", "eval-size", "json")
+def sensitivity(in_path, mode, bits, block_size, calib, calib_size, calib_data, percentile, per_tensor, activations, seed, eval_size, as_json):
     """Rank layers by the damage quantizing each one alone does to the generator's output.
 
     PSNR against the float model on a seeded latent set (peak: the nominal output range, else

@@ -172,7 +172,7 @@ class FP16ConvertPass(ir.passes.InPlacePass):
             key = (value.name, int(to))
             if key not in casts:
                 suffix = "fp16" if to == HALF else "fp32"
-                node = builder.node("Cast", [value], f"{value.name}_{suffix}", to, value.shape, {"to": to})
+                node = builder.node("Cast", [value], value.name, suffix, to, value.shape, {"to": to})
                 producer = value.producer()
                 if producer is not None:
                     graph.insert_after(producer, node)

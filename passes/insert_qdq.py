@@ -196,10 +196,16 @@ class Plan:
         return list(dict.fromkeys(v.name for v in self.points.values()))
 
 
-def make_plan(graph: ir.Graph, layers: list[Layer], excluded_nodes=()) -> Plan:
+def make_plan(graph: ir.Graph, layers: list[Layer]) -> Plan:
+    """Which activation tensors get a Q/DQ pair, which scale each uses, and who reads it.
+
+    Seeds: every float activation input of an int8 layer, and the output of Conv/ConvTranspose/
+    Add/Mul (not graph outputs). From each seed, walking up through transparent ops whose input
+    has no other reader, the tensors above join the seed's group and share its scale (the seed
+    is the most downstream tensor, e.g. the ReLU output, so its range is the one that matters).
+    """
     order = {id(n): i for i, n in enumerate(graph)}
     int8_nodes = {id(layer.node) for layer in layers if layer.kind == "int8"}
-    excluded = {id(n) for n in excluded_nodes}
     graph_outputs = {id(v) for v in graph.outputs}
     seeds: list[tuple[ir.Value, tuple[ir.Node, int] | None]] = []
     for layer in layers:
@@ -226,7 +232,7 @@ def make_plan(graph: ir.Graph, layers: list[Layer], excluded_nodes=()) -> Plan:
         current = value
         while True:
             producer = current.producer()
-            if producer is None or producer.op_type not in TRANSPARENT_OPS or id(producer) in excluded:
+            if producer is None or producer.op_type not in TRANSPARENT_OPS:
                 break
             if producer.domain not in ("", "ai.onnx") or id(producer) in int8_nodes:
                 break
@@ -312,9 +318,10 @@ class Builder:
         self.graph.register_initializer(value)
         return value
 
-    def node(self, op: str, inputs, out_base: str, out_dtype: ir.DataType, shape, attributes=None) -> ir.Node:
-        out = ir.Value(name=self.unique(out_base), type=ir.TensorType(out_dtype), shape=ir.Shape(shape) if shape is not None else None)
-        return ir.node(op, inputs, attributes or {}, outputs=[out], name=self.unique(f"{out_base.rsplit('_', 1)[0]}_{op}"))
+    def node(self, op: str, inputs, base: str, suffix: str, out_dtype: ir.DataType, shape, attributes=None) -> ir.Node:
+        """A node named ``{base}_{op}`` with one output ``{base}_{suffix}`` of the given type and shape."""
+        out = ir.Value(name=self.unique(f"{base}_{suffix}"), type=ir.TensorType(out_dtype), shape=ir.Shape(shape) if shape is not None else None)
+        return ir.node(op, inputs, attributes or {}, outputs=[out], name=self.unique(f"{base}_{op}"))
 
 
 def dequantize_weight(
@@ -339,7 +346,7 @@ def dequantize_weight(
     qv = builder.initializer(f"{base}_quantized", q, qtype)
     if half_scales:
         sh = builder.initializer(f"{base}_scale_fp16", scale.astype(np.float16))
-        cast = builder.node("Cast", [sh], f"{base}_scale", ir.DataType.FLOAT, sh.shape, {"to": ir.DataType.FLOAT})
+        cast = builder.node("Cast", [sh], f"{base}_scale", "float32", ir.DataType.FLOAT, sh.shape, {"to": ir.DataType.FLOAT})
         builder.graph.insert_before(use.node, cast)
         sv = cast.outputs[0]
     else:
@@ -353,7 +360,7 @@ def dequantize_weight(
         attributes["axis"] = axis
     if block_size:
         attributes["block_size"] = block_size
-    dq = builder.node("DequantizeLinear", inputs, f"{base}_dequantized", ir.DataType.FLOAT, use.value.shape, attributes)
+    dq = builder.node("DequantizeLinear", inputs, base, "dequantized", ir.DataType.FLOAT, use.value.shape, attributes)
     builder.graph.insert_before(use.node, dq)
     return dq.outputs[0]
 
@@ -405,8 +412,12 @@ class InsertQDQPass(ir.passes.InPlacePass):
         seed: int = 0
 
         def __post_init__(self):
+            from gencompress.passes.calibrate import METHODS
+
             if self.activations not in ACTIVATION_TYPES:
                 raise ValueError(f"activations must be one of {', '.join(ACTIVATION_TYPES)}, not {self.activations!r}")
+            if self.calib not in METHODS:
+                raise ValueError(f"calib must be one of {', '.join(METHODS)}, not {self.calib!r}")
 
     def __init__(self, options: Options = Options()):
         super().__init__()
@@ -425,7 +436,7 @@ class InsertQDQPass(ir.passes.InPlacePass):
         layers, dropped = select_layers(all_layers, opts.exclude, opts.include)
         if not layers:
             raise GencompressError("nothing to quantize: every quantizable layer is excluded")
-        plan = make_plan(graph, layers, excluded_nodes=[layer.node for layer in dropped] if opts.exclude else ())
+        plan = make_plan(graph, layers)
         ranges = {name: (lo, hi) for name, lo, hi in opts.ranges}
         missing = [s for s in plan.seeds if s not in ranges]
         if missing:
@@ -446,8 +457,8 @@ class InsertQDQPass(ir.passes.InPlacePass):
                 params[seed.name] = (scale, zp, sv, zv)
             scale, zp, sv, zv = params[seed.name]
             act_scale[value] = scale
-            q = builder.node("QuantizeLinear", [value, sv, zv], f"{value.name}_quantized", qtype, value.shape)
-            dq = builder.node("DequantizeLinear", [q.outputs[0], sv, zv], f"{value.name}_dequantized", ir.DataType.FLOAT, value.shape)
+            q = builder.node("QuantizeLinear", [value, sv, zv], value.name, "quantized", qtype, value.shape)
+            dq = builder.node("DequantizeLinear", [q.outputs[0], sv, zv], value.name, "dequantized", ir.DataType.FLOAT, value.shape)
             producer = value.producer()
             if producer is not None:
                 graph.insert_after(producer, [q, dq])
@@ -459,7 +470,6 @@ class InsertQDQPass(ir.passes.InPlacePass):
         # weights and biases
         cache: dict[tuple, tuple[ir.Value, np.ndarray]] = {}
         float_biases: dict[str, ir.Value] = {}
-        weight_bytes = 0
         for layer in layers:
             for use in layer.weights:
                 axis = None if (opts.per_tensor and layer.kind == "int8") else use.out_axis
@@ -469,7 +479,6 @@ class InsertQDQPass(ir.passes.InPlacePass):
                     # onnxruntime's Gemm fusion wants the weight zero point spelled out
                     dq_value = dequantize_weight(builder, use, q, scale, axis, ir.DataType.INT8, zero_point=layer.op_type == "Gemm")
                     cache[key] = (dq_value, scale)
-                    weight_bytes += q.nbytes
                 dq_value, scale = cache[key]
                 layer.node.replace_input_with(use.input_index, dq_value)
                 if layer.bias_index is not None and use.input_index == 1:

@@ -428,3 +428,16 @@ def test_fp16_conversion(keep_io_types):
         assert out.dtype == (np.float32 if keep_io_types else np.float16)
         assert rel_rms(out, ref) < 1e-2
 
+
+
+def test_passes_run_from_a_recipe():
+    from gencompress.passes.registry import available, run_recipe
+
+    assert {"insert_qdq", "weight_only_quantize", "fp16_convert"} <= set(available())
+    model = ir.serde.deserialize_model(gru_model())
+    recipe = [{"pass": "weight_only_quantize", "options": {"bits": 4, "block_size": 16, "exclude": ["embed"]}}]
+    model, reports = run_recipe(model, recipe)
+    assert [layer["node"] for layer in reports[0]["report"]["float_layers"]] == ["embed"]
+    onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
+    with pytest.raises(GencompressError, match="calib"):
+        run_recipe(ir.serde.deserialize_model(conv_model()), [{"pass": "insert_qdq", "options": {"calib": "kl"}}])
