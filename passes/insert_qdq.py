@@ -446,17 +446,15 @@ class InsertQDQPass(ir.passes.InPlacePass):
         builder = Builder(graph)
 
         # activations
-        params: dict[str, tuple[np.float32, int, ir.Value, ir.Value]] = {}
-        act_scale: dict[ir.Value, np.float32] = {}
+        params: dict[str, tuple[ir.Value, ir.Value]] = {}
         for value, seed in plan.points.items():
             if seed.name not in params:
                 lo, hi = ranges[seed.name]
                 scale, zp = activation_params(lo, hi, opts.activations)
                 sv = builder.initializer(f"{seed.name}_scale", np.asarray(scale, dtype=np.float32))
                 zv = builder.initializer(f"{seed.name}_zero_point", np.asarray(zp, dtype=np.int8 if symmetric else np.uint8), qtype)
-                params[seed.name] = (scale, zp, sv, zv)
-            scale, zp, sv, zv = params[seed.name]
-            act_scale[value] = scale
+                params[seed.name] = (sv, zv)
+            sv, zv = params[seed.name]
             q = builder.node("QuantizeLinear", [value, sv, zv], value.name, "quantized", qtype, value.shape)
             dq = builder.node("DequantizeLinear", [q.outputs[0], sv, zv], value.name, "dequantized", ir.DataType.FLOAT, value.shape)
             producer = value.producer()

@@ -61,6 +61,10 @@ def test_weight_only_and_fp16_from_the_cli(run_cli, zoo_onnx, tmp_path):
     result = run_cli("quantize", src, tmp_path / "h.onnx", "--mode", "fp16")
     assert result.exit_code == 0, result
     assert "float16" in result.stdout
+    result = run_cli("quantize", src, tmp_path / "h16.onnx", "--mode", "fp16", "--fp16-io", "--json")
+    assert result.exit_code == 0, result
+    assert json.loads(result.stdout)["psnr_db"] > 60
+    assert onnx.load(str(tmp_path / "h16.onnx")).graph.input[0].type.tensor_type.elem_type == TP.FLOAT16
 
 
 def test_sensitivity_cli(run_cli, zoo_onnx):

@@ -18,12 +18,7 @@ from gencompress.passes.quantize import Evaluator, eval_inputs, quantize
 from gencompress.passes.sensitivity import sensitivity
 
 ZOO = ("dcgan", "vae", "rvae", "cgan")
-LEVELS = (
-    ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-)
+LEVELS = tuple(ort.GraphOptimizationLevel.__members__.values())  # disable, basic, extended, layout, all
 CALIB = 64
 # The vae decoder's first layer is a Linear 16 -> 1024: with per-channel int8 weights its 1024
 # weight scales, weight zero points (onnxruntime's QGemm wants them) and int32 bias with its own
@@ -168,7 +163,9 @@ def test_onnxruntime_runs_int8_kernels(zoo_onnx, tmp_path):
             # uint8 activations in; the int8 weight itself is pre-packed, its int8 zero point shows
             assert types[0] == "uint8" and "int8" in types
     assert "Relu" not in ops  # fused into the int8 kernels' output quantization
-    quantize(src, rewritten, calib_size=CALIB, rewrite=True)
+    report = quantize(src, rewritten, calib_size=CALIB, rewrite=True)
+    assert_runs_everywhere(rewritten, src)
+    assert report["psnr_db"] > 30
     ops = [op for op, _ in _kernels(rewritten, tmp_path)]
     assert not {"Conv", "ConvTranspose", "Gemm", "MatMul"} & set(ops)
     assert ops.count("QLinearConv") == 3 and ops.count("QGemm") == 1
