@@ -58,7 +58,10 @@ def prepare(model, *, keep_debug_metadata: bool = False):
             return False  # would grow the file
         return None
 
-    fold_constants(model, input_size_limit=1 << 26, output_size_limit=1 << 26, should_fold=should_fold)
+    try:
+        fold_constants(model, input_size_limit=1 << 26, output_size_limit=1 << 26, should_fold=should_fold)
+    except Exception:  # the folder is an optimisation: without it weights behind reshuffles stay float
+        pass
     common.RemoveUnusedNodesPass()(model)
     common.NameFixPass()(model)
     common.TopologicalSortPass()(model)
