@@ -70,7 +70,11 @@ def export(
 
     specs = _input_specs(inputs, resolved)
     module = resolved.module
-    output_names = list(resolved.output_names or _default_output_names(module, specs, seed))
+    # A forward pass first: inputs that don't fit the model are the user's error, not the exporter's.
+    n_outputs = len(_run_torch(module, _torch_inputs(specs, 2, seed)))
+    output_names = list(resolved.output_names or (["output"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]))
+    if len(output_names) != n_outputs:
+        raise GencompressError(f"{resolved.source}: returns {n_outputs} outputs, expected {len(output_names)}")
 
     exporter = "legacy" if legacy else "dynamo"
     with tempfile.TemporaryDirectory(prefix="gencompress-export-") as tmp:
@@ -143,11 +147,6 @@ def _run_torch(module, args):
     if not all(isinstance(o, torch.Tensor) for o in outs):
         raise GencompressError("the model must return a tensor or a tuple of tensors")
     return [o.detach().numpy() for o in outs]
-
-
-def _default_output_names(module, specs, seed):
-    n = len(_run_torch(module, _torch_inputs(specs, 2, seed)))
-    return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
 
 
 @contextlib.contextmanager
