@@ -12,6 +12,7 @@ Examples:
   gencompress quantize g.onnx g.int8.onnx --calib percentile --calib-size 512
   gencompress quantize g.onnx g.int8.onnx --calib-data latents.npz --exclude node_conv2d
   gencompress quantize g.onnx g.int8.onnx --target-psnr 40
+  gencompress quantize g.onnx g.int8.onnx --no-rewrite
   gencompress quantize g.onnx g.w4.onnx --mode weight-only --bits 4
   gencompress quantize g.onnx g.fp16.onnx --mode fp16
 """
@@ -65,7 +66,9 @@ _COMMON = ("mode", "bits", "block-size", "calib", "calib-size", "calib-data", "p
               help="Keep the most damaging layers in float until the PSNR against float reaches DB.")
 @click.option("--strict", is_flag=True, help="With --target-psnr: fail (exit 2, nothing written) when the target cannot be met.")
 @click.option("--fp16-io", is_flag=True, help="fp16 mode: make the graph inputs/outputs float16 too (default: they stay float32).")
-@click.option("--rewrite", is_flag=True, help="Run the int8 graph rewrites (BatchNorm folding, ConvTranspose → Conv/Gemm) first.")
+@click.option("--rewrite/--no-rewrite", default=None,
+              help="Int8 graph rewrites first (BatchNorm folding, ConvTranspose -> Conv/Gemm, which onnxruntime runs in int8). "
+                   "Default: on for --mode static when the model has a ConvTranspose they apply to, off otherwise.")
 @_options("seed", "eval-size", "json")
 def quantize(in_path, out_path, mode, bits, block_size, calib, calib_size, calib_data, percentile, per_tensor, activations,
              exclude, target_psnr, strict, fp16_io, rewrite, seed, eval_size, as_json):
@@ -73,8 +76,9 @@ def quantize(in_path, out_path, mode, bits, block_size, calib, calib_size, calib
 
     Static int8 calibrates activation ranges on seeded draws from the model's latent prior (or
     --calib-data), stores weights as int8 per output channel and places QuantizeLinear /
-    DequantizeLinear so onnxruntime runs int8 kernels. The result is checked against the float
-    model: PSNR on a held-back seeded latent set.
+    DequantizeLinear so onnxruntime runs int8 kernels. ConvTranspose layers, which onnxruntime
+    can only run in float, are first rewritten as Conv or Gemm (--no-rewrite keeps them). The
+    result is checked against the float model: PSNR on a held-back seeded latent set.
     """
     from gencompress.passes.quantize import quantize as run
 
@@ -116,6 +120,13 @@ def _summary(report: dict) -> str:
     if "calibration" in report:
         c = report["calibration"]
         rows.append(("calibration", f"{c['method']}, {c['samples']} samples from {c['source']}"))
+    rewrite = report.get("rewrite") or {}
+    if mode == "static" or rewrite.get("applied"):
+        if rewrite.get("applied"):
+            n = rewrite["convtranspose_rewritten"]
+            rows.append(("rewrite", f"on: {n} ConvTranspose layer{'s' if n != 1 else ''} -> Conv/Gemm, run in int8 (--no-rewrite turns it off)"))
+        else:
+            rows.append(("rewrite", f"off: {rewrite.get('reason', '')}"))
     if "target" in report:
         rows.append(("target", report["target"]["message"]))
     lines = [table(["", report["output"]], rows)]
@@ -135,9 +146,15 @@ def _summary(report: dict) -> str:
         layer_rows.append((layer["node"], layer["op_type"], kind, ", ".join(layer["weights"])))
     layer_rows += [(layer["node"], layer["op_type"], "float (excluded)", ", ".join(layer["weights"])) for layer in report["float_layers"]]
     lines += ["", table(["layer", "op", "quantized", "weights"], layer_rows)]
+    if rewrite.get("changes"):
+        lines += ["", "rewrites:", *(f"  {change}" for change in rewrite["changes"])]
     if mode == "static" and any(layer["op_type"] == "ConvTranspose" for layer in report["layers"]):
+        if rewrite.get("setting") == "off":
+            hint = "without --no-rewrite they become int8 Conv/Gemm"
+        else:
+            hint = f"not rewritten as int8 Conv/Gemm: {rewrite.get('reason', 'rewrites off')}"
         lines.append("note: onnxruntime's CPU provider has no int8 ConvTranspose kernel; it runs those as dequantize -> float "
-                     "ConvTranspose -> quantize (--rewrite turns them into int8 Conv/Gemm)")
+                     f"ConvTranspose -> quantize ({hint})")
     return "\n".join(lines)
 
 

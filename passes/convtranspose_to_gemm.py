@@ -10,6 +10,12 @@ give a block-diagonal B. onnxruntime runs an int8 Gemm; it has no int8 ConvTrans
 An elementwise activation that alone consumes the ConvTranspose moves before the Reshape
 (``Gemm -> Relu -> Reshape``), next to the Gemm.
 
+The Gemm carries the node metadata ``gencompress.channel_block`` = prod(O) (see
+``insert_qdq.CHANNEL_BLOCK_KEY``): its columns come in blocks of prod(O), one per ConvTranspose
+channel, so a quantizer gives each block one scale, the one the ConvTranspose channel would have
+had (and the per-column scales, zero points and int32 bias are that channel's values repeated,
+which ``insert_qdq`` stores once each).
+
 Only where every spatial size of the input is statically 1 (graph shape or shape inference).
 Left alone: everything else (``convtranspose_to_conv`` handles it), and non-constant weights.
 
@@ -26,6 +32,7 @@ import numpy as np
 import onnx_ir as ir
 
 from gencompress.passes.convtranspose_to_conv import ConvTransposeSpec, Skip, resolve_convtranspose
+from gencompress.passes.insert_qdq import CHANNEL_BLOCK_KEY
 from gencompress.passes.registry import register
 from gencompress.passes.rewrite import (
     Namer,
@@ -131,6 +138,9 @@ class ConvTransposeToGemmPass(ir.passes.InPlacePass):
         if bias is not None:
             inputs.append(add_initializer(graph, namer, f"{base}.gemm_bias", bias))
         gemm = new_node(namer, base, "Gemm", inputs, None, dtype, None if batch is None else [batch, features])
+        block = features // spec.c_out
+        if block > 1:  # columns c*block ... c*block+block-1 are channel c: quantize them as one channel
+            gemm.metadata_props[CHANNEL_BLOCK_KEY] = str(block)
         new_nodes = [flat, gemm]
         current = gemm.outputs[0]
         old_nodes, old_value = [node], y

@@ -6,8 +6,18 @@ What the pass writes (the conventions of DESIGN.md):
   values in [-127, 127]), one scale per output channel (axis from ``passes/weights.py``: 0 for
   Conv and Gemm with transB, 1 for ConvTranspose and MatMul / Gemm without transB), or one
   scale per tensor with ``per_tensor``; a DequantizeLinear feeds the float op.
+  A node with the metadata ``gencompress.channel_block`` = S (``CHANNEL_BLOCK_KEY``; e.g. the
+  Gemm ``convtranspose_to_gemm`` makes of a ConvTranspose, whose columns are C channels × S
+  positions) gets one scale per block of S consecutive output channels.
 - Bias of Conv/ConvTranspose (and of Gemm with alpha = beta = 1): int32, scale = input scale ×
-  weight scale, zero point 0.
+  weight scale, zero point 0. A per-channel bias scale is not stored but computed in the graph,
+  ``Mul(input scale, weight scale)``.
+- Per-channel vectors (weight scales and zero points, int32 biases) that repeat a shorter
+  pattern bit for bit (a channel value repeated over a block; all-zero zero points) are stored
+  once and expanded in the graph (Expand, Reshape) when that saves ``MIN_COMPACT_SAVING`` bytes.
+  These expansions and the bias-scale Mul are constant subgraphs: onnxruntime folds them into
+  initializers at load time (level basic), before its QDQ fusions (level extended) look for
+  constant scales, so Conv/Gemm still fuse into QLinearConv/QGemm.
 - Activations: one scale per tensor from the calibrated range; uint8 asymmetric (default) or
   int8 symmetric. A Q→DQ pair sits on every float input of a quantized op, and on the output of
   Conv/ConvTranspose/Add/Mul (so the runtime can fuse DQ→op→Q into one int8 kernel).
@@ -61,6 +71,14 @@ TRANSPARENT_OPS = (
 )
 MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
 INT32_MAX = 2**31 - 1
+# Node metadata a pass may set on a Conv/Gemm/MatMul: along the weight's output axis, each block of
+# this many consecutive entries is one output channel of the layer the node stands for (e.g.
+# convtranspose_to_gemm: Gemm column c*S + s is output position s of ConvTranspose channel c).
+# The weight then gets one scale per block: the scales the original layer would have had.
+CHANNEL_BLOCK_KEY = "gencompress.channel_block"
+# a per-channel parameter vector that repeats a shorter pattern is stored short and expanded in the
+# graph when that saves at least this many bytes (the Expand/Reshape nodes cost ~200)
+MIN_COMPACT_SAVING = 512
 
 
 # ---- which nodes are layers -------------------------------------------------------------------
@@ -76,6 +94,7 @@ class Layer:
     act_inputs: tuple[int, ...] = ()
     bias_index: int | None = None
     quantize_output: bool = False
+    channel_block: int = 1  # weight scales per block of output channels (CHANNEL_BLOCK_KEY)
 
     @property
     def name(self) -> str:
@@ -89,7 +108,10 @@ class Layer:
         return pattern in (self.name, self.op_type) or any(w.name == pattern for w in self.weights)
 
     def describe(self) -> dict:
-        return {"node": self.name, "op_type": self.op_type, "kind": self.kind, "weights": [w.name for w in self.weights]}
+        info = {"node": self.name, "op_type": self.op_type, "kind": self.kind, "weights": [w.name for w in self.weights]}
+        if self.channel_block > 1:
+            info["channel_block"] = self.channel_block
+        return info
 
 
 def _is_float(value: ir.Value | None) -> bool:
@@ -165,6 +187,18 @@ def _gemm_bias_ok(node: ir.Node) -> bool:
     n = w.shape[0] if node.attributes.get_int("transB", 0) else w.shape[1]
     shape = tuple(c.const_value.shape)
     return shape in ((n,), (1, n))
+
+
+def channel_block(node: ir.Node, use: WeightUse) -> int:
+    """The node's ``CHANNEL_BLOCK_KEY`` hint for this weight: 1 when absent, not a whole number > 1,
+    or not dividing the weight's output axis."""
+    text = node.metadata_props.get(CHANNEL_BLOCK_KEY)
+    try:
+        block = int(text) if text is not None else 1
+    except ValueError:
+        return 1
+    size = use.value.const_value.shape[use.out_axis]
+    return block if 1 < block < size and size % block == 0 else 1
 
 
 def select_layers(layers: list[Layer], exclude=(), include=None) -> tuple[list[Layer], list[Layer]]:
@@ -272,19 +306,49 @@ def activation_params(lo: float, hi: float, dtype: str) -> tuple[np.float32, int
     return scale, 0
 
 
-def quantize_symmetric(w: np.ndarray, axis: int | None, qmax: int = 127) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric integer weights: ``(q, scale)`` with q in [-qmax, qmax]; one scale per slice along ``axis``."""
+def quantize_symmetric(w: np.ndarray, axis: int | None, qmax: int = 127, block: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric integer weights: ``(q, scale)`` with q in [-qmax, qmax]; one scale per slice along ``axis``.
+
+    ``block``: one scale per ``block`` consecutive slices along ``axis`` (their common peak), still
+    returned one per slice (each repeated ``block`` times); ``w.shape[axis]`` must be a multiple.
+    """
     w = np.asarray(w, dtype=np.float32)
     if axis is None:
         peak = np.abs(w).max(initial=0.0)
         scale = np.asarray(peak / qmax, dtype=np.float32)
     else:
         other = tuple(i for i in range(w.ndim) if i != axis)
-        scale = (np.abs(w).max(axis=other, initial=0.0) / qmax).astype(np.float32)
+        peaks = np.abs(w).max(axis=other, initial=0.0)
+        if block > 1:
+            if peaks.size % block:
+                raise ValueError(f"block {block} does not divide the {peaks.size} channels")
+            peaks = np.repeat(peaks.reshape(-1, block).max(axis=1), block)
+        scale = (peaks / qmax).astype(np.float32)
     scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
     shaped = scale if axis is None else scale.reshape([-1 if i == axis else 1 for i in range(w.ndim)])
     q = np.clip(np.rint(w / shaped), -qmax, qmax).astype(np.int8)
     return q, scale
+
+
+def repeat_pattern(a: np.ndarray) -> tuple[str, int] | None:
+    """The shortest pattern a 1-D array repeats exactly (bit for bit): ``("repeat", k)`` when it is
+    k values each repeated n/k times in a row (``np.repeat``), ``("tile", k)`` when it is k values
+    repeated n/k times as a whole (``np.tile``); None when it is no repeat (k = n)."""
+    a = np.ascontiguousarray(a)
+    n = a.size
+    if a.ndim != 1 or n < 2:
+        return None
+    bits = a.view(f"u{a.itemsize}")
+    for k in range(1, n // 2 + 1):
+        if n % k:
+            continue
+        grid = bits.reshape(k, n // k)
+        if (grid == grid[:, :1]).all():
+            return "repeat", k
+        grid = bits.reshape(n // k, k)
+        if (grid == grid[:1]).all():
+            return "tile", k
+    return None
 
 
 # ---- graph building ---------------------------------------------------------------------------
@@ -301,6 +365,7 @@ class Builder:
             self.names.add(node.name)
             self.names.update(v.name for v in node.outputs)
         self.names.discard(None)
+        self._shapes: dict[tuple[int, ...], ir.Value] = {}
 
     def unique(self, base: str) -> str:
         name, k = base, 1
@@ -309,6 +374,41 @@ class Builder:
             name = f"{base}_{k}"
         self.names.add(name)
         return name
+
+    def shape(self, dims) -> ir.Value:
+        """An int64 shape initializer (one per distinct shape)."""
+        key = tuple(int(d) for d in dims)
+        if key not in self._shapes:
+            self._shapes[key] = self.initializer("shape_" + "x".join(map(str, key)), np.array(key, dtype=np.int64))
+        return self._shapes[key]
+
+    def constant(self, base: str, array: np.ndarray, dtype: ir.DataType | None = None, *, before: ir.Node) -> ir.Value:
+        """``array`` as a graph value: an initializer named ``base``, or, for a 1-D vector that
+        repeats a shorter pattern (``repeat_pattern``) when that saves ``MIN_COMPACT_SAVING`` bytes,
+        the pattern as the initializer ``base`` expanded in the graph (Expand, then Reshape for a
+        pattern longer than one value) into ``{base}_expanded``. The nodes go before ``before``.
+
+        The expansion is a constant subgraph: runtimes fold it into an initializer at load time
+        (onnxruntime's constant folding, level basic, runs before its QDQ fusions)."""
+        array = np.array(array, order="C", copy=True)
+        found = repeat_pattern(array) if array.ndim == 1 else None
+        if found is None or (array.size - found[1]) * array.itemsize < MIN_COMPACT_SAVING:
+            return self.initializer(base, array, dtype)
+        form, k = found
+        n = array.size
+        out_dtype = dtype if dtype is not None else ir.DataType.from_numpy(array.dtype)
+        if k == 1:
+            short = self.initializer(base, array[:1], dtype)
+            expand = self.node("Expand", [short, self.shape([n])], base, "expanded", out_dtype, [n])
+            self.graph.insert_before(before, expand)
+            return expand.outputs[0]
+        # [k, 1] -> [k, n/k] for np.repeat; [k] -> [n/k, k] for np.tile; then flat
+        short, grid = (array.reshape(k, n // k)[:, :1], [k, n // k]) if form == "repeat" else (array[:k], [n // k, k])
+        sv = self.initializer(base, short, dtype)
+        expand = self.node("Expand", [sv, self.shape(grid)], base, "grid", out_dtype, grid)
+        flat = self.node("Reshape", [expand.outputs[0], self.shape([n])], base, "expanded", out_dtype, [n])
+        self.graph.insert_before(before, [expand, flat])
+        return flat.outputs[0]
 
     def initializer(self, base: str, array: np.ndarray, dtype: ir.DataType | None = None) -> ir.Value:
         name = self.unique(base)
@@ -335,14 +435,21 @@ def dequantize_weight(
     block_size: int | None = None,
     zero_point: bool = False,
     half_scales: bool = False,
+    compact: bool = False,
 ) -> ir.Value:
     """Store ``q`` as an integer initializer with a DequantizeLinear in front; return the float value.
 
     ``half_scales``: store the scales as float16 with a Cast to float32 in front of the
     DequantizeLinear (a constant subgraph: runtimes fold it at load time). ``scale`` must then
     already be exactly representable in float16.
+    ``compact``: a scale or zero-point vector that repeats a shorter pattern is stored short and
+    expanded in the graph (``Builder.constant``).
     """
     base = use.value.name
+
+    def store(name, array, dtype=None):
+        return builder.constant(name, array, dtype, before=use.node) if compact else builder.initializer(name, array, dtype)
+
     qv = builder.initializer(f"{base}_quantized", q, qtype)
     if half_scales:
         sh = builder.initializer(f"{base}_scale_fp16", scale.astype(np.float16))
@@ -350,11 +457,11 @@ def dequantize_weight(
         builder.graph.insert_before(use.node, cast)
         sv = cast.outputs[0]
     else:
-        sv = builder.initializer(f"{base}_scale", scale.astype(np.float32))
+        sv = store(f"{base}_scale", scale.astype(np.float32))
     inputs = [qv, sv]
     if zero_point:
         zp_dtype = np.int8 if qtype == ir.DataType.INT4 else q.dtype
-        inputs.append(builder.initializer(f"{base}_zero_point", np.zeros(scale.shape, dtype=zp_dtype), qtype))
+        inputs.append(store(f"{base}_zero_point", np.zeros(scale.shape, dtype=zp_dtype), qtype))
     attributes = {}
     if axis is not None:
         attributes["axis"] = axis
@@ -394,7 +501,9 @@ class InsertQDQPass(ir.passes.InPlacePass):
 
     Guarantees: graph inputs and outputs unchanged (names, dtypes, ranks), outputs stay float;
     every quantized weight is an int8 initializer behind a DequantizeLinear; only standard ONNX
-    ops are added (QuantizeLinear, DequantizeLinear); deterministic for the same ranges.
+    ops are added (QuantizeLinear, DequantizeLinear, and Expand/Reshape/Mul on constants for
+    the parameters computed in the graph); deterministic for the same ranges. The
+    ``CHANNEL_BLOCK_KEY`` hints of the nodes it sees are consumed (removed).
     """
 
     @dataclass(frozen=True)
@@ -471,18 +580,25 @@ class InsertQDQPass(ir.passes.InPlacePass):
         for layer in layers:
             for use in layer.weights:
                 axis = None if (opts.per_tensor and layer.kind == "int8") else use.out_axis
-                key = (use.value.name, axis)
+                block = channel_block(layer.node, use) if axis is not None else 1
+                key = (use.value.name, axis, block)
                 if key not in cache:
-                    q, scale = quantize_symmetric(use.array(), axis)
+                    q, scale = quantize_symmetric(use.array(), axis, block=block)
                     # onnxruntime's Gemm fusion wants the weight zero point spelled out
-                    dq_value = dequantize_weight(builder, use, q, scale, axis, ir.DataType.INT8, zero_point=layer.op_type == "Gemm")
+                    dq_value = dequantize_weight(
+                        builder, use, q, scale, axis, ir.DataType.INT8, zero_point=layer.op_type == "Gemm", compact=True
+                    )
                     cache[key] = (dq_value, scale)
                 dq_value, scale = cache[key]
                 layer.node.replace_input_with(use.input_index, dq_value)
                 if layer.bias_index is not None and use.input_index == 1:
-                    self._quantize_bias(builder, layer, scale)
+                    self._quantize_bias(builder, layer, scale, dq_value.producer().inputs[1])
+                if block > 1:
+                    layer.channel_block = block
             if layer.op_type in RECURRENT_OPS:
                 store_bias_int8(builder, layer.node, 3, float_biases)
+        for layer in all_layers:
+            layer.node.metadata_props.pop(CHANNEL_BLOCK_KEY, None)  # a hint for this pass: consumed
         self._remove_unused_initializers(graph)
         common_passes.TopologicalSortPass()(model)
         self.report = {
@@ -495,19 +611,25 @@ class InsertQDQPass(ir.passes.InPlacePass):
         }
         return ir.passes.PassResult(model, True)
 
-    def _quantize_bias(self, builder: Builder, layer: Layer, w_scale: np.ndarray) -> None:
+    def _quantize_bias(self, builder: Builder, layer: Layer, w_scale: np.ndarray, w_scale_value: ir.Value) -> None:
+        """int32 bias, scale = input scale × weight scale, zero point 0. A per-channel bias scale
+        is computed in the graph, ``Mul(input scale, weight scale)`` (a constant subgraph that
+        runtimes fold at load time), rather than stored: float32 multiplication is exact rounding,
+        so it equals the product the int32 values were computed with."""
         node = layer.node
         bias = node.inputs[layer.bias_index]
         x_dq = node.inputs[0].producer()  # the DequantizeLinear feeding the op
         if x_dq is None or x_dq.op_type != "DequantizeLinear":
             return
-        x_scale = x_dq.inputs[1].const_value.numpy()
+        x_scale_value = x_dq.inputs[1]
+        x_scale = x_scale_value.const_value.numpy()
         b = bias.const_value.numpy().astype(np.float64)
         shape = b.shape
         b = b.reshape(-1)
         n = b.size
         ws = np.asarray(w_scale, dtype=np.float32).reshape(-1)
-        if node.op_type == "ConvTranspose" and ws.size > 1 and ws.size != n:
+        tiled = node.op_type == "ConvTranspose" and ws.size > 1 and ws.size != n
+        if tiled:
             ws = np.tile(ws, n // ws.size)  # grouped: axis 1 holds C_out / group channels
         scale = (np.float32(x_scale) * ws).astype(np.float32)
         if scale.size == 1 and n > 1:
@@ -516,9 +638,18 @@ class InsertQDQPass(ir.passes.InPlacePass):
             per_axis = len(shape) - 1
         q = np.clip(np.rint(b / (scale.astype(np.float64) if scale.size > 1 else float(scale[0]))), -INT32_MAX, INT32_MAX).astype(np.int32)
         q = q.reshape(shape)
+        base = bias.name
+        if per_axis is not None and len(shape) == 1 and n > 1 and not tiled:
+            mul = builder.node("Mul", [x_scale_value, w_scale_value], base, "scale", ir.DataType.FLOAT, [n])
+            builder.graph.insert_before(node, mul)
+            qv = builder.constant(f"{base}_quantized", q, ir.DataType.INT32, before=node)
+            dq = builder.node("DequantizeLinear", [qv, mul.outputs[0]], base, "dequantized", ir.DataType.FLOAT, bias.shape, {"axis": 0})
+            builder.graph.insert_before(node, dq)
+            node.replace_input_with(layer.bias_index, dq.outputs[0])
+            return
         use = WeightUse(node, layer.bias_index, bias, per_axis or 0, 0)
         scale_arr = scale if per_axis is not None else np.asarray(scale[0], dtype=np.float32)
-        dq_value = dequantize_weight(builder, use, q, scale_arr, per_axis, ir.DataType.INT32)
+        dq_value = dequantize_weight(builder, use, q, scale_arr, per_axis, ir.DataType.INT32, compact=True)
         node.replace_input_with(layer.bias_index, dq_value)
 
     @staticmethod

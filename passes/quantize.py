@@ -7,7 +7,8 @@ The Python API behind the CLI verb::
     report = gencompress.quantize("g.onnx", "g.int8.onnx", target_psnr=40.0)     # keep layers in float as needed
 
 Flow: load → prepare (fold constant weight reshuffles so every weight is an initializer, drop
-the exporter's per-node debug metadata) → [rewrite hook] → calibrate (static) → pass
+the exporter's per-node debug metadata) → int8 rewrites (static mode, when the model has a
+ConvTranspose they apply to; ``rewrite``) → calibrate (static) → pass
 (``insert_qdq`` / ``weight_only_quantize`` / ``fp16_convert``) → [--target-psnr search] → save,
 then PSNR against the float model on a held-back seeded latent set.
 
@@ -33,7 +34,7 @@ MODES = ("static", "weight-only", "fp16")
 EVAL_SEED_OFFSET = 1_000_003
 DEFAULT_EVAL_SIZE = 64
 DEFAULT_BLOCK_SIZE = 64
-# graph rewrites that make int8 fast, run before quantizing when ``rewrite=True`` (by registry name)
+# graph rewrites that make int8 fast, run before static quantizing (by registry name; see ``apply_rewrites``)
 REWRITE_PIPELINE = "rewrite_for_int8"
 REWRITE_PASSES = ("fold_batchnorm", "convtranspose_to_gemm", "convtranspose_to_conv")
 DEBUG_METADATA_PREFIXES = ("pkg.torch", "pkg.onnxscript", "namespace")
@@ -88,7 +89,7 @@ def strip_debug_metadata(model) -> None:
 def rewrite_for_int8(model):
     """The hook for the int8 graph rewrites (BatchNorm folding, ConvTranspose → Gemm / Conv +
     DepthToSpace), looked up by registry name: the ``rewrite_for_int8`` pipeline pass if
-    registered, else its steps one by one. Returns (model, report)."""
+    registered, else its steps one by one. Returns (model, per-step report)."""
     from gencompress.passes.registry import available
 
     passes = available()
@@ -101,7 +102,74 @@ def rewrite_for_int8(model):
         p = passes[name](passes[name].Options())
         model = p(model).model
         report[name] = getattr(p, "report", None)
+    if list(report) == [REWRITE_PIPELINE] and isinstance(report[REWRITE_PIPELINE], dict):
+        report = report[REWRITE_PIPELINE]  # the pipeline's report is the per-step one
     return model, report
+
+
+FORM_TEXT = {  # the rewrite passes' "form" parts, as op names
+    "flatten": "Flatten", "gemm": "Gemm", "reshape": "Reshape", "conv": "Conv", "depth_to_space": "DepthToSpace",
+    "slice": "Slice", "reshape_transpose": "Reshape/Transpose", "phase_convs": "Conv per phase", "concat": "Concat",
+}
+
+
+def describe_rewrites(steps: dict) -> tuple[list[str], list[str], int]:
+    """(changes, left alone, ConvTranspose layers rewritten) from the per-step rewrite report, as text."""
+    changes, left, converted = [], [], 0
+    for item in (steps.get("fold_batchnorm") or {}).get("folded", []):
+        changes.append(f"{item['node']}: BatchNormalization folded into {item['into']} ({item['op']})")
+    for step in ("convtranspose_to_gemm", "convtranspose_to_conv"):
+        for item in (steps.get(step) or {}).get("rewritten", []):
+            converted += 1
+            form = " + ".join(FORM_TEXT.get(part, part) for part in item["form"].split("+"))
+            if "gemm" in item:
+                form = form.replace("Gemm", "Gemm {}x{}".format(*item["gemm"]))
+            hoisted = f", {item['hoisted']} moved next to it" if item.get("hoisted") else ""
+            changes.append(f"{item['node']}: ConvTranspose -> {form}{hoisted}")
+    for step, items in steps.items():
+        for item in items.get("left_alone", []) if isinstance(items, dict) else []:
+            left.append(f"{item['node']}: {step} left it alone ({item['reason']})")
+    return changes, left, converted
+
+
+def apply_rewrites(model, *, setting: bool | None, mode: str, exclude: tuple[str, ...]):
+    """Run the int8 rewrites as ``setting`` says: True always, False never, None (auto) for static
+    mode when they turn at least one ConvTranspose into a Conv or Gemm (onnxruntime has int8
+    kernels for those, none for ConvTranspose) and ``exclude`` keeps no ConvTranspose in float.
+    Returns (model, report): ``applied``, ``setting``, ``reason``, ``changes``, ``left_alone``,
+    ``convtranspose_rewritten`` and the passes' own reports under ``passes``."""
+    import onnx_ir as ir
+
+    from gencompress.passes.insert_qdq import find_layers
+
+    info = {"applied": False, "setting": {None: "auto", True: "on", False: "off"}[setting]}
+    if setting is False:
+        return model, {**info, "reason": "turned off (--no-rewrite)"}
+    if setting is None and mode != "static":
+        return model, {**info, "reason": f"--mode {mode} computes in float: the rewrites only speed up int8 kernels"}
+    convt = [layer for layer in find_layers(model.graph) if layer.op_type == "ConvTranspose"]
+    kept = [p for p in exclude if any(layer.matches(p) for layer in convt)]
+    if kept:
+        if setting:
+            raise GencompressError(f"--exclude {kept[0]!r} keeps a ConvTranspose in float, but --rewrite replaces it; add --no-rewrite to keep it")
+        return model, {**info, "reason": f"--exclude {kept[0]} keeps a ConvTranspose in float (the rewrites would replace it)"}
+    if setting is None and not convt:
+        return model, {**info, "reason": "no ConvTranspose to rewrite"}
+    if setting is None:
+        from gencompress.passes.registry import available
+
+        passes = available()
+        if REWRITE_PIPELINE not in passes and not all(name in passes for name in REWRITE_PASSES):
+            return model, {**info, "reason": "this installation lacks the rewrite passes"}
+    snapshot = ir.serde.serialize_model(model) if setting is None else None
+    model, steps = rewrite_for_int8(model)
+    changes, left, converted = describe_rewrites(steps)
+    if setting is None and not converted:
+        return ir.serde.deserialize_model(snapshot), {**info, "reason": "no ConvTranspose the rewrites apply to", "left_alone": left}
+    reason = "--rewrite" if setting else "onnxruntime has no int8 ConvTranspose kernel; rewritten as Conv/Gemm they run in int8"
+    return model, {
+        **info, "applied": True, "reason": reason, "convtranspose_rewritten": converted, "changes": changes, "left_alone": left, "passes": steps,
+    }
 
 
 def finalize(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -281,7 +349,7 @@ def quantize(
     block_size: int = DEFAULT_BLOCK_SIZE,
     keep_io_types: bool = True,
     eval_size: int = DEFAULT_EVAL_SIZE,
-    rewrite: bool = False,
+    rewrite: bool | None = None,
     keep_debug_metadata: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> dict:
@@ -293,7 +361,10 @@ def quantize(
     ``exclude``: node names, op types or weight names to keep in float.
     ``target_psnr``: keep the most damaging layers in float until the PSNR against float reaches
     it; when it cannot be reached the closest model is written (or, with ``strict``, an error).
-    ``rewrite``: run the int8 graph rewrites first (see ``REWRITE_PASSES``).
+    ``rewrite``: the int8 graph rewrites (``REWRITE_PASSES``) before quantizing. None (default):
+    on in static mode when they turn a ConvTranspose into an int8-capable Conv or Gemm, off for
+    weight-only and fp16 (float compute: nothing to gain); True / False: always / never. The
+    report's ``rewrite`` says whether they ran, why, and what they changed.
     ``log``: receives progress and warning lines (the CLI sends them to stderr).
     """
     import onnx_ir as ir
@@ -318,9 +389,7 @@ def quantize(
 
     model = ir.serde.deserialize_model(reference)
     prepare(model, keep_debug_metadata=keep_debug_metadata)
-    rewrite_report = None
-    if rewrite:
-        model, rewrite_report = rewrite_for_int8(model)
+    model, rewrite_report = apply_rewrites(model, setting=rewrite, mode=mode, exclude=exclude)
     prepared = ir.serde.serialize_model(model)
     evaluator = Evaluator(reference, eval_inputs(reference, seed, eval_size))
 
@@ -369,8 +438,7 @@ def quantize(
             report["quantized_activations"] = pass_report["quantized_activations"]
     if target is not None:
         report["target"] = target
-    if rewrite:
-        report["rewrite"] = rewrite_report
+    report["rewrite"] = rewrite_report
     report["seconds"] = round(time.perf_counter() - started, 2)
     return report
 

@@ -266,9 +266,11 @@ class RewriteForInt8Pass(ir.passes.InPlacePass):
             # the same checks (and messages) as the pass that takes these options
             ConvTransposeToConvPass.Options(depth_to_space=self.depth_to_space, layout=self.layout)
 
-    def __init__(self, options: Options = Options()):
+    def __init__(self, options: Options | None = None):
         super().__init__()
-        self.options = options
+        # built here, not as a default argument: its check imports convtranspose_to_conv, which
+        # imports this module (a default would run mid-import)
+        self.options = options if options is not None else self.Options()
         self.report: dict = {}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

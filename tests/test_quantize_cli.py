@@ -25,6 +25,7 @@ def test_help_has_an_example(run_cli):
         result = run_cli(verb, "--help")
         assert result.exit_code == 0
         assert f"gencompress {verb} g.onnx" in result.stdout
+    assert "--rewrite / --no-rewrite" in run_cli("quantize", "--help").stdout
 
 
 def test_default_output_is_a_short_table(run_cli, zoo_onnx, tmp_path):
@@ -33,7 +34,40 @@ def test_default_output_is_a_short_table(run_cli, zoo_onnx, tmp_path):
     assert result.exit_code == 0, result
     for fragment in ("size before", "size after", "ratio", "PSNR vs float", "held-back", "node_conv2d", "int8"):
         assert fragment in result.stdout
+    # the rewrites ran by default: what they changed, no "float ConvTranspose" note
+    assert "rewrite        on: 3 ConvTranspose layers" in result.stdout
+    assert "node_ConvTranspose_20: ConvTranspose -> Flatten + Gemm 100x2048 + Reshape" in result.stdout
+    assert "no int8 ConvTranspose kernel" not in result.stdout
     assert out.exists()
+
+
+def test_rewrite_default_and_no_rewrite(run_cli, user_error, zoo_onnx, tmp_path):
+    src = zoo_onnx("dcgan")
+    result = run_cli("quantize", src, tmp_path / "a.onnx", "--calib-size", 32, "--json")
+    assert result.exit_code == 0, result
+    on = json.loads(result.stdout)
+    assert on["rewrite"]["applied"] and on["rewrite"]["setting"] == "auto" and len(on["rewrite"]["changes"]) == 3
+    assert "ConvTranspose" not in {layer["op_type"] for layer in on["layers"]}
+    result = run_cli("quantize", src, tmp_path / "b.onnx", "--calib-size", 32, "--no-rewrite")
+    assert result.exit_code == 0, result
+    assert "rewrite        off: turned off (--no-rewrite)" in result.stdout
+    assert "no int8 ConvTranspose kernel" in result.stdout and "without --no-rewrite" in result.stdout
+    assert on["ratio"] <= 0.27
+    # a ConvTranspose kept in float: the default leaves the graph alone, an explicit --rewrite is an error
+    result = run_cli("quantize", src, tmp_path / "c.onnx", "--calib-size", 32, "--exclude", "node_ConvTranspose_21", "--json")
+    assert result.exit_code == 0, result
+    kept = json.loads(result.stdout)
+    assert not kept["rewrite"]["applied"] and "--exclude node_ConvTranspose_21" in kept["rewrite"]["reason"]
+    assert [layer["node"] for layer in kept["float_layers"]] == ["node_ConvTranspose_21"]
+    user_error(run_cli("quantize", src, tmp_path / "d.onnx", "--exclude", "ConvTranspose", "--rewrite"), "--no-rewrite")
+    assert not (tmp_path / "d.onnx").exists()
+    # weight-only and fp16 compute in float: no rewrites unless asked for
+    result = run_cli("quantize", src, tmp_path / "e.onnx", "--mode", "weight-only", "--json")
+    assert result.exit_code == 0, result
+    assert not json.loads(result.stdout)["rewrite"]["applied"]
+    # a model without ConvTranspose: nothing to rewrite
+    result = run_cli("quantize", zoo_onnx("rvae"), tmp_path / "f.onnx", "--calib-size", 32, "--json")
+    assert json.loads(result.stdout)["rewrite"] == {"applied": False, "setting": "auto", "reason": "no ConvTranspose to rewrite"}
 
 
 def test_json_and_calibration_data(run_cli, zoo_onnx, tmp_path):

@@ -14,7 +14,15 @@ from onnx import helper, numpy_helper
 from gencompress.errors import GencompressError
 from gencompress.passes.calibrate import HALF_BINS, METHODS, TensorStats
 from gencompress.passes.fp16_convert import FP16ConvertPass
-from gencompress.passes.insert_qdq import InsertQDQPass, activation_params, quantize_symmetric
+from gencompress.passes.insert_qdq import (
+    CHANNEL_BLOCK_KEY,
+    MIN_COMPACT_SAVING,
+    Builder,
+    InsertQDQPass,
+    activation_params,
+    quantize_symmetric,
+    repeat_pattern,
+)
 from gencompress.passes.weight_only_quantize import WeightOnlyQuantizePass, quantize_blockwise
 
 RNG = np.random.default_rng(1234)
@@ -76,6 +84,21 @@ def static(proto, **options) -> tuple[onnx.ModelProto, dict]:
 
 def inits(proto):
     return {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+
+
+def folded(proto) -> dict[str, np.ndarray]:
+    """The initializers onnxruntime sees after its load-time constant folding (level basic): the
+    stored ones plus the values of constant subgraphs (expanded scales, Mul'ed bias scales)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.optimized_model_filepath = str(Path(tmp) / "basic.onnx")
+        opts.log_severity_level = 3
+        ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return inits(onnx.load(opts.optimized_model_filepath))
 
 
 def dq_of(proto, weight_name):
@@ -210,6 +233,61 @@ def test_activation_parameters():
     assert activation_params(0.0, 0.0, "uint8") == (1.0, 0)
 
 
+def test_channel_blocks_share_one_scale():
+    w = RNG.normal(size=(5, 12)).astype(np.float32)  # [K, N]: 3 channels of 4 columns
+    q, scale = quantize_symmetric(w, 1, block=4)
+    peaks = np.abs(w).max(axis=0).reshape(3, 4).max(axis=1)
+    assert np.array_equal(scale, np.repeat((peaks / 127).astype(np.float32), 4))
+    assert np.all(np.abs(q * scale - w) <= scale / 2 + 1e-7)
+    with pytest.raises(ValueError):
+        quantize_symmetric(w, 1, block=5)
+
+
+def test_repeat_pattern():
+    a = np.arange(6, dtype=np.float32)
+    assert repeat_pattern(np.repeat(a, 4)) == ("repeat", 6)
+    assert repeat_pattern(np.tile(a, 4)) == ("tile", 6)
+    assert repeat_pattern(np.zeros(10, np.int8)) == ("repeat", 1)
+    assert repeat_pattern(a) is None and repeat_pattern(a[:1]) is None
+    assert repeat_pattern(np.array([0.0, -0.0], np.float32)) is None  # bit for bit
+    assert repeat_pattern(np.repeat(a, 4)[:-1]) is None
+
+
+def test_repeated_constants_are_stored_short_and_expanded_in_the_graph():
+    """Builder.constant: a vector that repeats a short pattern is stored short; onnxruntime's
+    load-time folding turns it back into the full vector bit for bit; short savings stay plain."""
+    vectors = {
+        "rep": np.repeat(RNG.normal(size=32).astype(np.float32), 16),
+        "tile": np.tile(RNG.integers(-1000, 1000, size=8).astype(np.int32), 64),
+        "zeros": np.zeros(1024, np.int8),
+        "plain": RNG.normal(size=512).astype(np.float32),
+        "small": np.repeat(np.float32(2.0), 100),  # saves 396 bytes < MIN_COMPACT_SAVING
+    }
+    graph = ir.Graph([], [], nodes=[], opset_imports={"": 20}, name="g")
+    anchor = ir.node("Identity", [], num_outputs=1)
+    graph.append(anchor)
+    builder = Builder(graph)
+    outputs = []
+    for name, array in vectors.items():
+        value = builder.constant(name, array, before=anchor)
+        ident = ir.node("Identity", [value], name=f"out_{name}")
+        ident.outputs[0].name = f"out_{name}"
+        ident.outputs[0].type, ident.outputs[0].shape = value.type, ir.Shape([array.size])
+        graph.append(ident)
+        outputs.append(ident.outputs[0])
+    graph.remove(anchor)
+    graph.outputs.extend(outputs)
+    proto = ir.serde.serialize_model(ir.Model(graph, ir_version=10))
+    onnx.checker.check_model(proto, full_check=True)
+    stored = inits(proto)
+    assert stored["rep"].shape == (32, 1) and stored["tile"].shape == (8,) and stored["zeros"].shape == (1,)
+    assert stored["plain"].shape == (512,) and stored["small"].shape == (100,)
+    assert (100 - 1) * 4 < MIN_COMPACT_SAVING
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        for out, array in zip(run(proto, {}, level), vectors.values()):
+            assert out.dtype == array.dtype and out.tobytes() == array.tobytes()
+
+
 # ---- static QDQ ------------------------------------------------------------------------------------
 
 
@@ -226,13 +304,22 @@ def test_static_qdq_on_a_tiny_graph():
     assert attr(dq_of(q, "w2"), "axis") == 1 and values["w2_scale"].shape == (3,)
     assert attr(dq_of(q, "w3"), "axis") == 1 and values["w3_scale"].shape == (10,)
     assert attr(dq_of(q, "w4"), "axis") == 1 and values["w4_scale"].shape == (5,)
-    # bias: int32, scale = input scale x weight scale (tiled over ConvTranspose groups)
+    # bias: int32, scale = input scale x weight scale (tiled over ConvTranspose groups); a
+    # per-channel bias scale is computed in the graph, Mul(input scale, weight scale), not stored
     assert values["b1_quantized"].dtype == np.int32 and values["b2_quantized"].dtype == np.int32 and values["b3_quantized"].dtype == np.int32
+    assert "b1_scale" not in values and "b3_scale" not in values
+    producers = {o: n for n in q.graph.node for o in n.output}
+    for layer, bias, w in (("conv", "b1", "w1"), ("gemm", "b3", "w3")):
+        node = next(n for n in q.graph.node if n.name == layer)
+        x_scale_name = producers[node.input[0]].input[1]  # the scale of the DequantizeLinear feeding the layer
+        mul = producers[producers[node.input[2]].input[1]]
+        assert mul.op_type == "Mul" and list(mul.input) == [x_scale_name, f"{w}_scale"]
+    runtime = folded(q)  # what onnxruntime folds it into: bit for bit the product the int32 values used
     x_scale = values["x_scale"]
-    assert np.allclose(values["b1_scale"], x_scale * values["w1_scale"], rtol=1e-6)
+    assert np.array_equal(runtime["b1_scale"], np.float32(x_scale) * values["w1_scale"])
     r1_scale = values["r1_scale"]
     assert np.allclose(values["b2_scale"], r1_scale * np.tile(values["w2_scale"], 2), rtol=1e-6)
-    assert np.allclose(values["b1_quantized"] * values["b1_scale"], numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == "b1")), atol=values["b1_scale"].max())
+    assert np.allclose(values["b1_quantized"] * runtime["b1_scale"], numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == "b1")), atol=runtime["b1_scale"].max())
     # the Conv output is quantized with its ReLU's range: one shared scale, zero point 0
     q_nodes = {n.input[0]: n for n in q.graph.node if n.op_type == "QuantizeLinear"}
     assert q_nodes["c1"].input[1] == q_nodes["r1"].input[1] == "r1_scale"
@@ -246,6 +333,81 @@ def test_static_qdq_on_a_tiny_graph():
     for level in ort.GraphOptimizationLevel.__members__.values():
         (out,) = run(q, {"x": x}, level)
         assert rel_rms(out, ref) < 0.03
+
+
+def block_gemm_model(channels=64, block=16, k=24, hint=True):
+    """x[N,k] -> Gemm(B [k, channels*block], bias = one value per channel, repeated) -> Relu ->
+    Reshape [N, channels, 4, block/4] -> Conv 1x1 -> y; the Gemm carries the channel-block hint
+    (as convtranspose_to_gemm writes it)."""
+    rng = np.random.default_rng(12)
+    n = channels * block
+    w = rng.normal(size=(k, n)).astype(np.float32) * np.linspace(0.5, 1.5, n, dtype=np.float32)
+    b = np.repeat(rng.normal(size=channels).astype(np.float32), block)
+    gemm = helper.make_node("Gemm", ["x", "w", "b"], ["g"], name="gemm")
+    if hint:
+        gemm.metadata_props.add(key=CHANNEL_BLOCK_KEY, value=str(block))
+    nodes = [
+        gemm,
+        helper.make_node("Relu", ["g"], ["r"], name="relu"),
+        helper.make_node("Reshape", ["r", "shape"], ["h"], name="reshape"),
+        helper.make_node("Conv", ["h", "wc"], ["y"], name="conv"),
+    ]
+    wc = (rng.normal(size=(2, channels, 1, 1)) / np.sqrt(channels)).astype(np.float32)
+    arrays = [("w", w), ("b", b), ("shape", np.array([0, channels, 4, block // 4], np.int64)), ("wc", wc)]
+    x = helper.make_tensor_value_info("x", TP.FLOAT, ["N", k])
+    y = helper.make_tensor_value_info("y", TP.FLOAT, ["N", 2, 4, block // 4])
+    return _model(nodes, [x], [y], [_init(name, a) for name, a in arrays])
+
+
+def _kernels(proto, level) -> list[str]:
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = level
+        opts.enable_profiling = True
+        opts.profile_file_prefix = f"{tmp}/p"
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        session.run(None, {"x": RNG.normal(size=(2, 24)).astype(np.float32)})
+        events = json.loads(open(session.end_profiling()).read())
+    return sorted({e["args"]["op_name"] for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")})
+
+
+def test_channel_block_hint_gives_per_channel_scales_stored_once():
+    """A Gemm whose columns are 64 channels x 16 positions: one weight scale per channel, and the
+    per-column scale, zero point and int32 bias (each a channel value repeated 16x) stored once
+    per channel, expanded in the graph; onnxruntime still fuses it into QGemm."""
+    proto = block_gemm_model()
+    q, report = static(proto)
+    onnx.checker.check_model(q, full_check=True)
+    assert all(len(n.metadata_props) == 0 for n in q.graph.node)  # the hint is consumed
+    assert report["layers"][0]["channel_block"] == 16
+    stored = inits(q)
+    assert stored["w_scale"].shape == (64, 1) and stored["w_zero_point"].shape == (1,) and stored["b_quantized"].shape == (64, 1)
+    assert "b_scale" not in stored and max(a.size for name, a in stored.items() if name not in ("w_quantized", "wc_quantized")) <= 64
+    runtime = folded(q)
+    w = numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == "w"))
+    peaks = np.abs(w).max(axis=0).reshape(64, 16).max(axis=1)
+    assert np.array_equal(runtime["w_scale_expanded"], np.repeat((peaks / 127).astype(np.float32), 16))
+    assert np.array_equal(runtime["w_zero_point_expanded"], np.zeros(1024, np.int8))
+    assert np.array_equal(runtime["b_scale"], np.float32(stored["x_scale"]) * runtime["w_scale_expanded"])
+    assert runtime["b_quantized_expanded"].dtype == np.int32 and runtime["b_quantized_expanded"].shape == (1024,)
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        kernels = _kernels(q, level)
+        assert "QGemm" in kernels and not {"Gemm", "FusedGemm", "Expand", "Mul"} & set(kernels), kernels
+    x = RNG.normal(size=(16, 24)).astype(np.float32)
+    (ref,) = run(proto, {"x": x})
+    for level in ort.GraphOptimizationLevel.__members__.values():
+        (out,) = run(q, {"x": x}, level)
+        assert rel_rms(out, ref) < 0.03
+    # without the hint: one scale per column (finer, 1024 of them); only the zero point is stored short
+    plain, plain_report = static(block_gemm_model(hint=False))
+    plain_stored = inits(plain)
+    assert plain_stored["w_scale"].shape == (1024,) and plain_stored["b_quantized"].shape == (1024,)
+    assert "channel_block" not in plain_report["layers"][0]
+    assert plain.ByteSize() - q.ByteSize() > 2 * (1024 - 64) * 4 - 1000  # weight scales and int32 bias, less the Expand nodes
 
 
 def test_per_tensor_and_int8_activations():

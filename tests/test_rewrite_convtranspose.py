@@ -11,6 +11,7 @@ from onnx import helper, numpy_helper
 
 from gencompress.passes.convtranspose_to_conv import ConvTransposeToConvPass
 from gencompress.passes.convtranspose_to_gemm import ConvTransposeToGemmPass
+from gencompress.passes.insert_qdq import CHANNEL_BLOCK_KEY
 
 TOL = 1e-5
 BATCHES = (1, 64)
@@ -328,6 +329,12 @@ def test_gemm_configurations(name):
     assert [op for op in ops(new) if op not in ("Relu", "Tanh")] == ["Flatten", "Gemm", "Reshape"]
     assert_same_contract(model, new)
     assert_equivalent(model, new)
+    # the quantizer's hint: Gemm columns come in blocks of prod(output dims), one per channel
+    gemm = next(n for n in new.graph.node if n.op_type == "Gemm")
+    out_dims = p.report["rewritten"][0]["output"][1:]
+    block = int(np.prod(out_dims))
+    hints = {e.key: e.value for e in gemm.metadata_props}
+    assert hints == ({CHANNEL_BLOCK_KEY: str(block)} if block > 1 else {})
 
 
 def test_gemm_keeps_the_batch_axis_dynamic():
