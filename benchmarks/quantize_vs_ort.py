@@ -7,9 +7,11 @@ Run by hand (not part of the tests):
 
 Both quantizers get the same float model, the same calibration inputs (seeded draws from the
 model's latent prior) and the same method; both write QDQ with int8 per-channel weights and
-uint8 activations. PSNR is measured against the float model on a held-back seeded latent set
-(the one ``gencompress quantize`` reports), with the output's nominal range as peak. Time is
-the wall time of the whole quantization call (calibration included).
+uint8 activations. Ours runs with its default settings: the int8 rewrites (ConvTranspose ->
+Conv/Gemm) are on for models with a ConvTranspose (column "rewrite"). PSNR is measured against
+the float model on a held-back seeded latent set (the one ``gencompress quantize`` reports),
+with the output's nominal range as peak. Time is the wall time of the whole quantization call
+(calibration included).
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def main(argv=None) -> int:
             for method in args.calib:
                 ours = tmp / f"{name}.{method}.ours.onnx"
                 start = time.perf_counter()
-                quantize(float_path, ours, calib=method, calib_size=args.calib_size, seed=args.seed, percentile=args.percentile)
+                report = quantize(float_path, ours, calib=method, calib_size=args.calib_size, seed=args.seed, percentile=args.percentile)
                 ours_time = time.perf_counter() - start
                 ours_psnr = evaluator.psnr(onnx.load(str(ours)))
                 ort_ratio = ort_psnr = ort_time = None
@@ -107,6 +109,7 @@ def main(argv=None) -> int:
                     (
                         name,
                         method,
+                        "on" if report["rewrite"]["applied"] else "off",
                         f"{os.path.getsize(ours) / size:.3f}x",
                         "-" if ort_ratio is None else f"{ort_ratio:.3f}x",
                         f"{ours_psnr:.2f}",
@@ -116,7 +119,7 @@ def main(argv=None) -> int:
                         "-" if ort_time is None else f"{ort_time:.2f}",
                     )
                 )
-    headers = ["model", "calib", "size ours", "size ORT", "PSNR ours dB", "PSNR ORT dB", "Δ dB", "time ours s", "time ORT s"]
+    headers = ["model", "calib", "rewrite", "size ours", "size ORT", "PSNR ours dB", "PSNR ORT dB", "Δ dB", "time ours s", "time ORT s"]
     print(table(headers, rows))
     print(
         f"\nint8 QDQ, per-channel int8 weights, uint8 activations; {args.calib_size} seeded latent draws for calibration (seed {args.seed}); "

@@ -3,6 +3,9 @@
 latent ``z [N, 100, 1, 1]`` -> ConvTranspose 4/1/0 (512) -> four ConvTranspose 4/2/1
 (256, 128, 64, 3) with BatchNorm + ReLU between them -> Tanh -> image ``[N, 3, 64, 64]``.
 
+The file records the output's nominal range like the exporter does for zoo models
+(``gencompress.output_range`` = "2.0": Tanh output in [-1, 1]), so PSNR uses peak 2.0.
+
 Weights are seeded DCGAN-style draws (conv N(0, 0.02), BatchNorm scale N(1, 0.02)); the
 BatchNorm running statistics are then measured on a few seeded latent batches, so every
 layer's activations have the scale they would have in a trained generator (timing and int8
@@ -14,9 +17,11 @@ calibration depend on it, the picture does not matter).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 NZ, NGF, NC = 100, 64, 3
+OUTPUT_RANGE = 2.0  # Tanh: [-1, 1]
 
 
 def build_generator(nz: int = NZ, ngf: int = NGF, nc: int = NC, seed: int = 0):
@@ -63,7 +68,25 @@ def export_standard_dcgan(out, *, legacy: bool = False, seed: int = 0, **build_o
 
     generator = build_generator(seed=seed, **build_options)
     nz = build_options.get("nz", NZ)
-    return export(generator, out, inputs=input_specs(nz), legacy=legacy, batches=(1, 7))
+    report = export(generator, out, inputs=input_specs(nz), legacy=legacy, batches=(1, 7))
+    record_output_range(out, OUTPUT_RANGE)
+    report["bytes"] = os.path.getsize(out)
+    return report
+
+
+def record_output_range(path, peak: float) -> None:
+    """Set the model metadata ``gencompress.output_range`` (what the exporter writes for zoo models)."""
+    from gencompress.inputs import METADATA_OUTPUT_RANGE
+    from gencompress.onnx_io import load_model, save_model
+
+    proto = load_model(path)
+    value = repr(float(peak))
+    entry = next((p for p in proto.metadata_props if p.key == METADATA_OUTPUT_RANGE), None)
+    if entry is None:
+        proto.metadata_props.add(key=METADATA_OUTPUT_RANGE, value=value)
+    else:
+        entry.value = value
+    save_model(proto, path)
 
 
 def main(argv=None) -> int:

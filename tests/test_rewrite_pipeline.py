@@ -150,6 +150,20 @@ def test_standard_dcgan_shape_and_rewrite(tmp_path):
     assert len(report["convtranspose_to_conv"]["rewritten"]) == 4
 
 
+def test_standard_dcgan_records_its_output_range(tmp_path):
+    """Like the exporter for zoo models: gencompress.output_range = "2.0" (Tanh), so PSNR uses peak 2.0."""
+    from gencompress.inputs import METADATA_OUTPUT_RANGE, output_range_of_model
+
+    std = _standard_dcgan_module()
+    out = tmp_path / "std.onnx"
+    report = std.export_standard_dcgan(out, legacy=True, ngf=8)
+    model = onnx.load(str(out))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta[METADATA_OUTPUT_RANGE] == "2.0" and output_range_of_model(model) == 2.0
+    assert "gencompress.inputs" in meta  # the exporter's entries are kept
+    assert report["bytes"] == out.stat().st_size
+
+
 def test_phases_layout_on_a_zoo_model(zoo_model):
     path = zoo_model("vae")
     new, report = rewrite_file(path, layout="phases")
