@@ -386,7 +386,7 @@ def layer_stats(model) -> list[dict]:
                 continue
             if arr.ndim < 2:
                 continue
-            precision, granularity, zero_point = _precision(arr, tensor, dq, cast_to, inits, consts)
+            precision, granularity, zero_point = _precision(arr, tensor, dq, cast_to, inits, consts, producer)
             flat = np.asarray(arr)
             zero = flat == (zero_point if zero_point is not None else 0)
             out_axis = _out_axis(node, index, arr.ndim)
@@ -437,8 +437,10 @@ def _trace_weight(name, inits, producer, consts, hops: int = 6):
     return None
 
 
-def _value(name, inits, consts):
-    from onnx import numpy_helper
+def _value(name, inits, consts, producer=None, depth: int = 4):
+    """A constant's value: an initializer, a Constant, or (quantizers store repeated per-channel
+    vectors once and rebuild them in the graph) Expand/Reshape/Tile/Mul/Cast of constants."""
+    from onnx import helper, numpy_helper
 
     if name in inits:
         return numpy_helper.to_array(inits[name])
@@ -446,18 +448,38 @@ def _value(name, inits, consts):
         for a in consts[name].attribute:
             if a.name == "value":
                 return numpy_helper.to_array(a.t)
-    return None
+        return None
+    node = (producer or {}).get(name)
+    if node is None or depth == 0 or node.op_type not in ("Expand", "Reshape", "Tile", "Mul", "Cast", "Identity"):
+        return None
+    args = [_value(i, inits, consts, producer, depth - 1) for i in node.input]
+    if any(a is None for a in args):
+        return None
+    x = np.asarray(args[0])
+    if node.op_type == "Expand":
+        return x * np.ones(tuple(int(d) for d in args[1]), dtype=x.dtype)
+    if node.op_type == "Reshape":
+        shape = [int(d) if d != 0 else x.shape[i] for i, d in enumerate(args[1])]
+        return x.reshape(shape)
+    if node.op_type == "Tile":
+        return np.tile(x, tuple(int(d) for d in args[1]))
+    if node.op_type == "Mul":
+        return x * np.asarray(args[1])
+    if node.op_type == "Cast":
+        to = next(a.i for a in node.attribute if a.name == "to")
+        return x.astype(helper.tensor_dtype_to_np_dtype(to))
+    return x
 
 
-def _precision(arr, tensor, dq, cast_to, inits, consts):
+def _precision(arr, tensor, dq, cast_to, inits, consts, producer=None):
     from onnx import TensorProto
 
     stored = TensorProto.DataType.Name(tensor.data_type).lower()
     stored = {"float": "float32", "double": "float64"}.get(stored, stored)
     if dq is None:
         return stored, None, None
-    scale = _value(dq.input[1], inits, consts) if len(dq.input) > 1 else None
-    zp = _value(dq.input[2], inits, consts) if len(dq.input) > 2 and dq.input[2] else None
+    scale = _value(dq.input[1], inits, consts, producer) if len(dq.input) > 1 else None
+    zp = _value(dq.input[2], inits, consts, producer) if len(dq.input) > 2 and dq.input[2] else None
     attrs = {a.name: a for a in dq.attribute}
     if "block_size" in attrs and attrs["block_size"].i > 0:
         granularity = f"blockwise ({attrs['block_size'].i})"
