@@ -44,7 +44,7 @@ from gencompress.passes.prune_report import (
     unmatched_warnings,
     weight_targets,
 )
-from gencompress.passes.registry import register
+from gencompress.passes.registry import GencompressPass, register
 
 PRODUCER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 UNARY_OPS = frozenset(
@@ -465,7 +465,7 @@ def _infer_minus_one(in_dims, out_dims, pos, inferred):
 
 
 @register("channel_prune")
-class ChannelPrunePass(ir.passes.InPlacePass):
+class ChannelPrunePass(GencompressPass):
     """Remove the output channels of Conv/ConvTranspose/Gemm/MatMul layers with the smallest norm.
 
     Channels are ranked by the L1 or L2 norm of their weight slice (times |gamma|/sqrt(var+eps)
@@ -496,10 +496,6 @@ class ChannelPrunePass(ir.passes.InPlacePass):
                 raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
             check_common(self.exclude, self.min_size)
 
-    def __init__(self, options: Options = Options()):
-        super().__init__()
-        self.options = options
-        self.report: dict | None = None
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         o = self.options

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from gencompress.passes.registry import register
+from gencompress.passes.registry import GencompressPass, register
 
 
 @register("cleanup")
-class CleanupPass(ir.passes.InPlacePass):
+class CleanupPass(GencompressPass):
     """Fold constants, drop unused nodes/initializers, merge duplicate initializers, sort topologically.
 
     Guarantees: graph inputs and outputs unchanged; numerics unchanged up to constant folding
@@ -22,9 +22,6 @@ class CleanupPass(ir.passes.InPlacePass):
     class Options:
         fold_constants: bool = True
 
-    def __init__(self, options: Options = Options()):
-        super().__init__()
-        self.options = options
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         steps = [common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)]

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from gencompress.passes.registry import register
+from gencompress.passes.registry import GencompressPass, register
 from gencompress.passes.rewrite import (
     Namer,
     ShapeLookup,
@@ -302,7 +302,7 @@ def subpixel_weight(spec: ConvTransposeSpec, plans: list[AxisPlan], mode: str) -
 
 
 @register("convtranspose_to_conv")
-class ConvTransposeToConvPass(ir.passes.InPlacePass):
+class ConvTransposeToConvPass(GencompressPass):
     """Rewrite ConvTranspose as a sub-pixel Conv + DepthToSpace + Slice (plain Conv for stride 1).
 
     Options:
@@ -330,10 +330,6 @@ class ConvTransposeToConvPass(ir.passes.InPlacePass):
             if self.depth_to_space not in DEPTH_TO_SPACE_MODES:
                 raise ValueError(f"depth_to_space must be one of {', '.join(DEPTH_TO_SPACE_MODES)}, got {self.depth_to_space!r}")
 
-    def __init__(self, options: Options = Options()):
-        super().__init__()
-        self.options = options
-        self.report: dict = {}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph

@@ -33,7 +33,7 @@ import onnx_ir as ir
 
 from gencompress.passes.convtranspose_to_conv import ConvTransposeSpec, Skip, resolve_convtranspose
 from gencompress.passes.insert_qdq import CHANNEL_BLOCK_KEY
-from gencompress.passes.registry import register
+from gencompress.passes.registry import GencompressPass, register
 from gencompress.passes.rewrite import (
     Namer,
     ShapeLookup,
@@ -79,7 +79,7 @@ def projection_matrix(spec: ConvTransposeSpec) -> tuple[np.ndarray, np.ndarray |
 
 
 @register("convtranspose_to_gemm")
-class ConvTransposeToGemmPass(ir.passes.InPlacePass):
+class ConvTransposeToGemmPass(GencompressPass):
     """Rewrite ConvTranspose whose input is statically 1x1 as Flatten -> Gemm -> Reshape.
 
     Options:
@@ -97,10 +97,6 @@ class ConvTransposeToGemmPass(ir.passes.InPlacePass):
             if not self.max_weight_growth >= 1:
                 raise ValueError(f"max_weight_growth must be >= 1, got {self.max_weight_growth!r}")
 
-    def __init__(self, options: Options = Options()):
-        super().__init__()
-        self.options = options
-        self.report: dict = {}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph

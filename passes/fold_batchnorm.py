@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from gencompress.passes.registry import register
+from gencompress.passes.registry import GencompressPass, register
 from gencompress.passes.rewrite import (
     Namer,
     ShapeLookup,
@@ -51,17 +51,13 @@ class _Skip(Exception):
 
 
 @register("fold_batchnorm")
-class FoldBatchNormPass(ir.passes.InPlacePass):
+class FoldBatchNormPass(GencompressPass):
     """Fold BatchNormalization (inference mode) into the preceding Conv/ConvTranspose/Gemm/MatMul."""
 
     @dataclass(frozen=True)
     class Options:
         pass
 
-    def __init__(self, options: Options = Options()):
-        super().__init__()
-        self.options = options
-        self.report: dict = {}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph

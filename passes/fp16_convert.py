@@ -26,7 +26,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from gencompress.passes.insert_qdq import Builder
-from gencompress.passes.registry import register
+from gencompress.passes.registry import GencompressPass, register
 
 FLOAT, HALF = ir.DataType.FLOAT, ir.DataType.FLOAT16
 # ops whose float output type comes from an attribute, not from their inputs
@@ -94,7 +94,7 @@ class _NodeTypes:
 
 
 @register("fp16_convert")
-class FP16ConvertPass(ir.passes.InPlacePass):
+class FP16ConvertPass(GencompressPass):
     """Convert float32 compute and weights to float16 (see the module docstring).
 
     Guarantees: with ``keep_io_types`` the graph inputs and outputs keep names, float32 dtype and
@@ -106,10 +106,6 @@ class FP16ConvertPass(ir.passes.InPlacePass):
         keep_io_types: bool = True  # graph inputs/outputs stay float32, with Casts at the boundary
         exclude: tuple[str, ...] = ()  # node names or op types kept in float32
 
-    def __init__(self, options: Options = Options()):
-        super().__init__()
-        self.options = options
-        self.report: dict | None = None
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         from gencompress.errors import GencompressError

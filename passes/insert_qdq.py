@@ -44,7 +44,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from gencompress.errors import GencompressError
-from gencompress.passes.registry import register
+from gencompress.passes.registry import GencompressPass, register
 from gencompress.passes.weights import WeightUse, find_weights
 
 ACTIVATION_TYPES = ("uint8", "int8")
@@ -496,7 +496,7 @@ def store_bias_int8(builder: Builder, node: ir.Node, index: int, done: dict[str,
 
 
 @register("insert_qdq")
-class InsertQDQPass(ir.passes.InPlacePass):
+class InsertQDQPass(GencompressPass):
     """Static int8 QDQ quantization (see the module docstring for what is written where).
 
     Guarantees: graph inputs and outputs unchanged (names, dtypes, ranks), outputs stay float;
@@ -528,10 +528,6 @@ class InsertQDQPass(ir.passes.InPlacePass):
             if self.calib not in METHODS:
                 raise ValueError(f"calib must be one of {', '.join(METHODS)}, not {self.calib!r}")
 
-    def __init__(self, options: Options = Options()):
-        super().__init__()
-        self.options = options
-        self.report: dict | None = None
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         opts = self.options

@@ -22,7 +22,7 @@ from gencompress.passes.prune_report import (
     unmatched_warnings,
     weight_targets,
 )
-from gencompress.passes.registry import register
+from gencompress.passes.registry import GencompressPass, register
 
 
 def smallest_mask(magnitudes: np.ndarray, count: int) -> np.ndarray:
@@ -48,7 +48,7 @@ def write_array(value: ir.Value, array: np.ndarray) -> None:
 
 
 @register("magnitude_prune")
-class MagnitudePrunePass(ir.passes.InPlacePass):
+class MagnitudePrunePass(GencompressPass):
     """Zero the smallest-magnitude entries of Conv/ConvTranspose/Gemm/MatMul/GRU/LSTM weights.
 
     Guarantees: in each pruned weight (``scope="layer"``) or across all pruned weights
@@ -72,10 +72,6 @@ class MagnitudePrunePass(ir.passes.InPlacePass):
                 raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
             check_common(self.exclude, self.min_size)
 
-    def __init__(self, options: Options = Options()):
-        super().__init__()
-        self.options = options
-        self.report: dict | None = None
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         o = self.options

@@ -20,7 +20,7 @@ from gencompress.passes.prune_report import (
     unmatched_warnings,
     weight_targets,
 )
-from gencompress.passes.registry import register
+from gencompress.passes.registry import GencompressPass, register
 
 
 def parse_nm(text: str) -> tuple[int, int]:
@@ -49,7 +49,7 @@ def nm_mask(array: np.ndarray, axis: int, n: int, m: int) -> np.ndarray:
 
 
 @register("nm_prune")
-class NMPrunePass(ir.passes.InPlacePass):
+class NMPrunePass(GencompressPass):
     """Prune weights to the N:M pattern (2:4 by default) along their reduction axis.
 
     The axis is the input-channel / K axis of each weight (``weights.find_weights``): axis 1 of a
@@ -74,10 +74,6 @@ class NMPrunePass(ir.passes.InPlacePass):
                 raise ValueError(f"N:M pattern needs integers 1 <= N < M, got {self.n}:{self.m}")
             check_common(self.exclude, self.min_size)
 
-    def __init__(self, options: Options = Options()):
-        super().__init__()
-        self.options = options
-        self.report: dict | None = None
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         o = self.options

@@ -1,8 +1,8 @@
 """Pass names -> pass classes, and recipes: ordered lists of ``{pass: NAME, options: {...}}``.
 
 A pass class registered here:
-- subclasses ``onnx_ir.passes.InPlacePass`` (or ``FunctionalPass``),
-- has a nested frozen dataclass ``Options`` and takes ``options`` as its only constructor argument,
+- subclasses ``GencompressPass`` (an ``onnx_ir.passes.InPlacePass``),
+- has a nested frozen dataclass ``Options``; the constructor takes an ``options`` instance,
 - may set ``self.report`` (a JSON-able dict) while it runs, for the CLI and report.json.
 
 Passes register themselves with ``@register("name")``; ``PASS_MODULES`` lists the modules
@@ -16,6 +16,8 @@ import importlib
 import json
 from pathlib import Path
 from typing import Any
+
+import onnx_ir as ir
 
 from gencompress.errors import GencompressError
 
@@ -32,6 +34,17 @@ PASS_MODULES = [
     "gencompress.passes.weight_only_quantize",
     "gencompress.passes.fp16_convert",
 ]
+
+class GencompressPass(ir.passes.InPlacePass):
+    """Base of the registered passes: the options it runs with and the report of its last run."""
+
+    Options: type  # a frozen dataclass, set by each pass
+
+    def __init__(self, options=None):
+        super().__init__()
+        self.options = options if options is not None else self.Options()
+        self.report: dict | None = None
+
 
 _REGISTRY: dict[str, type] = {}
 _loaded = False

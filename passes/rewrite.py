@@ -27,7 +27,7 @@ from typing import Iterable
 import numpy as np
 import onnx_ir as ir
 
-from gencompress.passes.registry import register
+from gencompress.passes.registry import GencompressPass, register
 
 # ---- shared helpers --------------------------------------------------------------------------
 
@@ -238,7 +238,7 @@ REWRITE_PASSES = ("fold_batchnorm", "convtranspose_to_gemm", "convtranspose_to_c
 
 
 @register("rewrite_for_int8")
-class RewriteForInt8Pass(ir.passes.InPlacePass):
+class RewriteForInt8Pass(GencompressPass):
     """fold_batchnorm -> convtranspose_to_gemm -> convtranspose_to_conv -> cleanup.
 
     The order matters: BatchNorm must go first so the activation after each ConvTranspose is its
@@ -265,13 +265,6 @@ class RewriteForInt8Pass(ir.passes.InPlacePass):
 
             # the same checks (and messages) as the pass that takes these options
             ConvTransposeToConvPass.Options(depth_to_space=self.depth_to_space, layout=self.layout)
-
-    def __init__(self, options: Options | None = None):
-        super().__init__()
-        # built here, not as a default argument: its check imports convtranspose_to_conv, which
-        # imports this module (a default would run mid-import)
-        self.options = options if options is not None else self.Options()
-        self.report: dict = {}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         # imported here: the three pass modules import the helpers above

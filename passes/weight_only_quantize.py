@@ -38,7 +38,7 @@ from gencompress.passes.insert_qdq import (
     store_bias_int8,
     table_weights,
 )
-from gencompress.passes.registry import register
+from gencompress.passes.registry import GencompressPass, register
 from gencompress.passes.weights import WeightUse, find_weights
 
 BITS = (8, 4)
@@ -89,7 +89,7 @@ def int8_bytes(shape, axis: int) -> int:
 
 
 @register("weight_only_quantize")
-class WeightOnlyQuantizePass(ir.passes.InPlacePass):
+class WeightOnlyQuantizePass(GencompressPass):
     """Store weights as int8 (per output channel) or int4 (blocks along the input axis).
 
     Guarantees: graph inputs and outputs unchanged; every covered weight becomes an integer
@@ -110,10 +110,6 @@ class WeightOnlyQuantizePass(ir.passes.InPlacePass):
             if self.block_size < 16 or self.block_size & (self.block_size - 1):
                 raise ValueError(f"block_size must be a power of two >= 16, not {self.block_size}")
 
-    def __init__(self, options: Options = Options()):
-        super().__init__()
-        self.options = options
-        self.report: dict | None = None
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         opts = self.options

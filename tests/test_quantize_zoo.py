@@ -14,6 +14,7 @@ import pytest
 from onnx import numpy_helper
 
 from gencompress.errors import GencompressError
+from gencompress.inputs import output_range_of_model
 from gencompress.passes.calibrate import calibration_inputs
 from gencompress.passes.insert_qdq import MIN_COMPACT_SAVING, repeat_pattern
 from gencompress.passes.quantize import Evaluator, eval_inputs, quantize
@@ -51,10 +52,15 @@ def assert_runs_everywhere(path, reference_path):
     assert {p.key: p.value for p in model.metadata_props} == {p.key: p.value for p in ref.metadata_props}
     feeds = eval_inputs(ref, seed=5, size=8)
     results = outputs_at_every_level(path, feeds)
+    # The same model at every level: fused int8 kernels requantize with integer rounding where the
+    # unfused DQ -> float op -> Q path rounds once, so a one-step difference in an early layer can
+    # carry through the later ones: a few uint8 steps (1/255 of a layer's range each), bounded by
+    # 2% of the output's nominal range.
+    peak = output_range_of_model(ref) or 1.0
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert np.all(np.isfinite(b))
-            assert np.abs(a - b).max() < 0.02  # the same model at every level (fusions round differently)
+            assert np.abs(a - b).max() < 0.02 * peak
 
 
 def stored_sources(model, name) -> set[str]:
