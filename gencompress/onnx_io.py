@@ -30,14 +30,28 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if path.is_dir():
         raise GencompressError(f"{path}: is a folder, expected an .onnx file")
     try:
-        model = onnx.load(str(path), load_external_data=True)
-    except FileNotFoundError as e:
-        raise GencompressError(f"{path}: external data file missing ({e.filename or e})") from None
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError, RuntimeWarning, ValueError...
         raise GencompressError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
     if not model.graph.node and not model.graph.output:
         raise GencompressError(f"{path}: not an ONNX model (empty graph)")
+    _load_external_data(model, path)
     return model
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Read weights kept in side files into the model, naming a side file that is missing."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    external = [t for t in _get_all_tensors(model) if uses_external_data(t)]
+    for location in sorted({ExternalDataInfo(t).location for t in external}):
+        if not (path.parent / location).is_file():
+            raise GencompressError(f"{path}: its external data file {location!r} is missing (expected beside the model)")
+    if external:
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except Exception as e:
+            raise GencompressError(f"{path}: cannot read its external data ({type(e).__name__}: {e})") from None
 
 
 def load_ir(path: str | os.PathLike):
