@@ -8,8 +8,8 @@ given machine and takes a few minutes at most on 2 CPU cores.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,13 +18,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gencompress.errors import GencompressError
-from gencompress.models import get_zoo_entry
-from gencompress.models import data
+from gencompress.models import data, get_zoo_entry
 from gencompress.output import progress as progress_bar
 
 # Enough for clean samples from every model; each run stays under ~3 min on 2 cores.
 DEFAULT_STEPS = {"dcgan": 3000, "vae": 4000, "rvae": 5000, "cgan": 3000}
 BATCH = 64
+LR_DECAY = bool(int(os.environ.get("LR_DECAY", "0")))
 THREADS = 2  # fixed: CPU kernels may split reductions by thread count
 
 
@@ -43,7 +43,7 @@ def train(name: str, out=None, seed: int = 0, steps: int | None = None, progress
     with _deterministic(seed):
         start = time.perf_counter()
         bar = progress_bar(range(steps), desc=f"train {name}", unit="step") if progress else range(steps)
-        generator, losses = TRAINERS[name](entry.options, bar)
+        generator, losses = TRAINERS[name](entry.options, steps, bar)
         seconds = time.perf_counter() - start
     _save(generator.state_dict(), out)
     return {
@@ -60,7 +60,8 @@ def train(name: str, out=None, seed: int = 0, steps: int | None = None, progress
 @contextlib.contextmanager
 def _deterministic(seed: int):
     """Seed torch, pin the thread count and ask for deterministic kernels; restore afterwards."""
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    threads = torch.get_num_threads()
+    det, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     rng = torch.get_rng_state()
     torch.manual_seed(seed)
     torch.set_num_threads(THREADS)
@@ -69,7 +70,7 @@ def _deterministic(seed: int):
         yield
     finally:
         torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(det)
+        torch.use_deterministic_algorithms(det, warn_only=warn)
         torch.set_rng_state(rng)
 
 
@@ -78,8 +79,7 @@ def _save(state: dict, out: Path) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"  # same folder, so the rename is atomic
     try:
         save_file(tensors, tmp)
         os.replace(tmp, out)
@@ -96,13 +96,21 @@ def _batch_index(n: int) -> torch.Tensor:
 # --- GANs -------------------------------------------------------------------------------
 
 
-def _train_gan(G, D, real, labels, make_z, bar, conditional: bool):
-    """Non-saturating GAN loss, Adam(2e-4, betas (0.5, 0.999)), one-sided label smoothing (0.9)."""
+def _train_gan(G, D, real, labels, make_z, steps, bar, conditional: bool, ema_decay: float = 0.999, lr_decay: bool = LR_DECAY):
+    """Non-saturating GAN loss, Adam(2e-4, betas (0.5, 0.999)), one-sided label smoothing (0.9).
+
+    Returns an exponential moving average of the generator's weights: it averages out the
+    step-to-step wobble of GAN training and gives visibly cleaner samples than the last step.
+    """
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    ema = copy.deepcopy(G).requires_grad_(False)
+    # Learning rate constant for the first half, then linearly down to 0.
+    schedule = (lambda t: min(1.0, 2.0 * (1 - t / steps))) if lr_decay else (lambda t: 1.0)
+    sched = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in (opt_g, opt_d)]
     G.train(), D.train()
     n = len(real)
-    for _ in bar:
+    for step in bar:
         i = _batch_index(n)
         x, y = real[i], labels[i]
         fake_y = torch.randint(10, (BATCH,))
@@ -121,8 +129,14 @@ def _train_gan(G, D, real, labels, make_z, bar, conditional: bool):
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-    _recalibrate_batchnorm(G, lambda: (make_z(256), torch.randint(10, (256,))) if conditional else (make_z(256),))
-    return G.eval(), {"d": loss_d.item(), "g": loss_g.item()}
+        for sc in sched:
+            sc.step()
+        decay = min(ema_decay, (1 + step) / (10 + step))  # short memory early: forget the random init
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), G.parameters()):
+                pe.lerp_(p, 1 - decay)
+    _recalibrate_batchnorm(ema, lambda: (make_z(256), torch.randint(10, (256,))) if conditional else (make_z(256),))
+    return ema, {"d": loss_d.item(), "g": loss_g.item()}
 
 
 @torch.no_grad()
@@ -141,20 +155,20 @@ def _recalibrate_batchnorm(G, make_inputs, batches: int = 20):
     G.eval()
 
 
-def _dcgan(options, bar):
+def _dcgan(options, steps, bar):
     from gencompress.models.dcgan import DCGANDiscriminator, DCGANGenerator
 
     G, D = DCGANGenerator(**options), DCGANDiscriminator()
     nz = options.get("nz", 100)
-    return _train_gan(G, D, data.images("tanh"), data.labels(), lambda b: torch.randn(b, nz, 1, 1), bar, False)
+    return _train_gan(G, D, data.images("tanh"), data.labels(), lambda b: torch.randn(b, nz, 1, 1), steps, bar, False)
 
 
-def _cgan(options, bar):
+def _cgan(options, steps, bar):
     from gencompress.models.cgan import ConditionalDiscriminator, ConditionalGenerator
 
     G, D = ConditionalGenerator(**options), ConditionalDiscriminator(classes=options.get("classes", 10))
     nz = options.get("nz", 100)
-    return _train_gan(G, D, data.images("tanh"), data.labels(), lambda b: torch.randn(b, nz), bar, True)
+    return _train_gan(G, D, data.images("tanh"), data.labels(), lambda b: torch.randn(b, nz), steps, bar, True)
 
 
 # --- VAEs -------------------------------------------------------------------------------
@@ -177,13 +191,13 @@ def _train_vae(model, real, bar):
     return model.decoder.eval(), {"reconstruction": rec.item(), "kl": kl.item()}
 
 
-def _vae(options, bar):
+def _vae(options, steps, bar):
     from gencompress.models.vae import VAE
 
     return _train_vae(VAE(**options), data.images("sigmoid"), bar)
 
 
-def _rvae(options, bar):
+def _rvae(options, steps, bar):
     from gencompress.models.rvae import RecurrentVAE
 
     return _train_vae(RecurrentVAE(**options), data.sequences(), bar)
