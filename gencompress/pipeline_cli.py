@@ -1,6 +1,7 @@
 """`gencompress compress MODEL OUT_DIR`: the product's main job."""
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -61,7 +62,8 @@ def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, p
         echo_json(report)
         return
     click.echo(summary_table(report))
-    click.echo(f"\nreport: {out_dir}/report.html   model: {out_dir}/model.onnx")
+    out = Path(out_dir)
+    click.echo(f"\nreport: {out / 'report.html'}   model: {out / 'model.onnx'}")
 
 
 def summary_table(report: dict) -> str:

@@ -161,7 +161,7 @@ def bench(model, reference, providers, batches, threads, runs, warmup, seed, mem
     has_ref = result["reference"] is not None
     headers = ["provider", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "samples/s"]
     if has_ref:
-        headers += ["ref p50 ms", "ratio"]
+        headers += ["ref p50 ms", "p50 / ref p50"]
     rows = []
     for r in result["results"]:
         row = [r["provider"].replace("ExecutionProvider", ""), r["threads"], r["batch"], *(_f(r["model"][k]) for k in ("p50_ms", "p90_ms", "p99_ms")), _f(r["model"]["samples_per_s"], 5)]
