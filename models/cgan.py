@@ -31,8 +31,8 @@ class ConditionalGenerator(nn.Module):
 
 class ConditionalDiscriminator(nn.Module):
     """(image [N, 1, 16, 16], label [N]) -> logit [N]: the DCGAN discriminator with the label as
-    one-hot input planes. Its BatchNorm sees whole batches, which keeps the generator from giving
-    one image per class (a projection head without it did exactly that on these digits)."""
+    one-hot input planes. On these digits a projection discriminator (tried with BatchNorm,
+    spectral norm or a minibatch-std feature) let the generator draw one image per class."""
 
     def __init__(self, ndf: int = 32, classes: int = 10):
         super().__init__()

@@ -22,9 +22,8 @@ from gencompress.models import data, get_zoo_entry
 from gencompress.output import progress as progress_bar
 
 # Enough for clean samples from every model; each run stays under ~3 min on 2 cores.
-DEFAULT_STEPS = {"dcgan": 3000, "vae": 4000, "rvae": 5000, "cgan": 3000}
+DEFAULT_STEPS = {"dcgan": 3000, "vae": 8000, "rvae": 10000, "cgan": 3000}
 BATCH = 64
-LR_DECAY = bool(int(os.environ.get("LR_DECAY", "0")))
 THREADS = 2  # fixed: CPU kernels may split reductions by thread count
 
 
@@ -43,7 +42,7 @@ def train(name: str, out=None, seed: int = 0, steps: int | None = None, progress
     with _deterministic(seed):
         start = time.perf_counter()
         bar = progress_bar(range(steps), desc=f"train {name}", unit="step") if progress else range(steps)
-        generator, losses = TRAINERS[name](entry.options, steps, bar)
+        generator, losses = TRAINERS[name](entry.options, bar)
         seconds = time.perf_counter() - start
     _save(generator.state_dict(), out)
     return {
@@ -76,12 +75,12 @@ def _deterministic(seed: int):
 
 def _save(state: dict, out: Path) -> None:
     """Write safetensors atomically: a temp file in the target folder, then rename."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"  # same folder, so the rename is atomic
     try:
-        save_file(tensors, tmp)
+        tmp.write_bytes(save(tensors))  # plain open(): the file gets the usual umask permissions
         os.replace(tmp, out)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -96,28 +95,29 @@ def _batch_index(n: int) -> torch.Tensor:
 # --- GANs -------------------------------------------------------------------------------
 
 
-def _train_gan(G, D, real, labels, make_z, steps, bar, conditional: bool, ema_decay: float = 0.999, lr_decay: bool = LR_DECAY):
+def _train_gan(G, D, real, labels, make_z, bar, conditional: bool, ema_decay: float = 0.999):
     """Non-saturating GAN loss, Adam(2e-4, betas (0.5, 0.999)), one-sided label smoothing (0.9).
 
-    Returns an exponential moving average of the generator's weights: it averages out the
-    step-to-step wobble of GAN training and gives visibly cleaner samples than the last step.
+    Returns an exponential moving average of the generator's weights, which smooths out the
+    step-to-step wobble of GAN training, with its BatchNorm statistics recomputed.
     """
+
+    def g(z, label):
+        return G(z, label) if conditional else G(z)
+
+    def d(image, label):
+        return D(image, label) if conditional else D(image)
+
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
     ema = copy.deepcopy(G).requires_grad_(False)
-    # Learning rate constant for the first half, then linearly down to 0.
-    schedule = (lambda t: min(1.0, 2.0 * (1 - t / steps))) if lr_decay else (lambda t: 1.0)
-    sched = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in (opt_g, opt_d)]
     G.train(), D.train()
     n = len(real)
     for step in bar:
         i = _batch_index(n)
         x, y = real[i], labels[i]
         fake_y = torch.randint(10, (BATCH,))
-        fake = G(make_z(BATCH), fake_y) if conditional else G(make_z(BATCH))
-
-        def d(img, lab):
-            return D(img, lab) if conditional else D(img)
+        fake = g(make_z(BATCH), fake_y)
 
         real_logit, fake_logit = d(x, y), d(fake.detach(), fake_y)
         loss_d = F.binary_cross_entropy_with_logits(real_logit, torch.full_like(real_logit, 0.9)) + F.softplus(fake_logit).mean()
@@ -129,8 +129,6 @@ def _train_gan(G, D, real, labels, make_z, steps, bar, conditional: bool, ema_de
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-        for sc in sched:
-            sc.step()
         decay = min(ema_decay, (1 + step) / (10 + step))  # short memory early: forget the random init
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), G.parameters()):
@@ -155,20 +153,20 @@ def _recalibrate_batchnorm(G, make_inputs, batches: int = 20):
     G.eval()
 
 
-def _dcgan(options, steps, bar):
+def _dcgan(options, bar):
     from gencompress.models.dcgan import DCGANDiscriminator, DCGANGenerator
 
     G, D = DCGANGenerator(**options), DCGANDiscriminator()
     nz = options.get("nz", 100)
-    return _train_gan(G, D, data.images("tanh"), data.labels(), lambda b: torch.randn(b, nz, 1, 1), steps, bar, False)
+    return _train_gan(G, D, data.images("tanh"), data.labels(), lambda b: torch.randn(b, nz, 1, 1), bar, False)
 
 
-def _cgan(options, steps, bar):
+def _cgan(options, bar):
     from gencompress.models.cgan import ConditionalDiscriminator, ConditionalGenerator
 
     G, D = ConditionalGenerator(**options), ConditionalDiscriminator(classes=options.get("classes", 10))
     nz = options.get("nz", 100)
-    return _train_gan(G, D, data.images("tanh"), data.labels(), lambda b: torch.randn(b, nz), steps, bar, True)
+    return _train_gan(G, D, data.images("tanh"), data.labels(), lambda b: torch.randn(b, nz), bar, True)
 
 
 # --- VAEs -------------------------------------------------------------------------------
@@ -191,13 +189,13 @@ def _train_vae(model, real, bar):
     return model.decoder.eval(), {"reconstruction": rec.item(), "kl": kl.item()}
 
 
-def _vae(options, steps, bar):
+def _vae(options, bar):
     from gencompress.models.vae import VAE
 
     return _train_vae(VAE(**options), data.images("sigmoid"), bar)
 
 
-def _rvae(options, steps, bar):
+def _rvae(options, bar):
     from gencompress.models.rvae import RecurrentVAE
 
     return _train_vae(RecurrentVAE(**options), data.sequences(), bar)

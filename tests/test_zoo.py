@@ -1,15 +1,21 @@
 """The shipped zoo checkpoints generate digits: recognisable, of every class, varied, on demand.
 
-A k-nearest-neighbour classifier fitted on the real digits (preprocessed exactly like the
-training data) judges seeded samples from each generator's prior. Its confidence is the share
-of a sample's 10 nearest real digits that agree on its class. Unlike logistic regression or an
-MLP, which are as sure about uniform noise (median max-probability 0.71 and 1.00 here) as about
-real digits, this vote drops for anything that is not close to real digits of one class:
+A judge fitted on 70% of the real digits (preprocessed exactly like the training data) rates
+seeded samples from each generator's prior against two references it measures itself: the
+held-out 30% of real digits, and junk made by superimposing two real digits of different classes.
 
-    mean confidence (16x16)   held-out real 0.95   blend of two digits 0.71   noise 0.65   shifted digit 0.64
-    mean confidence (8x8)     held-out real 0.96   blend of two digits 0.72   noise 0.61   shifted digit 0.69
+- Confidence: the share of a sample's 10 nearest real digits that agree on its class (kNN vote).
+  Logistic regression and an MLP would not do: they rate uniform noise at a median
+  max-probability of 0.71 and 1.00, as high as good samples. The vote drops for anything that
+  is not near real digits of one class: mean 0.95 for held-out real digits, 0.71 for
+  superimposed pairs, 0.65 for noise.
+- Coverage: how many distinct real digits are the nearest neighbour of 200 samples. 200
+  held-out real digits reach ~180; cGANs that drew one image (or a few) per class reached 27-61,
+  though the vote called those samples 0.92-0.99 confident.
 
-Thresholds sit between those references (measured in the tests themselves, not hard-coded).
+Worst of seeds 0-9 for the shipped checkpoints (confidence as the fraction of the way from junk
+to real, threshold 0.25; coverage relative to real, threshold 0.5): dcgan 0.39 / 0.92,
+vae 0.43 / 0.91, rvae 0.72 / 0.70, cgan 0.98 / 0.90; 97.5% of cGAN samples show the requested digit.
 """
 
 from __future__ import annotations
@@ -28,8 +34,13 @@ SAMPLES = 200
 SEED = 0
 
 
+def flat(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x.reshape(len(x), -1)
+
+
 class Judge:
-    """A kNN classifier over real digits of one resolution, with real and junk references."""
+    """kNN over real digits of one resolution (16x16 images or 8x8 rows), with its references."""
 
     def __init__(self, size: int):
         from sklearn.model_selection import train_test_split
@@ -43,32 +54,17 @@ class Judge:
         i, j = rng.integers(len(x_held), size=(2, 1000))
         differ = y_held[i] != y_held[j]
         self.real = self.confidence(x_held)
-        # Superimposed digits of two classes: digit-like strokes but no single class.
         self.junk = self.confidence(0.5 * (x_held[i[differ]] + x_held[j[differ]]))
-        self.real_spread = spread(x, labels)
+        self.real_coverage = self.coverage(x_held[rng.choice(len(x_held), SAMPLES, replace=False)])
 
     def confidence(self, x) -> float:
         return float(self.knn.predict_proba(x).max(axis=1).mean())
 
+    def coverage(self, x) -> int:
+        return len(np.unique(self.knn.kneighbors(x, n_neighbors=1, return_distance=False)))
+
     def predict(self, x):
         return self.knn.predict(x)
-
-
-def flat(x) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x.reshape(len(x), -1)
-
-
-def spread(x, classes) -> float:
-    """Mean over classes of the mean pixel distance between two samples of that class."""
-    from sklearn.metrics import pairwise_distances
-
-    per_class = []
-    for k in np.unique(classes):
-        members = x[classes == k]
-        if len(members) > 1:
-            per_class.append(pairwise_distances(members).sum() / (len(members) * (len(members) - 1)))
-    return float(np.mean(per_class))
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +72,12 @@ def judges():
     return {16: Judge(16), 8: Judge(8)}
 
 
+def judge_for(name, judges) -> Judge:
+    return judges[8 if name == "rvae" else 16]
+
+
 def generate(name: str, seed: int = SEED):
-    """Samples of zoo model `name` in [0, 1], flattened, and the inputs they came from."""
+    """SAMPLES outputs of zoo model `name`, flattened and in [0, 1], and the inputs drawn for them."""
     entry = ZOO[name]
     inputs = sample_inputs(entry.inputs, SAMPLES, seed)
     with torch.no_grad():
@@ -88,31 +88,28 @@ def generate(name: str, seed: int = SEED):
 
 
 @pytest.mark.parametrize("name", ["dcgan", "vae", "rvae", "cgan"])
-def test_samples_are_confident_digits(name, judges):
-    judge = judges[8 if name == "rvae" else 16]
-    x, _ = generate(name)
-    conf = judge.confidence(x)
-    # Much closer to real digits than to superimposed pairs of digits.
-    assert conf >= judge.junk + 0.3 * (judge.real - judge.junk), (conf, judge.real, judge.junk)
+def test_samples_are_confidently_digits(name, judges):
+    judge = judge_for(name, judges)
+    conf = judge.confidence(generate(name)[0])
+    # A quarter of the way from superimposed digit pairs to real digits, at least.
+    assert conf >= judge.junk + 0.25 * (judge.real - judge.junk), (conf, judge.junk, judge.real)
 
 
 @pytest.mark.parametrize("name", ["dcgan", "vae", "rvae", "cgan"])
 def test_samples_are_varied(name, judges):
-    judge = judges[8 if name == "rvae" else 16]
-    x, inputs = generate(name)
-    predicted = judge.predict(x)
-    counts = np.bincount(predicted, minlength=10)
+    judge = judge_for(name, judges)
+    x, _ = generate(name)
+    counts = np.bincount(judge.predict(x), minlength=10)
     assert (counts > 0).sum() >= 8, counts  # (nearly) every class appears ...
     assert counts.max() <= 0.35 * SAMPLES, counts  # ... and none dominates
-    # Not one prototype per class: samples of a class differ about as much as real ones do.
-    classes = inputs["label"] if name == "cgan" else predicted
-    assert spread(x, classes) >= 0.5 * judge.real_spread, (spread(x, classes), judge.real_spread)
+    # Not a few prototypes: samples resemble many different real digits.
+    assert judge.coverage(x) >= 0.5 * judge.real_coverage, (judge.coverage(x), judge.real_coverage)
 
 
 def test_cgan_draws_the_requested_digit(judges):
     x, inputs = generate("cgan")
     match = np.mean(judges[16].predict(x) == inputs["label"])
-    assert match >= 0.8, match  # held-out real digits: 0.98
+    assert match >= 0.8, match  # the judge gets 98% of held-out real digits right
 
 
 def test_checkpoints_are_small_and_load_strictly():
@@ -142,6 +139,8 @@ def test_train_rejects_bad_requests(tmp_path):
         train("nosuch", progress=False)
     with pytest.raises(GencompressError, match="safetensors"):
         train("vae", out=tmp_path / "w.pt", steps=1, progress=False)
+    with pytest.raises(GencompressError, match="does not exist"):
+        train("vae", out=tmp_path / "no" / "w.safetensors", steps=1, progress=False)
     with pytest.raises(GencompressError, match="positive"):
         train("vae", out=tmp_path / "w.safetensors", steps=0, progress=False)
 
