@@ -19,7 +19,6 @@ setup: $(STAMP)
 # The main job on the bundled default generator: export → int8 rewrites → QDQ int8 → check → report.
 demo: setup
 	$(BIN)/gencompress compress dcgan demo_out
-	@echo "open demo_out/report.html"
 
 test: setup
 	$(BIN)/pytest -q

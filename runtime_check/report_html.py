@@ -351,7 +351,7 @@ def _cards(report, data, page: _Page) -> str:
             card("Fréchet distance, relative", page.num("fidelity.outputs.0.frechet_distance_relative", digits=3, tag="div", cls="v"))
     for i, row in enumerate(_get(data, "latency.results") or []):
         if row.get("ratio") is not None and i < 4:
-            card(f"latency ratio, batch {row['batch']}, {row['threads']} thr", page.num(f"latency.results.{i}.ratio", digits=3, suffix="×", tag="div", cls="v"))
+            card(f"speed-up vs reference, batch {row['batch']}, {row['threads']} thr", page.num(f"latency.results.{i}.speedup", digits=3, suffix="×", tag="div", cls="v"))
     return f'<div class="cards">{"".join(cards)}</div>' if cards else ""
 
 
