@@ -99,13 +99,9 @@ _ONNX_TO_NP = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32
 
 def specs_of_model(model) -> list[InputSpec]:
     """Specs recorded by the exporter, else read off the graph inputs (batch dim → 1)."""
-    import onnx
+    from gencompress.onnx_io import to_proto
 
-    proto = model if isinstance(model, onnx.ModelProto) else None
-    if proto is None:
-        import onnx_ir as ir
-
-        proto = ir.serde.serialize_model(model)
+    proto = to_proto(model)
     meta = {p.key: p.value for p in proto.metadata_props}
     if METADATA_INPUTS in meta:
         return specs_from_json(meta[METADATA_INPUTS])
@@ -125,14 +121,9 @@ def specs_of_model(model) -> list[InputSpec]:
 
 def output_range_of_model(model) -> float | None:
     """The output's nominal peak-to-peak range recorded by the exporter, if any."""
-    import onnx
+    from gencompress.onnx_io import to_proto
 
-    proto = model if isinstance(model, onnx.ModelProto) else None
-    if proto is None:
-        import onnx_ir as ir
-
-        proto = ir.serde.serialize_model(model)
-    meta = {p.key: p.value for p in proto.metadata_props}
+    meta = {p.key: p.value for p in to_proto(model).metadata_props}
     value = meta.get(METADATA_OUTPUT_RANGE)
     return float(value) if value else None
 

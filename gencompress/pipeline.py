@@ -171,8 +171,8 @@ def compress(
     if is_onnx and (checkpoint or inputs):
         raise GencompressError("--checkpoint and --input apply to a torch model, not an .onnx file")
 
-    out.parent.mkdir(parents=True, exist_ok=True) if str(out.parent) else None
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent if str(out.parent) else "."))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
         reference = staging / "reference.onnx"
         if is_onnx:
