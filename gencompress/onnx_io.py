@@ -95,7 +95,10 @@ def atomic_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise GencompressError(f"{folder}: cannot create output folder ({e.strerror})") from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise GencompressError(f"{folder}: cannot write there ({e.strerror})") from None
     os.close(fd)
     tmp = Path(tmp)
     try:

@@ -170,9 +170,14 @@ def compress(
     is_onnx = str(model).endswith(".onnx")
     if is_onnx and (checkpoint or inputs):
         raise GencompressError("--checkpoint and --input apply to a torch model, not an .onnx file")
+    _refuse_overwrite_inputs(out, [model if is_onnx else None, checkpoint, recipe if isinstance(recipe, (str, Path)) else None],
+                             sweep=bool(sweep_recipes))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    except OSError as e:
+        raise GencompressError(f"{out.parent}: cannot create output folder ({e.strerror})") from None
     try:
         reference = staging / "reference.onnx"
         if is_onnx:
@@ -227,6 +232,19 @@ def compress(
     import json
 
     return json.loads((out / "report.json").read_text())
+
+
+def _refuse_overwrite_inputs(out: Path, inputs, *, sweep: bool) -> None:
+    """OUT_DIR's files are replaced at the end: none of them may be one of the inputs."""
+    from gencompress.onnx_io import refuse_overwrite
+
+    inputs = [Path(p) for p in inputs if p is not None]
+    for name in OUTPUT_FILES:
+        refuse_overwrite(out / name, inputs)
+    if sweep:  # OUT_DIR/sweep is replaced as a whole
+        for p in inputs:
+            if p.resolve().parent == (out / "sweep").resolve():
+                raise GencompressError(f"{p}: is inside {out / 'sweep'}, which this run replaces; choose another OUT_DIR")
 
 
 def _pass_entry(entry: dict) -> dict:

@@ -49,3 +49,9 @@ def test_not_onnx(content, tmp_path):
     bad.write_bytes(content)
     with pytest.raises(GencompressError, match="bad.onnx"):
         load_model(bad)
+
+
+def test_unwritable_folder_is_one_line(zoo_onnx, tmp_path, run_cli, user_error):
+    (tmp_path / "taken").write_text("x")
+    user_error(run_cli("export", "vae", tmp_path / "taken" / "g.onnx"), "cannot create output folder")
+    user_error(run_cli("prune", zoo_onnx("vae"), "/proc/g.onnx", "--sparsity", "0.5"), "cannot write there")

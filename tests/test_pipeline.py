@@ -125,3 +125,17 @@ def test_out_dir_that_is_a_file(zoo_onnx, tmp_path, run_cli, user_error):
     target.write_text("x")
     user_error(run_cli("compress", zoo_onnx("vae"), target), "is a file")
     assert target.read_text() == "x"
+
+
+def test_never_overwrites_its_input_in_out_dir(zoo_onnx, tmp_path, run_cli, user_error):
+    out = tmp_path / "out"
+    assert run_cli("compress", zoo_onnx("vae"), out, *FAST).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for name in ("model.onnx", "reference.onnx"):
+        user_error(run_cli("compress", out / name, out, *FAST), "same file as the input")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_out_dir_below_a_file(zoo_onnx, tmp_path, run_cli, user_error):
+    (tmp_path / "taken").write_text("x")
+    user_error(run_cli("compress", zoo_onnx("vae"), tmp_path / "taken" / "out", *FAST), "cannot create output folder")
