@@ -60,12 +60,12 @@ def export(
         raise GencompressError(f"--tolerance must be positive, got {tolerance}")
     if opset is not None and not 7 <= opset <= onnx.defs.onnx_opset_version():
         raise GencompressError(f"--opset {opset}: supported opsets are 7..{onnx.defs.onnx_opset_version()}")
+    if Path(out).suffix != ".onnx":
+        raise GencompressError(f"{out}: output should be an .onnx file")
     if isinstance(model, torch.nn.Module):
         resolved = ResolvedModel(model.eval(), getattr(model, "gencompress_inputs", None), None, None, type(model).__name__)
     else:
         resolved = resolve_model(str(model), checkpoint)
-    if Path(out).suffix != ".onnx":
-        raise GencompressError(f"{out}: output should be an .onnx file")
     refuse_overwrite(out, [checkpoint] if checkpoint else [])
 
     specs = _input_specs(inputs, resolved)
@@ -117,15 +117,14 @@ def export(
 
 
 def _input_specs(inputs, resolved) -> list[InputSpec]:
-    if inputs:
-        specs = [s if isinstance(s, InputSpec) else parse_input_spec(s) for s in inputs]
-        names = [s.name for s in specs]
-        if len(set(names)) != len(names):
-            raise GencompressError(f"--input names repeat: {', '.join(names)}")
-        return specs
-    if resolved.inputs:
-        return list(resolved.inputs)
-    raise GencompressError(f"{resolved.source}: give its inputs, e.g. --input z=1x100x1x1 (one --input per forward argument)")
+    inputs = inputs or resolved.inputs  # a module's own `gencompress_inputs` may be specs or strings too
+    if not inputs:
+        raise GencompressError(f"{resolved.source}: give its inputs, e.g. --input z=1x100x1x1 (one --input per forward argument)")
+    specs = [s if isinstance(s, InputSpec) else parse_input_spec(str(s)) for s in inputs]
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise GencompressError(f"--input names repeat: {', '.join(names)}")
+    return specs
 
 
 def _torch_inputs(specs, batch: int, seed: int):
@@ -236,17 +235,34 @@ def check_parity(module, proto, specs, *, batches=PARITY_BATCHES, seed: int = 0)
     for batch in batches:
         feeds = sample_inputs(specs, batch, seed + batch)
         expected = _run_torch(module, tuple(_as_torch(feeds)))
-        got = session.run(None, feeds)
+        got = _run_onnx(session, feeds)
+        for e, g in zip(expected, got):
+            if e.shape != g.shape:
+                raise GencompressError(
+                    f"parity check failed: at batch {batch} onnxruntime returns shape {g.shape}, torch {e.shape} "
+                    "(does the model fix the batch size, e.g. with int(x.shape[0])?)"
+                )
         errors[str(batch)] = float(max(np.max(np.abs(e - g)) if e.size else 0.0 for e, g in zip(expected, got)))
     big = max(batches)
     feeds = sample_inputs(specs, big, seed + big)
-    batched = session.run(None, feeds)
+    batched = _run_onnx(session, feeds)
     rows = range(min(big, 8))
     consistency = 0.0
     for i in rows:
-        single = session.run(None, {k: v[i : i + 1] for k, v in feeds.items()})
+        single = _run_onnx(session, {k: v[i : i + 1] for k, v in feeds.items()})
         consistency = max(consistency, *(float(np.max(np.abs(b[i : i + 1] - s))) for b, s in zip(batched, single)))
     return {"max_abs_error": errors, "batch_consistency": consistency}
+
+
+def _run_onnx(session, feeds):
+    try:
+        return session.run(None, feeds)
+    except Exception as e:
+        batch = len(next(iter(feeds.values())))
+        msg = " ".join(str(e).split())[:200]
+        raise GencompressError(
+            f"parity check failed: onnxruntime cannot run the exported model at batch {batch} ({type(e).__name__}: {msg})"
+        ) from None
 
 
 def _as_torch(feeds):

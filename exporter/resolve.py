@@ -91,6 +91,9 @@ def _instantiate(obj, spec: str):
         module = obj()
     except TypeError as e:
         raise GencompressError(f"{spec}: cannot be built without arguments ({e})") from None
+    except Exception as e:
+        msg = " ".join(str(e).split())[:200]
+        raise GencompressError(f"{spec}: failed to build ({type(e).__name__}: {msg})") from None
     if not isinstance(module, torch.nn.Module):
         raise GencompressError(f"{spec}: returned {type(module).__name__}, expected a torch.nn.Module")
     return module

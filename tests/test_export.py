@@ -82,6 +82,30 @@ USER_MODEL = textwrap.dedent(
             if (z * z).sum() >= 0:
                 return torch.tanh(self.fc(z))
             return z
+
+    class FixedBatch(nn.Module):
+        # int() turns the batch size into a constant of the exported graph
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, z):
+            return self.fc(z) + torch.zeros(int(z.shape[0]), 8)
+
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            raise RuntimeError("needs a GPU")
+
+    class SaysItsInputs(nn.Module):
+        gencompress_inputs = ["z=1x8"]
+
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, z):
+            return self.fc(z)
     """
 )
 
@@ -209,3 +233,23 @@ def test_never_overwrites_its_input(user_model, run_cli, user_error):
     r = run_cli("export", f"{src}:TwoInput", onnx_ckpt, "--checkpoint", onnx_ckpt, "--input", "z=1x16", "--input", "label=1:int64:0..9")
     user_error(r, "same file as the input")
     assert onnx_ckpt.read_bytes() == before
+
+
+@pytest.mark.parametrize("legacy", [(), ("--legacy",)])
+def test_fixed_batch_size_fails_parity_in_one_line(legacy, user_model, tmp_path, run_cli, user_error):
+    src, _, _ = user_model
+    out = tmp_path / "o.onnx"
+    user_error(run_cli("export", f"{src}:FixedBatch", out, "--input", "z=1x8", *legacy), "parity check failed", "batch 1")
+    assert not out.exists()
+
+
+def test_constructor_that_raises(user_model, tmp_path, run_cli, user_error):
+    src, _, _ = user_model
+    user_error(run_cli("export", f"{src}:Broken", tmp_path / "o.onnx", "--input", "z=1x8"), "failed to build", "needs a GPU")
+
+
+def test_module_declares_its_inputs_as_strings(user_model, tmp_path, run_cli):
+    src, _, _ = user_model
+    r = run_cli("export", f"{src}:SaysItsInputs", tmp_path / "o.onnx")
+    assert r.exit_code == 0, r
+    assert [s.name for s in specs_of_model(onnx.load(str(tmp_path / "o.onnx")))] == ["z"]
