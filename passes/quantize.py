@@ -302,7 +302,7 @@ def _layer_info(layer) -> dict:
 # ---- the API ----------------------------------------------------------------------------------
 
 
-def validate_options(*, mode, bits, calib, calib_size, activations, percentile, block_size, target_psnr, eval_size) -> None:
+def validate_options(*, mode, bits, calib, calib_size, activations, percentile, block_size, target_psnr, eval_size, seed=0) -> None:
     from gencompress.passes.calibrate import METHODS
     from gencompress.passes.insert_qdq import ACTIVATION_TYPES
 
@@ -328,6 +328,8 @@ def validate_options(*, mode, bits, calib, calib_size, activations, percentile, 
         raise GencompressError("--target-psnr works with --mode static or weight-only")
     if eval_size <= 0:
         raise GencompressError(f"--eval-size must be positive, got {eval_size}")
+    if seed < 0:
+        raise GencompressError(f"--seed must be 0 or more, got {seed}")
 
 
 def quantize(
@@ -378,7 +380,7 @@ def quantize(
     exclude = _split_patterns(exclude)
     validate_options(
         mode=mode, bits=bits, calib=calib, calib_size=calib_size, activations=activations,
-        percentile=percentile, block_size=block_size, target_psnr=target_psnr, eval_size=eval_size,
+        percentile=percentile, block_size=block_size, target_psnr=target_psnr, eval_size=eval_size, seed=seed,
     )
     sources = [in_path, *([calib_data] if calib_data else [])]
     refuse_overwrite(out_path, sources)

@@ -74,7 +74,7 @@ def sensitivity(
         raise GencompressError("sensitivity works with --mode static or weight-only")
     validate_options(
         mode=mode, bits=bits, calib=calib, calib_size=calib_size, activations=activations,
-        percentile=percentile, block_size=block_size, target_psnr=None, eval_size=eval_size,
+        percentile=percentile, block_size=block_size, target_psnr=None, eval_size=eval_size, seed=seed,
     )
     reference = load_model(in_path)
     _check_float_model(reference, in_path)

@@ -58,6 +58,13 @@ def _positive(value, what: str) -> int:
     return v
 
 
+def _seed(value) -> int:
+    """A seed for numpy's generator: an integer, 0 or more."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise GencompressError(f"--seed must be an integer, 0 or more, got {value!r}")
+    return int(value)
+
+
 def _describe_specs(specs) -> list[dict]:
     out = []
     for s in specs:
@@ -107,6 +114,7 @@ def check(
     if inputs is None:
         samples = _positive(samples, "--samples (the number of latents)")
     batch = _positive(batch, "--batch")
+    seed = _seed(seed)
     if threads is not None:
         threads = _positive(threads, "--threads")
     preview = int(preview or 0)
@@ -253,6 +261,7 @@ def bench(
     batches = [_positive(b, "--batch") for b in (batches or ())] or _fail("give at least one batch size")
     threads = [_positive(t, "--threads") for t in (threads or ())] or _fail("give at least one thread count")
     runs = _positive(runs, "--runs")
+    seed = _seed(seed)
     if int(warmup) < 0:
         raise GencompressError(f"--warmup must be 0 or more, got {warmup}")
     providers = resolve_providers(providers)

@@ -160,6 +160,8 @@ def test_bad_options(run_cli, user_error, zoo_onnx, tmp_path):
     user_error(run_cli("quantize", src, src), "same file")
     user_error(run_cli("quantize", tmp_path / "missing.onnx", out), "no such file")
     user_error(run_cli("quantize", src, out, "--mode", "fp16", "--target-psnr", 40), "target-psnr")
+    user_error(run_cli("quantize", src, out, "--seed", -1), "--seed")
+    user_error(run_cli("sensitivity", src, "--seed", -1), "--seed")
     assert not out.exists()
 
 

@@ -499,6 +499,8 @@ def test_cli_bench_table_and_json(run_cli, models):
         (("bench", "{ref}", "--batch", "0"), ("batch",)),
         (("bench", "{ref}", "--batch", "x"), ("batch",)),
         (("bench", "{ref}", "--threads", "0"), ("threads",)),
+        (("bench", "{ref}", "--seed", "-1", "--no-memory"), ("--seed",)),
+        (("check", "{ref}", "{noise}", "--seed", "-1"), ("--seed",)),
         (("bench", "{noise}", "--reference", "{seq}", "--no-memory"), ("not comparable",)),
     ],
 )
