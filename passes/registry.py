@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from gencompress.errors import GencompressError
 
-# Modules whose import registers passes. A module listed here that does not exist yet is skipped.
+# Modules whose import registers passes.
 PASS_MODULES = [
     "gencompress.passes.cleanup",
     "gencompress.passes.magnitude_prune",
@@ -30,6 +30,7 @@ PASS_MODULES = [
     "gencompress.passes.fold_batchnorm",
     "gencompress.passes.convtranspose_to_gemm",
     "gencompress.passes.convtranspose_to_conv",
+    "gencompress.passes.rewrite",
     "gencompress.passes.insert_qdq",
     "gencompress.passes.weight_only_quantize",
     "gencompress.passes.fp16_convert",
@@ -66,11 +67,7 @@ def _load() -> None:
     if _loaded:
         return
     for module in PASS_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
+        importlib.import_module(module)
     _loaded = True
 
 
