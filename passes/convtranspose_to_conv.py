@@ -52,6 +52,7 @@ from gencompress.passes.rewrite import (
     count_by,
     drop_if_unused,
     hoistable_activation,
+    hoisted_copy,
     is_onnx_domain,
     new_node,
     onnx_opset,
@@ -414,19 +415,6 @@ class ConvTransposeToConvPass(GencompressPass):
             "work_vs_convtranspose": info["work"],
         }
 
-    @staticmethod
-    def _hoisted(namer: Namer, base: str, activation: ir.Node, value: ir.Value) -> ir.Node:
-        """A copy of ``activation`` reading ``value``."""
-        act = ir.node(
-            activation.op_type, [value, *activation.inputs[1:]],
-            {a.name: a for a in activation.attributes.values()},
-            name=namer(f"{activation.name or base}/hoisted"),
-        )
-        act.outputs[0].name = namer(f"{base}/{activation.op_type}_output")
-        act.outputs[0].type = value.type
-        act.outputs[0].shape = value.shape
-        return act
-
     def _fused_conv(self, graph, namer, base, x, spec, activation, dtype, shape):
         """One Conv over all phases, interleaved by DepthToSpace (or Reshape/Transpose)."""
         rank = spec.rank
@@ -465,7 +453,7 @@ class ConvTransposeToConvPass(GencompressPass):
         needs_move = n_phases > 1 or any(p.crop_begin or p.crop_end for p in plans)
         hoisted = activation is not None and needs_move
         if hoisted:
-            new_nodes.append(self._hoisted(namer, base, activation, current))
+            new_nodes.append(hoisted_copy(namer, base, activation, current))
             current = new_nodes[-1].outputs[0]
         if n_phases > 1:
             full_dims = [None if d is None else d * s for d, s in zip(conv_dims, strides)]
@@ -513,7 +501,7 @@ class ConvTransposeToConvPass(GencompressPass):
             new_nodes.append(conv)
             out = conv.outputs[0]
             if activation is not None:
-                new_nodes.append(self._hoisted(namer, f"{base}/phase{ph.phase}{pw.phase}", activation, out))
+                new_nodes.append(hoisted_copy(namer, f"{base}/phase{ph.phase}{pw.phase}", activation, out))
                 out = new_nodes[-1].outputs[0]
             outputs.append(out)
             kernels.append([ph.size, pw.size])

@@ -40,6 +40,7 @@ from gencompress.passes.rewrite import (
     add_initializer,
     drop_if_unused,
     hoistable_activation,
+    hoisted_copy,
     is_onnx_domain,
     new_node,
     onnx_opset,
@@ -143,14 +144,7 @@ class ConvTransposeToGemmPass(GencompressPass):
 
         activation = hoistable_activation(y) if self.options.hoist_activations else None
         if activation is not None:
-            act = ir.node(
-                activation.op_type, [current, *activation.inputs[1:]],
-                {a.name: a for a in activation.attributes.values()},
-                name=namer(f"{activation.name or base}/hoisted"),
-            )
-            act.outputs[0].name = namer(f"{base}/{activation.op_type}_output")
-            act.outputs[0].type = current.type
-            act.outputs[0].shape = current.shape
+            act = hoisted_copy(namer, base, activation, current)
             new_nodes.append(act)
             current = act.outputs[0]
             old_nodes.append(activation)

@@ -154,6 +154,19 @@ def hoistable_activation(value: ir.Value) -> ir.Node | None:
     return node
 
 
+def hoisted_copy(namer: Namer, base: str, activation: ir.Node, value: ir.Value) -> ir.Node:
+    """A copy of ``activation`` (same attributes and extra inputs) reading ``value``, shaped like it."""
+    act = ir.node(
+        activation.op_type, [value, *activation.inputs[1:]],
+        {a.name: a for a in activation.attributes.values()},
+        name=namer(f"{activation.name or base}/hoisted"),
+    )
+    act.outputs[0].name = namer(f"{base}/{activation.op_type}_output")
+    act.outputs[0].type = value.type
+    act.outputs[0].shape = value.shape
+    return act
+
+
 def static_shapes(model: ir.Model) -> dict[str, tuple[int | None, ...]]:
     """Shapes by value name from onnx shape inference on a copy (the model is not touched).
 
