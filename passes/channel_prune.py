@@ -45,6 +45,7 @@ from gencompress.passes.prune_report import (
     weight_targets,
 )
 from gencompress.passes.registry import GencompressPass, register
+from gencompress.passes.rewrite import Namer, const_array
 
 PRODUCER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 UNARY_OPS = frozenset(
@@ -131,25 +132,6 @@ def _inferred_dims(model: ir.Model) -> dict[str, list]:
     return out
 
 
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    """The constant behind ``value`` (initializer, Constant node, or Identity of one), else None."""
-    while value is not None:
-        if value.is_graph_input():
-            return None
-        if value.const_value is not None:
-            return value.const_value.numpy()
-        producer = value.producer()
-        if producer is None:
-            return None
-        if producer.op_type == "Constant":
-            tensor = ir.convenience.get_const_tensor(value)
-            return None if tensor is None else tensor.numpy()
-        if producer.op_type != "Identity":
-            return None
-        value = producer.inputs[0]
-    return None
-
-
 class _Tracer:
     def __init__(self, model: ir.Model):
         self.inferred = _inferred_dims(model)
@@ -193,7 +175,7 @@ class _Tracer:
             raise _Blocked("grouped convolution")
         plan.edits.append(Edit(node, 1, plan.out_axis, ChannelMap(plan.out_axis)))
         if len(node.inputs) > 2 and node.inputs[2] is not None:
-            bias = _const(node.inputs[2])
+            bias = const_array(node.inputs[2])
             if bias is None:
                 raise _Blocked("its bias is not a constant")
             if op in ("Conv", "ConvTranspose"):
@@ -256,7 +238,7 @@ class _Tracer:
             raise _Blocked(f"its channels reach {where} of domain {node.domain!r}")
         if op in UNARY_OPS and idx == 0:
             for extra in node.inputs[1:]:  # Clip min/max, Dropout ratio: scalars only
-                if extra is not None and (c := _const(extra)) is not None and c.size != 1:
+                if extra is not None and (c := const_array(extra)) is not None and c.size != 1:
                     raise _Blocked(f"its channels reach {where} with a non-scalar parameter")
             if any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
                 raise _Blocked(f"its channels reach {where}, whose second output is used")
@@ -284,7 +266,7 @@ class _Tracer:
                 raise _Blocked(f"its channels reach {where} on axis {cmap.axis}, not the channel axis")
             if node.attributes.get_int("group", 1) != 1:
                 raise _Blocked(f"its channels feed the grouped convolution {where}")
-            if _const(node.inputs[1]) is None:
+            if const_array(node.inputs[1]) is None:
                 raise _Blocked(f"{where} has a non-constant weight")
             plan.edits.append(Edit(node, 1, 1 if op == "Conv" else 0, cmap))
             return []
@@ -292,13 +274,13 @@ class _Tracer:
             want = 0 if node.attributes.get_int("transA", 0) else 1
             if cmap.axis != want:
                 raise _Blocked(f"its channels reach {where} on axis {cmap.axis}, not its K axis")
-            if _const(node.inputs[1]) is None:
+            if const_array(node.inputs[1]) is None:
                 raise _Blocked(f"{where} has a non-constant weight")
             plan.edits.append(Edit(node, 1, 1 if node.attributes.get_int("transB", 0) else 0, cmap))
             return []
         if op == "MatMul" and idx == 0:
             rank = self.rank(value)
-            b = _const(node.inputs[1])
+            b = const_array(node.inputs[1])
             if b is None or b.ndim < 2:
                 raise _Blocked(f"{where} has no constant 2-D weight")
             if rank is None or cmap.axis != rank - 1:
@@ -312,7 +294,7 @@ class _Tracer:
         rank = self.rank(value)
         if other is value:
             return cmap
-        const = _const(other)
+        const = const_array(other)
         if const is None:
             if other not in plan.reachable or rank is None or self.rank(other) != rank:
                 raise _Blocked(f"{where} joins them with another branch (e.g. a residual connection)")
@@ -336,7 +318,7 @@ class _Tracer:
         if any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
             raise _Blocked(f"{where} is in training mode")
         for i in NORM_PARAMS[node.op_type]:
-            p = _const(node.inputs[i]) if i < len(node.inputs) else None
+            p = const_array(node.inputs[i]) if i < len(node.inputs) else None
             if p is None or p.ndim != 1:
                 raise _Blocked(f"{where} has non-constant parameters")
             plan.edits.append(Edit(node, i, 0, cmap))
@@ -365,7 +347,7 @@ class _Tracer:
         return b, ChannelMap(b, cmap.scale * ratio, cmap.offset * ratio)
 
     def _reshape(self, plan, value, cmap, node, where) -> ChannelMap:
-        shape = _const(node.inputs[1])
+        shape = const_array(node.inputs[1])
         in_dims = self.dims(value)
         if shape is None or in_dims is None:
             raise _Blocked(f"its channels reach {where}, whose shape is not static")
@@ -405,7 +387,7 @@ class _Tracer:
         rank = self.rank(value)
         if rank is None:
             raise _Blocked(f"its channels reach {where} of unknown rank")
-        axes = _const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+        axes = const_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
         axes = list(node.attributes.get_ints("axes", [])) if axes is None else [int(x) for x in np.ravel(axes)]
         if node.op_type == "Unsqueeze":
             out_rank = rank + len(axes)
@@ -602,7 +584,7 @@ class ChannelPrunePass(GencompressPass):
 
         by_value: dict = defaultdict(dict)  # input value -> (node, index) -> new array
         for (node, index), changes in edits.items():
-            array = _const(node.inputs[index])
+            array = const_array(node.inputs[index])
             for (kind, axis), idx in sorted(changes.items(), key=lambda kv: (kv[0][0], kv[0][1])):
                 if kind == "slice":
                     array = np.delete(array, sorted(idx), axis=axis)
@@ -611,7 +593,7 @@ class ChannelPrunePass(GencompressPass):
                     array[axis] -= len(idx)
             by_value[node.inputs[index]][(node, index)] = array
 
-        names = _all_names(graph)
+        namer = Namer(graph)
         copies = {}  # new value -> (original name, stats of the original)
         for value, new in by_value.items():
             uses = {(u.node, u.idx) for u in value.uses()}
@@ -621,12 +603,12 @@ class ChannelPrunePass(GencompressPass):
                 write_array(value, arrays[0])
                 continue
             for (node, index), array in new.items():
-                name = _unique(f"{value.name}_pruned", names)
+                name = namer(f"{value.name}_pruned")
                 tensor = ir.Tensor(np.ascontiguousarray(array), name=name)
                 copy = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
                 graph.register_initializer(copy)
                 node.replace_input_with(index, copy)
-                copies[copy] = (value.name, stats(_const(value)))
+                copies[copy] = (value.name, stats(const_array(value)))
 
         for (value, axis), idx in removed_on.items():
             if value.shape is None or axis >= len(value.shape) or not isinstance(value.shape[axis], int):
@@ -698,24 +680,8 @@ def _following_bn_scale(plan: Plan) -> np.ndarray | None:
     if len(uses) != 1 or uses[0].node.op_type != "BatchNormalization" or uses[0].idx != 0:
         return None
     bn = uses[0].node
-    gamma, var = _const(bn.inputs[1]), _const(bn.inputs[4])
+    gamma, var = const_array(bn.inputs[1]), const_array(bn.inputs[4])
     if gamma is None or var is None or gamma.shape != (plan.channels,) or var.shape != (plan.channels,):
         return None
     eps = bn.attributes.get_float("epsilon", 1e-5)
     return np.abs(gamma.astype(np.float64)) / np.sqrt(var.astype(np.float64) + eps)
-
-
-def _all_names(graph: ir.Graph) -> set[str]:
-    names = {v.name for v in graph.inputs} | set(graph.initializers)
-    for node in graph:
-        names.update(o.name for o in node.outputs if o.name)
-    return names
-
-
-def _unique(base: str, names: set[str]) -> str:
-    name, i = base, 1
-    while name in names:
-        i += 1
-        name = f"{base}{i}"
-    names.add(name)
-    return name
