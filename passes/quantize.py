@@ -272,7 +272,13 @@ def static_quantizer(prepared: onnx.ModelProto, *, calib, calib_size, calib_data
     ranges = tuple((name, *stats[name].range(calib, symmetric=symmetric, percentile=percentile)) for name in names)
 
     def make_pass(exclude, include):
-        return InsertQDQPass(InsertQDQPass.Options(per_tensor=per_tensor, activations=activations, exclude=exclude, include=include, ranges=ranges))
+        # the calibration settings too: a range the run above lacks (a tensor shape inference
+        # could not type) is then calibrated the way the user asked, not with the pass defaults
+        options = InsertQDQPass.Options(
+            per_tensor=per_tensor, activations=activations, exclude=exclude, include=include, ranges=ranges,
+            calib=calib, calib_size=calib_size, calib_data=str(calib_data) if calib_data else None, percentile=percentile, seed=seed,
+        )
+        return InsertQDQPass(options)
 
     calibration = {"method": calib, "samples": n, "source": str(calib_data) if calib_data else "latent prior (seeded)", "seed": None if calib_data else seed}
     if calib == "percentile":
@@ -396,7 +402,7 @@ def quantize(
     evaluator = Evaluator(reference, eval_inputs(reference, seed, eval_size))
 
     report: dict = {"input": str(in_path), "output": str(out_path), "mode": mode}
-    target = None
+    target = psnr = None
     if mode == "fp16":
         from gencompress.passes.fp16_convert import FP16ConvertPass
 
@@ -416,11 +422,12 @@ def quantize(
             report.update(bits=bits, block_size=block_size if bits == 4 else None)
         proto, pass_report = quantizer.build(exclude)
         if target_psnr is not None:
-            proto, pass_report, target = _meet_target(quantizer, evaluator, exclude, target_psnr, proto, pass_report, log)
+            proto, pass_report, target, psnr = _meet_target(quantizer, evaluator, exclude, target_psnr, proto, pass_report, log)
             if not target["met"] and strict:
                 raise GencompressError(target["message"])
 
-    psnr = evaluator.psnr(proto)
+    if psnr is None:
+        psnr = evaluator.psnr(proto)
     save_model(proto, out_path, inputs=sources)
     before, after = os.path.getsize(in_path), os.path.getsize(out_path)
     report.update(
@@ -461,13 +468,15 @@ def _check_float_model(proto: onnx.ModelProto, path) -> None:
 
 
 def _meet_target(quantizer: Quantizer, evaluator: Evaluator, exclude, target: float, proto, pass_report, log):
-    """Keep the most damaging layers in float, one more at a time, until ``target`` dB is met."""
+    """Keep the most damaging layers in float, one more at a time, until ``target`` dB is met.
+
+    Returns (model, pass report, target report, the model's PSNR)."""
     from gencompress.passes.sensitivity import rank_layers
 
     full = evaluator.psnr(proto)
     result = {"psnr_db": target, "all_quantized_psnr_db": db(full)}
     if full >= target:
-        return proto, pass_report, {**result, "met": True, "kept_float": [], "message": f"target {target:g} dB met with every layer quantized ({full:.2f} dB)"}
+        return proto, pass_report, {**result, "met": True, "kept_float": [], "message": f"target {target:g} dB met with every layer quantized ({full:.2f} dB)"}, full
     ranking = rank_layers(quantizer, evaluator, exclude)
     log(f"target {target:g} dB: all-quantized PSNR is {full:.2f} dB; keeping the most damaging layers in float")
     best = (full, proto, pass_report, [])
@@ -479,11 +488,11 @@ def _meet_target(quantizer: Quantizer, evaluator: Evaluator, exclude, target: fl
         if value > best[0]:
             best = (value, candidate, rep, kept_float)
         if value >= target:
-            return candidate, rep, {**result, "met": True, "kept_float": kept_float, "message": f"target {target:g} dB met ({value:.2f} dB) with {k} layer(s) kept in float"}
+            return candidate, rep, {**result, "met": True, "kept_float": kept_float, "message": f"target {target:g} dB met ({value:.2f} dB) with {k} layer(s) kept in float"}, value
     value, candidate, rep, kept_float = best
     quantized = len(ranking) - len(kept_float)
     message = (
         f"target PSNR {target:g} dB cannot be met: the closest is {value:.2f} dB "
         f"({target - value:.2f} dB short) with {quantized} of {len(ranking)} layer(s) quantized"
     )
-    return candidate, rep, {**result, "met": False, "kept_float": kept_float, "closest_psnr_db": db(value), "message": message}
+    return candidate, rep, {**result, "met": False, "kept_float": kept_float, "closest_psnr_db": db(value), "message": message}, value

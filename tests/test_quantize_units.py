@@ -602,3 +602,17 @@ def test_passes_run_from_a_recipe():
     onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
     with pytest.raises(GencompressError, match="calib"):
         run_recipe(ir.serde.deserialize_model(conv_model()), [{"pass": "insert_qdq", "options": {"calib": "kl"}}])
+
+
+def test_static_quantizer_hands_its_calibration_settings_to_the_pass():
+    """A range the quantizer's calibration run lacks is calibrated by the pass: with the user's
+    settings (method, size, seed, percentile), not the pass defaults."""
+    from gencompress.passes.quantize import static_quantizer
+
+    quantizer = static_quantizer(
+        block_gemm_model(), calib="percentile", calib_size=16, calib_data=None, seed=3, percentile=99.9,
+        per_tensor=False, activations="uint8", log=lambda message: None,
+    )
+    opts = quantizer.make_pass((), None).options
+    assert (opts.calib, opts.calib_size, opts.calib_data, opts.seed, opts.percentile) == ("percentile", 16, None, 3, 99.9)
+    assert opts.ranges  # the calibration run's ranges come first
