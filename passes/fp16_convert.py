@@ -135,7 +135,6 @@ class FP16ConvertPass(GencompressPass):
 
         # initializers read only in float16 slots become float16; mixed readers keep both
         builder = Builder(graph)
-        half_copies: dict[str, ir.Value] = {}
         converted_bytes = 0
         for name in list(graph.initializers):
             value = graph.initializers[name]
@@ -151,7 +150,6 @@ class FP16ConvertPass(GencompressPass):
                 value.dtype = HALF
             else:
                 copy = builder.initializer(f"{value.name}_fp16", _half_array(array), HALF)
-                half_copies[value.name] = copy
                 for u in half_uses:
                     u.node.replace_input_with(u.idx, copy)
             converted_bytes += array.nbytes
