@@ -38,6 +38,8 @@ def train(name: str, out=None, seed: int = 0, steps: int | None = None, progress
         raise GencompressError(f"--out {out}: the checkpoint is written as safetensors; name it *.safetensors")
     if not out.parent.is_dir():
         raise GencompressError(f"--out {out}: folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK) or out.is_dir():  # fail now, not after minutes of training
+        raise GencompressError(f"--out {out}: cannot write there")
 
     with _deterministic(seed):
         start = time.perf_counter()
@@ -77,15 +79,11 @@ def _save(state: dict, out: Path) -> None:
     """Write safetensors atomically: a temp file in the target folder, then rename."""
     from safetensors.torch import save
 
+    from gencompress.onnx_io import atomic_path
+
     tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
-    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"  # same folder, so the rename is atomic
-    try:
-        tmp.write_bytes(save(tensors))  # plain open(): the file gets the usual umask permissions
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(save(tensors))
 
 
 def _batch_index(n: int) -> torch.Tensor:

@@ -143,6 +143,9 @@ def test_train_rejects_bad_requests(tmp_path):
         train("vae", out=tmp_path / "no" / "w.safetensors", steps=1, progress=False)
     with pytest.raises(GencompressError, match="positive"):
         train("vae", out=tmp_path / "w.safetensors", steps=0, progress=False)
+    (tmp_path / "d.safetensors").mkdir()
+    with pytest.raises(GencompressError, match="cannot write there"):
+        train("vae", out=tmp_path / "d.safetensors", steps=1, progress=False)
 
 
 def test_cli_unknown_model_is_one_line_error():
