@@ -56,7 +56,7 @@ def default_recipe(
         if rewrite:
             steps.append({"pass": "rewrite_for_int8", "options": {}})
         options = {"calib": calib, "per_tensor": per_tensor, "activations": activations, "seed": seed}
-        if calib_size:
+        if calib_size is not None:
             options["calib_size"] = calib_size
         if exclude:
             options["exclude"] = list(exclude)
@@ -165,6 +165,10 @@ def compress(
         if recipe is not None:
             raise GencompressError("--sweep varies the flag recipe; it cannot be combined with --recipe")
         key, values = sweep
+        mode = flags.get("mode", "static")
+        if (key == "bits" and mode != "weight-only") or (key == "calib" and mode != "static"):
+            needed = "weight-only" if key == "bits" else "static"
+            raise GencompressError(f"--sweep {key}=...: {key} applies to --mode {needed} only (this run is --mode {mode})")
         for value in values:
             sweep_recipes.append((f"{key}={value}", validate_recipe(default_recipe(**{**flags, key: value}))))
     is_onnx = str(model).endswith(".onnx")

@@ -110,6 +110,8 @@ def test_bad_recipe(recipe_text, fragment, zoo_onnx, tmp_path, run_cli, user_err
         (("--samples", "0"), "--samples"),
         (("--batch", "0"), "--batch"),
         (("--sweep", "colour=1,2"), "--sweep"),
+        (("--sweep", "bits=8,4"), "--mode weight-only"),  # static int8 ignores bits: two identical rows
+        (("--mode", "fp16", "--sweep", "calib=minmax,mse"), "--mode static"),
         (("--sparsity", "1.5"), "--sparsity"),
     ],
 )
