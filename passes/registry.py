@@ -14,9 +14,11 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import numbers
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 from gencompress.errors import GencompressError
@@ -96,10 +98,31 @@ def make_options(name: str, options: dict[str, Any] | None):
     for key, value in options.items():
         if isinstance(value, list):
             options[key] = tuple(value)
+        _check_scalar(name, fields[key], options[key])
     try:
         return cls.Options(**options)
     except (TypeError, ValueError) as e:
         raise GencompressError(f"pass {name!r}: {e}") from None
+
+
+# Options annotated with one of these scalar types must hold that type (a recipe's
+# ``hoist_activations: "false"`` would otherwise run as True); other annotations are checked
+# by the Options' own __post_init__.
+_SCALARS = {
+    "bool": ((bool, np.bool_), "true or false"),
+    "int": ((numbers.Integral,), "an integer"),
+    "float": ((numbers.Real,), "a number"),
+    "str": ((str,), "a string"),
+}
+
+
+def _check_scalar(name: str, field: dataclasses.Field, value) -> None:
+    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", None)
+    if kind not in _SCALARS:
+        return
+    allowed, what = _SCALARS[kind]
+    if not isinstance(value, allowed) or (kind != "bool" and isinstance(value, (bool, np.bool_))):
+        raise GencompressError(f"pass {name!r}: option {field.name} must be {what}, got {value!r}")
 
 
 def make_pass(name: str, options: dict[str, Any] | None = None):

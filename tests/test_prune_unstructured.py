@@ -337,6 +337,9 @@ def test_passes_compose_through_the_registry(tiny):
         ("nm_prune", {"n": 4, "m": 4}),
         ("channel_prune", {"criterion": "l3"}),
         ("channel_prune", {"min_size": -1}),
+        ("magnitude_prune", {"keep_first_last": "false"}),  # a YAML string is not a bool
+        ("nm_prune", {"n": 2.0}),
+        ("rewrite_for_int8", {"hoist_activations": "no"}),
     ]:
         with pytest.raises(GencompressError):
             make_options(name, options)
