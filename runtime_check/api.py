@@ -183,7 +183,7 @@ def _run_all(session, feeds, output_names, n, batch, fixed, label, progress):
     """Run ``n`` samples ``batch`` at a time; a model whose graph fixes the batch size gets chunks
     of exactly that size (the last one padded by repeating its last sample, padding dropped)."""
     from gencompress.output import progress as bar
-    from gencompress.runtime_check.sessions import run
+    from gencompress.runtime_check.sessions import cast_feeds, run
 
     chunk = fixed or batch
     parts = {name: [] for name in output_names}
@@ -195,7 +195,7 @@ def _run_all(session, feeds, output_names, n, batch, fixed, label, progress):
         pad = chunk - (stop - start)
         if fixed and pad:
             piece = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in piece.items()}
-        outs = run(session, piece, label)
+        outs = run(session, cast_feeds(session, piece), label)
         for name, arr in zip(output_names, outs):
             parts[name].append(np.asarray(arr)[: stop - start])
     return {name: np.concatenate(p, axis=0) for name, p in parts.items()}
@@ -254,7 +254,7 @@ def bench(
     from gencompress.output import progress as bar
     from gencompress.runtime_check import fidelity as F
     from gencompress.runtime_check import latency as L
-    from gencompress.runtime_check.sessions import make_session, model_bytes, resolve_providers
+    from gencompress.runtime_check.sessions import cast_feeds, make_session, model_bytes, resolve_providers
 
     if isinstance(providers, str):
         providers = (providers,)
@@ -286,6 +286,7 @@ def bench(
                 sessions = {k: make_session(data[k], provider=provider, threads=t, label=f"{k} {models[k][1]}") for k in models}
                 for b in batches:
                     feeds = sample_inputs(specs, b, seed)
+                    feeds = {k: cast_feeds(s, feeds) for k, s in sessions.items()}
                     times = L.time_interleaved(sessions, feeds, runs=runs, warmup=int(warmup), tick=lambda: pbar.update(1))
                     row = {"provider": provider, "threads": t, "batch": b}
                     for k in models:

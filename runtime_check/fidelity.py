@@ -239,8 +239,14 @@ def io_signature(proto) -> dict:
     }
 
 
+# a float16-I/O candidate (``quantize --mode fp16 --fp16-io``) is compared with its float32
+# reference: inputs are cast to what each model takes, outputs compared in float64
+_COMPARABLE_FLOATS = {"float32", "float16"}
+
+
 def check_compatible(ref_proto, cand_proto) -> None:
-    """Refuse a reference and candidate whose inputs or outputs differ in names, dtypes or ranks."""
+    """Refuse a reference and candidate whose inputs or outputs differ in names, dtypes or ranks
+    (float32 against float16 is allowed: see ``sessions.cast_feeds``)."""
     a, b = io_signature(ref_proto), io_signature(cand_proto)
     problems = []
     for side in ("inputs", "outputs"):
@@ -256,7 +262,7 @@ def check_compatible(ref_proto, cand_proto) -> None:
                 continue
         for n, (dt, rank) in ra.items():
             dt2, rank2 = rb[n]
-            if dt != dt2:
+            if dt != dt2 and not {dt, dt2} <= _COMPARABLE_FLOATS:
                 problems.append(f"{word} {n!r} is {dt} in the reference, {dt2} in the candidate")
             if rank is not None and rank2 is not None and rank != rank2:
                 problems.append(f"{word} {n!r} has rank {rank} in the reference, {rank2} in the candidate")

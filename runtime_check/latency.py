@@ -84,19 +84,23 @@ def fixed_batch(proto) -> int | None:
 
 
 def time_interleaved(sessions: dict, feeds: dict, *, runs: int, warmup: int, tick=None) -> dict:
-    """Warm up, then time ``runs`` calls of each session, interleaved; ``{label: [seconds...]}``."""
+    """Warm up, then time ``runs`` calls of each session, interleaved; ``{label: [seconds...]}``.
+
+    ``feeds``: the inputs of every session, or ``{label: inputs}`` per session."""
     labels = list(sessions)
+    if set(feeds) != set(labels) or not all(isinstance(v, dict) for v in feeds.values()):
+        feeds = {label: feeds for label in labels}
     for label in labels:
         for _ in range(warmup):
-            _run(sessions[label], feeds, label)
+            _run(sessions[label], feeds[label], label)
     times = {label: [] for label in labels}
     clock = time.perf_counter
     for i in range(runs):
         order = labels if i % 2 == 0 else labels[::-1]
         for label in order:
-            s = sessions[label]
+            s, f = sessions[label], feeds[label]
             t0 = clock()
-            s.run(None, feeds)
+            s.run(None, f)
             times[label].append(clock() - t0)
         if tick:
             tick()
@@ -159,7 +163,7 @@ def _probe(model_path: str, provider: str, batch: int, threads: int | None, seed
     import onnxruntime  # noqa: F401  (imported before the baseline: its import is not the session's cost)
 
     from gencompress.inputs import sample_inputs, specs_from_json
-    from gencompress.runtime_check.sessions import make_session, run
+    from gencompress.runtime_check.sessions import cast_feeds, make_session, run
 
     data = Path(model_path).read_bytes()
     feeds = sample_inputs(specs_from_json(specs_json), batch, seed)
@@ -174,6 +178,7 @@ def _probe(model_path: str, provider: str, batch: int, threads: int | None, seed
     session = make_session(data, provider=provider, threads=threads)
     created = _rss_kib("VmHWM") * 1024 if proc else _maxrss_bytes()
     del data
+    feeds = cast_feeds(session, feeds)
     for _ in range(2):
         run(session, feeds)
     peak = _rss_kib("VmHWM") * 1024 if proc else _maxrss_bytes()

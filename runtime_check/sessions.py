@@ -140,3 +140,18 @@ def run(session, feeds: dict, label: str = "model"):
     except Exception as e:
         reason = " ".join(str(e).split())[:240] or type(e).__name__
         raise GencompressError(f"{label}: onnxruntime failed to run it ({type(e).__name__}: {reason})") from None
+
+
+_FLOAT_INPUTS = {"tensor(float)": "float32", "tensor(float16)": "float16"}
+
+
+def cast_feeds(session, feeds: dict) -> dict:
+    """``feeds`` with float arrays cast to the float type each input of ``session`` takes (float32
+    latents for a float16-I/O model); other arrays as given."""
+    out = dict(feeds)
+    for i in session.get_inputs():
+        want = _FLOAT_INPUTS.get(i.type)
+        value = out.get(i.name)
+        if want is not None and value is not None and value.dtype.kind == "f" and value.dtype != want:
+            out[i.name] = value.astype(want)
+    return out

@@ -243,6 +243,23 @@ def test_incompatible_models_are_refused(models, tmp_path):
         api.check(models["ref"], typed, samples=4)
 
 
+def test_float16_io_candidate_is_compared_and_timed_against_its_float32_reference(models):
+    """``quantize --mode fp16 --fp16-io`` makes a model with float16 inputs and outputs: check and
+    bench cast the float32 latents to what it takes (not a dtype-mismatch error)."""
+    import onnx_ir as ir
+
+    from gencompress.passes.fp16_convert import FP16ConvertPass
+
+    model = ir.serde.deserialize_model(onnx.load(str(models["ref"])))
+    FP16ConvertPass(FP16ConvertPass.Options(keep_io_types=False))(model)
+    half = ir.serde.serialize_model(model)
+    assert half.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    o = api.check(models["ref"], half, samples=16)["outputs"][0]
+    assert o["nonfinite"] == 0 and o["psnr_db"] > 40
+    b = api.bench(half, reference=models["ref"], batches=(2,), threads=(1,), runs=2, warmup=1, memory=True)
+    assert b["results"][0]["ratio"] > 0 and b["memory"]["results"][0]["model_peak_bytes"] >= 0
+
+
 # ---- check() against an independent recomputation ----------------------------------------------------
 
 
