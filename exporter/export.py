@@ -56,7 +56,7 @@ def export(
     from gencompress.exporter.resolve import ResolvedModel, resolve_model
 
     log = log or (lambda msg: None)
-    if tolerance <= 0:
+    if not tolerance > 0:  # also NaN, which would let any parity error pass
         raise GencompressError(f"--tolerance must be positive, got {tolerance}")
     if opset is not None and not 7 <= opset <= onnx.defs.onnx_opset_version():
         raise GencompressError(f"--opset {opset}: supported opsets are 7..{onnx.defs.onnx_opset_version()}")
@@ -71,7 +71,8 @@ def export(
     specs = _input_specs(inputs, resolved)
     module = resolved.module
     # A forward pass first: inputs that don't fit the model are the user's error, not the exporter's.
-    n_outputs = len(_run_torch(module, _torch_inputs(specs, 2, seed)))
+    example = _torch_inputs(specs, 2, seed)
+    n_outputs = len(_run_torch(module, example))
     output_names = list(resolved.output_names or (["output"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]))
     if len(output_names) != n_outputs:
         raise GencompressError(f"{resolved.source}: returns {n_outputs} outputs, expected {len(output_names)}")
@@ -79,17 +80,22 @@ def export(
     exporter = "legacy" if legacy else "dynamo"
     with tempfile.TemporaryDirectory(prefix="gencompress-export-") as tmp:
         tmp_onnx = Path(tmp) / "model.onnx"
-        example = _torch_inputs(specs, 2, seed)
         if legacy:
             _export_legacy(module, example, specs, output_names, tmp_onnx, opset)
         else:
+            fallback = None
             try:
                 _export_dynamo(module, example, specs, output_names, tmp_onnx, opset)
+                got = _opset(onnx.load(str(tmp_onnx), load_external_data=False))
+                if opset is not None and got != opset:  # it exports at 18+ and may not convert down
+                    fallback = f"the dynamo exporter gave opset {got}, not {opset}"
             except GencompressError:
                 raise
             except Exception as e:
                 reason = " ".join(str(e).split())[:200] or type(e).__name__
-                log(f"warning: dynamo export failed ({type(e).__name__}: {reason}); falling back to the TorchScript exporter (--legacy)")
+                fallback = f"dynamo export failed ({type(e).__name__}: {reason})"
+            if fallback:
+                log(f"warning: {fallback}; falling back to the TorchScript exporter (--legacy)")
                 exporter = "legacy (fallback)"
                 _export_legacy(module, example, specs, output_names, tmp_onnx, opset)
         proto = onnx.load(str(tmp_onnx), load_external_data=True)
@@ -107,13 +113,17 @@ def export(
         "model": resolved.source,
         "output": str(out),
         "exporter": exporter,
-        "opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+        "opset": _opset(proto),
         "inputs": [{"name": s.name, "shape": ["N", *s.shape[1:]], "dtype": s.dtype} for s in specs],
         "outputs": output_names,
         "parity": parity,
         "tolerance": tolerance,
         "bytes": os.path.getsize(out),
     }
+
+
+def _opset(proto) -> int:
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _input_specs(inputs, resolved) -> list[InputSpec]:

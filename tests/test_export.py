@@ -253,3 +253,16 @@ def test_module_declares_its_inputs_as_strings(user_model, tmp_path, run_cli):
     r = run_cli("export", f"{src}:SaysItsInputs", tmp_path / "o.onnx")
     assert r.exit_code == 0, r
     assert [s.name for s in specs_of_model(onnx.load(str(tmp_path / "o.onnx")))] == ["z"]
+
+
+def test_requested_opset_is_the_one_written(tmp_path, run_cli):
+    # the dynamo exporter writes opset 18 when asked for 13; the TorchScript one honours it
+    out = tmp_path / "o13.onnx"
+    r = run_cli("export", "dcgan", out, "--opset", "13")
+    assert r.exit_code == 0, r
+    assert "gave opset 18, not 13" in r.stderr
+    assert [o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")] == [13]
+
+
+def test_nan_tolerance_is_rejected(tmp_path, run_cli, user_error):
+    user_error(run_cli("export", "vae", tmp_path / "o.onnx", "--tolerance", "nan"), "--tolerance")
