@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import inspect
 import json
 import logging
 import math
@@ -91,24 +90,11 @@ def ort_quantize(float_path: Path, out: Path, feeds: dict[str, np.ndarray]) -> N
     )
 
 
-def our_quantize(float_path: Path, out: Path, calib_size: int) -> str:
+def our_quantize(float_path: Path, out: Path) -> str:
     from gencompress.passes.quantize import quantize
 
-    if "rewrite" in inspect.signature(quantize).parameters:
-        quantize(float_path, out, rewrite=True)
-        return "gencompress.quantize(rewrite=True)"
-    # the API without the rewrite option: the same steps as a recipe
-    from gencompress.onnx_io import load_ir, save_model
-    from gencompress.passes.registry import run_recipe
-
-    recipe = [
-        {"pass": "cleanup", "options": {}},
-        {"pass": "rewrite_for_int8", "options": {}},
-        {"pass": "insert_qdq", "options": {"calib": "minmax", "calib_size": calib_size}},
-    ]
-    model, _ = run_recipe(load_ir(float_path), recipe)
-    save_model(model, out)
-    return "recipe cleanup → rewrite_for_int8 → insert_qdq"
+    quantize(float_path, out, rewrite=True)
+    return "gencompress.quantize(rewrite=True)"
 
 
 # ---- onnxruntime ------------------------------------------------------------------------------
@@ -195,7 +181,7 @@ def measure(title: str, build, folder: Path, rounds: int, targets_apply: bool = 
     feeds = calibration_feeds(float_path)
     paths = {"float": float_path, "ort-qdq": folder / f"{float_path.stem}_ort.onnx", "ours": folder / f"{float_path.stem}_ours.onnx"}
     ort_quantize(float_path, paths["ort-qdq"], feeds)
-    how = our_quantize(float_path, paths["ours"], len(next(iter(feeds.values()))))
+    how = our_quantize(float_path, paths["ours"])
 
     specs = specs_of_model(load_model(float_path))
     sessions = {name: session(p) for name, p in paths.items()}
