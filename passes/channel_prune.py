@@ -457,7 +457,7 @@ class ChannelPrunePass(GencompressPass):
     Guarantees: graph inputs and outputs unchanged; the result computes what the original computes
     with the removed channels zeroed where they enter the next Conv/ConvTranspose/Gemm/MatMul
     (up to float summation order); every static shape on the way is updated;
-    ``sparsity=0`` changes nothing. Weights computed from constants by data movement are folded
+    ``sparsity=0`` changes no weight. Weights computed from constants by data movement are folded
     to initializers, and Identity nodes removed (onnx_ir's pass), before tracing.
     """
 

@@ -119,7 +119,7 @@ class FoldBatchNormPass(GencompressPass):
             raise _Skip(f"{layer.op_type} weight dtype {w.dtype} is not float")
         return w
 
-    def _bias(self, layer: ir.Node, index: int, channels: int, dtype) -> np.ndarray:
+    def _bias(self, layer: ir.Node, index: int, channels: int) -> np.ndarray:
         if len(layer.inputs) > index and layer.inputs[index] is not None:
             return np.broadcast_to(np.asarray(self._weight(layer, index), np.float64), (channels,)).copy()
         return np.zeros(channels, np.float64)
@@ -149,7 +149,7 @@ class FoldBatchNormPass(GencompressPass):
     def _fold_conv(self, graph, namer, shapes, layer, bn, a, b):
         w = self._weight(layer, 1)
         self._check(a, w.shape[0])
-        bias = self._bias(layer, 2, w.shape[0], w.dtype)
+        bias = self._bias(layer, 2, w.shape[0])
         new_w = (w.astype(np.float64) * a.reshape(-1, *[1] * (w.ndim - 1))).astype(w.dtype)
         new_b = (bias * a + b).astype(w.dtype)
         base = layer.name or "Conv"
@@ -166,7 +166,7 @@ class FoldBatchNormPass(GencompressPass):
         if group < 1 or c_in % group:
             raise _Skip("ConvTranspose group does not divide C_in")
         self._check(a, c_out_g * group)
-        bias = self._bias(layer, 2, c_out_g * group, w.dtype)
+        bias = self._bias(layer, 2, c_out_g * group)
         # output channel of W[ci, j] is (ci // (C_in/g)) * C_out/g + j
         factor = a.reshape(group, 1, c_out_g, *[1] * (w.ndim - 2))
         new_w = (w.astype(np.float64).reshape(group, c_in // group, *w.shape[1:]) * factor).reshape(w.shape).astype(w.dtype)

@@ -54,7 +54,7 @@ class MagnitudePrunePass(GencompressPass):
     Guarantees: in each pruned weight (``scope="layer"``) or across all pruned weights
     (``scope="global"``) exactly ``round(sparsity * size)`` entries are 0, and every zeroed entry
     has magnitude <= every kept entry (ties: the earlier position is pruned first). Kept entries,
-    shapes, graph inputs and outputs are unchanged; ``sparsity=0`` changes nothing.
+    shapes, graph inputs and outputs are unchanged; ``sparsity=0`` changes no weight.
     Weights computed from constants by data movement are folded to initializers first.
     """
 

@@ -104,8 +104,10 @@ def computed_weight_nodes(graph: ir.Graph) -> set[ir.Node]:
 class FoldComputedWeights(ir.passes.InPlacePass):
     """Fold weights computed from constants by data movement (Slice, Concat, ...) into initializers.
 
-    Guarantees: only such nodes are folded (onnxscript's folder, ``should_fold`` limited to them);
-    the folded values are bit-identical; graph inputs and outputs unchanged.
+    Guarantees: only such nodes are evaluated (onnxscript's folder, ``should_fold`` limited to
+    them), and the folded values are bit-identical; graph inputs and outputs unchanged. When it
+    runs at all (some weight is computed), the folder also applies its exact op-level
+    simplifications to the rest of the graph (e.g. a no-op Identity, Reshape or Cast removed).
     """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
