@@ -80,7 +80,7 @@ def prune(
     warnings = list(report.get("warnings", []))
     if densified:
         warnings.append(f"{densified} sparse initializer(s) of the input were read as dense tensors")
-    if all(r["status"] != "pruned" for r in report["initializers"]) and sparsity:
+    if all(r["status"] != "pruned" for r in report["initializers"]) and (sparsity or mode == "nm"):
         warnings.append("nothing was pruned: every weight was skipped (see the reasons in the table)")
     sparse = None
     if sparse_initializers:

@@ -151,3 +151,10 @@ def test_channel_mode_explains_kept_channels(run_cli, tiny, tmp_path):
     assert result.exit_code == 0, result
     assert "channels" in result.stdout and "graph output" in result.stdout
     assert "nothing was pruned" in result.stderr
+
+
+def test_nm_mode_says_when_nothing_was_pruned(run_cli, tiny, tmp_path):
+    # N:M takes no --sparsity, but an all-excluded model must still be called out
+    result = run_cli("prune", tiny, tmp_path / "nm.onnx", "--mode", "nm", "--exclude", "conv")
+    assert result.exit_code == 0, result
+    assert "nothing was pruned" in result.stderr
