@@ -38,7 +38,10 @@ def default_recipe(
     exclude: tuple[str, ...] = (),
     seed: int = 0,
 ) -> list[dict]:
-    """The recipe the common flags stand for: cleanup → prune? → (rewrite →) quantize."""
+    """The recipe the common flags stand for: cleanup → prune? → (rewrite →) quantize.
+
+    Pruning runs when ``sparsity > 0``, or with ``prune_mode="nm"`` (whose N:M fixes the sparsity).
+    """
     if mode not in QUANT_MODES:
         raise GencompressError(f"--mode {mode!r}: one of {', '.join(QUANT_MODES)}")
     if prune_mode not in PRUNE_PASSES:
@@ -46,12 +49,13 @@ def default_recipe(
     if not 0 <= sparsity < 1:
         raise GencompressError(f"--sparsity must be in [0, 1), got {sparsity}")
     steps: list[dict] = [{"pass": "cleanup", "options": {}}]
-    if sparsity > 0:
-        if prune_mode == "nm":
-            n, m = _parse_nm(nm)
-            steps.append({"pass": "nm_prune", "options": {"n": n, "m": m}})
-        else:
-            steps.append({"pass": PRUNE_PASSES[prune_mode], "options": {"sparsity": sparsity}})
+    if prune_mode == "nm":  # N:M sets the sparsity itself
+        if sparsity > 0:
+            raise GencompressError("--sparsity does not apply to --prune-mode nm; --nm N:M sets the sparsity")
+        n, m = _parse_nm(nm)
+        steps.append({"pass": "nm_prune", "options": {"n": n, "m": m}})
+    elif sparsity > 0:
+        steps.append({"pass": PRUNE_PASSES[prune_mode], "options": {"sparsity": sparsity}})
     if mode == "static":
         if rewrite:
             steps.append({"pass": "rewrite_for_int8", "options": {}})

@@ -113,6 +113,7 @@ def test_bad_recipe(recipe_text, fragment, zoo_onnx, tmp_path, run_cli, user_err
         (("--sweep", "bits=8,4"), "--mode weight-only"),  # static int8 ignores bits: two identical rows
         (("--mode", "fp16", "--sweep", "calib=minmax,mse"), "--mode static"),
         (("--sparsity", "1.5"), "--sparsity"),
+        (("--prune-mode", "nm", "--sparsity", "0.3"), "--nm"),  # N:M fixes the sparsity
     ],
 )
 def test_bad_options(args, fragment, zoo_onnx, tmp_path, run_cli, user_error):
@@ -141,3 +142,11 @@ def test_never_overwrites_its_input_in_out_dir(zoo_onnx, tmp_path, run_cli, user
 def test_out_dir_below_a_file(zoo_onnx, tmp_path, run_cli, user_error):
     (tmp_path / "taken").write_text("x")
     user_error(run_cli("compress", zoo_onnx("vae"), tmp_path / "taken" / "out", *FAST), "cannot create output folder")
+
+
+def test_nm_prune_mode_prunes_without_sparsity(zoo_onnx, tmp_path, run_cli):
+    out = tmp_path / "out"
+    r = run_cli("compress", zoo_onnx("vae"), out, "--prune-mode", "nm", "--nm", "1:4", "--mode", "none", *FAST)
+    assert r.exit_code == 0, r
+    recipe = json.loads((out / "report.json").read_text())["recipe"]
+    assert recipe == [{"pass": "cleanup", "options": {}}, {"pass": "nm_prune", "options": {"n": 1, "m": 4}}]
