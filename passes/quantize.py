@@ -429,7 +429,8 @@ def quantize(
     if psnr is None:
         psnr = evaluator.psnr(proto)
     save_model(proto, out_path, inputs=sources)
-    before, after = os.path.getsize(in_path), os.path.getsize(out_path)
+    # the input's weights may sit in an external-data side file: measure the self-contained model
+    before, after = reference.ByteSize(), os.path.getsize(out_path)
     report.update(
         bytes_before=before,
         bytes_after=after,

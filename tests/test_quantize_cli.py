@@ -87,6 +87,18 @@ def test_json_and_calibration_data(run_cli, zoo_onnx, tmp_path):
     assert report["ratio"] < 0.3 and report["psnr_db"] > 30
 
 
+def test_size_ratio_counts_the_inputs_external_data(run_cli, zoo_onnx, tmp_path):
+    """A float model with its weights in a side file: "size before" is the whole model, not the
+    13 kB graph file (the ratio was 29x before)."""
+    src = tmp_path / "ext" / "g.onnx"
+    src.parent.mkdir()
+    onnx.save_model(onnx.load(str(zoo_onnx("dcgan"))), str(src), save_as_external_data=True, location="g.data", size_threshold=0)
+    result = run_cli("quantize", src, tmp_path / "g.int8.onnx", "--json")
+    assert result.exit_code == 0, result
+    report = json.loads(result.stdout)
+    assert report["bytes_before"] > 1_000_000 and report["ratio"] < 0.3
+
+
 def test_weight_only_and_fp16_from_the_cli(run_cli, zoo_onnx, tmp_path):
     src = zoo_onnx("rvae")
     result = run_cli("quantize", src, tmp_path / "w4.onnx", "--mode", "weight-only", "--bits", 4, "--json")
