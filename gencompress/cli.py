@@ -50,11 +50,13 @@ class LazyGroup(click.Group):
         except click.exceptions.Abort:
             click.echo("gencompress: aborted", err=True)
             sys.exit(130)
+        except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # bare `gencompress` (click >= 8.2): the help, not a one-line error
+                click.echo(e.format_message(), err=True)
+                sys.exit(2)
+            _fail(e.format_message(), e.ctx.command_path if e.ctx is not None else "gencompress")
         except click.ClickException as e:
-            prefix = "gencompress"
-            if isinstance(e, click.UsageError) and e.ctx is not None:
-                prefix = e.ctx.command_path
-            _fail(e.format_message(), prefix)
+            _fail(e.format_message())
         except KeyboardInterrupt:
             click.echo("gencompress: interrupted", err=True)
             sys.exit(130)

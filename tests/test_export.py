@@ -266,3 +266,9 @@ def test_requested_opset_is_the_one_written(tmp_path, run_cli):
 
 def test_nan_tolerance_is_rejected(tmp_path, run_cli, user_error):
     user_error(run_cli("export", "vae", tmp_path / "o.onnx", "--tolerance", "nan"), "--tolerance")
+
+
+def test_bare_command_prints_the_help(run_cli):
+    r = run_cli()
+    assert r.exit_code == 2, r
+    assert r.stderr.startswith("Usage: ") and "\n  export " in r.stderr  # the listing, not one squashed line
