@@ -308,7 +308,10 @@ def _layer_info(layer) -> dict:
 # ---- the API ----------------------------------------------------------------------------------
 
 
-def validate_options(*, mode, bits, calib, calib_size, activations, percentile, block_size, target_psnr, eval_size, seed=0) -> None:
+def validate_options(
+    *, mode, bits, calib, calib_size, activations, percentile, block_size, target_psnr, eval_size, seed=0,
+    calib_data=None, per_tensor=False, percentile_given=False,
+) -> None:
     from gencompress.passes.calibrate import METHODS
     from gencompress.passes.insert_qdq import ACTIVATION_TYPES
 
@@ -336,6 +339,17 @@ def validate_options(*, mode, bits, calib, calib_size, activations, percentile, 
         raise GencompressError(f"--eval-size must be positive, got {eval_size}")
     if seed < 0:
         raise GencompressError(f"--seed must be 0 or more, got {seed}")
+    if mode != "static":
+        # calibration and activation settings: static int8 only; silently ignoring them would
+        # let a user believe e.g. their --calib-data was used
+        static_only = [
+            name for name, given in (
+                ("--calib", calib != "minmax"), ("--calib-size", calib_size is not None), ("--calib-data", calib_data is not None),
+                ("--percentile", percentile_given), ("--per-tensor", per_tensor), ("--activations", activations != "uint8"),
+            ) if given
+        ]
+        if static_only:
+            raise GencompressError(f"{', '.join(static_only)}: only for --mode static (--mode {mode} has no calibrated activations)")
 
 
 def quantize(
@@ -382,12 +396,16 @@ def quantize(
 
     log = log or (lambda message: None)
     started = time.perf_counter()
+    percentile_given = percentile is not None
     percentile = DEFAULT_PERCENTILE if percentile is None else percentile
     exclude = _split_patterns(exclude)
     validate_options(
         mode=mode, bits=bits, calib=calib, calib_size=calib_size, activations=activations,
         percentile=percentile, block_size=block_size, target_psnr=target_psnr, eval_size=eval_size, seed=seed,
+        calib_data=calib_data, per_tensor=per_tensor, percentile_given=percentile_given,
     )
+    if not keep_io_types and mode != "fp16":
+        raise GencompressError(f"--fp16-io: only for --mode fp16 (--mode {mode} keeps float32 inputs and outputs)")
     sources = [in_path, *([calib_data] if calib_data else [])]
     refuse_overwrite(out_path, sources)
     if Path(out_path).suffix != ".onnx":

@@ -69,12 +69,14 @@ def sensitivity(
 
     log = log or (lambda message: None)
     started = time.perf_counter()
+    percentile_given = percentile is not None
     percentile = DEFAULT_PERCENTILE if percentile is None else percentile
     if mode == "fp16":
         raise GencompressError("sensitivity works with --mode static or weight-only")
     validate_options(
         mode=mode, bits=bits, calib=calib, calib_size=calib_size, activations=activations,
         percentile=percentile, block_size=block_size, target_psnr=None, eval_size=eval_size, seed=seed,
+        calib_data=calib_data, per_tensor=per_tensor, percentile_given=percentile_given,
     )
     reference = load_model(in_path)
     _check_float_model(reference, in_path)

@@ -173,6 +173,11 @@ def test_bad_options(run_cli, user_error, zoo_onnx, tmp_path):
     user_error(run_cli("quantize", tmp_path / "missing.onnx", out), "no such file")
     user_error(run_cli("quantize", src, out, "--mode", "fp16", "--target-psnr", 40), "target-psnr")
     user_error(run_cli("quantize", src, out, "--seed", -1), "--seed")
+    # settings a mode does not use are refused, not silently ignored
+    user_error(run_cli("quantize", src, out, "--mode", "weight-only", "--calib", "mse", "--per-tensor"), "--calib, --per-tensor", "only for --mode static")
+    user_error(run_cli("quantize", src, out, "--mode", "fp16", "--calib-size", 8), "--calib-size", "only for --mode static")
+    user_error(run_cli("quantize", src, out, "--fp16-io"), "--fp16-io", "--mode fp16")
+    user_error(run_cli("sensitivity", src, "--mode", "weight-only", "--percentile", 99), "--percentile")
     user_error(run_cli("sensitivity", src, "--seed", -1), "--seed")
     assert not out.exists()
 
