@@ -416,7 +416,6 @@ def quantize(
     model = ir.serde.deserialize_model(reference)
     prepare(model, keep_debug_metadata=keep_debug_metadata)
     model, rewrite_report = apply_rewrites(model, setting=rewrite, mode=mode, exclude=exclude)
-    prepared = ir.serde.serialize_model(model)
     evaluator = Evaluator(reference, eval_inputs(reference, seed, eval_size))
 
     report: dict = {"input": str(in_path), "output": str(out_path), "mode": mode}
@@ -429,6 +428,7 @@ def quantize(
         pass_report = p.report
         report["bits"] = 16
     else:
+        prepared = ir.serde.serialize_model(model)  # each build (and --target-psnr candidate) starts from it
         if mode == "static":
             quantizer = static_quantizer(
                 prepared, calib=calib, calib_size=calib_size, calib_data=calib_data, seed=seed,
