@@ -142,12 +142,14 @@ def validate_recipe(recipe: Any) -> list[dict]:
     for i, step in enumerate(recipe, 1):
         if not isinstance(step, dict) or "pass" not in step:
             raise GencompressError(f"recipe step {i}: expected a mapping with a 'pass' key")
+        if not isinstance(step["pass"], str):
+            raise GencompressError(f"recipe step {i}: 'pass' must be a pass name, got {step['pass']!r}")
         extra = sorted(set(step) - {"pass", "options"})
         if extra:
             raise GencompressError(f"recipe step {i}: unknown key(s) {', '.join(extra)}")
         options = step.get("options") or {}
-        if not isinstance(options, dict):
-            raise GencompressError(f"recipe step {i} ({step['pass']}): options must be a mapping")
+        if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+            raise GencompressError(f"recipe step {i} ({step['pass']}): options must be a mapping of option names")
         make_options(step["pass"], options)  # raises on unknown pass / option
         steps.append({"pass": step["pass"], "options": options})
     return steps

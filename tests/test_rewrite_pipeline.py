@@ -192,6 +192,11 @@ def test_pass_names_and_options_are_registered():
     assert registry.pass_class("rewrite_for_int8") is RewriteForInt8Pass
     with pytest.raises(GencompressError, match="layout"):
         registry.validate_recipe([{"pass": "rewrite_for_int8", "options": {"layout": "diagonal"}}])
+    # malformed YAML shapes are user errors, not TypeErrors
+    with pytest.raises(GencompressError, match="pass name"):
+        registry.validate_recipe([{"pass": ["cleanup"]}])
+    with pytest.raises(GencompressError, match="option names"):
+        registry.validate_recipe([{"pass": "cleanup", "options": {1: 2}}])
 
 
 def test_rewrite_is_deterministic_and_a_noop_the_second_time(zoo_model):
