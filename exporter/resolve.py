@@ -23,7 +23,7 @@ class ResolvedModel:
 
 def resolve_model(spec: str, checkpoint=None) -> ResolvedModel:
     """Build the module MODEL names and load ``checkpoint`` into it (zoo models default to theirs)."""
-    from gencompress.models import ZOO, get_zoo_entry
+    from gencompress.models import get_zoo_entry
 
     if ":" not in spec:
         if spec.endswith(".py") or "/" in spec or spec.endswith(".onnx"):
