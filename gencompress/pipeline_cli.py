@@ -8,6 +8,10 @@ import click
 from gencompress.output import echo_json, table
 
 
+# options that only build the flag recipe (default_recipe)
+RECIPE_FLAGS = ("mode", "bits", "sparsity", "prune_mode", "nm", "calib", "calib_size", "per_tensor", "activations", "no_rewrite", "exclude")
+
+
 @click.command()
 @click.argument("model")
 @click.argument("out_dir", type=click.Path(file_okay=True))
@@ -47,8 +51,14 @@ def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, p
       gencompress compress g.onnx out/ --recipe recipe.yaml
       gencompress compress dcgan out/ --sweep bits=8,4 --mode weight-only
     """
+    from gencompress.errors import GencompressError
     from gencompress.pipeline import compress as run, parse_sweep
 
+    if recipe:  # the flags below only build the default recipe: with --recipe they would do nothing
+        ctx = click.get_current_context()
+        given = [f"--{n.replace('_', '-')}" for n in RECIPE_FLAGS if ctx.get_parameter_source(n) != click.core.ParameterSource.DEFAULT]
+        if given:
+            raise GencompressError(f"{', '.join(given)}: set in the recipe file when --recipe is given")
     flags = dict(mode=mode, sparsity=sparsity, prune_mode=prune_mode, nm=nm, bits=int(bits), calib=calib,
                  calib_size=calib_size, per_tensor=per_tensor, activations=activations, rewrite=not no_rewrite,
                  exclude=tuple(exclude), seed=seed)

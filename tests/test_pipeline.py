@@ -66,7 +66,7 @@ def test_recipe_file_and_sweep(zoo_onnx, tmp_path, run_cli):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("passes:\n  - pass: cleanup\n  - pass: nm_prune\n    options: {n: 2, m: 4}\n  - pass: weight_only_quantize\n    options: {bits: 8}\n")
     out = tmp_path / "a"
-    r = run_cli("compress", zoo_onnx("vae"), out, "--recipe", recipe, *FAST)
+    r = run_cli("compress", zoo_onnx("vae"), out, "--recipe", recipe, "--samples", "32", "--no-bench")  # no --calib-size: the recipe sets it
     assert r.exit_code == 0, r
     report = json.loads((out / "report.json").read_text())
     assert [s["pass"] for s in report["recipe"]] == ["cleanup", "nm_prune", "weight_only_quantize"]
@@ -150,3 +150,11 @@ def test_nm_prune_mode_prunes_without_sparsity(zoo_onnx, tmp_path, run_cli):
     assert r.exit_code == 0, r
     recipe = json.loads((out / "report.json").read_text())["recipe"]
     assert recipe == [{"pass": "cleanup", "options": {}}, {"pass": "nm_prune", "options": {"n": 1, "m": 4}}]
+
+
+def test_recipe_flags_with_a_recipe_file(zoo_onnx, tmp_path, run_cli, user_error):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("passes:\n  - pass: cleanup\n")
+    out = tmp_path / "out"
+    user_error(run_cli("compress", zoo_onnx("vae"), out, "--recipe", recipe, "--mode", "fp16", "--sparsity", "0.5"), "--mode, --sparsity")
+    assert not out.exists()
