@@ -6,8 +6,8 @@ For edge size: the file shrinks, activations stay float, no calibration is neede
 - ``bits=4``: int4 symmetric (values in [-7, 7]), one scale per block of ``block_size`` values
   along the input (reduction) axis; stored packed, two values per byte. The block scales are
   stored as float16 (a Cast to float32 feeds the DequantizeLinear; runtimes fold it at load). DequantizeLinear with
-  int4 and ``block_size`` needs opset 21: the model's default-domain opset is raised to 21 when
-  lower. A weight whose input axis is so short that int4 blocks would cost more than int8 per
+  int4 and ``block_size`` needs opset 21: a model below it is converted to opset 21 first
+  (onnxscript's version converter: ops whose signature changed are rewritten). A weight whose input axis is so short that int4 blocks would cost more than int8 per
   channel is stored int8 per channel instead.
 - Covered: Conv, ConvTranspose, Gemm, MatMul, GRU/LSTM/RNN (W and R), and Gather tables
   (embeddings, one scale per row / blocks along the row).
@@ -120,23 +120,25 @@ class WeightOnlyQuantizePass(GencompressPass):
         layers, dropped = select_layers(all_layers, opts.exclude, opts.include)
         if not layers:
             raise GencompressError("nothing to quantize: every layer with weights is excluded")
+        if any(self._int4(use) for layer in layers for use in layer.weights):
+            # before any int4 is written: the whole graph is converted to opset 21, which can
+            # replace nodes (e.g. ReduceMean's axes attribute becomes an input), so find them again
+            self._require_opset(model, INT4_OPSET)
+            graph = model.graph
+            layers, dropped = select_layers(weight_layers(graph), opts.exclude, opts.include)
         builder = Builder(graph)
         done: dict[str, ir.Value] = {}
         formats: dict[str, str] = {}
-        int4 = False
         for layer in layers:
             for use in layer.weights:
                 if use.name not in done:
                     w = use.array()
-                    fmt = "int8"
-                    if opts.bits == 4 and int4_bytes(w.shape, use.reduce_axis, opts.block_size) < int8_bytes(w.shape, use.out_axis):
-                        fmt = "int4"
+                    fmt = "int4" if self._int4(use) else "int8"
                     if fmt == "int4":
                         q, scale = quantize_blockwise(w, use.reduce_axis, opts.block_size)
                         done[use.name] = dequantize_weight(
                             builder, use, q, scale, use.reduce_axis, ir.DataType.INT4, block_size=opts.block_size, half_scales=scale.size >= MIN_HALF_SCALES
                         )
-                        int4 = True
                     else:
                         q, scale = quantize_symmetric(w, use.out_axis)
                         done[use.name] = dequantize_weight(builder, use, q, scale, use.out_axis, ir.DataType.INT8)
@@ -145,8 +147,6 @@ class WeightOnlyQuantizePass(GencompressPass):
             index = BIAS_INPUT.get(layer.op_type)
             if opts.biases and index is not None:
                 store_bias_int8(builder, layer.node, index, done)
-        if int4:
-            self._require_opset(model, INT4_OPSET)
         for name in list(graph.initializers):
             value = graph.initializers[name]
             if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
@@ -161,8 +161,19 @@ class WeightOnlyQuantizePass(GencompressPass):
         }
         return ir.passes.PassResult(model, True)
 
+    def _int4(self, use: WeightUse) -> bool:
+        """Whether this weight is stored int4 (with ``bits=4``, unless int8 per channel is smaller)."""
+        shape = tuple(use.value.const_value.shape)
+        return self.options.bits == 4 and int4_bytes(shape, use.reduce_axis, self.options.block_size) < int8_bytes(shape, use.out_axis)
+
     @staticmethod
     def _require_opset(model: ir.Model, version: int) -> None:
+        """Convert the model to opset ``version`` (the ops whose signature changed are rewritten,
+        not merely relabelled), or a user error saying it cannot be."""
+        import logging
+
+        from onnxscript.version_converter import convert_version
+
         current = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
         if current >= version:
             return
@@ -170,7 +181,16 @@ class WeightOnlyQuantizePass(GencompressPass):
             raise GencompressError(
                 f"int4 needs opset {version}, and GroupNormalization changes meaning at opset 21; use --bits 8"
             )
-        model.opset_imports.pop("ai.onnx", None)
-        model.opset_imports[""] = version
+        if "ai.onnx" in model.opset_imports:
+            model.opset_imports[""] = model.opset_imports.pop("ai.onnx")
+        logging.disable(logging.WARNING)  # the converter logs its fallbacks; failure is checked below
+        try:
+            convert_version(model, version, fallback=True)
+        except Exception as e:
+            raise GencompressError(f"int4 needs opset {version}: cannot convert the model from opset {current} ({type(e).__name__}); use --bits 8") from None
+        finally:
+            logging.disable(logging.NOTSET)
+        if model.opset_imports.get("") != version:
+            raise GencompressError(f"int4 needs opset {version}: cannot convert the model from opset {current}; use --bits 8")
         if model.ir_version is None or model.ir_version < 10:
             model.ir_version = 10

@@ -616,3 +616,25 @@ def test_static_quantizer_hands_its_calibration_settings_to_the_pass():
     opts = quantizer.make_pass((), None).options
     assert (opts.calib, opts.calib_size, opts.calib_data, opts.seed, opts.percentile) == ("percentile", 16, None, 3, 99.9)
     assert opts.ranges  # the calibration run's ranges come first
+
+
+def test_int4_converts_an_older_opset_model_instead_of_relabelling_it():
+    """int4 needs opset 21: an opset-13 ReduceMean (axes as an attribute; an input since opset 18)
+    must be rewritten, or onnxruntime refuses the model."""
+    w = RNG.normal(size=(64, 64)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"), helper.make_node("ReduceMean", ["m"], ["y"], axes=[1], keepdims=1, name="mean")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, ["N", 64])], [helper.make_tensor_value_info("y", TP.FLOAT, ["N", 1])], [_init("w", w)]
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 7
+    model = ir.serde.deserialize_model(proto)
+    p = WeightOnlyQuantizePass(WeightOnlyQuantizePass.Options(bits=4))
+    p(model)
+    assert p.report["layers"][0]["formats"] == ["int4"] and p.report["opset"] == 21
+    q = ir.serde.serialize_model(model)
+    onnx.checker.check_model(q, full_check=True)
+    x = RNG.normal(size=(4, 64)).astype(np.float32)
+    (ref,) = run(proto, {"x": x})
+    (out,) = run(q, {"x": x})
+    assert rel_rms(out, ref) < 0.2
