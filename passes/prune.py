@@ -70,8 +70,10 @@ def prune(
     model = p(model).model
     report = dict(p.report)
     if not report["initializers"]:
+        quantized = any(n.op_type == "DequantizeLinear" for n in model.graph)
         raise GencompressError(
             f"{in_path}: no prunable weights (no Conv, ConvTranspose, Gemm, MatMul, GRU or LSTM weight initializer)"
+            + ("; it is quantized: prune the float model, then quantize" if quantized else "")
         )
     if _signature(model.graph) != signature:  # a pass guarantee; never a user error
         raise RuntimeError(f"{PASS_OF_MODE[mode]} changed the graph's inputs or outputs")

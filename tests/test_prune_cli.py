@@ -118,6 +118,14 @@ def test_model_without_prunable_weights(run_cli, user_error, tmp_path):
     assert not (tmp_path / "o.onnx").exists()
 
 
+def test_quantized_model_says_to_prune_first(run_cli, user_error, tiny, tmp_path):
+    from gencompress.passes.quantize import quantize
+
+    q = tmp_path / "q.onnx"
+    quantize(tiny, q)
+    user_error(run_cli("prune", q, tmp_path / "o.onnx", "--sparsity", "0.5"), "prune the float model, then quantize")
+
+
 def test_sparse_initializers_load_in_onnxruntime(run_cli, tiny, tmp_path):
     dense, sparse = tmp_path / "dense.onnx", tmp_path / "sparse.onnx"
     assert run_cli("prune", tiny, dense, "--sparsity", "0.9").exit_code == 0
