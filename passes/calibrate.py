@@ -253,7 +253,9 @@ def make_session(model, *, optimization: str = "all", threads: int = 0, profile_
 
 
 def fixed_batch(model) -> int | None:
-    """The batch size a model's inputs fix (dim 0 a number), or None when the batch axis is dynamic."""
+    """The batch size a model's inputs fix: the number at dim 0 of the inputs that have one (all the
+    same), or None when every batch axis is dynamic. One input fixing it is enough: the model then
+    runs no other batch size (e.g. a latent ``[1, 100]`` beside a label ``[N]``)."""
     from gencompress.onnx_io import to_proto
 
     proto = to_proto(model)
@@ -263,10 +265,8 @@ def fixed_batch(model) -> int | None:
         if vi.name in initializers:
             continue
         dims = vi.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value"):
-            sizes.add(dims[0].dim_value)
-        else:
-            return None
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            sizes.add(int(dims[0].dim_value))
     return sizes.pop() if len(sizes) == 1 else None
 
 

@@ -108,7 +108,7 @@ def check(
     """
     from gencompress.inputs import load_npz_inputs, output_range_of_model, sample_inputs, specs_of_model
     from gencompress.runtime_check import fidelity as F
-    from gencompress.runtime_check.latency import fixed_batch
+    from gencompress.passes.calibrate import fixed_batch
     from gencompress.runtime_check.sessions import make_session, model_bytes, resolve_provider
 
     if inputs is None:
@@ -252,6 +252,7 @@ def bench(
     """
     from gencompress.inputs import sample_inputs, specs_of_model
     from gencompress.output import progress as bar
+    from gencompress.passes.calibrate import fixed_batch
     from gencompress.runtime_check import fidelity as F
     from gencompress.runtime_check import latency as L
     from gencompress.runtime_check.sessions import cast_feeds, make_session, model_bytes, resolve_providers
@@ -273,7 +274,7 @@ def bench(
         models["reference"] = (ref_proto, ref_label)
     data = {k: model_bytes(p) for k, (p, _) in models.items()}
     for key, (p, lab) in models.items():
-        fixed = L.fixed_batch(p)
+        fixed = fixed_batch(p)
         if fixed is not None and any(b != fixed for b in batches):
             raise GencompressError(f"{key} {lab}: its graph fixes the batch size to {fixed}; use --batch {fixed}")
     specs = specs_of_model(models.get("reference", models["model"])[0])

@@ -70,19 +70,6 @@ def percentiles(times_s) -> dict:
     }
 
 
-def fixed_batch(proto) -> int | None:
-    """The batch size a model's graph fixes on its first input (None: dynamic)."""
-    inits = {i.name for i in proto.graph.initializer}
-    for vi in proto.graph.input:
-        if vi.name in inits:
-            continue
-        dims = vi.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-            return int(dims[0].dim_value)
-        return None
-    return None
-
-
 def time_interleaved(sessions: dict, feeds: dict, *, runs: int, warmup: int, tick=None) -> dict:
     """Warm up, then time ``runs`` calls of each session, interleaved; ``{label: [seconds...]}``.
 

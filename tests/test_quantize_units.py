@@ -638,3 +638,17 @@ def test_int4_converts_an_older_opset_model_instead_of_relabelling_it():
     (ref,) = run(proto, {"x": x})
     (out,) = run(q, {"x": x})
     assert rel_rms(out, ref) < 0.2
+
+
+def test_fixed_batch_one_fixed_input_is_enough():
+    """Calibration, evaluation and check all batch by ``fixed_batch``: a latent fixed at 1 beside a
+    dynamic label still means batches of 1 (it used to read as dynamic: batches of 64 that fail)."""
+    from gencompress.passes.calibrate import fixed_batch
+
+    def model(*dims):
+        inputs = [helper.make_tensor_value_info(f"i{k}", TP.FLOAT, [d, 4]) for k, d in enumerate(dims)]
+        out = helper.make_tensor_value_info("y", TP.FLOAT, None)
+        return helper.make_model(helper.make_graph([helper.make_node("Identity", ["i0"], ["y"])], "g", inputs, [out]))
+
+    assert fixed_batch(model(1, "N")) == 1 and fixed_batch(model("N", 1)) == 1
+    assert fixed_batch(model("N", "N")) is None and fixed_batch(model(1, 2)) is None and fixed_batch(model(3, 3)) == 3
