@@ -15,7 +15,8 @@ Producers handled (weight and bias constant; weight channels along the layer's o
 Folded only when the layer's output has no other consumer and is not a graph output, the BN is
 in inference mode with only its first output used, and its four parameters are constants.
 New weights are new initializers (a weight shared with another node is never changed in place);
-the old ones are left for cleanup. Parameters are combined in float64 and cast back.
+old initializers nothing reads any more are dropped, Constant/Identity nodes that fed them are
+left for cleanup. Parameters are combined in float64 and cast back.
 
 Guarantees: graph inputs and outputs unchanged; outputs equal the original up to float rounding.
 """
