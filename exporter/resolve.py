@@ -63,11 +63,16 @@ def _load_python_file(location: str):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)  # as `python file.py` would: the file may import its neighbours
     try:
         spec.loader.exec_module(module)
     except Exception as e:
         del sys.modules[name]
         raise GencompressError(f"{location}: failed to import ({type(e).__name__}: {e})") from None
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
     return module
 
 

@@ -272,3 +272,16 @@ def test_bare_command_prints_the_help(run_cli):
     r = run_cli()
     assert r.exit_code == 2, r
     assert r.stderr.startswith("Usage: ") and "\n  export " in r.stderr  # the listing, not one squashed line
+
+
+def test_user_file_imports_its_neighbour(tmp_path, run_cli):
+    pkg = tmp_path / "proj"
+    pkg.mkdir()
+    (pkg / "gen_layers_neighbour.py").write_text("import torch.nn as nn\n\ndef head():\n    return nn.Linear(8, 4)\n")
+    (pkg / "gen.py").write_text(
+        "import torch.nn as nn\nfrom gen_layers_neighbour import head\n\n"
+        "class G(nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.fc = head()\n\n"
+        "    def forward(self, z):\n        return self.fc(z)\n"
+    )
+    r = run_cli("export", f"{pkg / 'gen.py'}:G", tmp_path / "g.onnx", "--input", "z=1x8")
+    assert r.exit_code == 0, r
