@@ -11,6 +11,21 @@ from gencompress.output import echo_json, table
 # options that only build the flag recipe (default_recipe)
 RECIPE_FLAGS = ("mode", "bits", "sparsity", "prune_mode", "nm", "calib", "calib_size", "per_tensor", "activations", "no_rewrite", "exclude")
 
+# flag -> (the option that decides whether it is used, the values for which it is)
+APPLIES_TO = {
+    "bits": ("mode", ("weight-only",)),
+    "calib": ("mode", ("static",)),
+    "calib_size": ("mode", ("static",)),
+    "per_tensor": ("mode", ("static",)),
+    "activations": ("mode", ("static",)),
+    "no_rewrite": ("mode", ("static",)),
+    "nm": ("prune_mode", ("nm",)),
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
 
 @click.command()
 @click.argument("model")
@@ -54,11 +69,17 @@ def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, p
     from gencompress.errors import GencompressError
     from gencompress.pipeline import compress as run, parse_sweep
 
-    if recipe:  # the flags below only build the default recipe: with --recipe they would do nothing
-        ctx = click.get_current_context()
-        given = [f"--{n.replace('_', '-')}" for n in RECIPE_FLAGS if ctx.get_parameter_source(n) != click.core.ParameterSource.DEFAULT]
-        if given:
-            raise GencompressError(f"{', '.join(given)}: set in the recipe file when --recipe is given")
+    ctx = click.get_current_context()
+    given = [n for n in RECIPE_FLAGS if ctx.get_parameter_source(n) != click.core.ParameterSource.DEFAULT]
+    if recipe and given:  # these flags only build the default recipe: with --recipe they would do nothing
+        raise GencompressError(f"{', '.join(_flag(n) for n in given)}: set in the recipe file when --recipe is given")
+    chosen = {"mode": mode, "prune_mode": prune_mode}
+    swept = parse_sweep(sweep)[0] if sweep else None
+    for name in given:  # e.g. --bits 4 without --mode weight-only would quietly give static int8
+        if name in APPLIES_TO:
+            option, values = APPLIES_TO[name]
+            if chosen[option] not in values and swept != option:
+                raise GencompressError(f"{_flag(name)} applies to {' or '.join(f'{_flag(option)} {v}' for v in values)} only")
     flags = dict(mode=mode, sparsity=sparsity, prune_mode=prune_mode, nm=nm, bits=int(bits), calib=calib,
                  calib_size=calib_size, per_tensor=per_tensor, activations=activations, rewrite=not no_rewrite,
                  exclude=tuple(exclude), seed=seed)

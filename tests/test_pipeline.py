@@ -72,7 +72,7 @@ def test_recipe_file_and_sweep(zoo_onnx, tmp_path, run_cli):
     assert [s["pass"] for s in report["recipe"]] == ["cleanup", "nm_prune", "weight_only_quantize"]
 
     out = tmp_path / "b"
-    r = run_cli("compress", zoo_onnx("vae"), out, "--mode", "weight-only", "--sweep", "bits=8,4", *FAST)
+    r = run_cli("compress", zoo_onnx("vae"), out, "--mode", "weight-only", "--sweep", "bits=8,4", "--samples", "32", "--no-bench")  # no calibration in weight-only
     assert r.exit_code == 0, r
     sweep = json.loads((out / "report.json").read_text())["sweep"]
     assert [row["label"] for row in sweep] == ["bits=8", "bits=4"]
@@ -114,6 +114,9 @@ def test_bad_recipe(recipe_text, fragment, zoo_onnx, tmp_path, run_cli, user_err
         (("--mode", "fp16", "--sweep", "calib=minmax,mse"), "--mode static"),
         (("--sparsity", "1.5"), "--sparsity"),
         (("--prune-mode", "nm", "--sparsity", "0.3"), "--nm"),  # N:M fixes the sparsity
+        (("--bits", "4"), "--mode weight-only"),  # would quietly give static int8
+        (("--mode", "fp16", "--calib", "mse"), "--mode static"),
+        (("--nm", "1:4"), "--prune-mode nm"),
     ],
 )
 def test_bad_options(args, fragment, zoo_onnx, tmp_path, run_cli, user_error):
@@ -146,7 +149,7 @@ def test_out_dir_below_a_file(zoo_onnx, tmp_path, run_cli, user_error):
 
 def test_nm_prune_mode_prunes_without_sparsity(zoo_onnx, tmp_path, run_cli):
     out = tmp_path / "out"
-    r = run_cli("compress", zoo_onnx("vae"), out, "--prune-mode", "nm", "--nm", "1:4", "--mode", "none", *FAST)
+    r = run_cli("compress", zoo_onnx("vae"), out, "--prune-mode", "nm", "--nm", "1:4", "--mode", "none", "--samples", "32", "--no-bench")
     assert r.exit_code == 0, r
     recipe = json.loads((out / "report.json").read_text())["recipe"]
     assert recipe == [{"pass": "cleanup", "options": {}}, {"pass": "nm_prune", "options": {"n": 1, "m": 4}}]
