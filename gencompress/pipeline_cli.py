@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from gencompress.output import echo_json, table
+from gencompress.pipeline import PRUNE_PASSES, QUANT_MODES
 
 
 # options that only build the flag recipe (default_recipe)
@@ -33,10 +34,10 @@ def _flag(name: str) -> str:
 @click.option("--recipe", type=click.Path(), help="YAML/JSON recipe: a list of {pass: NAME, options: {...}}.")
 @click.option("--checkpoint", type=click.Path(), help="Weights for a torch MODEL (state_dict or .safetensors).")
 @click.option("--input", "inputs", multiple=True, metavar="NAME=SHAPE[:DTYPE[:LOW..HIGH]]", help="Inputs of a torch MODEL.")
-@click.option("--mode", type=click.Choice(["static", "weight-only", "fp16", "none"]), default="static", show_default=True, help="Quantization.")
+@click.option("--mode", type=click.Choice(QUANT_MODES), default="static", show_default=True, help="Quantization.")
 @click.option("--bits", type=click.Choice(["8", "4"]), default="8", show_default=True, help="Weight bits for --mode weight-only.")
 @click.option("--sparsity", type=float, default=0.0, show_default=True, help="Prune this fraction of weights (or channels) first.")
-@click.option("--prune-mode", type=click.Choice(["unstructured", "nm", "channel"]), default="unstructured", show_default=True, help="nm prunes by --nm, without --sparsity.")
+@click.option("--prune-mode", type=click.Choice(list(PRUNE_PASSES)), default="unstructured", show_default=True, help="nm prunes by --nm, without --sparsity.")
 @click.option("--nm", default="2:4", show_default=True, help="N:M pattern for --prune-mode nm.")
 @click.option("--calib", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax", show_default=True)
 @click.option("--calib-size", type=int, help="Calibration samples (seeded draws from the latent prior).")
