@@ -91,7 +91,15 @@ def specs_to_json(specs) -> str:
 
 
 def specs_from_json(text: str) -> list[InputSpec]:
-    return [InputSpec(d["name"], tuple(d["shape"]), d["dtype"], d.get("low", 0), d.get("high", 1)) for d in json.loads(text)]
+    try:
+        specs = [InputSpec(d["name"], tuple(int(n) for n in d["shape"]), d["dtype"], int(d.get("low", 0)), int(d.get("high", 1)))
+                 for d in json.loads(text)]
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise GencompressError(f"model metadata {METADATA_INPUTS!r} is malformed ({type(e).__name__}: {e}); remove it to read the inputs off the graph") from None
+    for spec in specs:
+        if spec.dtype not in DTYPES:
+            raise GencompressError(f"model metadata {METADATA_INPUTS!r}: input {spec.name!r} has unknown dtype {spec.dtype!r}")
+    return specs
 
 
 _ONNX_TO_NP = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 9: "bool"}

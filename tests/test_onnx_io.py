@@ -55,3 +55,14 @@ def test_unwritable_folder_is_one_line(zoo_onnx, tmp_path, run_cli, user_error):
     (tmp_path / "taken").write_text("x")
     user_error(run_cli("export", "vae", tmp_path / "taken" / "g.onnx"), "cannot create output folder")
     user_error(run_cli("prune", zoo_onnx("vae"), "/proc/g.onnx", "--sparsity", "0.5"), "cannot write there")
+
+
+@pytest.mark.parametrize("value", ['[{"name": "z"}]', "not json", '[{"name": "z", "shape": [1, 16], "dtype": "complex"}]'])
+def test_malformed_input_metadata_is_one_line(value, zoo_onnx, tmp_path, run_cli, user_error):
+    model = onnx.load(str(zoo_onnx("vae")))
+    for prop in model.metadata_props:
+        if prop.key == "gencompress.inputs":
+            prop.value = value
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, str(bad))
+    user_error(run_cli("check", bad, zoo_onnx("vae")), "gencompress.inputs")
