@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-ZOO_NAMES = ("dcgan", "vae", "rvae", "cgan")
-
 
 @pytest.fixture(scope="session")
 def zoo_onnx(tmp_path_factory):
