@@ -21,6 +21,7 @@ APPLIES_TO = {
     "activations": ("mode", ("static",)),
     "no_rewrite": ("mode", ("static",)),
     "nm": ("prune_mode", ("nm",)),
+    "exclude": ("mode", ("static", "weight-only", "fp16")),
 }
 
 

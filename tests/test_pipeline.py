@@ -117,6 +117,7 @@ def test_bad_recipe(recipe_text, fragment, zoo_onnx, tmp_path, run_cli, user_err
         (("--bits", "4"), "--mode weight-only"),  # would quietly give static int8
         (("--mode", "fp16", "--calib", "mse"), "--mode static"),
         (("--nm", "1:4"), "--prune-mode nm"),
+        (("--mode", "none", "--exclude", "node_linear"), "--exclude"),
     ],
 )
 def test_bad_options(args, fragment, zoo_onnx, tmp_path, run_cli, user_error):
