@@ -204,7 +204,11 @@ def compress(
         save_model(compressed, candidate)
 
         log(f"checking fidelity on {samples} seeded samples ...")
-        fidelity = rc.check(reference, candidate, samples=samples, seed=seed, preview=8, progress=progress)
+        # Held back: calibration drew its latents with ``seed``; fidelity must not reuse them.
+        from gencompress.passes.quantize import EVAL_SEED_OFFSET
+
+        check_seed = seed + EVAL_SEED_OFFSET
+        fidelity = rc.check(reference, candidate, samples=samples, seed=check_seed, preview=8, progress=progress)
         latency = None
         if bench:
             log("timing reference and candidate, interleaved ...")
@@ -217,7 +221,7 @@ def compress(
             swept, _ = run_recipe_on(reference, sweep_steps)
             swept_path = staging / "sweep" / f"{label.replace('=', '-')}.onnx"
             save_model(swept, swept_path)
-            fid = rc.check(reference, swept_path, samples=samples, seed=seed)
+            fid = rc.check(reference, swept_path, samples=samples, seed=check_seed)
             sweep_rows.append(rc.sweep_entry(label, swept_path, fid, file=f"sweep/{swept_path.name}"))
 
         report = rc.build_report(

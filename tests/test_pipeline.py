@@ -44,6 +44,8 @@ def test_compress_zoo_name_report_agrees_with_recomputation(tmp_path, run_cli):
 
     # fidelity: the same seeded draws from the prior, recomputed with plain numpy
     fid = report["fidelity"]
+    calibration = next(step["options"] for step in report["recipe"] if step["pass"] == "insert_qdq")
+    assert fid["seed"] != calibration["seed"]  # held-back latents, not the calibration set
     specs = specs_of_model(onnx.load(str(out / "reference.onnx")))
     feeds = sample_inputs(specs, fid["samples"], fid["seed"])
     ref, cand = _outputs(out / "reference.onnx", feeds)[0], _outputs(out / "model.onnx", feeds)[0]
