@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# Extra pip arguments for the torch step, e.g. --index-url of a CPU wheel index on machines
+# where the pin alone would fetch a CUDA build.
+TORCH_PIP_ARGS ?=
 
 .PHONY: setup demo test clean
 
@@ -10,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	# The CPU build by its exact pin first, so nothing below pulls CUDA packages.
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
