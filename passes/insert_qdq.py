@@ -358,22 +358,11 @@ class Builder:
     """Unique names and new initializers/nodes for one graph."""
 
     def __init__(self, graph: ir.Graph):
-        self.graph = graph
-        self.names = {v.name for v in graph.initializers.values()}
-        self.names |= {v.name for v in graph.inputs}
-        for node in ir.traversal.RecursiveGraphIterator(graph):
-            self.names.add(node.name)
-            self.names.update(v.name for v in node.outputs)
-        self.names.discard(None)
-        self._shapes: dict[tuple[int, ...], ir.Value] = {}
+        from gencompress.passes.rewrite import Namer
 
-    def unique(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.names:
-            k += 1
-            name = f"{base}_{k}"
-        self.names.add(name)
-        return name
+        self.graph = graph
+        self.unique = Namer(graph)  # the rewrites' name generator: base, base_1, ...
+        self._shapes: dict[tuple[int, ...], ir.Value] = {}
 
     def shape(self, dims) -> ir.Value:
         """An int64 shape initializer (one per distinct shape)."""
