@@ -478,7 +478,6 @@ class ChannelPrunePass(GencompressPass):
                 raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
             check_common(self.exclude, self.min_size)
 
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         o = self.options
         modified = FoldComputedWeights()(model).modified

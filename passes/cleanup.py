@@ -22,7 +22,6 @@ class CleanupPass(GencompressPass):
     class Options:
         fold_constants: bool = True
 
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         steps = [common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)]
         if self.options.fold_constants:

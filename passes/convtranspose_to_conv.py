@@ -331,7 +331,6 @@ class ConvTransposeToConvPass(GencompressPass):
             if self.depth_to_space not in DEPTH_TO_SPACE_MODES:
                 raise ValueError(f"depth_to_space must be one of {', '.join(DEPTH_TO_SPACE_MODES)}, got {self.depth_to_space!r}")
 
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         rewritten, left = [], []

@@ -98,7 +98,6 @@ class ConvTransposeToGemmPass(GencompressPass):
             if not self.max_weight_growth >= 1:
                 raise ValueError(f"max_weight_growth must be >= 1, got {self.max_weight_growth!r}")
 
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         rewritten, left = [], []

@@ -59,7 +59,6 @@ class FoldBatchNormPass(GencompressPass):
     class Options:
         pass
 
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         namer = Namer(graph)

@@ -27,6 +27,7 @@ import onnx_ir.passes.common as common_passes
 
 from gencompress.passes.insert_qdq import Builder
 from gencompress.passes.registry import GencompressPass, register
+from gencompress.passes.rewrite import onnx_opset
 
 FLOAT, HALF = ir.DataType.FLOAT, ir.DataType.FLOAT16
 # ops whose float output type comes from an attribute, not from their inputs
@@ -106,13 +107,12 @@ class FP16ConvertPass(GencompressPass):
         keep_io_types: bool = True  # graph inputs/outputs stay float32, with Casts at the boundary
         exclude: tuple[str, ...] = ()  # node names or op types kept in float32
 
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         from gencompress.errors import GencompressError
 
         opts = self.options
         graph = model.graph
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+        opset = onnx_opset(model)
         nodes = list(graph)
         for pattern in opts.exclude:
             if not any(pattern in (n.name, n.op_type) for n in nodes):

@@ -45,6 +45,7 @@ import onnx_ir.passes.common as common_passes
 
 from gencompress.errors import GencompressError
 from gencompress.passes.registry import GencompressPass, register
+from gencompress.passes.rewrite import Namer, onnx_opset
 from gencompress.passes.weights import WeightUse, find_weights
 
 ACTIVATION_TYPES = ("uint8", "int8")
@@ -358,8 +359,6 @@ class Builder:
     """Unique names and new initializers/nodes for one graph."""
 
     def __init__(self, graph: ir.Graph):
-        from gencompress.passes.rewrite import Namer
-
         self.graph = graph
         self.unique = Namer(graph)  # the rewrites' name generator: base, base_1, ...
         self._shapes: dict[tuple[int, ...], ir.Value] = {}
@@ -517,11 +516,10 @@ class InsertQDQPass(GencompressPass):
             if self.calib not in METHODS:
                 raise ValueError(f"calib must be one of {', '.join(METHODS)}, not {self.calib!r}")
 
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         opts = self.options
         graph = model.graph
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+        opset = onnx_opset(model)
         if opset < MIN_OPSET:
             raise GencompressError(f"the model's opset is {opset}; int8 QDQ needs opset {MIN_OPSET} or newer (re-export with --opset {MIN_OPSET})")
         all_layers = find_layers(graph)

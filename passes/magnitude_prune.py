@@ -72,7 +72,6 @@ class MagnitudePrunePass(GencompressPass):
                 raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
             check_common(self.exclude, self.min_size)
 
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         o = self.options
         modified = FoldComputedWeights()(model).modified

@@ -74,7 +74,6 @@ class NMPrunePass(GencompressPass):
                 raise ValueError(f"N:M pattern needs integers 1 <= N < M, got {self.n}:{self.m}")
             check_common(self.exclude, self.min_size)
 
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         o = self.options
         modified = FoldComputedWeights()(model).modified

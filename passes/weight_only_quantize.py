@@ -39,6 +39,7 @@ from gencompress.passes.insert_qdq import (
     table_weights,
 )
 from gencompress.passes.registry import GencompressPass, register
+from gencompress.passes.rewrite import onnx_opset
 from gencompress.passes.weights import WeightUse, find_weights
 
 BITS = (8, 4)
@@ -110,7 +111,6 @@ class WeightOnlyQuantizePass(GencompressPass):
             if self.block_size < 16 or self.block_size & (self.block_size - 1):
                 raise ValueError(f"block_size must be a power of two >= 16, not {self.block_size}")
 
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         opts = self.options
         graph = model.graph
@@ -174,7 +174,7 @@ class WeightOnlyQuantizePass(GencompressPass):
 
         from onnxscript.version_converter import convert_version
 
-        current = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+        current = onnx_opset(model)
         if current >= version:
             return
         if any(n.op_type == "GroupNormalization" and n.domain in ("", "ai.onnx") for n in ir.traversal.RecursiveGraphIterator(model.graph)):
