@@ -69,7 +69,15 @@ TRANSPARENT_OPS = (
     "SpaceToDepth",
     "MaxPool",
     "Relu",
+    "Resize",  # nearest / linear only (``_is_transparent``): cubic can overshoot the input's range
 )
+# Ops onnxruntime runs on int8 data when a DequantizeLinear feeds every input and a QuantizeLinear
+# takes the output (QLinearLeakyRelu, QLinearConcat; QLinearAdd / QLinearMul for BINARY_OPS).
+UNARY_INT8_OPS = ("LeakyRelu",)
+VARIADIC_INT8_OPS = ("Concat",)
+# A Mul by a constant this small (a residual scale, a per-channel factor) gets the constant
+# quantized like an activation, so the Mul runs as QLinearMul instead of in float.
+MAX_CONSTANT_OPERAND = 4096
 MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
 INT32_MAX = 2**31 - 1
 # Node metadata a pass may set on a Conv/Gemm/MatMul: along the weight's output axis, each block of
@@ -96,6 +104,8 @@ class Layer:
     bias_index: int | None = None
     quantize_output: bool = False
     channel_block: int = 1  # weight scales per block of output channels (CHANNEL_BLOCK_KEY)
+    const_inputs: tuple[int, ...] = ()  # constant operands quantized like activations (Mul by a constant)
+    share_scale: bool = False  # Concat: inputs that nothing else reads take the output's scale
 
     @property
     def name(self) -> str:
@@ -165,15 +175,41 @@ def find_layers(graph: ir.Graph) -> list[Layer]:
                 bias = 2
             if op == "Gemm" and 1 in weight_idx and _gemm_bias_ok(node):
                 bias = 2
-            layers.append(
-                Layer(node, "int8", uses, act, bias, quantize_output=op in ("Conv", "ConvTranspose") and id(node.outputs[0]) not in outputs)
-            )
-        elif op in BINARY_OPS:
-            if all(_is_activation(graph, v) for v in node.inputs) and len(node.inputs) == 2:
-                layers.append(Layer(node, "int8", [], (0, 1), None, quantize_output=id(node.outputs[0]) not in outputs))
+            # a Conv output is quantized even when it is a graph output (a DequantizeLinear then
+            # gives the float output): onnxruntime runs a Conv in int8 only with a QuantizeLinear after it
+            quantize_output = op == "Conv" or (op == "ConvTranspose" and id(node.outputs[0]) not in outputs)
+            layers.append(Layer(node, "int8", uses, act, bias, quantize_output=quantize_output))
+        elif id(node.outputs[0]) in outputs:
+            continue  # the ops below gain nothing from int8 when their result leaves the graph as float
+        elif op in BINARY_OPS and len(node.inputs) == 2:
+            act = tuple(i for i in (0, 1) if _is_activation(graph, node.inputs[i]))
+            if len(act) == 2:
+                layers.append(Layer(node, "int8", [], (0, 1), None, quantize_output=True))
+            elif op == "Mul" and len(act) == 1 and _small_constant(graph, node.inputs[1 - act[0]]):
+                layers.append(Layer(node, "int8", [], act, None, quantize_output=True, const_inputs=(1 - act[0],)))
+        elif op in UNARY_INT8_OPS and _is_activation(graph, node.inputs[0]):
+            layers.append(Layer(node, "int8", [], (0,), None, quantize_output=True))
+        elif op in VARIADIC_INT8_OPS and node.inputs and all(_is_activation(graph, v) for v in node.inputs):
+            layers.append(Layer(node, "int8", [], tuple(range(len(node.inputs))), None, quantize_output=True, share_scale=True))
         elif uses and (op in RECURRENT_OPS or op == "Gather"):
             layers.append(Layer(node, "weights", uses))
     return layers
+
+
+def _small_constant(graph: ir.Graph, value: ir.Value | None) -> bool:
+    return (
+        _is_float(value) and _is_constant(graph, value) and value.name in graph.initializers
+        and value.const_value.size <= MAX_CONSTANT_OPERAND and bool(np.isfinite(value.const_value.numpy()).all())
+    )
+
+
+def _is_transparent(node: ir.Node) -> bool:
+    """Keeps a quantized tensor's scale: moves or selects values, or clamps them at 0 (Relu, MaxPool)."""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in TRANSPARENT_OPS:
+        return False
+    if node.op_type == "Resize":
+        return node.attributes.get_string("mode", "nearest") in ("nearest", "linear")
+    return True
 
 
 def _gemm_bias_ok(node: ir.Node) -> bool:
@@ -234,13 +270,16 @@ class Plan:
 def make_plan(graph: ir.Graph, layers: list[Layer]) -> Plan:
     """Which activation tensors get a Q/DQ pair, which scale each uses, and who reads it.
 
-    Seeds: every float activation input of an int8 layer, and the output of Conv/ConvTranspose/
-    Add/Mul (not graph outputs). From each seed, walking up through transparent ops whose input
-    has no other reader, the tensors above join the seed's group and share its scale (the seed
-    is the most downstream tensor, e.g. the ReLU output, so its range is the one that matters).
+    Seeds: every float activation input of an int8 layer, and the output of the layers that
+    quantize it (Conv, Add, Mul, LeakyRelu, Concat, ...). From each seed, walking up through
+    transparent ops whose input has no other reader, the tensors above join the seed's group and
+    share its scale (the seed is the most downstream tensor, e.g. the ReLU output, so its range
+    is the one that matters). A Concat input that nothing else reads and no int8 op computes
+    joins the Concat output's group: the int8 Concat then only copies, with no requantization.
     """
     order = {id(n): i for i, n in enumerate(graph)}
     int8_nodes = {id(layer.node) for layer in layers if layer.kind == "int8"}
+    sharing = {id(layer.node) for layer in layers if layer.share_scale and layer.quantize_output}
     graph_outputs = {id(v) for v in graph.outputs}
     seeds: list[tuple[ir.Value, tuple[ir.Node, int] | None]] = []
     for layer in layers:
@@ -264,19 +303,19 @@ def make_plan(graph: ir.Graph, layers: list[Layer]) -> Plan:
         if value in points:
             continue
         points[value] = value
+        if reader is not None and id(reader[0]) in sharing and reader[0].outputs[0] in points and _private(value, int8_nodes, graph_outputs):
+            points[value] = points[reader[0].outputs[0]]
         current = value
         while True:
             producer = current.producer()
-            if producer is None or producer.op_type not in TRANSPARENT_OPS:
-                break
-            if producer.domain not in ("", "ai.onnx") or id(producer) in int8_nodes:
+            if producer is None or not _is_transparent(producer) or id(producer) in int8_nodes:
                 break
             upstream = producer.inputs[0]
             if not _is_activation(graph, upstream) or upstream in points:
                 break
             if len(upstream.uses()) != 1 or id(upstream) in graph_outputs:
                 break
-            points[upstream] = value
+            points[upstream] = points[value]
             readers[upstream].add((producer, 0))
             current = upstream
     # an int8 op's output feeds all its consumers through Q/DQ (else the runtime cannot fuse it)
@@ -286,6 +325,12 @@ def make_plan(graph: ir.Graph, layers: list[Layer]) -> Plan:
             readers[value].update((u.node, u.idx) for u in value.uses())
     ordered = sorted(points, key=position)
     return Plan(layers, {v: points[v] for v in ordered}, {v: readers[v] for v in ordered})
+
+
+def _private(value: ir.Value, int8_nodes: set[int], graph_outputs: set[int]) -> bool:
+    """Read by one node only, not a graph output, and not computed by an int8 op."""
+    producer = value.producer()
+    return len(value.uses()) == 1 and id(value) not in graph_outputs and (producer is None or id(producer) not in int8_nodes)
 
 
 # ---- numbers ----------------------------------------------------------------------------------
@@ -539,6 +584,7 @@ class InsertQDQPass(GencompressPass):
 
         # activations
         params: dict[str, tuple[ir.Value, ir.Value]] = {}
+        dequantized: dict[ir.Value, ir.Value] = {}  # DequantizeLinear output -> the tensor it stands for
         for value, seed in plan.points.items():
             if seed.name not in params:
                 lo, hi = ranges[seed.name]
@@ -547,15 +593,37 @@ class InsertQDQPass(GencompressPass):
                 zv = builder.initializer(f"{seed.name}_zero_point", np.asarray(zp, dtype=np.int8 if symmetric else np.uint8), qtype)
                 params[seed.name] = (sv, zv)
             sv, zv = params[seed.name]
+            readers = sorted(plan.readers[value], key=lambda r: (r[0].name or "", r[1]))
+            producer = value.producer()
+            if not symmetric and self._relu_in_group(plan, value, dequantized):
+                # Relu(DQ(Q(x))) == DQ(Q(x)) when the zero point is 0 (the uint8 range starts at 0):
+                # its readers read the DequantizeLinear above it, and the Relu goes. (onnxruntime
+                # drops such a Relu itself when one node reads it; with several readers it kept
+                # a DequantizeLinear -> QuantizeLinear requantization in its place.)
+                for node, index in readers:
+                    node.replace_input_with(index, producer.inputs[0])
+                graph.remove(producer, safe=True)
+                continue
             q = builder.node("QuantizeLinear", [value, sv, zv], value.name, "quantized", qtype, value.shape)
             dq = builder.node("DequantizeLinear", [q.outputs[0], sv, zv], value.name, "dequantized", ir.DataType.FLOAT, value.shape)
-            producer = value.producer()
+            dequantized[dq.outputs[0]] = value
             if producer is not None:
                 graph.insert_after(producer, [q, dq])
             else:
                 graph.insert_before(graph.node(0), [q, dq])
-            for node, index in sorted(plan.readers[value], key=lambda r: (r[0].name or "", r[1])):
+            for node, index in readers:
                 node.replace_input_with(index, dq.outputs[0])
+            if value.is_graph_output():
+                # a quantized graph output (a Conv's): the DequantizeLinear output takes its place and name
+                name = value.name
+                value.name = builder.unique(f"{name}_float")
+                dq.outputs[0].name = name
+                for i, out in enumerate(graph.outputs):
+                    if out is value:
+                        graph.outputs[i] = dq.outputs[0]
+        for layer in layers:
+            for index in layer.const_inputs:
+                self._quantize_constant_operand(builder, layer.node, index, qtype)
 
         # weights and biases
         cache: dict[tuple, tuple[ir.Value, np.ndarray]] = {}
@@ -634,6 +702,35 @@ class InsertQDQPass(GencompressPass):
         scale_arr = scale if per_axis is not None else np.asarray(scale[0], dtype=np.float32)
         dq_value = dequantize_weight(builder, use, q, scale_arr, per_axis, ir.DataType.INT32, compact=True)
         node.replace_input_with(layer.bias_index, dq_value)
+
+    @staticmethod
+    def _relu_in_group(plan: Plan, value: ir.Value, dequantized: dict[ir.Value, ir.Value]) -> bool:
+        """``value`` is a Relu's output read by several nodes (all in the plan), whose input is
+        dequantized with the same scale and zero point (so the Relu can go)."""
+        producer = value.producer()
+        if producer is None or producer.op_type != "Relu" or value.is_graph_output() or len(value.uses()) < 2:
+            return False
+        source = dequantized.get(producer.inputs[0])
+        if source is None or plan.points[source] is not plan.points[value]:
+            return False
+        return {(u.node, u.idx) for u in value.uses()} <= plan.readers[value]
+
+    @staticmethod
+    def _quantize_constant_operand(builder: Builder, node: ir.Node, index: int, qtype: ir.DataType) -> None:
+        """A constant operand (of a Mul) stored quantized like an activation, its own range, behind
+        a DequantizeLinear: onnxruntime then fuses the op into its int8 kernel (QLinearMul)."""
+        value = node.inputs[index]
+        array = value.const_value.numpy().astype(np.float32)
+        activations = "int8" if qtype == ir.DataType.INT8 else "uint8"
+        scale, zp = activation_params(float(array.min()), float(array.max()), activations)
+        lo, hi = (-128, 127) if activations == "int8" else (0, 255)
+        q = np.clip(np.rint(array / scale) + zp, lo, hi).astype(np.int8 if activations == "int8" else np.uint8)
+        qv = builder.initializer(f"{value.name}_quantized", q, qtype)
+        sv = builder.initializer(f"{value.name}_scale", np.asarray(scale, dtype=np.float32))
+        zv = builder.initializer(f"{value.name}_zero_point", np.asarray(zp, dtype=q.dtype), qtype)
+        dq = builder.node("DequantizeLinear", [qv, sv, zv], value.name, "dequantized", ir.DataType.FLOAT, value.shape)
+        builder.graph.insert_before(node, dq)
+        node.replace_input_with(index, dq.outputs[0])
 
     @staticmethod
     def _remove_unused_initializers(graph: ir.Graph) -> None:

@@ -1,0 +1,169 @@
+"""Is our int8 at least as fast as onnxruntime's own on Conv-only generators? (issue 14)
+
+Run by hand (not part of the tests):
+
+    .venv/bin/python benchmarks/int8_speed_conv.py                     # three families + zoo dcgan + standard DCGAN
+    .venv/bin/python benchmarks/int8_speed_conv.py --only rrdb gan --rounds 20 --repeats 3 --kernels
+
+Models, all from the same exported float graph:
+  float      the export as is
+  ort-qdq    onnxruntime's recipe: quant_pre_process (shape inference + optimisation), then
+             quantize_static: QDQ, int8 per-channel weights, uint8 activations, MinMax, on the same
+             256 seeded calibration latents as ours
+  ours       gencompress.quantize(...) with its defaults (static int8; the int8 rewrites in auto)
+Families (models/conv_families.py, seeded weights): rrdb (super-resolution, residual-in-residual
+dense blocks), gan (Linear → (Upsample → Conv → BN → LeakyReLU) ×2 → Conv → Tanh), style
+(InstanceNorm residual blocks); plus the zoo dcgan and the standard DCGAN (DESIGN.md).
+
+Latency as in int8_speed.py: CPU EP, 2 intra-op threads, spinning off, all three sessions in one
+process, rounds interleaved (A B C, C B A, ...; batch 1: 10 runs per slot). The timing block is
+repeated ``--repeats`` times; each repeat gives a speed ratio (float p50 / model p50), and the
+table shows their range, so the noise of a shared machine is visible. ``ours/ort`` is the ratio
+of ort-qdq's p50 to ours per repeat (≥ 1: ours is faster). PSNR against float on 256 held-back
+seeded latents, peak = nominal output range (2 for Tanh) or the float output's peak-to-peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import int8_speed as base  # noqa: E402  (sessions, interleaved timing, kernel profile, machine facts)
+
+MODELS = ("rrdb", "gan", "style", "zoo-dcgan", "standard-dcgan")
+TITLES = {
+    "rrdb": "super-resolution RRDB net (nf 64, gc 32, 1 RRDB, 3x32x32 -> 3x64x64)",
+    "gan": "GAN generator Linear -> (Upsample, Conv, BN, LeakyReLU) x2 -> Conv -> Tanh (ngf 64, 3x32x32)",
+    "style": "style-transfer net, InstanceNorm residual blocks (base 16, 3 blocks, 3x64x64)",
+    "zoo-dcgan": "zoo dcgan (latent 100, ngf 32, 1x16x16)",
+    "standard-dcgan": "standard DCGAN (latent 100, ngf 64, 3x64x64)",
+}
+
+
+def export(name: str, folder: Path) -> tuple[Path, float | None]:
+    """The float model and its PSNR peak (None: the float output's peak-to-peak)."""
+    if name == "zoo-dcgan":
+        return base.export_zoo(folder)
+    if name == "standard-dcgan":
+        return base.export_standard(folder)
+    from gencompress.models.conv_families import OUTPUT_RANGE, export_family
+
+    path = folder / f"{name}.onnx"
+    export_family(name, path)
+    return path, OUTPUT_RANGE[name]
+
+
+def ort_quantize(float_path: Path, out: Path, feeds: dict[str, np.ndarray]) -> None:
+    """onnxruntime's documented recipe: quant_pre_process, then quantize_static (QDQ, per-channel)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    logging.getLogger().setLevel(logging.ERROR)
+    pre = out.with_name(out.stem + "_pre.onnx")
+    quant_pre_process(str(float_path), str(pre))
+    base.ort_quantize(pre, out, feeds)
+    pre.unlink()
+
+
+def measure(name: str, folder: Path, rounds: int, repeats: int, kernels: bool) -> dict:
+    from gencompress.inputs import sample_inputs, specs_of_model
+    from gencompress.onnx_io import load_model
+    from gencompress.passes.quantize import quantize
+
+    float_path, peak = export(name, folder)
+    feeds = base.calibration_feeds(float_path)
+    paths = {"float": float_path, "ort-qdq": folder / f"{name}_ort.onnx", "ours": folder / f"{name}_ours.onnx"}
+    ort_quantize(float_path, paths["ort-qdq"], feeds)
+    quantize(float_path, paths["ours"])
+
+    specs = specs_of_model(load_model(float_path))
+    sessions = {n: base.session(p) for n, p in paths.items()}
+    held_back = sample_inputs(specs, base.EVAL_SIZE, base.EVAL_SEED)
+    outputs = {n: base.run_all(s, held_back) for n, s in sessions.items()}
+    if peak is None:
+        peak = float(np.ptp(outputs["float"]))
+    rows = {n: {"bytes": os.path.getsize(p), "psnr_db": base.psnr(outputs["float"], outputs[n], peak)} for n, p in paths.items()}
+    for row in rows.values():
+        row["size_ratio"] = row["bytes"] / rows["float"]["bytes"]
+    profiles = {}
+    for batch in base.BATCHES:
+        b = f"b{batch}"
+        feed = sample_inputs(specs, batch, base.EVAL_SEED + batch)
+        p50 = {n: [] for n in paths}
+        for _ in range(repeats):
+            times = base.time_interleaved(sessions, feed, rounds, base.RUNS_PER_SLOT[batch])
+            for n, t in times.items():
+                p50[n].append(1e3 * float(np.median(t)))
+        for n in paths:
+            speeds = [f / m for f, m in zip(p50["float"], p50[n])]
+            rows[n][b] = {"p50_ms": p50[n], "speed": speeds}
+        rows["ours"][b]["vs_ort"] = [o / m for o, m in zip(p50["ort-qdq"], p50["ours"])]
+        if kernels:
+            for n, p in paths.items():
+                profiles.setdefault(n, {})[b] = base.kernel_profile(p, feed, 6 if batch == 64 else 30, folder)
+    return {"model": name, "title": TITLES[name], "peak": peak, "rows": rows, "kernels": profiles}
+
+
+def span(values: list[float], fmt: str = "{:.2f}") -> str:
+    lo, hi = min(values), max(values)
+    return fmt.format(lo) if len(values) == 1 or fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}–{fmt.format(hi)}"
+
+
+def print_report(facts: dict, results: list[dict], rounds: int, repeats: int) -> None:
+    print(
+        f"onnxruntime {facts['onnxruntime']} | CPU {facts['cpu']} ({', '.join(facts['isa'])}), {facts['logical_cpus']} logical CPUs"
+        f" | {facts['intra_op_threads']} intra-op threads, spinning off | load avg {facts['load_avg'][0]:.2f} at start, {facts['load_avg_end'][0]:.2f} at end"
+    )
+    print(
+        f"{repeats} repeat(s) of {rounds} interleaved rounds (batch 1: x{base.RUNS_PER_SLOT[1]} runs per slot); speed = float p50 / model p50,"
+        f" range over repeats; PSNR vs float on {base.EVAL_SIZE} held-back inputs"
+    )
+    for res in results:
+        print(f"\n{res['title']} (PSNR peak {res['peak']:.3g})")
+        print(f"  {'model':8s} {'p50 b1 ms':>11s} {'p50 b64 ms':>13s} {'speed b1':>11s} {'speed b64':>11s} {'PSNR dB':>8s} {'size':>6s}")
+        for n, r in res["rows"].items():
+            db = "inf" if r["psnr_db"] is None else f"{r['psnr_db']:.1f}"
+            print(
+                f"  {n:8s} {span(r['b1']['p50_ms']):>11s} {span(r['b64']['p50_ms'], '{:.1f}'):>13s} {span(r['b1']['speed']) + 'x':>11s}"
+                f" {span(r['b64']['speed']) + 'x':>11s} {db:>8s} {r['size_ratio']:6.3f}"
+            )
+        ours, theirs = res["rows"]["ours"], res["rows"]["ort-qdq"]
+        print(f"  ours / ort-qdq throughput: b1 {span(ours['b1']['vs_ort'])}x, b64 {span(ours['b64']['vs_ort'])}x;"
+              f" PSNR ours - ort {((ours['psnr_db'] or 0) - (theirs['psnr_db'] or 0)):+.1f} dB")
+        if res["kernels"]:
+            print("  kernels onnxruntime executed (nodes, share of kernel time):")
+            for n, per_batch in res["kernels"].items():
+                for b, ops in per_batch.items():
+                    print(f"    {n:8s} {b:>3s}: " + ", ".join(f"{op} ×{k} {share:.0%}" for op, k, share in ops))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=MODELS, default=list(MODELS), help="models to measure (default: all)")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds per repeat and batch size (default 20)")
+    parser.add_argument("--repeats", type=int, default=3, help="timing blocks per batch size; the table shows their range (default 3)")
+    parser.add_argument("--kernels", action="store_true", help="also profile which kernels onnxruntime ran (share of kernel time)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.repeats < 1:
+        parser.error("--rounds and --repeats must be positive")
+    facts = base.machine()
+    with tempfile.TemporaryDirectory(prefix="gc-int8-conv-") as tmp:
+        results = [measure(name, Path(tmp), args.rounds, args.repeats, args.kernels) for name in args.only]
+    facts["load_avg_end"] = list(os.getloadavg())
+    if args.json:
+        print(json.dumps({"machine": facts, "rounds": args.rounds, "repeats": args.repeats, "results": results}, indent=1))
+    else:
+        print_report(facts, results, args.rounds, args.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
