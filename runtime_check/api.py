@@ -68,7 +68,7 @@ def _seed(value) -> int:
 def _describe_specs(specs) -> list[dict]:
     out = []
     for s in specs:
-        prior = "normal(0, 1)" if s.is_float else ("bernoulli(0.5)" if s.dtype == "bool" else f"uniform integers {s.low}..{s.high}")
+        prior = s.describe_prior()
         out.append({"name": s.name, "shape": ["N", *s.shape[1:]], "dtype": s.dtype, "prior": prior})
     return out
 
