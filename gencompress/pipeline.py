@@ -150,12 +150,11 @@ def compress(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise GencompressError(f"{out}: exists and is a file; OUT_DIR must be a folder")
-    if samples <= 0:
-        raise GencompressError(f"--samples must be positive, got {samples}")
-    if any(b <= 0 for b in batches):
-        raise GencompressError(f"--batch must be positive, got {', '.join(map(str, batches))}")
-    if any(t <= 0 for t in threads):
-        raise GencompressError(f"--threads must be positive, got {', '.join(map(str, threads))}")
+    # counts checked before any work: the limits keep a typo from hanging the run for hours
+    samples = rc._positive(samples, "--samples", rc.MAX_SAMPLES)
+    batches = [rc._positive(b, "--batch", rc.MAX_BATCH) for b in rc._sequence(batches, "batches")]
+    threads = [rc._positive(t, "--threads", rc.MAX_THREADS) for t in rc._sequence(threads, "threads")]
+    runs = rc._positive(runs, "--runs", rc.MAX_RUNS)
     if bench:
         from gencompress.runtime_check.sessions import resolve_providers
 
@@ -200,8 +199,12 @@ def compress(
         if is_onnx:
             from gencompress.onnx_io import refuse_nonfinite_weights
 
+            from gencompress.inputs import check_batch_budget, output_range_of_model, specs_of_model
+
             proto = load_model(model)
             refuse_nonfinite_weights(proto, model)
+            check_batch_budget(specs_of_model(proto), samples)  # the model's metadata, checked before any work
+            output_range_of_model(proto)
             save_model(proto, reference)
             del proto
             source = str(model)
