@@ -469,8 +469,8 @@ def test_bad_priors(text, fragment):
 
 
 def _backend_models():
-    root = Path(onnx.__file__).parent / "backend" / "test" / "data" / "node"
-    return sorted(root.glob("*/model.onnx"))
+    root = Path(onnx.__file__).parent / "backend" / "test" / "data"  # this wheel ships no node/ folder
+    return sorted(root.rglob("*.onnx"))
 
 
 def test_onnx_backend_graphs_never_crash(tmp_path):
@@ -478,7 +478,8 @@ def test_onnx_backend_graphs_never_crash(tmp_path):
     refuse with a GencompressError; anything else is a bug. (The full set: run by hand, see report.)"""
     models = _backend_models()
     assert models
-    sample = models[:: max(1, len(models) // 40)][:40]
+    small = [m for m in models if m.stat().st_size < 100_000]  # the big ones (resnet50, ...) cost seconds each
+    sample = [m for m in small if "sequence" in m.parent.name][:6] + small[:: max(1, len(small) // 24)][:24]
     for src in sample:
         for name, run in (("prune", lambda: gencompress.prune(src, tmp_path / "p.onnx", sparsity=0.5)),
                           ("quantize", lambda: gencompress.quantize(src, tmp_path / "q.onnx", calib_size=4, eval_size=4))):
