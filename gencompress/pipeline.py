@@ -4,6 +4,7 @@
     OUT_DIR/model.onnx       the compressed model
     OUT_DIR/report.json      fidelity, latency, sizes, per-layer precision/sparsity, recipe
     OUT_DIR/report.html      the same, self-contained, with samples side by side
+    OUT_DIR/ship/            with ``ship_targets``: the edge bundle of model.onnx (see gencompress.ship)
 
 Everything is built in a staging folder beside OUT_DIR and moved in only when the whole job
 succeeded, so a failure never leaves a half-written result.
@@ -127,6 +128,7 @@ def compress(
     provider: str = "CPUExecutionProvider",
     sweep: tuple[str, list] | None = None,
     flags: dict | None = None,
+    ship_targets=None,
     log=None,
     progress: bool = False,
 ) -> dict:
@@ -135,6 +137,9 @@ def compress(
     ``model``: zoo name, ``file.py:Name``, ``package.module:attr`` or an ``.onnx`` path.
     ``recipe``: a recipe file path or a list of steps; default: ``default_recipe(**flags)``.
     ``sweep``: (key, values): extra configurations of the flag recipe, for the size-vs-PSNR chart.
+    ``ship_targets``: also bundle the compressed model into OUT_DIR/ship for these targets
+    (``gencompress.ship``); if only the web runtime cannot be fetched, everything else is still
+    written and ``PartialShip`` is raised after the move.
     """
     from gencompress.onnx_io import load_model, save_model
     from gencompress.passes.registry import load_recipe, validate_recipe
@@ -178,8 +183,12 @@ def compress(
     is_onnx = str(model).endswith(".onnx")
     if is_onnx and (checkpoint or inputs):
         raise GencompressError("--checkpoint and --input apply to a torch model, not an .onnx file")
+    if ship_targets:
+        from gencompress.ship.bundle import parse_targets
+
+        ship_targets = parse_targets(ship_targets)
     _refuse_overwrite_inputs(out, [model if is_onnx else None, checkpoint, recipe if isinstance(recipe, (str, Path)) else None],
-                             sweep=bool(sweep_recipes))
+                             sweep=bool(sweep_recipes), ship=bool(ship_targets))
 
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -238,15 +247,26 @@ def compress(
         )
         report["reference"], report["candidate"] = "reference.onnx", "model.onnx"
         rc.write_report(staging, report)
+        partial = None
+        if ship_targets:
+            from gencompress.ship.bundle import PartialShip, ship as ship_bundle
+
+            log(f"shipping the compressed model into {out / 'ship'} ({', '.join(ship_targets)}) ...")
+            try:
+                ship_bundle(candidate, staging / "ship", targets=ship_targets, log=log)
+            except PartialShip as e:  # e.g. npm unreachable: the rest is complete, so it is kept
+                partial = e
         _move_into(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if partial is not None:
+        raise partial
     import json
 
     return json.loads((out / "report.json").read_text())
 
 
-def _refuse_overwrite_inputs(out: Path, inputs, *, sweep: bool) -> None:
+def _refuse_overwrite_inputs(out: Path, inputs, *, sweep: bool, ship: bool = False) -> None:
     """OUT_DIR's files are replaced at the end: none of them may be one of the inputs."""
     from gencompress.onnx_io import refuse_overwrite
 
@@ -257,6 +277,10 @@ def _refuse_overwrite_inputs(out: Path, inputs, *, sweep: bool) -> None:
         for p in inputs:
             if p.resolve().parent == (out / "sweep").resolve():
                 raise GencompressError(f"{p}: is inside {out / 'sweep'}, which this run replaces; choose another OUT_DIR")
+    if ship:  # OUT_DIR/ship is replaced as a whole
+        for p in inputs:
+            if (out / "ship").resolve() in p.resolve().parents:
+                raise GencompressError(f"{p}: is inside {out / 'ship'}, which --ship replaces; choose another OUT_DIR")
 
 
 def _pass_entry(entry: dict) -> dict:
@@ -272,10 +296,11 @@ def _pass_entry(entry: dict) -> dict:
 
 def _move_into(staging: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    if (staging / "sweep").exists():
-        target = out / "sweep"
-        if target.exists():
-            shutil.rmtree(target)
-        (staging / "sweep").replace(target)
+    for folder in ("sweep", "ship"):
+        if (staging / folder).exists():
+            target = out / folder
+            if target.exists():
+                shutil.rmtree(target)
+            (staging / folder).replace(target)
     for name in OUTPUT_FILES:
         (staging / name).replace(out / name)

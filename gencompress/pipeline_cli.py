@@ -53,9 +53,10 @@ def _flag(name: str) -> str:
 @click.option("--batch", "batches", type=int, multiple=True, help="Batch sizes to time (default 1 and 64).")
 @click.option("--threads", type=int, multiple=True, help="Intra-op thread counts to time (default 2).")
 @click.option("--no-bench", is_flag=True, help="Skip the latency measurement.")
+@click.option("--ship", "ship", is_flag=True, help="Also bundle the compressed model into OUT_DIR/ship (see `gencompress ship`).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the summary table.")
 def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, prune_mode, nm, calib, calib_size,
-             per_tensor, activations, no_rewrite, exclude, sweep, samples, seed, provider, batches, threads, no_bench, as_json):
+             per_tensor, activations, no_rewrite, exclude, sweep, samples, seed, provider, batches, threads, no_bench, ship, as_json):
     """Export MODEL (or take MODEL.onnx), compress it, check it; write OUT_DIR.
 
     OUT_DIR gets model.onnx, reference.onnx, report.json and report.html.
@@ -67,6 +68,7 @@ def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, p
       gencompress compress vae out/ --sparsity 0.5 --mode weight-only --bits 4
       gencompress compress g.onnx out/ --recipe recipe.yaml
       gencompress compress dcgan out/ --sweep bits=8,4 --mode weight-only
+      gencompress compress dcgan out/ --ship      # + out/ship: sample.py, model.ort, web/
     """
     from gencompress.errors import GencompressError
     from gencompress.pipeline import compress as run, parse_sweep
@@ -88,7 +90,7 @@ def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, p
     report = run(
         model, out_dir, recipe=recipe, checkpoint=checkpoint, inputs=inputs, samples=samples, seed=seed,
         bench=not no_bench, batches=batches or (1, 64), threads=threads or (2,), provider=provider,
-        sweep=parse_sweep(sweep) if sweep else None, flags=flags,
+        sweep=parse_sweep(sweep) if sweep else None, flags=flags, ship_targets=("python", "ort", "web") if ship else None,
         log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty(),
     )
     if as_json:
@@ -96,7 +98,7 @@ def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, p
         return
     click.echo(summary_table(report))
     out = Path(out_dir)
-    click.echo(f"\nreport: {out / 'report.html'}   model: {out / 'model.onnx'}")
+    click.echo(f"\nreport: {out / 'report.html'}   model: {out / 'model.onnx'}" + (f"   bundle: {out / 'ship'}" if ship else ""))
 
 
 def summary_table(report: dict) -> str:
