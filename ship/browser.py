@@ -88,8 +88,9 @@ class _Pipe:
 
 
 def run_page(url: str, profile: Path, *, chromium: str = CHROMIUM, timeout: float = 120.0, screenshot: Path | None = None,
-             size=(900, 700)) -> dict:
-    """Open ``url``, wait for ``<pre id="result">``, return its JSON; optionally save a PNG screenshot."""
+             clip: str | None = "#grid", size=(900, 700)) -> dict:
+    """Open ``url``, wait for ``<pre id="result">``, return its JSON; optionally save a PNG screenshot
+    (of the element ``clip`` selects, the page's sample grid by default; None: the whole window)."""
     commands_r, commands_w = os.pipe()  # we write; Chromium reads it as fd 3
     replies_r, replies_w = os.pipe()  # Chromium writes it as fd 4; we read
 
@@ -113,7 +114,13 @@ def run_page(url: str, profile: Path, *, chromium: str = CHROMIUM, timeout: floa
                          session=session, timeout=timeout)["result"]["value"]
         result = json.loads(text)
         if screenshot is not None:
-            png = pipe.call("Page.captureScreenshot", {"format": "png"}, session=session)["data"]
+            params = {"format": "png"}
+            if clip:
+                rect = pipe.call("Runtime.evaluate", {"expression": f"JSON.stringify(document.querySelector({json.dumps(clip)}).getBoundingClientRect())",
+                                                      "returnByValue": True}, session=session)["result"]["value"]
+                r = json.loads(rect)
+                params["clip"] = {"x": r["x"], "y": r["y"], "width": r["width"], "height": r["height"], "scale": 1}
+            png = pipe.call("Page.captureScreenshot", params, session=session)["data"]
             Path(screenshot).write_bytes(base64.b64decode(png))
         with contextlib.suppress(Exception):
             pipe.call("Browser.close", timeout=10)
