@@ -23,10 +23,12 @@ from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-extensions", "--mute-audio"]
+         "--disable-component-update", "--disable-sync", "--disable-extensions", "--mute-audio",
+         # a page opened over the protocol counts as a background tab: keep its timers and priority unthrottled
+         "--disable-background-timer-throttling", "--disable-renderer-backgrounding", "--disable-backgrounding-occluded-windows"]
 WAIT_FOR_RESULT = """new Promise((resolve) => {
   const poll = () => { const e = document.getElementById('result');
-    if (e && e.textContent) resolve(e.textContent); else setTimeout(poll, 25); };
+    if (location.href === %s && e && e.textContent) resolve(e.textContent); else setTimeout(poll, 25); };
   poll(); })"""
 
 
@@ -110,9 +112,20 @@ def run_page(url: str, profile: Path, *, chromium: str = CHROMIUM, timeout: floa
         pipe.call("Page.enable", session=session)
         pipe.call("Emulation.setDeviceMetricsOverride", {"width": size[0], "height": size[1], "deviceScaleFactor": 1, "mobile": False}, session=session)
         pipe.call("Page.navigate", {"url": url}, session=session)
-        text = pipe.call("Runtime.evaluate", {"expression": WAIT_FOR_RESULT, "awaitPromise": True, "returnByValue": True},
-                         session=session, timeout=timeout)["result"]["value"]
-        result = json.loads(text)
+        wait = {"expression": WAIT_FOR_RESULT % json.dumps(url), "awaitPromise": True, "returnByValue": True}
+        for attempt in range(5):  # evaluated in about:blank before the page commits: its context is destroyed, ask again
+            try:
+                reply = pipe.call("Runtime.evaluate", wait, session=session, timeout=timeout)
+            except RuntimeError as e:
+                if "context" not in str(e).lower():
+                    raise
+                reply = {"exceptionDetails": str(e)}
+            if "exceptionDetails" not in reply:
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"could not read the page's result: {reply['exceptionDetails']}")
+        result = json.loads(reply["result"]["value"])
         if screenshot is not None:
             params = {"format": "png"}
             if clip:

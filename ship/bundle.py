@@ -34,7 +34,7 @@ LATENT_SEED = 0
 
 
 class PartialShip(GencompressError):
-    """Some targets were built and moved into OUT_DIR; ``failed`` maps each other target to its error."""
+    """Some targets were built and moved into OUT_DIR; ``result`` is the manifest written (failures under targets)."""
 
     def __init__(self, message: str, result: dict):
         super().__init__(message)
@@ -97,6 +97,8 @@ def ship(model, out_dir, *, targets=TARGETS, web_version: str | None = None, log
     check_out_dir(out, model_path)
     proto = load_model(model_path)
     specs = specs_of_model(proto)
+    if not specs:
+        raise GencompressError(f"{model_path}: the graph has no inputs to draw latents for; ship takes a generator")
     batch = fixed_batch(proto)
     manifest = {
         "format": M.FORMAT,

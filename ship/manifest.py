@@ -50,6 +50,13 @@ def _dims(vi, batch_axis_name: str = "N") -> list:
 
 
 def input_entries(proto, specs, batch: int | None) -> list[dict]:
+    graph_dtypes = {vi.name: _ELEM.get(vi.type.tensor_type.elem_type) for vi in proto.graph.input}
+    for s in specs:
+        if s.name not in graph_dtypes:
+            raise GencompressError(f"input {s.name!r}: recorded in the model's metadata but not a graph input")
+        if graph_dtypes[s.name] != s.dtype:  # e.g. fp16 with keep_io_types=False: the samplers would feed the wrong type
+            raise GencompressError(f"input {s.name!r}: the graph takes {graph_dtypes[s.name]} but its prior draws {s.dtype}; "
+                                   f"ship a model whose inputs keep the prior's dtype (fp16: keep_io_types)")
     return [{"name": s.name, "shape": [batch or "N", *map(int, s.shape[1:])], "dtype": s.dtype, "prior": prior_of(s)} for s in specs]
 
 

@@ -104,10 +104,12 @@ def _fetch(version: str, folder: Path) -> None:
 
 
 def _npm_reason(text: str) -> str:
-    """npm's own error lines, shortened: ``npm error code ECONNREFUSED`` → ``ECONNREFUSED ...``."""
+    """npm's error code and first message line, e.g. ``ECONNREFUSED: FetchError: request to ... failed``."""
     lines = [ln.removeprefix("npm error").removeprefix("npm ERR!").strip() for ln in text.splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith(("A complete log", "Log files", "{", "}", '"'))]
-    return " ".join(" ".join(lines).split())[:200] or "no message"
+    code = next((ln.split(None, 1)[1] for ln in lines if ln.startswith("code ") and " " in ln), None)
+    message = next((ln for ln in lines if ln and not ln.startswith(("code ", "syscall ", "errno ", "at "))), "")
+    reason = f"{code}: {message}" if code and code not in message[:len(code) + 2] else message or code or "no message"
+    return " ".join(reason.split())[:200]
 
 
 def _extract(tarball: Path, dest: Path, version: str) -> None:

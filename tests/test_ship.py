@@ -259,6 +259,16 @@ def test_zoo_model_runs_in_the_web_page(bundles, name, tmp_path):
         db = psnr(mse(want[out["name"]], got), peak)
         assert db >= 40, f"{name} {out['name']}: PSNR {db:.1f} dB between onnxruntime-web (wasm) and onnxruntime CPU"
     assert result["ms_per_run"] > 0 and result["threads"] == 1 and result["backend"] == "wasm"
+    if name == "cgan":  # the page's own seeded sampler (no latents.bin): int64 labels as BigInt64Array, in range
+        with browser.serve(bundle / "web") as base:
+            drawn = browser.run_page(base + "index.html?seed=3&n=5", tmp_path / "profile2", chromium=chromium)
+        assert "error" not in drawn and drawn["latents"].startswith("JavaScript")
+        labels = np.asarray(drawn["inputs"]["label"]["data"])
+        assert drawn["inputs"]["label"]["dtype"] == "int64" and labels.shape == (5,) and set(labels) <= set(range(10))
+        z = np.asarray(drawn["inputs"]["z"]["data"])
+        assert z.shape == (5 * 100,) and 0.5 < z.std() < 1.5  # standard normal draws
+        image = np.asarray(drawn["outputs"]["image"]["data"]).reshape(drawn["outputs"]["image"]["shape"])
+        assert image.shape == (5, 1, 16, 16) and np.isfinite(image).all()
     if shot is not None:  # the sample grid is drawn: a 4x4 grid of 16x16 samples shown 4x, many grey levels
         width, height, pixels = read_png_rgb(shot)
         assert (width, height) == (4 * (64 + 2) + 2, 4 * (64 + 2) + 2)
@@ -384,6 +394,7 @@ def test_npm_unreachable_fails_web_alone(bundles, tmp_path, monkeypatch, user_er
     assert set(m["files"]) == {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"manifest.json"}
     assert not [p for p in tmp_path.iterdir() if ".staging-" in p.name]
     # a second run over the partial bundle replaces it (it is a gencompress bundle)
-    result = cli("ship", model, out, "--target", "python")
+    result = cli("ship", model, out, "--target", "python", "--json")
     assert result.exit_code == 0, result
+    assert json.loads(result.stdout) == manifest_of(out)
     assert not (out / "model.ort").exists() and list(manifest_of(out)["targets"]) == ["python"]
