@@ -398,3 +398,26 @@ def test_npm_unreachable_fails_web_alone(bundles, tmp_path, monkeypatch, user_er
     assert result.exit_code == 0, result
     assert json.loads(result.stdout) == manifest_of(out)
     assert not (out / "model.ort").exists() and list(manifest_of(out)["targets"]) == ["python"]
+
+
+def test_fixed_batch_model_without_metadata_ships_for_python_and_ort(tmp_path):
+    """A plain graph (no gencompress metadata) whose input fixes the batch at 2: sample.py runs any --n
+    in chunks of 2, and its draws are still sample_inputs' (specs read off the graph)."""
+    w = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["z", "w"], ["y"]), helper.make_node("Tanh", ["y"], ["out"])], "g",
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 4])],
+                              [onnx.numpy_helper.from_array(w, "w")])
+    model = tmp_path / "fixed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    manifest = ship(model, tmp_path / "bundle", targets="python,ort")
+    assert manifest["batch"] == 2 and manifest["inputs"][0]["shape"] == [2, 3] and manifest["outputs"][0]["kind"] == "vector"
+    r = subprocess.run([sys.executable, str(tmp_path / "bundle" / "sample.py"), "--n", "5", "--seed", "7", "--out", str(tmp_path / "s.npz")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    data = np.load(tmp_path / "s.npz")
+    z = sample_inputs(specs_of_model(onnx.load(str(model))), 5, 7)["z"]
+    assert np.array_equal(data["input.z"], z)
+    np.testing.assert_allclose(data["output.out"], np.tanh(z @ w), rtol=0, atol=1e-6)
+    png = subprocess.run([sys.executable, str(tmp_path / "bundle" / "sample.py"), "--out", str(tmp_path / "s.png")], capture_output=True, text=True)
+    assert png.returncode == 2 and "use --out FILE.npz" in png.stderr  # a vector output is not a picture
