@@ -421,3 +421,16 @@ def test_fixed_batch_model_without_metadata_ships_for_python_and_ort(tmp_path):
     np.testing.assert_allclose(data["output.out"], np.tanh(z @ w), rtol=0, atol=1e-6)
     png = subprocess.run([sys.executable, str(tmp_path / "bundle" / "sample.py"), "--out", str(tmp_path / "s.png")], capture_output=True, text=True)
     assert png.returncode == 2 and "use --out FILE.npz" in png.stderr  # a vector output is not a picture
+
+
+def test_int4_model_whose_ort_file_does_not_load_is_an_error(zoo_onnx, tmp_path, user_error):
+    """onnxruntime's converter writes int4 weights into the .ort, its ORT-format reader refuses them:
+    an error naming the way out, nothing written. Without the ort target the model ships."""
+    import gencompress
+
+    model = tmp_path / "int4" / "model.onnx"
+    gencompress.quantize(zoo_onnx("vae"), model, mode="weight-only", bits=4)
+    before = digest_tree(tmp_path)
+    user_error(cli("ship", model, tmp_path / "out", "--target", "python,ort"), "ort target", "does not load back", "--target python,web")
+    assert_nothing_written(tmp_path, before, tmp_path / "out")
+    assert cli("ship", model, tmp_path / "out", "--target", "python").exit_code == 0
