@@ -164,7 +164,7 @@ def ship(model, out_dir, *, targets=TARGETS, web_version: str | None = None, log
 
 
 def _copy_template(name: str, dest: Path) -> None:
-    dest.write_bytes(resources.files("gencompress.ship").joinpath("templates", name).read_bytes())
+    dest.write_bytes(resources.files("gencompress.ship.templates").joinpath(name).read_bytes())
 
 
 def _build_web(web: Path, model_path: Path, manifest: dict, feeds: dict, version: str, log) -> dict:
@@ -177,7 +177,7 @@ def _build_web(web: Path, model_path: Path, manifest: dict, feeds: dict, version
     config = {"title": manifest["source"]["exported_from"] or Path(manifest["source"]["model"]).name, "model": "model.onnx",
               "batch": manifest["batch"], "inputs": manifest["inputs"], "outputs": manifest["outputs"],
               "latents": latents, "onnxruntime_web": version}
-    page = resources.files("gencompress.ship").joinpath("templates", "index.html").read_text()
+    page = resources.files("gencompress.ship.templates").joinpath("index.html").read_text()
     inline = json.dumps(config).replace("</", "<\\/")  # safe inside <script>
     title = (config["title"].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
     (web / "index.html").write_text(page.replace("__CONFIG__", inline).replace("__TITLE__", title))
