@@ -434,3 +434,41 @@ def test_int4_model_whose_ort_file_does_not_load_is_an_error(zoo_onnx, tmp_path,
     user_error(cli("ship", model, tmp_path / "out", "--target", "python,ort"), "ort target", "does not load back", "--target python,web")
     assert_nothing_written(tmp_path, before, tmp_path / "out")
     assert cli("ship", model, tmp_path / "out", "--target", "python").exit_code == 0
+
+
+def tiny_generator(path: Path) -> Path:
+    """z [N, 8] → Gemm → Reshape → Tanh image [N, 1, 4, 4], with the exporter's metadata."""
+    from gencompress.inputs import specs_to_json
+
+    rng = np.random.default_rng(0)
+    inits = [onnx.numpy_helper.from_array((rng.standard_normal((8, 16)) * 0.5).astype(np.float32), "w"),
+             onnx.numpy_helper.from_array(np.zeros(16, np.float32), "b"),
+             onnx.numpy_helper.from_array(np.array([-1, 1, 4, 4], np.int64), "shape")]
+    nodes = [helper.make_node("Gemm", ["z", "w", "b"], ["h"]), helper.make_node("Reshape", ["h", "shape"], ["r"]),
+             helper.make_node("Tanh", ["r"], ["image"])]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 4, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.metadata_props.add(key="gencompress.inputs", value=specs_to_json([InputSpec("z", (1, 8))]))
+    model.metadata_props.add(key="gencompress.output_range", value="2.0")
+    onnx.save(model, str(path))
+    return path
+
+
+def test_compress_ship_with_npm_unreachable_keeps_everything_else(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENCOMPRESS_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("npm_config_registry", "http://127.0.0.1:9/")
+    monkeypatch.setenv("npm_config_cache", str(tmp_path / "empty-npm-cache"))
+    model = tiny_generator(tmp_path / "tiny.onnx")
+    out = tmp_path / "out"
+    result = cli("compress", model, out, "--ship", "--no-bench", "--samples", "16", "--calib-size", "16")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr, result  # compress logs its steps; the error is the last line
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("gencompress: error: web target") and "fix:" in last and "python, ort built in" in last
+    assert {p.name for p in out.iterdir()} == {"reference.onnx", "model.onnx", "report.json", "report.html", "ship"}
+    m = manifest_of(out / "ship")
+    assert m["targets"]["python"]["built"] and m["targets"]["ort"]["built"] and not m["targets"]["web"]["built"]
+    assert not (out / "ship" / "web").exists()
+    assert (out / "ship" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+    assert m["compress_report"]["fidelity"]["outputs"]["image"]["psnr_db"] > 30
+    assert not [p for p in tmp_path.iterdir() if ".staging-" in p.name]
