@@ -79,10 +79,14 @@ def check_out_dir(out: Path, model: Path) -> None:
             raise GencompressError(f"{out}: is not empty and not a gencompress bundle; choose an empty or new folder")
 
 
-def ship(model, out_dir, *, targets=TARGETS, web_version: str | None = None, log=None) -> dict:
-    """Bundle ``model`` for the given targets into ``out_dir``; returns the manifest (as written)."""
+def ship(model, out_dir, *, targets=TARGETS, web_version: str | None = None, source: str | None = None, log=None) -> dict:
+    """Bundle ``model`` for the given targets into ``out_dir``; returns the manifest (as written).
+
+    ``source``: the model path to record in the manifest (default: ``model``'s absolute path;
+    compress passes its final OUT_DIR/model.onnx, not the staging copy it ships from).
+    """
     from gencompress.inputs import output_range_of_model, sample_inputs, specs_of_model
-    from gencompress.onnx_io import load_model, save_model
+    from gencompress.onnx_io import load_model, refuse_nonfinite_weights, save_model
     from gencompress.passes.calibrate import fixed_batch
     from gencompress.runtime_check.sessions import make_session
     from gencompress.ship import manifest as M
@@ -96,6 +100,7 @@ def ship(model, out_dir, *, targets=TARGETS, web_version: str | None = None, log
     out = Path(out_dir)
     check_out_dir(out, model_path)
     proto = load_model(model_path)
+    refuse_nonfinite_weights(proto, model_path)  # a bundle of NaN weights would ship NaN images
     specs = specs_of_model(proto)
     if not specs:
         raise GencompressError(f"{model_path}: the graph has no inputs to draw latents for; ship takes a generator")
@@ -104,7 +109,7 @@ def ship(model, out_dir, *, targets=TARGETS, web_version: str | None = None, log
         "format": M.FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": "model.onnx",
-        "source": {"model": str(model_path.resolve()), "sha256": M.sha256(model_path), "bytes": model_path.stat().st_size,
+        "source": {"model": source or str(model_path.resolve()), "sha256": M.sha256(model_path), "bytes": model_path.stat().st_size,
                    "exported_from": {p.key: p.value for p in proto.metadata_props}.get("gencompress.source")},
         "opsets": M.opsets(proto),
         "batch": batch,  # None: any batch size (shape "N")

@@ -18,25 +18,37 @@ from gencompress.errors import GencompressError
 FORMAT = "gencompress.ship/1"
 MANIFEST = "manifest.json"
 # InputSpec fields whose meaning sample.py and the web page reproduce. A field added to InputSpec
-# (a new prior) must be taught to prior_of, sample.py and index.html before a model using it ships.
-KNOWN_SPEC_FIELDS = ("name", "shape", "dtype", "low", "high")
+# must be taught to prior_of, sample.py and index.html before a model using it ships (a test checks).
+KNOWN_SPEC_FIELDS = ("name", "shape", "dtype", "low", "high", "prior")
 # The exporter records the nominal peak-to-peak range only; these are the ranges it stands for.
 DISPLAY_RANGES = {2.0: [-1.0, 1.0], 1.0: [0.0, 1.0]}
 _ELEM = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 9: "bool", 2: "uint8", 3: "int8"}
 
 
 def prior_of(spec) -> dict:
-    """The prior ``InputSpec.sample`` draws from, as data (see sample.py ``draw``)."""
+    """The prior ``InputSpec.sample`` draws from, as data (see sample.py ``draw`` and index.html ``drawJs``)."""
+    from gencompress.inputs import _prior_parts  # the one parser of a spec's prior
+
     extra = {f.name for f in dataclasses.fields(spec)} - set(KNOWN_SPEC_FIELDS)
     defaults = {f.name: f.default for f in dataclasses.fields(spec)}
     changed = sorted(k for k in extra if getattr(spec, k) != defaults[k])
     if changed:
         raise GencompressError(f"input {spec.name!r}: its prior uses {', '.join(changed)}, which the bundle's samplers do not reproduce yet")
-    if spec.is_float:
+    kind, args = _prior_parts(spec)
+    if kind == "normal":
         return {"kind": "normal", "mean": 0.0, "std": 1.0}
-    if spec.dtype == "bool":
+    if kind == "uniform":
+        return {"kind": "uniform", "low": float(args[0]), "high": float(args[1])}
+    if kind == "onehot":
+        return {"kind": "onehot", "classes": int(args[0])}
+    if kind == "bool":
         return {"kind": "integers", "low": 0, "high": 1}
-    return {"kind": "integers", "low": int(spec.low), "high": int(spec.high)}
+    if kind == "range":
+        return {"kind": "integers", "low": int(spec.low), "high": int(spec.high)}
+    if kind == "data":
+        raise GencompressError(f"input {spec.name!r}: drawn from data ({args[0]}); a bundle carries priors only, "
+                               f"so ship a model whose inputs are drawn from normal, uniform, onehot or integer priors")
+    raise GencompressError(f"input {spec.name!r}: prior kind {kind!r} is not reproduced by the bundle's samplers yet")
 
 
 def _dims(vi, batch_axis_name: str = "N") -> list:

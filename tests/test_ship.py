@@ -126,7 +126,9 @@ def test_sampler_draws_what_gencompress_draws(bundles):
     spec.loader.exec_module(sample)
     assert set(KNOWN_SPEC_FIELDS) == {f for f in InputSpec.__dataclass_fields__}, "InputSpec changed: teach ship's samplers the new prior"
     hand = [InputSpec("z", (1, 7, 3)), InputSpec("h", (1, 5), "float16"), InputSpec("d", (1, 4), "float64"),
-            InputSpec("label", (1,), "int64", 0, 9), InputSpec("k", (1, 2), "int32", -3, 3), InputSpec("mask", (1, 6), "bool")]
+            InputSpec("label", (1,), "int64", 0, 9), InputSpec("k", (1, 2), "int32", -3, 3), InputSpec("mask", (1, 6), "bool"),
+            InputSpec("t", (1, 3), "float32", prior="uniform:-0.5..2"), InputSpec("y", (1, 2, 10), "float32", prior="onehot:10"),
+            InputSpec("n", (1, 2), "float16", prior="normal")]
     cases = [hand] + [specs_of_model(onnx.load(str(bundles[n]["ship"] / "model.onnx"))) for n in ZOO]
     for specs in cases:
         entries = [{"name": s.name, "shape": ["N", *s.shape[1:]], "dtype": s.dtype, "prior": prior_of(s)} for s in specs]
@@ -436,12 +438,13 @@ def test_int4_model_whose_ort_file_does_not_load_is_an_error(zoo_onnx, tmp_path,
     assert cli("ship", model, tmp_path / "out", "--target", "python").exit_code == 0
 
 
-def tiny_generator(path: Path) -> Path:
-    """z [N, 8] → Gemm → Reshape → Tanh image [N, 1, 4, 4], with the exporter's metadata."""
+def tiny_generator(path: Path, meta: dict | None = None, weight=None) -> Path:
+    """z [N, 8] → Gemm → Reshape → Tanh image [N, 1, 4, 4], with the exporter's metadata (``meta`` overrides)."""
     from gencompress.inputs import specs_to_json
 
     rng = np.random.default_rng(0)
-    inits = [onnx.numpy_helper.from_array((rng.standard_normal((8, 16)) * 0.5).astype(np.float32), "w"),
+    w = (rng.standard_normal((8, 16)) * 0.5).astype(np.float32) if weight is None else weight
+    inits = [onnx.numpy_helper.from_array(w, "w"),
              onnx.numpy_helper.from_array(np.zeros(16, np.float32), "b"),
              onnx.numpy_helper.from_array(np.array([-1, 1, 4, 4], np.int64), "shape")]
     nodes = [helper.make_node("Gemm", ["z", "w", "b"], ["h"]), helper.make_node("Reshape", ["h", "shape"], ["r"]),
@@ -449,8 +452,10 @@ def tiny_generator(path: Path) -> Path:
     graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 8])],
                               [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 4, 4])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.metadata_props.add(key="gencompress.inputs", value=specs_to_json([InputSpec("z", (1, 8))]))
-    model.metadata_props.add(key="gencompress.output_range", value="2.0")
+    entries = {"gencompress.inputs": specs_to_json([InputSpec("z", (1, 8))]), "gencompress.output_range": "2.0", **(meta or {})}
+    for key, value in entries.items():
+        model.metadata_props.add(key=key, value=value)
+    path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
 
@@ -471,4 +476,21 @@ def test_compress_ship_with_npm_unreachable_keeps_everything_else(tmp_path, monk
     assert not (out / "ship" / "web").exists()
     assert (out / "ship" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
     assert m["compress_report"]["fidelity"]["outputs"]["image"]["psnr_db"] > 30
+    assert m["source"]["model"] == str((out / "model.onnx").resolve())  # not the staging copy
     assert not [p for p in tmp_path.iterdir() if ".staging-" in p.name]
+
+
+@pytest.mark.parametrize("meta, weight, fragment", [
+    ({"gencompress.output_range": "nan"}, None, "output_range"),
+    ({"gencompress.inputs": '[{"name": "z", "shape": [1, -8], "dtype": "float32"}]'}, None, "gencompress.inputs"),
+    ({"gencompress.inputs": '[{"name": "z", "shape": [1, 8], "dtype": "float32", "prior": "data:rows.npz"}]'}, None, "priors only"),
+    ({}, np.full((8, 16), np.nan, np.float32), "NaN"),
+])
+def test_hostile_metadata_and_weights_are_one_line(meta, weight, fragment, tmp_path, user_error, monkeypatch):
+    model = tiny_generator(tmp_path / "m" / "g.onnx", meta=meta, weight=weight)
+    if "data:" in str(meta):  # the data file exists: the refusal is about shipping it, not reading it
+        np.savez(tmp_path / "rows.npz", z=np.zeros((4, 8), np.float32))
+    before = digest_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    user_error(cli("ship", model, tmp_path / "out", "--target", "python,ort"), fragment)
+    assert_nothing_written(tmp_path, before, tmp_path / "out")

@@ -40,8 +40,12 @@ def draw(inputs: list, n: int, seed: int) -> dict:
             if (prior["mean"], prior["std"]) != (0.0, 1.0):
                 x = prior["mean"] + prior["std"] * x
             feeds[spec["name"]] = x.astype(dtype)
+        elif prior["kind"] == "uniform":  # [low, high)
+            feeds[spec["name"]] = rng.uniform(prior["low"], prior["high"], size=shape).astype(dtype)
+        elif prior["kind"] == "onehot":  # one-hot over the last axis
+            feeds[spec["name"]] = np.eye(prior["classes"], dtype=dtype)[rng.integers(0, prior["classes"], size=shape[:-1])]
         elif prior["kind"] == "integers":  # uniform over [low, high], both included
-            feeds[spec["name"]] = rng.integers(prior["low"], prior["high"] + 1, size=shape).astype(dtype)
+            feeds[spec["name"]] = rng.integers(prior["low"], prior["high"], size=shape, endpoint=True, dtype=np.int64).astype(dtype)
         else:
             raise SystemExit(f"sample.py: error: input {spec['name']!r} has prior {prior['kind']!r}, which this runner does not know")
     return feeds
