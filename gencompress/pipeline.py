@@ -118,6 +118,7 @@ def compress(
     recipe=None,
     checkpoint=None,
     inputs=None,
+    batch_size: int | None = None,
     samples: int = 256,
     seed: int = 0,
     bench: bool = True,
@@ -176,8 +177,8 @@ def compress(
         for value in values:
             sweep_recipes.append((f"{key}={value}", validate_recipe(default_recipe(**{**flags, key: value}))))
     is_onnx = str(model).endswith(".onnx")
-    if is_onnx and (checkpoint or inputs):
-        raise GencompressError("--checkpoint and --input apply to a torch model, not an .onnx file")
+    if is_onnx and (checkpoint or inputs or batch_size):
+        raise GencompressError("--checkpoint, --input and --batch-size apply to a torch model, not an .onnx file")
     _refuse_overwrite_inputs(out, [model if is_onnx else None, checkpoint, recipe if isinstance(recipe, (str, Path)) else None],
                              sweep=bool(sweep_recipes))
 
@@ -195,7 +196,7 @@ def compress(
             from gencompress.exporter.export import export
 
             log(f"exporting {model} ...")
-            result = export(model, reference, checkpoint=checkpoint, inputs=inputs, seed=seed, log=log)
+            result = export(model, reference, checkpoint=checkpoint, inputs=inputs, seed=seed, batch_size=batch_size, log=log)
             source = result["model"]
 
         log(f"running {len(steps)} passes: {' → '.join(s['pass'] for s in steps)}")

@@ -35,6 +35,7 @@ def _flag(name: str) -> str:
 @click.option("--recipe", type=click.Path(), help="YAML/JSON recipe: a list of {pass: NAME, options: {...}}.")
 @click.option("--checkpoint", type=click.Path(), help="Weights for a torch MODEL (state_dict or .safetensors).")
 @click.option("--input", "inputs", multiple=True, metavar="NAME=SHAPE[:DTYPE[:LOW..HIGH]]", help="Inputs of a torch MODEL.")
+@click.option("--batch-size", "batch_size", type=int, help="Export with the batch (dim 0) fixed at N (a torch MODEL whose graph depends on it).")
 @click.option("--mode", type=click.Choice(QUANT_MODES), default="static", show_default=True, help="Quantization.")
 @click.option("--bits", type=click.Choice(["8", "4"]), default="8", show_default=True, help="Weight bits for --mode weight-only.")
 @click.option("--sparsity", type=float, default=0.0, show_default=True, help="Prune this fraction of weights (or channels) first.")
@@ -54,7 +55,7 @@ def _flag(name: str) -> str:
 @click.option("--threads", type=int, multiple=True, help="Intra-op thread counts to time (default 2).")
 @click.option("--no-bench", is_flag=True, help="Skip the latency measurement.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the summary table.")
-def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, prune_mode, nm, calib, calib_size,
+def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits, sparsity, prune_mode, nm, calib, calib_size,
              per_tensor, activations, no_rewrite, exclude, sweep, samples, seed, provider, batches, threads, no_bench, as_json):
     """Export MODEL (or take MODEL.onnx), compress it, check it; write OUT_DIR.
 
@@ -86,7 +87,7 @@ def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, p
                  calib_size=calib_size, per_tensor=per_tensor, activations=activations, rewrite=not no_rewrite,
                  exclude=tuple(exclude), seed=seed)
     report = run(
-        model, out_dir, recipe=recipe, checkpoint=checkpoint, inputs=inputs, samples=samples, seed=seed,
+        model, out_dir, recipe=recipe, checkpoint=checkpoint, inputs=inputs, batch_size=batch_size, samples=samples, seed=seed,
         bench=not no_bench, batches=batches or (1, 64), threads=threads or (2,), provider=provider,
         sweep=parse_sweep(sweep) if sweep else None, flags=flags,
         log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty(),
