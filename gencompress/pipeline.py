@@ -103,12 +103,20 @@ def parse_sweep(text: str) -> tuple[str, list]:
 
 
 def run_recipe_on(reference_path, recipe) -> tuple[object, list[dict]]:
-    """Load the reference as onnx_ir and run the recipe on it; returns (model, pass reports)."""
+    """Load the reference as onnx_ir and run the recipe on it; returns (ModelProto, pass reports)."""
     from gencompress.onnx_io import load_ir
     from gencompress.passes.registry import run_recipe
 
+    from gencompress.passes.cleanup import strip_debug_metadata
+
     model = load_ir(reference_path)
-    return run_recipe(model, recipe)
+    import onnx_ir as ir
+
+    from gencompress.passes.quantize import finalize
+
+    model, reports = run_recipe(model, recipe)
+    strip_debug_metadata(model)  # as quantize does, whether or not the recipe starts with cleanup
+    return finalize(ir.serde.serialize_model(model)), reports  # the same file quantize writes
 
 
 def compress(
