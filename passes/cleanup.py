@@ -21,6 +21,9 @@ from gencompress.passes.registry import GencompressPass, register
 FOLD_SIZE_LIMIT = 1 << 26
 # Never folded: their outputs are larger than their inputs, so folding would grow the file.
 GROWING_OPS = ("Expand", "Tile", "ConstantOfShape", "Range")
+# Not folded when their constant input has other readers: the folded copy would store the same
+# numbers twice (StyleGAN2 reads a conv weight directly and, Unsqueezed, in its demodulation).
+SHAPE_OPS = ("Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Transpose")
 # Per-node/value metadata the exporters write (source lines, absolute paths, stack traces).
 DEBUG_METADATA_PREFIXES = ("pkg.torch", "pkg.onnxscript", "namespace")
 
@@ -30,7 +33,11 @@ def fold_computed_weights(model: ir.Model) -> bool:
     from onnxscript.optimizer import fold_constants
 
     def should_fold(node):
-        return False if node.op_type in GROWING_OPS else None  # None: the folder's own decision
+        if node.op_type in GROWING_OPS:
+            return False
+        if node.op_type in SHAPE_OPS and node.inputs and node.inputs[0] is not None and len(node.inputs[0].uses()) > 1:
+            return False
+        return None  # the folder's own decision
 
     try:
         result = fold_constants(model, input_size_limit=FOLD_SIZE_LIMIT, output_size_limit=FOLD_SIZE_LIMIT, should_fold=should_fold)
@@ -62,7 +69,7 @@ def strip_debug_metadata(model: ir.Model) -> bool:
 @register("cleanup")
 class CleanupPass(GencompressPass):
     """Fold constants, drop unused nodes/initializers, merge duplicate initializers, sort
-    topologically, strip the exporter's debug metadata.
+    topologically; with ``strip_debug_metadata``, drop the exporter's debug metadata.
 
     Guarantees: graph inputs and outputs unchanged; numerics unchanged up to constant folding
     (which evaluates the same ops in float).
@@ -71,7 +78,8 @@ class CleanupPass(GencompressPass):
     @dataclass(frozen=True)
     class Options:
         fold_constants: bool = True
-        strip_debug_metadata: bool = True
+        # off by default: compress and quantize strip once, at the end of the recipe / in prepare()
+        strip_debug_metadata: bool = False
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         steps = [common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)]

@@ -144,7 +144,7 @@ def _summary(report: dict) -> str:
         else:
             kind = "int8 weights, float compute"
         layer_rows.append((layer["node"], layer["op_type"], kind, ", ".join(layer["weights"])))
-    layer_rows += [(layer["node"], layer["op_type"], "float (excluded)", ", ".join(layer["weights"])) for layer in report["float_layers"]]
+    layer_rows += [(layer["node"], layer["op_type"], f"float ({layer.get('reason', 'excluded')})", ", ".join(layer["weights"])) for layer in report["float_layers"]]
     lines += ["", table(["layer", "op", "quantized", "weights"], layer_rows)]
     if rewrite.get("changes"):
         lines += ["", "rewrites:", *(f"  {change}" for change in rewrite["changes"])]
