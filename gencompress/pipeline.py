@@ -246,6 +246,7 @@ def compress(
             recipe_source=recipe_source,
         )
         report["reference"], report["candidate"] = "reference.onnx", "model.onnx"
+        report["warnings"] = _result_warnings(compressed, report, pass_reports)  # printed under the summary
         rc.write_report(staging, report)
         _move_into(staging, out)
     finally:
@@ -253,6 +254,14 @@ def compress(
     import json
 
     return json.loads((out / "report.json").read_text())
+
+
+def _result_warnings(compressed, report: dict, pass_reports) -> list[str]:
+    from gencompress.result_warnings import compression_warnings
+
+    float_layers = [layer for entry in pass_reports for layer in ((entry.get("report") or {}).get("float_layers") or [])]
+    latency = (report.get("latency") or {}).get("results")
+    return compression_warnings(compressed, report["sizes"]["ratio"], latency=latency, float_layers=float_layers)
 
 
 def _refuse_overwrite_inputs(out: Path, inputs, *, sweep: bool) -> None:

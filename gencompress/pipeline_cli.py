@@ -96,6 +96,8 @@ def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits,
         echo_json(report)
         return
     click.echo(summary_table(report))
+    for warning in report.get("warnings") or []:
+        click.echo(f"warning: {warning}")
     out = Path(out_dir)
     click.echo(f"\nreport: {out / 'report.html'}   model: {out / 'model.onnx'}")
 

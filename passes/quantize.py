@@ -438,6 +438,11 @@ def quantize(
             report["quantized_activations"] = pass_report["quantized_activations"]
     if target is not None:
         report["target"] = target
+    from gencompress.result_warnings import compression_warnings
+
+    report["warnings"] = compression_warnings(proto, report["ratio"], float_layers=report.get("float_layers") or [])
+    for warning in report["warnings"]:
+        log(f"warning: {warning}")
     report["rewrite"] = rewrite_report
     report["seconds"] = round(time.perf_counter() - started, 2)
     return report
