@@ -198,7 +198,9 @@ def compress(
     try:
         reference = staging / "reference.onnx"
         if is_onnx:
-            save_model(load_model(model), reference)
+            from gencompress.exporter.upgrade import upgrade_opset
+
+            save_model(upgrade_opset(load_model(model), model, log), reference)
             source = str(model)
         else:
             from gencompress.exporter.export import export

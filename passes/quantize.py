@@ -384,6 +384,9 @@ def quantize(
         raise GencompressError(f"{out_path}: output should be an .onnx file")
     reference = load_model(in_path)
     _check_float_model(reference, in_path)
+    from gencompress.exporter.upgrade import upgrade_opset
+
+    reference = upgrade_opset(reference, in_path, log)
 
     model = ir.serde.deserialize_model(reference)
     prepare(model, keep_debug_metadata=keep_debug_metadata)
