@@ -163,7 +163,7 @@ class LSTMDecoder(nn.Module):
 
     def forward(self, z):
         x = z.unsqueeze(1).expand(-1, self.steps, -1)
-        zeros = torch.zeros(1, z.shape[0], self.hidden)  # batch-sized: exported as ConstantOfShape
+        zeros = z.new_zeros((1, z.shape[0], self.hidden))  # batch-sized: a ConstantOfShape without a value
         y, _ = self.rnn(x, (zeros, zeros))
         return torch.sigmoid(self.out(y))
 
