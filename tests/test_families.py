@@ -174,3 +174,29 @@ def test_size_warning_names_the_float_tensors(family_onnx, tmp_path):
     (warning,) = report["warnings"]
     assert "float size" in warning and "up3.weight" in warning
     assert any(line.startswith("warning:") for line in lines)
+
+
+def test_channel_pruning_through_pad_and_instancenorm(tmp_path):
+    """Conv -> InstanceNorm -> ReLU -> reflect Pad -> Conv: channels whose conv weights and bias are
+    zero (and InstanceNorm bias zero) carry nothing, so pruning them leaves the output unchanged,
+    and the InstanceNorm's scale and bias lose the same channels."""
+    import onnxruntime as ort
+
+    from gencompress.exporter.export import export
+    from gencompress.models.families import InstanceNormResNet
+
+    model = InstanceNormResNet()
+    with torch.no_grad():
+        for block in model.blocks:
+            block[1].weight[:12] = 0
+            block[1].bias[:12] = 0
+    export(model, tmp_path / "g.onnx", batches=(1,))
+    report = gencompress.prune(tmp_path / "g.onnx", tmp_path / "p.onnx", mode="channel", sparsity=0.25)
+    pruned = onnx.load(str(tmp_path / "p.onnx"))
+    shapes = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    assert [shapes[f"blocks.{i}.1.weight"] for i in (0, 1)] == [[36, 48, 3, 3]] * 2
+    assert [shapes[f"blocks.{i}.5.weight"] for i in (0, 1)] == [[48, 36, 3, 3]] * 2
+    x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    outs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0] for p in (tmp_path / "g.onnx", tmp_path / "p.onnx")]
+    assert np.abs(outs[0] - outs[1]).max() < 1e-4
+    assert report is not None
