@@ -61,6 +61,11 @@ def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits,
 
     OUT_DIR gets model.onnx, reference.onnx, report.json and report.html.
     The default recipe is static int8: cleanup → int8 rewrites → QDQ with calibration.
+    The rewrites turn each ConvTranspose into one sub-pixel Conv, or one Conv per output
+    phase where the single Conv would store zeros (recipe option of rewrite_for_int8:
+    layout: auto|fused|phases; auto by default). A torch MODEL whose graph depends on the
+    batch (groups = batch) exports with --batch-size N. The summary warns when the result
+    is >= 0.5x the float size or slower than float, naming the layers responsible.
 
     \b
     Examples:
@@ -68,6 +73,7 @@ def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits,
       gencompress compress vae out/ --sparsity 0.5 --mode weight-only --bits 4
       gencompress compress g.onnx out/ --recipe recipe.yaml
       gencompress compress dcgan out/ --sweep bits=8,4 --mode weight-only
+      gencompress compress gencompress.models.families:ModulatedConvFused out/ --batch-size 2
     """
     from gencompress.errors import GencompressError
     from gencompress.pipeline import compress as run, parse_sweep

@@ -386,7 +386,8 @@ def quantize(
     _check_float_model(reference, in_path)
     from gencompress.exporter.upgrade import upgrade_opset
 
-    reference = upgrade_opset(reference, in_path, log)
+    notes: list[str] = []
+    reference = upgrade_opset(reference, in_path, lambda message: (notes.append(message), log(message)))
 
     model = ir.serde.deserialize_model(reference)
     prepare(model, keep_debug_metadata=keep_debug_metadata)
@@ -443,6 +444,7 @@ def quantize(
         report["target"] = target
     from gencompress.result_warnings import compression_warnings
 
+    report["notes"] = notes
     report["warnings"] = compression_warnings(proto, report["ratio"], float_layers=report.get("float_layers") or [])
     for warning in report["warnings"]:
         log(f"warning: {warning}")
