@@ -14,6 +14,7 @@ A failed export is one line naming each exporter's reason; the full text goes to
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import tempfile
@@ -81,7 +82,7 @@ def export(
     module = resolved.module
     batch_size = _fixed_batch_size(batch_size, module)
     if batch_size:
-        specs = [InputSpec(s.name, (batch_size, *s.shape[1:]), s.dtype, s.low, s.high) for s in specs]
+        specs = [dataclasses.replace(s, shape=(batch_size, *s.shape[1:])) for s in specs]
         batches = (batch_size,)
     # A forward pass first: inputs that don't fit the model are the user's error, not the exporter's.
     example, outputs = _first_forward(module, specs, batch_size or 2, seed)
@@ -106,6 +107,7 @@ def export(
             except GencompressError:
                 raise
             except Exception as e:
+                _reraise_interrupt(e)  # torch wraps a Ctrl-C in its own error: stop, do not fall back
                 failures.append(f"dynamo: {reason(e)}")
                 fallback = f"dynamo export failed ({failures[-1]})"
             if fallback:
@@ -116,6 +118,7 @@ def export(
                 with attempts.capture("TorchScript exporter"):
                     _export_legacy(module, example, specs, output_names, tmp_onnx, opset, dynamic=not batch_size)
             except Exception as e:
+                _reraise_interrupt(e)
                 failures.append(f"TorchScript: {reason(e)}")
                 raise GencompressError(_failure_summary(failures, attempts.write(out), batch_size)) from None
         proto = onnx.load(str(tmp_onnx), load_external_data=True)
@@ -187,6 +190,16 @@ def _failure_summary(failures, log_path, batch_size) -> str:
     return f"export failed: {'; '.join(failures)}{hint}{where}"
 
 
+def _reraise_interrupt(error: BaseException) -> None:
+    """Raise KeyboardInterrupt if ``error`` was caused by one (torch re-raises Ctrl-C as an export error)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+
+
 def _opset(proto) -> int:
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
@@ -211,10 +224,13 @@ def _torch_inputs(specs, batch: int, seed: int):
 def _run_torch(module, args):
     import torch
 
-    with torch.no_grad():
+    from gencompress.exporter.resolve import user_code
+
+    with torch.no_grad(), user_code("the model's forward"):
         try:
             out = module(*args)
         except Exception as e:
+            _reraise_interrupt(e)
             msg = " ".join(str(e).split())[:300]
             raise GencompressError(f"the model fails on inputs of the given --input shapes ({type(e).__name__}: {msg})") from None
     outs = out if isinstance(out, (tuple, list)) else (out,)
@@ -236,6 +252,8 @@ def _quiet():
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 yield
+        except SystemExit as e:  # the user's forward ran sys.exit while being traced
+            raise GencompressError(f"the model called sys.exit({e.code!r}) during export") from None
         finally:
             logger.setLevel(level)
 
