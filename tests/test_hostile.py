@@ -483,9 +483,10 @@ def test_onnx_backend_graphs_never_crash(tmp_path):
     made constant (opset raised): prune and quantize either work or refuse with a GencompressError;
     anything else is a bug. The full set runs by hand: benchmarks/onnx_backend_graphs.py."""
     script = _backend_script()
-    models = [m for m in script.backend_models() if m.stat().st_size < 100_000]  # the big ones cost seconds each
+    # light/ holds whole image nets (vgg19, resnet50...): tens of seconds each, run by hand only
+    models = [m for m in script.backend_models() if m.parent.name != "light"]
     assert models
-    sample = [m for m in models if "sequence" in m.parent.name][:4] + models[:: max(1, len(models) // 16)][:16]
+    sample = [m for m in models if "sequence" in m.parent.name][:2] + models[:: max(1, len(models) // 14)][:14]
     variants = []
     for i, src in enumerate(sample):
         (tmp_path / str(i)).mkdir()
