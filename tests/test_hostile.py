@@ -363,7 +363,7 @@ def _report_without_timings(path: Path) -> dict:
     return report
 
 
-def test_compress_commit_is_atomic_and_reruns_identical(tmp_path, run_cli, monkeypatch):
+def test_compress_reruns_identical_and_commit_is_all_or_nothing(tmp_path, run_cli, monkeypatch):
     m = tiny(tmp_path / "g.onnx")
     out = tmp_path / "out"
     out.mkdir()
@@ -371,33 +371,25 @@ def test_compress_commit_is_atomic_and_reruns_identical(tmp_path, run_cli, monke
     args = ["compress", m, out, "--samples", "8", "--calib-size", "8", "--no-bench"]
     assert run_cli(*args).exit_code == 0
     first = snapshot(out)
+    first_report = _report_without_timings(out / "report.json")
     assert run_cli(*args).exit_code == 0
-    assert _report_without_timings(out / "report.json") == json.loads(json.dumps(_report_without_timings(tmp_path / "out" / "report.json")))
-    text = (out / "report.json").read_text()
-    assert "staging" not in text and str(tmp_path) not in text.replace(str(m), "")
-    assert (out / "model.onnx").read_bytes() == first["model.onnx"]
+    assert _report_without_timings(out / "report.json") == first_report  # identical runs, identical report
+    assert "staging" not in (out / "report.json").read_text()
+    second = snapshot(out)
+    assert set(second) == set(first) and second["model.onnx"] == first["model.onnx"] and second["notes.txt"] == b"mine"
 
-    # a failure in the middle of the commit: OUT_DIR keeps the previous run whole
-    import gencompress.pipeline as pipeline
-
+    # the commit fails after some of the new files were moved in: OUT_DIR is exactly as before
     real_rename = Path.rename
-    calls = {"n": 0}
 
-    def flaky(self, target):
-        if ".gencompress-staging-" in str(self) and self.name == "report.json":
-            raise OSError(errno.EIO, "simulated failure")
-        calls["n"] += 1
+    def failing(self, target):
+        if self.parent.name.startswith(".gencompress-staging-") and self.name == "report.json":
+            raise OSError(errno.EIO, "simulated I/O error")
         return real_rename(self, target)
 
-    monkeypatch.setattr(Path, "rename", flaky)
-    r = run_cli(*args[:-1], "--sparsity", "0.5", "--no-bench")
-    assert r.exit_code == 2, r
-    monkeypatch.setattr(Path, "rename", real_rename)
-    after = snapshot(out)
-    assert after == snapshot(out) and set(after) == set(first)
-    assert after["model.onnx"] == first["model.onnx"] and after["report.json"] == snapshot(out)["report.json"]
-    assert not [p for p in out.iterdir() if p.name.startswith(".")], list(out.iterdir())
-    assert pipeline.STAGING_PREFIX.startswith(".")
+    monkeypatch.setattr(Path, "rename", failing)
+    r = run_cli("compress", m, out, "--samples", "8", "--calib-size", "8", "--no-bench", "--sparsity", "0.5")
+    assert r.exit_code == 2 and "OUT_DIR is as before" in r.stderr, r
+    assert snapshot(out) == second  # byte for byte, no staging or previous-run folder left
 
 
 def test_failed_compress_leaves_no_out_dir(tmp_path, run_cli, user_error):
@@ -431,6 +423,20 @@ def test_sigterm_mid_compress_cleans_up(tmp_path):
 
 
 # ---- input priors (issue 12) ----------------------------------------------------------------------------------
+
+
+def test_interrupt_wrapped_by_torch_still_stops_export():
+    from gencompress.exporter.export import _reraise_interrupt
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise RuntimeError("torch.onnx export failed") from e
+    except RuntimeError as wrapped:
+        with pytest.raises(KeyboardInterrupt):
+            _reraise_interrupt(wrapped)
+    _reraise_interrupt(RuntimeError("a real export error"))  # not an interrupt: the caller falls back
 
 
 def test_input_priors(tmp_path):
