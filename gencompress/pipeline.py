@@ -274,7 +274,7 @@ def _refuse_overwrite_inputs(out: Path, inputs, *, sweep: bool) -> None:
     inputs = [Path(p) for p in inputs if p is not None]
     for name in OUTPUT_FILES:
         refuse_overwrite(out / name, inputs)
-    if not sweep:
+    if not sweep or not (out / "sweep").exists():
         return
     from gencompress.onnx_io import external_data_files
 

@@ -319,10 +319,12 @@ def test_user_module_exit_or_error_is_one_line(build, fragment, tmp_path, run_cl
 
 def test_user_module_prints_do_not_break_json(tmp_path, run_cli):
     (tmp_path / "gen.py").write_text(USER_MODULE.format(build="pass"))
-    r = run_cli("export", f"{tmp_path / 'gen.py'}:G", tmp_path / "g.onnx", "--json")
+    r = run_cli("export", f"{tmp_path / 'gen.py'}:G", tmp_path / "g.onnx", "--json", "--input", "z=1x8:float32:uniform:-1..1")
     assert r.exit_code == 0, r
     assert json.loads(r.stdout)["exporter"]
     assert "hello from the user's module" in r.stderr
+    (spec,) = specs_of_model(onnx.load(str(tmp_path / "g.onnx")))  # the prior is recorded for every later sampler
+    assert spec.prior == "uniform:-1..1" and spec.describe_prior() == "uniform(-1, 1)"
 
 
 # ---- data loss -----------------------------------------------------------------------------------------------
@@ -451,10 +453,15 @@ def test_input_priors(tmp_path):
     assert set(map(tuple, draws["x"])) <= {tuple(r) for r in np.arange(12, dtype=np.float32).reshape(6, 2)}
     assert all((draws[k] == sample_inputs(specs, 500, seed=1)[k]).all() for k in draws)  # seeded
 
+    old_style = '[{"name": "z", "shape": [1, 8], "dtype": "float32", "low": 0, "high": 1}]'  # metadata before priors
+    assert specs_of_model(onnx.load(str(tiny(tmp_path / "old.onnx", meta={"gencompress.inputs": old_style}))))[0].prior == ""
     m = tiny(tmp_path / "g.onnx", meta={"gencompress.inputs": specs_to_json([parse_input_spec("z=1x8:float32:uniform:-1..1")])})
     (spec,) = specs_of_model(onnx.load(str(m)))
     assert spec.prior == "uniform:-1..1"
     assert gencompress.check(m, m, samples=8)["inputs"][0]["prior"] == "uniform(-1, 1)"
+    np.savez(tmp_path / "z.npz", z=np.random.default_rng(0).standard_normal((5, LATENT)).astype(np.float32))
+    d = tiny(tmp_path / "d.onnx", meta={"gencompress.inputs": specs_to_json([parse_input_spec(f"z=1x8:float32:data:{tmp_path / 'z.npz'}")])})
+    assert gencompress.quantize(d, tmp_path / "d.int8.onnx", calib_size=8, eval_size=8)["psnr_db"] > 20  # calibrated on the data rows
 
 
 @pytest.mark.parametrize("text, fragment", [
