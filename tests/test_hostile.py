@@ -426,6 +426,34 @@ def test_sigterm_mid_compress_cleans_up(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gen.py", "started"]  # OUT_DIR was this run's: gone
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def test_sigterm_during_bench_memory_probe_ends_the_child(tmp_path):
+    m = tiny(tmp_path / "g.onnx")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    exe = Path(sys.executable).parent / "gencompress"
+    proc = subprocess.Popen([str(exe), "bench", str(m), "--runs", "1", "--warmup", "0", "--batch", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp)})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not _children(proc.pid) and proc.poll() is None:
+        time.sleep(0.01)
+    children = _children(proc.pid)
+    assert children, "bench never started its memory probe"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    time.sleep(0.2)
+    alive = {c: Path(f"/proc/{c}/cmdline").read_text().replace("\0", " ")[:200] for c in children if Path(f"/proc/{c}").exists()}
+    assert not alive, alive
+    assert [p.name for p in tmp.iterdir() if "gencompress" in p.name] == []  # the probe's model copy is gone too
+
+
 # ---- input priors (issue 12) ----------------------------------------------------------------------------------
 
 
