@@ -505,6 +505,38 @@ def test_input_priors(tmp_path):
     assert gencompress.quantize(d, tmp_path / "d.int8.onnx", calib_size=8, eval_size=8)["psnr_db"] > 20  # calibrated on the data rows
 
 
+HOSTILE_VALUES = [None, True, -1, 0, 1, 2**31, 2**70, -(2**70), 1.5, float("nan"), float("inf"), "", "x", "z",
+                  "float32", "int64", "bool", "string", "a" * 5000, [], [1], [1, 8], [-1], [0, 8], [[1]], ["1"], {}, {"a": 1},
+                  "normal", "uniform:0..1", "uniform:1..0", "onehot:8", "onehot:0", "data:", "data:/dev/zero", "0..9"]
+
+
+def test_metadata_fuzz_only_ever_gives_specs_or_one_line_errors():
+    """Seeded random corruptions of a valid spec list: every outcome is a valid spec or a
+    GencompressError; a valid spec then samples (or refuses with a GencompressError)."""
+    from gencompress.inputs import specs_from_json
+
+    rng = np.random.default_rng(0)
+    keys = ["name", "shape", "dtype", "low", "high", "prior", "extra"]
+    for _ in range(3000):
+        entry = {"name": "z", "shape": [1, 8], "dtype": "float32", "low": 0, "high": 1}
+        for _ in range(rng.integers(1, 4)):
+            key = keys[rng.integers(len(keys))]
+            if rng.random() < 0.2:
+                entry.pop(key, None)
+            else:
+                entry[key] = HOSTILE_VALUES[rng.integers(len(HOSTILE_VALUES))]
+        text = json.dumps([entry] if rng.random() < 0.9 else entry)
+        try:
+            specs = specs_from_json(text)
+        except GencompressError as e:
+            assert "\n" not in str(e) and len(str(e)) < 600, str(e)
+            continue
+        try:
+            sample_inputs(specs, 2)
+        except GencompressError as e:
+            assert "\n" not in str(e) and len(str(e)) < 600, str(e)
+
+
 @pytest.mark.parametrize("text, fragment", [
     ("y=1x5:float32:onehot:4", "last axis"),
     ("t=1:float32:uniform:3..2", "LO < HI"),
