@@ -61,6 +61,8 @@ def export(
     attribute, else a dynamic batch).
     Returns a report: exporter used, opset, parity error per batch size, file size.
     """
+    if model is None or isinstance(model, (bool, int, float, bytes, list, tuple, dict)):  # before importing torch
+        raise GencompressError(f"model: expected a zoo name, file.py:Name, package.module:attr or an nn.Module, got {type(model).__name__}")
     import torch
 
     from gencompress.exporter.resolve import ResolvedModel, resolve_model

@@ -312,7 +312,8 @@ def _refuse_overwrite_inputs(out: Path, inputs, *, sweep: bool, ship: bool = Fal
     inputs = [Path(p) for p in inputs if p is not None]
     for name in OUTPUT_FILES:
         refuse_overwrite(out / name, inputs)
-    replaced = (["sweep"] if sweep else []) + (["ship"] if ship else [])  # replaced as a whole by this run
+    # replaced as a whole by this run (only when they exist: the check reads each input's external-data list)
+    replaced = [folder for folder, used in (("sweep", sweep), ("ship", ship)) if used and (out / folder).exists()]
     if not replaced:
         return
     from gencompress.onnx_io import external_data_files
