@@ -1,0 +1,340 @@
+"""Measure, then decide: which layers run int8 kernels, and in what form float layers store weights.
+
+onnxruntime runs an int8 layer fast only when the int8 kernel saves more than the data movement
+around it costs (Q/DQ, the Transposes around its channels-last int8 Conv, the DepthToSpace/Slice
+of a rewritten ConvTranspose); on small layers at batch 1 it often does not. So, per layer, we
+time the model with the layer in int8 and with it in float, interleaved with the float model in
+one process (``runtime_check.latency.time_interleaved``, sessions from
+``runtime_check.sessions``, spinning off), on the chosen execution provider, batch sizes and
+thread count, and keep int8 only where it pays.
+
+A layer computed in float still stores its weights as int8: ``Cast(int8) * scale`` on constants
+(``cast_mul_weights``). onnxruntime constant-folds that into a float initializer at load (and
+pre-packs it like any float weight), whereas it never folds a DequantizeLinear (kept for its QDQ
+fusions), which then runs on every call: measured on the zoo vae, weight-only int8 with
+DequantizeLinear ran at 0.55x/0.73x float (batch 1/64), with Cast*Mul at 0.98x/1.02x; the rvae's
+GRU weights behind a DequantizeLinear at 0.76x, as Cast*Mul at 1.0x.
+
+Objectives (``OBJECTIVES``):
+  speed     a layer is int8 when that lowers the model's time (geometric mean over the batches);
+            of {planned, all int8, no int8}, the fastest is kept.
+  balanced  (default) a layer is int8 only when that is not slower beyond ``NOISE`` at any batch
+            size; the result must not be slower than float beyond ``NOISE`` at any batch size,
+            else no layer computes in int8 (weights still int8, folded at load).
+  size      every layer int8, nothing timed (the most quantized model; weights behind
+            DequantizeLinear, the standard QDQ form).
+
+The timer is injected (``plan_layers(measure=...)``), so the decision logic is tested with
+stubbed measurements.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from gencompress.errors import GencompressError
+
+OBJECTIVES = ("balanced", "speed", "size")
+DEFAULT_OBJECTIVE = "balanced"
+NOISE = 0.05  # relative timing noise we do not act on (interleaved p50 ratios move this much under load)
+DEFAULT_BATCHES = (1, 64)
+DEFAULT_THREADS = 2
+TARGET_SLOT_SECONDS = 0.25  # timed seconds per model and batch size in one measurement
+HIDDEN_DOMAIN = "gencompress.keep_float"  # marks ConvTransposes the int8 rewrites must leave alone
+
+Ratios = dict  # {batch: model p50 / float p50}
+
+
+def check_objective(objective: str) -> str:
+    if objective not in OBJECTIVES:
+        raise GencompressError(f"--objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
+    return objective
+
+
+# ---- the decision (pure: measurements in, choice out) -------------------------------------------
+
+
+def geomean(ratios: Ratios) -> float:
+    return math.exp(sum(math.log(r) for r in ratios.values()) / len(ratios))
+
+
+def int8_pays(with_int8: Ratios, without: Ratios, objective: str, noise: float = NOISE) -> bool:
+    """Keep a layer in int8? ``with_int8`` / ``without``: the model's time ratios to float with the
+    layer in int8 / in float (the rest as currently planned)."""
+    gain = {b: without[b] / with_int8[b] for b in with_int8}  # > 1: int8 is faster
+    if objective == "speed":
+        return geomean(gain) >= 1.0
+    return min(gain.values()) >= 1.0 - noise and geomean(gain) >= 1.0
+
+
+def _fmt(ratios: Ratios) -> str:
+    return ", ".join(f"b{b} {1 / r:.2f}x" for b, r in sorted(ratios.items()))
+
+
+@dataclass
+class PlanResult:
+    int8: frozenset  # layer names that compute in int8
+    ratios: Ratios  # measured, of the chosen configuration
+    layers: list[dict] = field(default_factory=list)  # per layer: choice and measured reason
+    configs: list[dict] = field(default_factory=list)  # every configuration measured
+    message: str = ""
+
+
+def plan_layers(layers: list[str], measure: Callable[[list[frozenset]], list[Ratios]], objective: str, noise: float = NOISE) -> PlanResult:
+    """Choose the layers that compute in int8.
+
+    ``measure(configs)`` times each configuration (a frozenset of int8 layer names) interleaved
+    with the float model and returns, per configuration, ``{batch: p50 / float p50}``.
+    Greedy: start from every layer in int8; for each layer in graph order, time the plan with and
+    without it in int8 (together, so load drift hits both), keep the better per the objective.
+    Then compare the plan, all-int8 and no-int8 side by side and pick per the objective.
+    """
+    check_objective(objective)
+    full, none = frozenset(layers), frozenset()
+    if objective == "size" or not layers:
+        return PlanResult(full, {}, [{"node": n, "choice": "int8", "reason": "objective size: every layer int8 (not timed)"} for n in layers])
+    configs: list[dict] = []
+
+    def timed(*candidates):
+        results = measure(list(candidates))
+        for c, r in zip(candidates, results):
+            configs.append({"int8": sorted(c), "ratios": {str(b): round(v, 4) for b, v in r.items()}})
+        return results
+
+    current = full
+    rows = []
+    for name in layers:
+        without, with_int8 = timed(current - {name}, current)
+        keep = int8_pays(with_int8, without, objective, noise)
+        verdict = "int8 pays" if keep else "int8 does not pay"
+        reason = f"{verdict}: model with it in int8 {_fmt(with_int8)} float speed, with it in float {_fmt(without)}"
+        rows.append({"node": name, "choice": "int8" if keep else "float", "reason": reason,
+                     "with_int8": {str(b): round(1 / v, 3) for b, v in with_int8.items()},
+                     "in_float": {str(b): round(1 / v, 3) for b, v in without.items()}})
+        if not keep:
+            current = current - {name}
+    finals = list(dict.fromkeys([current, full, none]))
+    measured = dict(zip(finals, timed(*finals)))
+    if objective == "speed":
+        chosen = min(finals, key=lambda c: geomean(measured[c]))
+        message = f"fastest measured: {_fmt(measured[chosen])} float speed"
+    else:
+        safe = [c for c in finals if max(measured[c].values()) <= 1.0 + noise]
+        chosen = min(safe, key=lambda c: geomean(measured[c])) if safe else none
+        message = (f"not slower than float beyond {noise:.0%} at any batch: {_fmt(measured[chosen])} float speed" if safe
+                   else f"every configuration was slower than float beyond {noise:.0%}; no int8 compute ({_fmt(measured[none])})")
+    if chosen != current:
+        for row in rows:
+            choice = "int8" if row["node"] in chosen else "float"
+            if choice != row["choice"]:
+                row["choice"] = choice
+                row["reason"] += f"; overridden: the whole plan with {'all' if chosen == full else 'no'} layers in int8 measured faster"
+    return PlanResult(chosen, measured[chosen], rows, configs, message)
+
+
+# ---- int8 weights that onnxruntime folds at load ---------------------------------------------------
+
+
+def cast_mul_weights(model: ir.Model, int8_nodes=frozenset()) -> int:
+    """Replace each DequantizeLinear of a constant int8 weight (zero point 0, no block_size) whose
+    readers all compute in float (not in ``int8_nodes``, names) by ``Cast(q) * Reshape(scale)``:
+    the same values, a constant subgraph onnxruntime folds into a float initializer at load.
+    Returns how many were replaced."""
+    graph = model.graph
+    count = 0
+    for node in list(graph):
+        if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
+            continue
+        q = node.inputs[0]
+        if q is None or q.const_value is None or q.is_graph_input() or q.dtype not in (ir.DataType.INT8, ir.DataType.UINT8):
+            continue
+        if node.attributes.get_int("block_size", 0):
+            continue
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            zp = node.inputs[2].const_value
+            if zp is None or np.any(zp.numpy() != 0):
+                continue
+        out = node.outputs[0]
+        if not out.uses() or any(u.node.name in int8_nodes for u in out.uses()) or out in graph.outputs:
+            continue
+        rank = len(q.const_value.shape)
+        scale = node.inputs[1]
+        base = q.name
+        cast = ir.node("Cast", [q], {"to": ir.DataType.FLOAT}, name=f"{base}_to_float",
+                       outputs=[ir.Value(name=f"{base}_as_float", type=ir.TensorType(ir.DataType.FLOAT), shape=q.shape)])
+        new = [cast]
+        if rank > 1 and scale.shape is not None and len(scale.shape) == 1:
+            axis = node.attributes.get_int("axis", 1) % rank
+            dims = [1] * rank
+            dims[axis] = -1
+            shape = ir.Value(name=f"{base}_scale_shape", const_value=ir.tensor(np.array(dims, dtype=np.int64), name=f"{base}_scale_shape"),
+                             type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([rank]))
+            graph.register_initializer(shape)
+            reshape = ir.node("Reshape", [scale, shape], name=f"{base}_scale_reshape",
+                              outputs=[ir.Value(name=f"{base}_scale_bcast", type=ir.TensorType(ir.DataType.FLOAT))])
+            new.append(reshape)
+            scale = reshape.outputs[0]
+        mul = ir.node("Mul", [cast.outputs[0], scale], name=f"{base}_dequantize",
+                      outputs=[ir.Value(name=f"{base}_folded", type=ir.TensorType(ir.DataType.FLOAT), shape=out.shape)])
+        new.append(mul)
+        graph.insert_before(node, new)
+        out.replace_all_uses_with(mul.outputs[0])
+        graph.remove(node, safe=True)
+        count += 1
+    return count
+
+
+# ---- building a configuration ------------------------------------------------------------------
+
+
+def rewrite_only(model: ir.Model, keep_float: set[str]):
+    """The int8 rewrites on every ConvTranspose except those named in ``keep_float`` (which stay
+    ConvTranspose: in float that is onnxruntime's fastest form). Returns the rewrite report."""
+    from gencompress.passes.quantize import rewrite_for_int8
+
+    hidden = [n for n in model.graph if n.op_type == "ConvTranspose" and n.name in keep_float]
+    for n in hidden:
+        n.domain = HIDDEN_DOMAIN
+    if hidden:
+        model.opset_imports[HIDDEN_DOMAIN] = 1
+    try:
+        model, report = rewrite_for_int8(model)
+    finally:
+        for n in hidden:
+            n.domain = ""
+        model.opset_imports.pop(HIDDEN_DOMAIN, None)
+    return model, report
+
+
+def _matches(name: str, original: str) -> bool:
+    """A node of the rewritten graph stands for ``original`` (the rewrites name theirs ``original/...``)."""
+    return name == original or name.startswith(original + "/")
+
+
+@dataclass
+class ConfigBuilder:
+    """Builds the model for a set of int8 layers (original names) from the prepared float model."""
+
+    prepared: onnx.ModelProto  # after prepare(), before the rewrites
+    rewrite: bool  # apply the int8 rewrites to the ConvTransposes that go int8
+    static_options: dict  # static_quantizer keyword arguments (calib, calib_size, ...)
+    exclude: tuple = ()  # user's --exclude: float, weights kept float too
+    layers: list[dict] = field(default_factory=list)  # decidable int8 layers of the prepared graph
+    storage_layers: list[str] = field(default_factory=list)  # float-compute layers with weights (GRU, Gather)
+    _quantizers: dict = field(default_factory=dict)
+    _built: dict = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, prepared: onnx.ModelProto, *, rewrite: bool, static_options: dict, exclude=()):
+        from gencompress.passes.insert_qdq import find_layers, select_layers
+
+        found = find_layers(ir.serde.deserialize_model(prepared).graph)
+        kept, _ = select_layers(found, exclude)
+        decidable = [{"node": l.name, "op_type": l.op_type, "weights": [w.name for w in l.weights]} for l in kept if l.kind == "int8"]
+        storage = [l.name for l in kept if l.kind == "weights"]
+        return cls(prepared, rewrite, static_options, tuple(exclude), decidable, storage)
+
+    def _quantizer(self, keep_float: frozenset):
+        """(rewritten prepared proto's static quantizer, rewrite report) for this set of float ConvTransposes."""
+        key = keep_float if self.rewrite else None
+        if key not in self._quantizers:
+            from gencompress.passes.quantize import static_quantizer
+
+            model = ir.serde.deserialize_model(self.prepared)
+            report = None
+            if self.rewrite:
+                model, report = rewrite_only(model, set(keep_float))
+            proto = ir.serde.serialize_model(model)
+            quantizer = static_quantizer(proto, exclude=self.exclude, **self.static_options)
+            self._quantizers[key] = (quantizer, report)
+        return self._quantizers[key]
+
+    def build(self, int8: frozenset) -> tuple[onnx.ModelProto, dict]:
+        """The model with ``int8`` layers computing in int8, the other layers' weights int8 folded at load."""
+        int8 = frozenset(int8)
+        if int8 in self._built:
+            return self._built[int8]
+        from gencompress.passes.quantize import finalize
+        from gencompress.passes.weight_only_quantize import WeightOnlyQuantizePass
+
+        convt = {l["node"] for l in self.layers if l["op_type"] == "ConvTranspose"}
+        quantizer, rewrite_report = self._quantizer(frozenset(convt - int8))
+        names = [l["node"] for l in quantizer.layers]
+        int8_names = [n for n in names if any(_matches(n, o) for o in int8)]
+        include = tuple(int8_names + [n for n in names if n in self.storage_layers])
+        report = {"layers": [], "float_layers": [], "quantized_activations": 0, "rewrite": rewrite_report}
+        if include:
+            proto, report_q = quantizer.build(self.exclude, include)
+            report.update(report_q)
+        else:
+            proto = quantizer.prepared
+        model = ir.serde.deserialize_model(proto)
+        floating = [l["node"] for l in self.layers if l["node"] not in int8]
+        targets = tuple(n for n in names if n not in include and any(_matches(n, o) for o in floating))
+        if targets:
+            p = WeightOnlyQuantizePass(WeightOnlyQuantizePass.Options(bits=8, include=targets))
+            model = p(model).model
+            report["weight_only"] = [l["node"] for l in p.report["layers"]]
+        report["folded_weights"] = cast_mul_weights(model, frozenset(int8_names))
+        result = (finalize(ir.serde.serialize_model(model)), report)
+        self._built[int8] = result
+        return result
+
+
+# ---- the timer ---------------------------------------------------------------------------------
+
+
+def interleaved_timer(reference: onnx.ModelProto, *, provider: str = "CPUExecutionProvider", threads: int = DEFAULT_THREADS,
+                      batches=DEFAULT_BATCHES, seed: int = 0) -> Callable[[list[onnx.ModelProto]], list[Ratios]]:
+    """``measure(models) -> [{batch: p50 / float p50}]``: each call times the float model and the given
+    models interleaved in one process (spinning off), on ``provider`` with ``threads`` intra-op
+    threads, each batch size for about ``TARGET_SLOT_SECONDS`` per model."""
+    from gencompress.inputs import sample_inputs, specs_of_model
+    from gencompress.passes.calibrate import fixed_batch
+    from gencompress.runtime_check.latency import time_interleaved
+    from gencompress.runtime_check.sessions import cast_feeds, make_session, model_bytes
+
+    fixed = fixed_batch(reference)
+    batches = (fixed,) if fixed else tuple(batches)
+    specs = specs_of_model(reference)
+    ref_bytes = model_bytes(reference)
+
+    def measure(models):
+        sessions = {"float": make_session(ref_bytes, provider=provider, threads=threads, label="float")}
+        for i, m in enumerate(models):
+            sessions[i] = make_session(model_bytes(m), provider=provider, threads=threads, label=f"candidate {i}")
+        out = [{} for _ in models]
+        for b in batches:
+            feeds = {k: cast_feeds(s, sample_inputs(specs, b, seed)) for k, s in sessions.items()}
+            probe = time_interleaved({"float": sessions["float"]}, feeds["float"], runs=5, warmup=2)
+            runs = int(np.clip(TARGET_SLOT_SECONDS / max(np.median(probe["float"]), 1e-6), 20, 400))
+            times = time_interleaved(sessions, feeds, runs=runs, warmup=3)
+            base = float(np.median(times["float"]))
+            for i in range(len(models)):
+                out[i][b] = float(np.median(times[i])) / base
+        return out
+
+    return measure
+
+
+def plan(builder: ConfigBuilder, objective: str, measure_models, log=lambda m: None) -> tuple[onnx.ModelProto, dict, PlanResult]:
+    """Decide, build and return (model, its quantizer report, the plan)."""
+    names = [l["node"] for l in builder.layers]
+
+    def measure(configs):
+        return measure_models([builder.build(c)[0] for c in configs])
+
+    if objective != "size" and names:
+        log(f"timing {len(names)} layer(s) in int8 vs float ({objective}) ...")
+    result = plan_layers(names, measure, objective)
+    op_of = {l["node"]: l["op_type"] for l in builder.layers}
+    for row in result.layers:
+        row["op_type"] = op_of.get(row["node"])
+    proto, report = builder.build(result.int8)
+    return proto, report, result
