@@ -37,6 +37,8 @@ def default_recipe(
     rewrite: bool = True,
     exclude: tuple[str, ...] = (),
     seed: int = 0,
+    objective: str = "balanced",
+    timing: dict | None = None,
 ) -> list[dict]:
     """The recipe the common flags stand for: cleanup → prune? → (rewrite →) quantize.
 
@@ -56,7 +58,18 @@ def default_recipe(
         steps.append({"pass": "nm_prune", "options": {"n": n, "m": m}})
     elif sparsity > 0:
         steps.append({"pass": PRUNE_PASSES[prune_mode], "options": {"sparsity": sparsity}})
-    if mode == "static":
+    from gencompress.passes.speed_plan import check_objective
+
+    check_objective(objective)
+    if mode == "static" and objective != "size":  # measure, then decide per layer (passes/speed_plan.py)
+        options = {"objective": objective, "calib": calib, "per_tensor": per_tensor, "activations": activations, "seed": seed,
+                   "rewrite": rewrite, **(timing or {})}
+        if calib_size is not None:
+            options["calib_size"] = calib_size
+        if exclude:
+            options["exclude"] = list(exclude)
+        steps.append({"pass": "plan_int8", "options": options})
+    elif mode == "static":
         if rewrite:
             steps.append({"pass": "rewrite_for_int8", "options": {}})
         options = {"calib": calib, "per_tensor": per_tensor, "activations": activations, "seed": seed}
@@ -70,6 +83,8 @@ def default_recipe(
         if exclude:
             options["exclude"] = list(exclude)
         steps.append({"pass": "weight_only_quantize", "options": options})
+        if objective != "size" and bits == 8:  # float compute: int8 weights folded at load, not dequantized per call
+            steps.append({"pass": "fold_weights", "options": {}})
     elif mode == "fp16":
         steps.append({"pass": "fp16_convert", "options": {"exclude": list(exclude)} if exclude else {}})
     return steps
@@ -158,6 +173,8 @@ def compress(
 
     # Everything that can be checked is checked before any work is done.
     if recipe is None:
+        if flags.get("objective", "balanced") != "size":  # the plan is timed as the report's latency will be
+            flags["timing"] = {"batches": list(batches), "threads": threads[0], "provider": provider}
         steps = default_recipe(**flags)
         recipe_source = "flags"
     elif isinstance(recipe, (str, Path)):

@@ -141,13 +141,24 @@ def plan_layers(layers: list[str], measure: Callable[[list[frozenset]], list[Rat
 # ---- int8 weights that onnxruntime folds at load ---------------------------------------------------
 
 
-def cast_mul_weights(model: ir.Model, int8_nodes=frozenset()) -> int:
+def _reads_quantized_activation(node: ir.Node) -> bool:
+    """An op onnxruntime fuses into an int8 kernel: one of its inputs is a dequantized activation."""
+    for v in node.inputs:
+        p = v.producer() if v is not None else None
+        if p is not None and p.op_type == "DequantizeLinear" and p.inputs[0].const_value is None:
+            return True
+    return False
+
+
+def cast_mul_weights(model: ir.Model, int8_nodes=None) -> int:
     """Replace each DequantizeLinear of a constant int8 weight (zero point 0, no block_size) whose
-    readers all compute in float (not in ``int8_nodes``, names) by ``Cast(q) * Reshape(scale)``:
-    the same values, a constant subgraph onnxruntime folds into a float initializer at load.
-    Returns how many were replaced."""
+    readers all compute in float (not in ``int8_nodes``, names; None: not reading a dequantized
+    activation) by ``Cast(q) * Reshape(scale)``: the same values, a constant subgraph onnxruntime
+    folds into a float initializer at load. Returns how many were replaced."""
     graph = model.graph
     count = 0
+    if int8_nodes is None:
+        int8_nodes = frozenset(n.name for n in graph if _reads_quantized_activation(n))
     for node in list(graph):
         if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
             continue
@@ -338,3 +349,79 @@ def plan(builder: ConfigBuilder, objective: str, measure_models, log=lambda m: N
         row["op_type"] = op_of.get(row["node"])
     proto, report = builder.build(result.int8)
     return proto, report, result
+
+
+# ---- as recipe steps ---------------------------------------------------------------------------
+
+from gencompress.passes.registry import GencompressPass, register  # noqa: E402  (registry imports nothing from here)
+
+
+@register("fold_weights")
+class FoldWeightsPass(GencompressPass):
+    """Int8 weights of float-computing layers as ``Cast(q) * scale`` (``cast_mul_weights``), which
+    onnxruntime folds at load, instead of a DequantizeLinear it runs on every call. Put it after
+    ``weight_only_quantize`` (8 bits; int4 blocks stay DequantizeLinear)."""
+
+    @dataclass(frozen=True)
+    class Options:
+        pass
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        count = cast_mul_weights(model)
+        self.report = {"folded_weights": count}
+        return ir.passes.PassResult(model, bool(count))
+
+
+@register("plan_int8")
+class PlanInt8Pass(GencompressPass):
+    """Static int8 with a measured per-layer plan (the module docstring): the int8 rewrites and
+    insert_qdq on the layers where int8 pays for ``objective`` on ``provider`` at ``batches`` with
+    ``threads`` threads; the other layers compute in float with int8 weights folded at load.
+    ``self.report["layers"]``: per layer, the choice and the measured reason."""
+
+    @dataclass(frozen=True)
+    class Options:
+        objective: str = DEFAULT_OBJECTIVE
+        calib: str = "minmax"
+        calib_size: int | None = None
+        per_tensor: bool = False
+        activations: str = "uint8"
+        exclude: tuple[str, ...] = ()
+        seed: int = 0
+        rewrite: bool = True
+        batches: tuple[int, ...] = DEFAULT_BATCHES
+        threads: int = DEFAULT_THREADS
+        provider: str = "CPUExecutionProvider"
+
+        def __post_init__(self):
+            if self.objective not in OBJECTIVES:
+                raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
+            if self.threads <= 0 or not self.batches or any(int(b) <= 0 for b in self.batches):
+                raise ValueError("threads and batches must be positive")
+
+    @property
+    def in_place(self) -> bool:  # builds a new model from the measured plan
+        return False
+
+    timer = None  # tests: replaces the interleaved timer
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        from gencompress.passes.calibrate import DEFAULT_PERCENTILE
+        from gencompress.passes.quantize import prepare
+
+        o = self.options
+        reference = ir.serde.serialize_model(model)
+        work = ir.serde.deserialize_model(reference)
+        prepare(work)
+        has_convt = any(n.op_type == "ConvTranspose" for n in work.graph)
+        builder = ConfigBuilder.create(
+            ir.serde.serialize_model(work), rewrite=o.rewrite and has_convt, exclude=tuple(o.exclude),
+            static_options=dict(calib=o.calib, calib_size=o.calib_size, calib_data=None, seed=o.seed, percentile=DEFAULT_PERCENTILE,
+                                per_tensor=o.per_tensor, activations=o.activations, log=lambda m: None),
+        )
+        timer = self.timer or interleaved_timer(reference, provider=o.provider, threads=o.threads, batches=o.batches, seed=o.seed)
+        proto, report, result = plan(builder, o.objective, timer)
+        self.report = {"layers": result.layers, "objective": o.objective, "message": result.message,
+                       "speed": {str(b): round(1 / r, 3) for b, r in result.ratios.items()},
+                       "configs_measured": len(result.configs), "folded_weights": report.get("folded_weights", 0)}
+        return ir.passes.PassResult(ir.serde.deserialize_model(proto), True)
