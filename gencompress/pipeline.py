@@ -142,6 +142,7 @@ def compress(
     provider: str = "CPUExecutionProvider",
     sweep: tuple[str, list] | None = None,
     flags: dict | None = None,
+    target_psnr: float | None = None,
     log=None,
     progress: bool = False,
 ) -> dict:
@@ -181,6 +182,16 @@ def compress(
         steps, recipe_source = load_recipe(recipe), str(recipe)
     else:
         steps, recipe_source = validate_recipe(recipe), "api"
+    if target_psnr is not None:  # search the configurations (passes/speed_plan.py search_target)
+        import math
+
+        if recipe is not None or sweep:
+            raise GencompressError("--target-psnr searches configurations itself; it cannot be combined with --recipe or --sweep")
+        if not math.isfinite(target_psnr) or target_psnr <= 0:
+            raise GencompressError(f"--target-psnr {target_psnr}: must be a positive number of dB")
+        if flags.get("mode", "static") != "static" or flags.get("sparsity") or flags.get("prune_mode", "unstructured") != "unstructured":
+            raise GencompressError("--target-psnr chooses the quantization itself: drop --mode, --sparsity and --prune-mode")
+        steps = [{"pass": "target_search", "options": {"target_psnr": target_psnr, "objective": flags.get("objective", "balanced")}}]
     sweep_recipes = []
     if sweep:
         if recipe is not None:
@@ -215,10 +226,25 @@ def compress(
             result = export(model, reference, checkpoint=checkpoint, inputs=inputs, seed=seed, log=log)
             source = result["model"]
 
-        log(f"running {len(steps)} passes: {' → '.join(s['pass'] for s in steps)}")
-        compressed, pass_reports = run_recipe_on(reference, steps)
         candidate = staging / "model.onnx"
-        save_model(compressed, candidate)
+        search = None
+        if target_psnr is not None:
+            from gencompress.passes.speed_plan import search_target
+
+            log(f"searching for the {flags.get('objective', 'balanced')} model meeting {target_psnr:g} dB ...")
+            search = search_target(reference, staging / "candidates", target=target_psnr, objective=flags.get("objective", "balanced"),
+                                   seed=seed, calib_size=flags.get("calib_size"), log=log,
+                                   timing={"batches": list(batches), "threads": threads[0], "provider": provider})
+            log(search["message"])
+            save_model(load_model(search["chosen"]), candidate)
+            pass_reports = [{"pass": "target_search", "options": steps[0]["options"], "report": {
+                "message": search["message"], "met": search["met"],
+                "layers": [{"candidate": r["label"], "psnr_db": round(r["psnr"], 2) if r["psnr"] != float("inf") else None, "bytes": r["bytes"],
+                            **{f"speed_b{b}": round(1 / v, 3) for b, v in r["ratios"].items()}, "chosen": r["chosen"]} for r in search["rows"]]}}]
+        else:
+            log(f"running {len(steps)} passes: {' → '.join(s['pass'] for s in steps)}")
+            compressed, pass_reports = run_recipe_on(reference, steps)
+            save_model(compressed, candidate)
 
         log(f"checking fidelity on {samples} seeded samples ...")
         # Held back: calibration drew its latents with ``seed``; fidelity must not reuse them.
@@ -233,6 +259,9 @@ def compress(
                                threads=tuple(threads), runs=runs, seed=seed, memory=False, progress=progress)
 
         sweep_rows = []
+        for r in (search or {}).get("rows", []):  # the candidates the search tried, on the size/speed/PSNR chart
+            sweep_rows.append({"label": r["label"], "bytes": r["bytes"], "psnr_db": None if r["psnr"] == float("inf") else round(r["psnr"], 3),
+                               **{f"speed_b{b}": round(1 / v, 3) for b, v in r["ratios"].items()}, "chosen": r["chosen"]})
         for label, sweep_steps in sweep_recipes:
             log(f"sweep {label} ...")
             swept, _ = run_recipe_on(reference, sweep_steps)

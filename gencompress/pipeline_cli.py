@@ -50,6 +50,9 @@ def _flag(name: str) -> str:
 @click.option("--exclude", multiple=True, help="Node names, weight names or op types to keep in float.")
 @click.option("--objective", type=click.Choice(["balanced", "speed", "size"]), default="balanced", show_default=True,
               help="balanced: int8 compute only where it is timed faster, never slower than float; speed: fastest; size: all int8, untimed.")
+@click.option("--target-psnr", type=float, default=None, metavar="DB",
+              help="Search the configurations (per-layer int8/float, rewrites on/off, weight-only int8/int4, fp16) for the best "
+                   "one per --objective that stays at or above DB against float; all candidates go on the report's chart.")
 @click.option("--sweep", help="Also run KEY=V1,V2,... (sparsity, bits, mode, calib) for the size-vs-PSNR chart.")
 @click.option("--samples", type=int, default=256, show_default=True, help="Seeded latents for the fidelity check.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -59,7 +62,7 @@ def _flag(name: str) -> str:
 @click.option("--no-bench", is_flag=True, help="Skip the latency measurement.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the summary table.")
 def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, prune_mode, nm, calib, calib_size,
-             per_tensor, activations, no_rewrite, exclude, objective, sweep, samples, seed, provider, batches, threads, no_bench, as_json):
+             per_tensor, activations, no_rewrite, exclude, objective, target_psnr, sweep, samples, seed, provider, batches, threads, no_bench, as_json):
     """Export MODEL (or take MODEL.onnx), compress it, check it; write OUT_DIR.
 
     OUT_DIR gets model.onnx, reference.onnx, report.json and report.html.
@@ -69,6 +72,7 @@ def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, p
     Examples:
       gencompress compress dcgan out/
       gencompress compress vae out/ --objective speed --batch 1
+      gencompress compress vae out/ --target-psnr 40 --objective speed
       gencompress compress vae out/ --sparsity 0.5 --mode weight-only --bits 4
       gencompress compress g.onnx out/ --recipe recipe.yaml
       gencompress compress dcgan out/ --sweep bits=8,4 --mode weight-only
@@ -93,13 +97,18 @@ def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, p
     report = run(
         model, out_dir, recipe=recipe, checkpoint=checkpoint, inputs=inputs, samples=samples, seed=seed,
         bench=not no_bench, batches=batches or (1, 64), threads=threads or (2,), provider=provider,
-        sweep=parse_sweep(sweep) if sweep else None, flags=flags,
+        sweep=parse_sweep(sweep) if sweep else None, flags=flags, target_psnr=target_psnr,
         log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty(),
     )
+    search = next((p for p in report.get("passes", []) if p.get("pass") == "target_search"), None)
+    if search and not search["summary"].get("met"):
+        click.echo(f"gencompress: warning: {search['summary']['message']}", err=True)
     if as_json:
         echo_json(report)
         return
     click.echo(summary_table(report))
+    if search:
+        click.echo(f"\n{search['summary']['message']}")
     out = Path(out_dir)
     click.echo(f"\nreport: {out / 'report.html'}   model: {out / 'model.onnx'}")
 
