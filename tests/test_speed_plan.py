@@ -135,7 +135,47 @@ def test_objective_flag_errors(run_cli, user_error, zoo_onnx, tmp_path):
     assert r.exit_code == 2 and "fastest" in r.stderr
     user_error(run_cli("quantize", zoo_onnx("vae"), tmp_path / "o.onnx", "--threads", "0"), "--threads")
     user_error(run_cli("compress", zoo_onnx("vae"), tmp_path / "out", "--mode", "fp16", "--objective", "speed"), "--objective")
+    vae = zoo_onnx("vae")
+    user_error(run_cli("compress", vae, tmp_path / "out", "--target-psnr", 40, "--sweep", "calib=minmax,mse"), "--target-psnr")
+    user_error(run_cli("compress", vae, tmp_path / "out", "--target-psnr", -3), "--target-psnr")
+    user_error(run_cli("compress", vae, tmp_path / "out", "--target-psnr", 40, "--mode", "weight-only"), "--target-psnr")
+    assert not (tmp_path / "out").exists()
     with pytest.raises(GencompressError, match="objective"):
         from gencompress.passes.registry import validate_recipe
 
         validate_recipe([{"pass": "plan_int8", "options": {"objective": "fast"}}])
+
+
+def test_choose_candidate_per_objective():
+    from gencompress.passes.speed_plan import choose_candidate
+
+    rows = [
+        {"label": "small-slow", "bytes": 100, "psnr": 45.0, "ratios": {1: 1.5, 64: 1.4}},
+        {"label": "mid-fast", "bytes": 200, "psnr": 44.0, "ratios": {1: 0.6, 64: 0.5}},
+        {"label": "mid-even", "bytes": 150, "psnr": 50.0, "ratios": {1: 1.0, 64: 1.02}},
+        {"label": "fastest-bad", "bytes": 90, "psnr": 30.0, "ratios": {1: 0.3, 64: 0.3}},
+    ]
+    assert choose_candidate(rows, 40, "speed")[0]["label"] == "mid-fast"
+    assert choose_candidate(rows, 40, "size")[0]["label"] == "small-slow"
+    assert choose_candidate(rows, 40, "balanced")[0]["label"] == "mid-even"  # smallest not slower than float
+    pick, message = choose_candidate(rows, 60, "speed")
+    assert pick is None and "cannot be met" in message and "mid-even" in message
+
+
+def test_target_search_stubbed_timer_real_psnr(zoo_onnx, tmp_path):
+    """vae, objective speed, a timer that calls Q/DQ pairs slow: the pick meets the target with the
+    fewest quantized activations; every candidate carries its measured PSNR."""
+    from gencompress.passes.speed_plan import search_target
+
+    def timer(models):
+        return [{1: 1.0 + 0.05 * sum(n.op_type == "QuantizeLinear" for n in m.graph.node), 64: 1.0} for m in models]
+
+    result = search_target(zoo_onnx("vae"), tmp_path, target=40.0, objective="speed", calib_size=32, timer=timer)
+    assert result["met"]
+    chosen = next(r for r in result["rows"] if r["chosen"])
+    assert chosen["psnr"] >= 40.0
+    assert chosen["ratios"][1] == min(r["ratios"][1] for r in result["rows"] if r["psnr"] >= 40.0)
+    labels = {r["label"] for r in result["rows"]}
+    assert {"int8 every layer", "weight-only int4", "fp16 weights"} <= labels
+    far = search_target(zoo_onnx("vae"), tmp_path / "far", target=200.0, objective="speed", calib_size=32, timer=timer)
+    assert not far["met"] and "cannot be met" in far["message"]
