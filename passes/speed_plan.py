@@ -459,8 +459,9 @@ def choose_candidate(rows: list[dict], target: float, objective: str, noise: flo
         best = max(rows, key=lambda r: r["psnr"])
         return None, f"target {target:g} dB cannot be met: the closest is {best['label']} at {best['psnr']:.2f} dB"
     fastest = lambda r: (geomean(r["ratios"]), r["bytes"])  # noqa: E731
-    if objective == "speed":
-        pick = min(ok, key=fastest)
+    if objective == "speed":  # the fastest, or a smaller one within timing noise of it
+        best = min(geomean(r["ratios"]) for r in ok)
+        pick = min((r for r in ok if geomean(r["ratios"]) <= best * (1.0 + noise)), key=lambda r: (r["bytes"], geomean(r["ratios"])))
     elif objective == "size":
         pick = min(ok, key=lambda r: (r["bytes"], geomean(r["ratios"])))
     else:

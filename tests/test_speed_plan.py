@@ -156,6 +156,8 @@ def test_choose_candidate_per_objective():
         {"label": "fastest-bad", "bytes": 90, "psnr": 30.0, "ratios": {1: 0.3, 64: 0.3}},
     ]
     assert choose_candidate(rows, 40, "speed")[0]["label"] == "mid-fast"
+    near = [*rows, {"label": "smaller-as-fast", "bytes": 120, "psnr": 41.0, "ratios": {1: 0.61, 64: 0.51}}]
+    assert choose_candidate(near, 40, "speed")[0]["label"] == "smaller-as-fast"  # within noise of the fastest: the smaller
     assert choose_candidate(rows, 40, "size")[0]["label"] == "small-slow"
     assert choose_candidate(rows, 40, "balanced")[0]["label"] == "mid-even"  # smallest not slower than float
     pick, message = choose_candidate(rows, 60, "speed")
