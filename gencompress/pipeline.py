@@ -261,7 +261,7 @@ def compress(
         sweep_rows = []
         for r in (search or {}).get("rows", []):  # the candidates the search tried, on the size/speed/PSNR chart
             sweep_rows.append({"label": r["label"], "bytes": r["bytes"], "psnr_db": None if r["psnr"] == float("inf") else round(r["psnr"], 3),
-                               **{f"speed_b{b}": round(1 / v, 3) for b, v in r["ratios"].items()}, "chosen": r["chosen"]})
+                               **{f"speed_b{b}": round(1 / v, 3) for b, v in r["ratios"].items()}, "selected": r["chosen"]})
         for label, sweep_steps in sweep_recipes:
             log(f"sweep {label} ...")
             swept, _ = run_recipe_on(reference, sweep_steps)
