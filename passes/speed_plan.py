@@ -206,8 +206,19 @@ def cast_mul_weights(model: ir.Model, int8_nodes=None) -> int:
 
 def rewrite_only(model: ir.Model, keep_float: set[str]):
     """The int8 rewrites on every ConvTranspose except those named in ``keep_float`` (which stay
-    ConvTranspose: in float that is onnxruntime's fastest form). Returns the rewrite report."""
-    from gencompress.passes.quantize import rewrite_for_int8
+    ConvTranspose: in float that is onnxruntime's fastest form), phases interleaved DCR and
+    spelled channels-last (``depth_to_space_nhwc``: onnxruntime then drops the Transposes around
+    its int8 Convs). Returns (model, the rewrite report)."""
+    from gencompress.passes.registry import available
+
+    passes = available()
+
+    def rewrite_for_int8(model):
+        p = passes["rewrite_for_int8"](passes["rewrite_for_int8"].Options(depth_to_space="DCR"))
+        model = p(model).model
+        nhwc = passes["depth_to_space_nhwc"]()
+        model = nhwc(model).model
+        return model, {**(p.report or {}), "depth_to_space_nhwc": nhwc.report}
 
     hidden = [n for n in model.graph if n.op_type == "ConvTranspose" and n.name in keep_float]
     for n in hidden:

@@ -181,3 +181,60 @@ def test_target_search_stubbed_timer_real_psnr(zoo_onnx, tmp_path):
     assert {"int8 every layer", "weight-only int4", "fp16 weights"} <= labels
     far = search_target(zoo_onnx("vae"), tmp_path / "far", target=200.0, objective="speed", calib_size=32, timer=timer)
     assert not far["met"] and "cannot be met" in far["message"]
+
+
+def _conv_d2s_model(mode="DCR"):
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((4 * 3, 5, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("DepthToSpace", ["r"], ["d"], blocksize=2, mode=mode, name="d2s"),
+        helper.make_node("Slice", ["d", "starts", "ends", "axes"], ["y"], name="crop"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 6, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([1, 1], np.int64), "starts"),
+         numpy_helper.from_array(np.array([-1, -2], np.int64), "ends"), numpy_helper.from_array(np.array([2, 3], np.int64), "axes")],
+    )
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_depth_to_space_nhwc_exact_and_crd_left_alone():
+    import onnx_ir as ir
+
+    from gencompress.passes.depth_to_space_nhwc import DepthToSpaceNHWCPass
+
+    proto = _conv_d2s_model()
+    model = ir.serde.deserialize_model(proto)
+    p = DepthToSpaceNHWCPass()
+    model = p(model).model
+    assert p.report["rewritten"] == ["d2s"]
+    out = ir.serde.serialize_model(model)
+    assert "DepthToSpace" not in [n.op_type for n in out.graph.node] and [o.name for o in out.graph.output] == ["y"]
+    x = np.random.default_rng(3).standard_normal((2, 5, 6, 7)).astype(np.float32)
+    a = ort.InferenceSession(proto.SerializeToString()).run(None, {"x": x})[0]
+    b = ort.InferenceSession(out.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(a, b)
+    crd = ir.serde.deserialize_model(_conv_d2s_model("CRD"))
+    assert not DepthToSpaceNHWCPass()(crd).modified  # channel-inner gather: slower than DepthToSpace
+
+
+def test_planned_dcgan_has_no_transposes_between_int8_convs(zoo_onnx, tmp_path):
+    """All-int8 plan (stub timer: int8 always pays): onnxruntime's optimized graph keeps one
+    Transpose per rewritten layer (the shuffle) plus one at each end, and no DepthToSpace."""
+    from gencompress.passes.quantize import quantize
+
+    def int8_pays(models):
+        return [{1: 1.0 / (1 + sum(n.op_type == "QuantizeLinear" for n in m.graph.node)), 64: 1.0} for m in models]
+
+    out = tmp_path / "dcgan.onnx"
+    report = quantize(zoo_onnx("dcgan"), out, calib_size=32, eval_size=16, objective="speed", timer=int8_pays)
+    assert all(r["choice"] == "int8" for r in report["speed_plan"]["layers"]) and report["psnr_db"] > 40
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert "DepthToSpace" not in ops and ops.count("QLinearConv") == 3
+    assert ops.count("Transpose") == 2 + 2, ops  # in, out, and the two rewritten layers' shuffles
