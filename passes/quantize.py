@@ -553,6 +553,9 @@ def _split_patterns(patterns) -> tuple[str, ...]:
 
 def _check_float_model(proto: onnx.ModelProto, path) -> None:
     ops = {n.op_type for n in proto.graph.node}
+    int_inits = {i.name for i in proto.graph.initializer if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)}
+    if any(n.op_type == "Cast" and n.input and n.input[0] in int_inits for n in proto.graph.node):
+        ops.add("DequantizeLinear")  # int8 weights behind Cast * scale (speed_plan.cast_mul_weights)
     if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger"}:
         raise GencompressError(f"{path}: the model is already quantized; give the float model")
 

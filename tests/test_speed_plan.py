@@ -104,6 +104,15 @@ def test_cast_mul_weights_same_values_folded_by_onnxruntime(tmp_path):
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(folded.SerializeToString(), so)
     assert [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node] == ["GRU"]
+    # the report sees int8 weights; quantize refuses the model as already quantized
+    from gencompress.passes.quantize import quantize
+    from gencompress.runtime_check.api import layer_stats
+
+    path = tmp_path / "folded.onnx"
+    onnx.save(folded, str(path))
+    assert [r["precision"] for r in layer_stats(path) if r["op_type"] == "GRU"][0] == "int8"
+    with pytest.raises(GencompressError, match="already quantized"):
+        quantize(path, tmp_path / "again.onnx", objective="size")
 
 
 def test_cast_mul_weights_leaves_int8_kernels_alone():
