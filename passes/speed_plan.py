@@ -42,6 +42,7 @@ from gencompress.errors import GencompressError
 
 OBJECTIVES = ("balanced", "speed", "size")
 DEFAULT_OBJECTIVE = "balanced"
+SIZE_SLACK = 0.10  # balanced: a faster model this much larger than the smallest not-slower one still counts as small
 NOISE = 0.05  # relative timing noise we do not act on (interleaved p50 ratios move this much under load)
 DEFAULT_BATCHES = (1, 64)
 DEFAULT_THREADS = 2
@@ -86,14 +87,17 @@ class PlanResult:
     message: str = ""
 
 
-def plan_layers(layers: list[str], measure: Callable[[list[frozenset]], list[Ratios]], objective: str, noise: float = NOISE) -> PlanResult:
+def plan_layers(layers: list[str], measure: Callable[[list[frozenset]], list[Ratios]], objective: str, noise: float = NOISE,
+                size: Callable[[frozenset], int] | None = None) -> PlanResult:
     """Choose the layers that compute in int8.
 
     ``measure(configs)`` times each configuration (a frozenset of int8 layer names) interleaved
     with the float model and returns, per configuration, ``{batch: p50 / float p50}``.
     Greedy: start from every layer in int8; for each layer in graph order, time the plan with and
     without it in int8 (together, so load drift hits both), keep the better per the objective.
-    Then compare the plan, all-int8 and no-int8 side by side and pick per the objective.
+    Then compare the plan, all-int8 and no-int8 side by side and pick per the objective;
+    balanced: the fastest of those not slower than float beyond ``noise`` whose ``size(config)``
+    (bytes) is within ``SIZE_SLACK`` of the smallest of them.
     """
     check_objective(objective)
     full, none = frozenset(layers), frozenset()
@@ -126,6 +130,9 @@ def plan_layers(layers: list[str], measure: Callable[[list[frozenset]], list[Rat
         message = f"fastest measured: {_fmt(measured[chosen])} float speed"
     else:
         safe = [c for c in finals if max(measured[c].values()) <= 1.0 + noise]
+        if safe and size is not None:  # smallest within "not slower": sizes within SIZE_SLACK count as equal
+            smallest = min(size(c) for c in safe)
+            safe = [c for c in safe if size(c) <= smallest * (1.0 + SIZE_SLACK)]
         chosen = min(safe, key=lambda c: geomean(measured[c])) if safe else none
         message = (f"not slower than float beyond {noise:.0%} at any batch: {_fmt(measured[chosen])} float speed" if safe
                    else f"every configuration was slower than float beyond {noise:.0%}; no int8 compute ({_fmt(measured[none])})")
@@ -354,7 +361,7 @@ def plan(builder: ConfigBuilder, objective: str, measure_models, log=lambda m: N
 
     if objective != "size" and names:
         log(f"timing {len(names)} layer(s) in int8 vs float ({objective}) ...")
-    result = plan_layers(names, measure, objective)
+    result = plan_layers(names, measure, objective, size=lambda c: builder.build(c)[0].ByteSize())
     op_of = {l["node"]: l["op_type"] for l in builder.layers}
     for row in result.layers:
         row["op_type"] = op_of.get(row["node"])

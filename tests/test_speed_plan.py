@@ -43,6 +43,15 @@ def test_balanced_keeps_int8_only_where_no_batch_gets_slower():
     assert frozenset() in asked and frozenset(COSTS) in asked  # no-int8 and all-int8 compared side by side
 
 
+def test_balanced_prefers_small_among_not_slower():
+    """Faster but 20% larger than the smallest not-slower configuration: balanced keeps the small one, speed the fast one."""
+    measure, _ = stub({"big": {1: -0.01, 64: -0.5}})
+    size = lambda c: 120 if c else 100  # noqa: E731  (int8 compute stores more: activation scales, int32 biases)
+    assert plan_layers(["big"], measure, "balanced", size=size).int8 == frozenset()
+    assert plan_layers(["big"], measure, "speed", size=size).int8 == {"big"}
+    assert plan_layers(["big"], measure, "balanced", size=lambda c: 105 if c else 100).int8 == {"big"}  # within 10%
+
+
 def test_speed_takes_a_layer_that_wins_on_average():
     measure, _ = stub(COSTS)
     assert plan_layers(["fast", "mixed", "slow"], measure, "speed").int8 == {"fast", "mixed"}
