@@ -141,11 +141,12 @@ def main(argv=None) -> int:
                 title = f"zoo {name}"
             results.append(measure(title, path, peak, folder, args.rounds, args.profile))
             print(f"[{title}: done, load avg {os.getloadavg()[0]:.2f}]", file=sys.stderr)
+            if not args.json:  # each family as it finishes: the standard DCGAN alone takes minutes on a loaded machine
+                print_report({**facts, "load_avg_end": list(os.getloadavg())}, results[-1:], args.rounds)
+                sys.stdout.flush()
     facts["load_avg_end"] = list(os.getloadavg())
     if args.json:
         print(json.dumps({"machine": facts, "rounds": args.rounds, "results": results}, indent=1, default=str))
-    else:
-        print_report(facts, results, args.rounds)
     return 0
 
 
