@@ -36,7 +36,7 @@ def _flag(name: str) -> str:
 @click.argument("out_dir", type=click.Path(file_okay=True))
 @click.option("--recipe", type=click.Path(), help="YAML/JSON recipe: a list of {pass: NAME, options: {...}}.")
 @click.option("--checkpoint", type=click.Path(), help="Weights for a torch MODEL (state_dict or .safetensors).")
-@click.option("--input", "inputs", multiple=True, metavar="NAME=SHAPE[:DTYPE[:LOW..HIGH]]", help="Inputs of a torch MODEL.")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=SHAPE[:DTYPE[:PRIOR]]", help="Inputs of a torch MODEL; PRIOR: normal, uniform:LO..HI, onehot:K, LO..HI (ints), data:FILE.npz (see `gencompress export --help`).")
 @click.option("--mode", type=click.Choice(QUANT_MODES), default="static", show_default=True, help="Quantization.")
 @click.option("--bits", type=click.Choice(["8", "4"]), default="8", show_default=True, help="Weight bits for --mode weight-only.")
 @click.option("--sparsity", type=float, default=0.0, show_default=True, help="Prune this fraction of weights (or channels) first.")
@@ -60,9 +60,11 @@ def _flag(name: str) -> str:
 @click.option("--batch", "batches", type=int, multiple=True, help="Batch sizes to time (default 1 and 64).")
 @click.option("--threads", type=int, multiple=True, help="Intra-op thread counts to time (default 2).")
 @click.option("--no-bench", is_flag=True, help="Skip the latency measurement.")
+@click.option("--ship", "ship", is_flag=True, help="Also bundle the compressed model into OUT_DIR/ship (see `gencompress ship`).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the summary table.")
 def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, prune_mode, nm, calib, calib_size,
-             per_tensor, activations, no_rewrite, exclude, objective, target_psnr, sweep, samples, seed, provider, batches, threads, no_bench, as_json):
+             per_tensor, activations, no_rewrite, exclude, objective, target_psnr, sweep, samples, seed, provider, batches, threads, no_bench,
+             ship, as_json):
     """Export MODEL (or take MODEL.onnx), compress it, check it; write OUT_DIR.
 
     OUT_DIR gets model.onnx, reference.onnx, report.json and report.html.
@@ -76,6 +78,7 @@ def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, p
       gencompress compress vae out/ --sparsity 0.5 --mode weight-only --bits 4
       gencompress compress g.onnx out/ --recipe recipe.yaml
       gencompress compress dcgan out/ --sweep bits=8,4 --mode weight-only
+      gencompress compress dcgan out/ --ship      # + out/ship: sample.py, model.ort, web/
     """
     from gencompress.errors import GencompressError
     from gencompress.pipeline import compress as run, parse_sweep
@@ -98,6 +101,7 @@ def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, p
         model, out_dir, recipe=recipe, checkpoint=checkpoint, inputs=inputs, samples=samples, seed=seed,
         bench=not no_bench, batches=batches or (1, 64), threads=threads or (2,), provider=provider,
         sweep=parse_sweep(sweep) if sweep else None, flags=flags, target_psnr=target_psnr,
+        ship_targets=("python", "ort", "web") if ship else None,
         log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty(),
     )
     search = next((p for p in report.get("passes", []) if p.get("pass") == "target_search"), None)
@@ -110,7 +114,7 @@ def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, p
     if search:
         click.echo(f"\n{search['summary']['message']}")
     out = Path(out_dir)
-    click.echo(f"\nreport: {out / 'report.html'}   model: {out / 'model.onnx'}")
+    click.echo(f"\nreport: {out / 'report.html'}   model: {out / 'model.onnx'}" + (f"   bundle: {out / 'ship'}" if ship else ""))
 
 
 def summary_table(report: dict) -> str:
