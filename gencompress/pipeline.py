@@ -124,12 +124,20 @@ def parse_sweep(text: str) -> tuple[str, list]:
 
 
 def run_recipe_on(reference_path, recipe) -> tuple[object, list[dict]]:
-    """Load the reference as onnx_ir and run the recipe on it; returns (model, pass reports)."""
+    """Load the reference as onnx_ir and run the recipe on it; returns (ModelProto, pass reports)."""
     from gencompress.onnx_io import load_ir
     from gencompress.passes.registry import run_recipe
 
+    from gencompress.passes.cleanup import strip_debug_metadata
+
     model = load_ir(reference_path)
-    return run_recipe(model, recipe)
+    import onnx_ir as ir
+
+    from gencompress.passes.quantize import finalize
+
+    model, reports = run_recipe(model, recipe)
+    strip_debug_metadata(model)  # as quantize does, whether or not the recipe starts with cleanup
+    return finalize(ir.serde.serialize_model(model)), reports  # the same file quantize writes
 
 
 def compress(
@@ -139,6 +147,7 @@ def compress(
     recipe=None,
     checkpoint=None,
     inputs=None,
+    batch_size: int | None = None,
     samples: int = 256,
     seed: int = 0,
     bench: bool = True,
@@ -215,8 +224,8 @@ def compress(
     if not isinstance(model, (str, os.PathLike)):
         raise GencompressError(f"model: expected a zoo name, file.py:Name, package.module:attr or an .onnx path, got {type(model).__name__}")
     is_onnx = str(model).endswith(".onnx")
-    if is_onnx and (checkpoint or inputs):
-        raise GencompressError("--checkpoint and --input apply to a torch model, not an .onnx file")
+    if is_onnx and (checkpoint or inputs or batch_size):
+        raise GencompressError("--checkpoint, --input and --batch-size apply to a torch model, not an .onnx file")
     if ship_targets:
         from gencompress.ship.bundle import parse_targets
 
@@ -235,22 +244,22 @@ def compress(
     try:
         reference = staging / "reference.onnx"
         if is_onnx:
-            from gencompress.onnx_io import refuse_nonfinite_weights
-
+            from gencompress.exporter.upgrade import upgrade_opset
             from gencompress.inputs import check_batch_budget, output_range_of_model, specs_of_model
+            from gencompress.onnx_io import refuse_nonfinite_weights
 
             proto = load_model(model)
             refuse_nonfinite_weights(proto, model)
             check_batch_budget(specs_of_model(proto), samples)  # the model's metadata, checked before any work
             output_range_of_model(proto)
-            save_model(proto, reference)
+            save_model(upgrade_opset(proto, model, log), reference)
             del proto
             source = str(model)
         else:
             from gencompress.exporter.export import export
 
             log(f"exporting {model} ...")
-            result = export(model, reference, checkpoint=checkpoint, inputs=inputs, seed=seed, log=log)
+            result = export(model, reference, checkpoint=checkpoint, inputs=inputs, seed=seed, batch_size=batch_size, log=log)
             source = result["model"]
 
         candidate = staging / "model.onnx"
@@ -310,6 +319,7 @@ def compress(
             recipe_source=recipe_source,
         )
         report["reference"], report["candidate"] = "reference.onnx", "model.onnx"
+        report["warnings"] = _result_warnings(compressed, report, pass_reports)  # printed under the summary
         report = _without_prefix(report, f"{staging}{os.sep}")  # identical runs → identical report.json
         rc.write_report(staging, report)
         if ship_targets:
@@ -333,6 +343,14 @@ def compress(
     return json.loads((out / "report.json").read_text())
 
 
+def _result_warnings(compressed, report: dict, pass_reports) -> list[str]:
+    from gencompress.result_warnings import compression_warnings
+
+    float_layers = [layer for entry in pass_reports for layer in ((entry.get("report") or {}).get("float_layers") or [])]
+    latency = (report.get("latency") or {}).get("results")
+    return compression_warnings(compressed, report["sizes"]["ratio"], latency=latency, float_layers=float_layers)
+
+
 def _refuse_overwrite_inputs(out: Path, inputs, *, sweep: bool, ship: bool = False) -> None:
     """OUT_DIR's files are replaced at the end: none of them may be one of the inputs."""
     from gencompress.onnx_io import refuse_overwrite
@@ -340,7 +358,8 @@ def _refuse_overwrite_inputs(out: Path, inputs, *, sweep: bool, ship: bool = Fal
     inputs = [Path(p) for p in inputs if p is not None]
     for name in OUTPUT_FILES:
         refuse_overwrite(out / name, inputs)
-    replaced = (["sweep"] if sweep else []) + (["ship"] if ship else [])  # replaced as a whole by this run
+    # replaced as a whole by this run (only when they exist: the check reads each input's external-data list)
+    replaced = [folder for folder, used in (("sweep", sweep), ("ship", ship)) if used and (out / folder).exists()]
     if not replaced:
         return
     from gencompress.onnx_io import external_data_files
