@@ -43,6 +43,8 @@ def default_recipe(
     rewrite: bool = True,
     exclude: tuple[str, ...] = (),
     seed: int = 0,
+    objective: str = "balanced",
+    timing: dict | None = None,
 ) -> list[dict]:
     """The recipe the common flags stand for: cleanup → prune? → (rewrite →) quantize.
 
@@ -62,7 +64,18 @@ def default_recipe(
         steps.append({"pass": "nm_prune", "options": {"n": n, "m": m}})
     elif sparsity > 0:
         steps.append({"pass": PRUNE_PASSES[prune_mode], "options": {"sparsity": sparsity}})
-    if mode == "static":
+    from gencompress.passes.speed_plan import check_objective
+
+    check_objective(objective)
+    if mode == "static" and objective != "size":  # measure, then decide per layer (passes/speed_plan.py)
+        options = {"objective": objective, "calib": calib, "per_tensor": per_tensor, "activations": activations, "seed": seed,
+                   "rewrite": rewrite, **(timing or {})}
+        if calib_size is not None:
+            options["calib_size"] = calib_size
+        if exclude:
+            options["exclude"] = list(exclude)
+        steps.append({"pass": "plan_int8", "options": options})
+    elif mode == "static":
         if rewrite:
             steps.append({"pass": "rewrite_for_int8", "options": {}})
         options = {"calib": calib, "per_tensor": per_tensor, "activations": activations, "seed": seed}
@@ -76,6 +89,8 @@ def default_recipe(
         if exclude:
             options["exclude"] = list(exclude)
         steps.append({"pass": "weight_only_quantize", "options": options})
+        if objective != "size" and bits == 8:  # float compute: int8 weights folded at load, not dequantized per call
+            steps.append({"pass": "fold_weights", "options": {}})
     elif mode == "fp16":
         steps.append({"pass": "fp16_convert", "options": {"exclude": list(exclude)} if exclude else {}})
     return steps
@@ -142,6 +157,7 @@ def compress(
     provider: str = "CPUExecutionProvider",
     sweep: tuple[str, list] | None = None,
     flags: dict | None = None,
+    target_psnr: float | None = None,
     ship_targets=None,
     log=None,
     progress: bool = False,
@@ -176,12 +192,24 @@ def compress(
 
     # Everything that can be checked is checked before any work is done.
     if recipe is None:
+        if flags.get("objective", "balanced") != "size":  # the plan is timed as the report's latency will be
+            flags["timing"] = {"batches": list(batches), "threads": threads[0], "provider": provider}
         steps = default_recipe(**flags)
         recipe_source = "flags"
     elif isinstance(recipe, (str, Path)):
         steps, recipe_source = load_recipe(recipe), str(recipe)
     else:
         steps, recipe_source = validate_recipe(recipe), "api"
+    if target_psnr is not None:  # search the configurations (passes/speed_plan.py search_target)
+        import math
+
+        if recipe is not None or sweep:
+            raise GencompressError("--target-psnr searches configurations itself; it cannot be combined with --recipe or --sweep")
+        if not math.isfinite(target_psnr) or target_psnr <= 0:
+            raise GencompressError(f"--target-psnr {target_psnr}: must be a positive number of dB")
+        if flags.get("mode", "static") != "static" or flags.get("sparsity") or flags.get("prune_mode", "unstructured") != "unstructured":
+            raise GencompressError("--target-psnr chooses the quantization itself: drop --mode, --sparsity and --prune-mode")
+        steps = [{"pass": "target_search", "options": {"target_psnr": target_psnr, "objective": flags.get("objective", "balanced")}}]
     sweep_recipes = []
     if sweep:
         if recipe is not None:
@@ -234,10 +262,25 @@ def compress(
             result = export(model, reference, checkpoint=checkpoint, inputs=inputs, seed=seed, batch_size=batch_size, log=log)
             source = result["model"]
 
-        log(f"running {len(steps)} passes: {' → '.join(s['pass'] for s in steps)}")
-        compressed, pass_reports = run_recipe_on(reference, steps)
         candidate = staging / "model.onnx"
-        save_model(compressed, candidate)
+        search = None
+        if target_psnr is not None:
+            from gencompress.passes.speed_plan import search_target
+
+            log(f"searching for the {flags.get('objective', 'balanced')} model meeting {target_psnr:g} dB ...")
+            search = search_target(reference, staging / "candidates", target=target_psnr, objective=flags.get("objective", "balanced"),
+                                   seed=seed, calib_size=flags.get("calib_size"), log=log,
+                                   timing={"batches": list(batches), "threads": threads[0], "provider": provider})
+            log(search["message"])
+            save_model(load_model(search["chosen"]), candidate)
+            pass_reports = [{"pass": "target_search", "options": steps[0]["options"], "report": {
+                "message": search["message"], "met": search["met"],
+                "layers": [{"candidate": r["label"], "psnr_db": round(r["psnr"], 2) if r["psnr"] != float("inf") else None, "bytes": r["bytes"],
+                            **{f"speed_b{b}": round(1 / v, 3) for b, v in r["ratios"].items()}, "chosen": r["chosen"]} for r in search["rows"]]}}]
+        else:
+            log(f"running {len(steps)} passes: {' → '.join(s['pass'] for s in steps)}")
+            compressed, pass_reports = run_recipe_on(reference, steps)
+            save_model(compressed, candidate)
 
         log(f"checking fidelity on {samples} seeded samples ...")
         # Held back: calibration drew its latents with ``seed``; fidelity must not reuse them.
@@ -252,6 +295,9 @@ def compress(
                                threads=tuple(threads), runs=runs, seed=seed, memory=False, progress=progress)
 
         sweep_rows = []
+        for r in (search or {}).get("rows", []):  # the candidates the search tried, on the size/speed/PSNR chart
+            sweep_rows.append({"label": r["label"], "bytes": r["bytes"], "psnr_db": None if r["psnr"] == float("inf") else round(r["psnr"], 3),
+                               **{f"speed_b{b}": round(1 / v, 3) for b, v in r["ratios"].items()}, "selected": r["chosen"]})
         for label, sweep_steps in sweep_recipes:
             log(f"sweep {label} ...")
             swept, _ = run_recipe_on(reference, sweep_steps)

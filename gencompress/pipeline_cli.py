@@ -10,7 +10,8 @@ from gencompress.pipeline import PRUNE_PASSES, QUANT_MODES
 
 
 # options that only build the flag recipe (default_recipe)
-RECIPE_FLAGS = ("mode", "bits", "sparsity", "prune_mode", "nm", "calib", "calib_size", "per_tensor", "activations", "no_rewrite", "exclude")
+RECIPE_FLAGS = ("mode", "bits", "sparsity", "prune_mode", "nm", "calib", "calib_size", "per_tensor", "activations", "no_rewrite", "exclude",
+                "objective")
 
 # flag -> (the option that decides whether it is used, the values for which it is)
 APPLIES_TO = {
@@ -22,6 +23,7 @@ APPLIES_TO = {
     "no_rewrite": ("mode", ("static",)),
     "nm": ("prune_mode", ("nm",)),
     "exclude": ("mode", ("static", "weight-only", "fp16")),
+    "objective": ("mode", ("static", "weight-only")),
 }
 
 
@@ -47,6 +49,11 @@ def _flag(name: str) -> str:
 @click.option("--activations", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True)
 @click.option("--no-rewrite", is_flag=True, help="Skip the int8 rewrites (ConvTranspose → Conv/Gemm, BatchNorm folding).")
 @click.option("--exclude", multiple=True, help="Node names, weight names or op types to keep in float.")
+@click.option("--objective", type=click.Choice(["balanced", "speed", "size"]), default="balanced", show_default=True,
+              help="balanced: int8 compute only where it is timed faster, never slower than float; speed: fastest; size: all int8, untimed.")
+@click.option("--target-psnr", type=float, default=None, metavar="DB",
+              help="Search the configurations (per-layer int8/float, rewrites on/off, weight-only int8/int4, fp16) for the best "
+                   "one per --objective that stays at or above DB against float; all candidates go on the report's chart.")
 @click.option("--sweep", help="Also run KEY=V1,V2,... (sparsity, bits, mode, calib) for the size-vs-PSNR chart.")
 @click.option("--samples", type=int, default=256, show_default=True, help="Seeded latents for the fidelity check.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -57,7 +64,8 @@ def _flag(name: str) -> str:
 @click.option("--ship", "ship", is_flag=True, help="Also bundle the compressed model into OUT_DIR/ship (see `gencompress ship`).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the summary table.")
 def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits, sparsity, prune_mode, nm, calib, calib_size,
-             per_tensor, activations, no_rewrite, exclude, sweep, samples, seed, provider, batches, threads, no_bench, ship, as_json):
+             per_tensor, activations, no_rewrite, exclude, objective, target_psnr, sweep, samples, seed, provider, batches, threads, no_bench,
+             ship, as_json):
     """Export MODEL (or take MODEL.onnx), compress it, check it; write OUT_DIR.
 
     OUT_DIR gets model.onnx, reference.onnx, report.json and report.html.
@@ -71,6 +79,8 @@ def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits,
     \b
     Examples:
       gencompress compress dcgan out/
+      gencompress compress vae out/ --objective speed --batch 1
+      gencompress compress vae out/ --target-psnr 40 --objective speed
       gencompress compress vae out/ --sparsity 0.5 --mode weight-only --bits 4
       gencompress compress g.onnx out/ --recipe recipe.yaml
       gencompress compress dcgan out/ --sweep bits=8,4 --mode weight-only
@@ -93,17 +103,23 @@ def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits,
                 raise GencompressError(f"{_flag(name)} applies to {' or '.join(f'{_flag(option)} {v}' for v in values)} only")
     flags = dict(mode=mode, sparsity=sparsity, prune_mode=prune_mode, nm=nm, bits=int(bits), calib=calib,
                  calib_size=calib_size, per_tensor=per_tensor, activations=activations, rewrite=not no_rewrite,
-                 exclude=tuple(exclude), seed=seed)
+                 exclude=tuple(exclude), seed=seed, objective=objective)
     report = run(
         model, out_dir, recipe=recipe, checkpoint=checkpoint, inputs=inputs, batch_size=batch_size, samples=samples, seed=seed,
         bench=not no_bench, batches=batches or (1, 64), threads=threads or (2,), provider=provider,
-        sweep=parse_sweep(sweep) if sweep else None, flags=flags, ship_targets=("python", "ort", "web") if ship else None,
+        sweep=parse_sweep(sweep) if sweep else None, flags=flags, target_psnr=target_psnr,
+        ship_targets=("python", "ort", "web") if ship else None,
         log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty(),
     )
+    search = next((p for p in report.get("passes", []) if p.get("pass") == "target_search"), None)
+    if search and not search["summary"].get("met"):
+        click.echo(f"gencompress: warning: {search['summary']['message']}", err=True)
     if as_json:
         echo_json(report)
         return
     click.echo(summary_table(report))
+    if search:
+        click.echo(f"\n{search['summary']['message']}")
     for warning in report.get("warnings") or []:
         click.echo(f"warning: {warning}")
     out = Path(out_dir)

@@ -12,6 +12,8 @@ Examples:
   gencompress quantize g.onnx g.int8.onnx --calib percentile --calib-size 512
   gencompress quantize g.onnx g.int8.onnx --calib-data latents.npz --exclude node_conv2d
   gencompress quantize g.onnx g.int8.onnx --target-psnr 40
+  gencompress quantize g.onnx g.int8.onnx --objective speed --batch 1 --threads 2
+  gencompress quantize g.onnx g.int8.onnx --objective size     # every layer int8, untimed
   gencompress quantize g.onnx g.int8.onnx --no-rewrite
   gencompress quantize g.onnx g.w4.onnx --mode weight-only --bits 4
   gencompress quantize g.onnx g.fp16.onnx --mode fp16
@@ -69,9 +71,15 @@ _COMMON = ("mode", "bits", "block-size", "calib", "calib-size", "calib-data", "p
 @click.option("--rewrite/--no-rewrite", default=None,
               help="Int8 graph rewrites first (BatchNorm folding, ConvTranspose -> Conv/Gemm, which onnxruntime runs in int8). "
                    "Default: on for --mode static when the model has a ConvTranspose they apply to, off otherwise.")
+@click.option("--objective", type=click.Choice(["balanced", "speed", "size"]), default="balanced", show_default=True,
+              help="balanced: int8 compute only where onnxruntime runs it faster (timed per layer), never slower than float; "
+                   "speed: fastest measured; size: every layer int8, untimed.")
+@click.option("--batch", "batches", type=int, multiple=True, help="Batch sizes the objective is timed at (default 1 and 64).")
+@click.option("--threads", type=int, default=2, show_default=True, help="Intra-op threads the objective is timed with.")
+@click.option("--provider", default="CPUExecutionProvider", show_default=True, help="Execution provider the objective is timed on.")
 @_options("seed", "eval-size", "json")
 def quantize(in_path, out_path, mode, bits, block_size, calib, calib_size, calib_data, percentile, per_tensor, activations,
-             exclude, target_psnr, strict, fp16_io, rewrite, seed, eval_size, as_json):
+             exclude, target_psnr, strict, fp16_io, rewrite, objective, batches, threads, provider, seed, eval_size, as_json):
     """Quantize a float ONNX generator: static int8 QDQ (default), weight-only int8/int4, or fp16.
 
     Static int8 calibrates activation ranges on seeded draws from the model's latent prior (or
@@ -90,7 +98,8 @@ def quantize(in_path, out_path, mode, bits, block_size, calib, calib_size, calib
         in_path, out_path, mode=mode, bits=int(bits), calib=calib, calib_size=calib_size, calib_data=calib_data,
         per_tensor=per_tensor, activations=activations, exclude=exclude, target_psnr=target_psnr, strict=strict,
         seed=seed, percentile=percentile, block_size=block_size, keep_io_types=not fp16_io, eval_size=eval_size,
-        rewrite=rewrite,
+        rewrite=rewrite, objective=objective, batches=batches or (1, 64), threads=threads, provider=provider,
+        log=lambda m: click.echo(m, err=True),
     )
     for line in report.get("notes") or []:
         click.echo(f"gencompress: {line}", err=True)
@@ -137,6 +146,11 @@ def _summary(report: dict) -> str:
             rows.append(("rewrite", f"off: {rewrite.get('reason', '')}"))
     if "target" in report:
         rows.append(("target", report["target"]["message"]))
+    plan = report.get("speed_plan")
+    if plan:
+        rows.append(("objective", f"{plan['objective']}: {plan['message']}"))
+    elif report.get("objective"):
+        rows.append(("objective", report["objective"] + (": every layer int8, not timed" if mode == "static" else "")))
     lines = [table(["", report["output"]], rows)]
     if mode == "fp16":
         fp = report["fp16"]
@@ -154,6 +168,9 @@ def _summary(report: dict) -> str:
         layer_rows.append((layer["node"], layer["op_type"], kind, ", ".join(layer["weights"])))
     layer_rows += [(layer["node"], layer["op_type"], f"float ({layer.get('reason', 'excluded')})", ", ".join(layer["weights"])) for layer in report["float_layers"]]
     lines += ["", table(["layer", "op", "quantized", "weights"], layer_rows)]
+    if plan and plan["layers"]:
+        lines += ["", "per layer, measured (" + plan["objective"] + "):",
+                  table(["layer", "op", "computes in", "why"], [(r["node"], r.get("op_type") or "", r["choice"], r["reason"]) for r in plan["layers"]])]
     if rewrite.get("changes"):
         lines += ["", "rewrites:", *(f"  {change}" for change in rewrite["changes"])]
     if mode == "static" and any(layer["op_type"] == "ConvTranspose" for layer in report["layers"]):

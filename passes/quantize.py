@@ -346,6 +346,11 @@ def quantize(
     rewrite: bool | None = None,
     keep_debug_metadata: bool = False,
     log: Callable[[str], None] | None = None,
+    objective: str = "balanced",
+    batches=(1, 64),
+    threads: int = 2,
+    provider: str = "CPUExecutionProvider",
+    timer=None,
 ) -> dict:
     """Quantize the float ONNX model at ``in_path`` into ``out_path``; return a report.
 
@@ -360,6 +365,11 @@ def quantize(
     weight-only and fp16 (float compute: nothing to gain); True / False: always / never. The
     report's ``rewrite`` says whether they ran, why, and what they changed.
     ``log``: receives progress and warning lines (the CLI sends them to stderr).
+    ``objective`` (see ``speed_plan``): "balanced" (default) times each layer in int8 and in float
+    on ``provider`` at ``batches`` with ``threads`` threads and keeps int8 compute where it is not
+    slower, never slower than float overall; "speed": fastest; "size": every layer int8, untimed.
+    Layers computing in float keep int8 weights in a form onnxruntime folds at load.
+    ``timer``: replaces the interleaved timer (tests): ``timer(models) -> [{batch: p50 / float p50}]``.
     """
     import onnx_ir as ir
 
@@ -376,6 +386,11 @@ def quantize(
         percentile=percentile, block_size=block_size, target_psnr=target_psnr, eval_size=eval_size, seed=seed,
         calib_data=calib_data, per_tensor=per_tensor, percentile_given=percentile_given,
     )
+    from gencompress.passes import speed_plan
+
+    speed_plan.check_objective(objective)
+    if threads <= 0 or any(b <= 0 for b in batches) or not batches:
+        raise GencompressError(f"--threads and --batch must be positive (got threads {threads}, batch {', '.join(map(str, batches)) or 'none'})")
     if not keep_io_types and mode != "fp16":
         raise GencompressError(f"--fp16-io: only for --mode fp16 (--mode {mode} keeps float32 inputs and outputs)")
     sources = [in_path, *([calib_data] if calib_data else [])]
@@ -392,10 +407,11 @@ def quantize(
 
     model = ir.serde.deserialize_model(reference)
     prepare(model, keep_debug_metadata=keep_debug_metadata)
+    unrewritten = ir.serde.serialize_model(model) if mode == "static" and objective != "size" else None
     model, rewrite_report = apply_rewrites(model, setting=rewrite, mode=mode, exclude=exclude)
     evaluator = Evaluator(reference, eval_inputs(reference, seed, eval_size))
 
-    report: dict = {"input": str(in_path), "output": str(out_path), "mode": mode}
+    report: dict = {"input": str(in_path), "output": str(out_path), "mode": mode, "objective": objective}
     target = psnr = None
     if mode == "fp16":
         from gencompress.passes.fp16_convert import FP16ConvertPass
@@ -415,7 +431,16 @@ def quantize(
         else:
             quantizer = weight_only_quantizer(prepared, bits=bits, block_size=block_size)
             report.update(bits=bits, block_size=block_size if bits == 4 else None)
-        proto, pass_report = quantizer.build(exclude)
+        if unrewritten is not None:  # measure, then decide which layers compute in int8
+            quantizer, proto, pass_report, report["speed_plan"] = _planned_quantizer(
+                unrewritten, rewrite_report, exclude, objective, timer or speed_plan.interleaved_timer(
+                    reference, provider=provider, threads=threads, batches=batches, seed=seed),
+                dict(calib=calib, calib_size=calib_size, calib_data=calib_data, seed=seed, percentile=percentile,
+                     per_tensor=per_tensor, activations=activations, log=log), log)
+        else:
+            proto, pass_report = quantizer.build(exclude)
+            if mode == "weight-only" and objective != "size":  # float compute: int8 weights folded at load
+                proto, pass_report = _fold_weights(proto), {**pass_report, "weights_folded_at_load": True}
         if target_psnr is not None:
             proto, pass_report, target, psnr = _meet_target(quantizer, evaluator, exclude, target_psnr, proto, pass_report, log)
             if not target["met"] and strict:
@@ -454,6 +479,52 @@ def quantize(
     return report
 
 
+def _fold_weights(proto):
+    import onnx_ir as ir
+
+    from gencompress.passes.speed_plan import cast_mul_weights
+
+    model = ir.serde.deserialize_model(proto)
+    cast_mul_weights(model)
+    return finalize(ir.serde.serialize_model(model))
+
+
+@dataclass
+class _PlannedQuantizer:
+    """A Quantizer over the planned model: ``build(exclude, include)`` keeps those layers out of int8
+    compute (for --target-psnr and the sensitivity ranking)."""
+
+    builder: object
+    int8: frozenset
+    layers: list
+
+    def build(self, exclude=(), include=None):
+        keep = {l["node"] for l in self.layers if any(p in (l["node"], l["op_type"], *l["weights"]) for p in exclude)}
+        if include is not None:
+            keep |= {l["node"] for l in self.layers if not any(p in (l["node"], l["op_type"], *l["weights"]) for p in include)}
+        return self.builder.build(self.int8 - keep)
+
+
+def _planned_quantizer(unrewritten, rewrite_report, exclude, objective, timer, static_options, log):
+    """Plan which layers compute in int8 (``speed_plan``); return (quantizer, model, pass report, plan report)."""
+    from gencompress.passes import speed_plan
+
+    builder = speed_plan.ConfigBuilder.create(
+        unrewritten, rewrite=bool(rewrite_report.get("applied")), static_options=static_options, exclude=exclude,
+    )
+    proto, pass_report, result = speed_plan.plan(builder, objective, timer, log)
+    quantizer = _PlannedQuantizer(builder, result.int8, [l for l in builder.layers if l["node"] in result.int8])
+    info = {"objective": objective, "layers": result.layers, "chosen_speed": {str(b): round(1 / r, 3) for b, r in result.ratios.items()},
+            "message": result.message, "configs_measured": len(result.configs), "noise": speed_plan.NOISE,
+            "weights_folded_at_load": pass_report.get("folded_weights", 0)}
+    rows = {r["node"]: r for r in result.layers}
+    folded = [{"node": l["node"], "op_type": l["op_type"], "kind": "weights", "weights": l["weights"], "folded_at_load": True}
+              for l in builder.layers if rows.get(l["node"], {}).get("choice") == "float"]
+    user_float = [l for l in pass_report.get("float_layers", []) if any(p in (l["node"], l["op_type"], *l["weights"]) for p in exclude)]
+    pass_report = {**pass_report, "layers": [*pass_report.get("layers", []), *folded], "float_layers": user_float}
+    return quantizer, proto, pass_report, info
+
+
 def _split_patterns(patterns) -> tuple[str, ...]:
     if isinstance(patterns, str):
         patterns = [patterns]
@@ -465,6 +536,9 @@ def _split_patterns(patterns) -> tuple[str, ...]:
 
 def _check_float_model(proto: onnx.ModelProto, path) -> None:
     ops = {n.op_type for n in proto.graph.node}
+    int_inits = {i.name for i in proto.graph.initializer if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)}
+    if any(n.op_type == "Cast" and n.input and n.input[0] in int_inits for n in proto.graph.node):
+        ops.add("DequantizeLinear")  # int8 weights behind Cast * scale (speed_plan.cast_mul_weights)
     if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger"}:
         raise GencompressError(f"{path}: the model is already quantized; give the float model")
 

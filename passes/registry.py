@@ -36,6 +36,8 @@ PASS_MODULES = [
     "gencompress.passes.insert_qdq",
     "gencompress.passes.weight_only_quantize",
     "gencompress.passes.fp16_convert",
+    "gencompress.passes.depth_to_space_nhwc",
+    "gencompress.passes.speed_plan",
 ]
 
 class GencompressPass(ir.passes.InPlacePass):

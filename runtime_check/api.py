@@ -513,6 +513,8 @@ def _trace_weight(name, inits, producer, consts, hops: int = 6):
             dq = node
         elif node.op_type == "Cast" and cast_to is None:
             cast_to = node
+        elif node.op_type == "Mul" and dq is None and cast_to is None:
+            pass  # Cast(int8) * scale: int8 weights onnxruntime folds at load (passes/speed_plan.py)
         elif node.op_type not in _PASSTHROUGH:
             return None
         name = node.input[0]

@@ -631,7 +631,10 @@ def sweep_svg(sweep: list, width: int = 620, height: int = 360) -> str:
         s, q = _num(e.get("bytes")), _num(e.get("psnr_db"))
         if s is None or q is None or math.isnan(s) or math.isnan(q):
             continue
-        pts.append((i, s / 1024.0, q, bool(e.get("pareto")), str(e.get("label", f"#{i}")), bool(e.get("selected"))))
+        # a row's measured speed (speed_b1, speed_b64, ...: float p50 / model p50) joins its label
+        speed = " ".join(f"{k[6:]} {v:.2f}x" for k, v in e.items() if k.startswith("speed_") and _num(v) is not None)
+        label = str(e.get("label", f"#{i}")) + (f" [{speed}]" if speed else "")
+        pts.append((i, s / 1024.0, q, bool(e.get("pareto")), label, bool(e.get("selected"))))
     if not pts:
         return "<p class='note'>No configuration has both a size and a PSNR to plot.</p>"
     ml, mr, mt, mb = 60, 24, 34, 44
@@ -687,7 +690,9 @@ def sweep_svg(sweep: list, width: int = 620, height: int = 360) -> str:
             f'data-index="{i}" data-pareto="{str(on_front).lower()}"><title>{_e(label)}: {kb:.4g} KiB, {shown_q} dB</title></circle>'
         )
         right = x > width - mr - 130
-        out.append(f'<text x="{x - 7 if right else x + 7:.1f}" y="{y - 7:.1f}" text-anchor="{"end" if right else "start"}">{_e(label[:28])}</text>')
+        name, bracket, speed = label.partition(" [")
+        short = name[:28] + bracket + speed
+        out.append(f'<text x="{x - 7 if right else x + 7:.1f}" y="{y - 7:.1f}" text-anchor="{"end" if right else "start"}">{_e(short)}</text>')
     out.append(f'<circle cx="{ml + 6}" cy="14" r="4.5" fill="#d0452f" stroke="#d0452f"/><text x="{ml + 15}" y="18">Pareto front</text>')
     out.append(f'<circle cx="{ml + 116}" cy="14" r="4.5" fill="#fff" stroke="#7a8292" stroke-width="1.5"/><text x="{ml + 125}" y="18">dominated</text>')
     if any(p[5] for p in pts):

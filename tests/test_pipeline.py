@@ -11,7 +11,7 @@ import pytest
 
 from gencompress.inputs import sample_inputs, specs_of_model
 
-FAST = ("--samples", "32", "--no-bench", "--calib-size", "32")
+FAST = ("--samples", "32", "--no-bench", "--calib-size", "32", "--objective", "size")  # size: every layer int8, untimed
 
 
 def _outputs(path, feeds):
@@ -44,7 +44,7 @@ def test_compress_zoo_name_report_agrees_with_recomputation(tmp_path, run_cli):
 
     # fidelity: the same seeded draws from the prior, recomputed with plain numpy
     fid = report["fidelity"]
-    calibration = next(step["options"] for step in report["recipe"] if step["pass"] == "insert_qdq")
+    calibration = next(step["options"] for step in report["recipe"] if step["pass"] in ("insert_qdq", "plan_int8"))
     assert fid["seed"] != calibration["seed"]  # held-back latents, not the calibration set
     specs = specs_of_model(onnx.load(str(out / "reference.onnx")))
     feeds = sample_inputs(specs, fid["samples"], fid["seed"])

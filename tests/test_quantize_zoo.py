@@ -94,7 +94,7 @@ def ort_quantize_static(float_path, out_path, feeds):
 def test_static_int8(zoo_onnx, tmp_path, name):
     src = zoo_onnx(name)
     out = tmp_path / f"{name}.int8.onnx"
-    report = quantize(src, out, calib_size=CALIB)  # default settings: the rewrites run where there is a ConvTranspose
+    report = quantize(src, out, objective="size", calib_size=CALIB)  # default settings: the rewrites run where there is a ConvTranspose
     assert report["rewrite"]["applied"] == (name != "rvae")
     assert_runs_everywhere(out, src)
     model = onnx.load(str(out))
@@ -128,8 +128,8 @@ def test_static_int8(zoo_onnx, tmp_path, name):
 def test_weight_only_int4_and_int8(zoo_onnx, tmp_path, name):
     src = zoo_onnx(name)
     out4, out8 = tmp_path / f"{name}.w4.onnx", tmp_path / f"{name}.w8.onnx"
-    r4 = quantize(src, out4, mode="weight-only", bits=4)
-    r8 = quantize(src, out8, mode="weight-only", bits=8)
+    r4 = quantize(src, out4, objective="size", mode="weight-only", bits=4)
+    r8 = quantize(src, out8, objective="size", mode="weight-only", bits=8)
     for out in (out4, out8):
         assert_runs_everywhere(out, src)
     assert os.path.getsize(out4) / os.path.getsize(src) <= 0.16
@@ -144,7 +144,7 @@ def test_weight_only_int4_and_int8(zoo_onnx, tmp_path, name):
 def test_fp16(zoo_onnx, tmp_path, name):
     src = zoo_onnx(name)
     out = tmp_path / f"{name}.fp16.onnx"
-    report = quantize(src, out, mode="fp16")
+    report = quantize(src, out, objective="size", mode="fp16")
     assert_runs_everywhere(out, src)  # also: inputs/outputs still float32
     assert os.path.getsize(out) / os.path.getsize(src) <= 0.51
     assert report["psnr_db"] is None or report["psnr_db"] > 60
@@ -154,8 +154,8 @@ def test_same_command_same_bytes(zoo_onnx, tmp_path):
     for name, kwargs in (("dcgan", {"calib_size": CALIB}), ("cgan", {"calib": "percentile", "calib_size": CALIB}), ("cgan", {"mode": "weight-only", "bits": 4})):
         src = zoo_onnx(name)
         a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
-        quantize(src, a, **kwargs)
-        quantize(src, b, **kwargs)
+        quantize(src, a, objective="size", **kwargs)
+        quantize(src, b, objective="size", **kwargs)
         assert a.read_bytes() == b.read_bytes(), (name, kwargs)
 
 
@@ -183,7 +183,7 @@ def test_onnxruntime_runs_int8_kernels(zoo_onnx, tmp_path):
     ConvTranspose runs in float."""
     src = zoo_onnx("cgan")
     plain = tmp_path / "cgan.int8.onnx"
-    report = quantize(src, plain, calib_size=CALIB, rewrite=False)
+    report = quantize(src, plain, objective="size", calib_size=CALIB, rewrite=False)
     assert not report["rewrite"]["applied"] and "--no-rewrite" in report["rewrite"]["reason"]
     kernels = _kernels(plain, tmp_path)
     ops = [op for op, _ in kernels]
@@ -202,7 +202,7 @@ def test_rewritten_dcgan_runs_only_int8_kernels(zoo_onnx, tmp_path):
     onnxruntime folds those at load time and still fuses QGemm at every level that fuses."""
     src = zoo_onnx("dcgan")
     out = tmp_path / "dcgan.int8.onnx"
-    report = quantize(src, out, calib_size=CALIB)
+    report = quantize(src, out, objective="size", calib_size=CALIB)
     rewrite = report["rewrite"]
     assert rewrite["applied"] and rewrite["setting"] == "auto" and rewrite["convtranspose_rewritten"] == 3
     assert len(rewrite["changes"]) == 3 and "Gemm 100x2048" in rewrite["changes"][0]
@@ -224,7 +224,7 @@ def test_rewritten_dcgan_runs_only_int8_kernels(zoo_onnx, tmp_path):
             if op in ("QGemm", "QLinearConv"):
                 assert types[0] == "uint8" and "int8" in types
     # accuracy: per ConvTranspose channel scales, as without the rewrites (not the finer per column)
-    plain = quantize(src, tmp_path / "plain.onnx", calib_size=CALIB, rewrite=False)
+    plain = quantize(src, tmp_path / "plain.onnx", objective="size", calib_size=CALIB, rewrite=False)
     assert report["psnr_db"] >= plain["psnr_db"] - 0.1
     assert report["ratio"] <= 0.27
 
@@ -244,16 +244,16 @@ def test_sensitivity_is_reproducible(zoo_onnx):
 
 def test_target_psnr(zoo_onnx, tmp_path):
     src = zoo_onnx("dcgan")
-    base = quantize(src, tmp_path / "base.onnx", calib_size=CALIB)
+    base = quantize(src, tmp_path / "base.onnx", objective="size", calib_size=CALIB)
     target = base["psnr_db"] + 1.0
-    report = quantize(src, tmp_path / "met.onnx", calib_size=CALIB, target_psnr=target)
+    report = quantize(src, tmp_path / "met.onnx", objective="size", calib_size=CALIB, target_psnr=target)
     assert report["target"]["met"] and report["psnr_db"] >= target
     kept = report["target"]["kept_float"]
     assert kept and {layer["node"] for layer in report["float_layers"]} == set(kept)
     # out of reach: the closest model is written and the report says how close it got
-    far = quantize(src, tmp_path / "far.onnx", calib_size=CALIB, target_psnr=150.0)
+    far = quantize(src, tmp_path / "far.onnx", objective="size", calib_size=CALIB, target_psnr=150.0)
     assert not far["target"]["met"] and "cannot be met" in far["target"]["message"]
     assert far["target"]["closest_psnr_db"] == far["psnr_db"] < 150 and (tmp_path / "far.onnx").exists()
     with pytest.raises(GencompressError, match="cannot be met"):
-        quantize(src, tmp_path / "strict.onnx", calib_size=CALIB, target_psnr=150.0, strict=True)
+        quantize(src, tmp_path / "strict.onnx", objective="size", calib_size=CALIB, target_psnr=150.0, strict=True)
     assert not (tmp_path / "strict.onnx").exists()

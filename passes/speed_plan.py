@@ -1,0 +1,539 @@
+"""Measure, then decide: which layers run int8 kernels, and in what form float layers store weights.
+
+onnxruntime runs an int8 layer fast only when the int8 kernel saves more than the data movement
+around it costs (Q/DQ, the Transposes around its channels-last int8 Conv, the DepthToSpace/Slice
+of a rewritten ConvTranspose); on small layers at batch 1 it often does not. So, per layer, we
+time the model with the layer in int8 and with it in float, interleaved with the float model in
+one process (``runtime_check.latency.time_interleaved``, sessions from
+``runtime_check.sessions``, spinning off), on the chosen execution provider, batch sizes and
+thread count, and keep int8 only where it pays.
+
+A layer computed in float still stores its weights as int8: ``Cast(int8) * scale`` on constants
+(``cast_mul_weights``). onnxruntime constant-folds that into a float initializer at load (and
+pre-packs it like any float weight), whereas it never folds a DequantizeLinear (kept for its QDQ
+fusions), which then runs on every call: measured on the zoo vae, weight-only int8 with
+DequantizeLinear ran at 0.55x/0.73x float (batch 1/64), with Cast*Mul at 0.98x/1.02x; the rvae's
+GRU weights behind a DequantizeLinear at 0.76x, as Cast*Mul at 1.0x.
+
+Objectives (``OBJECTIVES``):
+  speed     a layer is int8 when that lowers the model's time (geometric mean over the batches);
+            of {planned, all int8, no int8}, the fastest is kept.
+  balanced  (default) a layer is int8 only when that is not slower beyond ``NOISE`` at any batch
+            size; the result must not be slower than float beyond ``NOISE`` at any batch size,
+            else no layer computes in int8 (weights still int8, folded at load).
+  size      every layer int8, nothing timed (the most quantized model; weights behind
+            DequantizeLinear, the standard QDQ form).
+
+The timer is injected (``plan_layers(measure=...)``), so the decision logic is tested with
+stubbed measurements.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from gencompress.errors import GencompressError
+
+OBJECTIVES = ("balanced", "speed", "size")
+DEFAULT_OBJECTIVE = "balanced"
+SIZE_SLACK = 0.10  # balanced: a faster model this much larger than the smallest not-slower one still counts as small
+NOISE = 0.05  # relative timing noise we do not act on (interleaved p50 ratios move this much under load)
+DEFAULT_BATCHES = (1, 64)
+DEFAULT_THREADS = 2
+TARGET_SLOT_SECONDS = 0.25  # timed seconds per model and batch size in one measurement
+HIDDEN_DOMAIN = "gencompress.keep_float"  # marks ConvTransposes the int8 rewrites must leave alone
+
+Ratios = dict  # {batch: model p50 / float p50}
+
+
+def check_objective(objective: str) -> str:
+    if objective not in OBJECTIVES:
+        raise GencompressError(f"--objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
+    return objective
+
+
+# ---- the decision (pure: measurements in, choice out) -------------------------------------------
+
+
+def geomean(ratios: Ratios) -> float:
+    return math.exp(sum(math.log(r) for r in ratios.values()) / len(ratios))
+
+
+def int8_pays(with_int8: Ratios, without: Ratios, objective: str, noise: float = NOISE) -> bool:
+    """Keep a layer in int8? ``with_int8`` / ``without``: the model's time ratios to float with the
+    layer in int8 / in float (the rest as currently planned)."""
+    gain = {b: without[b] / with_int8[b] for b in with_int8}  # > 1: int8 is faster
+    if objective == "speed":
+        return geomean(gain) >= 1.0
+    return min(gain.values()) >= 1.0 - noise and geomean(gain) >= 1.0
+
+
+def _fmt(ratios: Ratios) -> str:
+    return ", ".join(f"b{b} {1 / r:.2f}x" for b, r in sorted(ratios.items()))
+
+
+@dataclass
+class PlanResult:
+    int8: frozenset  # layer names that compute in int8
+    ratios: Ratios  # measured, of the chosen configuration
+    layers: list[dict] = field(default_factory=list)  # per layer: choice and measured reason
+    configs: list[dict] = field(default_factory=list)  # every configuration measured
+    message: str = ""
+
+
+def plan_layers(layers: list[str], measure: Callable[[list[frozenset]], list[Ratios]], objective: str, noise: float = NOISE,
+                size: Callable[[frozenset], int] | None = None) -> PlanResult:
+    """Choose the layers that compute in int8.
+
+    ``measure(configs)`` times each configuration (a frozenset of int8 layer names) interleaved
+    with the float model and returns, per configuration, ``{batch: p50 / float p50}``.
+    Greedy: start from every layer in int8; for each layer in graph order, time the plan with and
+    without it in int8 (together, so load drift hits both), keep the better per the objective.
+    Then compare the plan, all-int8 and no-int8 side by side and pick per the objective;
+    balanced: the fastest of those not slower than float beyond ``noise`` whose ``size(config)``
+    (bytes) is within ``SIZE_SLACK`` of the smallest of them.
+    """
+    check_objective(objective)
+    full, none = frozenset(layers), frozenset()
+    if objective == "size" or not layers:
+        return PlanResult(full, {}, [{"node": n, "choice": "int8", "reason": "objective size: every layer int8 (not timed)"} for n in layers])
+    configs: list[dict] = []
+
+    def timed(*candidates):
+        results = measure(list(candidates))
+        for c, r in zip(candidates, results):
+            configs.append({"int8": sorted(c), "ratios": {str(b): round(v, 4) for b, v in r.items()}})
+        return results
+
+    current = full
+    rows = []
+    for name in layers:
+        without, with_int8 = timed(current - {name}, current)
+        keep = int8_pays(with_int8, without, objective, noise)
+        verdict = "int8 pays" if keep else "int8 does not pay"
+        reason = f"{verdict}: model with it in int8 {_fmt(with_int8)} float speed, with it in float {_fmt(without)}"
+        rows.append({"node": name, "choice": "int8" if keep else "float", "reason": reason,
+                     "with_int8": {str(b): round(1 / v, 3) for b, v in with_int8.items()},
+                     "in_float": {str(b): round(1 / v, 3) for b, v in without.items()}})
+        if not keep:
+            current = current - {name}
+    finals = list(dict.fromkeys([current, full, none]))
+    measured = dict(zip(finals, timed(*finals)))
+    if objective == "speed":
+        chosen = min(finals, key=lambda c: geomean(measured[c]))
+        message = f"fastest measured: {_fmt(measured[chosen])} float speed"
+    else:
+        safe = [c for c in finals if max(measured[c].values()) <= 1.0 + noise]
+        if safe and size is not None:  # smallest within "not slower": sizes within SIZE_SLACK count as equal
+            smallest = min(size(c) for c in safe)
+            safe = [c for c in safe if size(c) <= smallest * (1.0 + SIZE_SLACK)]
+        chosen = min(safe, key=lambda c: geomean(measured[c])) if safe else none
+        message = (f"not slower than float beyond {noise:.0%} at any batch: {_fmt(measured[chosen])} float speed" if safe
+                   else f"every configuration was slower than float beyond {noise:.0%}; no int8 compute ({_fmt(measured[none])})")
+    if chosen != current:
+        for row in rows:
+            choice = "int8" if row["node"] in chosen else "float"
+            if choice != row["choice"]:
+                row["choice"] = choice
+                row["reason"] += f"; overridden: the whole plan with {'all' if chosen == full else 'no'} layers in int8 measured faster"
+    return PlanResult(chosen, measured[chosen], rows, configs, message)
+
+
+# ---- int8 weights that onnxruntime folds at load ---------------------------------------------------
+
+
+def _reads_quantized_activation(node: ir.Node) -> bool:
+    """An op onnxruntime fuses into an int8 kernel: one of its inputs is a dequantized activation."""
+    for v in node.inputs:
+        p = v.producer() if v is not None else None
+        if p is not None and p.op_type == "DequantizeLinear" and p.inputs[0].const_value is None:
+            return True
+    return False
+
+
+def cast_mul_weights(model: ir.Model, int8_nodes=None) -> int:
+    """Replace each DequantizeLinear of a constant int8 weight (zero point 0, no block_size) whose
+    readers all compute in float (not in ``int8_nodes``, names; None: not reading a dequantized
+    activation) by ``Cast(q) * Reshape(scale)``: the same values, a constant subgraph onnxruntime
+    folds into a float initializer at load. Returns how many were replaced."""
+    graph = model.graph
+    count = 0
+    if int8_nodes is None:
+        int8_nodes = frozenset(n.name for n in graph if _reads_quantized_activation(n))
+    for node in list(graph):
+        if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
+            continue
+        q = node.inputs[0]
+        if q is None or q.const_value is None or q.is_graph_input() or q.dtype not in (ir.DataType.INT8, ir.DataType.UINT8):
+            continue
+        if node.attributes.get_int("block_size", 0):
+            continue
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            zp = node.inputs[2].const_value
+            if zp is None or np.any(zp.numpy() != 0):
+                continue
+        out = node.outputs[0]
+        if not out.uses() or any(u.node.name in int8_nodes for u in out.uses()) or out in graph.outputs:
+            continue
+        rank = len(q.const_value.shape)
+        scale = node.inputs[1]
+        base = q.name
+        cast = ir.node("Cast", [q], {"to": ir.DataType.FLOAT}, name=f"{base}_to_float",
+                       outputs=[ir.Value(name=f"{base}_as_float", type=ir.TensorType(ir.DataType.FLOAT), shape=q.shape)])
+        new = [cast]
+        if rank > 1 and scale.shape is not None and len(scale.shape) == 1:
+            axis = node.attributes.get_int("axis", 1) % rank
+            dims = [1] * rank
+            dims[axis] = -1
+            shape = ir.Value(name=f"{base}_scale_shape", const_value=ir.tensor(np.array(dims, dtype=np.int64), name=f"{base}_scale_shape"),
+                             type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([rank]))
+            graph.register_initializer(shape)
+            reshape = ir.node("Reshape", [scale, shape], name=f"{base}_scale_reshape",
+                              outputs=[ir.Value(name=f"{base}_scale_bcast", type=ir.TensorType(ir.DataType.FLOAT))])
+            new.append(reshape)
+            scale = reshape.outputs[0]
+        mul = ir.node("Mul", [cast.outputs[0], scale], name=f"{base}_dequantize",
+                      outputs=[ir.Value(name=f"{base}_folded", type=ir.TensorType(ir.DataType.FLOAT), shape=out.shape)])
+        new.append(mul)
+        graph.insert_before(node, new)
+        out.replace_all_uses_with(mul.outputs[0])
+        graph.remove(node, safe=True)
+        count += 1
+    return count
+
+
+# ---- building a configuration ------------------------------------------------------------------
+
+
+def rewrite_only(model: ir.Model, keep_float: set[str]):
+    """The int8 rewrites on every ConvTranspose except those named in ``keep_float`` (which stay
+    ConvTranspose: in float that is onnxruntime's fastest form), phases interleaved DCR and
+    spelled channels-last (``depth_to_space_nhwc``: onnxruntime then drops the Transposes around
+    its int8 Convs). Returns (model, the rewrite report)."""
+    from gencompress.passes.registry import available
+
+    passes = available()
+
+    def rewrite_for_int8(model):
+        p = passes["rewrite_for_int8"](passes["rewrite_for_int8"].Options(depth_to_space="DCR"))
+        model = p(model).model
+        nhwc = passes["depth_to_space_nhwc"]()
+        model = nhwc(model).model
+        return model, {**(p.report or {}), "depth_to_space_nhwc": nhwc.report}
+
+    hidden = [n for n in model.graph if n.op_type == "ConvTranspose" and n.name in keep_float]
+    for n in hidden:
+        n.domain = HIDDEN_DOMAIN
+    if hidden:
+        model.opset_imports[HIDDEN_DOMAIN] = 1
+    try:
+        model, report = rewrite_for_int8(model)
+    finally:
+        for n in hidden:
+            n.domain = ""
+        model.opset_imports.pop(HIDDEN_DOMAIN, None)
+    return model, report
+
+
+def _matches(name: str, original: str) -> bool:
+    """A node of the rewritten graph stands for ``original`` (the rewrites name theirs ``original/...``)."""
+    return name == original or name.startswith(original + "/")
+
+
+@dataclass
+class ConfigBuilder:
+    """Builds the model for a set of int8 layers (original names) from the prepared float model."""
+
+    prepared: onnx.ModelProto  # after prepare(), before the rewrites
+    rewrite: bool  # apply the int8 rewrites to the ConvTransposes that go int8
+    static_options: dict  # static_quantizer keyword arguments (calib, calib_size, ...)
+    exclude: tuple = ()  # user's --exclude: float, weights kept float too
+    layers: list[dict] = field(default_factory=list)  # decidable int8 layers of the prepared graph
+    storage_layers: list[str] = field(default_factory=list)  # float-compute layers with weights (GRU, Gather)
+    _quantizers: dict = field(default_factory=dict)
+    _built: dict = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, prepared: onnx.ModelProto, *, rewrite: bool, static_options: dict, exclude=()):
+        from gencompress.passes.insert_qdq import find_layers, select_layers
+
+        found = find_layers(ir.serde.deserialize_model(prepared).graph)
+        kept, _ = select_layers(found, exclude)
+        decidable = [{"node": l.name, "op_type": l.op_type, "weights": [w.name for w in l.weights]} for l in kept if l.kind == "int8"]
+        storage = [l.name for l in kept if l.kind == "weights"]
+        return cls(prepared, rewrite, static_options, tuple(exclude), decidable, storage)
+
+    def _quantizer(self, keep_float: frozenset):
+        """(rewritten prepared proto's static quantizer, rewrite report) for this set of float ConvTransposes."""
+        key = keep_float if self.rewrite else None
+        if key not in self._quantizers:
+            from gencompress.passes.quantize import static_quantizer
+
+            model = ir.serde.deserialize_model(self.prepared)
+            report = None
+            if self.rewrite:
+                model, report = rewrite_only(model, set(keep_float))
+            proto = ir.serde.serialize_model(model)
+            quantizer = static_quantizer(proto, exclude=self.exclude, **self.static_options)
+            self._quantizers[key] = (quantizer, report)
+        return self._quantizers[key]
+
+    def build(self, int8: frozenset) -> tuple[onnx.ModelProto, dict]:
+        """The model with ``int8`` layers computing in int8, the other layers' weights int8 folded at load."""
+        int8 = frozenset(int8)
+        if int8 in self._built:
+            return self._built[int8]
+        from gencompress.passes.quantize import finalize
+        from gencompress.passes.weight_only_quantize import WeightOnlyQuantizePass
+
+        convt = {l["node"] for l in self.layers if l["op_type"] == "ConvTranspose"}
+        quantizer, rewrite_report = self._quantizer(frozenset(convt - int8))
+        names = [l["node"] for l in quantizer.layers]
+        int8_names = [n for n in names if any(_matches(n, o) for o in int8)]
+        include = tuple(int8_names + [n for n in names if n in self.storage_layers])
+        report = {"layers": [], "float_layers": [], "quantized_activations": 0, "rewrite": rewrite_report}
+        if include:
+            proto, report_q = quantizer.build(self.exclude, include)
+            report.update(report_q)
+        else:
+            proto = quantizer.prepared
+        model = ir.serde.deserialize_model(proto)
+        floating = [l["node"] for l in self.layers if l["node"] not in int8]
+        targets = tuple(n for n in names if n not in include and any(_matches(n, o) for o in floating))
+        if targets:
+            p = WeightOnlyQuantizePass(WeightOnlyQuantizePass.Options(bits=8, include=targets))
+            model = p(model).model
+            report["weight_only"] = [l["node"] for l in p.report["layers"]]
+        report["folded_weights"] = cast_mul_weights(model, frozenset(int8_names))
+        result = (finalize(ir.serde.serialize_model(model)), report)
+        self._built[int8] = result
+        return result
+
+
+# ---- the timer ---------------------------------------------------------------------------------
+
+
+def interleaved_timer(reference: onnx.ModelProto, *, provider: str = "CPUExecutionProvider", threads: int = DEFAULT_THREADS,
+                      batches=DEFAULT_BATCHES, seed: int = 0) -> Callable[[list[onnx.ModelProto]], list[Ratios]]:
+    """``measure(models) -> [{batch: p50 / float p50}]``: each call times the float model and the given
+    models interleaved in one process (spinning off), on ``provider`` with ``threads`` intra-op
+    threads, each batch size for about ``TARGET_SLOT_SECONDS`` per model."""
+    from gencompress.inputs import sample_inputs, specs_of_model
+    from gencompress.passes.calibrate import fixed_batch
+    from gencompress.runtime_check.latency import time_interleaved
+    from gencompress.runtime_check.sessions import cast_feeds, make_session, model_bytes
+
+    fixed = fixed_batch(reference)
+    batches = (fixed,) if fixed else tuple(batches)
+    specs = specs_of_model(reference)
+    ref_bytes = model_bytes(reference)
+
+    def measure(models):
+        sessions = {"float": make_session(ref_bytes, provider=provider, threads=threads, label="float")}
+        for i, m in enumerate(models):
+            sessions[i] = make_session(model_bytes(m), provider=provider, threads=threads, label=f"candidate {i}")
+        out = [{} for _ in models]
+        for b in batches:
+            feeds = {k: cast_feeds(s, sample_inputs(specs, b, seed)) for k, s in sessions.items()}
+            probe = time_interleaved({"float": sessions["float"]}, feeds["float"], runs=5, warmup=2)
+            runs = int(np.clip(TARGET_SLOT_SECONDS / max(np.median(probe["float"]), 1e-6), 20, 400))
+            times = time_interleaved(sessions, feeds, runs=runs, warmup=3)
+            base = float(np.median(times["float"]))
+            for i in range(len(models)):
+                out[i][b] = float(np.median(times[i])) / base
+        return out
+
+    return measure
+
+
+def plan(builder: ConfigBuilder, objective: str, measure_models, log=lambda m: None) -> tuple[onnx.ModelProto, dict, PlanResult]:
+    """Decide, build and return (model, its quantizer report, the plan)."""
+    names = [l["node"] for l in builder.layers]
+
+    def measure(configs):
+        return measure_models([builder.build(c)[0] for c in configs])
+
+    if objective != "size" and names:
+        log(f"timing {len(names)} layer(s) in int8 vs float ({objective}) ...")
+    result = plan_layers(names, measure, objective, size=lambda c: builder.build(c)[0].ByteSize())
+    op_of = {l["node"]: l["op_type"] for l in builder.layers}
+    for row in result.layers:
+        row["op_type"] = op_of.get(row["node"])
+    proto, report = builder.build(result.int8)
+    return proto, report, result
+
+
+# ---- as recipe steps ---------------------------------------------------------------------------
+
+from gencompress.passes.registry import GencompressPass, register  # noqa: E402  (registry imports nothing from here)
+
+
+@register("fold_weights")
+class FoldWeightsPass(GencompressPass):
+    """Int8 weights of float-computing layers as ``Cast(q) * scale`` (``cast_mul_weights``), which
+    onnxruntime folds at load, instead of a DequantizeLinear it runs on every call. Put it after
+    ``weight_only_quantize`` (8 bits; int4 blocks stay DequantizeLinear)."""
+
+    @dataclass(frozen=True)
+    class Options:
+        pass
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        count = cast_mul_weights(model)
+        self.report = {"folded_weights": count}
+        return ir.passes.PassResult(model, bool(count))
+
+
+@register("plan_int8")
+class PlanInt8Pass(GencompressPass):
+    """Static int8 with a measured per-layer plan (the module docstring): the int8 rewrites and
+    insert_qdq on the layers where int8 pays for ``objective`` on ``provider`` at ``batches`` with
+    ``threads`` threads; the other layers compute in float with int8 weights folded at load.
+    ``self.report["layers"]``: per layer, the choice and the measured reason."""
+
+    @dataclass(frozen=True)
+    class Options:
+        objective: str = DEFAULT_OBJECTIVE
+        calib: str = "minmax"
+        calib_size: int | None = None
+        per_tensor: bool = False
+        activations: str = "uint8"
+        exclude: tuple[str, ...] = ()
+        seed: int = 0
+        rewrite: bool = True
+        batches: tuple[int, ...] = DEFAULT_BATCHES
+        threads: int = DEFAULT_THREADS
+        provider: str = "CPUExecutionProvider"
+
+        def __post_init__(self):
+            if self.objective not in OBJECTIVES:
+                raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
+            if self.threads <= 0 or not self.batches or any(int(b) <= 0 for b in self.batches):
+                raise ValueError("threads and batches must be positive")
+
+    @property
+    def in_place(self) -> bool:  # builds a new model from the measured plan
+        return False
+
+    timer = None  # tests: replaces the interleaved timer
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        from gencompress.passes.calibrate import DEFAULT_PERCENTILE
+        from gencompress.passes.quantize import prepare
+
+        o = self.options
+        reference = ir.serde.serialize_model(model)
+        work = ir.serde.deserialize_model(reference)
+        prepare(work)
+        has_convt = any(n.op_type == "ConvTranspose" for n in work.graph)
+        builder = ConfigBuilder.create(
+            ir.serde.serialize_model(work), rewrite=o.rewrite and has_convt, exclude=tuple(o.exclude),
+            static_options=dict(calib=o.calib, calib_size=o.calib_size, calib_data=None, seed=o.seed, percentile=DEFAULT_PERCENTILE,
+                                per_tensor=o.per_tensor, activations=o.activations, log=lambda m: None),
+        )
+        timer = self.timer or interleaved_timer(reference, provider=o.provider, threads=o.threads, batches=o.batches, seed=o.seed)
+        proto, report, result = plan(builder, o.objective, timer)
+        self.report = {"layers": result.layers, "objective": o.objective, "message": result.message,
+                       "speed": {str(b): round(1 / r, 3) for b, r in result.ratios.items()},
+                       "configs_measured": len(result.configs), "folded_weights": report.get("folded_weights", 0)}
+        return ir.passes.PassResult(ir.serde.deserialize_model(proto), True)
+
+
+# ---- a fidelity target in one command ------------------------------------------------------------
+
+# Hook for stages that make more candidates (e.g. pruning + distillation, once they exist):
+# each is called as ``hook(reference_path, folder, target_psnr, log)`` and returns
+# ``[(label, model_path), ...]``; the candidates join the search like the built-in ones.
+CANDIDATE_HOOKS: list[Callable] = []
+
+
+def target_candidates(objective: str, has_convtranspose: bool) -> list[tuple[str, dict]]:
+    """(label, gencompress.quantize keyword arguments) of the configurations the search tries."""
+    plans = [objective] if objective == "balanced" else [objective, "balanced"]
+    out = [(f"int8 plan ({o})", {"objective": o}) for o in plans if o != "size"]
+    out += [(f"int8 plan ({o}) + damaging layers in float", {"objective": o, "target_psnr": None}) for o in plans if o != "size"]
+    out.append(("int8 every layer", {"objective": "size"}))
+    if has_convtranspose:
+        out.append(("int8 every layer, rewrites off", {"objective": "size", "rewrite": False}))
+    out += [
+        ("weight-only int8 (folded at load)", {"mode": "weight-only", "bits": 8, "objective": "balanced"}),
+        ("weight-only int4", {"mode": "weight-only", "bits": 4, "objective": "size"}),
+        ("fp16 weights", {"mode": "fp16", "objective": "size"}),
+    ]
+    return out
+
+
+def choose_candidate(rows: list[dict], target: float, objective: str, noise: float = NOISE) -> tuple[dict | None, str]:
+    """The best row meeting ``target`` dB for ``objective`` (rows: label, bytes, psnr (inf for
+    identical), ratios {batch: p50 / float p50}); None and why when none meets it."""
+    ok = [r for r in rows if r["psnr"] >= target]
+    if not ok:
+        best = max(rows, key=lambda r: r["psnr"])
+        return None, f"target {target:g} dB cannot be met: the closest is {best['label']} at {best['psnr']:.2f} dB"
+    fastest = lambda r: (geomean(r["ratios"]), r["bytes"])  # noqa: E731
+    if objective == "speed":  # the fastest, or a smaller one within timing noise of it
+        best = min(geomean(r["ratios"]) for r in ok)
+        pick = min((r for r in ok if geomean(r["ratios"]) <= best * (1.0 + noise)), key=lambda r: (r["bytes"], geomean(r["ratios"])))
+    elif objective == "size":
+        pick = min(ok, key=lambda r: (r["bytes"], geomean(r["ratios"])))
+    else:
+        safe = [r for r in ok if max(r["ratios"].values()) <= 1.0 + noise]
+        pick = min(safe, key=lambda r: (r["bytes"], geomean(r["ratios"]))) if safe else min(ok, key=fastest)
+    return pick, f"target {target:g} dB met by {pick['label']} ({pick['psnr']:.2f} dB, {_fmt(pick['ratios'])} float speed, objective {objective})"
+
+
+def search_target(reference_path, folder, *, target: float, objective: str, seed: int = 0, calib_size=None,
+                  timing: dict | None = None, timer=None, log=lambda m: None) -> dict:
+    """Try the configurations of ``target_candidates`` (and the ``CANDIDATE_HOOKS``), measure PSNR
+    (held-back latents), size and speed (one interleaved run, all candidates beside float), and
+    pick per ``choose_candidate``. Returns ``{"chosen": path or None, "rows": [...], "message"}``."""
+    from pathlib import Path
+
+    from gencompress.onnx_io import load_model
+    from gencompress.passes.quantize import Evaluator, eval_inputs, quantize
+
+    timing = dict(timing or {})
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    reference = load_model(reference_path)
+    has_convt = any(n.op_type == "ConvTranspose" for n in reference.graph.node)
+    timer = timer or interleaved_timer(reference, provider=timing.get("provider", "CPUExecutionProvider"),
+                                       threads=timing.get("threads", DEFAULT_THREADS), batches=tuple(timing.get("batches", DEFAULT_BATCHES)), seed=seed)
+    made, met = [], set()
+    for i, (label, kwargs) in enumerate(target_candidates(objective, has_convt)):
+        if "target_psnr" in kwargs:
+            if kwargs["objective"] in met:
+                continue  # the plan alone meets the target: nothing to keep in float
+            kwargs = {**kwargs, "target_psnr": target}
+        path = folder / f"candidate{i}.onnx"
+        log(f"candidate {label} ...")
+        static = kwargs.get("mode", "static") == "static"
+        try:
+            report = quantize(reference_path, path, seed=seed, calib_size=calib_size if static else None, timer=timer if static else None, **kwargs)
+        except GencompressError as e:  # e.g. nothing for int4 to quantize: the others still count
+            log(f"  skipped: {e}")
+            continue
+        made.append((label, path))
+        if label.startswith("int8 plan") and "target_psnr" not in kwargs and (report["psnr_db"] is None or report["psnr_db"] >= target):
+            met.add(kwargs["objective"])
+    for hook in CANDIDATE_HOOKS:
+        made += hook(reference_path, folder, target, log)
+    evaluator = Evaluator(reference, eval_inputs(reference, seed))
+    protos = [load_model(p) for _, p in made]
+    ratios = timer(protos)
+    rows = [{"label": label, "path": str(path), "bytes": path.stat().st_size, "psnr": evaluator.psnr(proto), "ratios": r}
+            for (label, path), proto, r in zip(made, protos, ratios)]
+    if not rows:
+        raise GencompressError("--target-psnr: no configuration could be built for this model")
+    pick, message = choose_candidate(rows, target, objective)
+    for r in rows:
+        r["chosen"] = r is (pick or max(rows, key=lambda x: x["psnr"]))
+        r["meets_target"] = r["psnr"] >= target
+    closest = pick or max(rows, key=lambda r: r["psnr"])
+    return {"chosen": closest["path"], "met": pick is not None, "rows": rows, "message": message, "target_psnr": target, "objective": objective}

@@ -1,0 +1,258 @@
+"""Measure, then decide (passes/speed_plan.py): the decision given stubbed measurements, the
+Cast*Mul weight form onnxruntime folds at load, and the --objective plumbing. No wall-clock
+assertions: every timing here is a stub."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from gencompress.errors import GencompressError
+from gencompress.passes.speed_plan import cast_mul_weights, int8_pays, plan_layers
+
+
+def stub(costs: dict[str, dict[int, float]], base: dict[int, float] = {1: 1.0, 64: 1.0}):
+    """A timer: a configuration's time ratio to float = base + the listed cost of each int8 layer
+    (a negative cost is a speed-up); records every configuration asked for."""
+    asked = []
+
+    def measure(configs):
+        asked.extend(configs)
+        return [{b: base[b] + sum(costs[n][b] for n in c) for b in base} for c in configs]
+
+    return measure, asked
+
+
+COSTS = {  # int8 pays at both batches / only at batch 64 and loses at 1 / loses at both
+    "fast": {1: -0.3, 64: -0.4},
+    "mixed": {1: +0.2, 64: -0.3},
+    "slow": {1: +0.2, 64: +0.1},
+}
+
+
+def test_balanced_keeps_int8_only_where_no_batch_gets_slower():
+    measure, asked = stub(COSTS)
+    result = plan_layers(["fast", "mixed", "slow"], measure, "balanced")
+    assert result.int8 == {"fast"}
+    assert {r["node"]: r["choice"] for r in result.layers} == {"fast": "int8", "mixed": "float", "slow": "float"}
+    assert "does not pay" in next(r["reason"] for r in result.layers if r["node"] == "slow")
+    assert result.ratios == pytest.approx({1: 0.7, 64: 0.6})
+    assert frozenset() in asked and frozenset(COSTS) in asked  # no-int8 and all-int8 compared side by side
+
+
+def test_balanced_prefers_small_among_not_slower():
+    """Faster but 20% larger than the smallest not-slower configuration: balanced keeps the small one, speed the fast one."""
+    measure, _ = stub({"big": {1: -0.01, 64: -0.5}})
+    size = lambda c: 120 if c else 100  # noqa: E731  (int8 compute stores more: activation scales, int32 biases)
+    assert plan_layers(["big"], measure, "balanced", size=size).int8 == frozenset()
+    assert plan_layers(["big"], measure, "speed", size=size).int8 == {"big"}
+    assert plan_layers(["big"], measure, "balanced", size=lambda c: 105 if c else 100).int8 == {"big"}  # within 10%
+
+
+def test_speed_takes_a_layer_that_wins_on_average():
+    measure, _ = stub(COSTS)
+    assert plan_layers(["fast", "mixed", "slow"], measure, "speed").int8 == {"fast", "mixed"}
+
+
+def test_size_times_nothing():
+    measure, asked = stub(COSTS)
+    result = plan_layers(["fast", "mixed", "slow"], measure, "size")
+    assert result.int8 == set(COSTS) and asked == []
+
+
+def test_balanced_falls_back_to_float_compute_when_everything_is_slower():
+    measure, _ = stub({"a": {1: 0.1, 64: 0.1}}, base={1: 1.2, 64: 1.2})  # even no-int8 is 1.2x float
+    result = plan_layers(["a"], measure, "balanced")
+    assert result.int8 == frozenset() and "slower than float" in result.message
+
+
+def test_noise_band():
+    assert int8_pays({1: 1.02, 64: 0.5}, {1: 1.0, 64: 1.0}, "balanced")  # 2% slower at b1: within noise
+    assert not int8_pays({1: 1.10, 64: 0.5}, {1: 1.0, 64: 1.0}, "balanced")
+    assert int8_pays({1: 1.10, 64: 0.5}, {1: 1.0, 64: 1.0}, "speed")
+
+
+def _gru_model():
+    """A GRU behind an int8 DequantizeLinear weight: the form insert_qdq writes for recurrent layers."""
+    rng = np.random.default_rng(0)
+    h, x = 8, 4
+    w = rng.standard_normal((1, 3 * h, x)).astype(np.float32)
+    scale = (np.abs(w).max(axis=(0, 2)) / 127).astype(np.float32)
+    q = np.clip(np.rint(w / scale[None, :, None]), -127, 127).astype(np.int8)
+    r = rng.standard_normal((1, 3 * h, h)).astype(np.float32)
+    nodes = [
+        helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"], axis=1, name="dq"),
+        helper.make_node("GRU", ["x", "w", "r"], ["y"], hidden_size=h, name="gru"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 2, x])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(q, "wq"), numpy_helper.from_array(scale, "ws"), numpy_helper.from_array(r, "r")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_cast_mul_weights_same_values_folded_by_onnxruntime(tmp_path):
+    import onnx_ir as ir
+
+    proto = _gru_model()
+    model = ir.serde.deserialize_model(proto)
+    assert cast_mul_weights(model) == 1
+    folded = ir.serde.serialize_model(model)
+    assert "DequantizeLinear" not in [n.op_type for n in folded.graph.node]
+    assert any(i.data_type == TensorProto.INT8 for i in folded.graph.initializer)  # still stored as int8
+    x = np.random.default_rng(1).standard_normal((3, 2, 4)).astype(np.float32)
+    a = ort.InferenceSession(proto.SerializeToString()).run(None, {"x": x})[0]
+    b = ort.InferenceSession(folded.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(a, b)
+    # onnxruntime folds the Cast*Mul at load: the optimized graph has no Cast/Mul left
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(folded.SerializeToString(), so)
+    assert [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node] == ["GRU"]
+    # the report sees int8 weights; quantize refuses the model as already quantized
+    from gencompress.passes.quantize import quantize
+    from gencompress.runtime_check.api import layer_stats
+
+    path = tmp_path / "folded.onnx"
+    onnx.save(folded, str(path))
+    assert [r["precision"] for r in layer_stats(path) if r["op_type"] == "GRU"][0] == "int8"
+    with pytest.raises(GencompressError, match="already quantized"):
+        quantize(path, tmp_path / "again.onnx", objective="size")
+
+
+def test_cast_mul_weights_leaves_int8_kernels_alone():
+    import onnx_ir as ir
+
+    model = ir.serde.deserialize_model(_gru_model())
+    assert cast_mul_weights(model, frozenset({"gru"})) == 0
+
+
+def test_quantize_plan_with_stubbed_timer(zoo_onnx, tmp_path):
+    """vae: a timer saying int8 never pays gives float compute with int8 weights folded at load."""
+    from gencompress.passes.quantize import quantize
+
+    def never(models):
+        return [{1: 1.0 + 0.1 * sum(n.op_type == "QuantizeLinear" for n in m.graph.node), 64: 1.0} for m in models]
+
+    out = tmp_path / "vae.onnx"
+    report = quantize(zoo_onnx("vae"), out, calib_size=32, eval_size=16, timer=never)
+    plan = report["speed_plan"]
+    assert plan["objective"] == "balanced" and all(r["choice"] == "float" for r in plan["layers"])
+    model = onnx.load(str(out))
+    ops = [n.op_type for n in model.graph.node]
+    assert "QuantizeLinear" not in ops and "DequantizeLinear" not in ops and "ConvTranspose" in ops
+    assert report["ratio"] < 0.30 and report["psnr_db"] > 45
+
+
+def test_objective_flag_errors(run_cli, user_error, zoo_onnx, tmp_path):
+    r = run_cli("quantize", zoo_onnx("vae"), tmp_path / "o.onnx", "--objective", "fastest")
+    assert r.exit_code == 2 and "fastest" in r.stderr
+    user_error(run_cli("quantize", zoo_onnx("vae"), tmp_path / "o.onnx", "--threads", "0"), "--threads")
+    user_error(run_cli("compress", zoo_onnx("vae"), tmp_path / "out", "--mode", "fp16", "--objective", "speed"), "--objective")
+    vae = zoo_onnx("vae")
+    user_error(run_cli("compress", vae, tmp_path / "out", "--target-psnr", 40, "--sweep", "calib=minmax,mse"), "--target-psnr")
+    user_error(run_cli("compress", vae, tmp_path / "out", "--target-psnr", -3), "--target-psnr")
+    user_error(run_cli("compress", vae, tmp_path / "out", "--target-psnr", 40, "--mode", "weight-only"), "--target-psnr")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(GencompressError, match="objective"):
+        from gencompress.passes.registry import validate_recipe
+
+        validate_recipe([{"pass": "plan_int8", "options": {"objective": "fast"}}])
+
+
+def test_choose_candidate_per_objective():
+    from gencompress.passes.speed_plan import choose_candidate
+
+    rows = [
+        {"label": "small-slow", "bytes": 100, "psnr": 45.0, "ratios": {1: 1.5, 64: 1.4}},
+        {"label": "mid-fast", "bytes": 200, "psnr": 44.0, "ratios": {1: 0.6, 64: 0.5}},
+        {"label": "mid-even", "bytes": 150, "psnr": 50.0, "ratios": {1: 1.0, 64: 1.02}},
+        {"label": "fastest-bad", "bytes": 90, "psnr": 30.0, "ratios": {1: 0.3, 64: 0.3}},
+    ]
+    assert choose_candidate(rows, 40, "speed")[0]["label"] == "mid-fast"
+    near = [*rows, {"label": "smaller-as-fast", "bytes": 120, "psnr": 41.0, "ratios": {1: 0.61, 64: 0.51}}]
+    assert choose_candidate(near, 40, "speed")[0]["label"] == "smaller-as-fast"  # within noise of the fastest: the smaller
+    assert choose_candidate(rows, 40, "size")[0]["label"] == "small-slow"
+    assert choose_candidate(rows, 40, "balanced")[0]["label"] == "mid-even"  # smallest not slower than float
+    pick, message = choose_candidate(rows, 60, "speed")
+    assert pick is None and "cannot be met" in message and "mid-even" in message
+
+
+def test_target_search_stubbed_timer_real_psnr(zoo_onnx, tmp_path):
+    """vae, objective speed, a timer that calls Q/DQ pairs slow: the pick meets the target with the
+    fewest quantized activations; every candidate carries its measured PSNR."""
+    from gencompress.passes.speed_plan import search_target
+
+    def timer(models):
+        return [{1: 1.0 + 0.05 * sum(n.op_type == "QuantizeLinear" for n in m.graph.node), 64: 1.0} for m in models]
+
+    result = search_target(zoo_onnx("vae"), tmp_path, target=40.0, objective="speed", calib_size=32, timer=timer)
+    assert result["met"]
+    chosen = next(r for r in result["rows"] if r["chosen"])
+    assert chosen["psnr"] >= 40.0
+    assert chosen["ratios"][1] == min(r["ratios"][1] for r in result["rows"] if r["psnr"] >= 40.0)
+    labels = {r["label"] for r in result["rows"]}
+    assert {"int8 every layer", "weight-only int4", "fp16 weights"} <= labels
+    far = search_target(zoo_onnx("vae"), tmp_path / "far", target=200.0, objective="speed", calib_size=32, timer=timer)
+    assert not far["met"] and "cannot be met" in far["message"]
+
+
+def _conv_d2s_model(mode="DCR"):
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((4 * 3, 5, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("DepthToSpace", ["r"], ["d"], blocksize=2, mode=mode, name="d2s"),
+        helper.make_node("Slice", ["d", "starts", "ends", "axes"], ["y"], name="crop"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 6, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([1, 1], np.int64), "starts"),
+         numpy_helper.from_array(np.array([-1, -2], np.int64), "ends"), numpy_helper.from_array(np.array([2, 3], np.int64), "axes")],
+    )
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_depth_to_space_nhwc_exact_and_crd_left_alone():
+    import onnx_ir as ir
+
+    from gencompress.passes.depth_to_space_nhwc import DepthToSpaceNHWCPass
+
+    proto = _conv_d2s_model()
+    model = ir.serde.deserialize_model(proto)
+    p = DepthToSpaceNHWCPass()
+    model = p(model).model
+    assert p.report["rewritten"] == ["d2s"]
+    out = ir.serde.serialize_model(model)
+    assert "DepthToSpace" not in [n.op_type for n in out.graph.node] and [o.name for o in out.graph.output] == ["y"]
+    x = np.random.default_rng(3).standard_normal((2, 5, 6, 7)).astype(np.float32)
+    a = ort.InferenceSession(proto.SerializeToString()).run(None, {"x": x})[0]
+    b = ort.InferenceSession(out.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(a, b)
+    crd = ir.serde.deserialize_model(_conv_d2s_model("CRD"))
+    assert not DepthToSpaceNHWCPass()(crd).modified  # channel-inner gather: slower than DepthToSpace
+
+
+def test_planned_dcgan_has_no_transposes_between_int8_convs(zoo_onnx, tmp_path):
+    """All-int8 plan (stub timer: int8 always pays): onnxruntime's optimized graph keeps one
+    Transpose per rewritten layer (the shuffle) plus one at each end, and no DepthToSpace."""
+    from gencompress.passes.quantize import quantize
+
+    def int8_pays(models):
+        return [{1: 1.0 / (1 + sum(n.op_type == "QuantizeLinear" for n in m.graph.node)), 64: 1.0} for m in models]
+
+    out = tmp_path / "dcgan.onnx"
+    report = quantize(zoo_onnx("dcgan"), out, calib_size=32, eval_size=16, objective="speed", timer=int8_pays)
+    assert all(r["choice"] == "int8" for r in report["speed_plan"]["layers"]) and report["psnr_db"] > 40
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert "DepthToSpace" not in ops and ops.count("QLinearConv") == 3
+    assert ops.count("Transpose") == 2 + 2, ops  # in, out, and the two rewritten layers' shuffles
