@@ -13,6 +13,7 @@ Examples:
   gencompress quantize g.onnx g.int8.onnx --calib-data latents.npz --exclude node_conv2d
   gencompress quantize g.onnx g.int8.onnx --target-psnr 40
   gencompress quantize g.onnx g.int8.onnx --no-rewrite
+  gencompress quantize big.onnx big.int8.onnx --no-check --external-data
   gencompress quantize g.onnx g.w4.onnx --mode weight-only --bits 4
   gencompress quantize g.onnx g.fp16.onnx --mode fp16
 """
@@ -42,7 +43,8 @@ def _options(*names):
         "activations": click.option("--activations", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True,
                                     help="Activation type: uint8 asymmetric or int8 symmetric."),
         "seed": click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration draws (evaluation uses a held-back seed)."),
-        "eval-size": click.option("--eval-size", type=int, default=64, show_default=True, help="Held-back seeded latents for the PSNR check."),
+        "eval-size": click.option("--eval-size", type=int, default=256, show_default=True,
+                                  help="Held-back samples for the PSNR check (the set `gencompress check` draws by default)."),
         "json": click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
     }
 
@@ -69,9 +71,12 @@ _COMMON = ("mode", "bits", "block-size", "calib", "calib-size", "calib-data", "p
 @click.option("--rewrite/--no-rewrite", default=None,
               help="Int8 graph rewrites first (BatchNorm folding, ConvTranspose -> Conv/Gemm, which onnxruntime runs in int8). "
                    "Default: on for --mode static when the model has a ConvTranspose they apply to, off otherwise.")
+@click.option("--no-check", is_flag=True, help="Skip the PSNR check against float after quantizing (faster on large models).")
+@click.option("--external-data", is_flag=True,
+              help="Write the weights to OUT.onnx.data beside OUT.onnx (automatic above the 2 GB limit of a single .onnx).")
 @_options("seed", "eval-size", "json")
 def quantize(in_path, out_path, mode, bits, block_size, calib, calib_size, calib_data, percentile, per_tensor, activations,
-             exclude, target_psnr, strict, fp16_io, rewrite, seed, eval_size, as_json):
+             exclude, target_psnr, strict, fp16_io, rewrite, no_check, external_data, seed, eval_size, as_json):
     """Quantize a float ONNX generator: static int8 QDQ (default), weight-only int8/int4, or fp16.
 
     Static int8 calibrates activation ranges on seeded draws from the model's latent prior (or
@@ -86,7 +91,7 @@ def quantize(in_path, out_path, mode, bits, block_size, calib, calib_size, calib
         in_path, out_path, mode=mode, bits=int(bits), calib=calib, calib_size=calib_size, calib_data=calib_data,
         per_tensor=per_tensor, activations=activations, exclude=exclude, target_psnr=target_psnr, strict=strict,
         seed=seed, percentile=percentile, block_size=block_size, keep_io_types=not fp16_io, eval_size=eval_size,
-        rewrite=rewrite,
+        rewrite=rewrite, check=not no_check, external_data=True if external_data else None,
     )
     target = report.get("target")
     if target is not None and not target["met"]:
@@ -109,13 +114,17 @@ def _summary(report: dict) -> str:
         "fp16": "float16",
     }[mode]
     ev = report["evaluation"]
-    psnr = "identical" if report["psnr_db"] is None else f"{report['psnr_db']:.2f} dB"
+    if "skipped" in ev:
+        psnr, evaluated = "not measured (--no-check)", ""
+    else:
+        psnr = "identical" if report["psnr_db"] is None else f"{report['psnr_db']:.2f} dB"
+        evaluated = f" (on {ev['source']}, peak {ev['peak']} = {ev['peak_source']})"
     rows = [
         ("mode", what),
         ("size before", _mb(report["bytes_before"])),
         ("size after", _mb(report["bytes_after"])),
         ("ratio", f"{report['ratio']:.3f}x"),
-        ("PSNR vs float", f"{psnr} ({ev['samples']} held-back latents, peak {ev['peak']} = {ev['peak_source']})"),
+        ("PSNR vs float", psnr + evaluated),
     ]
     if "calibration" in report:
         c = report["calibration"]

@@ -224,15 +224,9 @@ def _to_sparse(proto: onnx.ModelProto, names: list[str]) -> dict:
 
 
 def _ort_load_error(proto: onnx.ModelProto) -> str | None:
-    import onnxruntime as ort
+    from gencompress.runtime_check.sessions import load_error
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    try:
-        ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        return " ".join(str(e).split())[:200]
-    return None
+    return load_error(proto)
 
 
 __all__ = ["prune", "MODES", "deflate_size"]
