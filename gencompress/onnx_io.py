@@ -98,6 +98,29 @@ def to_proto(model) -> onnx.ModelProto:
     return ir.serde.serialize_model(model)
 
 
+def skeleton(model) -> onnx.ModelProto:
+    """``model`` (onnx_ir or proto) as a ModelProto whose large initializers are external-data
+    references to nowhere: dims and types kept, data left out. What shape inference needs, at
+    the cost of the graph alone (a full copy of a large model would double its memory)."""
+    import onnx_ir as ir
+
+    if isinstance(model, onnx.ModelProto):
+        model = ir.serde.deserialize_model(model)
+    swapped = {}
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is not None and tensor.nbytes > 1024:
+            swapped[value] = tensor
+            value.const_value = ir.ExternalTensor(
+                "gencompress-skeleton.bin", offset=0, length=tensor.nbytes, dtype=tensor.dtype, shape=tensor.shape, name=tensor.name
+            )
+    try:
+        return ir.serde.serialize_model(model)
+    finally:
+        for value, tensor in swapped.items():
+            value.const_value = tensor
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     a, b = Path(a), Path(b)
     if a.exists() and b.exists():
@@ -170,11 +193,19 @@ def write_external(model, path: str | os.PathLike, *, location: str | None = Non
     return path
 
 
-def file_bytes(path: str | os.PathLike) -> int:
-    """Bytes on disk of a model: the ``.onnx`` plus its ``save_model`` side file, if any."""
+def model_files(path: str | os.PathLike) -> list[Path]:
+    """A model's files on disk: the ``.onnx`` and the external data files it references."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
     path = Path(path)
-    side = external_data_path(path)
-    return path.stat().st_size + (side.stat().st_size if side.is_file() else 0)
+    header = onnx.load(str(path), load_external_data=False)
+    sides = sorted({ExternalDataInfo(t).location for t in _get_all_tensors(header) if uses_external_data(t)})
+    return [path, *(path.parent / s for s in sides)]
+
+
+def file_bytes(path: str | os.PathLike) -> int:
+    """Bytes on disk of a model: the ``.onnx`` plus its external data files."""
+    return sum(p.stat().st_size for p in model_files(path))
 
 
 def external_data_path(out: str | os.PathLike) -> Path:

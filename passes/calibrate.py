@@ -2,7 +2,7 @@
 
 Not a pass: it reads a model and returns numbers. ``collect_stats`` runs the model once per
 batch with every requested tensor added as a graph output, and keeps for each tensor its exact
-min/max, its count of exact zeros and (for the histogram methods) a signed histogram whose
+min/max and (for the histogram methods) its count of exact zeros and a signed histogram whose
 range doubles as larger values arrive, so one pass over the data suffices. ``TensorStats.range``
 turns the statistics into a quantization range for one of the methods:
 
@@ -35,7 +35,7 @@ BATCH_SIZE = 64
 # the calibration run returns every calibrated tensor of a batch at once: a large model gets
 # smaller batches, so that one batch's tensors stay below this (statistics are the same for
 # minmax; the histograms of the other methods start from the first batch's range)
-ACTIVATION_BUDGET = 256 * 2**20
+ACTIVATION_BUDGET = 128 * 2**20
 HALF_BINS = 2048  # histogram bins on each side of zero
 
 
@@ -59,17 +59,18 @@ class TensorStats:
         x = np.asarray(x)
         if x.size == 0:
             return
-        x = x.astype(np.float64, copy=False).ravel()
-        if not np.isfinite(x).all():
+        lo, hi = float(x.min()), float(x.max())  # exact in float32; NaN propagates, Inf shows
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise GencompressError(
                 f"calibration: tensor {self.name!r} has NaN or Inf values on the calibration inputs"
             )
-        self.lo = min(self.lo, float(x.min()))
-        self.hi = max(self.hi, float(x.max()))
+        self.lo = min(self.lo, lo)
+        self.hi = max(self.hi, hi)
         self.count += x.size
-        self.zeros += int(np.count_nonzero(x == 0))
         if not self.histogram:
-            return
+            return  # minmax needs no more (and no float64 copy of a large batch)
+        x = x.astype(np.float64, copy=False).ravel()
+        self.zeros += int(np.count_nonzero(x == 0))
         peak = max(abs(self.lo), abs(self.hi))
         if self.counts is None:
             self.counts = np.zeros(2 * HALF_BINS, dtype=np.float64)
@@ -276,32 +277,11 @@ def run_model(session, feeds: Mapping[str, np.ndarray], batch_size: int = BATCH_
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
 
 
-def skeleton(model) -> onnx.ModelProto:
-    """``model`` (onnx_ir or proto) as a ModelProto whose large initializers are external-data
-    references to nowhere: dims and types kept, data left out. What shape inference needs, at
-    the cost of the graph alone (a full copy of a large model would double its memory)."""
-    import onnx_ir as ir
-
-    if isinstance(model, onnx.ModelProto):
-        model = ir.serde.deserialize_model(model)
-    swapped = {}
-    for value in model.graph.initializers.values():
-        tensor = value.const_value
-        if tensor is not None and tensor.nbytes > 1024:
-            swapped[value] = tensor
-            value.const_value = ir.ExternalTensor(
-                "gencompress-skeleton.bin", offset=0, length=tensor.nbytes, dtype=tensor.dtype, shape=tensor.shape, name=tensor.name
-            )
-    try:
-        return ir.serde.serialize_model(model)
-    finally:
-        for value, tensor in swapped.items():
-            value.const_value = tensor
-
-
 def float_tensors(model) -> list[str]:
     """Names of every float32 tensor computed by the top-level graph (and its float inputs)."""
     import onnx
+
+    from gencompress.onnx_io import skeleton
 
     proto = skeleton(model)
     inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
@@ -389,6 +369,8 @@ def calibration_inputs(model, *, size: int | None = None, seed: int = 0, data=No
     With ``data`` every sample of the file is used, or the first ``size`` if ``size`` is given.
     """
     from gencompress.inputs import load_npz_inputs, sample_inputs, specs_of_model
+
+    from gencompress.onnx_io import skeleton
 
     specs = specs_of_model(model if isinstance(model, onnx.ModelProto) else skeleton(model))
     if size is not None and size <= 0:

@@ -201,7 +201,7 @@ class Evaluator:
         from gencompress.runtime_check.sessions import make_session, run_all
 
         header = load_header(reference) if isinstance(reference, (str, os.PathLike)) else reference
-        from gencompress.passes.calibrate import skeleton
+        from gencompress.onnx_io import skeleton
 
         header = header if isinstance(header, onnx.ModelProto) else skeleton(header)
         self.fixed = fixed_batch(header)
@@ -432,7 +432,8 @@ def quantize(
     import onnx_ir as ir
 
     from gencompress.onnx_io import file_bytes, load_model, refuse_overwrite, save_model
-    from gencompress.passes.calibrate import DEFAULT_PERCENTILE, skeleton
+    from gencompress.onnx_io import skeleton
+    from gencompress.passes.calibrate import DEFAULT_PERCENTILE
 
     log = log or (lambda message: None)
     started = time.perf_counter()
@@ -463,6 +464,7 @@ def quantize(
     del reference
     prepare(model, keep_debug_metadata=keep_debug_metadata)
     model, rewrite_report = apply_rewrites(model, setting=rewrite, mode=mode, exclude=exclude)
+    _own_tensors(model)
 
     report: dict = {"input": str(in_path), "output": str(out_path), "mode": mode}
     target = psnr = evaluator = None
@@ -518,6 +520,17 @@ def quantize(
     report["rewrite"] = rewrite_report
     report["seconds"] = round(time.perf_counter() - started, 2)
     return report
+
+
+def _own_tensors(model) -> None:
+    """Give the weights still read from the loaded proto arrays of their own. Any one of them
+    keeps the whole proto alive, and with it the old copy of every weight the rewrites replaced."""
+    import onnx_ir as ir
+
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.serde.TensorProtoTensor):
+            value.const_value = ir.Tensor(np.array(tensor.numpy()), dtype=tensor.dtype, name=tensor.name)
 
 
 def _build_once(quantizer: Quantizer, model, exclude) -> tuple[onnx.ModelProto, dict]:

@@ -55,7 +55,8 @@ def sensitivity(
     import onnx_ir as ir
 
     from gencompress.onnx_io import load_model
-    from gencompress.passes.calibrate import DEFAULT_PERCENTILE, skeleton
+    from gencompress.onnx_io import skeleton
+    from gencompress.passes.calibrate import DEFAULT_PERCENTILE
     from gencompress.passes.quantize import (
         DEFAULT_EVAL_SIZE,
         Evaluator,

@@ -131,7 +131,7 @@ def session_options(
 
 # Models larger than this are handed to onnxruntime as a file with external data (written
 # tensor by tensor) rather than as one serialized string: no 2 GB protobuf limit, no second copy.
-BYTES_LIMIT = 256 * 2**20
+BYTES_LIMIT = 32 * 2**20
 
 
 def model_bytes(model) -> bytes:
