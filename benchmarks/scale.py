@@ -170,8 +170,8 @@ def run_child(tool: str, src: Path, out: Path) -> dict:
 # ---- profile: where does quantize's memory go -------------------------------------------------
 
 
-def profile(src: str, out: str) -> None:
-    """Sample this process's RSS every 20 ms during quantize; print the peak per call site."""
+def profile(src: str, out: str, tool: str = "quantize") -> None:
+    """Sample this process's RSS every 20 ms during quantize (or prune); print the peak per call site."""
     import threading
     import traceback
 
@@ -197,10 +197,15 @@ def profile(src: str, out: str) -> None:
     t = threading.Thread(target=sample, daemon=True)
     t.start()
     start = time.perf_counter()
-    Q.quantize(src, out, calib_size=CALIB, check=False)
+    if tool == "prune":
+        from gencompress.passes.prune import prune
+
+        prune(src, out, sparsity=0.5)
+    else:
+        Q.quantize(src, out, calib_size=CALIB, check=False)
     stop.set()
     t.join()
-    print(f"quantize {time.perf_counter() - start:.1f} s, VmHWM {vm_hwm() / 2**20:.0f} MiB, file {file_bytes(Path(src)) / 2**20:.0f} MiB")
+    print(f"{tool} {time.perf_counter() - start:.1f} s, VmHWM {vm_hwm() / 2**20:.0f} MiB, file {file_bytes(Path(src)) / 2**20:.0f} MiB")
     for where, peak in sorted(peaks.items(), key=lambda kv: -kv[1])[:15]:
         print(f"  {peak / 2**20:8.0f} MiB  {where}")
 
@@ -213,7 +218,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", nargs="*", default=["1M", "12M", "47M", "200M"], choices=list(SIZES))
     parser.add_argument("--rounds", type=int, default=1, help="Repeat each measurement; the best time and lowest peak are kept.")
     parser.add_argument("--folder", default=None, help="Where to build the models (default: a temp folder, removed after).")
-    parser.add_argument("--profile", default=None, choices=list(SIZES), help="Only profile quantize's memory on one size.")
+    parser.add_argument("--profile", default=None, choices=list(SIZES), help="Only profile memory on one size.")
+    parser.add_argument("--profile-tool", default="quantize", choices=["quantize", "prune"])
     parser.add_argument("--child", nargs=3, metavar=("TOOL", "SRC", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -224,7 +230,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         if args.profile:
             src = build_generator(SIZES[args.profile], tmp / f"g{args.profile}.onnx")
-            profile(str(src), str(tmp / "out.onnx"))
+            profile(str(src), str(tmp / "out.onnx"), args.profile_tool)
             return 0
         import onnxruntime
 
