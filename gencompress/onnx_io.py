@@ -11,7 +11,11 @@ Every model read or written by gencompress goes through this module, so that
 from __future__ import annotations
 
 import contextlib
+import errno
+import math
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -21,6 +25,42 @@ import onnx
 from gencompress.errors import GencompressError
 
 PROTOBUF_LIMIT = 2**31 - 1
+# save_model writes weights to a side file above this many bytes (tests lower it)
+EXTERNAL_DATA_LIMIT = PROTOBUF_LIMIT
+# a write that fails for one of these reasons is the user's disk, not a bug: one line
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def as_path(value, role: str = "model") -> Path:
+    """A user-given path (str or os.PathLike) as a Path; anything else is a user error."""
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
+        raise GencompressError(f"{role}: expected a file path, got {type(value).__name__} {_short(value)}")
+    text = os.fspath(value)
+    if isinstance(text, bytes) or not text or "\0" in text:
+        raise GencompressError(f"{role}: expected a file path, got {_short(value)}")
+    return Path(text)
+
+
+def _short(value, limit: int = 60) -> str:
+    """repr cut to ``limit`` characters: error messages never print a whole hostile value."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def regular_file(path: Path, what: str = "") -> int:
+    """Size of ``path``, refusing a missing file, a folder, or a device/FIFO/socket before any read."""
+    label = f"{path}" + (f" ({what})" if what else "")
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise GencompressError(f"{label}: no such file") from None
+    except OSError as e:
+        raise GencompressError(f"{label}: cannot read ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise GencompressError(f"{label}: is a folder, expected a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise GencompressError(f"{label}: not a regular file (a device, FIFO or socket); refusing to read it")
+    return st.st_size
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
@@ -31,30 +71,22 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def load_header(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read an ONNX model without its external data (weights in a side file stay references,
-    whose side files must exist): what onnxruntime will read by path."""
-    path = Path(path)
-    if not path.exists():
-        raise GencompressError(f"{path}: no such file")
-    if path.is_dir():
-        raise GencompressError(f"{path}: is a folder, expected an .onnx file")
+    """Read an ONNX model without its external data (the entries validated, the weights left in
+    their side files): what onnxruntime will read by path, or all that inputs/outputs/metadata need."""
+    path = as_path(path)
+    size = regular_file(path)
+    if size == 0:
+        raise GencompressError(f"{path}: not an ONNX model (empty file)")
+    if size > PROTOBUF_LIMIT:
+        raise GencompressError(f"{path}: {size / 2**30:.2f} GiB, above the 2 GB limit of an .onnx file (keep weights in external data)")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError, RuntimeWarning, ValueError...
         raise GencompressError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
     if not model.graph.node and not model.graph.output:
         raise GencompressError(f"{path}: not an ONNX model (empty graph)")
-    _check_external_files(model, path)
+    external_data_entries(model, path)
     return model
-
-
-def _check_external_files(model: onnx.ModelProto, path: Path) -> None:
-    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
-
-    external = [t for t in _get_all_tensors(model) if uses_external_data(t)]
-    for location in sorted({ExternalDataInfo(t).location for t in external}):
-        if not (path.parent / location).is_file():
-            raise GencompressError(f"{path}: its external data file {location!r} is missing (expected beside the model)")
 
 
 def small_external_tensors(model: onnx.ModelProto, limit: int = 1024) -> bool:
@@ -70,16 +102,127 @@ def small_external_tensors(model: onnx.ModelProto, limit: int = 1024) -> bool:
     return False
 
 
-def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
-    """Read weights kept in side files into the model, naming a side file that is missing."""
-    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
-    external = [t for t in _get_all_tensors(model) if uses_external_data(t)]
-    if external:
+
+def external_data_entries(model: onnx.ModelProto, path: Path) -> list[tuple[onnx.TensorProto, Path, int, int]]:
+    """(tensor, file, offset, length) of every external-data tensor, each entry validated:
+    offset/length integers >= 0 inside the file, the file a regular file inside the model's
+    folder (no absolute path, no ``..``, no symlink out), length matching the tensor's size."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    folder = path.parent.resolve()
+    sizes: dict[Path, int] = {}
+    entries = []
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        where = f"{path}: tensor {_short(tensor.name)}'s external data"
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        if not location or "\0" in location:
+            raise GencompressError(f"{where} has no file location")
+        rel = Path(location)
+        if rel.is_absolute() or ".." in rel.parts or location.startswith(("/", "\\")) or ":" in rel.parts[0]:
+            raise GencompressError(f"{where} points outside the model's folder ({_short(location)}); refusing to read it")
+        target = path.parent / rel
+        if not target.resolve().is_relative_to(folder):
+            raise GencompressError(f"{where} ({_short(location)}) resolves outside the model's folder (a symlink?); refusing to read it")
+        if not os.path.lexists(target):
+            raise GencompressError(f"{path}: its external data file {location!r} is missing (expected beside the model)")
+        if target not in sizes:
+            sizes[target] = regular_file(target, "external data")
+        numbers = {}
+        for key in ("offset", "length"):
+            text = info.get(key)
+            if text is None:
+                continue
+            if not re.fullmatch(r"\d{1,19}", text.strip()):
+                raise GencompressError(f"{where}: {key} {_short(text)} is not an integer >= 0")
+            numbers[key] = int(text)
+        offset = numbers.get("offset", 0)
+        length = numbers.get("length", sizes[target] - offset)
+        if offset + length > sizes[target]:
+            raise GencompressError(f"{where}: bytes {offset}..{offset + length} lie beyond the end of {location!r} ({sizes[target]} bytes)")
+        expected = _tensor_nbytes(tensor)
+        if expected is not None and expected != length:
+            raise GencompressError(f"{where}: holds {length} bytes, but a {tensor.dims} tensor of its type needs {expected}")
+        entries.append((tensor, target, offset, length))
+    return entries
+
+
+def _tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes of a fixed-width tensor's raw data (None for types whose width varies, e.g. 4-bit)."""
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except Exception:
+        return None
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+        return None
+    if any(d < 0 for d in tensor.dims):
+        return -1
+    return math.prod(tensor.dims) * itemsize
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Read weights kept in side files into the model, after validating every entry."""
+    entries = external_data_entries(model, path)
+    if entries:
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
         except Exception as e:
-            raise GencompressError(f"{path}: cannot read its external data ({type(e).__name__}: {e})") from None
+            raise GencompressError(f"{path}: cannot read its external data ({type(e).__name__}: {_short(str(e), 200)})") from None
+
+
+def external_data_files(path) -> list[Path]:
+    """The side files an .onnx file's weights live in (for refusing to write over them)."""
+    path = Path(path)
+    if path.suffix != ".onnx" or not path.is_file():
+        return []
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return []
+    files = set()
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            if location:
+                files.add(path.parent / location)
+    return sorted(files)
+
+
+def nonfinite_weights(model) -> list[str]:
+    """Names of float initializers / Constant tensors holding NaN or Inf (subgraphs included)."""
+    from onnx import numpy_helper
+    from onnx.external_data_helper import _get_all_tensors
+
+    import numpy as np
+
+    bad = []
+    for tensor in _get_all_tensors(to_proto(model)):
+        if tensor.data_type not in _FLOAT_TYPES:
+            continue
+        try:
+            arr = numpy_helper.to_array(tensor)
+        except Exception:
+            continue
+        if not np.isfinite(arr.astype(np.float32, copy=False)).all():
+            bad.append(tensor.name or "<unnamed constant>")
+    return bad
+
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
+def refuse_nonfinite_weights(model, path) -> None:
+    """The verbs that compute from weights (prune, quantize, sensitivity, compress) call this:
+    NaN/Inf weights would quantize to garbage or prune at random."""
+    bad = nonfinite_weights(model)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise GencompressError(f"{path}: weight(s) {', '.join(_short(n, 80) for n in bad[:3])}{more} contain NaN or Inf; fix the model first")
 
 
 def load_ir(path: str | os.PathLike):
@@ -122,22 +265,29 @@ def skeleton(model) -> onnx.ModelProto:
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    a, b = Path(a), Path(b)
+    a, b = as_path(a, "output"), as_path(b, "input")
     if a.exists() and b.exists():
         return os.path.samefile(a, b)
     return a.resolve() == b.resolve()
 
 
 def refuse_overwrite(out: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
+    """Refuse an output that is one of the inputs, or the external-data file of an input model."""
+    out = as_path(out, "output")
     for src in inputs:
-        if src is not None and same_file(out, src):
+        if src is None:
+            continue
+        if same_file(out, src):
             raise GencompressError(f"{out}: output is the same file as the input; choose another path")
+        for side in external_data_files(src):
+            if same_file(out, side):
+                raise GencompressError(f"{out}: is the external-data file of the input {src}; choose another path")
 
 
 @contextlib.contextmanager
 def atomic_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
     """Yield a temp path beside ``out``; rename it onto ``out`` only if the block succeeds."""
-    out = Path(out)
+    out = as_path(out, "output")
     refuse_overwrite(out, inputs)
     if out.is_dir():
         raise GencompressError(f"{out}: is a folder, expected a file path")
@@ -153,11 +303,16 @@ def atomic_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an output should look like any other file
-        os.replace(tmp, out)
+        try:
+            yield tmp
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an output should look like any other file
+            os.replace(tmp, out)
+        except OSError as e:
+            if e.errno not in WRITE_ERRNOS:
+                raise
+            raise GencompressError(f"{out}: cannot write it ({e.strerror or os.strerror(e.errno)})") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -195,12 +350,7 @@ def write_external(model, path: str | os.PathLike, *, location: str | None = Non
 
 def model_files(path: str | os.PathLike) -> list[Path]:
     """A model's files on disk: the ``.onnx`` and the external data files it references."""
-    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
-
-    path = Path(path)
-    header = onnx.load(str(path), load_external_data=False)
-    sides = sorted({ExternalDataInfo(t).location for t in _get_all_tensors(header) if uses_external_data(t)})
-    return [path, *(path.parent / s for s in sides)]
+    return [Path(path), *external_data_files(path)]
 
 
 def file_bytes(path: str | os.PathLike) -> int:
@@ -217,17 +367,18 @@ def external_data_path(out: str | os.PathLike) -> Path:
 def save_model(model, out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), *,
                external_data: bool | None = None, limit: int | None = None) -> Path:
     """Write ``model`` (proto or onnx_ir), atomically: one self-contained file, or, when the
-    model would exceed ``limit`` bytes (the 2 GB protobuf limit) or ``external_data`` is True,
-    ``out`` plus its weights in ``out.data`` beside it (both written to temp names and renamed).
+    model would exceed ``limit`` bytes (default ``EXTERNAL_DATA_LIMIT``, the 2 GB protobuf limit)
+    or ``external_data`` is True, ``out`` plus its weights in ``out.data`` beside it (both
+    written to temp names and renamed, the side file first).
 
     ``inputs`` are the paths the model was read from; writing over one of them (or over one of
     their external data files) is refused.
     """
     if external_data is None:
-        external_data = tensor_bytes(model) > (PROTOBUF_LIMIT if limit is None else limit)
-    side = external_data_path(out)
+        external_data = tensor_bytes(model) > (EXTERNAL_DATA_LIMIT if limit is None else limit)
     if external_data:
-        refuse_overwrite(side, [*inputs, *_side_files(inputs)])
+        side = external_data_path(out)
+        refuse_overwrite(side, inputs)
         with atomic_path(out, inputs) as tmp, atomic_path(side, inputs) as tmp_side:
             staged = tmp.with_name(tmp.name + ".dir")
             staged.mkdir()
@@ -241,23 +392,12 @@ def save_model(model, out: str | os.PathLike, inputs: Iterable[str | os.PathLike
                 staged.rmdir()
         return Path(out)
     proto = to_proto(model)
+    size = proto.ByteSize()
+    if size > PROTOBUF_LIMIT:
+        raise GencompressError(
+            f"{out}: model is {size / 2**30:.2f} GiB, above the 2 GB limit of a self-contained .onnx"
+        )
     with atomic_path(out, inputs) as tmp:
         with open(tmp, "wb") as f:
             f.write(proto.SerializeToString(deterministic=True))
     return Path(out)
-
-
-def _side_files(inputs) -> list[Path]:
-    """The external data files the input models read (refused as outputs)."""
-    files = []
-    for src in inputs or ():
-        if src is None or not str(src).endswith(".onnx") or not Path(src).is_file():
-            continue
-        try:
-            header = onnx.load(str(src), load_external_data=False)
-        except Exception:
-            continue
-        from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
-
-        files += [Path(src).parent / ExternalDataInfo(t).location for t in _get_all_tensors(header) if uses_external_data(t)]
-    return sorted(set(files))

@@ -431,8 +431,7 @@ def quantize(
     """
     import onnx_ir as ir
 
-    from gencompress.onnx_io import file_bytes, load_model, refuse_overwrite, save_model
-    from gencompress.onnx_io import skeleton
+    from gencompress.onnx_io import file_bytes, load_model, refuse_nonfinite_weights, refuse_overwrite, save_model, skeleton
     from gencompress.passes.calibrate import DEFAULT_PERCENTILE
 
     log = log or (lambda message: None)
@@ -454,6 +453,7 @@ def quantize(
     if not check and target_psnr is not None:
         raise GencompressError("--target-psnr measures PSNR against float; it cannot be combined with --no-check")
     reference = load_model(in_path)
+    refuse_nonfinite_weights(reference, in_path)
     _check_float_model(reference, in_path)
     before = reference.ByteSize()  # the self-contained size, even when the input keeps its weights in a side file
     header = skeleton(reference)  # inputs, outputs and metadata, no weights: all the evaluation needs

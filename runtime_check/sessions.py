@@ -245,10 +245,13 @@ def cast_feeds(session, feeds: dict) -> dict:
     return out
 
 
-def run_all(session, feeds: dict, n: int, batch: int, *, fixed: int | None = None, label: str = "model", progress: bool = False) -> list:
+def run_all(session, feeds: dict, n: int, batch: int, *, fixed: int | None = None, label: str = "model", progress: bool = False,
+            on_first=None) -> list:
     """Every output of ``session`` over the ``n`` samples of ``feeds``, ``batch`` at a time, in
     output order. A model whose graph fixes the batch size gets chunks of exactly that size (the
-    last one padded by repeating its last sample, the padding dropped), so every sample counts."""
+    last one padded by repeating its last sample, the padding dropped), so every sample counts.
+    ``on_first(outputs, rows)`` sees the first batch's outputs (e.g. to refuse a run whose
+    outputs would not fit in memory)."""
     import numpy as np
 
     from gencompress.output import progress as bar
@@ -262,6 +265,13 @@ def run_all(session, feeds: dict, n: int, batch: int, *, fixed: int | None = Non
         pad = chunk - (stop - start)
         if fixed and pad:
             piece = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in piece.items()}
-        for part, arr in zip(parts, run(session, cast_feeds(session, piece), label)):
+        outs = run(session, cast_feeds(session, piece), label)
+        if start == 0:
+            for out, value in zip(session.get_outputs(), outs):
+                if not isinstance(value, np.ndarray) or value.ndim == 0:  # a sequence, a map or a scalar
+                    raise GencompressError(f"{label}: output {out.name!r} is not a batched tensor (no batch axis): samples cannot be compared")
+            if on_first is not None:
+                on_first(outs, len(next(iter(piece.values()))))
+        for part, arr in zip(parts, outs):
             part.append(np.asarray(arr)[: stop - start])
     return [np.concatenate(p, axis=0) for p in parts]

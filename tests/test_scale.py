@@ -40,7 +40,7 @@ def test_external_data_through_quantize_prune_and_check(zoo_onnx, tmp_path, monk
     from gencompress import onnx_io
     from gencompress.runtime_check import sessions
 
-    monkeypatch.setattr(onnx_io, "PROTOBUF_LIMIT", 4096)
+    monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_LIMIT", 4096)
     monkeypatch.setattr(sessions, "BYTES_LIMIT", 4096)
     src = tmp_path / "in" / "g.onnx"
     onnx_io.save_model(onnx_io.load_model(zoo_onnx("dcgan")), src)
