@@ -12,7 +12,7 @@ from pathlib import Path
 
 import onnx
 
-PACKAGE_FOLDERS = ("gencompress", "exporter", "passes", "runtime_check", "models")
+PACKAGE_FOLDERS = ("gencompress", "exporter", "passes", "runtime_check", "models", "ship")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -20,6 +20,8 @@ def test_the_session_factory_is_the_only_place_sessions_are_made():
     found = []
     for folder in PACKAGE_FOLDERS:
         for path in (ROOT / folder).rglob("*.py"):
+            if "templates" in path.parts:  # copied into ship bundles, which run without gencompress
+                continue
             for lineno, line in enumerate(path.read_text().splitlines(), 1):
                 if re.search(r"InferenceSession\(", line) and not line.lstrip().startswith(("#", '"', "'")):
                     found.append(f"{path.relative_to(ROOT)}:{lineno}")
