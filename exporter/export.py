@@ -314,14 +314,9 @@ def check_parity(module, proto, specs, *, batches=PARITY_BATCHES, seed: int = 0,
     Batch consistency: rows of the largest batch run one at a time must equal the batched rows
     (a model in eval mode has no cross-sample interaction).
     """
-    import onnxruntime as ort
+    from gencompress.runtime_check.sessions import make_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise GencompressError(f"onnxruntime cannot load the exported model ({type(e).__name__}: {str(e)[:200]})") from None
+    session = make_session(proto, label="the exported model")
     errors = {}
     for batch in batches:
         feeds = sample_inputs(specs, batch, seed + batch)

@@ -2,7 +2,8 @@
 
 Every model read or written by gencompress goes through this module, so that
 - a model whose weights live in a side file (as the dynamo exporter writes them) loads whole,
-- an output is one self-contained ``.onnx`` below the 2 GB protobuf limit,
+- an output is one self-contained ``.onnx``, or, above the 2 GB protobuf limit (or when asked),
+  ``OUT.onnx`` plus its weights in ``OUT.onnx.data`` beside it,
 - an output is written to a temp file in the target folder and renamed into place,
 - an output never overwrites one of the inputs.
 """
@@ -24,6 +25,8 @@ import onnx
 from gencompress.errors import GencompressError
 
 PROTOBUF_LIMIT = 2**31 - 1
+# save_model writes weights to a side file above this many bytes (tests lower it)
+EXTERNAL_DATA_LIMIT = PROTOBUF_LIMIT
 # a write that fails for one of these reasons is the user's disk, not a bug: one line
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
@@ -62,6 +65,14 @@ def regular_file(path: Path, what: str = "") -> int:
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Read an ONNX model with its external data; a clear error for anything that isn't one."""
+    model = load_header(path)
+    _load_external_data(model, Path(path))
+    return model
+
+
+def load_header(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX model without its external data (the entries validated, the weights left in
+    their side files): what onnxruntime will read by path, or all that inputs/outputs/metadata need."""
     path = as_path(path)
     size = regular_file(path)
     if size == 0:
@@ -74,8 +85,23 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise GencompressError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
     if not model.graph.node and not model.graph.output:
         raise GencompressError(f"{path}: not an ONNX model (empty graph)")
-    _load_external_data(model, path)
+    external_data_entries(model, path)
     return model
+
+
+def small_external_tensors(model: onnx.ModelProto, limit: int = 1024) -> bool:
+    """Whether a model read without its external data keeps tensors under ``limit`` bytes in a
+    side file (onnxruntime cannot read those as shape inputs when it loads the model by path)."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    for t in _get_all_tensors(model):
+        if uses_external_data(t):
+            length = ExternalDataInfo(t).length
+            if length is None or int(length) < limit or t.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16):
+                return True
+    return False
+
+
 
 
 def external_data_entries(model: onnx.ModelProto, path: Path) -> list[tuple[onnx.TensorProto, Path, int, int]]:
@@ -215,6 +241,29 @@ def to_proto(model) -> onnx.ModelProto:
     return ir.serde.serialize_model(model)
 
 
+def skeleton(model) -> onnx.ModelProto:
+    """``model`` (onnx_ir or proto) as a ModelProto whose large initializers are external-data
+    references to nowhere: dims and types kept, data left out. What shape inference needs, at
+    the cost of the graph alone (a full copy of a large model would double its memory)."""
+    import onnx_ir as ir
+
+    if isinstance(model, onnx.ModelProto):
+        model = ir.serde.deserialize_model(model)
+    swapped = {}
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is not None and tensor.nbytes > 1024:
+            swapped[value] = tensor
+            value.const_value = ir.ExternalTensor(
+                "gencompress-skeleton.bin", offset=0, length=tensor.nbytes, dtype=tensor.dtype, shape=tensor.shape, name=tensor.name
+            )
+    try:
+        return ir.serde.serialize_model(model)
+    finally:
+        for value, tensor in swapped.items():
+            value.const_value = tensor
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     a, b = as_path(a, "output"), as_path(b, "input")
     if a.exists() and b.exists():
@@ -271,11 +320,79 @@ def atomic_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()
             tmp.unlink()
 
 
-def save_model(model, out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
-    """Write ``model`` (proto or onnx_ir) as one self-contained file, atomically.
+def tensor_bytes(model) -> int:
+    """Bytes of a model's tensors (initializers and Constant values, subgraphs included) and of
+    its graph, about its serialized size, computed without serializing it."""
+    if isinstance(model, onnx.ModelProto):
+        return model.ByteSize()
+    import onnx_ir as ir
 
-    ``inputs`` are the paths the model was read from; writing over one of them is refused.
+    total = 0
+    for graph in (model.graph, *model.graph.subgraphs()):
+        total += sum(v.const_value.nbytes for v in graph.initializers.values() if v.const_value is not None)
+        for node in graph:
+            for attr in node.attributes.values():
+                if attr.type == ir.AttributeType.TENSOR:
+                    total += attr.value.nbytes
+    return total + 64 * 1024  # graph structure: small beside the tensors
+
+
+def write_external(model, path: str | os.PathLike, *, location: str | None = None) -> Path:
+    """Write ``model`` (onnx_ir or proto) as ``path`` plus its weights in the side file
+    ``location`` (default ``<name>.data``) beside it, tensor by tensor (no whole-model string).
+    Not atomic: see ``save_model``."""
+    import onnx_ir as ir
+
+    path = Path(path)
+    if isinstance(model, onnx.ModelProto):
+        model = ir.serde.deserialize_model(model)  # wraps the proto's tensors, no copy
+    ir.save(model, path, external_data=location or f"{path.name}.data", size_threshold_bytes=1024, alignment=64 * 1024)
+    return path
+
+
+def model_files(path: str | os.PathLike) -> list[Path]:
+    """A model's files on disk: the ``.onnx`` and the external data files it references."""
+    return [Path(path), *external_data_files(path)]
+
+
+def file_bytes(path: str | os.PathLike) -> int:
+    """Bytes on disk of a model: the ``.onnx`` plus its external data files."""
+    return sum(p.stat().st_size for p in model_files(path))
+
+
+def external_data_path(out: str | os.PathLike) -> Path:
+    """The side file ``save_model`` writes beside ``out`` for weights kept outside it."""
+    out = Path(out)
+    return out.with_name(out.name + ".data")
+
+
+def save_model(model, out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), *,
+               external_data: bool | None = None, limit: int | None = None) -> Path:
+    """Write ``model`` (proto or onnx_ir), atomically: one self-contained file, or, when the
+    model would exceed ``limit`` bytes (default ``EXTERNAL_DATA_LIMIT``, the 2 GB protobuf limit)
+    or ``external_data`` is True, ``out`` plus its weights in ``out.data`` beside it (both
+    written to temp names and renamed, the side file first).
+
+    ``inputs`` are the paths the model was read from; writing over one of them (or over one of
+    their external data files) is refused.
     """
+    if external_data is None:
+        external_data = tensor_bytes(model) > (EXTERNAL_DATA_LIMIT if limit is None else limit)
+    if external_data:
+        side = external_data_path(out)
+        refuse_overwrite(side, inputs)
+        with atomic_path(out, inputs) as tmp, atomic_path(side, inputs) as tmp_side:
+            staged = tmp.with_name(tmp.name + ".dir")
+            staged.mkdir()
+            try:
+                write_external(model, staged / Path(out).name, location=side.name)
+                os.replace(staged / side.name, tmp_side)
+                os.replace(staged / Path(out).name, tmp)
+            finally:
+                for leftover in staged.iterdir():
+                    leftover.unlink()
+                staged.rmdir()
+        return Path(out)
     proto = to_proto(model)
     size = proto.ByteSize()
     if size > PROTOBUF_LIMIT:

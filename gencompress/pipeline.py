@@ -284,9 +284,10 @@ def compress(
 
         log(f"checking fidelity on {samples} seeded samples ...")
         # Held back: calibration drew its latents with ``seed``; fidelity must not reuse them.
-        from gencompress.passes.quantize import EVAL_SEED_OFFSET
+        # The same set quantize and check evaluate on (one fidelity protocol).
+        from gencompress.runtime_check.fidelity import held_back_seed
 
-        check_seed = seed + EVAL_SEED_OFFSET
+        check_seed = held_back_seed(seed)
         fidelity = rc.check(reference, candidate, samples=samples, seed=check_seed, preview=8, progress=progress)
         latency = None
         if bench:

@@ -2,7 +2,7 @@
 
 Not a pass: it reads a model and returns numbers. ``collect_stats`` runs the model once per
 batch with every requested tensor added as a graph output, and keeps for each tensor its exact
-min/max, its count of exact zeros and (for the histogram methods) a signed histogram whose
+min/max and (for the histogram methods) its count of exact zeros and a signed histogram whose
 range doubles as larger values arrive, so one pass over the data suffices. ``TensorStats.range``
 turns the statistics into a quantization range for one of the methods:
 
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 import numpy as np
+import onnx
 
 from gencompress.errors import GencompressError
 
@@ -31,6 +32,10 @@ METHODS = ("minmax", "percentile", "entropy", "mse")
 DEFAULT_PERCENTILE = 99.99
 DEFAULT_CALIB_SIZE = 256
 BATCH_SIZE = 64
+# the calibration run returns every calibrated tensor of a batch at once: a large model gets
+# smaller batches, so that one batch's tensors stay below this (statistics are the same for
+# minmax; the histograms of the other methods start from the first batch's range)
+ACTIVATION_BUDGET = 128 * 2**20
 HALF_BINS = 2048  # histogram bins on each side of zero
 
 
@@ -54,17 +59,18 @@ class TensorStats:
         x = np.asarray(x)
         if x.size == 0:
             return
-        x = x.astype(np.float64, copy=False).ravel()
-        if not np.isfinite(x).all():
+        lo, hi = float(x.min()), float(x.max())  # exact in float32; NaN propagates, Inf shows
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise GencompressError(
                 f"calibration: tensor {self.name!r} has NaN or Inf values on the calibration inputs"
             )
-        self.lo = min(self.lo, float(x.min()))
-        self.hi = max(self.hi, float(x.max()))
+        self.lo = min(self.lo, lo)
+        self.hi = max(self.hi, hi)
         self.count += x.size
-        self.zeros += int(np.count_nonzero(x == 0))
         if not self.histogram:
-            return
+            return  # minmax needs no more (and no float64 copy of a large batch)
+        x = x.astype(np.float64, copy=False).ravel()
+        self.zeros += int(np.count_nonzero(x == 0))
         peak = max(abs(self.lo), abs(self.hi))
         if self.counts is None:
             self.counts = np.zeros(2 * HALF_BINS, dtype=np.float64)
@@ -223,42 +229,17 @@ def _kl(p: np.ndarray, q: np.ndarray) -> float:
 # ---- running the float model ------------------------------------------------------------------
 
 
-def make_session(model, *, optimization: str = "all", threads: int = 0, profile_prefix: str | None = None):
-    """An onnxruntime CPU session for a ModelProto / onnx_ir model / path."""
-    import onnxruntime as ort
-
-    from gencompress.onnx_io import to_proto
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "layout": getattr(ort.GraphOptimizationLevel, "ORT_ENABLE_LAYOUT", ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[optimization]
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if profile_prefix:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = profile_prefix
-    data = model if isinstance(model, (str, bytes)) else to_proto(model).SerializeToString()
-    try:
-        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        msg = " ".join(str(e).split())[:300]
-        raise GencompressError(f"onnxruntime cannot load the model ({type(e).__name__}: {msg})") from None
-
-
 def fixed_batch(model) -> int | None:
     """The batch size a model's inputs fix: the number at dim 0 of the inputs that have one (all the
     same), or None when every batch axis is dynamic. One input fixing it is enough: the model then
     runs no other batch size (e.g. a latent ``[1, 100]`` beside a label ``[N]``)."""
-    from gencompress.onnx_io import to_proto
-
-    proto = to_proto(model)
+    if not isinstance(model, onnx.ModelProto):  # an onnx_ir model: read its inputs, no serialization
+        sizes = {
+            int(v.shape[0]) for v in model.graph.inputs
+            if v.shape is not None and v.shape.rank() and isinstance(v.shape[0], int) and v.shape[0] > 0 and v.name not in model.graph.initializers
+        }
+        return sizes.pop() if len(sizes) == 1 else None
+    proto = model
     initializers = {i.name for i in proto.graph.initializer}
     sizes = set()
     for vi in proto.graph.input:
@@ -299,10 +280,13 @@ def run_model(session, feeds: Mapping[str, np.ndarray], batch_size: int = BATCH_
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
 
 
-def float_tensors(proto) -> list[str]:
+def float_tensors(model) -> list[str]:
     """Names of every float32 tensor computed by the top-level graph (and its float inputs)."""
     import onnx
 
+    from gencompress.onnx_io import skeleton
+
+    proto = skeleton(model)
     inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
     types = {vi.name: vi.type.tensor_type.elem_type for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
     initializers = {i.name for i in proto.graph.initializer}
@@ -323,35 +307,62 @@ def collect_stats(
     batch_size: int = BATCH_SIZE,
     desc: str = "calibrating",
 ) -> dict[str, TensorStats]:
-    """Run ``model`` (float) over ``feeds`` once per batch; statistics of each tensor in ``names``."""
-    import onnx
+    """Run ``model`` (float; onnx_ir or proto) over ``feeds`` once per batch; statistics of each
+    tensor in ``names``. The tensors are made graph outputs of the model for the run and the
+    model is restored after (no copy of its weights is made)."""
+    import onnx_ir as ir
 
-    from gencompress.onnx_io import to_proto
     from gencompress.output import progress
+    from gencompress.runtime_check.sessions import make_session
 
-    proto = onnx.ModelProto()
-    proto.CopyFrom(to_proto(model))
+    if isinstance(model, onnx.ModelProto):
+        model = ir.serde.deserialize_model(model)  # wraps the proto's tensors, no copy
     names = list(dict.fromkeys(names))
-    existing = {o.name for o in proto.graph.output}
+    graph = model.graph
+    values = {v.name: v for v in graph.inputs}
+    values.update({v.name: v for node in graph for v in node.outputs})
+    added, typed = [], []
+    existing = {v.name for v in graph.outputs}
     for name in names:
+        value = values.get(name)
+        if value is None:
+            raise GencompressError(f"calibration: tensor {name!r} is not computed by the graph")
         if name not in existing:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    session = make_session(proto)
+            if value.type is None:
+                value.type = ir.TensorType(ir.DataType.FLOAT)
+                typed.append(value)
+            graph.outputs.append(value)
+            added.append(value)
+    try:
+        session = make_session(model, label="calibration", lean=True)
+    finally:
+        del graph.outputs[len(graph.outputs) - len(added):]
+        for value in typed:
+            value.type = None
     out_names = [o.name for o in session.get_outputs()]
     wanted = [out_names.index(n) for n in names]
     stats = {n: TensorStats(n, histogram=histogram) for n in names}
     n = num_samples(feeds)
-    fixed = fixed_batch(proto)
-    batch_size = fixed or batch_size
-    total = n // batch_size if fixed else math.ceil(n / batch_size)
-    for batch in progress(batches(feeds, batch_size, exact=fixed is not None), total=total, desc=desc, unit="batch"):
+    fixed = fixed_batch(model)
+
+    def run(batch):
         try:
-            outputs = session.run(None, batch)
+            return session.run(None, batch)
         except Exception as e:
             msg = " ".join(str(e).split())[:300]
             raise GencompressError(f"calibration: the model fails on the calibration inputs ({type(e).__name__}: {msg})") from None
+
+    if fixed:
+        batch_size = fixed
+    elif n > 1:  # one sample first, to size the batches within ACTIVATION_BUDGET
+        per_sample = sum(np.asarray(o).nbytes for o in run({k: v[:1] for k, v in feeds.items()}))
+        batch_size = max(1, min(batch_size, ACTIVATION_BUDGET // max(per_sample, 1)))
+    total = n // batch_size if fixed else math.ceil(n / batch_size)
+    for batch in progress(batches(feeds, batch_size, exact=fixed is not None), total=total, desc=desc, unit="batch"):
+        outputs = run(batch)
         for name, i in zip(names, wanted):
             stats[name].update(outputs[i])
+        del outputs
     return stats
 
 
@@ -362,7 +373,9 @@ def calibration_inputs(model, *, size: int | None = None, seed: int = 0, data=No
     """
     from gencompress.inputs import load_npz_inputs, sample_inputs, specs_of_model
 
-    specs = specs_of_model(model)
+    from gencompress.onnx_io import skeleton
+
+    specs = specs_of_model(model if isinstance(model, onnx.ModelProto) else skeleton(model))
     if size is not None and size <= 0:
         raise GencompressError(f"--calib-size must be positive, got {size}")
     if data is not None:

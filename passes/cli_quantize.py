@@ -15,6 +15,7 @@ Examples:
   gencompress quantize g.onnx g.int8.onnx --objective speed --batch 1 --threads 2
   gencompress quantize g.onnx g.int8.onnx --objective size     # every layer int8, untimed
   gencompress quantize g.onnx g.int8.onnx --no-rewrite
+  gencompress quantize big.onnx big.int8.onnx --no-check --external-data
   gencompress quantize g.onnx g.w4.onnx --mode weight-only --bits 4
   gencompress quantize g.onnx g.fp16.onnx --mode fp16
 """
@@ -44,7 +45,8 @@ def _options(*names):
         "activations": click.option("--activations", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True,
                                     help="Activation type: uint8 asymmetric or int8 symmetric."),
         "seed": click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration draws (evaluation uses a held-back seed)."),
-        "eval-size": click.option("--eval-size", type=int, default=64, show_default=True, help="Held-back seeded latents for the PSNR check."),
+        "eval-size": click.option("--eval-size", type=int, default=256, show_default=True,
+                                  help="Held-back samples for the PSNR check (the set `gencompress check` draws by default)."),
         "json": click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
     }
 
@@ -77,9 +79,13 @@ _COMMON = ("mode", "bits", "block-size", "calib", "calib-size", "calib-data", "p
 @click.option("--batch", "batches", type=int, multiple=True, help="Batch sizes the objective is timed at (default 1 and 64).")
 @click.option("--threads", type=int, default=2, show_default=True, help="Intra-op threads the objective is timed with.")
 @click.option("--provider", default="CPUExecutionProvider", show_default=True, help="Execution provider the objective is timed on.")
+@click.option("--no-check", is_flag=True, help="Skip the PSNR check against float after quantizing (faster on large models).")
+@click.option("--external-data", is_flag=True,
+              help="Write the weights to OUT.onnx.data beside OUT.onnx (automatic above the 2 GB limit of a single .onnx).")
 @_options("seed", "eval-size", "json")
 def quantize(in_path, out_path, mode, bits, block_size, calib, calib_size, calib_data, percentile, per_tensor, activations,
-             exclude, target_psnr, strict, fp16_io, rewrite, objective, batches, threads, provider, seed, eval_size, as_json):
+             exclude, target_psnr, strict, fp16_io, rewrite, objective, batches, threads, provider, no_check, external_data,
+             seed, eval_size, as_json):
     """Quantize a float ONNX generator: static int8 QDQ (default), weight-only int8/int4, or fp16.
 
     Static int8 calibrates activation ranges on seeded draws from the model's latent prior (or
@@ -99,12 +105,9 @@ def quantize(in_path, out_path, mode, bits, block_size, calib, calib_size, calib
         per_tensor=per_tensor, activations=activations, exclude=exclude, target_psnr=target_psnr, strict=strict,
         seed=seed, percentile=percentile, block_size=block_size, keep_io_types=not fp16_io, eval_size=eval_size,
         rewrite=rewrite, objective=objective, batches=batches or (1, 64), threads=threads, provider=provider,
-        log=lambda m: click.echo(m, err=True),
+        check=not no_check, external_data=True if external_data else None, log=lambda m: click.echo(m, err=True),
     )
-    for line in report.get("notes") or []:
-        click.echo(f"gencompress: {line}", err=True)
-    for warning in report.get("warnings") or []:
-        click.echo(f"gencompress: warning: {warning}", err=True)
+    # notes and warnings reached stderr through ``log`` as they happened
     target = report.get("target")
     if target is not None and not target["met"]:
         click.echo(f"gencompress: warning: {target['message']}", err=True)
@@ -126,13 +129,17 @@ def _summary(report: dict) -> str:
         "fp16": "float16",
     }[mode]
     ev = report["evaluation"]
-    psnr = "identical" if report["psnr_db"] is None else f"{report['psnr_db']:.2f} dB"
+    if "skipped" in ev:
+        psnr, evaluated = "not measured (--no-check)", ""
+    else:
+        psnr = "identical" if report["psnr_db"] is None else f"{report['psnr_db']:.2f} dB"
+        evaluated = f" (on {ev['source']}, peak {ev['peak']} = {ev['peak_source']})"
     rows = [
         ("mode", what),
         ("size before", _mb(report["bytes_before"])),
         ("size after", _mb(report["bytes_after"])),
         ("ratio", f"{report['ratio']:.3f}x"),
-        ("PSNR vs float", f"{psnr} ({ev['samples']} held-back latents, peak {ev['peak']} = {ev['peak_source']})"),
+        ("PSNR vs float", psnr + evaluated),
     ]
     if "calibration" in report:
         c = report["calibration"]

@@ -31,9 +31,10 @@ import onnx
 from gencompress.errors import GencompressError
 from gencompress.passes.cleanup import DEBUG_METADATA_PREFIXES, strip_debug_metadata  # noqa: F401  (one place; re-exported)
 
+from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES as DEFAULT_EVAL_SIZE, EVAL_SEED_OFFSET  # noqa: E402, F401  (one protocol)
+
 MODES = ("static", "weight-only", "fp16")
-EVAL_SEED_OFFSET = 1_000_003
-DEFAULT_EVAL_SIZE = 64
+EVAL_BATCH = 64  # samples per onnxruntime call in evaluation: as ``gencompress check --batch``
 DEFAULT_BLOCK_SIZE = 64
 # graph rewrites that make int8 fast, run before static quantizing (by registry name; see ``apply_rewrites``)
 REWRITE_PIPELINE = "rewrite_for_int8"
@@ -133,11 +134,11 @@ def apply_rewrites(model, *, setting: bool | None, mode: str, exclude: tuple[str
         passes = available()
         if REWRITE_PIPELINE not in passes and not all(name in passes for name in REWRITE_PASSES):
             return model, {**info, "reason": "this installation lacks the rewrite passes"}
-    snapshot = ir.serde.serialize_model(model) if setting is None else None
+    snapshot = model.clone() if setting is None else None  # shares the weights: the passes make new tensors
     model, steps = rewrite_for_int8(model)
     changes, left, converted = describe_rewrites(steps)
     if setting is None and not converted:
-        return ir.serde.deserialize_model(snapshot), {**info, "reason": "no ConvTranspose the rewrites apply to", "left_alone": left}
+        return snapshot, {**info, "reason": "no ConvTranspose the rewrites apply to", "left_alone": left}
     reason = "--rewrite" if setting else "onnxruntime has no int8 ConvTranspose kernel; rewritten as Conv/Gemm they run in int8"
     return model, {
         **info, "applied": True, "reason": reason, "convtranspose_rewritten": converted, "changes": changes, "left_alone": left, "passes": steps,
@@ -157,46 +158,69 @@ def finalize(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 class Evaluator:
-    """PSNR of candidate models against the float reference on one fixed seeded input set."""
+    """PSNR of candidate models against the float reference on one fixed input set, by the one
+    fidelity protocol (``runtime_check.fidelity``): the same sessions, batches, peak and PSNR
+    that ``gencompress check`` uses, so both print the same number for the same pair and set.
 
-    def __init__(self, reference: onnx.ModelProto, feeds: dict[str, np.ndarray]):
-        from gencompress.inputs import output_range_of_model
-        from gencompress.passes.calibrate import BATCH_SIZE, fixed_batch, make_session, run_model
+    ``reference``: a path (onnxruntime reads it, nothing else is kept), proto or onnx_ir model.
+    ``source`` says what the inputs are (for the report).
+    """
 
-        fixed = fixed_batch(reference)
-        self.batch, self.exact = fixed or BATCH_SIZE, fixed is not None
-        self.feeds = feeds
-        self.reference = run_model(make_session(reference), feeds, self.batch, exact=self.exact)
-        self.samples = len(self.reference[0])
-        nominal = output_range_of_model(reference)
-        self.peak_source = "nominal output range" if nominal else "reference peak-to-peak"
-        self.peaks = [float(nominal) if nominal else float(np.ptp(r)) or 1.0 for r in self.reference]
+    def __init__(self, reference, feeds: dict[str, np.ndarray], *, source: str = "held-back seeded latents"):
+        from gencompress.onnx_io import load_header
+        from gencompress.passes.calibrate import fixed_batch, num_samples
+        from gencompress.runtime_check import fidelity as F
+        from gencompress.runtime_check.sessions import make_session, run_all
+
+        header = load_header(reference) if isinstance(reference, (str, os.PathLike)) else reference
+        from gencompress.onnx_io import skeleton
+
+        header = header if isinstance(header, onnx.ModelProto) else skeleton(header)
+        self.fixed = fixed_batch(header)
+        self.feeds, self.samples, self.source = feeds, num_samples(feeds), source
+        self.reference = run_all(make_session(reference, label="reference"), feeds, self.samples, EVAL_BATCH, fixed=self.fixed, label="reference")
+        peaks = [F.output_peak(header, r) for r in self.reference]
+        self.peaks = [p for p, _ in peaks]
+        self.peak_source = peaks[0][1] if peaks else "nominal"
 
     def psnr(self, candidate, optimization: str = "all") -> float:
-        from gencompress.passes.calibrate import make_session, run_model
+        """The lowest PSNR over the outputs (``-inf`` for non-finite outputs)."""
+        from gencompress.runtime_check import fidelity as F
+        from gencompress.runtime_check.sessions import make_session, run_all
 
-        session = make_session(candidate, optimization=optimization)
-        feeds = dict(self.feeds)
-        for i in session.get_inputs():  # a float16-I/O model takes the same latents as float16
-            if i.type == "tensor(float16)" and feeds[i.name].dtype == np.float32:
-                feeds[i.name] = feeds[i.name].astype(np.float16)
-        outputs = run_model(session, feeds, self.batch, exact=self.exact)
-        values = []
-        for ref, out, peak in zip(self.reference, outputs, self.peaks):
-            mse = float(np.mean((out.astype(np.float64) - ref.astype(np.float64)) ** 2))
-            if not np.isfinite(mse):
-                return -math.inf
-            values.append(math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse))
-        return min(values)
+        session = make_session(candidate, optimization=optimization, label="candidate")
+        outputs = run_all(session, self.feeds, self.samples, EVAL_BATCH, fixed=self.fixed, label="candidate")
+        values = [F.psnr(F.mse(ref, out), peak) for ref, out, peak in zip(self.reference, outputs, self.peaks)]
+        return min(-math.inf if math.isnan(v) else v for v in values)
 
     def describe(self) -> dict:
-        return {"samples": self.samples, "peak": self.peaks[0] if len(self.peaks) == 1 else self.peaks, "peak_source": self.peak_source}
+        return {"samples": self.samples, "source": self.source, "peak": self.peaks[0] if len(self.peaks) == 1 else self.peaks, "peak_source": self.peak_source}
 
 
 def eval_inputs(model, seed: int, size: int = DEFAULT_EVAL_SIZE) -> dict[str, np.ndarray]:
-    from gencompress.inputs import sample_inputs, specs_of_model
+    """The held-back evaluation set (``fidelity.held_back_inputs``)."""
+    from gencompress.runtime_check.fidelity import held_back_inputs
 
-    return sample_inputs(specs_of_model(model), size, seed + EVAL_SEED_OFFSET)
+    return held_back_inputs(model, seed, size)
+
+
+def split_calibration_data(feeds: dict[str, np.ndarray], calib_size: int | None, eval_size: int) -> tuple[dict, dict | None, str]:
+    """Real calibration rows → (calibration rows, held-back rows or None, which rows were held back).
+
+    With ``calib_size`` the first ``calib_size`` rows calibrate and up to ``eval_size`` of the rows
+    after them are held back; without it the last ``min(eval_size, N // 4)`` rows are held back
+    and the rest calibrate. No rows left over → None (the evaluation falls back to prior draws)."""
+    n = len(next(iter(feeds.values())))
+    if calib_size is not None:
+        start = min(calib_size, n)
+        stop = min(n, start + eval_size)
+    else:
+        held = min(eval_size, n // 4)
+        start, stop = n - held, n
+    calibration = {k: v[:start] for k, v in feeds.items()}
+    if stop <= start:
+        return calibration, None, ""
+    return calibration, {k: v[start:stop] for k, v in feeds.items()}, f"rows {start}..{stop - 1}"
 
 
 def db(value: float) -> float | None:
@@ -209,9 +233,12 @@ def db(value: float) -> float | None:
 
 @dataclass
 class Quantizer:
-    """Builds quantized variants of one prepared float model (``build(exclude)`` → ModelProto)."""
+    """Builds quantized variants of one prepared float model (``build(exclude)`` → ModelProto).
 
-    prepared: onnx.ModelProto
+    Each build runs on a clone of ``prepared`` that shares its weight tensors (the passes make
+    new tensors, never write into old ones), so a build costs the quantized weights only."""
+
+    prepared: object  # onnx_ir.Model
     make_pass: Callable[[tuple[str, ...], tuple[str, ...] | None], object]
     layers: list[dict]  # every quantizable layer: node, op_type, weights
     calibration: dict | None = None
@@ -219,23 +246,27 @@ class Quantizer:
     def build(self, exclude=(), include=None) -> tuple[onnx.ModelProto, dict]:
         import onnx_ir as ir
 
-        model = ir.serde.deserialize_model(self.prepared)
         p = self.make_pass(tuple(exclude), include)
-        model = p(model).model
+        model = p(self.prepared.clone()).model
         return finalize(ir.serde.serialize_model(model)), p.report
 
 
-def static_quantizer(prepared: onnx.ModelProto, *, calib, calib_size, calib_data, seed, percentile, per_tensor, activations, log, exclude=()) -> Quantizer:
+def static_quantizer(prepared, *, calib, calib_size, calib_data, seed, percentile, per_tensor, activations, log, exclude=(), feeds=None) -> Quantizer:
+    """``prepared``: the onnx_ir model (or proto); ``feeds``: the calibration rows, if already
+    chosen (``split_calibration_data``), else drawn or read here."""
     import onnx_ir as ir
 
     from gencompress.passes.calibrate import calibration_inputs, collect_stats, float_tensors
     from gencompress.passes.insert_qdq import InsertQDQPass, find_layers, select_layers
 
-    layers = find_layers(ir.serde.deserialize_model(prepared).graph)
+    if isinstance(prepared, onnx.ModelProto):
+        prepared = ir.serde.deserialize_model(prepared)
+    layers = find_layers(prepared.graph)
     if not layers:
         raise GencompressError("nothing to quantize: the model has no Conv, ConvTranspose, Gemm, MatMul, GRU/LSTM or embedding weights")
     select_layers(layers, exclude)  # unknown names fail before the calibration run
-    feeds = calibration_inputs(prepared, size=calib_size, seed=seed, data=calib_data)
+    if feeds is None:
+        feeds = calibration_inputs(prepared, size=calib_size, seed=seed, data=calib_data)
     n = len(next(iter(feeds.values())))
     log(f"calibrating on {n} {'samples from ' + str(calib_data) if calib_data else 'seeded latent draws'} ({calib})")
     names = float_tensors(prepared)
@@ -258,12 +289,14 @@ def static_quantizer(prepared: onnx.ModelProto, *, calib, calib_size, calib_data
     return Quantizer(prepared, make_pass, [_layer_info(layer) for layer in layers], calibration)
 
 
-def weight_only_quantizer(prepared: onnx.ModelProto, *, bits: int, block_size: int) -> Quantizer:
+def weight_only_quantizer(prepared, *, bits: int, block_size: int) -> Quantizer:
     import onnx_ir as ir
 
     from gencompress.passes.weight_only_quantize import WeightOnlyQuantizePass, weight_layers
 
-    layers = weight_layers(ir.serde.deserialize_model(prepared).graph)
+    if isinstance(prepared, onnx.ModelProto):
+        prepared = ir.serde.deserialize_model(prepared)
+    layers = weight_layers(prepared.graph)
     if not layers:
         raise GencompressError("nothing to quantize: the model has no Conv, ConvTranspose, Gemm, MatMul, GRU/LSTM or embedding weights")
 
@@ -345,6 +378,8 @@ def quantize(
     eval_size: int = DEFAULT_EVAL_SIZE,
     rewrite: bool | None = None,
     keep_debug_metadata: bool = False,
+    check: bool = True,
+    external_data: bool | None = None,
     log: Callable[[str], None] | None = None,
     objective: str = "balanced",
     batches=(1, 64),
@@ -364,6 +399,11 @@ def quantize(
     on in static mode when they turn a ConvTranspose into an int8-capable Conv or Gemm, off for
     weight-only and fp16 (float compute: nothing to gain); True / False: always / never. The
     report's ``rewrite`` says whether they ran, why, and what they changed.
+    ``check``: measure PSNR against float afterwards (False: ``--no-check``, ``psnr_db`` None).
+    The evaluation set is the held-back one every verb uses (``fidelity.held_back_inputs``), or,
+    with ``calib_data``, the rows of the file calibration did not use (``split_calibration_data``).
+    ``external_data``: write the weights to ``OUT.onnx.data`` beside the output (None: only
+    when the model would exceed the 2 GB protobuf limit).
     ``log``: receives progress and warning lines (the CLI sends them to stderr).
     ``objective`` (see ``speed_plan``): "balanced" (default) times each layer in int8 and in float
     on ``provider`` at ``batches`` with ``threads`` threads and keeps int8 compute where it is not
@@ -373,7 +413,7 @@ def quantize(
     """
     import onnx_ir as ir
 
-    from gencompress.onnx_io import load_model, refuse_nonfinite_weights, refuse_overwrite, save_model
+    from gencompress.onnx_io import file_bytes, load_model, refuse_nonfinite_weights, refuse_overwrite, save_model, skeleton
     from gencompress.passes.calibrate import DEFAULT_PERCENTILE
 
     log = log or (lambda message: None)
@@ -397,22 +437,34 @@ def quantize(
     refuse_overwrite(out_path, sources)
     if Path(out_path).suffix != ".onnx":
         raise GencompressError(f"{out_path}: output should be an .onnx file")
+    if not check and target_psnr is not None:
+        raise GencompressError("--target-psnr measures PSNR against float; it cannot be combined with --no-check")
     reference = load_model(in_path)
     refuse_nonfinite_weights(reference, in_path)
     _check_float_model(reference, in_path)
     from gencompress.exporter.upgrade import upgrade_opset
 
     notes: list[str] = []
-    reference = upgrade_opset(reference, in_path, lambda message: (notes.append(message), log(message)))
-
+    upgraded = upgrade_opset(reference, in_path, lambda message: (notes.append(message), log(message)))
+    # the evaluation's reference: the input file itself (onnxruntime reads it), or the upgraded
+    # model when the opset was converted
+    eval_reference = in_path if upgraded is reference else upgraded
+    reference = upgraded
+    del upgraded  # only ``reference`` (deleted below) and ``eval_reference`` may keep the proto alive
+    before = reference.ByteSize()  # the self-contained size, even when the input keeps its weights in a side file
+    header = skeleton(reference)  # inputs, outputs and metadata, no weights: all the evaluation needs
+    calib_feeds, eval_feeds, eval_source = _evaluation_set(header, mode, calib_data, calib_size, eval_size, seed)
+    # one copy of the weights in memory: the onnx_ir model wraps the proto's tensors, and the
+    # reference's sessions read the input file itself
     model = ir.serde.deserialize_model(reference)
+    del reference
     prepare(model, keep_debug_metadata=keep_debug_metadata)
     unrewritten = ir.serde.serialize_model(model) if mode == "static" and objective != "size" else None
     model, rewrite_report = apply_rewrites(model, setting=rewrite, mode=mode, exclude=exclude)
-    evaluator = Evaluator(reference, eval_inputs(reference, seed, eval_size))
+    _own_tensors(model)
 
     report: dict = {"input": str(in_path), "output": str(out_path), "mode": mode, "objective": objective}
-    target = psnr = None
+    target = psnr = evaluator = None
     if mode == "fp16":
         from gencompress.passes.fp16_convert import FP16ConvertPass
 
@@ -421,42 +473,46 @@ def quantize(
         pass_report = p.report
         report["bits"] = 16
     else:
-        prepared = ir.serde.serialize_model(model)  # each build (and --target-psnr candidate) starts from it
         if mode == "static":
             quantizer = static_quantizer(
-                prepared, calib=calib, calib_size=calib_size, calib_data=calib_data, seed=seed,
-                percentile=percentile, per_tensor=per_tensor, activations=activations, log=log, exclude=exclude,
+                model, calib=calib, calib_size=calib_size, calib_data=calib_data, seed=seed,
+                percentile=percentile, per_tensor=per_tensor, activations=activations, log=log, exclude=exclude, feeds=calib_feeds,
             )
             report.update(bits=8, activations=activations, weights="per-tensor" if per_tensor else "per-channel", calibration=quantizer.calibration)
         else:
-            quantizer = weight_only_quantizer(prepared, bits=bits, block_size=block_size)
+            quantizer = weight_only_quantizer(model, bits=bits, block_size=block_size)
             report.update(bits=bits, block_size=block_size if bits == 4 else None)
         if unrewritten is not None:  # measure, then decide which layers compute in int8
             quantizer, proto, pass_report, report["speed_plan"] = _planned_quantizer(
                 unrewritten, rewrite_report, exclude, objective, timer or speed_plan.interleaved_timer(
-                    reference, provider=provider, threads=threads, batches=batches, seed=seed),
+                    eval_reference, header=header, provider=provider, threads=threads, batches=batches, seed=seed),
                 dict(calib=calib, calib_size=calib_size, calib_data=calib_data, seed=seed, percentile=percentile,
                      per_tensor=per_tensor, activations=activations, log=log), log)
         else:
-            proto, pass_report = quantizer.build(exclude)
+            if target_psnr is None:
+                quantizer.prepared = None  # one build: it may consume the model (no clone kept alive)
+                proto, pass_report = _build_once(quantizer, model, exclude)
+            else:
+                proto, pass_report = quantizer.build(exclude)
             if mode == "weight-only" and objective != "size":  # float compute: int8 weights folded at load
                 proto, pass_report = _fold_weights(proto), {**pass_report, "weights_folded_at_load": True}
         if target_psnr is not None:
+            evaluator = Evaluator(eval_reference, eval_feeds, source=eval_source)
             proto, pass_report, target, psnr = _meet_target(quantizer, evaluator, exclude, target_psnr, proto, pass_report, log)
             if not target["met"] and strict:
                 raise GencompressError(target["message"])
-
-    if psnr is None:
+    del model
+    if check and psnr is None:
+        evaluator = Evaluator(eval_reference, eval_feeds, source=eval_source)
         psnr = evaluator.psnr(proto)
-    save_model(proto, out_path, inputs=sources)
-    # the input's weights may sit in an external-data side file: measure the self-contained model
-    before, after = reference.ByteSize(), os.path.getsize(out_path)
+    save_model(proto, out_path, inputs=sources, external_data=external_data)
+    after = file_bytes(out_path)
     report.update(
         bytes_before=before,
         bytes_after=after,
         ratio=round(after / before, 4),
-        psnr_db=db(psnr),
-        evaluation=evaluator.describe(),
+        psnr_db=db(psnr) if check else None,
+        evaluation=evaluator.describe() if check else {"skipped": "--no-check"},
         opset=next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
     )
     if mode == "fp16":
@@ -525,6 +581,41 @@ def _planned_quantizer(unrewritten, rewrite_report, exclude, objective, timer, s
     return quantizer, proto, pass_report, info
 
 
+def _own_tensors(model) -> None:
+    """Give the weights still read from the loaded proto arrays of their own. Any one of them
+    keeps the whole proto alive, and with it the old copy of every weight the rewrites replaced."""
+    import onnx_ir as ir
+
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.serde.TensorProtoTensor):
+            value.const_value = ir.Tensor(np.array(tensor.numpy()), dtype=tensor.dtype, name=tensor.name)
+
+
+def _build_once(quantizer: Quantizer, model, exclude) -> tuple[onnx.ModelProto, dict]:
+    """The single build of a run without --target-psnr: on the model itself, no clone."""
+    import onnx_ir as ir
+
+    p = quantizer.make_pass(tuple(exclude), None)
+    out = p(model).model
+    return finalize(ir.serde.serialize_model(out)), p.report
+
+
+def _evaluation_set(header, mode, calib_data, calib_size, eval_size, seed):
+    """(calibration rows or None, evaluation inputs, their description) for a quantize run."""
+    from gencompress.passes.calibrate import calibration_inputs
+    from gencompress.runtime_check.fidelity import held_back_seed
+
+    drawn = f"{eval_size} held-back seeded latents (seed {held_back_seed(seed)})"
+    if mode != "static" or calib_data is None:
+        return None, eval_inputs(header, seed, eval_size), drawn
+    rows = calibration_inputs(header, data=calib_data)
+    calibration, held, which = split_calibration_data(rows, calib_size, eval_size)
+    if held is None:
+        return calibration, eval_inputs(header, seed, eval_size), f"{drawn}: {calib_data} has no rows left after calibration"
+    return calibration, held, f"{len(next(iter(held.values())))} held-back rows of {calib_data} ({which}, not used in calibration)"
+
+
 def _split_patterns(patterns) -> tuple[str, ...]:
     if isinstance(patterns, str):
         patterns = [patterns]
@@ -534,11 +625,13 @@ def _split_patterns(patterns) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def _check_float_model(proto: onnx.ModelProto, path) -> None:
-    ops = {n.op_type for n in proto.graph.node}
-    int_inits = {i.name for i in proto.graph.initializer if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)}
-    if any(n.op_type == "Cast" and n.input and n.input[0] in int_inits for n in proto.graph.node):
-        ops.add("DequantizeLinear")  # int8 weights behind Cast * scale (speed_plan.cast_mul_weights)
+def _check_float_model(proto, path) -> None:
+    nodes = list(proto.graph.node if isinstance(proto, onnx.ModelProto) else proto.graph)
+    ops = {n.op_type for n in nodes}
+    if isinstance(proto, onnx.ModelProto):
+        int_inits = {i.name for i in proto.graph.initializer if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)}
+        if any(n.op_type == "Cast" and n.input and n.input[0] in int_inits for n in nodes):
+            ops.add("DequantizeLinear")  # int8 weights behind Cast * scale (speed_plan.cast_mul_weights)
     if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger"}:
         raise GencompressError(f"{path}: the model is already quantized; give the float model")
 

@@ -174,8 +174,10 @@ def static_shapes(model: ir.Model) -> dict[str, tuple[int | None, ...]]:
     """
     import onnx
 
-    try:
-        proto = onnx.shape_inference.infer_shapes(ir.serde.serialize_model(model), data_prop=True)
+    from gencompress.onnx_io import skeleton
+
+    try:  # on the graph without its weights: a full copy of a large model would double its memory
+        proto = onnx.shape_inference.infer_shapes(skeleton(model), data_prop=True)
     except Exception:
         return {}
     shapes = {}

@@ -48,15 +48,16 @@ def sensitivity(
     seed: int = 0,
     percentile: float | None = None,
     block_size: int = 64,
-    eval_size: int = 64,
+    eval_size: int | None = None,
     log=None,
 ) -> dict:
     """Rank the layers of the float model at ``in_path`` by the PSNR loss of quantizing each alone."""
     import onnx_ir as ir
 
-    from gencompress.onnx_io import load_model, refuse_nonfinite_weights
+    from gencompress.onnx_io import load_model, refuse_nonfinite_weights, skeleton
     from gencompress.passes.calibrate import DEFAULT_PERCENTILE
     from gencompress.passes.quantize import (
+        DEFAULT_EVAL_SIZE,
         Evaluator,
         _check_float_model,
         db,
@@ -69,6 +70,7 @@ def sensitivity(
 
     log = log or (lambda message: None)
     started = time.perf_counter()
+    eval_size = DEFAULT_EVAL_SIZE if eval_size is None else eval_size
     percentile_given = percentile is not None
     percentile = DEFAULT_PERCENTILE if percentile is None else percentile
     if mode == "fp16":
@@ -81,16 +83,17 @@ def sensitivity(
     reference = load_model(in_path)
     refuse_nonfinite_weights(reference, in_path)
     _check_float_model(reference, in_path)
+    header = skeleton(reference)
     model = prepare(ir.serde.deserialize_model(reference))
-    prepared = ir.serde.serialize_model(model)
-    evaluator = Evaluator(reference, eval_inputs(reference, seed, eval_size))
+    del reference
+    evaluator = Evaluator(in_path, eval_inputs(header, seed, eval_size))
     if mode == "static":
         quantizer = static_quantizer(
-            prepared, calib=calib, calib_size=calib_size, calib_data=calib_data, seed=seed,
+            model, calib=calib, calib_size=calib_size, calib_data=calib_data, seed=seed,
             percentile=percentile, per_tensor=per_tensor, activations=activations, log=log,
         )
     else:
-        quantizer = weight_only_quantizer(prepared, bits=bits, block_size=block_size)
+        quantizer = weight_only_quantizer(model, bits=bits, block_size=block_size)
     ranking = rank_layers(quantizer, evaluator)
     full, _ = quantizer.build()
     report = {

@@ -319,8 +319,8 @@ class ConfigBuilder:
 # ---- the timer ---------------------------------------------------------------------------------
 
 
-def interleaved_timer(reference: onnx.ModelProto, *, provider: str = "CPUExecutionProvider", threads: int = DEFAULT_THREADS,
-                      batches=DEFAULT_BATCHES, seed: int = 0) -> Callable[[list[onnx.ModelProto]], list[Ratios]]:
+def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provider: str = "CPUExecutionProvider",
+                      threads: int = DEFAULT_THREADS, batches=DEFAULT_BATCHES, seed: int = 0) -> Callable[[list[onnx.ModelProto]], list[Ratios]]:
     """``measure(models) -> [{batch: p50 / float p50}]``: each call times the float model and the given
     models interleaved in one process (spinning off), on ``provider`` with ``threads`` intra-op
     threads, each batch size for about ``TARGET_SLOT_SECONDS`` per model."""
@@ -329,9 +329,10 @@ def interleaved_timer(reference: onnx.ModelProto, *, provider: str = "CPUExecuti
     from gencompress.runtime_check.latency import time_interleaved
     from gencompress.runtime_check.sessions import cast_feeds, make_session, model_bytes
 
-    fixed = fixed_batch(reference)
+    header = reference if header is None else header  # ``reference`` may be a path: ``header`` has its inputs and metadata
+    fixed = fixed_batch(header)
     batches = (fixed,) if fixed else tuple(batches)
-    specs = specs_of_model(reference)
+    specs = specs_of_model(header)
     ref_bytes = model_bytes(reference)
 
     def measure(models):

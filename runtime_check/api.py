@@ -25,27 +25,34 @@ import numpy as np
 from gencompress.errors import GencompressError
 from gencompress.runtime_check.report_html import pareto_front, write_report  # noqa: F401  (re-exported)
 
+from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES, HELD_BACK_SEED  # noqa: E402  (the one protocol)
+
 SCHEMA = "gencompress.report/1"
-DEFAULT_SAMPLES = 256
 DEFAULT_PREVIEW_OUTPUT_KINDS = ("image", "sequence")
 
 
 # --- loading ---------------------------------------------------------------------------------------
 
 
-def _load(model, role: str):
-    """(proto, label) of a path / ModelProto / onnx_ir.Model."""
+def _load(model, role: str, *, header: bool = False):
+    """(proto, label) of a path / ModelProto / onnx_ir.Model; ``header``: a path's external data
+    is left unread (enough for its inputs, outputs and metadata)."""
     import onnx
 
-    from gencompress.onnx_io import load_model, to_proto
+    from gencompress.onnx_io import load_header, load_model, to_proto
 
     if model is None:
         raise GencompressError(f"no {role} model given")
     if isinstance(model, (str, os.PathLike)):
-        return load_model(model), str(model)
+        return (load_header if header else load_model)(model), str(model)
     if isinstance(model, onnx.ModelProto) or type(model).__module__.startswith("onnx_ir"):
         return to_proto(model), f"<{role}>"
     raise GencompressError(f"{role}: expected an .onnx path or an ONNX model, got {type(model).__name__}")
+
+
+def _source(model, proto):
+    """What to build a session from: the path a model was read from, else the loaded model."""
+    return model if isinstance(model, (str, os.PathLike)) else proto
 
 
 # Limits on counts a user gives: beyond them a run would hang for hours or exhaust memory.
@@ -98,7 +105,7 @@ def check(
     candidate,
     *,
     samples: int = DEFAULT_SAMPLES,
-    seed: int = 0,
+    seed: int = HELD_BACK_SEED,
     batch: int = 64,
     inputs=None,
     features=None,
@@ -111,7 +118,8 @@ def check(
     """Fidelity of ``candidate`` against ``reference`` on one fixed, seeded input set.
 
     ``samples`` latents are drawn with ``seed`` from the prior the exporter recorded in the
-    reference (``gencompress.inputs``), or taken from ``inputs`` (an ``.npz`` path or a dict of
+    reference (``gencompress.inputs``); the defaults are the held-back set quantize and compress
+    evaluate on (``fidelity.held_back_inputs``), so all three print the same PSNR; or taken from ``inputs`` (an ``.npz`` path or a dict of
     arrays keyed by input name). Both models run the same inputs, ``batch`` samples per call.
     ``features``: an ONNX model (path) whose first output, flattened, gives the features for the
     Fréchet distance of the first output (default: the built-in seeded conv net).
@@ -123,10 +131,10 @@ def check(
     Returns ``{"reference", "candidate", "samples", "seed", "provider", "inputs", "outputs":
     [per-output metrics, see fidelity.compare_output], "preview"?}``.
     """
-    from gencompress.inputs import load_npz_inputs, output_range_of_model, sample_inputs, specs_of_model
-    from gencompress.runtime_check import fidelity as F
+    from gencompress.inputs import load_npz_inputs, sample_inputs, specs_of_model
     from gencompress.passes.calibrate import fixed_batch
-    from gencompress.runtime_check.sessions import make_session, model_bytes, resolve_provider
+    from gencompress.runtime_check import fidelity as F
+    from gencompress.runtime_check.sessions import make_session, resolve_provider
 
     if inputs is None:
         samples = _positive(samples, "--samples (the number of latents)", MAX_SAMPLES)
@@ -147,8 +155,8 @@ def check(
     if features is not None and not isinstance(features, (str, os.PathLike)):
         raise GencompressError(f"features must be an .onnx path, got {type(features).__name__}")
     provider = resolve_provider(provider)
-    ref_proto, ref_label = _load(reference, "reference")
-    cand_proto, cand_label = _load(candidate, "candidate")
+    ref_proto, ref_label = _load(reference, "reference", header=True)
+    cand_proto, cand_label = _load(candidate, "candidate", header=True)
     F.check_compatible(ref_proto, cand_proto)
 
     specs = specs_of_model(ref_proto)
@@ -167,8 +175,9 @@ def check(
             raise GencompressError("inputs must all have the same, non-zero number of samples")
         samples = counts.pop()
 
-    ref_session = make_session(model_bytes(ref_proto), provider=provider, threads=threads, label=f"reference {ref_label}")
-    cand_session = make_session(model_bytes(cand_proto), provider=provider, threads=threads, label=f"candidate {cand_label}")
+    # a path is read by onnxruntime itself (external data and all), an in-memory model as given
+    ref_session = make_session(_source(reference, ref_proto), provider=provider, threads=threads, label=f"reference {ref_label}")
+    cand_session = make_session(_source(candidate, cand_proto), provider=provider, threads=threads, label=f"candidate {cand_label}")
     output_names = [o.name for o in ref_session.get_outputs()]
     ref_out = _run_all(ref_session, feeds, output_names, samples, batch, fixed_batch(ref_proto), f"reference {ref_label}", progress)
     cand_out = _run_all(cand_session, feeds, output_names, samples, batch, fixed_batch(cand_proto), f"candidate {cand_label}", progress)
@@ -177,9 +186,6 @@ def check(
         if not (np.isfinite(peak) and peak > 0):
             raise GencompressError(f"--peak must be a positive number, got {peak}")
         peak_value, peak_source = float(peak), "given"
-    else:
-        nominal = output_range_of_model(ref_proto)
-        peak_value, peak_source = (nominal, "nominal") if nominal else (None, None)
 
     outputs = []
     for i, name in enumerate(output_names):
@@ -188,6 +194,8 @@ def check(
             from gencompress.runtime_check.features import onnx_extractor
 
             extractor = onnx_extractor(features, name, ref_out[name])
+        if peak is None:
+            peak_value, peak_source = F.output_peak(ref_proto, ref_out[name])
         outputs.append(F.compare_output(name, ref_out[name], cand_out[name], peak=peak_value, peak_source=peak_source, extractor=extractor))
 
     result = {
@@ -207,27 +215,13 @@ def check(
 
 
 def _run_all(session, feeds, output_names, n, batch, fixed, label, progress):
-    """Run ``n`` samples ``batch`` at a time; a model whose graph fixes the batch size gets chunks
-    of exactly that size (the last one padded by repeating its last sample, padding dropped)."""
-    from gencompress.output import progress as bar
-    from gencompress.runtime_check.sessions import cast_feeds, run
+    """``sessions.run_all`` keyed by output name."""
+    from gencompress.runtime_check.sessions import run_all
 
-    chunk = fixed or batch
-    parts = {name: [] for name in output_names}
-    starts = range(0, n, chunk)
-    it = bar(starts, desc=label.split()[0], unit="batch") if progress else starts
-    for start in it:
-        stop = min(start + chunk, n)
-        piece = {k: v[start:stop] for k, v in feeds.items()}
-        pad = chunk - (stop - start)
-        if fixed and pad:
-            piece = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in piece.items()}
-        outs = run(session, cast_feeds(session, piece), label)
-        if start == 0:
-            _check_output_budget(outs, len(next(iter(piece.values()))), n, label)
-        for name, arr in zip(output_names, outs):
-            parts[name].append(np.asarray(arr)[: stop - start])
-    return {name: np.concatenate(p, axis=0) for name, p in parts.items()}
+    def budget(outs, rows):
+        _check_output_budget(outs, rows, n, label)
+
+    return dict(zip(output_names, run_all(session, feeds, n, batch, fixed=fixed, label=label, progress=progress, on_first=budget)))
 
 
 def _check_output_budget(outs, rows: int, n: int, label: str) -> None:

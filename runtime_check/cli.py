@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from gencompress.errors import GencompressError
+from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES, HELD_BACK_SEED
 
 
 def _ints(values, option: str) -> list[int]:
@@ -52,8 +53,9 @@ CHECK_ROWS = [
 @click.command("check")
 @click.argument("reference", metavar="REF.onnx")
 @click.argument("candidate", metavar="CANDIDATE.onnx")
-@click.option("--samples", "-n", type=int, default=256, show_default=True, help="Number of seeded latents (the same for both models).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the latent set.")
+@click.option("--samples", "-n", type=int, default=DEFAULT_SAMPLES, show_default=True, help="Number of seeded latents (the same for both models).")
+@click.option("--seed", type=int, default=HELD_BACK_SEED, show_default=True,
+              help="Seed of the latent set (default: the held-back set quantize and compress report PSNR on).")
 @click.option("--batch", type=int, default=64, show_default=True, help="Samples per onnxruntime call.")
 @click.option("--inputs", "inputs_npz", metavar="FILE.npz", help="Real inputs keyed by input name, instead of prior draws.")
 @click.option("--features", metavar="FEAT.onnx", help="ONNX model (e.g. a discriminator or encoder) whose first output gives the Frechet features.")

@@ -31,6 +31,48 @@ from gencompress.errors import GencompressError
 K1, K2 = 0.01, 0.03
 SSIM_WINDOW = 7
 
+# ---- the fidelity protocol every verb follows (quantize, sensitivity, check, compress) ---------
+# The same held-back sample set: ``DEFAULT_SAMPLES`` draws from the model's input prior with seed
+# ``held_back_seed(seed)`` (calibration draws with ``seed`` itself, so the two never coincide);
+# the same peak (``output_peak``); the same PSNR (``psnr(mse(ref, cand), peak)``).
+EVAL_SEED_OFFSET = 1_000_003
+DEFAULT_SAMPLES = 256
+
+
+def held_back_seed(seed: int = 0) -> int:
+    """The seed of the held-back evaluation draws for a run whose calibration uses ``seed``."""
+    return int(seed) + EVAL_SEED_OFFSET
+
+
+HELD_BACK_SEED = held_back_seed(0)  # check's default: what quantize and compress use by default
+
+
+def held_back_inputs(model, seed: int = 0, samples: int = DEFAULT_SAMPLES) -> dict:
+    """The held-back evaluation set of ``model`` for a run with ``seed``."""
+    from gencompress.inputs import sample_inputs, specs_of_model
+
+    return sample_inputs(specs_of_model(model), samples, held_back_seed(seed))
+
+
+def observed_peak(ref: np.ndarray) -> float:
+    """The reference output's observed peak-to-peak over its finite values (1.0 if constant)."""
+    refd = _f64(ref)
+    finite = refd[np.isfinite(refd)]
+    peak = float(finite.max() - finite.min()) if finite.size else 0.0
+    return peak if peak > 0 else 1.0
+
+
+def output_peak(model, ref: np.ndarray) -> tuple[float, str]:
+    """(peak, source) of PSNR/SSIM for an output of ``model``: the nominal output range the
+    exporter recorded (source ``nominal``), else the reference's observed peak-to-peak
+    (``observed``). The one place every verb decides it."""
+    from gencompress.inputs import output_range_of_model
+
+    nominal = output_range_of_model(model)
+    if nominal:
+        return float(nominal), "nominal"
+    return observed_peak(ref), "observed"
+
 
 def output_kind(shape) -> str:
     """``image`` for [N, C, H, W], ``sequence`` for [N, T, F], ``vector`` for [N, D], else ``tensor``."""
@@ -148,16 +190,17 @@ def compare_output(
     refd, candd = _f64(ref), _f64(cand)
     nonfinite = int(np.size(candd) - np.count_nonzero(np.isfinite(candd)))
     if peak is None:
+        peak, peak_source = observed_peak(refd), "observed"
         finite = refd[np.isfinite(refd)]
-        peak = float(finite.max() - finite.min()) if finite.size else 0.0
-        peak_source = "observed"
-        note = "no nominal range recorded; the reference's observed peak-to-peak"
-        if peak <= 0:
-            peak, note = 1.0, "no nominal range and a constant reference; 1.0 used"
+        constant = not finite.size or finite.max() == finite.min()
+        note = "no nominal range and a constant reference; 1.0 used" if constant else "no nominal range recorded; the reference's observed peak-to-peak"
     else:
         peak = float(peak)
         peak_source = peak_source or "given"
-        note = {"nominal": "the output's nominal range recorded by the exporter", "given": "given by the user"}.get(peak_source, peak_source)
+        note = {
+            "nominal": "the output's nominal range recorded by the exporter", "given": "given by the user",
+            "observed": "no nominal range recorded; the reference's observed peak-to-peak",
+        }.get(peak_source, peak_source)
     diff = np.abs(candd - refd)
     m = mse(refd, candd)
     per_psnr = per_sample_psnr(refd, candd, peak)

@@ -14,7 +14,10 @@ the session being timed (see DESIGN.md, Metrics).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from pathlib import Path
 
 from gencompress.errors import GencompressError
 
@@ -77,9 +80,23 @@ def resolve_providers(names) -> list[str]:
     return out
 
 
-def session_options(threads: int | None = None, *, spinning: bool = False, log_level: int = 3):
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "layout", "all")
+
+
+def session_options(
+    threads: int | None = None,
+    *,
+    spinning: bool = False,
+    log_level: int = 3,
+    optimization: str = "all",
+    profile_prefix: str | None = None,
+    lean: bool = False,
+):
     """SessionOptions: ``threads`` intra-op threads (None = onnxruntime's default), one inter-op
-    thread (sequential execution), spinning off unless asked for."""
+    thread (sequential execution), spinning off unless asked for, graph ``optimization`` level
+    (one of ``OPTIMIZATION_LEVELS``), profiling to ``profile_prefix``*.json if given. ``lean``: a
+    one-off session (calibration) that should hold as little memory as possible: no pre-packed
+    weight copies, no memory arena kept between runs."""
     ort = _ort()
     opts = ort.SessionOptions()
     opts.log_severity_level = log_level
@@ -92,7 +109,29 @@ def session_options(threads: int | None = None, *, spinning: bool = False, log_l
     flag = "1" if spinning else "0"
     opts.add_session_config_entry("session.intra_op.allow_spinning", flag)
     opts.add_session_config_entry("session.inter_op.allow_spinning", flag)
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "layout": getattr(ort.GraphOptimizationLevel, "ORT_ENABLE_LAYOUT", ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    if optimization not in levels:
+        raise GencompressError(f"optimization level {optimization!r}: choose one of {', '.join(OPTIMIZATION_LEVELS)}")
+    opts.graph_optimization_level = levels[optimization]
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(profile_prefix)
+    if lean:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+        opts.enable_cpu_mem_arena = False
+        opts.enable_mem_pattern = False
     return opts
+
+
+# Models larger than this are handed to onnxruntime as a file with external data (written
+# tensor by tensor) rather than as one serialized string: no 2 GB protobuf limit, no second copy.
+BYTES_LIMIT = 32 * 2**20
 
 
 def model_bytes(model) -> bytes:
@@ -108,29 +147,78 @@ def model_bytes(model) -> bytes:
     return to_proto(model).SerializeToString()
 
 
-def make_session(model, *, provider: str = CPU, threads: int | None = None, spinning: bool = False, label: str = "model"):
-    """An ``InferenceSession`` on ``provider`` (resolved first); CPU only as the per-node fallback.
+@contextlib.contextmanager
+def _loadable(model):
+    """What ``InferenceSession`` takes for ``model``: bytes, or the path of a file. A path is
+    checked by ``onnx_io.load_header`` (external data inside its folder) and read by onnxruntime
+    itself; a large in-memory model is written to a temp folder with external data first."""
+    from gencompress import onnx_io
 
-    ``model``: path, bytes, ``onnx.ModelProto`` or ``onnx_ir.Model``. A model onnxruntime cannot
-    load, or a provider that fails to initialise, is a ``GencompressError``.
+    if isinstance(model, (bytes, bytearray)):
+        yield bytes(model)
+        return
+    if isinstance(model, (str, os.PathLike)):
+        header = onnx_io.load_header(model)  # a clear error for anything that is not a readable model
+        if not onnx_io.small_external_tensors(header):
+            yield str(model)
+            return
+        # onnxruntime cannot infer shapes from small tensors (a Reshape's shape) kept in a side
+        # file: read the model here and hand it over with only large weights outside
+        model = onnx_io.load_model(model)
+    if onnx_io.tensor_bytes(model) <= BYTES_LIMIT:
+        yield model_bytes(model)
+        return
+    with tempfile.TemporaryDirectory(prefix="gencompress-session-") as folder:
+        path = Path(folder) / "model.onnx"
+        onnx_io.write_external(model, path)
+        yield str(path)
+
+
+def make_session(
+    model,
+    *,
+    provider: str = CPU,
+    threads: int | None = None,
+    spinning: bool = False,
+    label: str = "model",
+    optimization: str = "all",
+    profile_prefix: str | None = None,
+    lean: bool = False,
+):
+    """An ``InferenceSession`` on ``provider`` (resolved first); CPU only as the per-node fallback.
+    The one place in gencompress that makes onnxruntime sessions.
+
+    ``model``: path (onnxruntime reads it and its external data itself), bytes, ``onnx.ModelProto``
+    or ``onnx_ir.Model``. A model onnxruntime cannot load, or a provider that fails to initialise,
+    is a ``GencompressError``. See ``session_options`` for the other settings.
     """
     ort = _ort()
     provider = resolve_provider(provider)
-    data = model if isinstance(model, (bytes, bytearray)) else model_bytes(model)
     providers = [provider] if provider == CPU else [provider, CPU]
     if provider == "TensorrtExecutionProvider" and "CUDAExecutionProvider" in available_providers():
         providers.insert(1, "CUDAExecutionProvider")  # what TensorRT cannot take runs on CUDA first
-    try:
-        session = ort.InferenceSession(data, session_options(threads, spinning=spinning), providers=providers)
-    except Exception as e:
-        reason = " ".join(str(e).split())[:240] or type(e).__name__
-        raise GencompressError(f"{label}: onnxruntime cannot load it on {provider} ({type(e).__name__}: {reason})") from None
+    options = session_options(threads, spinning=spinning, optimization=optimization, profile_prefix=profile_prefix, lean=lean)
+    with _loadable(model) as data:
+        try:
+            session = ort.InferenceSession(data, options, providers=providers)
+        except Exception as e:
+            reason = " ".join(str(e).split())[:240] or type(e).__name__
+            raise GencompressError(f"{label}: onnxruntime cannot load it on {provider} ({type(e).__name__}: {reason})") from None
     if provider not in session.get_providers():
         raise GencompressError(
             f"{label}: execution provider {provider} failed to initialise (session runs on "
             f"{', '.join(session.get_providers())}); refusing to fall back to CPU"
         )
     return session
+
+
+def load_error(model) -> str | None:
+    """Why onnxruntime cannot load ``model`` (one line), or None if it can."""
+    try:
+        make_session(model, optimization="disable", lean=True)
+    except GencompressError as e:
+        return str(e).split(": ", 1)[-1]
+    return None
 
 
 def run(session, feeds: dict, label: str = "model"):
@@ -155,3 +243,35 @@ def cast_feeds(session, feeds: dict) -> dict:
         if want is not None and value is not None and value.dtype.kind == "f" and value.dtype != want:
             out[i.name] = value.astype(want)
     return out
+
+
+def run_all(session, feeds: dict, n: int, batch: int, *, fixed: int | None = None, label: str = "model", progress: bool = False,
+            on_first=None) -> list:
+    """Every output of ``session`` over the ``n`` samples of ``feeds``, ``batch`` at a time, in
+    output order. A model whose graph fixes the batch size gets chunks of exactly that size (the
+    last one padded by repeating its last sample, the padding dropped), so every sample counts.
+    ``on_first(outputs, rows)`` sees the first batch's outputs (e.g. to refuse a run whose
+    outputs would not fit in memory)."""
+    import numpy as np
+
+    from gencompress.output import progress as bar
+
+    chunk = fixed or batch
+    parts: list[list] = [[] for _ in session.get_outputs()]
+    starts = range(0, n, chunk)
+    for start in bar(starts, desc=label.split()[0], unit="batch") if progress else starts:
+        stop = min(start + chunk, n)
+        piece = {k: v[start:stop] for k, v in feeds.items()}
+        pad = chunk - (stop - start)
+        if fixed and pad:
+            piece = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in piece.items()}
+        outs = run(session, cast_feeds(session, piece), label)
+        if start == 0:
+            for out, value in zip(session.get_outputs(), outs):
+                if not isinstance(value, np.ndarray) or value.ndim == 0:  # a sequence, a map or a scalar
+                    raise GencompressError(f"{label}: output {out.name!r} is not a batched tensor (no batch axis): samples cannot be compared")
+            if on_first is not None:
+                on_first(outs, len(next(iter(piece.values()))))
+        for part, arr in zip(parts, outs):
+            part.append(np.asarray(arr)[: stop - start])
+    return [np.concatenate(p, axis=0) for p in parts]

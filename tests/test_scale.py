@@ -1,0 +1,127 @@
+"""Scale: one session factory, external data in and out (the > 2 GB path, forced with a small
+threshold), and quantize's peak memory measured in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import onnx
+
+PACKAGE_FOLDERS = ("gencompress", "exporter", "passes", "runtime_check", "models", "ship")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_session_factory_is_the_only_place_sessions_are_made():
+    found = []
+    for folder in PACKAGE_FOLDERS:
+        for path in (ROOT / folder).rglob("*.py"):
+            if "templates" in path.parts:  # copied into ship bundles, which run without gencompress
+                continue
+            for lineno, line in enumerate(path.read_text().splitlines(), 1):
+                if re.search(r"InferenceSession\(", line) and not line.lstrip().startswith(("#", '"', "'")):
+                    found.append(f"{path.relative_to(ROOT)}:{lineno}")
+    assert found and all(f.startswith("runtime_check/sessions.py:") for f in found), found
+    assert len(found) == 1, found
+
+
+def _external_files(path: Path) -> set[str]:
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    header = onnx.load(str(path), load_external_data=False)
+    return {ExternalDataInfo(t).location for t in _get_all_tensors(header) if uses_external_data(t)}
+
+
+def test_external_data_through_quantize_prune_and_check(zoo_onnx, tmp_path, monkeypatch, run_cli):
+    """Every verb on the > 2 GB path without 2 GB: the limit lowered so that the zoo dcgan (and
+    everything made from it) is written as OUT.onnx + OUT.onnx.data, and sessions read files."""
+    from gencompress import onnx_io
+    from gencompress.runtime_check import sessions
+
+    monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_LIMIT", 4096)
+    monkeypatch.setattr(sessions, "BYTES_LIMIT", 4096)
+    src = tmp_path / "in" / "g.onnx"
+    onnx_io.save_model(onnx_io.load_model(zoo_onnx("dcgan")), src)
+    assert _external_files(src) == {"g.onnx.data"} and src.stat().st_size < 64 * 1024
+
+    pruned = tmp_path / "out" / "p.onnx"
+    r = run_cli("prune", src, pruned, "--sparsity", "0.5", "--json")
+    assert r.exit_code == 0, r
+    assert _external_files(pruned) == {"p.onnx.data"}
+    quantized = tmp_path / "out" / "q.onnx"
+    r = run_cli("quantize", pruned, quantized, "--json")
+    assert r.exit_code == 0, r
+    report = json.loads(r.stdout)
+    assert _external_files(quantized) == {"q.onnx.data"} and report["psnr_db"] > 30
+    assert report["bytes_after"] == quantized.stat().st_size + (tmp_path / "out" / "q.onnx.data").stat().st_size
+    c = json.loads(run_cli("check", pruned, quantized, "--json").stdout)  # sessions read both by path
+    assert round(c["outputs"][0]["psnr_db"], 2) == report["psnr_db"]
+    # nothing left behind: exactly the two files per output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p.onnx", "p.onnx.data", "q.onnx", "q.onnx.data"]
+    # a rerun is byte-identical
+    again = tmp_path / "again" / "q.onnx"
+    assert run_cli("quantize", pruned, again, "--no-check").exit_code == 0
+    assert again.read_bytes() == quantized.read_bytes()
+    assert (tmp_path / "again" / "q.onnx.data").read_bytes() == (tmp_path / "out" / "q.onnx.data").read_bytes()
+
+
+def test_external_data_on_request_and_side_file_never_an_input(zoo_onnx, tmp_path, run_cli, user_error):
+    src = zoo_onnx("dcgan")
+    out = tmp_path / "q.onnx"
+    r = run_cli("quantize", src, out, "--external-data", "--no-check")
+    assert r.exit_code == 0, r
+    assert "not measured" in r.stdout and _external_files(out) == {"q.onnx.data"}
+    # an output whose side file would be the input's own weights is refused, the input intact
+    victim = tmp_path / "victim.onnx"
+    onnx.save_model(onnx.load(str(src)), str(victim), save_as_external_data=True, location="w.onnx.data", size_threshold=0)
+    weights = (tmp_path / "w.onnx.data").read_bytes()
+    user_error(run_cli("quantize", victim, tmp_path / "w.onnx", "--external-data", "--no-check"), "w.onnx.data")
+    assert (tmp_path / "w.onnx.data").read_bytes() == weights and not (tmp_path / "w.onnx").exists()
+
+
+_PEAK_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[3])
+    import numpy as np, onnx, onnxruntime, onnx_ir, onnxscript.optimizer  # imported before the baseline
+    from gencompress.passes import calibrate as C
+    from gencompress.passes import quantize as Q
+    from scale import build_generator, vm_hwm
+
+    src, out = Path(sys.argv[1]), sys.argv[2]
+    build_generator(80, src)
+    base = int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) * 1024
+    seen = {"bytes": 0}
+    update = C.TensorStats.update
+    def counting(self, x):  # every calibrated tensor of every batch passes here once
+        seen["bytes"] += np.asarray(x).nbytes
+        return update(self, x)
+    C.TensorStats.update = counting
+    Q.quantize(str(src), out, calib_size=64, check=False)
+    print(json.dumps({"base": base, "peak": vm_hwm(), "file": src.stat().st_size, "per_sample": seen["bytes"] / 64}))
+    """
+)
+
+
+def test_quantize_peak_memory_is_a_few_files_plus_activations(tmp_path):
+    """~21 MB generator, in a fresh process: peak RSS above the post-import baseline stays within
+    3x the file plus one calibration batch of activations (x2: onnxruntime's buffers and numpy's
+    float64 copy in the statistics)."""
+    from gencompress.passes.calibrate import ACTIVATION_BUDGET, BATCH_SIZE
+
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_CHILD, str(tmp_path / "g.onnx"), str(tmp_path / "q.onnx"), str(ROOT / "benchmarks")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    assert 15e6 < r["file"] < 30e6
+    batch = max(1, min(BATCH_SIZE, ACTIVATION_BUDGET // int(r["per_sample"])))
+    activations = r["per_sample"] * batch
+    used = r["peak"] - r["base"]
+    assert used <= 3 * r["file"] + 2 * activations, {"used MB": used / 1e6, "file MB": r["file"] / 1e6, "activations MB": activations / 1e6}
