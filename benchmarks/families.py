@@ -51,8 +51,8 @@ def main(argv=None) -> int:
             size = os.path.getsize(src)
             reference = onnx.load(str(src))
             evaluator = Evaluator(reference, eval_inputs(reference, 0, 64))
-            ours = gencompress.quantize(src, tmp / f"{name}.ours.onnx", calib_size=args.calib_size)
-            comp = compress(src, tmp / f"{name}.c", bench=False, samples=64, flags={"calib_size": args.calib_size})
+            ours = gencompress.quantize(src, tmp / f"{name}.ours.onnx", calib_size=args.calib_size, objective="size")
+            comp = compress(src, tmp / f"{name}.c", bench=False, samples=64, flags={"calib_size": args.calib_size, "objective": "size"})
             fp16 = gencompress.quantize(src, tmp / f"{name}.fp16.onnx", mode="fp16")
             feeds = calibration_inputs(reference, size=args.calib_size, seed=0)
             ort_path = tmp / f"{name}.ort.onnx"

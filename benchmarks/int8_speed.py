@@ -93,8 +93,9 @@ def ort_quantize(float_path: Path, out: Path, feeds: dict[str, np.ndarray]) -> N
 def our_quantize(float_path: Path, out: Path) -> str:
     from gencompress.passes.quantize import quantize
 
-    quantize(float_path, out, rewrite=True)
-    return "gencompress.quantize(rewrite=True)"
+    # every layer int8, untimed: the quantizer itself, without the speed plan's per-layer choice
+    quantize(float_path, out, rewrite=True, objective="size")
+    return "gencompress.quantize(rewrite=True, objective='size')"
 
 
 # ---- onnxruntime ------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ Models, all from the same exported float graph:
   ort-qdq    onnxruntime's recipe: quant_pre_process (shape inference + optimisation), then
              quantize_static: QDQ, int8 per-channel weights, uint8 activations, MinMax, on the same
              256 seeded calibration latents as ours
-  ours       gencompress.quantize(...) with its defaults (static int8; the int8 rewrites in auto)
+  ours       gencompress.quantize(..., objective="size"): static int8 on every layer, like quantize_static
+             (the default objective, balanced, only moves a layer to float where that timed faster)
 Families (models/conv_families.py, seeded weights): rrdb (super-resolution, residual-in-residual
 dense blocks), gan (Linear → (Upsample → Conv → BN → LeakyReLU) ×2 → Conv → Tanh), style
 (InstanceNorm residual blocks); plus the zoo dcgan and the standard DCGAN (DESIGN.md).
@@ -81,7 +82,7 @@ def measure(name: str, folder: Path, rounds: int, repeats: int, kernels: bool) -
     feeds = base.calibration_feeds(float_path)
     paths = {"float": float_path, "ort-qdq": folder / f"{name}_ort.onnx", "ours": folder / f"{name}_ours.onnx"}
     ort_quantize(float_path, paths["ort-qdq"], feeds)
-    quantize(float_path, paths["ours"])
+    quantize(float_path, paths["ours"], objective="size")  # every layer int8, as quantize_static (the default balanced times layers)
 
     specs = specs_of_model(load_model(float_path))
     sessions = {n: base.session(p) for n, p in paths.items()}

@@ -336,7 +336,8 @@ def collect_stats(
     try:
         session = make_session(model, label="calibration", lean=True)
     finally:
-        del graph.outputs[len(graph.outputs) - len(added):]
+        for _ in added:  # pop, not del: onnx_ir's del leaves the values marked as graph outputs
+            graph.outputs.pop()
         for value in typed:
             value.type = None
     out_names = [o.name for o in session.get_outputs()]

@@ -301,9 +301,9 @@ class ConfigBuilder:
         if include:
             proto, report_q = quantizer.build(self.exclude, include)
             report.update(report_q)
+            model = ir.serde.deserialize_model(proto)
         else:
-            proto = quantizer.prepared
-        model = ir.serde.deserialize_model(proto)
+            model = quantizer.prepared.clone()  # an onnx_ir model sharing its weight tensors: the passes below make new ones
         floating = [l["node"] for l in self.layers if l["node"] not in int8]
         targets = tuple(n for n in names if n not in include and any(_matches(n, o) for o in floating))
         if targets:
