@@ -39,6 +39,7 @@ class FakeQuant:
     axis: int | None  # per-channel axis (int8) or block axis (int4); None: per tensor
     qmax: int
     block: int = 0  # > 0: blocks of this many values along ``axis``, float16 scales
+    group: int = 1  # int8: one scale per this many consecutive channels (insert_qdq's channel_block)
 
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
         q = self._fake(w.detach())
@@ -53,6 +54,9 @@ class FakeQuant:
         else:
             other = [d for d in range(w.dim()) if d != self.axis]
             peaks = w.abs().amax(dim=other, keepdim=True) if other else w.abs()
+            if self.group > 1:
+                shape = peaks.shape
+                peaks = peaks.reshape(-1, self.group).amax(dim=1, keepdim=True).expand(-1, self.group).reshape(shape)
             scale = peaks / self.qmax
             scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         return torch.clamp(torch.round(w / scale), -self.qmax, self.qmax) * scale
@@ -74,7 +78,7 @@ def _fake_blockwise(w: torch.Tensor, axis: int, block: int, qmax: int) -> torch.
 
 def fake_quant_plan(model: ir.Model, mode: str, block_size: int = 64) -> dict[str, FakeQuant]:
     """Weight name -> how the quantizer ``mode`` will store it (only weights the mirror trains)."""
-    from gencompress.passes.insert_qdq import MIN_BIAS_VALUES, table_weights
+    from gencompress.passes.insert_qdq import MIN_BIAS_VALUES, channel_block, table_weights
     from gencompress.passes.weight_only_quantize import BIAS_INPUT, int4_bytes, int8_bytes
     from gencompress.passes.weights import find_weights
 
@@ -87,7 +91,7 @@ def fake_quant_plan(model: ir.Model, mode: str, block_size: int = 64) -> dict[st
         if mode == "int4" and int4_bytes(shape, use.reduce_axis, block_size) < int8_bytes(shape, use.out_axis):
             plan[use.name] = FakeQuant(use.reduce_axis, 7, block_size)
         else:
-            plan[use.name] = FakeQuant(use.out_axis, 127)
+            plan[use.name] = FakeQuant(use.out_axis, 127, group=channel_block(use.node, use) if mode == "int8" else 1)
         if mode == "int4":  # weight-only stores larger biases as int8 per tensor
             index = BIAS_INPUT.get(use.op_type)
             node = use.node

@@ -10,7 +10,7 @@ from gencompress.pipeline import PRUNE_PASSES, QUANT_MODES
 
 
 # options that only build the flag recipe (default_recipe)
-RECIPE_FLAGS = ("mode", "bits", "sparsity", "prune_mode", "nm", "calib", "calib_size", "per_tensor", "activations", "no_rewrite", "exclude")
+RECIPE_FLAGS = ("mode", "bits", "sparsity", "prune_mode", "nm", "calib", "calib_size", "per_tensor", "activations", "no_rewrite", "exclude", "distill")
 
 # flag -> (the option that decides whether it is used, the values for which it is)
 APPLIES_TO = {
@@ -46,6 +46,7 @@ def _flag(name: str) -> str:
 @click.option("--activations", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True)
 @click.option("--no-rewrite", is_flag=True, help="Skip the int8 rewrites (ConvTranspose → Conv/Gemm, BatchNorm folding).")
 @click.option("--exclude", multiple=True, help="Node names, weight names or op types to keep in float.")
+@click.option("--distill", type=int, default=0, show_default=True, metavar="STEPS", help="After pruning, distill the pruned model against the float one for STEPS steps (quantization-aware when a quantization follows).")
 @click.option("--sweep", help="Also run KEY=V1,V2,... (sparsity, bits, mode, calib) for the size-vs-PSNR chart.")
 @click.option("--samples", type=int, default=256, show_default=True, help="Seeded latents for the fidelity check.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -55,7 +56,7 @@ def _flag(name: str) -> str:
 @click.option("--no-bench", is_flag=True, help="Skip the latency measurement.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the summary table.")
 def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, prune_mode, nm, calib, calib_size,
-             per_tensor, activations, no_rewrite, exclude, sweep, samples, seed, provider, batches, threads, no_bench, as_json):
+             per_tensor, activations, no_rewrite, exclude, distill, sweep, samples, seed, provider, batches, threads, no_bench, as_json):
     """Export MODEL (or take MODEL.onnx), compress it, check it; write OUT_DIR.
 
     OUT_DIR gets model.onnx, reference.onnx, report.json and report.html.
@@ -67,6 +68,7 @@ def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, p
       gencompress compress vae out/ --sparsity 0.5 --mode weight-only --bits 4
       gencompress compress g.onnx out/ --recipe recipe.yaml
       gencompress compress dcgan out/ --sweep bits=8,4 --mode weight-only
+      gencompress compress dcgan out/ --sparsity 0.5 --prune-mode channel --distill 2000
     """
     from gencompress.errors import GencompressError
     from gencompress.pipeline import compress as run, parse_sweep
@@ -84,7 +86,7 @@ def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, p
                 raise GencompressError(f"{_flag(name)} applies to {' or '.join(f'{_flag(option)} {v}' for v in values)} only")
     flags = dict(mode=mode, sparsity=sparsity, prune_mode=prune_mode, nm=nm, bits=int(bits), calib=calib,
                  calib_size=calib_size, per_tensor=per_tensor, activations=activations, rewrite=not no_rewrite,
-                 exclude=tuple(exclude), seed=seed)
+                 exclude=tuple(exclude), seed=seed, distill=distill)
     report = run(
         model, out_dir, recipe=recipe, checkpoint=checkpoint, inputs=inputs, samples=samples, seed=seed,
         bench=not no_bench, batches=batches or (1, 64), threads=threads or (2,), provider=provider,
