@@ -85,6 +85,7 @@ def distill_model(
     data=None,
     quantize_aware: str | None = None,
     block_size: int = 64,
+    features: bool = False,
     on_step=None,
 ) -> dict:
     """Distill the onnx_ir ``student`` in place against ``teacher_proto`` (an ``onnx.ModelProto``).
@@ -116,10 +117,10 @@ def distill_model(
             arrays = load_npz_inputs(data, specs)
         else:
             arrays = {k: np.asarray(v) for k, v in dict(data).items()}
-    teacher_session = make_session(teacher_proto, threads=threads, label="teacher")
+    make_session(teacher_proto, threads=threads, label="teacher")  # a teacher onnxruntime cannot load fails here
     before = fidelity(teacher_proto, student_proto, seed=seed, threads=threads, inputs=arrays)
-    info = train(teacher_session, student, Batches(specs, batch, seed, arrays), steps=steps, lr=lr, seed=seed,
-                 threads=threads, quantize=quantize_aware, block_size=block_size, on_step=on_step)
+    info = train(teacher_proto, student, Batches(specs, batch, seed, arrays), steps=steps, lr=lr, seed=seed,
+                 threads=threads, quantize=quantize_aware, block_size=block_size, features=features, on_step=on_step)
     after = fidelity(teacher_proto, ir.serde.serialize_model(student), seed=seed, threads=threads, inputs=arrays)
     return {
         "steps": steps,
@@ -137,6 +138,7 @@ def distill_model(
         "weights": info["weights"],
         "masked_weights": info["masked_weights"],
         "fake_quantized": info["fake_quantized"],
+        "matched_features": len(info["matched_features"]),
         "loss_curve": info["loss_curve"],
     }
 

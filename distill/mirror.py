@@ -165,7 +165,8 @@ class Mirror(torch.nn.Module):
     def named_weights(self):
         return [(n, self.params[i]) for i, n in enumerate(self.weight_names)]
 
-    def forward(self, feeds: dict) -> list[torch.Tensor]:
+    def forward(self, feeds: dict, extra: tuple[str, ...] = ()) -> list[torch.Tensor]:
+        """The graph outputs for ``feeds``, then the intermediate tensors named in ``extra``."""
         env: dict[str, torch.Tensor | None] = {"": None}
         env.update(self.consts)
         for name, p in self.named_weights():
@@ -187,7 +188,7 @@ class Mirror(torch.nn.Module):
             for out, r in zip(outs, results):
                 if out:
                     env[out] = r
-        return [env[n] for n in self.output_names]
+        return [env[n] for n in (*self.output_names, *extra)]
 
     @torch.no_grad()
     def write_back(self, model: ir.Model) -> None:

@@ -2,8 +2,9 @@
 
 Each step draws a batch of inputs (seeded draws from the priors in the teacher's metadata, or
 rows of ``data``), runs the teacher in onnxruntime (faster than its mirror, and it is the
-model as shipped), and takes one Adam step on the output MSE of the student mirror. The
-learning rate decays on a cosine to 1% of ``lr``.
+model as shipped; it runs the next batch on a second thread while torch trains on this one),
+and takes one Adam step on the output MSE of the student mirror. The learning rate decays on a
+cosine to 1% of ``lr``.
 
 - Masks: a weight's exact zeros (from pruning) are zeroed again after every step (and their
   gradients before it), so unstructured and N:M patterns hold bit for bit.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,8 +119,38 @@ class Batches:
         return {s.name: s.sample(self.batch, self.rng) for s in self.specs}
 
 
+FEATURE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+FEATURE_FADE = 0.8  # the feature-matching weight falls linearly from 1 to 0 over this share of the steps
+
+
+def matched_features(teacher_proto, student: ir.Model) -> list[str]:
+    """Outputs of layer ops (Conv, ConvTranspose, Gemm, MatMul) that the student and the teacher both
+    compute under the same name (their shapes are compared on the first batch)."""
+    teacher_ops = {out: n.op_type for n in teacher_proto.graph.node for out in n.output[:1]}
+    graph_outputs = {v.name for v in student.graph.outputs}
+    names = []
+    for node in student.graph:
+        out = node.outputs[0].name if node.outputs else ""
+        if node.op_type in FEATURE_OPS and teacher_ops.get(out) == node.op_type and out not in graph_outputs:
+            names.append(out)
+    return names
+
+
+def teacher_session_with(teacher_proto, extra: list[str], threads: int):
+    """An onnxruntime session of the teacher that also returns the intermediate tensors ``extra``."""
+    import onnx
+
+    from gencompress.runtime_check.sessions import make_session
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(teacher_proto)
+    for name in extra:
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return make_session(proto, threads=threads, label="teacher")
+
+
 def train(
-    teacher_session,
+    teacher_proto,
     student: ir.Model,
     batches: Batches,
     *,
@@ -128,10 +160,18 @@ def train(
     threads: int,
     quantize: str | None = None,
     block_size: int = 64,
+    features: bool = False,
     on_step=None,
 ) -> dict:
-    """Train ``student``'s weights in place; returns the loss curve and what was trained.
+    """Train ``student``'s weights in place against ``teacher_proto``; returns the loss curve and
+    what was trained.
 
+    ``features``: also match the layer outputs the student shares with the teacher (same name and
+    shape: unstructured and N:M students, not channel-pruned ones), each MSE divided by the
+    teacher's variance of that tensor, with a weight that fades to 0 at ``FEATURE_FADE`` of the
+    steps, so that the last steps fit the graph outputs alone. The loss curve is the output MSE.
+    Off by default: on the zoo dcgan at 50% unstructured it gave 36.30 dB after 300 steps
+    against 36.15 dB without (within run-to-run noise), for an extra teacher output per layer.
     ``on_step(step, loss)`` is called after every step (progress bars).
     """
     previous_threads = torch.get_num_threads()
@@ -150,34 +190,48 @@ def train(
         optimizer = torch.optim.Adam(params, lr=lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * s / steps)))
         output_names = mirror.output_names
+        extra = matched_features(teacher_proto, student) if features else []
+        if extra:  # keep those whose shapes agree (a channel-pruned layer has fewer channels)
+            probe = next(Batches(batches.specs, 2, 0, batches.data))
+            with torch.no_grad():
+                mine = mirror(probe, tuple(extra))[len(output_names):]
+            theirs = teacher_session_with(teacher_proto, extra, threads).run(extra, probe)
+            extra = [n for n, a, b in zip(extra, mine, theirs) if tuple(a.shape) == b.shape]
+        teacher_session = teacher_session_with(teacher_proto, extra, threads)
+        fetch = [*output_names, *extra]
+        scales: list[float] | None = None
         curve, window = [], []
         every = max(1, steps // CURVE_POINTS)
         start = time.perf_counter()
-        for step in range(1, steps + 1):
-            feeds = next(batches)
-            targets = teacher_session.run(output_names, feeds)
-            outputs = mirror(feeds)
-            loss = sum(torch.mean((o - torch.from_numpy(t)) ** 2) for o, t in zip(outputs, targets)) / len(outputs)
-            optimizer.zero_grad(set_to_none=False)
-            loss.backward()
-            for name, zero in masks.items():
-                mirror.parameter(name).grad.masked_fill_(zero, 0.0)
-            optimizer.step()
-            scheduler.step()
-            with torch.no_grad():
-                for name, zero in masks.items():
-                    mirror.parameter(name).masked_fill_(zero, 0.0)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                from gencompress.errors import GencompressError
 
-                raise GencompressError(f"distillation diverged at step {step} (loss {value}); try a smaller --lr")
-            window.append(value)
-            if step % every == 0 or step == steps:
-                curve.append([step, float(np.mean(window))])
-                window = []
-            if on_step is not None:
-                on_step(step, value)
+        def draw():  # the next batch and its teacher outputs, drawn in step order
+            feeds = next(batches)
+            return feeds, teacher_session.run(fetch, feeds)
+
+        # the teacher (onnxruntime, which releases the GIL) runs the next batch while torch trains
+        pool = ThreadPoolExecutor(1)
+        pending = pool.submit(draw)
+        try:
+            for step in range(1, steps + 1):
+                feeds, targets = pending.result()
+                if step < steps:
+                    pending = pool.submit(draw)
+                if scales is None:  # each feature's MSE relative to the teacher's variance of it
+                    scales = [1.0 / max(float(np.var(t)), 1e-12) for t in targets[len(output_names):]]
+                weight = max(0.0, 1.0 - step / (FEATURE_FADE * steps)) if extra else 0.0
+                value = _step(mirror, optimizer, scheduler, masks, feeds, targets, len(output_names), extra, scales, weight)
+                if not math.isfinite(value):
+                    from gencompress.errors import GencompressError
+
+                    raise GencompressError(f"distillation diverged at step {step} (loss {value}); try a smaller --lr")
+                window.append(value)
+                if step % every == 0 or step == steps:
+                    curve.append([step, float(np.mean(window))])
+                    window = []
+                if on_step is not None:
+                    on_step(step, value)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         wall = time.perf_counter() - start
         mirror.write_back(student)
     finally:
@@ -189,4 +243,26 @@ def train(
         "masked_weights": sorted(masks),
         "quantize_aware": quantize,
         "fake_quantized": len(mirror.transforms),
+        "matched_features": extra,
     }
+
+
+def _step(mirror, optimizer, scheduler, masks, feeds, targets, n_outputs, extra, scales, weight) -> float:
+    """One Adam step on the output MSE (+ weighted feature MSEs); masked weights' gradients and
+    values held at zero. Returns the output MSE."""
+    values = mirror(feeds, tuple(extra) if weight > 0 else ())
+    mse = [torch.mean((o - torch.from_numpy(t)) ** 2) for o, t in zip(values, targets)]
+    loss = sum(mse[:n_outputs]) / n_outputs
+    output_loss = float(loss.detach())
+    if weight > 0:
+        loss = loss + weight * sum(m * s for m, s in zip(mse[n_outputs:], scales)) / len(extra)
+    optimizer.zero_grad(set_to_none=False)
+    loss.backward()
+    for name, zero in masks.items():
+        mirror.parameter(name).grad.masked_fill_(zero, 0.0)
+    optimizer.step()
+    scheduler.step()
+    with torch.no_grad():
+        for name, zero in masks.items():
+            mirror.parameter(name).masked_fill_(zero, 0.0)
+    return output_loss
