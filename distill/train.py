@@ -3,8 +3,8 @@
 Each step draws a batch of inputs (seeded draws from the priors in the teacher's metadata, or
 rows of ``data``), runs the teacher in onnxruntime (faster than its mirror, and it is the
 model as shipped; it runs the next batch on a second thread while torch trains on this one),
-and takes one Adam step on the output MSE of the student mirror. The learning rate decays on a
-cosine to 1% of ``lr``.
+and takes one Adam step on the output MSE of the student mirror. The learning rate warms up
+linearly over the first 5% of the steps, then decays on a cosine to 1% of ``lr``.
 
 - Masks: a weight's exact zeros (from pruning) are zeroed again after every step (and their
   gradients before it), so unstructured and N:M patterns hold bit for bit.
@@ -104,6 +104,18 @@ def fake_quant_plan(model: ir.Model, mode: str, block_size: int = 64) -> dict[st
     return plan
 
 
+WARMUP = 0.05  # share of the steps over which the learning rate ramps up
+
+
+def learning_rate_factor(step: int, steps: int) -> float:
+    """Linear warm-up over ``WARMUP`` of the steps (Adam's first steps move every weight by about
+    ``lr`` and would first undo the student), then a cosine decay to 1%."""
+    warm = max(1, int(WARMUP * steps))
+    if step < warm:
+        return (step + 1) / warm
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+
+
 class Batches:
     """Seeded training batches: prior draws (``specs``) or random rows of ``data``."""
 
@@ -188,7 +200,7 @@ def train(
                 masks[name] = zero
         params = [p for _, p in mirror.named_weights()]
         optimizer = torch.optim.Adam(params, lr=lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * s / steps)))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, steps))
         output_names = mirror.output_names
         extra = matched_features(teacher_proto, student) if features else []
         if extra:  # keep those whose shapes agree (a channel-pruned layer has fewer channels)
