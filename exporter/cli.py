@@ -9,7 +9,7 @@ from gencompress.output import echo_json, table
 @click.argument("model")
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--checkpoint", type=click.Path(), help="state_dict (.pt/.pth) or .safetensors; loaded with weights_only=True.")
-@click.option("--input", "inputs", multiple=True, metavar="NAME=SHAPE[:DTYPE[:LOW..HIGH]]", help="A forward argument, e.g. z=1x100x1x1 or label=1:int64:0..9. Repeatable; dim 0 is the (dynamic) batch axis.")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=SHAPE[:DTYPE[:PRIOR]]", help="A forward argument, e.g. z=1x100x1x1 or label=1:int64:0..9. Repeatable; dim 0 is the (dynamic) batch axis. PRIOR (what calibration and checks draw): normal (floats' default), uniform:LO..HI, onehot:K (float one-hot over a last axis of size K), LO..HI (ints), data:FILE.npz (rows of real data).")
 @click.option("--opset", type=int, help="ONNX opset (default: the exporter's).")
 @click.option("--legacy", is_flag=True, help="Use the TorchScript exporter instead of torch.export (dynamo).")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Max abs error allowed between torch and onnxruntime.")
@@ -25,6 +25,7 @@ def export(model, out, checkpoint, inputs, opset, legacy, tolerance, as_json):
       gencompress export dcgan dcgan.onnx
       gencompress export my_gen.py:Generator g.onnx --checkpoint g.pt \\
           --input z=1x64 --input label=1:int64:0..9
+      gencompress export cond.py:G g.onnx --input z=1x64 --input y=1x10:float32:onehot:10
     """
     from gencompress.exporter.export import export as run_export
 

@@ -92,6 +92,7 @@ def export(
             except GencompressError:
                 raise
             except Exception as e:
+                _reraise_interrupt(e)  # torch wraps a Ctrl-C in its own error: stop, do not fall back
                 reason = " ".join(str(e).split())[:200] or type(e).__name__
                 fallback = f"dynamo export failed ({type(e).__name__}: {reason})"
             if fallback:
@@ -122,6 +123,16 @@ def export(
     }
 
 
+def _reraise_interrupt(error: BaseException) -> None:
+    """Raise KeyboardInterrupt if ``error`` was caused by one (torch re-raises Ctrl-C as an export error)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+
+
 def _opset(proto) -> int:
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
@@ -146,10 +157,13 @@ def _torch_inputs(specs, batch: int, seed: int):
 def _run_torch(module, args):
     import torch
 
-    with torch.no_grad():
+    from gencompress.exporter.resolve import user_code
+
+    with torch.no_grad(), user_code("the model's forward"):
         try:
             out = module(*args)
         except Exception as e:
+            _reraise_interrupt(e)
             msg = " ".join(str(e).split())[:300]
             raise GencompressError(f"the model fails on inputs of the given --input shapes ({type(e).__name__}: {msg})") from None
     outs = out if isinstance(out, (tuple, list)) else (out,)
@@ -171,6 +185,8 @@ def _quiet():
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 yield
+        except SystemExit as e:  # the user's forward ran sys.exit while being traced
+            raise GencompressError(f"the model called sys.exit({e.code!r}) during export") from None
         finally:
             logger.setLevel(level)
 
@@ -214,6 +230,7 @@ def _export_legacy(module, example, specs, output_names, path, opset):
                 do_constant_folding=True,
             )
     except Exception as e:
+        _reraise_interrupt(e)
         msg = " ".join(str(e).split())[:300]
         raise GencompressError(f"TorchScript export failed ({type(e).__name__}: {msg})") from None
 

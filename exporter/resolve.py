@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import sys
@@ -49,6 +50,27 @@ def resolve_model(spec: str, checkpoint=None) -> ResolvedModel:
     return ResolvedModel(module.eval(), tuple(inputs) if inputs else None, None, None, spec)
 
 
+@contextlib.contextmanager
+def user_code(what: str):
+    """Run a user's module code: its prints go to stderr (stdout is for ``--json``), and a
+    ``sys.exit`` or any error in it is a one-line user error, never a silent exit."""
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    except (GencompressError, KeyboardInterrupt):
+        raise
+    except SystemExit as e:
+        raise GencompressError(f"{what} called sys.exit({_short(e.code)})") from None
+    except BaseException as e:
+        msg = " ".join(str(e).split())[:200]
+        raise GencompressError(f"{what} failed ({type(e).__name__}: {msg})") from None
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _load(module, checkpoint) -> None:
     from gencompress.exporter.checkpoint import load_checkpoint_into
 
@@ -66,10 +88,11 @@ def _load_python_file(location: str):
     folder = str(path.resolve().parent)
     sys.path.insert(0, folder)  # as `python file.py` would: the file may import its neighbours
     try:
-        spec.loader.exec_module(module)
-    except Exception as e:
-        del sys.modules[name]
-        raise GencompressError(f"{location}: failed to import ({type(e).__name__}: {e})") from None
+        with user_code(f"{location}: importing it"):
+            spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
     finally:
         if folder in sys.path:
             sys.path.remove(folder)
@@ -78,11 +101,13 @@ def _load_python_file(location: str):
 
 def _import_module(location: str):
     try:
-        return importlib.import_module(location)
-    except ModuleNotFoundError as e:
-        raise GencompressError(f"{location}: no module named {e.name!r}") from None
-    except Exception as e:
-        raise GencompressError(f"{location}: failed to import ({type(e).__name__}: {e})") from None
+        with user_code(f"{location}: importing it"):
+            return importlib.import_module(location)
+    except GencompressError as e:
+        cause = e.__context__
+        if isinstance(cause, ModuleNotFoundError) and cause.name and location.startswith(cause.name):
+            raise GencompressError(f"{location}: no module named {cause.name!r}") from None
+        raise
 
 
 def _instantiate(obj, spec: str):
@@ -93,12 +118,12 @@ def _instantiate(obj, spec: str):
     if not callable(obj):
         raise GencompressError(f"{spec}: is neither an nn.Module nor a class or factory")
     try:
-        module = obj()
-    except TypeError as e:
-        raise GencompressError(f"{spec}: cannot be built without arguments ({e})") from None
-    except Exception as e:
-        msg = " ".join(str(e).split())[:200]
-        raise GencompressError(f"{spec}: failed to build ({type(e).__name__}: {msg})") from None
+        with user_code(f"{spec}: building it"):
+            module = obj()
+    except GencompressError as e:
+        if isinstance(e.__context__, TypeError):
+            raise GencompressError(f"{spec}: cannot be built without arguments ({e.__context__})") from None
+        raise
     if not isinstance(module, torch.nn.Module):
         raise GencompressError(f"{spec}: returned {type(module).__name__}, expected a torch.nn.Module")
     return module

@@ -27,5 +27,9 @@ def __getattr__(name):
     if name in _VERBS:
         import importlib
 
-        return getattr(importlib.import_module(_VERBS[name]), name)
+        from gencompress.arguments import checked
+
+        verb = checked(getattr(importlib.import_module(_VERBS[name]), name))  # user errors, not TypeErrors
+        globals()[name] = verb
+        return verb
     raise AttributeError(f"module 'gencompress' has no attribute {name!r}")

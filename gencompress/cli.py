@@ -8,6 +8,7 @@ errors) print one line on stderr and exit 2.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 import click
@@ -44,6 +45,7 @@ class LazyGroup(click.Group):
             formatter.write_dl([(name, short) for name, (_, short) in COMMANDS.items()])
 
     def main(self, args=None, prog_name=None, **extra):
+        previous = _terminate_like_interrupt()
         try:
             rv = super().main(args=args, prog_name=prog_name or "gencompress", standalone_mode=False, **extra)
         except GencompressError as e:
@@ -61,9 +63,26 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("gencompress: interrupted", err=True)
             sys.exit(130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         if isinstance(rv, int):
             sys.exit(rv)
         sys.exit(0)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _terminate_like_interrupt():
+    """SIGTERM → KeyboardInterrupt, so every ``finally`` (temp files, staging folders, the memory
+    probe's child process) runs exactly as for Ctrl-C; returns the handler it replaced."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None  # signal handlers can only be set from the main thread
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def _fail(message: str, prefix: str = "gencompress") -> None:

@@ -10,7 +10,11 @@ Every model read or written by gencompress goes through this module, so that
 from __future__ import annotations
 
 import contextlib
+import errno
+import math
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -20,15 +24,50 @@ import onnx
 from gencompress.errors import GencompressError
 
 PROTOBUF_LIMIT = 2**31 - 1
+# a write that fails for one of these reasons is the user's disk, not a bug: one line
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def as_path(value, role: str = "model") -> Path:
+    """A user-given path (str or os.PathLike) as a Path; anything else is a user error."""
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
+        raise GencompressError(f"{role}: expected a file path, got {type(value).__name__} {_short(value)}")
+    text = os.fspath(value)
+    if isinstance(text, bytes) or not text or "\0" in text:
+        raise GencompressError(f"{role}: expected a file path, got {_short(value)}")
+    return Path(text)
+
+
+def _short(value, limit: int = 60) -> str:
+    """repr cut to ``limit`` characters: error messages never print a whole hostile value."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def regular_file(path: Path, what: str = "") -> int:
+    """Size of ``path``, refusing a missing file, a folder, or a device/FIFO/socket before any read."""
+    label = f"{path}" + (f" ({what})" if what else "")
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise GencompressError(f"{label}: no such file") from None
+    except OSError as e:
+        raise GencompressError(f"{label}: cannot read ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise GencompressError(f"{label}: is a folder, expected a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise GencompressError(f"{label}: not a regular file (a device, FIFO or socket); refusing to read it")
+    return st.st_size
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Read an ONNX model with its external data; a clear error for anything that isn't one."""
-    path = Path(path)
-    if not path.exists():
-        raise GencompressError(f"{path}: no such file")
-    if path.is_dir():
-        raise GencompressError(f"{path}: is a folder, expected an .onnx file")
+    path = as_path(path)
+    size = regular_file(path)
+    if size == 0:
+        raise GencompressError(f"{path}: not an ONNX model (empty file)")
+    if size > PROTOBUF_LIMIT:
+        raise GencompressError(f"{path}: {size / 2**30:.2f} GiB, above the 2 GB limit of an .onnx file (keep weights in external data)")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError, RuntimeWarning, ValueError...
@@ -39,19 +78,125 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
-def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
-    """Read weights kept in side files into the model, naming a side file that is missing."""
-    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+def external_data_entries(model: onnx.ModelProto, path: Path) -> list[tuple[onnx.TensorProto, Path, int, int]]:
+    """(tensor, file, offset, length) of every external-data tensor, each entry validated:
+    offset/length integers >= 0 inside the file, the file a regular file inside the model's
+    folder (no absolute path, no ``..``, no symlink out), length matching the tensor's size."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
-    external = [t for t in _get_all_tensors(model) if uses_external_data(t)]
-    for location in sorted({ExternalDataInfo(t).location for t in external}):
-        if not (path.parent / location).is_file():
+    folder = path.parent.resolve()
+    sizes: dict[Path, int] = {}
+    entries = []
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        where = f"{path}: tensor {_short(tensor.name)}'s external data"
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        if not location or "\0" in location:
+            raise GencompressError(f"{where} has no file location")
+        rel = Path(location)
+        if rel.is_absolute() or ".." in rel.parts or location.startswith(("/", "\\")) or ":" in rel.parts[0]:
+            raise GencompressError(f"{where} points outside the model's folder ({_short(location)}); refusing to read it")
+        target = path.parent / rel
+        if not target.resolve().is_relative_to(folder):
+            raise GencompressError(f"{where} ({_short(location)}) resolves outside the model's folder (a symlink?); refusing to read it")
+        if not os.path.lexists(target):
             raise GencompressError(f"{path}: its external data file {location!r} is missing (expected beside the model)")
-    if external:
+        if target not in sizes:
+            sizes[target] = regular_file(target, "external data")
+        numbers = {}
+        for key in ("offset", "length"):
+            text = info.get(key)
+            if text is None:
+                continue
+            if not re.fullmatch(r"\d{1,19}", text.strip()):
+                raise GencompressError(f"{where}: {key} {_short(text)} is not an integer >= 0")
+            numbers[key] = int(text)
+        offset = numbers.get("offset", 0)
+        length = numbers.get("length", sizes[target] - offset)
+        if offset + length > sizes[target]:
+            raise GencompressError(f"{where}: bytes {offset}..{offset + length} lie beyond the end of {location!r} ({sizes[target]} bytes)")
+        expected = _tensor_nbytes(tensor)
+        if expected is not None and expected != length:
+            raise GencompressError(f"{where}: holds {length} bytes, but a {tensor.dims} tensor of its type needs {expected}")
+        entries.append((tensor, target, offset, length))
+    return entries
+
+
+def _tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes of a fixed-width tensor's raw data (None for types whose width varies, e.g. 4-bit)."""
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except Exception:
+        return None
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+        return None
+    if any(d < 0 for d in tensor.dims):
+        return -1
+    return math.prod(tensor.dims) * itemsize
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Read weights kept in side files into the model, after validating every entry."""
+    entries = external_data_entries(model, path)
+    if entries:
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
         except Exception as e:
-            raise GencompressError(f"{path}: cannot read its external data ({type(e).__name__}: {e})") from None
+            raise GencompressError(f"{path}: cannot read its external data ({type(e).__name__}: {_short(str(e), 200)})") from None
+
+
+def external_data_files(path) -> list[Path]:
+    """The side files an .onnx file's weights live in (for refusing to write over them)."""
+    path = Path(path)
+    if path.suffix != ".onnx" or not path.is_file():
+        return []
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return []
+    files = set()
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            if location:
+                files.add(path.parent / location)
+    return sorted(files)
+
+
+def nonfinite_weights(model) -> list[str]:
+    """Names of float initializers / Constant tensors holding NaN or Inf (subgraphs included)."""
+    from onnx import numpy_helper
+    from onnx.external_data_helper import _get_all_tensors
+
+    import numpy as np
+
+    bad = []
+    for tensor in _get_all_tensors(to_proto(model)):
+        if tensor.data_type not in _FLOAT_TYPES:
+            continue
+        try:
+            arr = numpy_helper.to_array(tensor)
+        except Exception:
+            continue
+        if not np.isfinite(arr.astype(np.float32, copy=False)).all():
+            bad.append(tensor.name or "<unnamed constant>")
+    return bad
+
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
+def refuse_nonfinite_weights(model, path) -> None:
+    """The verbs that compute from weights (prune, quantize, sensitivity, compress) call this:
+    NaN/Inf weights would quantize to garbage or prune at random."""
+    bad = nonfinite_weights(model)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise GencompressError(f"{path}: weight(s) {', '.join(_short(n, 80) for n in bad[:3])}{more} contain NaN or Inf; fix the model first")
 
 
 def load_ir(path: str | os.PathLike):
@@ -71,22 +216,29 @@ def to_proto(model) -> onnx.ModelProto:
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    a, b = Path(a), Path(b)
+    a, b = as_path(a, "output"), as_path(b, "input")
     if a.exists() and b.exists():
         return os.path.samefile(a, b)
     return a.resolve() == b.resolve()
 
 
 def refuse_overwrite(out: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
+    """Refuse an output that is one of the inputs, or the external-data file of an input model."""
+    out = as_path(out, "output")
     for src in inputs:
-        if src is not None and same_file(out, src):
+        if src is None:
+            continue
+        if same_file(out, src):
             raise GencompressError(f"{out}: output is the same file as the input; choose another path")
+        for side in external_data_files(src):
+            if same_file(out, side):
+                raise GencompressError(f"{out}: is the external-data file of the input {src}; choose another path")
 
 
 @contextlib.contextmanager
 def atomic_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
     """Yield a temp path beside ``out``; rename it onto ``out`` only if the block succeeds."""
-    out = Path(out)
+    out = as_path(out, "output")
     refuse_overwrite(out, inputs)
     if out.is_dir():
         raise GencompressError(f"{out}: is a folder, expected a file path")
@@ -102,11 +254,16 @@ def atomic_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an output should look like any other file
-        os.replace(tmp, out)
+        try:
+            yield tmp
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an output should look like any other file
+            os.replace(tmp, out)
+        except OSError as e:
+            if e.errno not in WRITE_ERRNOS:
+                raise
+            raise GencompressError(f"{out}: cannot write it ({e.strerror or os.strerror(e.errno)})") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -5,12 +5,17 @@
     OUT_DIR/report.json      fidelity, latency, sizes, per-layer precision/sparsity, recipe
     OUT_DIR/report.html      the same, self-contained, with samples side by side
 
-Everything is built in a staging folder beside OUT_DIR and moved in only when the whole job
-succeeded, so a failure never leaves a half-written result.
+Everything is built in a hidden staging folder inside OUT_DIR (same file system, so the final
+moves are renames) and moved in only when the whole job succeeded. The commit swaps the set of
+files this tool writes (the four above and ``sweep/``) by renames: the previous run's set is first
+renamed aside, the new set renamed in, then the old set deleted; a failure midway renames
+everything back, so OUT_DIR never mixes two runs. Other files in OUT_DIR are never touched. An
+interrupt (Ctrl-C, SIGTERM) removes the staging folder, and OUT_DIR if this run created it.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -151,12 +156,11 @@ def compress(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise GencompressError(f"{out}: exists and is a file; OUT_DIR must be a folder")
-    if samples <= 0:
-        raise GencompressError(f"--samples must be positive, got {samples}")
-    if any(b <= 0 for b in batches):
-        raise GencompressError(f"--batch must be positive, got {', '.join(map(str, batches))}")
-    if any(t <= 0 for t in threads):
-        raise GencompressError(f"--threads must be positive, got {', '.join(map(str, threads))}")
+    # counts checked before any work: the limits keep a typo from hanging the run for hours
+    samples = rc._positive(samples, "--samples", rc.MAX_SAMPLES)
+    batches = [rc._positive(b, "--batch", rc.MAX_BATCH) for b in rc._sequence(batches, "batches")]
+    threads = [rc._positive(t, "--threads", rc.MAX_THREADS) for t in rc._sequence(threads, "threads")]
+    runs = rc._positive(runs, "--runs", rc.MAX_RUNS)
     if bench:
         from gencompress.runtime_check.sessions import resolve_providers
 
@@ -181,21 +185,34 @@ def compress(
             raise GencompressError(f"--sweep {key}=...: {key} applies to --mode {needed} only (this run is --mode {mode})")
         for value in values:
             sweep_recipes.append((f"{key}={value}", validate_recipe(default_recipe(**{**flags, key: value}))))
+    if not isinstance(model, (str, os.PathLike)):
+        raise GencompressError(f"model: expected a zoo name, file.py:Name, package.module:attr or an .onnx path, got {type(model).__name__}")
     is_onnx = str(model).endswith(".onnx")
     if is_onnx and (checkpoint or inputs):
         raise GencompressError("--checkpoint and --input apply to a torch model, not an .onnx file")
     _refuse_overwrite_inputs(out, [model if is_onnx else None, checkpoint, recipe if isinstance(recipe, (str, Path)) else None],
                              sweep=bool(sweep_recipes))
 
+    created_out = not out.exists()
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
     except OSError as e:
-        raise GencompressError(f"{out.parent}: cannot create output folder ({e.strerror})") from None
+        raise GencompressError(f"{out}: cannot create output folder ({e.strerror})") from None
+    committed = False
     try:
         reference = staging / "reference.onnx"
         if is_onnx:
-            save_model(load_model(model), reference)
+            from gencompress.onnx_io import refuse_nonfinite_weights
+
+            from gencompress.inputs import check_batch_budget, output_range_of_model, specs_of_model
+
+            proto = load_model(model)
+            refuse_nonfinite_weights(proto, model)
+            check_batch_budget(specs_of_model(proto), samples)  # the model's metadata, checked before any work
+            output_range_of_model(proto)
+            save_model(proto, reference)
+            del proto
             source = str(model)
         else:
             from gencompress.exporter.export import export
@@ -243,10 +260,14 @@ def compress(
             recipe_source=recipe_source,
         )
         report["reference"], report["candidate"] = "reference.onnx", "model.onnx"
+        report = _without_prefix(report, f"{staging}{os.sep}")  # identical runs → identical report.json
         rc.write_report(staging, report)
         _move_into(staging, out)
+        committed = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created_out and not committed:
+            shutil.rmtree(out, ignore_errors=True)  # this run made it: leave nothing behind
     import json
 
     return json.loads((out / "report.json").read_text())
@@ -259,10 +280,15 @@ def _refuse_overwrite_inputs(out: Path, inputs, *, sweep: bool) -> None:
     inputs = [Path(p) for p in inputs if p is not None]
     for name in OUTPUT_FILES:
         refuse_overwrite(out / name, inputs)
-    if sweep:  # OUT_DIR/sweep is replaced as a whole
-        for p in inputs:
-            if p.resolve().parent == (out / "sweep").resolve():
-                raise GencompressError(f"{p}: is inside {out / 'sweep'}, which this run replaces; choose another OUT_DIR")
+    if not sweep:
+        return
+    from gencompress.onnx_io import external_data_files
+
+    sweep_dir = (out / "sweep").resolve()  # replaced as a whole by a run with --sweep
+    for p in inputs:
+        for f in [p, *external_data_files(p)]:
+            if f.resolve().is_relative_to(sweep_dir):
+                raise GencompressError(f"{f}: is inside {out / 'sweep'}, which this run replaces; choose another OUT_DIR")
 
 
 def _pass_entry(entry: dict) -> dict:
@@ -278,12 +304,55 @@ def _pass_entry(entry: dict) -> dict:
     return row
 
 
+STAGING_PREFIX = ".gencompress-staging-"
+MANAGED = (*OUTPUT_FILES, "sweep")  # what a run owns in OUT_DIR; anything else there is left alone
+
+
+def _without_prefix(value, prefix: str):
+    """``value`` with ``prefix`` (the staging folder) cut from every string in it."""
+    if isinstance(value, str):
+        return value.replace(prefix, "")
+    if isinstance(value, dict):
+        return {k: _without_prefix(v, prefix) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_without_prefix(v, prefix) for v in value)
+    return value
+
+
 def _move_into(staging: Path, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    if (staging / "sweep").exists():
-        target = out / "sweep"
-        if target.exists():
-            shutil.rmtree(target)
-        (staging / "sweep").replace(target)
-    for name in OUTPUT_FILES:
-        (staging / name).replace(out / name)
+    """Swap OUT_DIR's managed files for the staged ones by renames, all or nothing.
+
+    The previous run's files go to a hidden folder first (renames within OUT_DIR), the new ones
+    are renamed in, then the old ones deleted. Any failure renames everything back.
+    """
+    names = [name for name in MANAGED if (staging / name).exists()]  # sweep/ only when this run made one
+    old = Path(tempfile.mkdtemp(prefix=".gencompress-previous-", dir=out))
+    moved_old, moved_new = [], []
+    try:
+        for name in names:
+            if os.path.lexists(out / name):
+                (out / name).rename(old / name)
+                moved_old.append(name)
+        for name in names:
+            (staging / name).rename(out / name)
+            moved_new.append(name)
+    except BaseException as e:
+        for name in moved_new:
+            with _ignored():
+                (out / name).rename(staging / name)
+        for name in moved_old:
+            with _ignored():
+                (old / name).rename(out / name)
+        shutil.rmtree(old, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise GencompressError(f"{out}: cannot move the results in ({e.strerror}); OUT_DIR is as before") from None
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class _ignored:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return exc[0] is not None and issubclass(exc[0], OSError)

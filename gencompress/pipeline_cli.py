@@ -34,7 +34,7 @@ def _flag(name: str) -> str:
 @click.argument("out_dir", type=click.Path(file_okay=True))
 @click.option("--recipe", type=click.Path(), help="YAML/JSON recipe: a list of {pass: NAME, options: {...}}.")
 @click.option("--checkpoint", type=click.Path(), help="Weights for a torch MODEL (state_dict or .safetensors).")
-@click.option("--input", "inputs", multiple=True, metavar="NAME=SHAPE[:DTYPE[:LOW..HIGH]]", help="Inputs of a torch MODEL.")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=SHAPE[:DTYPE[:PRIOR]]", help="Inputs of a torch MODEL; PRIOR: normal, uniform:LO..HI, onehot:K, LO..HI (ints), data:FILE.npz (see `gencompress export --help`).")
 @click.option("--mode", type=click.Choice(QUANT_MODES), default="static", show_default=True, help="Quantization.")
 @click.option("--bits", type=click.Choice(["8", "4"]), default="8", show_default=True, help="Weight bits for --mode weight-only.")
 @click.option("--sparsity", type=float, default=0.0, show_default=True, help="Prune this fraction of weights (or channels) first.")

@@ -293,6 +293,9 @@ def run_model(session, feeds: Mapping[str, np.ndarray], batch_size: int = BATCH_
     except Exception as e:
         msg = " ".join(str(e).split())[:300]
         raise GencompressError(f"onnxruntime fails to run the model ({type(e).__name__}: {msg})") from None
+    for out, value in zip(session.get_outputs(), parts[0]):
+        if not isinstance(value, np.ndarray) or value.ndim == 0:  # hostile input: a sequence, a map or a scalar
+            raise GencompressError(f"output {out.name!r} is not a batched tensor (no batch axis): samples cannot be compared")
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from gencompress.errors import GencompressError
-from gencompress.onnx_io import load_model, refuse_overwrite, save_model
+from gencompress.onnx_io import load_model, refuse_nonfinite_weights, refuse_overwrite, save_model
 from gencompress.passes.prune_report import DEFAULT_MIN_SIZE
 
 MODES = ("unstructured", "nm", "channel")
@@ -61,6 +61,7 @@ def prune(
     options = _options(sparsity, mode, scope, nm, exclude, min_size, keep_first_last, criterion)
     refuse_overwrite(out_path, [in_path])
     proto = load_model(in_path)
+    refuse_nonfinite_weights(proto, in_path)
     densified = _densify_sparse_initializers(proto)
     data_in = proto.SerializeToString(deterministic=True)
 

@@ -391,7 +391,7 @@ def quantize(
     """
     import onnx_ir as ir
 
-    from gencompress.onnx_io import load_model, refuse_overwrite, save_model
+    from gencompress.onnx_io import load_model, refuse_nonfinite_weights, refuse_overwrite, save_model
     from gencompress.passes.calibrate import DEFAULT_PERCENTILE
 
     log = log or (lambda message: None)
@@ -411,6 +411,7 @@ def quantize(
     if Path(out_path).suffix != ".onnx":
         raise GencompressError(f"{out_path}: output should be an .onnx file")
     reference = load_model(in_path)
+    refuse_nonfinite_weights(reference, in_path)
     _check_float_model(reference, in_path)
 
     model = ir.serde.deserialize_model(reference)

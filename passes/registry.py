@@ -82,7 +82,7 @@ def available() -> dict[str, type]:
 def pass_class(name: str) -> type:
     passes = available()
     if name not in passes:
-        raise GencompressError(f"unknown pass {name!r}; known passes: {', '.join(passes)}")
+        raise GencompressError(f"unknown pass {_short(name)}; known passes: {', '.join(passes)}")
     return passes[name]
 
 
@@ -103,7 +103,7 @@ def make_options(name: str, options: dict[str, Any] | None):
     try:
         return cls.Options(**options)
     except (TypeError, ValueError) as e:
-        raise GencompressError(f"pass {name!r}: {e}") from None
+        raise GencompressError(f"pass {name!r}: {_short(str(e), 300)}") from None
 
 
 # Options annotated with one of these scalar types must hold that type (a recipe's
@@ -123,7 +123,7 @@ def _check_scalar(name: str, field: dataclasses.Field, value) -> None:
         return
     allowed, what = _SCALARS[kind]
     if not isinstance(value, allowed) or (kind != "bool" and isinstance(value, (bool, np.bool_))):
-        raise GencompressError(f"pass {name!r}: option {field.name} must be {what}, got {value!r}")
+        raise GencompressError(f"pass {name!r}: option {field.name} must be {what}, got {_short(value)}")
 
 
 def make_pass(name: str, options: dict[str, Any] | None = None):
@@ -144,7 +144,7 @@ def validate_recipe(recipe: Any) -> list[dict]:
         if not isinstance(step, dict) or "pass" not in step:
             raise GencompressError(f"recipe step {i}: expected a mapping with a 'pass' key")
         if not isinstance(step["pass"], str):
-            raise GencompressError(f"recipe step {i}: 'pass' must be a pass name, got {step['pass']!r}")
+            raise GencompressError(f"recipe step {i}: 'pass' must be a pass name, got {_short(step['pass'])}")
         extra = sorted(set(step) - {"pass", "options"})
         if extra:
             raise GencompressError(f"recipe step {i}: unknown key(s) {', '.join(extra)}")
@@ -156,13 +156,27 @@ def validate_recipe(recipe: Any) -> list[dict]:
     return steps
 
 
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few hundred bytes
+MAX_RECIPE_NODES = 10_000  # values, lists and mappings once aliases are expanded
+
+
 def load_recipe(path) -> list[dict]:
-    """Read a recipe from a YAML or JSON file and validate it."""
+    """Read a recipe from a YAML or JSON file and validate it.
+
+    The file's size and the loaded structure's node count are limited before validation, so a
+    YAML alias bomb or a huge structure is refused at once instead of hanging.
+    """
+    if isinstance(path, bool) or not isinstance(path, (str, Path)):
+        raise GencompressError(f"recipe: expected a file path, got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise GencompressError(f"recipe {path}: no such file")
-    text = path.read_text()
+    with open(path, "rb") as f:
+        raw = f.read(MAX_RECIPE_BYTES + 1)
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise GencompressError(f"recipe {path}: larger than {MAX_RECIPE_BYTES // 1024} KiB; a recipe is a short list of passes")
     try:
+        text = raw.decode("utf-8")
         if path.suffix == ".json":
             data = json.loads(text)
         else:
@@ -170,8 +184,31 @@ def load_recipe(path) -> list[dict]:
 
             data = yaml.safe_load(text)
     except Exception as e:
-        raise GencompressError(f"recipe {path}: malformed ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise GencompressError(f"recipe {path}: malformed ({type(e).__name__}: {first})") from None
+    _count_nodes(data, path)
     return validate_recipe(data)
+
+
+def _count_nodes(data, path) -> None:
+    """Refuse a structure with more than MAX_RECIPE_NODES nodes (aliases counted every time)."""
+    count, stack = 0, [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_RECIPE_NODES:
+            raise GencompressError(f"recipe {path}: more than {MAX_RECIPE_NODES:,} values (a YAML alias bomb?); refusing it")
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+
+
+def _short(value, limit: int = 80) -> str:
+    """A value's repr cut short: error messages never print a whole (possibly huge) value."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def run_recipe(model, recipe: list[dict]):

@@ -54,7 +54,7 @@ def sensitivity(
     """Rank the layers of the float model at ``in_path`` by the PSNR loss of quantizing each alone."""
     import onnx_ir as ir
 
-    from gencompress.onnx_io import load_model
+    from gencompress.onnx_io import load_model, refuse_nonfinite_weights
     from gencompress.passes.calibrate import DEFAULT_PERCENTILE
     from gencompress.passes.quantize import (
         Evaluator,
@@ -79,6 +79,7 @@ def sensitivity(
         calib_data=calib_data, per_tensor=per_tensor, percentile_given=percentile_given,
     )
     reference = load_model(in_path)
+    refuse_nonfinite_weights(reference, in_path)
     _check_float_model(reference, in_path)
     model = prepare(ir.serde.deserialize_model(reference))
     prepared = ir.serde.serialize_model(model)

@@ -48,27 +48,44 @@ def _load(model, role: str):
     raise GencompressError(f"{role}: expected an .onnx path or an ONNX model, got {type(model).__name__}")
 
 
-def _positive(value, what: str) -> int:
+# Limits on counts a user gives: beyond them a run would hang for hours or exhaust memory.
+MAX_RUNS = 100_000
+MAX_WARMUP = 10_000
+MAX_SAMPLES = 1_000_000
+MAX_BATCH = 1_000_000
+MAX_THREADS = max(256, 4 * (os.cpu_count() or 1))
+
+
+def _positive(value, what: str, limit: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating, str)):
+        raise GencompressError(f"{what} must be a positive integer, got {_short(value)}")
     try:
         v = int(value)
-    except (TypeError, ValueError):
-        raise GencompressError(f"{what} must be a positive integer, got {value!r}") from None
-    if v <= 0 or v != value:
-        raise GencompressError(f"{what} must be a positive integer, got {value}")
+    except (TypeError, ValueError, OverflowError):
+        raise GencompressError(f"{what} must be a positive integer, got {_short(value)}") from None
+    if v <= 0 or v != value and str(v) != value:
+        raise GencompressError(f"{what} must be a positive integer, got {_short(value)}")
+    if limit is not None and v > limit:
+        raise GencompressError(f"{what} {v} is above the limit of {limit:,}")
     return v
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _seed(value) -> int:
     """A seed for numpy's generator: an integer, 0 or more."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise GencompressError(f"--seed must be an integer, 0 or more, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 2**63:
+        raise GencompressError(f"--seed must be an integer in 0..2**63-1, got {_short(value)}")
     return int(value)
 
 
 def _describe_specs(specs) -> list[dict]:
     out = []
     for s in specs:
-        prior = "normal(0, 1)" if s.is_float else ("bernoulli(0.5)" if s.dtype == "bool" else f"uniform integers {s.low}..{s.high}")
+        prior = s.describe_prior()
         out.append({"name": s.name, "shape": ["N", *s.shape[1:]], "dtype": s.dtype, "prior": prior})
     return out
 
@@ -112,14 +129,23 @@ def check(
     from gencompress.runtime_check.sessions import make_session, model_bytes, resolve_provider
 
     if inputs is None:
-        samples = _positive(samples, "--samples (the number of latents)")
-    batch = _positive(batch, "--batch")
+        samples = _positive(samples, "--samples (the number of latents)", MAX_SAMPLES)
+    batch = _positive(batch, "--batch", MAX_BATCH)
     seed = _seed(seed)
     if threads is not None:
-        threads = _positive(threads, "--threads")
-    preview = int(preview or 0)
-    if preview < 0:
-        raise GencompressError(f"preview must be 0 or more, got {preview}")
+        threads = _positive(threads, "--threads", MAX_THREADS)
+    if preview is None or preview == 0:
+        preview = 0
+    else:
+        preview = _positive(preview, "preview", 1024)
+    if peak is not None and (isinstance(peak, bool) or not isinstance(peak, (int, float, np.integer, np.floating))):
+        raise GencompressError(f"--peak must be a positive number, got {_short(peak)}")
+    if not isinstance(provider, str):
+        raise GencompressError(f"provider must be a name such as 'cpu', got {_short(provider)}")
+    if inputs is not None and not isinstance(inputs, (str, os.PathLike, dict)):
+        raise GencompressError(f"inputs must be an .npz path or a dict of arrays, got {type(inputs).__name__}")
+    if features is not None and not isinstance(features, (str, os.PathLike)):
+        raise GencompressError(f"features must be an .onnx path, got {type(features).__name__}")
     provider = resolve_provider(provider)
     ref_proto, ref_label = _load(reference, "reference")
     cand_proto, cand_label = _load(candidate, "candidate")
@@ -196,9 +222,28 @@ def _run_all(session, feeds, output_names, n, batch, fixed, label, progress):
         if fixed and pad:
             piece = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in piece.items()}
         outs = run(session, cast_feeds(session, piece), label)
+        if start == 0:
+            _check_output_budget(outs, len(next(iter(piece.values()))), n, label)
         for name, arr in zip(output_names, outs):
             parts[name].append(np.asarray(arr)[: stop - start])
     return {name: np.concatenate(p, axis=0) for name, p in parts.items()}
+
+
+def _check_output_budget(outs, rows: int, n: int, label: str) -> None:
+    """Refuse, with the numbers, outputs of ``n`` samples that would not fit the sampling budget
+    (measured on the first batch: an output's size is known only once the model ran)."""
+    from gencompress.inputs import sample_budget_bytes
+
+    for arr in outs:
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+            raise GencompressError(f"{label}: an output of type {getattr(arr, 'dtype', type(arr).__name__)} cannot be compared (numeric tensors only; bool and string outputs have no PSNR)")
+    per_sample = sum(np.asarray(a).nbytes for a in outs) / max(rows, 1)
+    need, budget = per_sample * n, sample_budget_bytes()
+    if need > budget:
+        raise GencompressError(
+            f"{label}: the outputs of {n} samples need {need / 2**20:,.0f} MiB ({per_sample:,.0f} bytes each), above the "
+            f"{budget / 2**20:,.0f} MiB budget; use fewer samples (at most {int(budget // max(per_sample, 1)):,}) or raise GENCOMPRESS_SAMPLE_BUDGET_MB"
+        )
 
 
 def _preview(feeds, specs, ref_out, cand_out, outputs, k: int) -> dict | None:
@@ -259,12 +304,13 @@ def bench(
 
     if isinstance(providers, str):
         providers = (providers,)
-    batches = [_positive(b, "--batch") for b in (batches or ())] or _fail("give at least one batch size")
-    threads = [_positive(t, "--threads") for t in (threads or ())] or _fail("give at least one thread count")
-    runs = _positive(runs, "--runs")
+    if not isinstance(providers, (list, tuple)) or not all(isinstance(p, str) for p in providers):
+        raise GencompressError(f"providers must be a list of names such as 'cpu', got {_short(providers)}")
+    batches = [_positive(b, "--batch", MAX_BATCH) for b in _sequence(batches, "batches")] or _fail("give at least one batch size")
+    threads = [_positive(t, "--threads", MAX_THREADS) for t in _sequence(threads, "threads")] or _fail("give at least one thread count")
+    runs = _positive(runs, "--runs", MAX_RUNS)
     seed = _seed(seed)
-    if int(warmup) < 0:
-        raise GencompressError(f"--warmup must be 0 or more, got {warmup}")
+    warmup = 0 if warmup == 0 else _positive(warmup, "--warmup", MAX_WARMUP)
     providers = resolve_providers(providers)
     proto, label = _load(model, "model")
     models = {"model": (proto, label)}
@@ -353,6 +399,17 @@ class _NullBar:
 
 def _fail(message):
     raise GencompressError(message)
+
+
+def _sequence(values, what: str) -> list:
+    """An int or a list/tuple of them (the API's ``batches=64`` or ``batches=(1, 64)``)."""
+    if values is None:
+        return []
+    if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
+        return [values]
+    if not isinstance(values, (list, tuple)):
+        raise GencompressError(f"{what} must be a list of positive integers, got {_short(values)}")
+    return list(values)
 
 
 # --- per-layer statistics ----------------------------------------------------------------------------

@@ -78,6 +78,13 @@ def check(reference, candidate, samples, seed, batch, inputs_npz, features, peak
     from gencompress.runtime_check import api
     from gencompress.runtime_check.report_html import jsonable
 
+    if report_dir:  # the report must not land on one of the files it reports on
+        from pathlib import Path
+
+        from gencompress.onnx_io import refuse_overwrite
+
+        for name in ("report.json", "report.html"):
+            refuse_overwrite(Path(report_dir) / name, [reference, candidate, features, inputs_npz])
     result = api.check(
         reference,
         candidate,
