@@ -97,7 +97,7 @@ def distill_model(
 
     from gencompress.distill.mirror import Mirror, refuse_quantized
     from gencompress.distill.train import Batches, train
-    from gencompress.inputs import load_npz_inputs, specs_of_model
+    from gencompress.inputs import check_batch_budget, load_npz_inputs, specs_of_model
     from gencompress.passes.calibrate import fixed_batch
     from gencompress.runtime_check.sessions import make_session
 
@@ -108,6 +108,7 @@ def distill_model(
     check_pair(teacher_proto, student_proto)
     Mirror(student)  # unsupported ops fail here, before any work
     specs = specs_of_model(teacher_proto)
+    check_batch_budget(specs, batch, "--batch inputs")
     fixed = fixed_batch(teacher_proto) or fixed_batch(student_proto)
     if fixed is not None and fixed != batch:
         raise GencompressError(f"the model's inputs fix the batch size to {fixed}; use --batch {fixed}")
@@ -162,14 +163,19 @@ def distill(
 
     ``out`` is written atomically (an interrupted run leaves nothing) and never over an input.
     """
-    from gencompress.onnx_io import load_model, refuse_overwrite, save_model
     import onnx_ir as ir
+
+    from gencompress.onnx_io import load_model, refuse_nonfinite_weights, refuse_overwrite, save_model
 
     check_options(steps=steps, batch=batch, lr=lr, seed=seed, threads=threads, quantize_aware=quantize_aware)
     inputs = [teacher, student] + ([data] if isinstance(data, (str, os.PathLike)) else [])
     refuse_overwrite(out, inputs)
     teacher_proto = load_model(teacher)
-    student_model = ir.serde.deserialize_model(load_model(student))
+    refuse_nonfinite_weights(teacher_proto, teacher)
+    student_proto = load_model(student)
+    refuse_nonfinite_weights(student_proto, student)
+    student_model = ir.serde.deserialize_model(student_proto)
+    del student_proto
     bar = None
     on_step = None
     if progress:

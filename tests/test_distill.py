@@ -245,6 +245,11 @@ def test_bad_input(run_cli, user_error, dcgan_pruned, zoo_onnx, tmp_path):
     np.savez(tmp_path / "f64.npz", z=np.zeros((8, 100, 1, 1), np.float64))
     cases.append(((*base, "--data", tmp_path / "f64.npz"), "dtype"))
     cases.append(((*base, "--data", tmp_path / "none.npz"), "no such file"))
+    nan = onnx.load(str(unstructured))
+    nan.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(nan.graph.initializer[0]).shape, np.nan, np.float32), nan.graph.initializer[0].name))
+    onnx.save(nan, str(tmp_path / "nan.onnx"))
+    cases.append((("distill", teacher, tmp_path / "nan.onnx", out), "nan"))
+    cases.append(((*base, "--batch", 10**9), "budget"))
     for args, fragment in cases:
         user_error(run_cli(*args), fragment)
     assert not out.exists()
