@@ -142,8 +142,8 @@ class Mirror(torch.nn.Module):
         self._index = index
         self.consts: dict[str, torch.Tensor] = {}
         for name, value in graph.initializers.items():
-            if name in index or value.const_value is None or value.is_graph_input():
-                continue
+            if name in index or value.const_value is None:
+                continue  # an initializer that is also a graph input stays its default value
             self.consts[name] = _to_torch(value.const_value.numpy())
         self.input_names = [v.name for v in graph.inputs if v.name not in graph.initializers]
         self.output_names = [v.name for v in graph.outputs]
@@ -176,8 +176,8 @@ class Mirror(torch.nn.Module):
             x = feeds[name]
             env[name] = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
         for op, name, ins, outs, attrs in self.nodes:
-            args = [env[i] for i in ins]
             try:
+                args = [env[i] for i in ins]
                 results = OPS[op](args, attrs, self.opset)
             except GencompressError:
                 raise

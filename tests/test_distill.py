@@ -165,11 +165,11 @@ def test_interrupted_run_leaves_no_output(dcgan_pruned, tmp_path, monkeypatch):
     calls = {"n": 0}
     forward = mirror.Mirror.forward
 
-    def interrupt(self, feeds):
+    def interrupt(self, feeds, extra=()):
         calls["n"] += 1
         if calls["n"] > 3:
             raise KeyboardInterrupt
-        return forward(self, feeds)
+        return forward(self, feeds, extra)
 
     monkeypatch.setattr(mirror.Mirror, "forward", interrupt)
     with pytest.raises(KeyboardInterrupt):
