@@ -46,6 +46,10 @@ def distill(teacher, student, out, steps, batch, lr, seed, threads, data, quanti
     rows = [[o["name"], _db(o["psnr_before_db"]), _db(o["psnr_after_db"])] for o in result["outputs"]]
     click.echo(table(["output", "PSNR before (dB)", "PSNR after (dB)"], rows))
     curve = result["loss_curve"]
+    if not curve:
+        click.echo(f"no training: {result.get('skipped', 'nothing to train')}")
+        click.echo(f"wrote {out}")
+        return
     click.echo(f"{result['steps']} steps, batch {result['batch']}, {result['wall_s']:.1f} s; loss {curve[0][1]:.3g} -> {curve[-1][1]:.3g}"
                + (f"; quantization-aware {result['quantize_aware']}" if result["quantize_aware"] else ""))
     click.echo(f"wrote {out}")

@@ -177,6 +177,16 @@ def test_interrupted_run_leaves_no_output(dcgan_pruned, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_student_that_already_matches_is_left_alone(dcgan_pruned, tmp_path):
+    import gencompress
+
+    teacher = dcgan_pruned[0]
+    result = gencompress.distill(teacher, teacher, tmp_path / "d.onnx", steps=STEPS, batch=BATCH)
+    assert result["steps"] == 0 and "skipped" in result and result["psnr_after_db"] == float("inf")
+    assert _inits(tmp_path / "d.onnx").keys() == _inits(teacher).keys()
+    assert all(np.array_equal(a, _inits(teacher)[k]) for k, a in _inits(tmp_path / "d.onnx").items())
+
+
 def test_data_file_gives_the_inputs(dcgan_pruned, tmp_path):
     import gencompress
 
