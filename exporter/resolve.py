@@ -51,7 +51,7 @@ def resolve_model(spec: str, checkpoint=None) -> ResolvedModel:
 
 
 @contextlib.contextmanager
-def user_code(what: str):
+def user_code(what: str, failed: str = "failed"):
     """Run a user's module code: its prints go to stderr (stdout is for ``--json``), and a
     ``sys.exit`` or any error in it is a one-line user error, never a silent exit."""
     try:
@@ -60,10 +60,10 @@ def user_code(what: str):
     except (GencompressError, KeyboardInterrupt):
         raise
     except SystemExit as e:
-        raise GencompressError(f"{what} called sys.exit({_short(e.code)})") from None
+        raise GencompressError(f"{what}: called sys.exit({_short(e.code)})") from None
     except BaseException as e:
         msg = " ".join(str(e).split())[:200]
-        raise GencompressError(f"{what} failed ({type(e).__name__}: {msg})") from None
+        raise GencompressError(f"{what}: {failed} ({type(e).__name__}: {msg})") from None
 
 
 def _short(value, limit: int = 60) -> str:
@@ -88,7 +88,7 @@ def _load_python_file(location: str):
     folder = str(path.resolve().parent)
     sys.path.insert(0, folder)  # as `python file.py` would: the file may import its neighbours
     try:
-        with user_code(f"{location}: importing it"):
+        with user_code(location, "failed to import"):
             spec.loader.exec_module(module)
     except BaseException:
         sys.modules.pop(name, None)
@@ -101,7 +101,7 @@ def _load_python_file(location: str):
 
 def _import_module(location: str):
     try:
-        with user_code(f"{location}: importing it"):
+        with user_code(location, "failed to import"):
             return importlib.import_module(location)
     except GencompressError as e:
         cause = e.__context__
@@ -118,7 +118,7 @@ def _instantiate(obj, spec: str):
     if not callable(obj):
         raise GencompressError(f"{spec}: is neither an nn.Module nor a class or factory")
     try:
-        with user_code(f"{spec}: building it"):
+        with user_code(spec, "failed to build"):
             module = obj()
     except GencompressError as e:
         if isinstance(e.__context__, TypeError):

@@ -18,6 +18,7 @@ _VERBS = {
     "bench": "gencompress.runtime_check.api",
     "compress": "gencompress.pipeline",
     "distill": "gencompress.distill.api",
+    "ship": "gencompress.ship.bundle",
 }
 
 __all__ = ["GencompressError", "__version__", *_VERBS]

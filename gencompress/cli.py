@@ -24,6 +24,7 @@ COMMANDS = {
     "sensitivity": ("gencompress.passes.cli_quantize", "Rank layers by the damage int8 does to the output."),
     "check": ("gencompress.runtime_check.cli", "Fidelity of a candidate model against its float reference."),
     "bench": ("gencompress.runtime_check.cli", "Latency, throughput, memory and size of a model in onnxruntime."),
+    "ship": ("gencompress.ship.cli", "Bundle a compressed model for edge devices: Python runner, ORT format, web page."),
     "train": ("gencompress.models.cli", "Train a zoo generator on the bundled digits and write its checkpoint."),
     "distill": ("gencompress.distill.cli", "Train a pruned student's weights to reproduce its float teacher."),
 }

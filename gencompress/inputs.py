@@ -151,7 +151,7 @@ def _validate(spec: InputSpec, where: str) -> None:
             raise GencompressError(f"{where}: shape dimensions must be integers in 1..{MAX_DIM}, got {_short(d)}")
     if math.prod(shape[1:]) > MAX_DIM:
         raise GencompressError(f"{where}: one sample of shape {'x'.join(map(str, shape))} has more than {MAX_DIM} elements")
-    if spec.dtype not in DTYPES:
+    if not isinstance(spec.dtype, str) or spec.dtype not in DTYPES:
         raise GencompressError(f"{where}: unknown dtype {_short(spec.dtype)} (one of {', '.join(DTYPES)}; string inputs cannot be drawn)")
     for key in ("low", "high"):
         v = getattr(spec, key)

@@ -230,6 +230,8 @@ def refuse_overwrite(out: str | os.PathLike, inputs: Iterable[str | os.PathLike]
             continue
         if same_file(out, src):
             raise GencompressError(f"{out}: output is the same file as the input; choose another path")
+        if not os.path.lexists(out):
+            continue  # a side file exists: an output path that does not exist cannot be one
         for side in external_data_files(src):
             if same_file(out, side):
                 raise GencompressError(f"{out}: is the external-data file of the input {src}; choose another path")

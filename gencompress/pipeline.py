@@ -4,6 +4,7 @@
     OUT_DIR/model.onnx       the compressed model
     OUT_DIR/report.json      fidelity, latency, sizes, per-layer precision/sparsity, recipe
     OUT_DIR/report.html      the same, self-contained, with samples side by side
+    OUT_DIR/ship/            with ``ship_targets``: the edge bundle of model.onnx (see gencompress.ship)
 
 Everything is built in a hidden staging folder inside OUT_DIR (same file system, so the final
 moves are renames) and moved in only when the whole job succeeded. The commit swaps the set of
@@ -114,12 +115,20 @@ def parse_sweep(text: str) -> tuple[str, list]:
 
 
 def run_recipe_on(reference_path, recipe) -> tuple[object, list[dict]]:
-    """Load the reference as onnx_ir and run the recipe on it; returns (model, pass reports)."""
+    """Load the reference as onnx_ir and run the recipe on it; returns (ModelProto, pass reports)."""
     from gencompress.onnx_io import load_ir
     from gencompress.passes.registry import run_recipe
 
+    from gencompress.passes.cleanup import strip_debug_metadata
+
     model = load_ir(reference_path)
-    return run_recipe(model, recipe)
+    import onnx_ir as ir
+
+    from gencompress.passes.quantize import finalize
+
+    model, reports = run_recipe(model, recipe)
+    strip_debug_metadata(model)  # as quantize does, whether or not the recipe starts with cleanup
+    return finalize(ir.serde.serialize_model(model)), reports  # the same file quantize writes
 
 
 def compress(
@@ -129,6 +138,7 @@ def compress(
     recipe=None,
     checkpoint=None,
     inputs=None,
+    batch_size: int | None = None,
     samples: int = 256,
     seed: int = 0,
     bench: bool = True,
@@ -138,6 +148,7 @@ def compress(
     provider: str = "CPUExecutionProvider",
     sweep: tuple[str, list] | None = None,
     flags: dict | None = None,
+    ship_targets=None,
     log=None,
     progress: bool = False,
 ) -> dict:
@@ -146,6 +157,9 @@ def compress(
     ``model``: zoo name, ``file.py:Name``, ``package.module:attr`` or an ``.onnx`` path.
     ``recipe``: a recipe file path or a list of steps; default: ``default_recipe(**flags)``.
     ``sweep``: (key, values): extra configurations of the flag recipe, for the size-vs-PSNR chart.
+    ``ship_targets``: also bundle the compressed model into OUT_DIR/ship for these targets
+    (``gencompress.ship``); if only the web runtime cannot be fetched, everything else is still
+    written and ``PartialShip`` is raised after the move.
     """
     from gencompress.onnx_io import load_model, save_model
     from gencompress.passes.registry import load_recipe, validate_recipe
@@ -188,10 +202,14 @@ def compress(
     if not isinstance(model, (str, os.PathLike)):
         raise GencompressError(f"model: expected a zoo name, file.py:Name, package.module:attr or an .onnx path, got {type(model).__name__}")
     is_onnx = str(model).endswith(".onnx")
-    if is_onnx and (checkpoint or inputs):
-        raise GencompressError("--checkpoint and --input apply to a torch model, not an .onnx file")
+    if is_onnx and (checkpoint or inputs or batch_size):
+        raise GencompressError("--checkpoint, --input and --batch-size apply to a torch model, not an .onnx file")
+    if ship_targets:
+        from gencompress.ship.bundle import parse_targets
+
+        ship_targets = parse_targets(ship_targets)
     _refuse_overwrite_inputs(out, [model if is_onnx else None, checkpoint, recipe if isinstance(recipe, (str, Path)) else None],
-                             sweep=bool(sweep_recipes))
+                             sweep=bool(sweep_recipes), ship=bool(ship_targets))
 
     created_out = not out.exists()
     try:
@@ -200,25 +218,26 @@ def compress(
     except OSError as e:
         raise GencompressError(f"{out}: cannot create output folder ({e.strerror})") from None
     committed = False
+    partial = None
     try:
         reference = staging / "reference.onnx"
         if is_onnx:
-            from gencompress.onnx_io import refuse_nonfinite_weights
-
+            from gencompress.exporter.upgrade import upgrade_opset
             from gencompress.inputs import check_batch_budget, output_range_of_model, specs_of_model
+            from gencompress.onnx_io import refuse_nonfinite_weights
 
             proto = load_model(model)
             refuse_nonfinite_weights(proto, model)
             check_batch_budget(specs_of_model(proto), samples)  # the model's metadata, checked before any work
             output_range_of_model(proto)
-            save_model(proto, reference)
+            save_model(upgrade_opset(proto, model, log), reference)
             del proto
             source = str(model)
         else:
             from gencompress.exporter.export import export
 
             log(f"exporting {model} ...")
-            result = export(model, reference, checkpoint=checkpoint, inputs=inputs, seed=seed, log=log)
+            result = export(model, reference, checkpoint=checkpoint, inputs=inputs, seed=seed, batch_size=batch_size, log=log)
             source = result["model"]
 
         log(f"running {len(steps)} passes: {' → '.join(s['pass'] for s in steps)}")
@@ -260,35 +279,56 @@ def compress(
             recipe_source=recipe_source,
         )
         report["reference"], report["candidate"] = "reference.onnx", "model.onnx"
+        report["warnings"] = _result_warnings(compressed, report, pass_reports)  # printed under the summary
         report = _without_prefix(report, f"{staging}{os.sep}")  # identical runs → identical report.json
         rc.write_report(staging, report)
+        if ship_targets:
+            from gencompress.ship.bundle import PartialShip, ship as ship_bundle
+
+            log(f"shipping the compressed model into {out / 'ship'} ({', '.join(ship_targets)}) ...")
+            try:
+                ship_bundle(candidate, staging / "ship", targets=ship_targets, source=str((out / "model.onnx").resolve()), log=log)
+            except PartialShip as e:  # e.g. npm unreachable: the rest is complete, so it is kept
+                partial = e
         _move_into(staging, out)
         committed = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if created_out and not committed:
             shutil.rmtree(out, ignore_errors=True)  # this run made it: leave nothing behind
+    if partial is not None:
+        raise partial
     import json
 
     return json.loads((out / "report.json").read_text())
 
 
-def _refuse_overwrite_inputs(out: Path, inputs, *, sweep: bool) -> None:
+def _result_warnings(compressed, report: dict, pass_reports) -> list[str]:
+    from gencompress.result_warnings import compression_warnings
+
+    float_layers = [layer for entry in pass_reports for layer in ((entry.get("report") or {}).get("float_layers") or [])]
+    latency = (report.get("latency") or {}).get("results")
+    return compression_warnings(compressed, report["sizes"]["ratio"], latency=latency, float_layers=float_layers)
+
+
+def _refuse_overwrite_inputs(out: Path, inputs, *, sweep: bool, ship: bool = False) -> None:
     """OUT_DIR's files are replaced at the end: none of them may be one of the inputs."""
     from gencompress.onnx_io import refuse_overwrite
 
     inputs = [Path(p) for p in inputs if p is not None]
     for name in OUTPUT_FILES:
         refuse_overwrite(out / name, inputs)
-    if not sweep:
+    # replaced as a whole by this run (only when they exist: the check reads each input's external-data list)
+    replaced = [folder for folder, used in (("sweep", sweep), ("ship", ship)) if used and (out / folder).exists()]
+    if not replaced:
         return
     from gencompress.onnx_io import external_data_files
 
-    sweep_dir = (out / "sweep").resolve()  # replaced as a whole by a run with --sweep
     for p in inputs:
         for f in [p, *external_data_files(p)]:
-            if f.resolve().is_relative_to(sweep_dir):
-                raise GencompressError(f"{f}: is inside {out / 'sweep'}, which this run replaces; choose another OUT_DIR")
+            for folder in replaced:
+                if f.resolve().is_relative_to((out / folder).resolve()):
+                    raise GencompressError(f"{f}: is inside {out / folder}, which this run replaces; choose another OUT_DIR")
 
 
 def _pass_entry(entry: dict) -> dict:
@@ -305,7 +345,7 @@ def _pass_entry(entry: dict) -> dict:
 
 
 STAGING_PREFIX = ".gencompress-staging-"
-MANAGED = (*OUTPUT_FILES, "sweep")  # what a run owns in OUT_DIR; anything else there is left alone
+MANAGED = (*OUTPUT_FILES, "sweep", "ship")  # what a run owns in OUT_DIR; anything else there is left alone
 
 
 def _without_prefix(value, prefix: str):
@@ -325,7 +365,7 @@ def _move_into(staging: Path, out: Path) -> None:
     The previous run's files go to a hidden folder first (renames within OUT_DIR), the new ones
     are renamed in, then the old ones deleted. Any failure renames everything back.
     """
-    names = [name for name in MANAGED if (staging / name).exists()]  # sweep/ only when this run made one
+    names = [name for name in MANAGED if (staging / name).exists()]  # sweep/, ship/ only when this run made them
     old = Path(tempfile.mkdtemp(prefix=".gencompress-previous-", dir=out))
     moved_old, moved_new = [], []
     try:

@@ -35,6 +35,7 @@ def _flag(name: str) -> str:
 @click.option("--recipe", type=click.Path(), help="YAML/JSON recipe: a list of {pass: NAME, options: {...}}.")
 @click.option("--checkpoint", type=click.Path(), help="Weights for a torch MODEL (state_dict or .safetensors).")
 @click.option("--input", "inputs", multiple=True, metavar="NAME=SHAPE[:DTYPE[:PRIOR]]", help="Inputs of a torch MODEL; PRIOR: normal, uniform:LO..HI, onehot:K, LO..HI (ints), data:FILE.npz (see `gencompress export --help`).")
+@click.option("--batch-size", "batch_size", type=int, help="Export with the batch (dim 0) fixed at N (a torch MODEL whose graph depends on it).")
 @click.option("--mode", type=click.Choice(QUANT_MODES), default="static", show_default=True, help="Quantization.")
 @click.option("--bits", type=click.Choice(["8", "4"]), default="8", show_default=True, help="Weight bits for --mode weight-only.")
 @click.option("--sparsity", type=float, default=0.0, show_default=True, help="Prune this fraction of weights (or channels) first.")
@@ -54,13 +55,19 @@ def _flag(name: str) -> str:
 @click.option("--batch", "batches", type=int, multiple=True, help="Batch sizes to time (default 1 and 64).")
 @click.option("--threads", type=int, multiple=True, help="Intra-op thread counts to time (default 2).")
 @click.option("--no-bench", is_flag=True, help="Skip the latency measurement.")
+@click.option("--ship", "ship", is_flag=True, help="Also bundle the compressed model into OUT_DIR/ship (see `gencompress ship`).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the summary table.")
-def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, prune_mode, nm, calib, calib_size,
-             per_tensor, activations, no_rewrite, exclude, distill, sweep, samples, seed, provider, batches, threads, no_bench, as_json):
+def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits, sparsity, prune_mode, nm, calib, calib_size,
+             per_tensor, activations, no_rewrite, exclude, distill, sweep, samples, seed, provider, batches, threads, no_bench, ship, as_json):
     """Export MODEL (or take MODEL.onnx), compress it, check it; write OUT_DIR.
 
     OUT_DIR gets model.onnx, reference.onnx, report.json and report.html.
     The default recipe is static int8: cleanup → int8 rewrites → QDQ with calibration.
+    The rewrites turn each ConvTranspose into one sub-pixel Conv, or one Conv per output
+    phase where the single Conv would store zeros (recipe option of rewrite_for_int8:
+    layout: auto|fused|phases; auto by default). A torch MODEL whose graph depends on the
+    batch (groups = batch) exports with --batch-size N. The summary warns when the result
+    is >= 0.5x the float size or slower than float, naming the layers responsible.
 
     \b
     Examples:
@@ -69,6 +76,8 @@ def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, p
       gencompress compress g.onnx out/ --recipe recipe.yaml
       gencompress compress dcgan out/ --sweep bits=8,4 --mode weight-only
       gencompress compress dcgan out/ --sparsity 0.5 --prune-mode channel --distill 2000
+      gencompress compress dcgan out/ --ship      # + out/ship: sample.py, model.ort, web/
+      gencompress compress gencompress.models.families:ModulatedConvFused out/ --batch-size 2
     """
     from gencompress.errors import GencompressError
     from gencompress.pipeline import compress as run, parse_sweep
@@ -88,17 +97,19 @@ def compress(model, out_dir, recipe, checkpoint, inputs, mode, bits, sparsity, p
                  calib_size=calib_size, per_tensor=per_tensor, activations=activations, rewrite=not no_rewrite,
                  exclude=tuple(exclude), seed=seed, distill=distill)
     report = run(
-        model, out_dir, recipe=recipe, checkpoint=checkpoint, inputs=inputs, samples=samples, seed=seed,
+        model, out_dir, recipe=recipe, checkpoint=checkpoint, inputs=inputs, batch_size=batch_size, samples=samples, seed=seed,
         bench=not no_bench, batches=batches or (1, 64), threads=threads or (2,), provider=provider,
-        sweep=parse_sweep(sweep) if sweep else None, flags=flags,
+        sweep=parse_sweep(sweep) if sweep else None, flags=flags, ship_targets=("python", "ort", "web") if ship else None,
         log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty(),
     )
     if as_json:
         echo_json(report)
         return
     click.echo(summary_table(report))
+    for warning in report.get("warnings") or []:
+        click.echo(f"warning: {warning}")
     out = Path(out_dir)
-    click.echo(f"\nreport: {out / 'report.html'}   model: {out / 'model.onnx'}")
+    click.echo(f"\nreport: {out / 'report.html'}   model: {out / 'model.onnx'}" + (f"   bundle: {out / 'ship'}" if ship else ""))
 
 
 def summary_table(report: dict) -> str:

@@ -3,7 +3,8 @@
 A *producer* is a Conv, ConvTranspose, Gemm or MatMul with a weight initializer. Its output
 channels are followed forward through BatchNormalization/InstanceNormalization, elementwise
 activations, elementwise ops with a constant (bias adds, scales), Reshape/Flatten, Transpose,
-Squeeze/Unsqueeze and Concat along the channel axis, to the next Conv/ConvTranspose/Gemm/MatMul,
+Squeeze/Unsqueeze, Concat along the channel axis, Pad/Resize/Upsample/pooling that leave the
+channel axis alone, and Split along another axis, to the next Conv/ConvTranspose/Gemm/MatMul,
 whose input-channel (K) rows are removed with them. Every constant on the way (bias, BN
 parameters, per-channel constants, Reshape shapes) is rewritten, so shapes and parameter counts
 really shrink.
@@ -13,7 +14,8 @@ Reshape/Flatten: a channel maps to a contiguous block of the reshaped axis (flat
 feature axis into channels (``[N, C*H*W]`` to ``[N, C, H, W]``) makes the producer's features
 prune in groups of H*W. A producer whose channels reach a graph output, an elementwise op joining
 another branch (a residual Add), a Concat along another axis, a grouped convolution, a recurrent
-op, or any op not listed above keeps all its channels, and the report says which and why.
+op, GroupNormalization (exact only when whole groups go: not done), or any op not listed above
+keeps all its channels, and the report says which and why.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ UNARY_OPS = frozenset(
 )  # fmt: skip
 BINARY_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "PRelu", "Max", "Min"})
 NORM_PARAMS = {"BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2)}
+# Ops that act per channel on the spatial axes: a channel's values stay in that channel, so
+# channels pass through them when the op leaves the channel axis alone (see ``_spatial``).
+SPATIAL_OPS = frozenset({"Pad", "Resize", "Upsample", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool"})
 
 
 class _Blocked(Exception):
@@ -247,6 +252,10 @@ class _Tracer:
             return [(node.outputs[0], self._binary(plan, value, cmap, node, idx, where))]
         if op in NORM_PARAMS and idx == 0:
             return [(node.outputs[0], self._norm(plan, value, cmap, node, where))]
+        if op in SPATIAL_OPS and idx == 0:
+            return [(node.outputs[0], self._spatial(value, cmap, node, where))]
+        if op == "Split" and idx == 0:
+            return [(out, self._split(value, cmap, node, where)) for out in node.outputs]
         if op == "Reshape" and idx == 0:
             return [(node.outputs[0], self._reshape(plan, value, cmap, node, where))]
         if op == "Flatten" and idx == 0:
@@ -322,6 +331,43 @@ class _Tracer:
             if p is None or p.ndim != 1:
                 raise _Blocked(f"{where} has non-constant parameters")
             plan.edits.append(Edit(node, i, 0, cmap))
+        return cmap
+
+    def _spatial(self, value, cmap, node, where) -> ChannelMap:
+        """Pad / Resize / Upsample / pooling: exact when the channel axis is axis 1 and the op
+        neither pads nor rescales it (its constants then need no edit)."""
+        rank = self.rank(value)
+        if rank is None or cmap.axis != 1:
+            raise _Blocked(f"its channels reach {where} on axis {cmap.axis}, not its channel axis")
+        op = node.op_type
+        if op == "Pad":
+            pads = const_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+            if pads is None:
+                raise _Blocked(f"{where} has non-constant pads")
+            axes = const_array(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else np.arange(rank)
+            if axes is None:
+                raise _Blocked(f"{where} has non-constant axes")
+            axes = [int(a) % rank for a in np.asarray(axes).reshape(-1)]
+            pads = np.asarray(pads).reshape(-1)
+            if 1 in axes and (pads[axes.index(1)] != 0 or pads[axes.index(1) + len(axes)] != 0):
+                raise _Blocked(f"{where} pads the channel axis")
+        elif op in ("Resize", "Upsample"):
+            sizes = node.inputs[3] if op == "Resize" and len(node.inputs) > 3 else None
+            if sizes is not None:
+                raise _Blocked(f"{where} resizes to fixed sizes, which name the channel count")
+            index = 2 if op == "Resize" else 1
+            scales = const_array(node.inputs[index]) if len(node.inputs) > index and node.inputs[index] is not None else None
+            if scales is None or scales.size != rank or float(np.asarray(scales).reshape(-1)[1]) != 1.0:
+                raise _Blocked(f"{where} has no constant scales keeping the channel axis")
+        return cmap
+
+    def _split(self, value, cmap, node, where) -> ChannelMap:
+        rank = self.rank(value)
+        axis = node.attributes.get_int("axis", 0)
+        if rank is None:
+            raise _Blocked(f"its channels reach {where} of unknown rank")
+        if axis % rank == cmap.axis:
+            raise _Blocked(f"{where} splits along the channel axis")
         return cmap
 
     def _regroup(self, in_dims, cmap, out_dims, where) -> tuple[int, ChannelMap]:

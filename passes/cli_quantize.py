@@ -77,8 +77,12 @@ def quantize(in_path, out_path, mode, bits, block_size, calib, calib_size, calib
     Static int8 calibrates activation ranges on seeded draws from the model's latent prior (or
     --calib-data), stores weights as int8 per output channel and places QuantizeLinear /
     DequantizeLinear so onnxruntime runs int8 kernels. ConvTranspose layers, which onnxruntime
-    can only run in float, are first rewritten as Conv or Gemm (--no-rewrite keeps them). The
-    result is checked against the float model: PSNR on a held-back seeded latent set.
+    can only run in float, are first rewritten as Conv or Gemm (--no-rewrite keeps them): one
+    sub-pixel Conv per layer, or one Conv per output phase where the single Conv would store
+    zeros (layout auto; a recipe's rewrite_for_int8 takes layout: auto|fused|phases). The
+    result is checked against the float model: PSNR on a held-back seeded latent set. A model
+    below opset 13 is upgraded first (a note says so); a result >= 0.5x the float size gets a
+    warning naming the largest float tensors left.
     """
     from gencompress.passes.quantize import quantize as run
 
@@ -88,6 +92,10 @@ def quantize(in_path, out_path, mode, bits, block_size, calib, calib_size, calib
         seed=seed, percentile=percentile, block_size=block_size, keep_io_types=not fp16_io, eval_size=eval_size,
         rewrite=rewrite,
     )
+    for line in report.get("notes") or []:
+        click.echo(f"gencompress: {line}", err=True)
+    for warning in report.get("warnings") or []:
+        click.echo(f"gencompress: warning: {warning}", err=True)
     target = report.get("target")
     if target is not None and not target["met"]:
         click.echo(f"gencompress: warning: {target['message']}", err=True)
@@ -144,7 +152,7 @@ def _summary(report: dict) -> str:
         else:
             kind = "int8 weights, float compute"
         layer_rows.append((layer["node"], layer["op_type"], kind, ", ".join(layer["weights"])))
-    layer_rows += [(layer["node"], layer["op_type"], "float (excluded)", ", ".join(layer["weights"])) for layer in report["float_layers"]]
+    layer_rows += [(layer["node"], layer["op_type"], f"float ({layer.get('reason', 'excluded')})", ", ".join(layer["weights"])) for layer in report["float_layers"]]
     lines += ["", table(["layer", "op", "quantized", "weights"], layer_rows)]
     if rewrite.get("changes"):
         lines += ["", "rewrites:", *(f"  {change}" for change in rewrite["changes"])]

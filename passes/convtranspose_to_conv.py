@@ -61,7 +61,7 @@ from gencompress.passes.rewrite import (
 
 INT64_MAX = np.iinfo(np.int64).max
 DEPTH_TO_SPACE_MODES = ("CRD", "DCR", "reshape")
-LAYOUTS = ("fused", "phases")
+LAYOUTS = ("auto", "fused", "phases")
 
 
 class Skip(Exception):
@@ -302,6 +302,17 @@ def subpixel_weight(spec: ConvTransposeSpec, plans: list[AxisPlan], mode: str) -
     return np.ascontiguousarray(weight), conv_bias
 
 
+def fused_weight_growth(spec: ConvTransposeSpec) -> float:
+    """Size of the fused layout's weight relative to the ConvTranspose's: every phase on the
+    common tap grid, zeros where a phase has no tap (the ``phases`` layout stores exactly 1.0)."""
+    plans = [
+        plan_axis(spec.kernel[a], spec.strides[a], spec.dilations[a], spec.pads_begin[a], spec.pads_end[a], spec.output_padding[a], spec.in_dims[a])
+        for a in range(spec.rank)
+    ]
+    fused = np.prod([p.stride for p in plans]) * np.prod([p.size for p in plans])
+    return float(fused / np.prod(spec.kernel))
+
+
 @register("convtranspose_to_conv")
 class ConvTransposeToConvPass(GencompressPass):
     """Rewrite ConvTranspose as a sub-pixel Conv + DepthToSpace + Slice (plain Conv for stride 1).
@@ -314,16 +325,19 @@ class ConvTransposeToConvPass(GencompressPass):
             Unequal strides, 1-D and 3-D always use ``reshape``.
         hoist_activations: move a sole elementwise activation consumer before the interleave
             (a copy per phase Conv in the ``phases`` layout).
-        layout: ``fused`` (default): one Conv for all phases, on a grid that may overhang the
-            output (cropped by Slice). ``phases``: one exact Conv per phase + Concat +
-            DepthToSpace DCR, where applicable (see the module docstring), else ``fused``.
+        layout: ``auto`` (default): per layer, ``phases`` where the fused weight would be larger
+            than the ConvTranspose's (zeros stored and multiplied: e.g. kernel 3 stride 2 gives
+            every phase a 2x2 grid, 16 taps for 9, 1.78x), else ``fused`` (one Conv: fewer
+            kernels, no extra work). ``fused``: one Conv for all phases, on a grid that may
+            overhang the output (cropped by Slice). ``phases``: one exact Conv per phase +
+            Concat + DepthToSpace DCR, where applicable (see the module docstring), else ``fused``.
     """
 
     @dataclass(frozen=True)
     class Options:
         depth_to_space: str = "CRD"
         hoist_activations: bool = True
-        layout: str = "fused"
+        layout: str = "auto"
 
         def __post_init__(self):
             if self.layout not in LAYOUTS:
@@ -365,7 +379,10 @@ class ConvTransposeToConvPass(GencompressPass):
 
         activation = hoistable_activation(y) if self.options.hoist_activations else None
         phase_plans = None
-        if self.options.layout == "phases" and rank == 2 and spec.strides[0] == spec.strides[1] > 1:
+        layout, growth = self.options.layout, fused_weight_growth(spec)
+        if layout == "auto":
+            layout = "phases" if growth > 1.0 else "fused"
+        if layout == "phases" and rank == 2 and spec.strides[0] == spec.strides[1] > 1:
             phase_plans = [
                 plan_phases_axis(spec.kernel[a], spec.strides[a], spec.dilations[a], spec.pads_begin[a], spec.pads_end[a], spec.output_padding[a])
                 for a in range(rank)
@@ -412,6 +429,8 @@ class ConvTransposeToConvPass(GencompressPass):
             "conv_kernels": info["conv_kernels"],
             "hoisted": activation.op_type if hoisted else None,
             "work_vs_convtranspose": info["work"],
+            "layout": "phases" if phase_plans is not None else "fused",
+            "fused_weight_vs_convtranspose": round(growth, 3),
         }
 
     def _fused_conv(self, graph, namer, base, x, spec, activation, dtype, shape):

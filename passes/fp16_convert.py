@@ -91,6 +91,8 @@ class _NodeTypes:
             attr = node.attributes.get("value")
             if attr is not None and attr.as_tensor().dtype == FLOAT:
                 self.half_outputs.add(0)
+            elif attr is None and node.op_type == "Constant":
+                self.half_outputs.discard(0)  # value_float / value_floats: left float32, cast where read
         self.convert = bool(self.half_inputs or self.half_outputs)
 
 
@@ -130,8 +132,11 @@ class FP16ConvertPass(GencompressPass):
             if node.op_type == "Cast" and 0 in t.half_outputs:
                 node.attributes["to"] = ir.AttrInt64("to", HALF)
             if node.op_type in ("Constant", "ConstantOfShape") and 0 in t.half_outputs:
-                tensor = node.attributes["value"].as_tensor()
-                node.attributes["value"] = ir.AttrTensor("value", _half_tensor(tensor.numpy(), tensor.name))
+                attr = node.attributes.get("value")
+                # a ConstantOfShape without a value fills with float32 zeros (the spec's default),
+                # as an RNN's batch-sized zero initial state exports: give it a float16 zero
+                array, name = (attr.as_tensor().numpy(), attr.as_tensor().name) if attr is not None else (np.zeros(1, np.float32), None)
+                node.attributes["value"] = ir.AttrTensor("value", _half_tensor(array, name))
 
         # initializers read only in float16 slots become float16; mixed readers keep both
         builder = Builder(graph)

@@ -480,6 +480,75 @@ def store_bias_int8(builder: Builder, node: ir.Node, index: int, done: dict[str,
     return True
 
 
+# ---- weights stored once -----------------------------------------------------------------------
+
+RUNTIME_WEIGHT_REASON = (
+    "its weight is computed from an activation on every run (runtime-modulated): quantizing it "
+    "as an activation each run costs more than the int8 kernel saves"
+)
+MIN_STORED_ELEMENTS = 1024  # smaller float constants are not worth a DequantizeLinear
+
+
+def split_runtime_weight_layers(layers: list[Layer]) -> tuple[list[Layer], list[Layer]]:
+    """(layers, kept float): a Conv/ConvTranspose whose weight is not a constant (StyleGAN2's
+    per-sample modulated weights) stays float, with ``RUNTIME_WEIGHT_REASON``."""
+    kept, modulated = [], []
+    for layer in layers:
+        runtime = layer.op_type in ("Conv", "ConvTranspose") and 1 in layer.act_inputs
+        (modulated if runtime else kept).append(layer)
+    return kept, modulated
+
+
+def share_dequantized_weights(graph: ir.Graph, cache: dict) -> list[dict]:
+    """A quantized weight that other ops read too (StyleGAN2's demodulation reads the conv
+    weight) is not kept as a second float copy: those readers take the DequantizeLinear output.
+    Returns one entry per weight shared: its name and the readers moved."""
+    shared = []
+    for (name, _axis, _block), (dq_value, _scale) in cache.items():
+        value = graph.initializers.get(name)
+        if value is None or not value.uses() or value.is_graph_output():
+            continue
+        if any(entry["weight"] == name for entry in shared):
+            continue  # quantized along two axes: the first one serves the float readers
+        readers = [(use.node, use.idx) for use in value.uses()]
+        for node, index in readers:
+            node.replace_input_with(index, dq_value)
+        shared.append({"weight": name, "readers": sorted({node.name or node.op_type for node, _ in readers})})
+    return shared
+
+
+def store_other_weights_int8(builder: Builder, graph: ir.Graph, all_layers: list[Layer], exclude=()) -> list[dict]:
+    """Float initializers of ``MIN_STORED_ELEMENTS`` or more that no quantized layer reads (a
+    modulated conv's weight scaled by the style, a learned constant input) are stored as int8,
+    one scale per slice of their first axis longer than 1, behind a DequantizeLinear; computed in
+    float. Not touched: initializers an excluded (or runtime-modulated) layer reads, graph
+    outputs, and those an ``exclude`` pattern names (or names a reader of). Returns layer-table rows."""
+    layer_nodes = {id(layer.node) for layer in all_layers}
+    rows = []
+    for name in list(graph.initializers):
+        value = graph.initializers[name]
+        if value.dtype != ir.DataType.FLOAT or value.const_value is None or value.is_graph_input() or value.is_graph_output():
+            continue
+        array = value.const_value.numpy()
+        uses = value.uses()
+        if array.size < MIN_STORED_ELEMENTS or not uses or name in exclude:
+            continue
+        if any(id(u.node) in layer_nodes or u.node.domain not in ("", "ai.onnx") for u in uses):
+            continue
+        if any(u.node.op_type in ("QuantizeLinear", "DequantizeLinear") for u in uses):
+            continue  # a scale or zero point this pass wrote
+        if any(p in (u.node.name, u.node.op_type) for u in uses for p in exclude):
+            continue
+        axis = next((i for i, n in enumerate(array.shape) if n > 1), None) if array.ndim >= 2 else None
+        first = min(uses, key=lambda u: list(graph).index(u.node))
+        q, scale = quantize_symmetric(array, axis)
+        dq_value = dequantize_weight(builder, WeightUse(first.node, first.idx, value, axis or 0, 0), q, scale, axis, ir.DataType.INT8)
+        for use in list(uses):
+            use.node.replace_input_with(use.idx, dq_value)
+        rows.append({"node": first.node.name or "", "op_type": first.node.op_type, "kind": "weights", "weights": [name], "stored": "int8 constant, float compute"})
+    return rows
+
+
 # ---- the pass ---------------------------------------------------------------------------------
 
 
@@ -526,6 +595,7 @@ class InsertQDQPass(GencompressPass):
         if not all_layers:
             raise GencompressError("nothing to quantize: the model has no Conv, ConvTranspose, Gemm, MatMul, GRU/LSTM or embedding weights")
         layers, dropped = select_layers(all_layers, opts.exclude, opts.include)
+        layers, modulated = split_runtime_weight_layers(layers)
         if not layers:
             raise GencompressError("nothing to quantize: every quantizable layer is excluded")
         plan = make_plan(graph, layers)
@@ -580,6 +650,8 @@ class InsertQDQPass(GencompressPass):
                     layer.channel_block = block
             if layer.op_type in RECURRENT_OPS:
                 store_bias_int8(builder, layer.node, 3, float_biases)
+        shared = share_dequantized_weights(graph, cache)
+        stored = store_other_weights_int8(builder, graph, all_layers, opts.exclude)
         for layer in all_layers:
             layer.node.metadata_props.pop(CHANNEL_BLOCK_KEY, None)  # a hint for this pass: consumed
         self._remove_unused_initializers(graph)
@@ -587,8 +659,9 @@ class InsertQDQPass(GencompressPass):
         self.report = {
             "activations": opts.activations,
             "weights": "int8 per-tensor" if opts.per_tensor else "int8 per-channel",
-            "layers": [layer.describe() for layer in layers],
-            "float_layers": [layer.describe() for layer in dropped],
+            "layers": [layer.describe() for layer in layers] + stored,
+            "float_layers": [layer.describe() for layer in dropped] + [{**layer.describe(), "reason": RUNTIME_WEIGHT_REASON} for layer in modulated],
+            "shared_weights": shared,
             "quantized_activations": len(plan.points),
             "activation_scales": len(params),
         }

@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 
 from gencompress.errors import GencompressError
+from gencompress.passes.cleanup import DEBUG_METADATA_PREFIXES, strip_debug_metadata  # noqa: F401  (one place; re-exported)
 
 MODES = ("static", "weight-only", "fp16")
 EVAL_SEED_OFFSET = 1_000_003
@@ -37,53 +38,24 @@ DEFAULT_BLOCK_SIZE = 64
 # graph rewrites that make int8 fast, run before static quantizing (by registry name; see ``apply_rewrites``)
 REWRITE_PIPELINE = "rewrite_for_int8"
 REWRITE_PASSES = ("fold_batchnorm", "convtranspose_to_gemm", "convtranspose_to_conv")
-DEBUG_METADATA_PREFIXES = ("pkg.torch", "pkg.onnxscript", "namespace")
 
 
 # ---- preparing the float model ----------------------------------------------------------------
 
 
 def prepare(model, *, keep_debug_metadata: bool = False):
-    """Make every weight an initializer, in place: lift Constant nodes, fold constant subgraphs
-    that reshuffle weights (e.g. the exporter's Slice/Concat of a GRU's recurrent weights), drop
-    what became unused, sort; strip the exporter's per-node debug metadata (stack traces) unless
-    ``keep_debug_metadata``. Numerics unchanged; model-level metadata kept."""
-    import onnx_ir as ir
+    """Make every weight an initializer, in place: the ``cleanup`` pass (lift Constant nodes, fold
+    constant subgraphs that compute weights by the one folding policy, drop what became unused,
+    merge identical initializers, sort, strip the exporter's per-node debug metadata unless
+    ``keep_debug_metadata``), then unique names. Numerics unchanged; model-level metadata kept.
+    ``compress`` runs the same ``cleanup`` pass first, so both verbs see the same weights."""
     import onnx_ir.passes.common as common
-    from onnxscript.optimizer import fold_constants
 
-    common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model)
+    from gencompress.passes.cleanup import CleanupPass
 
-    def should_fold(node):
-        if node.op_type in ("Expand", "Tile", "ConstantOfShape", "Range"):
-            return False  # would grow the file
-        return None
-
-    try:
-        fold_constants(model, input_size_limit=1 << 26, output_size_limit=1 << 26, should_fold=should_fold)
-    except Exception:  # the folder is an optimisation: without it weights behind reshuffles stay float
-        pass
-    common.RemoveUnusedNodesPass()(model)
+    CleanupPass(CleanupPass.Options(strip_debug_metadata=not keep_debug_metadata))(model)
     common.NameFixPass()(model)
-    common.TopologicalSortPass()(model)
-    if not keep_debug_metadata:
-        strip_debug_metadata(model)
     return model
-
-
-def strip_debug_metadata(model) -> None:
-    import onnx_ir as ir
-
-    def clean(props):
-        for key in [k for k in props if k.startswith(DEBUG_METADATA_PREFIXES)]:
-            del props[key]
-
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        clean(node.metadata_props)
-        for value in node.outputs:
-            clean(value.metadata_props)
-    for value in [*model.graph.initializers.values(), *model.graph.inputs, *model.graph.outputs]:
-        clean(value.metadata_props)
 
 
 def rewrite_for_int8(model):
@@ -413,6 +385,10 @@ def quantize(
     reference = load_model(in_path)
     refuse_nonfinite_weights(reference, in_path)
     _check_float_model(reference, in_path)
+    from gencompress.exporter.upgrade import upgrade_opset
+
+    notes: list[str] = []
+    reference = upgrade_opset(reference, in_path, lambda message: (notes.append(message), log(message)))
 
     model = ir.serde.deserialize_model(reference)
     prepare(model, keep_debug_metadata=keep_debug_metadata)
@@ -467,6 +443,12 @@ def quantize(
             report["quantized_activations"] = pass_report["quantized_activations"]
     if target is not None:
         report["target"] = target
+    from gencompress.result_warnings import compression_warnings
+
+    report["notes"] = notes
+    report["warnings"] = compression_warnings(proto, report["ratio"], float_layers=report.get("float_layers") or [])
+    for warning in report["warnings"]:
+        log(f"warning: {warning}")
     report["rewrite"] = rewrite_report
     report["seconds"] = round(time.perf_counter() - started, 2)
     return report

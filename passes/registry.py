@@ -168,9 +168,10 @@ def load_recipe(path) -> list[dict]:
     """
     if isinstance(path, bool) or not isinstance(path, (str, Path)):
         raise GencompressError(f"recipe: expected a file path, got {type(path).__name__}")
+    from gencompress.onnx_io import regular_file
+
     path = Path(path)
-    if not path.is_file():
-        raise GencompressError(f"recipe {path}: no such file")
+    regular_file(path, "recipe")  # a missing file, a folder, /dev/zero or a FIFO: refused before reading
     with open(path, "rb") as f:
         raw = f.read(MAX_RECIPE_BYTES + 1)
     if len(raw) > MAX_RECIPE_BYTES:

@@ -270,7 +270,7 @@ class RewriteForInt8Pass(GencompressPass):
         conv: bool = True  # other ConvTranspose -> sub-pixel Conv
         hoist_activations: bool = True
         depth_to_space: str = "CRD"  # CRD | DCR | reshape: how phases interleave (see convtranspose_to_conv)
-        layout: str = "fused"  # fused | phases (see convtranspose_to_conv)
+        layout: str = "auto"  # auto | fused | phases (see convtranspose_to_conv)
         cleanup: bool = True
 
         def __post_init__(self):

@@ -199,6 +199,7 @@ def check(
         "provider": provider,
         "inputs": _describe_specs(specs),
         "outputs": outputs,
+        "warnings": _weight_warnings({"reference": ref_proto, "candidate": cand_proto}),
     }
     if preview:
         result["preview"] = _preview(feeds, specs, ref_out, cand_out, outputs, preview)
@@ -383,6 +384,7 @@ def bench(
         "results": rows,
         "memory": mem,
         "sizes": sizes,
+        "warnings": _weight_warnings({k: p for k, (p, _) in models.items()}),
     }
 
 
@@ -395,6 +397,18 @@ class _NullBar:
 
     def update(self, n=1):
         pass
+
+
+def _weight_warnings(protos: dict) -> list[str]:
+    """check and bench measure a model as it is: NaN/Inf weights are reported, not refused."""
+    from gencompress.onnx_io import nonfinite_weights
+
+    out = []
+    for role, proto in protos.items():
+        bad = nonfinite_weights(proto)
+        if bad:
+            out.append(f"the {role} has NaN or Inf in {len(bad)} weight(s), e.g. {_short(bad[0])}; its outputs may be NaN")
+    return out
 
 
 def _fail(message):

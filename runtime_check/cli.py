@@ -98,6 +98,8 @@ def check(reference, candidate, samples, seed, batch, inputs_npz, features, peak
         preview=8 if report_dir else 0,
         progress=not as_json,
     )
+    for warning in result.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
     written = None
     if report_dir:
         written = api.write_report(report_dir, api.build_report(reference, candidate, fidelity=result))
@@ -162,6 +164,8 @@ def bench(model, reference, providers, batches, threads, runs, warmup, seed, mem
         memory=memory,
         progress=not as_json,
     )
+    for warning in result.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         echo_json(jsonable(result))
         return

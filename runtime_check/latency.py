@@ -197,12 +197,49 @@ def measure_memory(data: bytes, specs, *, provider: str, batch: int, threads: in
             str(seed),
             specs_to_json(specs),
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = " ".join((proc.stderr or proc.stdout).split())[-240:]
+        stdout, stderr, returncode = _run_probe(cmd)
+    lines = stdout.strip().splitlines()
+    if returncode != 0 or not lines:
+        tail = " ".join((stderr or stdout).split())[-240:]
         raise GencompressError(f"memory probe failed on {provider} at batch {batch}: {tail}")
     return json.loads(lines[-1])
+
+
+PARENT_ENV = "GENCOMPRESS_PROBE_PARENT"
+
+
+def _run_probe(cmd, timeout: float = 600) -> tuple[str, str, int]:
+    """Run the probe and kill it on any interrupt (Ctrl-C, SIGTERM). An interrupt that lands
+    while Popen is still spawning it leaves no handle to kill: the child then ends itself
+    (``_die_with_parent``)."""
+    proc = None
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, PARENT_ENV: str(os.getpid())})
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except BaseException:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        raise
+    return stdout, stderr, proc.returncode
+
+
+def _die_with_parent() -> None:
+    """In the probe: be killed when the tool that started it exits (Linux), or exit now if it
+    already has."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+    if str(os.getppid()) != parent:
+        os._exit(1)
 
 
 def _main(argv) -> int:
@@ -210,6 +247,7 @@ def _main(argv) -> int:
         print("usage: python -m gencompress.runtime_check.latency probe MODEL PROVIDER BATCH THREADS SEED SPECS_JSON", file=sys.stderr)
         return 2
     _, model, provider, batch, threads, seed, specs_json = argv
+    _die_with_parent()
     try:
         result = _probe(model, provider, int(batch), int(threads) or None, int(seed), specs_json)
     except GencompressError as e:

@@ -1,0 +1,1 @@
+"""Files copied into bundles (data, not imported): sample.py (python target) and index.html (web target)."""

@@ -1,0 +1,135 @@
+"""The web target's runtime: onnxruntime-web at a pinned version, fetched once with npm, then cached.
+
+``npm pack`` downloads the package tarball (npm checks its integrity and keeps its own cache); only
+the files the page needs are kept, in ``$GENCOMPRESS_CACHE/onnxruntime-web/<version>/`` (default
+``~/.cache/gencompress``), so a second build needs no registry. The page uses the wasm-only build:
+``ort.wasm.min.js`` loads ``ort-wasm-simd-threaded.mjs`` + ``.wasm`` from its own folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+from gencompress.errors import GencompressError
+
+ORT_WEB_VERSION = "1.30.0"
+# What the page loads, plus package.json (version and MIT licence of the vendored files).
+PAGE_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+KEPT_FILES = (*PAGE_FILES, "package.json")
+NPM_TIMEOUT_S = 600
+
+
+class WebRuntimeUnavailable(GencompressError):
+    """onnxruntime-web could not be fetched (no npm, registry unreachable): the web target alone fails."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("GENCOMPRESS_CACHE") or Path.home() / ".cache" / "gencompress")
+
+
+def cache_dir(version: str = ORT_WEB_VERSION) -> Path:
+    return cache_root() / "onnxruntime-web" / version
+
+
+def runtime_files(version: str = ORT_WEB_VERSION, log=None) -> Path:
+    """The cache folder holding KEPT_FILES of onnxruntime-web ``version``; fetched with npm if absent."""
+    folder = cache_dir(version)
+    if _complete(folder):
+        return folder
+    (log or (lambda m: None))(f"fetching onnxruntime-web@{version} with npm into {folder} ...")
+    _fetch(version, folder)
+    return folder
+
+
+def _complete(folder: Path) -> bool:
+    """All kept files present with the sizes and digests recorded when they were fetched."""
+    index = folder / "files.json"
+    if not index.is_file():
+        return False
+    try:
+        recorded = json.loads(index.read_text())
+        return all(_digest(folder / name) == recorded[name] for name in KEPT_FILES)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _fix_hint(version: str) -> str:
+    return (f"fix: make the npm registry reachable (npm config get registry), or copy {cache_dir(version)} from a machine "
+            f"that built the web target (GENCOMPRESS_CACHE sets the cache folder), or leave web out with --target python,ort")
+
+
+def _fetch(version: str, folder: Path) -> None:
+    npm = shutil.which("npm")
+    if npm is None:
+        raise WebRuntimeUnavailable(f"web target: npm is not installed, so onnxruntime-web@{version} cannot be fetched; "
+                                    f"install Node.js/npm; {_fix_hint(version)}")
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{version}.fetch-", dir=folder.parent))
+    except OSError as e:
+        raise WebRuntimeUnavailable(f"web target: cannot create the cache folder {folder.parent} ({e.strerror}); "
+                                    f"set GENCOMPRESS_CACHE to a writable folder") from None
+    try:
+        cmd = [npm, "pack", f"onnxruntime-web@{version}", "--pack-destination", str(work), "--json", "--prefer-offline",
+               "--fetch-retries=1", "--fetch-retry-mintimeout=1000", "--fetch-retry-maxtimeout=4000", "--loglevel=error"]
+        try:
+            r = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=NPM_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise WebRuntimeUnavailable(f"web target: npm pack onnxruntime-web@{version} took over {NPM_TIMEOUT_S} s; "
+                                        f"{_fix_hint(version)}") from None
+        tarballs = sorted(work.glob("onnxruntime-web-*.tgz"))
+        if r.returncode != 0 or not tarballs:
+            raise WebRuntimeUnavailable(f"web target: npm could not fetch onnxruntime-web@{version} "
+                                        f"({_npm_reason(r.stderr or r.stdout)}); {_fix_hint(version)}")
+        staged = work / "files"
+        staged.mkdir()
+        _extract(tarballs[0], staged, version)
+        (staged / "files.json").write_text(json.dumps({n: _digest(staged / n) for n in KEPT_FILES}, indent=1))
+        if folder.exists():  # an incomplete or corrupted earlier copy
+            shutil.rmtree(folder)
+        staged.replace(folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _npm_reason(text: str) -> str:
+    """npm's error code and first message line, e.g. ``ECONNREFUSED: FetchError: request to ... failed``."""
+    lines = [ln.removeprefix("npm error").removeprefix("npm ERR!").strip() for ln in text.splitlines()]
+    code = next((ln.split(None, 1)[1] for ln in lines if ln.startswith("code ") and " " in ln), None)
+    message = next((ln for ln in lines if ln and not ln.startswith(("code ", "syscall ", "errno ", "at "))), "")
+    reason = f"{code}: {message}" if code and code not in message[:len(code) + 2] else message or code or "no message"
+    return " ".join(reason.split())[:200]
+
+
+def _extract(tarball: Path, dest: Path, version: str) -> None:
+    wanted = {f"package/dist/{n}": n for n in PAGE_FILES} | {"package/package.json": "package.json"}
+    with tarfile.open(tarball, "r:gz") as tar:
+        for member in tar.getmembers():
+            name = wanted.pop(member.name, None)
+            if name is None or not member.isfile():
+                continue
+            with tar.extractfile(member) as src, open(dest / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    if wanted:
+        raise WebRuntimeUnavailable(f"web target: the onnxruntime-web@{version} package lacks {', '.join(sorted(wanted))}; "
+                                    f"this gencompress expects the wasm build's files in dist/")
+
+
+def vendor(dest: Path, version: str = ORT_WEB_VERSION, log=None) -> list[str]:
+    """Copy the page's onnxruntime-web files into ``dest``; returns their names."""
+    src = runtime_files(version, log)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in KEPT_FILES:
+        shutil.copyfile(src / name, dest / ("onnxruntime-web.package.json" if name == "package.json" else name))
+    return [("onnxruntime-web.package.json" if n == "package.json" else n) for n in KEPT_FILES]
