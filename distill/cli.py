@@ -15,7 +15,7 @@ from gencompress.distill.api import DEFAULTS
 @click.argument("out", metavar="OUT.onnx")
 @click.option("--steps", type=int, default=DEFAULTS["steps"], show_default=True, help="Training steps (one batch each).")
 @click.option("--batch", type=int, default=DEFAULTS["batch"], show_default=True, help="Inputs per step.")
-@click.option("--lr", type=float, default=DEFAULTS["lr"], show_default=True, help="Adam learning rate (cosine decay to 1%).")
+@click.option("--lr", type=float, help="Adam learning rate (warm-up, cosine decay to 1%); default 2e-3, or 2e-4 for an unpruned student with --quantize-aware.")
 @click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True, help="Seed of the training draws; same seed, same output file.")
 @click.option("--threads", type=int, default=DEFAULTS["threads"], show_default=True, help="Torch and onnxruntime threads (the result depends on it).")
 @click.option("--data", type=click.Path(), metavar="FILE.npz", help="Real inputs keyed by input name, instead of draws from the latent prior.")
