@@ -17,6 +17,7 @@ _VERBS = {
     "check": "gencompress.runtime_check.api",
     "bench": "gencompress.runtime_check.api",
     "compress": "gencompress.pipeline",
+    "distill": "gencompress.distill.api",
     "ship": "gencompress.ship.bundle",
 }
 

@@ -26,6 +26,7 @@ COMMANDS = {
     "bench": ("gencompress.runtime_check.cli", "Latency, throughput, memory and size of a model in onnxruntime."),
     "ship": ("gencompress.ship.cli", "Bundle a compressed model for edge devices: Python runner, ORT format, web page."),
     "train": ("gencompress.models.cli", "Train a zoo generator on the bundled digits and write its checkpoint."),
+    "distill": ("gencompress.distill.cli", "Train a pruned student's weights to reproduce its float teacher."),
 }
 
 

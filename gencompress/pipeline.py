@@ -45,10 +45,12 @@ def default_recipe(
     seed: int = 0,
     objective: str = "balanced",
     timing: dict | None = None,
+    distill: int = 0,
 ) -> list[dict]:
-    """The recipe the common flags stand for: cleanup → prune? → (rewrite →) quantize.
+    """The recipe the common flags stand for: cleanup → prune? → distill? → (rewrite →) quantize.
 
     Pruning runs when ``sparsity > 0``, or with ``prune_mode="nm"`` (whose N:M fixes the sparsity).
+    ``distill`` > 0: that many distillation steps against the input model, after pruning.
     """
     if mode not in QUANT_MODES:
         raise GencompressError(f"--mode {mode!r}: one of {', '.join(QUANT_MODES)}")
@@ -64,6 +66,10 @@ def default_recipe(
         steps.append({"pass": "nm_prune", "options": {"n": n, "m": m}})
     elif sparsity > 0:
         steps.append({"pass": PRUNE_PASSES[prune_mode], "options": {"sparsity": sparsity}})
+    if distill:
+        if isinstance(distill, bool) or not isinstance(distill, int) or distill < 0:
+            raise GencompressError(f"--distill must be a number of steps, 0 or more, got {distill!r}")
+        steps.append({"pass": "distill", "options": {"steps": distill, "seed": seed}})
     from gencompress.passes.speed_plan import check_objective
 
     check_objective(objective)
@@ -378,6 +384,8 @@ def _pass_entry(entry: dict) -> dict:
     summary = {k: v for k, v in report.items() if isinstance(v, (int, float, str, bool)) or v is None}
     layers = next((v for v in report.values() if isinstance(v, list) and v and isinstance(v[0], dict)), None)
     row = {"pass": entry["pass"], "options": entry["options"], "summary": summary}
+    if report.get("loss_curve"):  # distill: drawn as a chart in report.html
+        row["loss_curve"] = report["loss_curve"]
     if layers:
         row["layers"] = [{k: v for k, v in layer.items() if not isinstance(v, (dict, list))} for layer in layers]
     return row

@@ -11,7 +11,7 @@ from gencompress.pipeline import PRUNE_PASSES, QUANT_MODES
 
 # options that only build the flag recipe (default_recipe)
 RECIPE_FLAGS = ("mode", "bits", "sparsity", "prune_mode", "nm", "calib", "calib_size", "per_tensor", "activations", "no_rewrite", "exclude",
-                "objective")
+                "objective", "distill")
 
 # flag -> (the option that decides whether it is used, the values for which it is)
 APPLIES_TO = {
@@ -54,6 +54,7 @@ def _flag(name: str) -> str:
 @click.option("--target-psnr", type=float, default=None, metavar="DB",
               help="Search the configurations (per-layer int8/float, rewrites on/off, weight-only int8/int4, fp16) for the best "
                    "one per --objective that stays at or above DB against float; all candidates go on the report's chart.")
+@click.option("--distill", type=int, default=0, show_default=True, metavar="STEPS", help="After pruning, distill the pruned model against the float one for STEPS steps (quantization-aware when a quantization follows).")
 @click.option("--sweep", help="Also run KEY=V1,V2,... (sparsity, bits, mode, calib) for the size-vs-PSNR chart.")
 @click.option("--samples", type=int, default=256, show_default=True, help="Seeded latents for the fidelity check.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -64,8 +65,8 @@ def _flag(name: str) -> str:
 @click.option("--ship", "ship", is_flag=True, help="Also bundle the compressed model into OUT_DIR/ship (see `gencompress ship`).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the summary table.")
 def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits, sparsity, prune_mode, nm, calib, calib_size,
-             per_tensor, activations, no_rewrite, exclude, objective, target_psnr, sweep, samples, seed, provider, batches, threads, no_bench,
-             ship, as_json):
+             per_tensor, activations, no_rewrite, exclude, objective, target_psnr, distill, sweep, samples, seed, provider, batches, threads,
+             no_bench, ship, as_json):
     """Export MODEL (or take MODEL.onnx), compress it, check it; write OUT_DIR.
 
     OUT_DIR gets model.onnx, reference.onnx, report.json and report.html.
@@ -84,6 +85,7 @@ def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits,
       gencompress compress vae out/ --sparsity 0.5 --mode weight-only --bits 4
       gencompress compress g.onnx out/ --recipe recipe.yaml
       gencompress compress dcgan out/ --sweep bits=8,4 --mode weight-only
+      gencompress compress dcgan out/ --sparsity 0.5 --prune-mode channel --distill 2000
       gencompress compress dcgan out/ --ship      # + out/ship: sample.py, model.ort, web/
       gencompress compress gencompress.models.families:ModulatedConvFused out/ --batch-size 2
     """
@@ -103,7 +105,7 @@ def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits,
                 raise GencompressError(f"{_flag(name)} applies to {' or '.join(f'{_flag(option)} {v}' for v in values)} only")
     flags = dict(mode=mode, sparsity=sparsity, prune_mode=prune_mode, nm=nm, bits=int(bits), calib=calib,
                  calib_size=calib_size, per_tensor=per_tensor, activations=activations, rewrite=not no_rewrite,
-                 exclude=tuple(exclude), seed=seed, objective=objective)
+                 exclude=tuple(exclude), seed=seed, objective=objective, distill=distill)
     report = run(
         model, out_dir, recipe=recipe, checkpoint=checkpoint, inputs=inputs, batch_size=batch_size, samples=samples, seed=seed,
         bench=not no_bench, batches=batches or (1, 64), threads=threads or (2,), provider=provider,

@@ -38,6 +38,7 @@ PASS_MODULES = [
     "gencompress.passes.fp16_convert",
     "gencompress.passes.depth_to_space_nhwc",
     "gencompress.passes.speed_plan",
+    "gencompress.distill.step",
 ]
 
 class GencompressPass(ir.passes.InPlacePass):
@@ -216,8 +217,13 @@ def _short(value, limit: int = 80) -> str:
 def run_recipe(model, recipe: list[dict]):
     """Run a validated recipe on an onnx_ir model in place; return the list of pass reports."""
     reports = []
-    for step in validate_recipe(recipe):
+    steps = validate_recipe(recipe)
+    # a distill step learns from the model as it was before the recipe ran
+    teacher = ir.serde.serialize_model(model) if any(s["pass"] == "distill" for s in steps) else None
+    for i, step in enumerate(steps):
         p = make_pass(step["pass"], step["options"])
+        if teacher is not None and hasattr(p, "set_context"):
+            p.set_context(teacher, steps[i + 1:])
         result = p(model)
         model = result.model
         reports.append({"pass": step["pass"], "options": step["options"], "report": getattr(p, "report", None)})

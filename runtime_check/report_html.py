@@ -500,6 +500,8 @@ def _passes_section(data, page: _Page) -> str:
             if isinstance(p.get("layers"), list) and p["layers"]:
                 name = p.get("pass") or p.get("name") or f"#{i + 1}"
                 parts.append(f"<h3>Pass {i + 1}: <code>{_e(name)}</code>, per layer</h3>" + generic_table(p["layers"], f"passes.{i}.layers", page))
+            if isinstance(p.get("loss_curve"), list) and p["loss_curve"]:
+                parts.append(f"<h3>Pass {i + 1}: <code>{_e(p.get('pass') or '')}</code>, training loss</h3>" + loss_svg(p["loss_curve"]))
     if recipe:
         text = recipe if isinstance(recipe, str) else json.dumps(recipe, indent=2)
         parts.append(f"<h3>Recipe</h3><pre>{_e(text)}</pre>")
@@ -697,6 +699,39 @@ def sweep_svg(sweep: list, width: int = 620, height: int = 360) -> str:
     out.append(f'<circle cx="{ml + 116}" cy="14" r="4.5" fill="#fff" stroke="#7a8292" stroke-width="1.5"/><text x="{ml + 125}" y="18">dominated</text>')
     if any(p[5] for p in pts):
         out.append(f'<circle cx="{ml + 216}" cy="14" r="6" fill="#fff" stroke="#7a8292" stroke-width="2"/><text x="{ml + 226}" y="18">selected</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def loss_svg(curve: list, width: int = 420, height: int = 220) -> str:
+    """Inline SVG line chart of a loss curve ``[[step, loss], ...]``, loss on a log scale."""
+    pts = [(float(s), float(v)) for s, v in ((c[0], c[1]) for c in curve if isinstance(c, (list, tuple)) and len(c) == 2)
+           if _num(s) is not None and _num(v) is not None and math.isfinite(float(v)) and float(v) > 0]
+    if not pts:
+        return "<p class='note'>No loss values to plot.</p>"
+    ml, mr, mt, mb = 64, 16, 14, 40
+    x0, x1 = 0.0, max(p[0] for p in pts) or 1.0
+    lo, hi = math.log10(min(p[1] for p in pts)), math.log10(max(p[1] for p in pts))
+    lo, hi = math.floor(lo), max(math.ceil(hi), math.floor(lo) + 1)
+
+    def X(v):
+        return ml + (v - x0) / (x1 - x0) * (width - ml - mr)
+
+    def Y(v):
+        return mt + (hi - math.log10(v)) / (hi - lo) * (height - mt - mb)
+
+    out = [f'<svg class="loss-chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="training loss">']
+    out.append(f'<rect x="{ml}" y="{mt}" width="{width - ml - mr}" height="{height - mt - mb}" fill="#fafbfc" stroke="#c9ced8"/>')
+    for e in range(lo, hi + 1):
+        y = Y(10.0 ** e)
+        out.append(f'<line x1="{ml}" y1="{y:.1f}" x2="{width - mr}" y2="{y:.1f}" stroke="#e3e6ec"/><text x="{ml - 6}" y="{y + 4:.1f}" text-anchor="end">1e{e}</text>')
+    for t in _ticks(x0, x1, 4):
+        x = X(t)
+        out.append(f'<text x="{x:.1f}" y="{height - mb + 16}" text-anchor="middle">{t:g}</text>')
+    out.append(f'<text x="{(ml + width - mr) / 2:.0f}" y="{height - 6}" text-anchor="middle">step</text>')
+    out.append(f'<text transform="translate(14 {(mt + height - mb) / 2:.0f}) rotate(-90)" text-anchor="middle">MSE loss</text>')
+    path = " ".join(f"{'M' if k == 0 else 'L'}{X(s):.1f} {Y(v):.1f}" for k, (s, v) in enumerate(pts))
+    out.append(f'<path d="{path}" fill="none" stroke="#2f6fd0" stroke-width="1.8"/>')
     out.append("</svg>")
     return "".join(out)
 

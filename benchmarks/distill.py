@@ -1,0 +1,120 @@
+"""What distillation wins back after pruning (and quantization) on the zoo.
+
+Each row is ONE `gencompress.compress` run on the exported zoo model: cleanup → prune →
+distill (against the float model; quantization-aware when a quantization follows) → int8
+rewrites + static int8 QDQ, or int4 weight-only, or nothing. Columns:
+
+- raw dB: the pruned student against float, before distillation (the distill step measures it);
+- distilled dB: the float student after distillation;
+- final dB: the compressed model against float (held-back latents, as `compress` reports it);
+- size: the compressed file over the float file; b1/b64: float p50 / compressed p50 latency,
+  interleaved in one process, 2 intra-op threads, spinning off;
+- wall s: the distill step's training time.
+
+    python benchmarks/distill.py [--models dcgan,vae,rvae,cgan] [--settings u50,u75,nm,ch25,ch50]
+                                 [--quant none,int8] [--steps 2000] [--runs 50] [--json]
+
+Settings: u50/u75 unstructured 50/75%, nm 2:4, ch25/ch50 channel 25/50%, dense (no pruning).
+Quant: none, int8 (static QDQ with the int8 rewrites), int4 (weight-only, blocks of 64).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SETTINGS = {
+    "u50": ("unstructured 50%", {"sparsity": 0.5, "prune_mode": "unstructured"}),
+    "u75": ("unstructured 75%", {"sparsity": 0.75, "prune_mode": "unstructured"}),
+    "nm": ("2:4", {"prune_mode": "nm", "nm": "2:4"}),
+    "ch25": ("channel 25%", {"sparsity": 0.25, "prune_mode": "channel"}),
+    "ch50": ("channel 50%", {"sparsity": 0.5, "prune_mode": "channel"}),
+    "dense": ("dense", {}),
+}
+QUANT = {"none": {"mode": "none"}, "int8": {"mode": "static"}, "int4": {"mode": "weight-only", "bits": 4}}
+
+
+def run_one(model: Path, setting: str, quant: str, steps: int, runs: int, folder: Path) -> dict:
+    from gencompress.pipeline import compress
+
+    flags = {**SETTINGS[setting][1], **QUANT[quant], "distill": steps}
+    out = folder / f"{model.stem}-{setting}-{quant}"
+    start = time.perf_counter()
+    report = compress(str(model), out, flags=flags, bench=True, batches=(1, 64), threads=(2,), runs=runs)
+    total = time.perf_counter() - start
+    step = next(p for p in report["passes"] if p["pass"] == "distill")["summary"]
+    lat = {r["batch"]: r["speedup"] for r in report["latency"]["results"]}
+    return {
+        "model": model.stem,
+        "setting": SETTINGS[setting][0],
+        "quant": quant,
+        "steps": steps,
+        "raw_db": step["psnr_before_db"],
+        "distilled_db": step["psnr_after_db"],
+        "final_db": report["fidelity"]["outputs"][0]["psnr_db"],
+        "size": report["sizes"]["ratio"],
+        "speed_b1": lat.get(1),
+        "speed_b64": lat.get(64),
+        "distill_s": step["wall_s"],
+        "total_s": round(total, 1),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="dcgan,vae,rvae,cgan")
+    parser.add_argument("--settings", default="u50,u75,nm,ch25,ch50")
+    parser.add_argument("--quant", default="none,int8")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=50, help="timed runs per model and batch size")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    from gencompress.exporter.export import export
+    from gencompress.output import table
+
+    models = [m for m in args.models.split(",") if m]
+    settings = [s for s in args.settings.split(",") if s]
+    quants = [q for q in args.quant.split(",") if q]
+    for s in settings:
+        if s not in SETTINGS:
+            parser.error(f"unknown setting {s!r}; one of {', '.join(SETTINGS)}")
+    for q in quants:
+        if q not in QUANT:
+            parser.error(f"unknown quant {q!r}; one of {', '.join(QUANT)}")
+    load_start = os.getloadavg()[0]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for name in models:
+            model = folder / f"{name}.onnx"
+            export(name, model)
+            for s in settings:
+                for q in quants:
+                    row = run_one(model, s, q, args.steps, args.runs, folder)
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+    load_end = os.getloadavg()[0]
+    if args.json:
+        print(json.dumps({"rows": rows, "load_start": load_start, "load_end": load_end}, indent=2))
+        return 0
+    print(f"load average {load_start:.2f} at start, {load_end:.2f} at end (2 cores, shared); distill on 1 torch thread, "
+          f"timing with 2 onnxruntime threads, interleaved; PSNR vs float on 256 held-back latents")
+    headers = ["model", "setting", "quant", "steps", "raw dB", "distilled dB", "final dB", "size", "speed b1", "speed b64", "distill s"]
+    keys = ["model", "setting", "quant", "steps", "raw_db", "distilled_db", "final_db", "size", "speed_b1", "speed_b64", "distill_s"]
+    print(table(headers, [[_fmt(r[k]) for k in keys] for r in rows]))
+    return 0
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.2f}" if abs(v) >= 1 or v == 0 else f"{v:.3f}"
+    return v
+
+
+if __name__ == "__main__":
+    sys.exit(main())
