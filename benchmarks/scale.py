@@ -115,7 +115,7 @@ def child(tool: str, src: str, out: str) -> dict:
     base = vm_hwm()
     start = time.perf_counter()
     if tool == "ours-quantize":
-        Q.quantize(src, out, calib_size=CALIB, check=False)
+        Q.quantize(src, out, calib_size=CALIB, check=False, objective="size")
     elif tool == "ours-prune":
         prune(src, out, sparsity=0.5)
     elif tool == "ort-quantize":
@@ -202,7 +202,7 @@ def profile(src: str, out: str, tool: str = "quantize") -> None:
 
         prune(src, out, sparsity=0.5)
     else:
-        Q.quantize(src, out, calib_size=CALIB, check=False)
+        Q.quantize(src, out, calib_size=CALIB, check=False, objective="size")
     stop.set()
     t.join()
     print(f"{tool} {time.perf_counter() - start:.1f} s, VmHWM {vm_hwm() / 2**20:.0f} MiB, file {file_bytes(Path(src)) / 2**20:.0f} MiB")

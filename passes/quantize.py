@@ -435,6 +435,10 @@ def quantize(
         raise GencompressError(f"--fp16-io: only for --mode fp16 (--mode {mode} keeps float32 inputs and outputs)")
     sources = [in_path, *([calib_data] if calib_data else [])]
     refuse_overwrite(out_path, sources)
+    if external_data:
+        from gencompress.onnx_io import external_data_path
+
+        refuse_overwrite(external_data_path(out_path), sources)  # before any work, not when saving
     if Path(out_path).suffix != ".onnx":
         raise GencompressError(f"{out_path}: output should be an .onnx file")
     if not check and target_psnr is not None:
@@ -453,6 +457,9 @@ def quantize(
     del upgraded  # only ``reference`` (deleted below) and ``eval_reference`` may keep the proto alive
     before = reference.ByteSize()  # the self-contained size, even when the input keeps its weights in a side file
     header = skeleton(reference)  # inputs, outputs and metadata, no weights: all the evaluation needs
+    from gencompress.inputs import output_range_of_model, specs_of_model
+
+    specs_of_model(header), output_range_of_model(header)  # malformed metadata fails now, not after calibrating
     calib_feeds, eval_feeds, eval_source = _evaluation_set(header, mode, calib_data, calib_size, eval_size, seed)
     # one copy of the weights in memory: the onnx_ir model wraps the proto's tensors, and the
     # reference's sessions read the input file itself

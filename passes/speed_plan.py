@@ -290,7 +290,7 @@ class ConfigBuilder:
         if int8 in self._built:
             return self._built[int8]
         from gencompress.passes.quantize import finalize
-        from gencompress.passes.weight_only_quantize import WeightOnlyQuantizePass
+        from gencompress.passes.weight_only_quantize import WeightOnlyQuantizePass, weight_layers
 
         convt = {l["node"] for l in self.layers if l["op_type"] == "ConvTranspose"}
         quantizer, rewrite_report = self._quantizer(frozenset(convt - int8))
@@ -306,6 +306,9 @@ class ConfigBuilder:
             model = quantizer.prepared.clone()  # an onnx_ir model sharing its weight tensors: the passes below make new ones
         floating = [l["node"] for l in self.layers if l["node"] not in int8]
         targets = tuple(n for n in names if n not in include and any(_matches(n, o) for o in floating))
+        # insert_qdq may already store some of them int8 behind a DequantizeLinear (weights no layer of its reads)
+        still_float = {layer.node.name for layer in weight_layers(model.graph)}
+        targets = tuple(t for t in targets if t in still_float)
         if targets:
             p = WeightOnlyQuantizePass(WeightOnlyQuantizePass.Options(bits=8, include=targets))
             model = p(model).model

@@ -303,7 +303,7 @@ def test_compress_distill(run_cli, user_error, zoo_onnx, tmp_path):
                 "--no-bench", "--samples", 64, "--calib-size", 32, "--json")
     assert r.exit_code == 0, r
     report = json.loads(r.stdout)
-    assert [p["pass"] for p in report["passes"]] == ["cleanup", "channel_prune", "distill", "rewrite_for_int8", "insert_qdq"]
+    assert [p["pass"] for p in report["passes"]] == ["cleanup", "channel_prune", "distill", "plan_int8"]
     step = report["passes"][2]
     assert step["summary"]["quantize_aware"] == "int8"
     assert step["summary"]["psnr_after_db"] > step["summary"]["psnr_before_db"]

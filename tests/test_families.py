@@ -19,7 +19,7 @@ from gencompress.pipeline import compress
 
 
 CALIB = "32"  # calibration draws: few, for speed; compress and quantize get the same
-FAST = {"calib_size": int(CALIB), "eval_size": 16}
+FAST = {"calib_size": int(CALIB), "eval_size": 16, "objective": "size"}  # structural checks: every layer int8, untimed
 
 
 @pytest.fixture(scope="session")
@@ -53,14 +53,14 @@ def initializer_contents(path) -> Counter:
 def test_every_verb_runs_and_int8_is_small(family_onnx, tmp_path, run_cli, name):
     src = family_onnx(name)
     bound = FAMILIES[name][1]
-    result = run_cli("quantize", src, tmp_path / "q.onnx", "--calib-size", CALIB, "--eval-size", "16", "--json")
+    result = run_cli("quantize", src, tmp_path / "q.onnx", "--calib-size", CALIB, "--eval-size", "16", "--objective", "size", "--json")
     assert result.exit_code == 0, result
     report = json.loads(result.stdout)
     assert report["ratio"] <= bound, (name, report["ratio"])
     assert report["psnr_db"] is None or report["psnr_db"] > 30
     assert not report["warnings"]
     # compress (cleanup -> rewrites -> insert_qdq) writes the same weights, the same size
-    out = compress(src, tmp_path / "c", bench=False, samples=16, flags={"calib_size": int(CALIB)})
+    out = compress(src, tmp_path / "c", bench=False, samples=16, flags={"calib_size": int(CALIB), "objective": "size"})
     assert initializer_contents(tmp_path / "c" / "model.onnx") == initializer_contents(tmp_path / "q.onnx")
     assert out["sizes"]["candidate"]["bytes"] == (tmp_path / "q.onnx").stat().st_size
     assert out["warnings"] == []
@@ -75,8 +75,8 @@ def test_every_verb_runs_and_int8_is_small(family_onnx, tmp_path, run_cli, name)
 def test_zoo_rvae_compress_matches_quantize(zoo_onnx, tmp_path):
     """The GRU's weights, computed by Slice/Concat, fold in compress as in quantize."""
     src = zoo_onnx("rvae")
-    q = gencompress.quantize(src, tmp_path / "q.onnx", calib_size=int(CALIB), eval_size=16)
-    out = compress(src, tmp_path / "c", bench=False, samples=16, flags={"calib_size": int(CALIB)})
+    q = gencompress.quantize(src, tmp_path / "q.onnx", calib_size=int(CALIB), eval_size=16, objective="size")
+    out = compress(src, tmp_path / "c", bench=False, samples=16, flags={"calib_size": int(CALIB), "objective": "size"})
     assert out["sizes"]["ratio"] <= 0.27
     assert initializer_contents(tmp_path / "c" / "model.onnx") == initializer_contents(tmp_path / "q.onnx")
     assert q["ratio"] <= 0.27

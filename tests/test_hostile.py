@@ -372,7 +372,8 @@ def test_compress_reruns_identical_and_commit_is_all_or_nothing(tmp_path, run_cl
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")  # unrelated files in OUT_DIR are kept
-    args = ["compress", m, out, "--samples", "8", "--calib-size", "8", "--no-bench"]
+    # --objective size: the default (balanced) records measured per-layer timings in the report
+    args = ["compress", m, out, "--samples", "8", "--calib-size", "8", "--no-bench", "--objective", "size"]
     assert run_cli(*args).exit_code == 0
     first = snapshot(out)
     first_report = _report_without_timings(out / "report.json")

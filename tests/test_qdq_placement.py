@@ -162,7 +162,7 @@ def tiny_family(tmp_path_factory):
         if name not in cache:
             path, out = folder / f"{name}.onnx", folder / f"{name}.int8.onnx"
             export_family(name, path, legacy=True, **TINY[name])  # TorchScript: seconds faster than dynamo
-            cache[name] = (path, out, quantize(path, out, calib_size=64, eval_size=32))
+            cache[name] = (path, out, quantize(path, out, calib_size=64, eval_size=32, objective="size"))
         return cache[name]
 
     return get

@@ -79,7 +79,7 @@ def test_external_data_on_request_and_side_file_never_an_input(zoo_onnx, tmp_pat
     victim = tmp_path / "victim.onnx"
     onnx.save_model(onnx.load(str(src)), str(victim), save_as_external_data=True, location="w.onnx.data", size_threshold=0)
     weights = (tmp_path / "w.onnx.data").read_bytes()
-    user_error(run_cli("quantize", victim, tmp_path / "w.onnx", "--external-data", "--no-check"), "w.onnx.data")
+    user_error(run_cli("quantize", victim, tmp_path / "w.onnx", "--external-data", "--no-check", "--objective", "size"), "w.onnx.data")
     assert (tmp_path / "w.onnx.data").read_bytes() == weights and not (tmp_path / "w.onnx").exists()
 
 
@@ -102,7 +102,7 @@ _PEAK_CHILD = textwrap.dedent(
         seen["bytes"] += np.asarray(x).nbytes
         return update(self, x)
     C.TensorStats.update = counting
-    Q.quantize(str(src), out, calib_size=64, check=False)
+    Q.quantize(str(src), out, calib_size=64, check=False, objective="size")
     print(json.dumps({"base": base, "peak": vm_hwm(), "file": src.stat().st_size, "per_sample": seen["bytes"] / 64}))
     """
 )
