@@ -10,8 +10,8 @@ Models, all from the same exported float graph:
   ort-qdq    onnxruntime's recipe: quant_pre_process (shape inference + optimisation), then
              quantize_static: QDQ, int8 per-channel weights, uint8 activations, MinMax, on the same
              256 seeded calibration latents as ours
-  ours       gencompress.quantize(..., objective="size"): static int8 on every layer, like quantize_static
-             (the default objective, balanced, only moves a layer to float where that timed faster)
+  ours       gencompress.quantize(..., objective=OBJECTIVE): --objective balanced (the default: a layer
+             computes in int8 only where that timed faster) or size (every layer int8, like quantize_static)
 Families (models/conv_families.py, seeded weights): rrdb (super-resolution, residual-in-residual
 dense blocks), gan (Linear → (Upsample → Conv → BN → LeakyReLU) ×2 → Conv → Tanh), style
 (InstanceNorm residual blocks); plus the zoo dcgan and the standard DCGAN (DESIGN.md).
@@ -73,7 +73,7 @@ def ort_quantize(float_path: Path, out: Path, feeds: dict[str, np.ndarray]) -> N
     pre.unlink()
 
 
-def measure(name: str, folder: Path, rounds: int, repeats: int, kernels: bool) -> dict:
+def measure(name: str, folder: Path, rounds: int, repeats: int, kernels: bool, objective: str = "balanced") -> dict:
     from gencompress.inputs import sample_inputs, specs_of_model
     from gencompress.onnx_io import load_model
     from gencompress.passes.quantize import quantize
@@ -82,7 +82,7 @@ def measure(name: str, folder: Path, rounds: int, repeats: int, kernels: bool) -
     feeds = base.calibration_feeds(float_path)
     paths = {"float": float_path, "ort-qdq": folder / f"{name}_ort.onnx", "ours": folder / f"{name}_ours.onnx"}
     ort_quantize(float_path, paths["ort-qdq"], feeds)
-    quantize(float_path, paths["ours"], objective="size")  # every layer int8, as quantize_static (the default balanced times layers)
+    quantize(float_path, paths["ours"], objective=objective)
 
     specs = specs_of_model(load_model(float_path))
     sessions = {n: base.session(p) for n, p in paths.items()}
@@ -152,12 +152,14 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timing blocks per batch size; the table shows their range (default 3)")
     parser.add_argument("--kernels", action="store_true", help="also profile which kernels onnxruntime ran (share of kernel time)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
+    parser.add_argument("--objective", choices=["balanced", "speed", "size"], default="balanced",
+                        help="ours: gencompress.quantize's objective (default balanced, the tool's default)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.repeats < 1:
         parser.error("--rounds and --repeats must be positive")
     facts = base.machine()
     with tempfile.TemporaryDirectory(prefix="gc-int8-conv-") as tmp:
-        results = [measure(name, Path(tmp), args.rounds, args.repeats, args.kernels) for name in args.only]
+        results = [measure(name, Path(tmp), args.rounds, args.repeats, args.kernels, args.objective) for name in args.only]
     facts["load_avg_end"] = list(os.getloadavg())
     if args.json:
         print(json.dumps({"machine": facts, "rounds": args.rounds, "repeats": args.repeats, "results": results}, indent=1))
