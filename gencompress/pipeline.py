@@ -73,23 +73,18 @@ def default_recipe(
     from gencompress.passes.speed_plan import check_objective
 
     check_objective(objective)
-    if mode == "static" and objective != "size":  # measure, then decide per layer (passes/speed_plan.py)
-        options = {"objective": objective, "calib": calib, "per_tensor": per_tensor, "activations": activations, "seed": seed,
-                   "rewrite": rewrite, **(timing or {})}
-        if calib_size is not None:
-            options["calib_size"] = calib_size
-        if exclude:
-            options["exclude"] = list(exclude)
-        steps.append({"pass": "plan_int8", "options": options})
-    elif mode == "static":
-        if rewrite:
-            steps.append({"pass": "rewrite_for_int8", "options": {}})
+    if mode == "static":
         options = {"calib": calib, "per_tensor": per_tensor, "activations": activations, "seed": seed}
         if calib_size is not None:
             options["calib_size"] = calib_size
         if exclude:
             options["exclude"] = list(exclude)
-        steps.append({"pass": "insert_qdq", "options": options})
+        if objective != "size":  # measure, then decide per layer (passes/speed_plan.py)
+            steps.append({"pass": "plan_int8", "options": {"objective": objective, **options, "rewrite": rewrite, **(timing or {})}})
+        else:
+            if rewrite:
+                steps.append({"pass": "rewrite_for_int8", "options": {}})
+            steps.append({"pass": "insert_qdq", "options": options})
     elif mode == "weight-only":
         options = {"bits": bits}
         if exclude:

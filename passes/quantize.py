@@ -481,11 +481,13 @@ def quantize(
         report["bits"] = 16
     else:
         if mode == "static":
-            quantizer = static_quantizer(
-                model, calib=calib, calib_size=calib_size, calib_data=calib_data, seed=seed,
-                percentile=percentile, per_tensor=per_tensor, activations=activations, log=log, exclude=exclude, feeds=calib_feeds,
-            )
-            report.update(bits=8, activations=activations, weights="per-tensor" if per_tensor else "per-channel", calibration=quantizer.calibration)
+            report.update(bits=8, activations=activations, weights="per-tensor" if per_tensor else "per-channel")
+            if unrewritten is None:  # the plan calibrates the configurations it builds: not here too
+                quantizer = static_quantizer(
+                    model, calib=calib, calib_size=calib_size, calib_data=calib_data, seed=seed,
+                    percentile=percentile, per_tensor=per_tensor, activations=activations, log=log, exclude=exclude, feeds=calib_feeds,
+                )
+                report["calibration"] = quantizer.calibration
         else:
             quantizer = weight_only_quantizer(model, bits=bits, block_size=block_size)
             report.update(bits=bits, block_size=block_size if bits == 4 else None)
@@ -495,6 +497,7 @@ def quantize(
                     eval_reference, header=header, provider=provider, threads=threads, batches=batches, seed=seed),
                 dict(calib=calib, calib_size=calib_size, calib_data=calib_data, seed=seed, percentile=percentile,
                      per_tensor=per_tensor, activations=activations, log=log), log)
+            report["calibration"] = quantizer.builder.calibration()
         else:
             if target_psnr is None:
                 quantizer.prepared = None  # one build: it may consume the model (no clone kept alive)

@@ -284,6 +284,10 @@ class ConfigBuilder:
             self._quantizers[key] = (quantizer, report)
         return self._quantizers[key]
 
+    def calibration(self) -> dict | None:
+        """How the configurations were calibrated (the same settings for each)."""
+        return next((quantizer.calibration for quantizer, _ in self._quantizers.values()), None)
+
     def build(self, int8: frozenset) -> tuple[onnx.ModelProto, dict]:
         """The model with ``int8`` layers computing in int8, the other layers' weights int8 folded at load."""
         int8 = frozenset(int8)
