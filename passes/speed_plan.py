@@ -92,10 +92,12 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
                 size: Callable[[frozenset], int] | None = None, groups: list[list[str]] | None = None) -> PlanResult:
     """Choose the layers that compute in int8.
 
-    ``measure(configs, reference=True)`` times each configuration (a frozenset of int8 layer names)
-    interleaved and returns, per configuration, ``{batch: p50 / float p50}``; with
+    ``measure(configs, reference=True, give_up=None)`` times each configuration (a frozenset of int8
+    layer names) interleaved and returns, per configuration, ``{batch: p50 / float p50}``; with
     ``reference=False`` it may leave the float model out and return ratios to the first
-    configuration instead (the greedy steps compare two configurations, never float).
+    configuration instead (the greedy steps compare two configurations, never float);
+    ``give_up(*ratios so far)`` true after a batch size: the other batch sizes may be left out
+    (balanced: int8 already lost at batch 1, the larger, slower batches need no timing).
     ``groups``: layers decided together (``layer_groups``: the same op on the same shapes runs the
     same kernel at the same cost); default one group per layer.
     Greedy: start from every layer in int8; for each group in graph order, time the plan with and
@@ -110,16 +112,20 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
         return PlanResult(full, {}, [{"node": n, "choice": "int8", "reason": "objective size: every layer int8 (not timed)"} for n in layers])
     configs: list[dict] = []
 
-    def timed(*candidates, reference=True):
-        results = measure(list(candidates), reference=reference)
+    def timed(*candidates, reference=True, **kwargs):
+        results = measure(list(candidates), reference=reference, **kwargs)
         for c, r in zip(candidates, results):
             configs.append({"int8": sorted(c), "vs": "float" if reference else "first", "ratios": {str(b): round(v, 4) for b, v in r.items()}})
         return results
 
+    def hopeless(without: Ratios, with_int8: Ratios) -> bool:
+        """balanced: int8 already slower beyond noise at one batch size; the others cannot save it."""
+        return objective == "balanced" and any(without[b] / with_int8[b] < 1.0 - noise for b in with_int8)
+
     current = full
     rows = []
     for group in groups or [[n] for n in layers]:
-        without, with_int8 = timed(current - set(group), current, reference=False)
+        without, with_int8 = timed(current - set(group), current, reference=False, give_up=hopeless)
         keep = int8_pays(with_int8, without, objective, noise)
         gain = {b: without[b] / with_int8[b] for b in with_int8}
         together = f" (decided with {len(group) - 1} more of its shape)" if len(group) > 1 else ""
@@ -364,9 +370,10 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
                       threads: int = DEFAULT_THREADS, batches=DEFAULT_BATCHES, seed: int = 0) -> Callable[[list[onnx.ModelProto]], list[Ratios]]:
     """``measure(models, reference=True) -> [{batch: p50 / float p50}]``: each call times the float
     model and the given models interleaved in one process (spinning off), on ``provider`` with
-    ``threads`` intra-op threads, each batch size for about ``TARGET_SLOT_SECONDS`` per model (at
-    least ``MIN_RUNS`` runs); ``reference=False``: without the float model, ratios to the first
-    model. The float session and the run counts (from the float model's time) are made once."""
+    ``threads`` intra-op threads, each batch size (ascending) for about ``TARGET_SLOT_SECONDS`` per
+    model (at least ``MIN_RUNS`` runs); ``reference=False``: without the float model, ratios to the
+    first model; ``give_up(*ratios so far)`` true: the larger batch sizes are not timed. The float
+    session and the run counts (from the float model's time) are made once."""
     from gencompress.inputs import sample_inputs, specs_of_model
     from gencompress.passes.calibrate import fixed_batch
     from gencompress.runtime_check.latency import time_interleaved
@@ -374,7 +381,7 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
 
     header = reference if header is None else header  # ``reference`` may be a path: ``header`` has its inputs and metadata
     fixed = fixed_batch(header)
-    batches = (fixed,) if fixed else tuple(batches)
+    batches = (fixed,) if fixed else tuple(sorted(batches))
     specs = specs_of_model(header)
     ref_bytes = model_bytes(reference)
 
@@ -394,7 +401,7 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
             float_session = make_session(ref_bytes, provider=provider, threads=threads, label="float")
         return float_session
 
-    def measure(models, reference=True):
+    def measure(models, reference=True, give_up=None):
         sessions = {"float": reference_session()} if reference else {}
         for i, m in enumerate(models):
             sessions[i] = make_session(model_bytes(m), provider=provider, threads=threads, label=f"candidate {i}")
@@ -406,6 +413,8 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
             base = float(np.median(times["float" if reference else 0]))
             for i in range(len(models)):
                 out[i][b] = float(np.median(times[i])) / base
+            if give_up is not None and give_up(*out):
+                break
         return out
 
     return measure
@@ -415,8 +424,8 @@ def plan(builder: ConfigBuilder, objective: str, measure_models, log=lambda m: N
     """Decide, build and return (model, its quantizer report, the plan)."""
     names = [l["node"] for l in builder.layers]
 
-    def measure(configs, reference=True):
-        return measure_models([builder.build(c)[0] for c in configs], reference=reference)
+    def measure(configs, reference=True, give_up=None):
+        return measure_models([builder.build(c)[0] for c in configs], reference=reference, give_up=give_up)
 
     if objective != "size" and names:
         log(f"timing {len(names)} layer(s) in {len(builder.groups or names)} group(s) of the same shape, int8 vs float ({objective}) ...")

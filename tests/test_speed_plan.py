@@ -19,9 +19,15 @@ def stub(costs: dict[str, dict[int, float]], base: dict[int, float] = {1: 1.0, 6
     (a negative cost is a speed-up); records every configuration asked for."""
     asked = []
 
-    def measure(configs, reference=True):
+    def measure(configs, reference=True, give_up=None):
         asked.extend(configs)
-        return [{b: base[b] + sum(costs[n][b] for n in c) for b in base} for c in configs]
+        out = [{} for _ in configs]
+        for b in sorted(base):  # ascending, as the interleaved timer does
+            for ratios, c in zip(out, configs):
+                ratios[b] = base[b] + sum(costs[n][b] for n in c)
+            if give_up is not None and give_up(*out):
+                break
+        return out
 
     return measure, asked
 
@@ -39,6 +45,8 @@ def test_balanced_keeps_int8_only_where_no_batch_gets_slower():
     assert result.int8 == {"fast"}
     assert {r["node"]: r["choice"] for r in result.layers} == {"fast": "int8", "mixed": "float", "slow": "float"}
     assert "does not pay" in next(r["reason"] for r in result.layers if r["node"] == "slow")
+    # lost at batch 1 already: batch 64 was not timed for it
+    assert {r["node"]: sorted(r["int8_gain"]) for r in result.layers} == {"fast": ["1", "64"], "mixed": ["1"], "slow": ["1"]}
     assert result.ratios == pytest.approx({1: 0.7, 64: 0.6})
     assert frozenset() in asked and frozenset(COSTS) in asked  # no-int8 and all-int8 compared side by side
 
@@ -170,7 +178,7 @@ def test_quantize_plan_with_stubbed_timer(zoo_onnx, tmp_path):
     """vae: a timer saying int8 never pays gives float compute with int8 weights folded at load."""
     from gencompress.passes.quantize import quantize
 
-    def never(models, reference=True):
+    def never(models, reference=True, give_up=None):
         return [{1: 1.0 + 0.1 * sum(n.op_type == "QuantizeLinear" for n in m.graph.node), 64: 1.0} for m in models]
 
     out = tmp_path / "vae.onnx"
@@ -222,7 +230,7 @@ def test_target_search_stubbed_timer_real_psnr(zoo_onnx, tmp_path):
     fewest quantized activations; every candidate carries its measured PSNR."""
     from gencompress.passes.speed_plan import search_target
 
-    def timer(models, reference=True):
+    def timer(models, reference=True, give_up=None):
         return [{1: 1.0 + 0.05 * sum(n.op_type == "QuantizeLinear" for n in m.graph.node), 64: 1.0} for m in models]
 
     result = search_target(zoo_onnx("vae"), tmp_path, target=40.0, objective="speed", calib_size=32, timer=timer)
@@ -279,7 +287,7 @@ def test_planned_dcgan_has_no_transposes_between_int8_convs(zoo_onnx, tmp_path):
     Transpose per rewritten layer (the shuffle) plus one at each end, and no DepthToSpace."""
     from gencompress.passes.quantize import quantize
 
-    def int8_pays(models, reference=True):
+    def int8_pays(models, reference=True, give_up=None):
         return [{1: 1.0 / (1 + sum(n.op_type == "QuantizeLinear" for n in m.graph.node)), 64: 1.0} for m in models]
 
     out = tmp_path / "dcgan.onnx"
