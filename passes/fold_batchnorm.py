@@ -193,8 +193,8 @@ class FoldBatchNormPass(GencompressPass):
         base = layer.name or "Conv"
         self._finish(graph, namer, layer, bn, [
             layer.inputs[0],
-            add_initializer(graph, namer, f"{base}.bn_folded_weight", new_w),
-            add_initializer(graph, namer, f"{base}.bn_folded_bias", new_b),
+            add_initializer(graph, namer, f"{base}.folded_weight", new_w),
+            add_initializer(graph, namer, f"{base}.folded_bias", new_b),
         ])
 
     def _fold_convtranspose(self, graph, namer, shapes, layer, bn, a, b):
@@ -212,8 +212,8 @@ class FoldBatchNormPass(GencompressPass):
         base = layer.name or "ConvTranspose"
         self._finish(graph, namer, layer, bn, [
             layer.inputs[0],
-            add_initializer(graph, namer, f"{base}.bn_folded_weight", new_w),
-            add_initializer(graph, namer, f"{base}.bn_folded_bias", new_b),
+            add_initializer(graph, namer, f"{base}.folded_weight", new_w),
+            add_initializer(graph, namer, f"{base}.folded_bias", new_b),
         ])
 
     def _output_rank(self, shapes, layer, bn) -> int | None:
@@ -248,8 +248,8 @@ class FoldBatchNormPass(GencompressPass):
         layer.attributes.pop("beta", None)
         self._finish(graph, namer, layer, bn, [
             layer.inputs[0],
-            add_initializer(graph, namer, f"{base}.bn_folded_weight", new_w),
-            add_initializer(graph, namer, f"{base}.bn_folded_bias", new_c),
+            add_initializer(graph, namer, f"{base}.folded_weight", new_w),
+            add_initializer(graph, namer, f"{base}.folded_bias", new_c),
         ])
 
     def _fold_matmul(self, graph, namer, shapes, layer, bn, a, b):
@@ -267,8 +267,8 @@ class FoldBatchNormPass(GencompressPass):
         base = layer.name or "MatMul"
         gemm = new_node(namer, base, "Gemm", [
             layer.inputs[0],
-            add_initializer(graph, namer, f"{base}.bn_folded_weight", new_w),
-            add_initializer(graph, namer, f"{base}.bn_folded_bias", new_c),
+            add_initializer(graph, namer, f"{base}.folded_weight", new_w),
+            add_initializer(graph, namer, f"{base}.folded_bias", new_c),
         ])
         replace_with(graph, [layer, bn], [gemm], bn.outputs[0], gemm.outputs[0])
         gemm.name = layer.name or gemm.name
