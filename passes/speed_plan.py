@@ -47,6 +47,7 @@ NOISE = 0.05  # relative timing noise we do not act on (interleaved p50 ratios m
 DEFAULT_BATCHES = (1, 64)
 DEFAULT_THREADS = 2
 TARGET_SLOT_SECONDS = 0.25  # timed seconds per model and batch size in one measurement
+STEP_GROUPS = 3  # groups flipped against the same plan in one measurement (1.33 models timed per group instead of 2)
 MIN_RUNS = 5  # timed runs per model and batch size at least (a slow model's runs each average out more noise)
 HIDDEN_DOMAIN = "gencompress.keep_float"  # marks ConvTransposes the int8 rewrites must leave alone
 
@@ -100,8 +101,10 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
     (balanced: int8 already lost at batch 1, the larger, slower batches need no timing).
     ``groups``: layers decided together (``layer_groups``: the same op on the same shapes runs the
     same kernel at the same cost); default one group per layer.
-    Greedy: start from every layer in int8; for each group in graph order, time the plan with and
-    without it in int8 (together, so load drift hits both), keep the better per the objective.
+    Greedy: start from every layer in int8; for ``STEP_GROUPS`` groups at a time in graph order,
+    time the plan as it stands and, beside it, the plan with each of those groups in float (one
+    interleaved run, so load drift hits them alike); keep each group's better form per the
+    objective.
     Then compare the plan, all-int8 and no-int8 side by side with float and pick per the
     objective; balanced: the fastest of those not slower than float beyond ``noise`` whose
     ``size(config)`` (bytes) is within ``SIZE_SLACK`` of the smallest of them.
@@ -118,24 +121,27 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
             configs.append({"int8": sorted(c), "vs": "float" if reference else "first", "ratios": {str(b): round(v, 4) for b, v in r.items()}})
         return results
 
-    def hopeless(without: Ratios, with_int8: Ratios) -> bool:
-        """balanced: int8 already slower beyond noise at one batch size; the others cannot save it."""
-        return objective == "balanced" and any(without[b] / with_int8[b] < 1.0 - noise for b in with_int8)
+    def hopeless(with_int8: Ratios, *flips: Ratios) -> bool:
+        """balanced: for every group of the step, int8 is already slower beyond noise at one batch
+        size; the other batch sizes cannot save it."""
+        return objective == "balanced" and all(any(f[b] / with_int8[b] < 1.0 - noise for b in with_int8) for f in flips)
 
     current = full
     rows = []
-    for group in groups or [[n] for n in layers]:
-        without, with_int8 = timed(current - set(group), current, reference=False, give_up=hopeless)
-        keep = int8_pays(with_int8, without, objective, noise)
-        gain = {b: without[b] / with_int8[b] for b in with_int8}
-        together = f" (decided with {len(group) - 1} more of its shape)" if len(group) > 1 else ""
-        reason = (f"int8 {'pays' if keep else 'does not pay'}: the model runs "
-                  + ", ".join(f"b{b} {g:.2f}x" for b, g in sorted(gain.items())) + f" as fast with it in int8 as in float{together}")
-        for name in group:
-            rows.append({"node": name, "choice": "int8" if keep else "float", "reason": reason,
-                         "int8_gain": {str(b): round(g, 3) for b, g in gain.items()}})
-        if not keep:
-            current = current - set(group)
+    units = groups or [[n] for n in layers]
+    for start in range(0, len(units), STEP_GROUPS):
+        step = units[start:start + STEP_GROUPS]
+        with_int8, *flips = timed(current, *(current - set(g) for g in step), reference=False, give_up=hopeless)
+        for group, without in zip(step, flips):
+            keep = int8_pays(with_int8, without, objective, noise)
+            gain = {b: without[b] / with_int8[b] for b in with_int8}
+            together = f" (decided with {len(group) - 1} more of its shape)" if len(group) > 1 else ""
+            reason = (f"int8 {'pays' if keep else 'does not pay'}: the model runs "
+                      + ", ".join(f"b{b} {g:.2f}x" for b, g in sorted(gain.items())) + f" as fast with it in int8 as in float{together}")
+            for name in group:
+                rows.append({"node": name, "choice": "int8" if keep else "float", "reason": reason,
+                             "int8_gain": {str(b): round(g, 3) for b, g in gain.items()}})
+        current = current - {r["node"] for r in rows if r["choice"] == "float"}
     order = {n: i for i, n in enumerate(layers)}
     rows.sort(key=lambda r: order[r["node"]])
     finals = list(dict.fromkeys([current, full, none]))

@@ -45,8 +45,6 @@ def test_balanced_keeps_int8_only_where_no_batch_gets_slower():
     assert result.int8 == {"fast"}
     assert {r["node"]: r["choice"] for r in result.layers} == {"fast": "int8", "mixed": "float", "slow": "float"}
     assert "does not pay" in next(r["reason"] for r in result.layers if r["node"] == "slow")
-    # lost at batch 1 already: batch 64 was not timed for it
-    assert {r["node"]: sorted(r["int8_gain"]) for r in result.layers} == {"fast": ["1", "64"], "mixed": ["1"], "slow": ["1"]}
     assert result.ratios == pytest.approx({1: 0.7, 64: 0.6})
     assert frozenset() in asked and frozenset(COSTS) in asked  # no-int8 and all-int8 compared side by side
 
@@ -77,15 +75,25 @@ def test_balanced_falls_back_to_float_compute_when_everything_is_slower():
     assert result.int8 == frozenset() and "slower than float" in result.message
 
 
+def test_batch_64_is_not_timed_when_every_group_of_a_step_lost_at_batch_1():
+    measure, _ = stub(COSTS)
+    result = plan_layers(["mixed", "slow", "fast"], measure, "balanced", groups=[["mixed"], ["slow"], ["fast"]])
+    assert result.int8 == {"fast"}
+    assert {r["node"]: sorted(r["int8_gain"]) for r in result.layers} == {"fast": ["1", "64"], "mixed": ["1", "64"], "slow": ["1", "64"]}
+    result = plan_layers(["mixed", "slow"], measure, "balanced")  # both lose at batch 1: one step, batch 64 never timed
+    assert result.int8 == frozenset()
+    assert {r["node"]: sorted(r["int8_gain"]) for r in result.layers} == {"mixed": ["1"], "slow": ["1"]}
+
+
 def test_groups_are_decided_together_with_one_measurement_each():
-    """Two groups: the greedy times each group once (with and without it), and every layer of a
-    group gets the group's choice, reported in graph order."""
+    """Two groups: one greedy step times the plan and each group flipped to float beside it, and
+    every layer of a group gets the group's choice, reported in graph order."""
     costs = {"a1": COSTS["fast"], "b1": COSTS["slow"], "a2": COSTS["fast"], "b2": COSTS["slow"]}
     measure, asked = stub(costs)
     result = plan_layers(["a1", "b1", "a2", "b2"], measure, "balanced", groups=[["a1", "a2"], ["b1", "b2"]])
     assert result.int8 == {"a1", "a2"}
     assert [r["node"] for r in result.layers] == ["a1", "b1", "a2", "b2"]
-    assert len(asked) == 2 * 2 + 3  # two greedy steps of two configurations, then plan / all / none
+    assert len(asked) == 3 + 3  # one greedy step: the plan and each group flipped to float; then plan / all / none
     assert all("decided with 1 more" in r["reason"] for r in result.layers)
 
 
