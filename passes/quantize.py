@@ -140,7 +140,7 @@ def apply_rewrites(model, *, setting: bool | None, mode: str, exclude: tuple[str
             raise GencompressError(f"--exclude {kept[0]!r} keeps a ConvTranspose in float, but --rewrite replaces it; add --no-rewrite to keep it")
         return model, {**info, "reason": f"--exclude {kept[0]} keeps a ConvTranspose in float (the rewrites would replace it)"}
     if setting is None and not convt:
-        resized = _resize_nhwc(model, layers, exclude)
+        resized = _resize_nhwc(model, exclude)
         if resized:
             return model, {**info, "applied": True, "reason": "nearest upsampling before int8 Convs spelled channels-last (onnxruntime's channels-last uint8 Resize is slow)",
                            "changes": [f"Resize {name} -> Transpose/Reshape/Expand/Reshape/Transpose" for name in resized], "resize_nhwc": resized}
@@ -157,7 +157,7 @@ def apply_rewrites(model, *, setting: bool | None, mode: str, exclude: tuple[str
     if setting is None and not converted:
         return snapshot, {**info, "reason": "no ConvTranspose the rewrites apply to", "left_alone": left}
     reason = "--rewrite" if setting else "onnxruntime has no int8 ConvTranspose kernel; rewritten as Conv/Gemm they run in int8"
-    resized = _resize_nhwc(model, find_layers(model.graph), exclude)
+    resized = _resize_nhwc(model, exclude)
     changes += [f"Resize {name} -> Transpose/Reshape/Expand/Reshape/Transpose" for name in resized]
     return model, {
         **info, "applied": True, "reason": reason, "convtranspose_rewritten": converted, "changes": changes, "left_alone": left, "passes": steps,
@@ -165,13 +165,11 @@ def apply_rewrites(model, *, setting: bool | None, mode: str, exclude: tuple[str
     }
 
 
-def _resize_nhwc(model, layers, exclude) -> list[str]:
+def _resize_nhwc(model, exclude) -> list[str]:
     """``resize_nhwc`` on the nearest upsamplings before Convs, except before Convs ``exclude`` keeps in float."""
-    from gencompress.passes.resize_nhwc import ResizeNHWCPass, upsamplers
+    from gencompress.passes.resize_nhwc import ResizeNHWCPass
 
-    excluded = {layer.name for layer in layers if any(layer.matches(p) for p in exclude)}
-    keep = tuple(name for name, convs in upsamplers(model.graph).items() if any(c.name in excluded for c in convs))
-    p = ResizeNHWCPass(ResizeNHWCPass.Options(keep=keep))
+    p = ResizeNHWCPass(ResizeNHWCPass.Options(exclude=tuple(exclude)))
     p(model)
     return p.report["rewritten"]
 

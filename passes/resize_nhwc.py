@@ -108,13 +108,19 @@ class ResizeNHWCPass(GencompressPass):
     @dataclass(frozen=True)
     class Options:
         keep: tuple[str, ...] = ()  # Resize node names to leave as they are (their Convs compute in float)
+        exclude: tuple[str, ...] = ()  # --exclude patterns (node name, op type, weight name): Convs kept float
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         namer = Namer(graph)
         done = []
-        chosen = upsamplers(graph)
-        for resize in [n for n in graph if n.name in chosen and n.name not in self.options.keep]:
+        patterns = set(self.options.exclude)
+
+        def excluded(conv: ir.Node) -> bool:
+            return bool(patterns & {conv.name, conv.op_type, *(v.name for v in conv.inputs[1:] if v is not None)})
+
+        chosen = {name for name, convs in upsamplers(graph).items() if name not in self.options.keep and not any(map(excluded, convs))}
+        for resize in [n for n in graph if n.name in chosen]:
             c, h, w, fh, fw = upsample_factors(resize)
             x, y = resize.inputs[0], resize.outputs[0]
             base = resize.name or "Resize"

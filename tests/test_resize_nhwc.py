@@ -98,11 +98,8 @@ def test_factors_need_static_channels_and_size():
     assert upsample_factors(resize) is None
 
 
-def test_quantized_upsampler_runs_no_resize(tmp_path):
-    """Through quantize (objective size, a Conv-only graph): onnxruntime's optimized graph has no
-    Resize, int8 Convs on both sides, and only the two Transposes at the graph's ends."""
-    from gencompress.passes.quantize import quantize
-
+def conv_upsample_conv(tmp_path):
+    """x -> Conv -> LeakyRelu -> Resize x2 (nearest, torch's) -> Conv -> y, saved; its path."""
     w2 = (RNG.normal(size=(4, 4, 3, 3)) * 0.3).astype(np.float32)
     nodes = [
         helper.make_node("Conv", ["x", "w2"], ["c"], name="first", pads=[1, 1, 1, 1]),
@@ -117,7 +114,15 @@ def test_quantized_upsampler_runs_no_resize(tmp_path):
                               [helper.make_tensor_value_info("y", TP.FLOAT, ["N", 3, 10, 12])], inits)
     proto = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     onnx.save(proto, tmp_path / "g.onnx")
-    report = quantize(tmp_path / "g.onnx", tmp_path / "q.onnx", objective="size", calib_size=32, eval_size=16)
+    return tmp_path / "g.onnx"
+
+
+def test_quantized_upsampler_runs_no_resize(tmp_path):
+    """Through quantize (objective size, a Conv-only graph): onnxruntime's optimized graph has no
+    Resize, int8 Convs on both sides, and only the two Transposes at the graph's ends."""
+    from gencompress.passes.quantize import quantize
+
+    report = quantize(conv_upsample_conv(tmp_path), tmp_path / "q.onnx", objective="size", calib_size=32, eval_size=16)
     assert report["rewrite"]["applied"] and report["rewrite"]["resize_nhwc"] == ["up"]
     opts = ort.SessionOptions()
     opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
@@ -126,3 +131,15 @@ def test_quantized_upsampler_runs_no_resize(tmp_path):
     ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
     assert "Resize" not in ops and ops["QLinearConv"] == 2 and ops["Transpose"] == 2, ops
     assert report["psnr_db"] > 35
+
+
+def test_compress_and_quantize_write_the_same_graph(tmp_path):
+    """The recipe compress builds (objective size) rewrites the upsampling as quantize does."""
+    from gencompress.passes.quantize import quantize
+    from gencompress.pipeline import compress
+
+    path = conv_upsample_conv(tmp_path)
+    quantize(path, tmp_path / "q.onnx", objective="size", calib_size=32, eval_size=16)
+    compress(path, tmp_path / "out", flags={"objective": "size"}, bench=False, samples=32)
+    ops = [[n.op_type for n in onnx.load(str(p)).graph.node] for p in (tmp_path / "q.onnx", tmp_path / "out" / "model.onnx")]
+    assert ops[0] == ops[1] and "Resize" not in ops[0] and "Expand" in ops[0]
