@@ -14,7 +14,8 @@ Convs. Exact: the same elements in the same places.
 Rewritten: Resize in nearest mode, input [N, C, H, W] with static C, H, W, constant scales (or
 sizes) of whole factors on H and W only, a coordinate transform whose nearest pixel is
 ``floor(y / f)`` for every output row and column (checked by computing it: asymmetric + floor,
-half_pixel + round_prefer_floor, ...), read only by Convs. In a float graph the Transposes cost
+half_pixel + round_prefer_floor, ...), read only by Convs, reading the output of an op
+onnxruntime runs in int8 (``after_int8_op``). In a float graph the Transposes cost
 time, so ``speed_plan`` rewrites only the Resizes before Convs that compute in int8.
 """
 
@@ -95,10 +96,29 @@ def read_only_by_convs(graph: ir.Graph, value: ir.Value) -> bool:
         u.node.op_type == "Conv" and u.node.domain in ("", "ai.onnx") and u.idx == 0 for u in uses)
 
 
+def after_int8_op(value: ir.Value) -> bool:
+    """``value`` comes (through data-movement ops) from an op onnxruntime runs on int8 data
+    channels-last. After a float op (an InstanceNormalization) onnxruntime leaves the Resize
+    channels-first, its fast path, and the rewrite would only add a Transpose (style-transfer
+    family: Expand 1.5-2% of kernel time where Resize took 0.9%)."""
+    from gencompress.passes.insert_qdq import BINARY_OPS, INT8_OPS, TRANSPARENT_OPS, UNARY_INT8_OPS, VARIADIC_INT8_OPS
+
+    for _ in range(16):
+        producer = value.producer() if value is not None else None
+        if producer is None:
+            return False
+        if producer.op_type in (*INT8_OPS, *UNARY_INT8_OPS, *VARIADIC_INT8_OPS, *BINARY_OPS):
+            return True
+        if producer.op_type not in TRANSPARENT_OPS or not producer.inputs:
+            return False
+        value = producer.inputs[0]
+    return False
+
+
 def upsamplers(graph: ir.Graph) -> dict[str, list[ir.Node]]:
     """{name of each Resize this pass rewrites: the Convs reading it}."""
     return {n.name: [u.node for u in n.outputs[0].uses()] for n in graph
-            if upsample_factors(n) is not None and read_only_by_convs(graph, n.outputs[0])}
+            if upsample_factors(n) is not None and read_only_by_convs(graph, n.outputs[0]) and after_int8_op(n.inputs[0])}
 
 
 @register("resize_nhwc")

@@ -20,20 +20,26 @@ from gencompress.passes.resize_nhwc import ResizeNHWCPass, upsample_factors
 RNG = np.random.default_rng(7)
 
 
-def upsample_conv(transform="asymmetric", nearest="floor", factors=(2, 2), by_sizes=False, mode="nearest", reader="Conv", batch="N"):
-    """x[batch,4,5,6] -> Resize -> Conv 3x3 (or another reader) -> y."""
+def upsample_conv(transform="asymmetric", nearest="floor", factors=(2, 2), by_sizes=False, mode="nearest", reader="Conv", batch="N",
+                  after="Conv"):
+    """x[batch,4,5,6] -> Conv 1x1 (``after``; None: nothing) -> Resize -> Conv 3x3 (or another reader) -> y."""
     h, w = 5, 6
-    inits = [numpy_helper.from_array((RNG.normal(size=(3, 4, 3, 3)) * 0.3).astype(np.float32), "w")]
+    inits = [numpy_helper.from_array((RNG.normal(size=(3, 4, 3, 3)) * 0.3).astype(np.float32), "w"),
+             numpy_helper.from_array((RNG.normal(size=(4, 4, 1, 1)) * 0.5).astype(np.float32), "w0")]
     if by_sizes:
         inits.append(numpy_helper.from_array(np.array([3, 4, h * factors[0], w * factors[1]], np.int64), "sizes"))
-        resize_inputs = ["x", "", "", "sizes"]
+        resize_inputs = ["x0", "", "", "sizes"]
     else:
         inits.append(numpy_helper.from_array(np.array([1, 1, *factors], np.float32), "scales"))
-        resize_inputs = ["x", "", "scales"]
+        resize_inputs = ["x0", "", "scales"]
     attrs = {"mode": mode, "coordinate_transformation_mode": transform}
     if mode == "nearest":
         attrs["nearest_mode"] = nearest
-    nodes = [helper.make_node("Resize", resize_inputs, ["u"], name="up", **attrs)]
+    if after == "Conv":
+        nodes = [helper.make_node("Conv", ["x", "w0"], ["x0"], name="first")]
+    else:
+        nodes = [helper.make_node(after, ["x"], ["x0"], name="first")]
+    nodes.append(helper.make_node("Resize", resize_inputs, ["u"], name="up", **attrs))
     if reader == "Conv":
         nodes.append(helper.make_node("Conv", ["u", "w"], ["y"], name="conv", pads=[1, 1, 1, 1]))
     else:
@@ -83,6 +89,7 @@ def test_exact_where_the_nearest_pixel_is_floor(transform, nearest, factors, by_
     {"mode": "linear"},
     {"reader": "Relu"},  # not read by a Conv
     {"by_sizes": True},  # sizes fix the batch, the input's is symbolic
+    {"after": "Sigmoid"},  # after a float op: onnxruntime keeps that Resize channels-first, its fast path
 ])
 def test_left_alone_otherwise(kwargs):
     new, done = rewrite(upsample_conv(**kwargs))
