@@ -9,7 +9,10 @@ rewrites + static int8 QDQ, or int4 weight-only, or nothing. Columns:
 - final dB: the compressed model against float (held-back latents, as `compress` reports it);
 - size: the compressed file over the float file; b1/b64: float p50 / compressed p50 latency,
   interleaved in one process, 2 intra-op threads, spinning off;
-- wall s: the distill step's training time.
+- distill s: the distill step's training time; load 1-min: the load average before and after the row
+  (the machine is shared: seconds grow with it);
+- lr, best step: the learning rate the step picked and the step whose weights it kept (the best
+  evaluation on its held-out set).
 
     python benchmarks/distill.py [--models dcgan,vae,rvae,cgan] [--settings u50,u75,nm,ch25,ch50]
                                  [--quant none,int8] [--steps 2000] [--runs 50] [--json]
@@ -44,6 +47,7 @@ def run_one(model: Path, setting: str, quant: str, steps: int, runs: int, folder
 
     flags = {**SETTINGS[setting][1], **QUANT[quant], "distill": steps}
     out = folder / f"{model.stem}-{setting}-{quant}"
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     report = compress(str(model), out, flags=flags, bench=True, batches=(1, 64), threads=(2,), runs=runs)
     total = time.perf_counter() - start
@@ -61,6 +65,9 @@ def run_one(model: Path, setting: str, quant: str, steps: int, runs: int, folder
         "speed_b1": lat.get(1),
         "speed_b64": lat.get(64),
         "distill_s": step["wall_s"],
+        "best_step": step.get("best_step"),
+        "lr": step.get("lr"),
+        "load": f"{load_before:.1f}-{os.getloadavg()[0]:.1f}",
         "total_s": round(total, 1),
     }
 
@@ -104,15 +111,17 @@ def main(argv=None) -> int:
         return 0
     print(f"load average {load_start:.2f} at start, {load_end:.2f} at end (2 cores, shared); distill on 1 torch thread, "
           f"timing with 2 onnxruntime threads, interleaved; PSNR vs float on 256 held-back latents")
-    headers = ["model", "setting", "quant", "steps", "raw dB", "distilled dB", "final dB", "size", "speed b1", "speed b64", "distill s"]
-    keys = ["model", "setting", "quant", "steps", "raw_db", "distilled_db", "final_db", "size", "speed_b1", "speed_b64", "distill_s"]
+    headers = ["model", "setting", "quant", "steps", "lr", "best step", "raw dB", "distilled dB", "final dB", "size", "speed b1", "speed b64",
+               "distill s", "load 1-min"]
+    keys = ["model", "setting", "quant", "steps", "lr", "best_step", "raw_db", "distilled_db", "final_db", "size", "speed_b1", "speed_b64",
+            "distill_s", "load"]
     print(table(headers, [[_fmt(r[k]) for k in keys] for r in rows]))
     return 0
 
 
 def _fmt(v):
     if isinstance(v, float):
-        return f"{v:.2f}" if abs(v) >= 1 or v == 0 else f"{v:.3f}"
+        return f"{v:.2f}" if abs(v) >= 1 or v == 0 else f"{v:.3f}" if abs(v) >= 0.01 else f"{v:.2g}"
     return v
 
 

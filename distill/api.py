@@ -133,7 +133,7 @@ def distill_model(
         return {"steps": 0, "batch": batch, "lr": lr, "seed": seed, "threads": threads, "inputs": "data" if arrays is not None else "prior",
                 "quantize_aware": quantize_aware, "psnr_before_db": math.inf, "psnr_after_db": math.inf,
                 "outputs": [{"name": b["name"], "psnr_before_db": math.inf, "psnr_after_db": math.inf, "peak": b["peak"]} for b in before],
-                "wall_s": 0.0, "weights": 0, "masked_weights": [], "fake_quantized": 0, "matched_features": 0, "loss_curve": [],
+                "wall_s": 0.0, "weights": 0, "masked_weights": [], "fake_quantized": 0, "matched_features": 0, "best_step": 0, "loss_curve": [], "holdout_curve": [],
                 "skipped": "the student already reproduces the teacher exactly"}
     if lr is None:
         worst = _worst(before)
@@ -158,7 +158,9 @@ def distill_model(
         "masked_weights": info["masked_weights"],
         "fake_quantized": info["fake_quantized"],
         "matched_features": len(info["matched_features"]),
+        "best_step": info["best_step"],
         "loss_curve": info["loss_curve"],
+        "holdout_curve": info["holdout_curve"],
     }
 
 
