@@ -15,7 +15,7 @@ rewrites + static int8 QDQ, or int4 weight-only, or nothing. Columns:
   evaluation on its held-out set).
 
     python benchmarks/distill.py [--models dcgan,vae,rvae,cgan] [--settings u50,u75,nm,ch25,ch50]
-                                 [--quant none,int8] [--steps 2000] [--runs 50] [--json]
+                                 [--quant none,int8] [--steps 2000] [--runs 50] [--objective balanced] [--json]
 
 Settings: u50/u75 unstructured 50/75%, nm 2:4, ch25/ch50 channel 25/50%, dense (no pruning).
 Quant: none, int8 (static QDQ with the int8 rewrites), int4 (weight-only, blocks of 64).
@@ -42,10 +42,10 @@ SETTINGS = {
 QUANT = {"none": {"mode": "none"}, "int8": {"mode": "static"}, "int4": {"mode": "weight-only", "bits": 4}}
 
 
-def run_one(model: Path, setting: str, quant: str, steps: int, runs: int, folder: Path) -> dict:
+def run_one(model: Path, setting: str, quant: str, steps: int, runs: int, folder: Path, objective: str = "balanced") -> dict:
     from gencompress.pipeline import compress
 
-    flags = {**SETTINGS[setting][1], **QUANT[quant], "distill": steps}
+    flags = {**SETTINGS[setting][1], **QUANT[quant], "distill": steps, "objective": objective}
     out = folder / f"{model.stem}-{setting}-{quant}"
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
@@ -56,7 +56,7 @@ def run_one(model: Path, setting: str, quant: str, steps: int, runs: int, folder
     return {
         "model": model.stem,
         "setting": SETTINGS[setting][0],
-        "quant": quant,
+        "quant": quant if objective == "balanced" or quant == "none" else f"{quant} ({objective})",
         "steps": steps,
         "raw_db": step["psnr_before_db"],
         "distilled_db": step["psnr_after_db"],
@@ -79,6 +79,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quant", default="none,int8")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=50, help="timed runs per model and batch size")
+    parser.add_argument("--objective", default="balanced", help="compress --objective: balanced (default), speed or size")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     from gencompress.exporter.export import export
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
             export(name, model)
             for s in settings:
                 for q in quants:
-                    row = run_one(model, s, q, args.steps, args.runs, folder)
+                    row = run_one(model, s, q, args.steps, args.runs, folder, args.objective)
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
     load_end = os.getloadavg()[0]
