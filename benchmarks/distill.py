@@ -9,10 +9,13 @@ rewrites + static int8 QDQ, or int4 weight-only, or nothing. Columns:
 - final dB: the compressed model against float (held-back latents, as `compress` reports it);
 - size: the compressed file over the float file; b1/b64: float p50 / compressed p50 latency,
   interleaved in one process, 2 intra-op threads, spinning off;
-- wall s: the distill step's training time.
+- distill s: the distill step's training time; load 1-min: the load average before and after the row
+  (the machine is shared: seconds grow with it);
+- lr, best step: the learning rate the step picked and the step whose weights it kept (the best
+  evaluation on its held-out set).
 
     python benchmarks/distill.py [--models dcgan,vae,rvae,cgan] [--settings u50,u75,nm,ch25,ch50]
-                                 [--quant none,int8] [--steps 2000] [--runs 50] [--json]
+                                 [--quant none,int8] [--steps 2000] [--runs 50] [--objective balanced] [--json]
 
 Settings: u50/u75 unstructured 50/75%, nm 2:4, ch25/ch50 channel 25/50%, dense (no pruning).
 Quant: none, int8 (static QDQ with the int8 rewrites), int4 (weight-only, blocks of 64).
@@ -39,11 +42,12 @@ SETTINGS = {
 QUANT = {"none": {"mode": "none"}, "int8": {"mode": "static"}, "int4": {"mode": "weight-only", "bits": 4}}
 
 
-def run_one(model: Path, setting: str, quant: str, steps: int, runs: int, folder: Path) -> dict:
+def run_one(model: Path, setting: str, quant: str, steps: int, runs: int, folder: Path, objective: str = "balanced") -> dict:
     from gencompress.pipeline import compress
 
-    flags = {**SETTINGS[setting][1], **QUANT[quant], "distill": steps}
+    flags = {**SETTINGS[setting][1], **QUANT[quant], "distill": steps, "objective": objective}
     out = folder / f"{model.stem}-{setting}-{quant}"
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     report = compress(str(model), out, flags=flags, bench=True, batches=(1, 64), threads=(2,), runs=runs)
     total = time.perf_counter() - start
@@ -52,7 +56,7 @@ def run_one(model: Path, setting: str, quant: str, steps: int, runs: int, folder
     return {
         "model": model.stem,
         "setting": SETTINGS[setting][0],
-        "quant": quant,
+        "quant": quant if objective == "balanced" or quant == "none" else f"{quant} ({objective})",
         "steps": steps,
         "raw_db": step["psnr_before_db"],
         "distilled_db": step["psnr_after_db"],
@@ -61,6 +65,9 @@ def run_one(model: Path, setting: str, quant: str, steps: int, runs: int, folder
         "speed_b1": lat.get(1),
         "speed_b64": lat.get(64),
         "distill_s": step["wall_s"],
+        "best_step": step.get("best_step"),
+        "lr": step.get("lr"),
+        "load": f"{load_before:.1f}-{os.getloadavg()[0]:.1f}",
         "total_s": round(total, 1),
     }
 
@@ -72,6 +79,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quant", default="none,int8")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=50, help="timed runs per model and batch size")
+    parser.add_argument("--objective", default="balanced", help="compress --objective: balanced (default), speed or size")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     from gencompress.exporter.export import export
@@ -95,7 +103,7 @@ def main(argv=None) -> int:
             export(name, model)
             for s in settings:
                 for q in quants:
-                    row = run_one(model, s, q, args.steps, args.runs, folder)
+                    row = run_one(model, s, q, args.steps, args.runs, folder, args.objective)
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
     load_end = os.getloadavg()[0]
@@ -104,15 +112,17 @@ def main(argv=None) -> int:
         return 0
     print(f"load average {load_start:.2f} at start, {load_end:.2f} at end (2 cores, shared); distill on 1 torch thread, "
           f"timing with 2 onnxruntime threads, interleaved; PSNR vs float on 256 held-back latents")
-    headers = ["model", "setting", "quant", "steps", "raw dB", "distilled dB", "final dB", "size", "speed b1", "speed b64", "distill s"]
-    keys = ["model", "setting", "quant", "steps", "raw_db", "distilled_db", "final_db", "size", "speed_b1", "speed_b64", "distill_s"]
+    headers = ["model", "setting", "quant", "steps", "lr", "best step", "raw dB", "distilled dB", "final dB", "size", "speed b1", "speed b64",
+               "distill s", "load 1-min"]
+    keys = ["model", "setting", "quant", "steps", "lr", "best_step", "raw_db", "distilled_db", "final_db", "size", "speed_b1", "speed_b64",
+            "distill_s", "load"]
     print(table(headers, [[_fmt(r[k]) for k in keys] for r in rows]))
     return 0
 
 
 def _fmt(v):
     if isinstance(v, float):
-        return f"{v:.2f}" if abs(v) >= 1 or v == 0 else f"{v:.3f}"
+        return f"{v:.2f}" if abs(v) >= 1 or v == 0 else f"{v:.3f}" if abs(v) >= 0.01 else f"{v:.2g}"
     return v
 
 

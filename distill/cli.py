@@ -15,7 +15,7 @@ from gencompress.distill.api import DEFAULTS
 @click.argument("out", metavar="OUT.onnx")
 @click.option("--steps", type=int, default=DEFAULTS["steps"], show_default=True, help="Training steps (one batch each).")
 @click.option("--batch", type=int, default=DEFAULTS["batch"], show_default=True, help="Inputs per step.")
-@click.option("--lr", type=float, help="Adam learning rate (warm-up, cosine decay to 1%); default 2e-3, or 2e-4 for an unpruned student with --quantize-aware.")
+@click.option("--lr", type=float, help="Adam learning rate (warm-up, cosine decay to 1%); default 2e-3, or 3e-5 for an unpruned student with --quantize-aware.")
 @click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True, help="Seed of the training draws; same seed, same output file.")
 @click.option("--threads", type=int, default=DEFAULTS["threads"], show_default=True, help="Torch and onnxruntime threads (the result depends on it).")
 @click.option("--data", type=click.Path(), metavar="FILE.npz", help="Real inputs keyed by input name, instead of draws from the latent prior.")
@@ -50,8 +50,10 @@ def distill(teacher, student, out, steps, batch, lr, seed, threads, data, quanti
         click.echo(f"no training: {result.get('skipped', 'nothing to train')}")
         click.echo(f"wrote {out}")
         return
-    click.echo(f"{result['steps']} steps, batch {result['batch']}, {result['wall_s']:.1f} s; loss {curve[0][1]:.3g} -> {curve[-1][1]:.3g}"
+    click.echo(f"{result['steps']} steps, batch {result['batch']}, lr {result['lr']:.2g}, {result['wall_s']:.1f} s; loss {curve[0][1]:.3g} -> {curve[-1][1]:.3g}"
                + (f"; quantization-aware {result['quantize_aware']}" if result["quantize_aware"] else ""))
+    if result.get("best_step") != result["steps"]:
+        click.echo(f"kept the weights of step {result['best_step']}: the lowest loss on the held-out latents")
     click.echo(f"wrote {out}")
 
 

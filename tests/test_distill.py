@@ -107,6 +107,20 @@ def test_fake_quant_matches_the_quantizers():
     q, scale = quantize_blockwise(w, 0, 64)
     blocks = np.repeat(scale, 64, axis=0)[:96]
     np.testing.assert_allclose(FakeQuant(0, 7, 64)(torch.from_numpy(w)).detach().numpy(), q.astype(np.float32) * blocks, rtol=0, atol=0)
+    q, scale = quantize_symmetric(w, 0, block=4)  # insert_qdq's channel_block: one scale per 4 channels
+    np.testing.assert_array_equal(FakeQuant(0, 127, group=4)(torch.from_numpy(w)).detach().numpy(), q * scale.reshape(-1, 1, 1, 1))
+    q, scale = quantize_symmetric(w[0, 0, 0], None)  # a bias, per tensor
+    np.testing.assert_array_equal(FakeQuant(None, 127)(torch.from_numpy(w[0, 0, 0])).detach().numpy(), q * scale)
+    # ties round half to even in both (numpy's rint, torch.round): block peak 7 -> scale 1
+    ties = np.array([[7.0, 2.5, -3.5, 0.5, -0.5, 1.5, 6.5, 0.0]], dtype=np.float32)
+    fake = FakeQuant(1, 7, 64)(torch.from_numpy(ties)).detach().numpy()
+    q, scale = quantize_blockwise(ties, 1, 64)
+    np.testing.assert_array_equal(fake, q * scale)
+    np.testing.assert_array_equal(fake, [[7, 2, -4, 0, 0, 2, 6, 0]])
+    # backward: straight through the rounding, and through the scale into each block's peak
+    t = torch.from_numpy(w).requires_grad_()
+    FakeQuant(0, 7, 64)(t).sum().backward()
+    assert torch.isfinite(t.grad).all() and (t.grad != 1).sum() >= 2 * 9 * 40  # the peaks' gradients differ
 
 
 # ---- the training loop's guarantees -------------------------------------------------------------
@@ -155,6 +169,34 @@ def test_same_seed_same_bytes_and_psnr_improves(dcgan_pruned, tmp_path):
     # the report's PSNR is the one `check` measures on held-back latents
     check = gencompress.check(teacher, tmp_path / "a.onnx", samples=256, seed=a["seed"] + 1_000_003)
     assert check["outputs"][0]["psnr_db"] == pytest.approx(a["psnr_after_db"])
+
+
+def test_best_checkpoint_on_the_held_out_set(dcgan_pruned):
+    """The weights written back are the evaluated checkpoint with the lowest held-out loss (the
+    starting student included), on a seeded set that is neither the training draws nor check's."""
+    import onnx_ir as ir
+
+    from gencompress.distill.mirror import Mirror
+    from gencompress.distill.train import HOLDOUT_SEED_OFFSET, Batches, holdout_loss, train
+    from gencompress.inputs import specs_of_model
+    from gencompress.runtime_check.fidelity import EVAL_SEED_OFFSET
+    from gencompress.runtime_check.sessions import make_session
+
+    assert HOLDOUT_SEED_OFFSET not in (0, EVAL_SEED_OFFSET)
+    teacher_path, _, _, channel = dcgan_pruned
+    teacher = onnx.load(str(teacher_path))
+    student = ir.load(str(channel))
+    batches = Batches(specs_of_model(teacher), BATCH, seed=3)
+    # a learning rate far too high: later steps are worse than earlier ones
+    info = train(teacher, student, batches, steps=STEPS, lr=0.05, seed=3, threads=1, eval_every=10)
+    steps, losses = zip(*info["holdout_curve"])
+    assert steps == (0, 10, 20, 30, STEPS)
+    assert info["best_step"] == steps[int(np.argmin(losses))]
+    held = batches.holdout()
+    targets = make_session(teacher, threads=1).run(None, held)
+    written = holdout_loss(Mirror(student), held, targets, BATCH)
+    assert written == pytest.approx(min(losses), rel=1e-5)
+    assert written <= losses[-1] and written <= losses[0]
 
 
 def test_interrupted_run_leaves_no_output(dcgan_pruned, tmp_path, monkeypatch):
