@@ -11,10 +11,13 @@ Every model read or written by gencompress goes through this module, so that
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
+import functools
 import math
 import os
 import re
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -403,3 +406,88 @@ def save_model(model, out: str | os.PathLike, inputs: Iterable[str | os.PathLike
         with open(tmp, "wb") as f:
             f.write(proto.SerializeToString(deterministic=True))
     return Path(out)
+
+
+# ---- weights out of memory: a verb's scratch folder ------------------------------------------
+
+_SCRATCH: contextvars.ContextVar = contextvars.ContextVar("gencompress_scratch", default=None)
+SPILL_THRESHOLD = 1024  # tensors above this many bytes are moved to the side file (as write_external)
+
+
+def with_scratch_folder(fn):
+    """Run ``fn`` with a scratch folder (``scratch_folder``), made on first use and removed with
+    everything in it when ``fn`` returns or raises (Ctrl-C and SIGTERM included)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        holder: list[Path] = []
+        token = _SCRATCH.set(holder)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _SCRATCH.reset(token)
+            for folder in holder:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    return wrapper
+
+
+def scratch_folder() -> Path | None:
+    """The scratch folder of the running verb (``with_scratch_folder``); None outside one."""
+    holder = _SCRATCH.get()
+    if holder is None:
+        return None
+    if not holder:
+        try:
+            holder.append(Path(tempfile.mkdtemp(prefix="gencompress-scratch-")))
+        except OSError as e:
+            raise GencompressError(f"{tempfile.gettempdir()}: cannot make a scratch folder ({e.strerror})") from None
+    return holder[0]
+
+
+def spill(model, name: str) -> Path | None:
+    """Move an ``onnx_ir`` model's large weights out of memory, in place: each is written to
+    ``NAME.data`` in the scratch folder and replaced by a tensor that reads it back memory-mapped,
+    on demand (passes read one weight at a time; an untouched weight costs no memory). The graph
+    is written beside it as ``NAME``, a file onnxruntime reads (mmaps) its weights from without a
+    copy in this process. Returns that path, or None outside a scratch folder (nothing moved)."""
+    import onnx_ir as ir
+
+    folder = scratch_folder()
+    if folder is None:
+        return None
+    path = folder / name
+    try:
+        ir.external_data.unload_from_model(model, folder, f"{name}.data", size_threshold_bytes=SPILL_THRESHOLD, alignment=64 * 1024)
+        with open(path, "wb") as f:
+            f.write(ir.serde.serialize_model(model).SerializeToString())
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        raise GencompressError(f"{folder}: cannot move weights out of memory there ({e.strerror or os.strerror(e.errno)}; set TMPDIR to a folder with room)") from None
+    return path
+
+
+def external_tensors(model) -> list:
+    """The memory-mapped (``ir.ExternalTensor``) initializers of an ``onnx_ir`` model, subgraphs included."""
+    import onnx_ir as ir
+
+    return [v.const_value for g in model.graphs() for v in g.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)]
+
+
+def release(tensor) -> None:
+    """Unmap a memory-mapped tensor's file (its pages leave this process's memory; it maps again
+    if read again); nothing for an in-memory tensor or one whose array is still referenced."""
+    if hasattr(tensor, "release") and hasattr(tensor, "raw"):
+        with contextlib.suppress(BufferError):
+            tensor.release()
+
+
+def materialize(model):
+    """Read an ``onnx_ir`` model's memory-mapped weights into memory (before serializing it as one
+    self-contained proto); returns the model."""
+    import onnx_ir as ir
+
+    if external_tensors(model):
+        ir.external_data.load_to_model(model)
+    return model

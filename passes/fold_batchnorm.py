@@ -47,6 +47,16 @@ FOLDABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
+def _scaled(w: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """``(w * factor)`` computed in float64, stored in ``w``'s type (``factor`` of size 1 on axis
+    1), a few million values at a time: the same numbers without float64 copies of a large weight."""
+    out = np.empty(w.shape, dtype=w.dtype)
+    step = max(1, (1 << 22) // max(1, w[:, :1].size))
+    for i in range(0, w.shape[1], step):
+        out[:, i : i + step] = w[:, i : i + step].astype(np.float64) * factor
+    return out
+
+
 class _Skip(Exception):
     pass
 
@@ -150,7 +160,7 @@ class FoldBatchNormPass(GencompressPass):
         w = self._weight(layer, 1)
         self._check(a, w.shape[0])
         bias = self._bias(layer, 2, w.shape[0])
-        new_w = (w.astype(np.float64) * a.reshape(-1, *[1] * (w.ndim - 1))).astype(w.dtype)
+        new_w = _scaled(w, a.reshape(-1, *[1] * (w.ndim - 1)))
         new_b = (bias * a + b).astype(w.dtype)
         base = layer.name or "Conv"
         self._finish(graph, namer, layer, bn, [
@@ -169,7 +179,7 @@ class FoldBatchNormPass(GencompressPass):
         bias = self._bias(layer, 2, c_out_g * group)
         # output channel of W[ci, j] is (ci // (C_in/g)) * C_out/g + j
         factor = a.reshape(group, 1, c_out_g, *[1] * (w.ndim - 2))
-        new_w = (w.astype(np.float64).reshape(group, c_in // group, *w.shape[1:]) * factor).reshape(w.shape).astype(w.dtype)
+        new_w = _scaled(w.reshape(group, c_in // group, *w.shape[1:]), factor).reshape(w.shape)
         new_b = (bias * a + b).astype(w.dtype)
         base = layer.name or "ConvTranspose"
         self._finish(graph, namer, layer, bn, [

@@ -18,6 +18,7 @@ so the two never coincide.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
@@ -29,6 +30,7 @@ import numpy as np
 import onnx
 
 from gencompress.errors import GencompressError
+from gencompress.onnx_io import with_scratch_folder
 from gencompress.passes.cleanup import DEBUG_METADATA_PREFIXES, strip_debug_metadata  # noqa: F401  (one place; re-exported)
 
 from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES as DEFAULT_EVAL_SIZE, EVAL_SEED_OFFSET  # noqa: E402, F401  (one protocol)
@@ -357,6 +359,7 @@ def validate_options(
             raise GencompressError(f"{', '.join(static_only)}: only for --mode static (--mode {mode} has no calibrated activations)")
 
 
+@with_scratch_folder  # streamed weights live there for the run
 def quantize(
     in_path,
     out_path,
@@ -413,7 +416,7 @@ def quantize(
     """
     import onnx_ir as ir
 
-    from gencompress.onnx_io import file_bytes, load_model, refuse_nonfinite_weights, refuse_overwrite, save_model, skeleton
+    from gencompress.onnx_io import file_bytes, load_model, refuse_nonfinite_weights, refuse_overwrite, save_model, skeleton, spill
     from gencompress.passes.calibrate import DEFAULT_PERCENTILE
 
     log = log or (lambda message: None)
@@ -466,8 +469,18 @@ def quantize(
     model = ir.serde.deserialize_model(reference)
     del reference
     prepare(model, keep_debug_metadata=keep_debug_metadata)
-    unrewritten = ir.serde.serialize_model(model) if mode == "static" and objective != "size" else None
+    planned = mode == "static" and objective != "size"
+    # one build, no plan: the weights are streamed (moved to the scratch folder, read back one
+    # at a time, memory-mapped), so that the loaded proto, the weights the rewrites replace and
+    # onnxruntime's calibration session do not each hold a copy of the model in memory
+    streamed = not planned and target_psnr is None and spill(model, "prepared.onnx") is not None
+    _own_tensors(model)
+    gc.collect()  # onnx_ir graphs hold reference cycles: the loaded proto goes only with them
+    unrewritten = ir.serde.serialize_model(model) if planned else None
     model, rewrite_report = apply_rewrites(model, setting=rewrite, mode=mode, exclude=exclude)
+    if streamed:
+        spill(model, "rewritten.onnx")
+        gc.collect()
     _own_tensors(model)
 
     report: dict = {"input": str(in_path), "output": str(out_path), "mode": mode, "objective": objective}
@@ -606,8 +619,10 @@ def _build_once(quantizer: Quantizer, model, exclude) -> tuple[onnx.ModelProto, 
     """The single build of a run without --target-psnr: on the model itself, no clone."""
     import onnx_ir as ir
 
+    from gencompress.onnx_io import materialize
+
     p = quantizer.make_pass(tuple(exclude), None)
-    out = p(model).model
+    out = materialize(p(model).model)  # the weights left float, read back from the scratch folder
     return finalize(ir.serde.serialize_model(out)), p.report
 
 
