@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
 import onnx
 
 from gencompress.errors import GencompressError
@@ -396,16 +397,73 @@ def save_model(model, out: str | os.PathLike, inputs: Iterable[str | os.PathLike
                     leftover.unlink()
                 staged.rmdir()
         return Path(out)
-    proto = to_proto(model)
-    size = proto.ByteSize()
+    size = model.ByteSize() if isinstance(model, onnx.ModelProto) else tensor_bytes(model)
     if size > PROTOBUF_LIMIT:
         raise GencompressError(
             f"{out}: model is {size / 2**30:.2f} GiB, above the 2 GB limit of a self-contained .onnx"
         )
     with atomic_path(out, inputs) as tmp:
         with open(tmp, "wb") as f:
-            f.write(proto.SerializeToString(deterministic=True))
+            if isinstance(model, onnx.ModelProto):
+                f.write(model.SerializeToString(deterministic=True))
+            else:
+                write_streamed(model, f)
     return Path(out)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def write_streamed(model, f) -> None:
+    """Write an ``onnx_ir`` model to the binary file ``f`` as one self-contained ``.onnx``
+    without building it whole in memory: first the model with its large initializers left out,
+    then each of them as a further ``ModelProto{graph{initializer}}`` record whose raw bytes are
+    written straight from the array. Protobuf merges a repeated embedded message on parsing
+    (appending to repeated fields), so every reader sees one model, those initializers last."""
+    import sys
+
+    import onnx_ir as ir
+
+    swapped = {}
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if (tensor is not None and tensor.nbytes > SPILL_THRESHOLD and tensor.dtype.bitwidth in (8, 16, 32, 64)
+                and tensor.dtype != ir.DataType.STRING and sys.byteorder == "little"):
+            swapped[value.name] = tensor
+            value.const_value = ir.ExternalTensor(
+                "gencompress-stream", offset=0, length=tensor.nbytes, dtype=tensor.dtype, shape=tensor.shape, name=tensor.name
+            )
+    try:
+        header = ir.serde.serialize_model(model)
+    finally:
+        for name, tensor in swapped.items():
+            model.graph.initializers[name].const_value = tensor
+    stubs = {}
+    for i in reversed(range(len(header.graph.initializer))):
+        if header.graph.initializer[i].name in swapped:
+            stub = onnx.TensorProto()
+            stub.CopyFrom(header.graph.initializer[i])
+            del stub.external_data[:]
+            stub.ClearField("data_location")
+            stubs[stub.name] = stub
+            del header.graph.initializer[i]
+    f.write(header.SerializeToString(deterministic=True))
+    for name, tensor in swapped.items():
+        data = memoryview(np.ascontiguousarray(tensor.numpy())).cast("B")
+        head = stubs[name].SerializeToString(deterministic=True)
+        raw = b"\x4a" + _varint(data.nbytes)  # TensorProto.raw_data (field 9)
+        tensor_len = len(head) + len(raw) + data.nbytes
+        initializer = b"\x2a" + _varint(tensor_len)  # GraphProto.initializer (field 5)
+        f.write(b"\x3a" + _varint(len(initializer) + tensor_len) + initializer + head + raw)  # ModelProto.graph (field 7)
+        f.write(data)
+        del data
+        release(tensor)
 
 
 # ---- weights out of memory: a verb's scratch folder ------------------------------------------

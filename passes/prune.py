@@ -14,6 +14,7 @@ indices a sparse weight is smaller only above ~2/3 sparsity (12 bytes per non-ze
 
 from __future__ import annotations
 
+import gc
 import numbers
 import zlib
 
@@ -84,12 +85,18 @@ def prune(
 
     options = _options(sparsity, mode, scope, nm, exclude, min_size, keep_first_last, criterion)
     refuse_overwrite(out_path, [in_path])
+    from gencompress.onnx_io import model_files
+
+    in_files = model_files(in_path)  # before loading: it parses the file's header again
     proto = load_model(in_path)
     refuse_nonfinite_weights(proto, in_path)
     densified = _densify_sparse_initializers(proto)
     bytes_before = proto.ByteSize()
     level = deflate_level(bytes_before)
-    deflate_before = deflate_size(proto.SerializeToString(deterministic=True), level)  # the string is freed at once
+    if densified:  # the dense model the pass starts from
+        deflate_before = deflate_size(proto.SerializeToString(deterministic=True), level)
+    else:  # the input's files, read in chunks, as deflate_after reads the output's
+        deflate_before = deflate_files(in_files, level)
 
     model = ir.serde.deserialize_model(proto)  # wraps the proto's tensors, no copy
     del proto
@@ -124,7 +131,7 @@ def prune(
     del model
     save_model(out_model, out_path, inputs=[in_path], external_data=external_data)
     del out_model
-    from gencompress.onnx_io import model_files
+    gc.collect()  # onnx_ir graphs hold reference cycles: the weights go before the output is read back
 
     written = model_files(out_path)
     bytes_after = sum(f.stat().st_size for f in written)
