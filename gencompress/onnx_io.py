@@ -198,22 +198,35 @@ def external_data_files(path) -> list[Path]:
 
 
 def nonfinite_weights(model) -> list[str]:
-    """Names of float initializers / Constant tensors holding NaN or Inf (subgraphs included)."""
+    """Names of float initializers / Constant tensors holding NaN or Inf (subgraphs included).
+    ``model``: a proto, an onnx_ir model, or a path (its external data read a piece at a time,
+    memory-mapped, never whole)."""
     from onnx import numpy_helper
-    from onnx.external_data_helper import _get_all_tensors
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
-    import numpy as np
-
+    if isinstance(model, (str, os.PathLike)):
+        header = load_header(model)
+        files = iter([(f, offset) for _, f, offset, _ in external_data_entries(header, Path(model))])  # in tensor order
+    else:
+        header, files = to_proto(model), iter(())
     bad = []
-    for tensor in _get_all_tensors(to_proto(model)):
+    for tensor in _get_all_tensors(header):
+        external = next(files, None) if uses_external_data(tensor) else None
         if tensor.data_type not in _FLOAT_TYPES:
             continue
         try:
-            arr = numpy_helper.to_array(tensor)
+            if external is not None:
+                file, offset = external
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+                arr = np.memmap(file, dtype=dtype, mode="r", offset=offset, shape=(math.prod(tensor.dims),)) if math.prod(tensor.dims) else np.zeros(0, dtype)
+            else:
+                arr = numpy_helper.to_array(tensor).reshape(-1)
         except Exception:
             continue
-        if not np.isfinite(arr.astype(np.float32, copy=False)).all():
+        step = 1 << 24  # a slice at a time: no whole-tensor temporaries
+        if not all(np.isfinite(arr[i : i + step].astype(np.float32, copy=False)).all() for i in range(0, arr.size, step)):
             bad.append(tensor.name or "<unnamed constant>")
+        del arr
     return bad
 
 
