@@ -416,7 +416,9 @@ def quantize(
     """
     import onnx_ir as ir
 
-    from gencompress.onnx_io import file_bytes, load_model, refuse_nonfinite_weights, refuse_overwrite, save_model, skeleton, spill
+    from gencompress.onnx_io import (
+        external_data_entries, file_bytes, load_header, load_model, refuse_nonfinite_weights, refuse_overwrite, save_model, skeleton, spill,
+    )
     from gencompress.passes.calibrate import DEFAULT_PERCENTILE
 
     log = log or (lambda message: None)
@@ -446,10 +448,14 @@ def quantize(
         raise GencompressError(f"{out_path}: output should be an .onnx file")
     if not check and target_psnr is not None:
         raise GencompressError("--target-psnr measures PSNR against float; it cannot be combined with --no-check")
-    reference = load_model(in_path)
-    refuse_nonfinite_weights(reference, in_path)
-    _check_float_model(reference, in_path)
     from gencompress.exporter.upgrade import upgrade_opset
+
+    planned = mode == "static" and objective != "size"
+    stream = not planned and target_psnr is None  # one build, no plan: see ``streamed`` below
+    mapped = stream and _weights_in_current_files(in_path)  # read where they are, memory-mapped, never whole
+    reference = load_header(in_path) if mapped else load_model(in_path)
+    refuse_nonfinite_weights(in_path if mapped else reference, in_path)
+    _check_float_model(reference, in_path)
 
     notes: list[str] = []
     upgraded = upgrade_opset(reference, in_path, lambda message: (notes.append(message), log(message)))
@@ -459,6 +465,8 @@ def quantize(
     reference = upgraded
     del upgraded  # only ``reference`` (deleted below) and ``eval_reference`` may keep the proto alive
     before = reference.ByteSize()  # the self-contained size, even when the input keeps its weights in a side file
+    if mapped:
+        before += sum(length for *_, length in external_data_entries(reference, Path(in_path)))
     header = skeleton(reference)  # inputs, outputs and metadata, no weights: all the evaluation needs
     from gencompress.inputs import output_range_of_model, specs_of_model
 
@@ -466,14 +474,13 @@ def quantize(
     calib_feeds, eval_feeds, eval_source = _evaluation_set(header, mode, calib_data, calib_size, eval_size, seed)
     # one copy of the weights in memory: the onnx_ir model wraps the proto's tensors, and the
     # reference's sessions read the input file itself
-    model = ir.serde.deserialize_model(reference)
+    model = ir.load(in_path) if mapped else ir.serde.deserialize_model(reference)
     del reference
     prepare(model, keep_debug_metadata=keep_debug_metadata)
-    planned = mode == "static" and objective != "size"
     # one build, no plan: the weights are streamed (moved to the scratch folder, read back one
     # at a time, memory-mapped), so that the loaded proto, the weights the rewrites replace and
     # onnxruntime's calibration session do not each hold a copy of the model in memory
-    streamed = not planned and target_psnr is None and spill(model, "prepared.onnx") is not None
+    streamed = stream and (mapped or spill(model, "prepared.onnx") is not None)
     _own_tensors(model)
     gc.collect()  # onnx_ir graphs hold reference cycles: the loaded proto goes only with them
     unrewritten = ir.serde.serialize_model(model) if planned else None
@@ -602,6 +609,16 @@ def _planned_quantizer(unrewritten, rewrite_report, exclude, objective, timer, s
     user_float = [l for l in pass_report.get("float_layers", []) if any(p in (l["node"], l["op_type"], *l["weights"]) for p in exclude)]
     pass_report = {**pass_report, "layers": [*pass_report.get("layers", []), *folded], "float_layers": user_float}
     return quantizer, proto, pass_report, info
+
+
+def _weights_in_current_files(path) -> bool:
+    """A model file keeping its weights in external data, at an opset quantize needs no upgrade for."""
+    from gencompress.exporter.upgrade import MIN_OPSET, model_opset
+    from gencompress.onnx_io import external_data_entries, load_header
+
+    header = load_header(path)
+    opset = model_opset(header)
+    return bool(external_data_entries(header, Path(path))) and (opset is None or opset >= MIN_OPSET)
 
 
 def _own_tensors(model) -> None:

@@ -197,3 +197,24 @@ def test_streamed_save_equals_the_in_memory_model(zoo_onnx, tmp_path):
     a = make_session(tmp_path / "a.onnx").run(None, z)[0]
     b = make_session(expected).run(None, z)[0]
     assert np.array_equal(a, b)
+
+
+def test_quantize_reads_external_data_in_place_and_writes_the_same_model(zoo_onnx, tmp_path):
+    """--objective size on a model with external data reads the weights memory-mapped where they
+    are (never into one proto) and writes the very file the self-contained input gives."""
+    from gencompress import onnx_io
+    from gencompress.passes.quantize import quantize
+
+    src = zoo_onnx("dcgan")
+    external = tmp_path / "in" / "g.onnx"
+    onnx_io.save_model(onnx_io.load_model(src), external, external_data=True)
+    loaded = []
+    real_load = onnx_io.load_model
+    try:
+        onnx_io.load_model = lambda path: loaded.append(path) or real_load(path)
+        quantize(external, tmp_path / "a.onnx", objective="size", check=False)
+    finally:
+        onnx_io.load_model = real_load
+    assert loaded == []  # the header and memory-mapped weights only
+    quantize(src, tmp_path / "b.onnx", objective="size", check=False)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
