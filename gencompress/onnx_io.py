@@ -70,7 +70,7 @@ def regular_file(path: Path, what: str = "") -> int:
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Read an ONNX model with its external data; a clear error for anything that isn't one."""
     model = load_header(path)
-    _load_external_data(model, Path(path))
+    load_external_data(model, path)
     return model
 
 
@@ -167,8 +167,10 @@ def _tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
     return math.prod(tensor.dims) * itemsize
 
 
-def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
-    """Read weights kept in side files into the model, after validating every entry."""
+def load_external_data(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Read weights kept in side files into a model read by ``load_header`` from ``path``, after
+    validating every entry (nothing for a self-contained model)."""
+    path = Path(path)
     entries = external_data_entries(model, path)
     if entries:
         try:

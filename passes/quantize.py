@@ -417,7 +417,8 @@ def quantize(
     import onnx_ir as ir
 
     from gencompress.onnx_io import (
-        external_data_entries, file_bytes, load_header, load_model, refuse_nonfinite_weights, refuse_overwrite, save_model, skeleton, spill,
+        external_data_entries, file_bytes, load_external_data, load_header, materialize, refuse_nonfinite_weights, refuse_overwrite, save_model,
+        skeleton, spill,
     )
     from gencompress.passes.calibrate import DEFAULT_PERCENTILE
 
@@ -452,8 +453,10 @@ def quantize(
 
     planned = mode == "static" and objective != "size"
     stream = not planned and target_psnr is None  # one build, no plan: see ``streamed`` below
-    mapped = stream and _weights_in_current_files(in_path)  # read where they are, memory-mapped, never whole
-    reference = load_header(in_path) if mapped else load_model(in_path)
+    reference = load_header(in_path)  # a self-contained file: the whole model
+    mapped = stream and _weights_in_current_files(reference, in_path)  # read where they are, memory-mapped, never whole
+    if not mapped:
+        load_external_data(reference, in_path)
     refuse_nonfinite_weights(in_path if mapped else reference, in_path)
     _check_float_model(reference, in_path)
 
@@ -496,7 +499,7 @@ def quantize(
         from gencompress.passes.fp16_convert import FP16ConvertPass
 
         p = FP16ConvertPass(FP16ConvertPass.Options(keep_io_types=keep_io_types, exclude=exclude))
-        proto = finalize(ir.serde.serialize_model(p(model).model))
+        proto = finalize(ir.serde.serialize_model(materialize(p(model).model)))  # weights kept float read back from the scratch folder
         pass_report = p.report
         report["bits"] = 16
     else:
@@ -611,12 +614,11 @@ def _planned_quantizer(unrewritten, rewrite_report, exclude, objective, timer, s
     return quantizer, proto, pass_report, info
 
 
-def _weights_in_current_files(path) -> bool:
+def _weights_in_current_files(header, path) -> bool:
     """A model file keeping its weights in external data, at an opset quantize needs no upgrade for."""
     from gencompress.exporter.upgrade import MIN_OPSET, model_opset
-    from gencompress.onnx_io import external_data_entries, load_header
+    from gencompress.onnx_io import external_data_entries
 
-    header = load_header(path)
     opset = model_opset(header)
     return bool(external_data_entries(header, Path(path))) and (opset is None or opset >= MIN_OPSET)
 
