@@ -81,8 +81,13 @@ def measure(name: str, folder: Path, rounds: int, repeats: int, kernels: bool, o
     float_path, peak = export(name, folder)
     feeds = base.calibration_feeds(float_path)
     paths = {"float": float_path, "ort-qdq": folder / f"{name}_ort.onnx", "ours": folder / f"{name}_ours.onnx"}
+    import time
+
+    start = time.perf_counter()
     ort_quantize(float_path, paths["ort-qdq"], feeds)
+    middle = time.perf_counter()
     quantize(float_path, paths["ours"], objective=objective)
+    quantize_s = {"ort-qdq": middle - start, "ours": time.perf_counter() - middle}
 
     specs = specs_of_model(load_model(float_path))
     sessions = {n: base.session(p) for n, p in paths.items()}
@@ -109,7 +114,7 @@ def measure(name: str, folder: Path, rounds: int, repeats: int, kernels: bool, o
         if kernels:
             for n, p in paths.items():
                 profiles.setdefault(n, {})[b] = base.kernel_profile(p, feed, 6 if batch == 64 else 30, folder)
-    return {"model": name, "title": TITLES[name], "peak": peak, "rows": rows, "kernels": profiles}
+    return {"model": name, "title": TITLES[name], "peak": peak, "rows": rows, "kernels": profiles, "quantize_s": quantize_s}
 
 
 def span(values: list[float], fmt: str = "{:.2f}") -> str:
@@ -137,7 +142,8 @@ def print_report(facts: dict, results: list[dict], rounds: int, repeats: int) ->
             )
         ours, theirs = res["rows"]["ours"], res["rows"]["ort-qdq"]
         print(f"  ours / ort-qdq throughput: b1 {span(ours['b1']['vs_ort'])}x, b64 {span(ours['b64']['vs_ort'])}x;"
-              f" PSNR ours - ort {((ours['psnr_db'] or 0) - (theirs['psnr_db'] or 0)):+.1f} dB")
+              f" PSNR ours - ort {((ours['psnr_db'] or 0) - (theirs['psnr_db'] or 0)):+.1f} dB;"
+              f" quantize time ours {res['quantize_s']['ours']:.0f} s (objective's timing included), ort {res['quantize_s']['ort-qdq']:.0f} s")
         if res["kernels"]:
             print("  kernels onnxruntime executed (nodes, share of kernel time):")
             for n, per_batch in res["kernels"].items():
@@ -158,13 +164,17 @@ def main(argv=None) -> int:
     if args.rounds < 1 or args.repeats < 1:
         parser.error("--rounds and --repeats must be positive")
     facts = base.machine()
+    results = []
     with tempfile.TemporaryDirectory(prefix="gc-int8-conv-") as tmp:
-        results = [measure(name, Path(tmp), args.rounds, args.repeats, args.kernels, args.objective) for name in args.only]
+        for name in args.only:
+            results.append(measure(name, Path(tmp), args.rounds, args.repeats, args.kernels, args.objective))
+            if not args.json:  # one model at a time: a long run shows its progress
+                facts["load_avg_end"] = list(os.getloadavg())
+                print_report(facts, results[-1:], args.rounds, args.repeats)
+                print(flush=True)
     facts["load_avg_end"] = list(os.getloadavg())
     if args.json:
         print(json.dumps({"machine": facts, "rounds": args.rounds, "repeats": args.repeats, "results": results}, indent=1))
-    else:
-        print_report(facts, results, args.rounds, args.repeats)
     return 0
 
 

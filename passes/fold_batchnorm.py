@@ -1,10 +1,15 @@
-"""Fold inference-mode BatchNormalization into the Conv / ConvTranspose / Gemm / MatMul before it.
+"""Fold inference-mode BatchNormalization, and Mul by a constant, into the Conv / ConvTranspose /
+Gemm / MatMul before it.
 
 ``BN(y) = a * (y - mean) + beta`` with ``a = scale / sqrt(var + eps)`` per channel (axis 1). When
 ``y`` is a layer's output, scaling the layer's output channels by ``a`` and setting its bias to
 ``a * (bias - mean) + beta`` gives the same result with one node fewer, and a quantizer then sees
 ``Conv -> Relu`` (which it fuses) instead of ``Conv -> BatchNormalization -> Relu``. The dynamo
 exporter already folds many of these; the TorchScript (legacy) exporter does not.
+A Mul of the layer's output by a constant that is a scalar or one value per output channel (e.g.
+a residual branch scaled by 0.2 in super-resolution nets) is the same fold with ``b = 0``:
+onnxruntime fuses it into a float Conv at load, but not into an int8 one, where it would cost a
+QLinearMul (or a dequantize/quantize pair) per layer.
 
 Producers handled (weight and bias constant; weight channels along the layer's output axis):
 - Conv ``W [C_out, C_in/g, ...]``: axis 0;
@@ -48,12 +53,18 @@ FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
 def _scaled(w: np.ndarray, factor: np.ndarray) -> np.ndarray:
-    """``(w * factor)`` computed in float64, stored in ``w``'s type (``factor`` of size 1 on axis
-    1), a few million values at a time: the same numbers without float64 copies of a large weight."""
+    """``w * factor`` computed in float64, stored in ``w``'s type, a few million values at a time
+    (along an axis ``factor`` is constant on): the same numbers without float64 copies of a
+    large weight."""
+    shape = (1,) * (w.ndim - np.ndim(factor)) + np.shape(factor)
+    axis = next((i for i, n in enumerate(shape) if n == 1 and w.shape[i] > 1), None)
+    if axis is None:
+        return (w.astype(np.float64) * factor).astype(w.dtype)
     out = np.empty(w.shape, dtype=w.dtype)
-    step = max(1, (1 << 22) // max(1, w[:, :1].size))
-    for i in range(0, w.shape[1], step):
-        out[:, i : i + step] = w[:, i : i + step].astype(np.float64) * factor
+    step = max(1, (1 << 22) // max(1, w.size // w.shape[axis]))
+    for i in range(0, w.shape[axis], step):
+        index = (slice(None),) * axis + (slice(i, i + step),)
+        out[index] = w[index].astype(np.float64) * factor
     return out
 
 
@@ -63,7 +74,7 @@ class _Skip(Exception):
 
 @register("fold_batchnorm")
 class FoldBatchNormPass(GencompressPass):
-    """Fold BatchNormalization (inference mode) into the preceding Conv/ConvTranspose/Gemm/MatMul."""
+    """Fold BatchNormalization (inference mode) and per-channel constant Mul into the preceding Conv/ConvTranspose/Gemm/MatMul."""
 
     @dataclass(frozen=True)
     class Options:
@@ -74,24 +85,24 @@ class FoldBatchNormPass(GencompressPass):
         namer = Namer(graph)
         shapes = ShapeLookup(model)
         folded, left = [], []
-        for bn in [n for n in graph if is_onnx_domain(n) and n.op_type == "BatchNormalization"]:
-            y = bn.inputs[0]
+        for bn in [n for n in graph if is_onnx_domain(n) and n.op_type in ("BatchNormalization", "Mul")]:
+            y = self._mul_operands(bn)[0] if bn.op_type == "Mul" else bn.inputs[0]
             layer = y.producer() if y is not None else None
             if layer is None or not is_onnx_domain(layer) or layer.op_type not in FOLDABLE:
                 continue  # nothing to fold into: not reported
             bn_name = bn.name or bn.outputs[0].name
             layer_name = layer.name or layer.outputs[0].name
             try:
-                params = self._bn_params(bn)
+                params = self._mul_params(shapes, layer, bn) if bn.op_type == "Mul" else self._bn_params(bn)
                 if only_consumer(y) is not bn or len(layer.outputs) != 1:
                     raise _Skip(f"the {layer.op_type} output has other consumers")
                 old_params = [*layer.inputs[1:], *bn.inputs[1:]]
                 fold = getattr(self, f"_fold_{layer.op_type.lower()}")
                 fold(graph, namer, shapes, layer, bn, *params)
                 drop_if_unused(graph, old_params)
-                folded.append({"node": bn_name, "into": layer_name, "op": layer.op_type})
+                folded.append({"node": bn_name, "op_type": bn.op_type, "into": layer_name, "op": layer.op_type})
             except _Skip as e:
-                left.append({"node": bn_name, "into": layer_name, "reason": str(e)})
+                left.append({"node": bn_name, "op_type": bn.op_type, "into": layer_name, "reason": str(e)})
         self.report = {"folded": folded, "left_alone": left, "into": count_by(f["op"] for f in folded)}
         return ir.passes.PassResult(model, bool(folded))
 
@@ -116,6 +127,35 @@ class FoldBatchNormPass(GencompressPass):
         eps = bn.attributes.get_float("epsilon", 1e-5)
         a = scale / np.sqrt(var + eps)
         return a, beta - mean * a  # BN(y) = a * y + b
+
+    # ---- Mul by a constant -> per-channel (a, 0) ------------------------------------------
+
+    @staticmethod
+    def _mul_operands(mul: ir.Node) -> tuple[ir.Value | None, np.ndarray | None]:
+        """(the layer output, the constant) of a Mul with one constant operand, else (None, None)."""
+        if len(mul.inputs) != 2 or any(v is None for v in mul.inputs):
+            return None, None
+        for i in (0, 1):
+            c = const_array(mul.inputs[1 - i])
+            if c is not None and const_array(mul.inputs[i]) is None:
+                return mul.inputs[i], c
+        return None, None
+
+    def _mul_params(self, shapes, layer: ir.Node, mul: ir.Node) -> tuple[np.ndarray, np.ndarray]:
+        c = self._mul_operands(mul)[1]
+        if c.dtype not in FLOAT_DTYPES:
+            raise _Skip(f"Mul constant dtype {c.dtype} is not float")
+        if c.size == 1:
+            if c.ndim > len(shapes.dims(mul.outputs[0]) or ()) and c.ndim > 0:
+                raise _Skip("the scalar Mul broadcasts to a higher rank")
+            a = np.asarray(c, np.float64).reshape(1)
+        else:
+            rank = self._output_rank(shapes, layer, mul)
+            dims = (1,) * ((rank or 0) - c.ndim) + c.shape
+            if rank is None or c.ndim > rank or len(dims) < 2 or any(d != 1 for i, d in enumerate(dims) if i != 1):
+                raise _Skip(f"Mul constant of shape {list(c.shape)} is not one value per output channel")
+            a = np.asarray(c, np.float64).reshape(-1)
+        return a, np.zeros_like(a)
 
     # ---- per producer -----------------------------------------------------------------------
 
@@ -152,21 +192,25 @@ class FoldBatchNormPass(GencompressPass):
         out.name = name
         take_over_metadata(bn_out, out)
 
-    def _check(self, a: np.ndarray, channels: int) -> None:
+    def _check(self, a: np.ndarray, b: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        """(a, b) with one value per channel (a scalar Mul's are broadcast)."""
+        if a.shape[0] == 1 and b.shape[0] == 1:
+            return np.full(channels, a[0]), np.full(channels, b[0])
         if a.shape[0] != channels:
-            raise _Skip(f"BatchNormalization has {a.shape[0]} channels, the layer {channels}")
+            raise _Skip(f"the scale has {a.shape[0]} channels, the layer {channels}")
+        return a, b
 
     def _fold_conv(self, graph, namer, shapes, layer, bn, a, b):
         w = self._weight(layer, 1)
-        self._check(a, w.shape[0])
+        a, b = self._check(a, b, w.shape[0])
         bias = self._bias(layer, 2, w.shape[0])
         new_w = _scaled(w, a.reshape(-1, *[1] * (w.ndim - 1)))
         new_b = (bias * a + b).astype(w.dtype)
         base = layer.name or "Conv"
         self._finish(graph, namer, layer, bn, [
             layer.inputs[0],
-            add_initializer(graph, namer, f"{base}.bn_folded_weight", new_w),
-            add_initializer(graph, namer, f"{base}.bn_folded_bias", new_b),
+            add_initializer(graph, namer, f"{base}.folded_weight", new_w),
+            add_initializer(graph, namer, f"{base}.folded_bias", new_b),
         ])
 
     def _fold_convtranspose(self, graph, namer, shapes, layer, bn, a, b):
@@ -175,7 +219,7 @@ class FoldBatchNormPass(GencompressPass):
         c_in, c_out_g = w.shape[0], w.shape[1]
         if group < 1 or c_in % group:
             raise _Skip("ConvTranspose group does not divide C_in")
-        self._check(a, c_out_g * group)
+        a, b = self._check(a, b, c_out_g * group)
         bias = self._bias(layer, 2, c_out_g * group)
         # output channel of W[ci, j] is (ci // (C_in/g)) * C_out/g + j
         factor = a.reshape(group, 1, c_out_g, *[1] * (w.ndim - 2))
@@ -184,8 +228,8 @@ class FoldBatchNormPass(GencompressPass):
         base = layer.name or "ConvTranspose"
         self._finish(graph, namer, layer, bn, [
             layer.inputs[0],
-            add_initializer(graph, namer, f"{base}.bn_folded_weight", new_w),
-            add_initializer(graph, namer, f"{base}.bn_folded_bias", new_b),
+            add_initializer(graph, namer, f"{base}.folded_weight", new_w),
+            add_initializer(graph, namer, f"{base}.folded_bias", new_b),
         ])
 
     def _output_rank(self, shapes, layer, bn) -> int | None:
@@ -201,7 +245,7 @@ class FoldBatchNormPass(GencompressPass):
             raise _Skip("Gemm B is not 2-D")
         trans_b = layer.attributes.get_int("transB", 0)
         n = w.shape[0] if trans_b else w.shape[1]
-        self._check(a, n)
+        a, b = self._check(a, b, n)
         alpha = layer.attributes.get_float("alpha", 1.0)
         beta = layer.attributes.get_float("beta", 1.0)
         c = np.zeros(n, np.float64)
@@ -213,15 +257,15 @@ class FoldBatchNormPass(GencompressPass):
                 raw = raw[0]
             c = np.broadcast_to(raw, (n,)).copy()
         scale = (a * alpha).reshape((-1, 1) if trans_b else (1, -1))
-        new_w = (w.astype(np.float64) * scale).astype(w.dtype)
+        new_w = _scaled(w, scale)
         new_c = (beta * c * a + b).astype(w.dtype)
         base = layer.name or "Gemm"
         layer.attributes.pop("alpha", None)
         layer.attributes.pop("beta", None)
         self._finish(graph, namer, layer, bn, [
             layer.inputs[0],
-            add_initializer(graph, namer, f"{base}.bn_folded_weight", new_w),
-            add_initializer(graph, namer, f"{base}.bn_folded_bias", new_c),
+            add_initializer(graph, namer, f"{base}.folded_weight", new_w),
+            add_initializer(graph, namer, f"{base}.folded_bias", new_c),
         ])
 
     def _fold_matmul(self, graph, namer, shapes, layer, bn, a, b):
@@ -233,14 +277,14 @@ class FoldBatchNormPass(GencompressPass):
         x_dims = shapes.dims(layer.inputs[0])
         if x_dims is None or len(x_dims) != 2:
             raise _Skip("MatMul input rank is not statically 2")
-        self._check(a, w.shape[1])
-        new_w = (w.astype(np.float64) * a.reshape(1, -1)).astype(w.dtype)
+        a, b = self._check(a, b, w.shape[1])
+        new_w = _scaled(w, a.reshape(1, -1))
         new_c = b.astype(w.dtype)
         base = layer.name or "MatMul"
         gemm = new_node(namer, base, "Gemm", [
             layer.inputs[0],
-            add_initializer(graph, namer, f"{base}.bn_folded_weight", new_w),
-            add_initializer(graph, namer, f"{base}.bn_folded_bias", new_c),
+            add_initializer(graph, namer, f"{base}.folded_weight", new_w),
+            add_initializer(graph, namer, f"{base}.folded_bias", new_c),
         ])
         replace_with(graph, [layer, bn], [gemm], bn.outputs[0], gemm.outputs[0])
         gemm.name = layer.name or gemm.name

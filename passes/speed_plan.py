@@ -47,6 +47,8 @@ NOISE = 0.05  # relative timing noise we do not act on (interleaved p50 ratios m
 DEFAULT_BATCHES = (1, 64)
 DEFAULT_THREADS = 2
 TARGET_SLOT_SECONDS = 0.25  # timed seconds per model and batch size in one measurement
+STEP_GROUPS = 3  # groups flipped against the same plan in one measurement (1.33 models timed per group instead of 2)
+MIN_RUNS = 5  # timed runs per model and batch size at least (a slow model's runs each average out more noise)
 HIDDEN_DOMAIN = "gencompress.keep_float"  # marks ConvTransposes the int8 rewrites must leave alone
 
 Ratios = dict  # {batch: model p50 / float p50}
@@ -87,17 +89,25 @@ class PlanResult:
     message: str = ""
 
 
-def plan_layers(layers: list[str], measure: Callable[[list[frozenset]], list[Ratios]], objective: str, noise: float = NOISE,
-                size: Callable[[frozenset], int] | None = None) -> PlanResult:
+def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objective: str, noise: float = NOISE,
+                size: Callable[[frozenset], int] | None = None, groups: list[list[str]] | None = None) -> PlanResult:
     """Choose the layers that compute in int8.
 
-    ``measure(configs)`` times each configuration (a frozenset of int8 layer names) interleaved
-    with the float model and returns, per configuration, ``{batch: p50 / float p50}``.
-    Greedy: start from every layer in int8; for each layer in graph order, time the plan with and
-    without it in int8 (together, so load drift hits both), keep the better per the objective.
-    Then compare the plan, all-int8 and no-int8 side by side and pick per the objective;
-    balanced: the fastest of those not slower than float beyond ``noise`` whose ``size(config)``
-    (bytes) is within ``SIZE_SLACK`` of the smallest of them.
+    ``measure(configs, reference=True, give_up=None)`` times each configuration (a frozenset of int8
+    layer names) interleaved and returns, per configuration, ``{batch: p50 / float p50}``; with
+    ``reference=False`` it may leave the float model out and return ratios to the first
+    configuration instead (the greedy steps compare two configurations, never float);
+    ``give_up(*ratios so far)`` true after a batch size: the other batch sizes may be left out
+    (balanced: int8 already lost at batch 1, the larger, slower batches need no timing).
+    ``groups``: layers decided together (``layer_groups``: the same op on the same shapes runs the
+    same kernel at the same cost); default one group per layer.
+    Greedy: start from every layer in int8; for ``STEP_GROUPS`` groups at a time in graph order,
+    time the plan as it stands and, beside it, the plan with each of those groups in float (one
+    interleaved run, so load drift hits them alike); keep each group's better form per the
+    objective.
+    Then compare the plan, all-int8 and no-int8 side by side with float and pick per the
+    objective; balanced: the fastest of those not slower than float beyond ``noise`` whose
+    ``size(config)`` (bytes) is within ``SIZE_SLACK`` of the smallest of them.
     """
     check_objective(objective)
     full, none = frozenset(layers), frozenset()
@@ -105,24 +115,35 @@ def plan_layers(layers: list[str], measure: Callable[[list[frozenset]], list[Rat
         return PlanResult(full, {}, [{"node": n, "choice": "int8", "reason": "objective size: every layer int8 (not timed)"} for n in layers])
     configs: list[dict] = []
 
-    def timed(*candidates):
-        results = measure(list(candidates))
+    def timed(*candidates, reference=True, **kwargs):
+        results = measure(list(candidates), reference=reference, **kwargs)
         for c, r in zip(candidates, results):
-            configs.append({"int8": sorted(c), "ratios": {str(b): round(v, 4) for b, v in r.items()}})
+            configs.append({"int8": sorted(c), "vs": "float" if reference else "first", "ratios": {str(b): round(v, 4) for b, v in r.items()}})
         return results
+
+    def hopeless(with_int8: Ratios, *flips: Ratios) -> bool:
+        """balanced: for every group of the step, int8 is already slower beyond noise at one batch
+        size; the other batch sizes cannot save it."""
+        return objective == "balanced" and all(any(f[b] / with_int8[b] < 1.0 - noise for b in with_int8) for f in flips)
 
     current = full
     rows = []
-    for name in layers:
-        without, with_int8 = timed(current - {name}, current)
-        keep = int8_pays(with_int8, without, objective, noise)
-        verdict = "int8 pays" if keep else "int8 does not pay"
-        reason = f"{verdict}: model with it in int8 {_fmt(with_int8)} float speed, with it in float {_fmt(without)}"
-        rows.append({"node": name, "choice": "int8" if keep else "float", "reason": reason,
-                     "with_int8": {str(b): round(1 / v, 3) for b, v in with_int8.items()},
-                     "in_float": {str(b): round(1 / v, 3) for b, v in without.items()}})
-        if not keep:
-            current = current - {name}
+    units = groups or [[n] for n in layers]
+    for start in range(0, len(units), STEP_GROUPS):
+        step = units[start:start + STEP_GROUPS]
+        with_int8, *flips = timed(current, *(current - set(g) for g in step), reference=False, give_up=hopeless)
+        for group, without in zip(step, flips):
+            keep = int8_pays(with_int8, without, objective, noise)
+            gain = {b: without[b] / with_int8[b] for b in with_int8}
+            together = f" (decided with {len(group) - 1} more of its shape)" if len(group) > 1 else ""
+            reason = (f"int8 {'pays' if keep else 'does not pay'}: the model runs "
+                      + ", ".join(f"b{b} {g:.2f}x" for b, g in sorted(gain.items())) + f" as fast with it in int8 as in float{together}")
+            for name in group:
+                rows.append({"node": name, "choice": "int8" if keep else "float", "reason": reason,
+                             "int8_gain": {str(b): round(g, 3) for b, g in gain.items()}})
+        current = current - {r["node"] for r in rows if r["choice"] == "float"}
+    order = {n: i for i, n in enumerate(layers)}
+    rows.sort(key=lambda r: order[r["node"]])
     finals = list(dict.fromkeys([current, full, none]))
     measured = dict(zip(finals, timed(*finals)))
     if objective == "speed":
@@ -143,6 +164,29 @@ def plan_layers(layers: list[str], measure: Callable[[list[frozenset]], list[Rat
                 row["choice"] = choice
                 row["reason"] += f"; overridden: the whole plan with {'all' if chosen == full else 'no'} layers in int8 measured faster"
     return PlanResult(chosen, measured[chosen], rows, configs, message)
+
+
+def layer_groups(graph: ir.Graph, names: list[str]) -> list[list[str]]:
+    """``names`` grouped by what decides an int8 layer's cost: op, input shapes, constant shapes,
+    attributes, and the kinds of op reading its output (repeated blocks give many identical
+    layers; deciding them together takes one measurement, and a larger, less noisy difference).
+    Groups in the graph order of their first layer."""
+    nodes = {n.name: n for n in graph}
+
+    def signature(node: ir.Node):
+        inputs = tuple(None if v is None else (str(v.shape), None if v.const_value is None else tuple(v.const_value.shape)) for v in node.inputs)
+        attributes = tuple(sorted((k, str(a.value)) for k, a in node.attributes.items()))
+        readers = frozenset(u.node.op_type for v in node.outputs for u in v.uses())
+        return node.op_type, node.domain, inputs, attributes, readers
+
+    def known(node: ir.Node) -> bool:  # without shapes, only the node itself is known to be like itself
+        return all(v is None or v.shape is not None for v in node.inputs)
+
+    groups: dict = {}
+    for name in names:
+        node = nodes.get(name)
+        groups.setdefault(signature(node) if node is not None and known(node) else name, []).append(name)
+    return list(groups.values())
 
 
 # ---- int8 weights that onnxruntime folds at load ---------------------------------------------------
@@ -256,6 +300,7 @@ class ConfigBuilder:
     exclude: tuple = ()  # user's --exclude: float, weights kept float too
     layers: list[dict] = field(default_factory=list)  # decidable int8 layers of the prepared graph
     storage_layers: list[str] = field(default_factory=list)  # float-compute layers with weights (GRU, Gather)
+    groups: list[list[str]] = field(default_factory=list)  # decidable layers decided together (layer_groups)
     _quantizers: dict = field(default_factory=dict)
     _built: dict = field(default_factory=dict)
 
@@ -263,11 +308,12 @@ class ConfigBuilder:
     def create(cls, prepared: onnx.ModelProto, *, rewrite: bool, static_options: dict, exclude=()):
         from gencompress.passes.insert_qdq import find_layers, select_layers
 
-        found = find_layers(ir.serde.deserialize_model(prepared).graph)
-        kept, _ = select_layers(found, exclude)
+        graph = ir.serde.deserialize_model(prepared).graph
+        kept, _ = select_layers(find_layers(graph), exclude)
         decidable = [{"node": l.name, "op_type": l.op_type, "weights": [w.name for w in l.weights]} for l in kept if l.kind == "int8"]
         storage = [l.name for l in kept if l.kind == "weights"]
-        return cls(prepared, rewrite, static_options, tuple(exclude), decidable, storage)
+        groups = layer_groups(graph, [l["node"] for l in decidable])
+        return cls(prepared, rewrite, static_options, tuple(exclude), decidable, storage, groups)
 
     def _quantizer(self, keep_float: frozenset):
         """(rewritten prepared proto's static quantizer, rewrite report) for this set of float ConvTransposes."""
@@ -328,9 +374,12 @@ class ConfigBuilder:
 
 def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provider: str = "CPUExecutionProvider",
                       threads: int = DEFAULT_THREADS, batches=DEFAULT_BATCHES, seed: int = 0) -> Callable[[list[onnx.ModelProto]], list[Ratios]]:
-    """``measure(models) -> [{batch: p50 / float p50}]``: each call times the float model and the given
-    models interleaved in one process (spinning off), on ``provider`` with ``threads`` intra-op
-    threads, each batch size for about ``TARGET_SLOT_SECONDS`` per model."""
+    """``measure(models, reference=True) -> [{batch: p50 / float p50}]``: each call times the float
+    model and the given models interleaved in one process (spinning off), on ``provider`` with
+    ``threads`` intra-op threads, each batch size (ascending) for about ``TARGET_SLOT_SECONDS`` per
+    model (at least ``MIN_RUNS`` runs); ``reference=False``: without the float model, ratios to the
+    first model; ``give_up(*ratios so far)`` true: the larger batch sizes are not timed. The float
+    session and the run counts (from the float model's time) are made once."""
     from gencompress.inputs import sample_inputs, specs_of_model
     from gencompress.passes.calibrate import fixed_batch
     from gencompress.runtime_check.latency import time_interleaved
@@ -338,23 +387,40 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
 
     header = reference if header is None else header  # ``reference`` may be a path: ``header`` has its inputs and metadata
     fixed = fixed_batch(header)
-    batches = (fixed,) if fixed else tuple(batches)
+    batches = (fixed,) if fixed else tuple(sorted(batches))
     specs = specs_of_model(header)
     ref_bytes = model_bytes(reference)
 
-    def measure(models):
-        sessions = {"float": make_session(ref_bytes, provider=provider, threads=threads, label="float")}
+    float_session = None
+    probed: dict = {}  # batch -> (feeds, runs, warm-up runs), from the float model's time
+
+    def slot(b):
+        if b not in probed:
+            probe = time_interleaved({"float": reference_session()}, sample_inputs(specs, b, seed), runs=3, warmup=1)
+            p50 = max(float(np.median(probe["float"])), 1e-6)
+            probed[b] = (sample_inputs(specs, b, seed), int(np.clip(TARGET_SLOT_SECONDS / p50, MIN_RUNS, 400)), 1 if p50 > 0.05 else 3)
+        return probed[b]
+
+    def reference_session():
+        nonlocal float_session
+        if float_session is None:
+            float_session = make_session(ref_bytes, provider=provider, threads=threads, label="float")
+        return float_session
+
+    def measure(models, reference=True, give_up=None):
+        sessions = {"float": reference_session()} if reference else {}
         for i, m in enumerate(models):
             sessions[i] = make_session(model_bytes(m), provider=provider, threads=threads, label=f"candidate {i}")
         out = [{} for _ in models]
         for b in batches:
-            feeds = {k: cast_feeds(s, sample_inputs(specs, b, seed)) for k, s in sessions.items()}
-            probe = time_interleaved({"float": sessions["float"]}, feeds["float"], runs=5, warmup=2)
-            runs = int(np.clip(TARGET_SLOT_SECONDS / max(np.median(probe["float"]), 1e-6), 20, 400))
-            times = time_interleaved(sessions, feeds, runs=runs, warmup=3)
-            base = float(np.median(times["float"]))
+            inputs, runs, warmup = slot(b)
+            feeds = {k: cast_feeds(s, inputs) for k, s in sessions.items()}
+            times = time_interleaved(sessions, feeds, runs=runs, warmup=warmup)
+            base = float(np.median(times["float" if reference else 0]))
             for i in range(len(models)):
                 out[i][b] = float(np.median(times[i])) / base
+            if give_up is not None and give_up(*out):
+                break
         return out
 
     return measure
@@ -364,12 +430,12 @@ def plan(builder: ConfigBuilder, objective: str, measure_models, log=lambda m: N
     """Decide, build and return (model, its quantizer report, the plan)."""
     names = [l["node"] for l in builder.layers]
 
-    def measure(configs):
-        return measure_models([builder.build(c)[0] for c in configs])
+    def measure(configs, reference=True, give_up=None):
+        return measure_models([builder.build(c)[0] for c in configs], reference=reference, give_up=give_up)
 
     if objective != "size" and names:
-        log(f"timing {len(names)} layer(s) in int8 vs float ({objective}) ...")
-    result = plan_layers(names, measure, objective, size=lambda c: builder.build(c)[0].ByteSize())
+        log(f"timing {len(names)} layer(s) in {len(builder.groups or names)} group(s) of the same shape, int8 vs float ({objective}) ...")
+    result = plan_layers(names, measure, objective, size=lambda c: builder.build(c)[0].ByteSize(), groups=builder.groups or None)
     op_of = {l["node"]: l["op_type"] for l in builder.layers}
     for row in result.layers:
         row["op_type"] = op_of.get(row["node"])
@@ -433,12 +499,14 @@ class PlanInt8Pass(GencompressPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         from gencompress.passes.calibrate import DEFAULT_PERCENTILE
-        from gencompress.passes.quantize import prepare
+        from gencompress.passes.quantize import fold_into_layers, prepare
 
         o = self.options
         reference = ir.serde.serialize_model(model)
         work = ir.serde.deserialize_model(reference)
         prepare(work)
+        if o.rewrite:
+            fold_into_layers(work)
         has_convt = any(n.op_type == "ConvTranspose" for n in work.graph)
         builder = ConfigBuilder.create(
             ir.serde.serialize_model(work), rewrite=o.rewrite and has_convt, exclude=tuple(o.exclude),

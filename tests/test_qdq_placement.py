@@ -228,3 +228,22 @@ def test_family_fidelity_close_to_onnxruntime_quantizer(tiny_family, tmp_path):
         return 10 * np.log10(peak**2 / np.mean((o.astype(np.float64) - ref) ** 2))
 
     assert psnr(out) >= psnr(theirs) - 0.5
+
+
+def test_quantize_folds_the_residual_scale_into_the_conv(tmp_path):
+    """Conv-only graph (no ConvTranspose to rewrite): quantize still folds the Conv -> Mul(0.2)
+    into the Conv's weights, as onnxruntime's quant_pre_process does, so no QLinearMul runs."""
+    from gencompress.passes.quantize import quantize
+
+    proto = block_model()
+    onnx.save(proto, tmp_path / "block.onnx")
+    report = quantize(tmp_path / "block.onnx", tmp_path / "q.onnx", objective="size", calib_size=32, eval_size=16)
+    assert [f["node"] for f in report["rewrite"]["folded_into_layers"]] == ["mul"]
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    assert "mul" not in {n.name for n in q.graph.node}
+    ops = op_counts(optimized(q, tmp_path))
+    assert ops["QLinearConv"] == 3 and "QLinearMul" not in ops and not FLOAT_COMPUTE & set(ops), ops
+    x = RNG.normal(size=(16, 4, 6, 6)).astype(np.float32)
+    (ref,) = run(proto, {"x": x})
+    (out,) = run(q, {"x": x})
+    assert rel_rms(out, ref) < 0.03

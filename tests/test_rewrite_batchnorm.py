@@ -220,3 +220,44 @@ def test_deterministic():
     a, _ = fold(model)
     b, _ = fold(model)
     assert a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+
+
+def conv_mul_model(op: str, const: np.ndarray, const_first: bool = False):
+    """layer -> Mul(constant) -> Relu, the residual scaling of super-resolution nets."""
+    rng = np.random.default_rng(3)
+    c_in, c_out = 4, 6
+    shape = (c_out, c_in, 3, 3) if op == "Conv" else (c_in, c_out, 4, 4)
+    attrs = {"pads": [1, 1, 1, 1], **({"strides": [2, 2]} if op == "ConvTranspose" else {})}
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) / 6).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(c_out).astype(np.float32), "b"),
+             numpy_helper.from_array(const.astype(np.float32), "scale")]
+    nodes = [helper.make_node(op, ["x", "w", "b"], ["y"], name="layer", **attrs),
+             helper.make_node("Mul", ["scale", "y"] if const_first else ["y", "scale"], ["z"], name="mul"),
+             helper.make_node("Relu", ["z"], ["out"])]
+    return model_of(nodes, [helper.make_tensor_value_info("x", F, ["N", c_in, 5, 5])],
+                    [helper.make_tensor_value_info("out", F, ["N", c_out, None, None])], inits)
+
+
+@pytest.mark.parametrize("op", ["Conv", "ConvTranspose"])
+@pytest.mark.parametrize("const,const_first", [
+    (np.array(0.2), False),  # scalar
+    (np.array([0.2]), True),  # one element, constant first
+    (np.linspace(0.5, 2, 6).reshape(6, 1, 1), False),  # per channel
+    (np.linspace(0.5, 2, 6).reshape(1, 6, 1, 1), True),
+])
+def test_constant_mul_folds_into_the_layer(op, const, const_first):
+    model = conv_mul_model(op, const, const_first)
+    new, report = fold(model)
+    assert [n.op_type for n in new.graph.node] == [op, "Relu"]
+    assert report["folded"][0]["op_type"] == "Mul"
+    assert_contract(model, new)
+    assert_equivalent(model, new)
+
+
+@pytest.mark.parametrize("const", [np.linspace(0.5, 2, 5).reshape(1, 1, 1, 5), np.ones((2, 6, 1, 1))])
+def test_mul_that_is_not_per_channel_is_left_alone(const):
+    """Along the width, or along the batch: not one value per output channel."""
+    model = conv_mul_model("Conv", const)
+    new, report = fold(model)
+    assert [n.op_type for n in new.graph.node] == ["Conv", "Mul", "Relu"]
+    assert report["left_alone"] and report["left_alone"][0]["op_type"] == "Mul"

@@ -19,9 +19,15 @@ def stub(costs: dict[str, dict[int, float]], base: dict[int, float] = {1: 1.0, 6
     (a negative cost is a speed-up); records every configuration asked for."""
     asked = []
 
-    def measure(configs):
+    def measure(configs, reference=True, give_up=None):
         asked.extend(configs)
-        return [{b: base[b] + sum(costs[n][b] for n in c) for b in base} for c in configs]
+        out = [{} for _ in configs]
+        for b in sorted(base):  # ascending, as the interleaved timer does
+            for ratios, c in zip(out, configs):
+                ratios[b] = base[b] + sum(costs[n][b] for n in c)
+            if give_up is not None and give_up(*out):
+                break
+        return out
 
     return measure, asked
 
@@ -67,6 +73,51 @@ def test_balanced_falls_back_to_float_compute_when_everything_is_slower():
     measure, _ = stub({"a": {1: 0.1, 64: 0.1}}, base={1: 1.2, 64: 1.2})  # even no-int8 is 1.2x float
     result = plan_layers(["a"], measure, "balanced")
     assert result.int8 == frozenset() and "slower than float" in result.message
+
+
+def test_batch_64_is_not_timed_when_every_group_of_a_step_lost_at_batch_1():
+    measure, _ = stub(COSTS)
+    result = plan_layers(["mixed", "slow", "fast"], measure, "balanced", groups=[["mixed"], ["slow"], ["fast"]])
+    assert result.int8 == {"fast"}
+    assert {r["node"]: sorted(r["int8_gain"]) for r in result.layers} == {"fast": ["1", "64"], "mixed": ["1", "64"], "slow": ["1", "64"]}
+    result = plan_layers(["mixed", "slow"], measure, "balanced")  # both lose at batch 1: one step, batch 64 never timed
+    assert result.int8 == frozenset()
+    assert {r["node"]: sorted(r["int8_gain"]) for r in result.layers} == {"mixed": ["1"], "slow": ["1"]}
+
+
+def test_groups_are_decided_together_with_one_measurement_each():
+    """Two groups: one greedy step times the plan and each group flipped to float beside it, and
+    every layer of a group gets the group's choice, reported in graph order."""
+    costs = {"a1": COSTS["fast"], "b1": COSTS["slow"], "a2": COSTS["fast"], "b2": COSTS["slow"]}
+    measure, asked = stub(costs)
+    result = plan_layers(["a1", "b1", "a2", "b2"], measure, "balanced", groups=[["a1", "a2"], ["b1", "b2"]])
+    assert result.int8 == {"a1", "a2"}
+    assert [r["node"] for r in result.layers] == ["a1", "b1", "a2", "b2"]
+    assert len(asked) == 3 + 3  # one greedy step: the plan and each group flipped to float; then plan / all / none
+    assert all("decided with 1 more" in r["reason"] for r in result.layers)
+
+
+def test_layer_groups_follow_shapes_not_names():
+    """A chain of Convs: those with the same weight shape, input shape and reader ops form one
+    group; a different input shape or reader starts another; groups in graph order."""
+    import onnx_ir as ir
+
+    from gencompress.passes.speed_plan import layer_groups
+
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+    shapes = {"c0": (8, 3), "c1": (8, 8), "c2": (8, 8), "c3": (8, 8)}
+    prev = "x"
+    for name, (cout, cin) in shapes.items():
+        inits.append(numpy_helper.from_array(rng.standard_normal((cout, cin, 3, 3)).astype(np.float32), f"{name}.w"))
+        nodes.append(helper.make_node("Conv", [prev, f"{name}.w"], [f"{name}.y"], name=name, pads=[1, 1, 1, 1]))
+        prev = f"{name}.y"
+    nodes.append(helper.make_node("Relu", [prev], ["y"], name="relu"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 8, 8])], inits)
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    g = ir.serde.deserialize_model(model).graph
+    assert layer_groups(g, ["c0", "c1", "c2", "c3"]) == [["c0"], ["c1", "c2"], ["c3"]]  # c3 is read by a Relu
 
 
 def test_noise_band():
@@ -135,7 +186,7 @@ def test_quantize_plan_with_stubbed_timer(zoo_onnx, tmp_path):
     """vae: a timer saying int8 never pays gives float compute with int8 weights folded at load."""
     from gencompress.passes.quantize import quantize
 
-    def never(models):
+    def never(models, reference=True, give_up=None):
         return [{1: 1.0 + 0.1 * sum(n.op_type == "QuantizeLinear" for n in m.graph.node), 64: 1.0} for m in models]
 
     out = tmp_path / "vae.onnx"
@@ -187,7 +238,7 @@ def test_target_search_stubbed_timer_real_psnr(zoo_onnx, tmp_path):
     fewest quantized activations; every candidate carries its measured PSNR."""
     from gencompress.passes.speed_plan import search_target
 
-    def timer(models):
+    def timer(models, reference=True, give_up=None):
         return [{1: 1.0 + 0.05 * sum(n.op_type == "QuantizeLinear" for n in m.graph.node), 64: 1.0} for m in models]
 
     result = search_target(zoo_onnx("vae"), tmp_path, target=40.0, objective="speed", calib_size=32, timer=timer)
@@ -244,7 +295,7 @@ def test_planned_dcgan_has_no_transposes_between_int8_convs(zoo_onnx, tmp_path):
     Transpose per rewritten layer (the shuffle) plus one at each end, and no DepthToSpace."""
     from gencompress.passes.quantize import quantize
 
-    def int8_pays(models):
+    def int8_pays(models, reference=True, give_up=None):
         return [{1: 1.0 / (1 + sum(n.op_type == "QuantizeLinear" for n in m.graph.node)), 64: 1.0} for m in models]
 
     out = tmp_path / "dcgan.onnx"
