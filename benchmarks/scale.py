@@ -168,8 +168,9 @@ def run_child(tool: str, src: Path, out: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", tool, str(src), str(out)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"{tool} on {src.name} failed:\n{done.stderr[-3000:]}")
+    if done.returncode != 0:  # reported, and the other rows still measured
+        print(f"{tool} on {src.name} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
+        return {"tool": tool, "seconds": float("nan"), "peak_bytes": 0, "baseline_bytes": 0, "failed": True}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -254,7 +255,7 @@ def main(argv=None) -> int:
                     out = tmp / f"{tool}.onnx"
                     r = run_child(tool, src, out)
                     folder = out.with_suffix("")
-                    r["out_bytes"] = file_bytes(folder / "model.onnx" if tool == "ours-compress" else out)
+                    r["out_bytes"] = 0 if r.get("failed") else file_bytes(folder / "model.onnx" if tool == "ours-compress" else out)
                     for p in (out, out.with_name(out.name + ".data")):
                         p.unlink(missing_ok=True)
                     shutil.rmtree(folder, ignore_errors=True)

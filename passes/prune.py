@@ -90,11 +90,15 @@ def prune(
     from gencompress.onnx_io import external_data_entries, load_external_data, load_header
 
     proto = load_header(in_path)  # one parse: the input's files listed before its weights are read
-    in_files = [Path(in_path), *sorted({f for _, f, _, _ in external_data_entries(proto, Path(in_path))})]
+    entries = external_data_entries(proto, Path(in_path))
+    in_files = [Path(in_path), *sorted({f for _, f, _, _ in entries})]
+    # the self-contained size, counted without serializing (above 2 GB protobuf cannot)
+    bytes_before = proto.ByteSize() + sum(length for *_, length in entries)
     load_external_data(proto, in_path)
     refuse_nonfinite_weights(proto, in_path)
     densified = _densify_sparse_initializers(proto)
-    bytes_before = proto.ByteSize()
+    if densified:
+        bytes_before = proto.ByteSize()
     level = deflate_level(bytes_before)
     if densified:  # the dense model the pass starts from
         deflate_before = deflate_size(proto.SerializeToString(deterministic=True), level)
