@@ -84,6 +84,7 @@ def default_recipe(
         else:
             if rewrite:
                 steps.append({"pass": "rewrite_for_int8", "options": {}})
+                steps.append({"pass": "resize_nhwc", "options": {"exclude": list(exclude)} if exclude else {}})
             steps.append({"pass": "insert_qdq", "options": options})
     elif mode == "weight-only":
         options = {"bits": bits}

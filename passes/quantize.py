@@ -92,7 +92,7 @@ def describe_rewrites(steps: dict) -> tuple[list[str], list[str], int]:
     """(changes, left alone, ConvTranspose layers rewritten) from the per-step rewrite report, as text."""
     changes, left, converted = [], [], 0
     for item in (steps.get("fold_batchnorm") or {}).get("folded", []):
-        changes.append(f"{item['node']}: BatchNormalization folded into {item['into']} ({item['op']})")
+        changes.append(f"{item['node']}: {item.get('op_type', 'BatchNormalization')} folded into {item['into']} ({item['op']})")
     for step in ("convtranspose_to_gemm", "convtranspose_to_conv"):
         for item in (steps.get(step) or {}).get("rewritten", []):
             converted += 1
@@ -134,13 +134,18 @@ def apply_rewrites(model, *, setting: bool | None, mode: str, exclude: tuple[str
         return model, {**info, "reason": "turned off (--no-rewrite)"}
     if setting is None and mode != "static":
         return model, {**info, "reason": f"--mode {mode} computes in float: the rewrites only speed up int8 kernels"}
-    convt = [layer for layer in find_layers(model.graph) if layer.op_type == "ConvTranspose"]
+    layers = find_layers(model.graph)
+    convt = [layer for layer in layers if layer.op_type == "ConvTranspose"]
     kept = [p for p in exclude if any(layer.matches(p) for layer in convt)]
     if kept:
         if setting:
             raise GencompressError(f"--exclude {kept[0]!r} keeps a ConvTranspose in float, but --rewrite replaces it; add --no-rewrite to keep it")
         return model, {**info, "reason": f"--exclude {kept[0]} keeps a ConvTranspose in float (the rewrites would replace it)"}
     if setting is None and not convt:
+        resized = _resize_nhwc(model, exclude)
+        if resized:
+            return model, {**info, "applied": True, "reason": "nearest upsampling before int8 Convs spelled channels-last (onnxruntime's channels-last uint8 Resize is slow)",
+                           "changes": [f"Resize {name} -> Transpose/Reshape/Expand/Reshape/Transpose" for name in resized], "resize_nhwc": resized}
         return model, {**info, "reason": "no ConvTranspose to rewrite"}
     if setting is None:
         from gencompress.passes.registry import available
@@ -154,9 +159,21 @@ def apply_rewrites(model, *, setting: bool | None, mode: str, exclude: tuple[str
     if setting is None and not converted:
         return snapshot, {**info, "reason": "no ConvTranspose the rewrites apply to", "left_alone": left}
     reason = "--rewrite" if setting else "onnxruntime has no int8 ConvTranspose kernel; rewritten as Conv/Gemm they run in int8"
+    resized = _resize_nhwc(model, exclude)
+    changes += [f"Resize {name} -> Transpose/Reshape/Expand/Reshape/Transpose" for name in resized]
     return model, {
         **info, "applied": True, "reason": reason, "convtranspose_rewritten": converted, "changes": changes, "left_alone": left, "passes": steps,
+        "resize_nhwc": resized,
     }
+
+
+def _resize_nhwc(model, exclude) -> list[str]:
+    """``resize_nhwc`` on the nearest upsamplings before Convs, except before Convs ``exclude`` keeps in float."""
+    from gencompress.passes.resize_nhwc import ResizeNHWCPass
+
+    p = ResizeNHWCPass(ResizeNHWCPass.Options(exclude=tuple(exclude)))
+    p(model)
+    return p.report["rewritten"]
 
 
 def finalize(proto: onnx.ModelProto) -> onnx.ModelProto:

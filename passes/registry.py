@@ -37,6 +37,7 @@ PASS_MODULES = [
     "gencompress.passes.weight_only_quantize",
     "gencompress.passes.fp16_convert",
     "gencompress.passes.depth_to_space_nhwc",
+    "gencompress.passes.resize_nhwc",
     "gencompress.passes.speed_plan",
     "gencompress.distill.step",
 ]

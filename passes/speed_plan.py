@@ -259,8 +259,10 @@ def rewrite_only(model: ir.Model, keep_float: set[str]):
     """The int8 rewrites on every ConvTranspose except those named in ``keep_float`` (which stay
     ConvTranspose: in float that is onnxruntime's fastest form), phases interleaved DCR and
     spelled channels-last (``depth_to_space_nhwc``: onnxruntime then drops the Transposes around
-    its int8 Convs). Returns (model, the rewrite report)."""
+    its int8 Convs); nearest upsampling spelled channels-last (``resize_nhwc``) before the Convs
+    not in ``keep_float``. Returns (model, the rewrite report)."""
     from gencompress.passes.registry import available
+    from gencompress.passes.resize_nhwc import upsamplers
 
     passes = available()
 
@@ -269,7 +271,10 @@ def rewrite_only(model: ir.Model, keep_float: set[str]):
         model = p(model).model
         nhwc = passes["depth_to_space_nhwc"]()
         model = nhwc(model).model
-        return model, {**(p.report or {}), "depth_to_space_nhwc": nhwc.report}
+        keep = tuple(name for name, convs in upsamplers(model.graph).items() if any(c.name in keep_float for c in convs))
+        resize = passes["resize_nhwc"](passes["resize_nhwc"].Options(keep=keep))
+        model = resize(model).model
+        return model, {**(p.report or {}), "depth_to_space_nhwc": nhwc.report, "resize_nhwc": resize.report}
 
     hidden = [n for n in model.graph if n.op_type == "ConvTranspose" and n.name in keep_float]
     for n in hidden:
@@ -290,6 +295,15 @@ def _matches(name: str, original: str) -> bool:
     return name == original or name.startswith(original + "/")
 
 
+def rewritable_layers(graph: ir.Graph) -> frozenset:
+    """Names of the layers an int8 rewrite changes: ConvTransposes, and Convs after a nearest
+    upsampling (``resize_nhwc``)."""
+    from gencompress.passes.resize_nhwc import upsamplers
+
+    convs = {c.name for readers in upsamplers(graph).values() for c in readers}
+    return frozenset(convs | {n.name for n in graph if n.op_type == "ConvTranspose"})
+
+
 @dataclass
 class ConfigBuilder:
     """Builds the model for a set of int8 layers (original names) from the prepared float model."""
@@ -301,6 +315,7 @@ class ConfigBuilder:
     layers: list[dict] = field(default_factory=list)  # decidable int8 layers of the prepared graph
     storage_layers: list[str] = field(default_factory=list)  # float-compute layers with weights (GRU, Gather)
     groups: list[list[str]] = field(default_factory=list)  # decidable layers decided together (layer_groups)
+    rewritten: frozenset = frozenset()  # layers whose form the rewrites change when they go int8
     _quantizers: dict = field(default_factory=dict)
     _built: dict = field(default_factory=dict)
 
@@ -313,7 +328,7 @@ class ConfigBuilder:
         decidable = [{"node": l.name, "op_type": l.op_type, "weights": [w.name for w in l.weights]} for l in kept if l.kind == "int8"]
         storage = [l.name for l in kept if l.kind == "weights"]
         groups = layer_groups(graph, [l["node"] for l in decidable])
-        return cls(prepared, rewrite, static_options, tuple(exclude), decidable, storage, groups)
+        return cls(prepared, rewrite, static_options, tuple(exclude), decidable, storage, groups, rewritable_layers(graph))
 
     def _quantizer(self, keep_float: frozenset):
         """(rewritten prepared proto's static quantizer, rewrite report) for this set of float ConvTransposes."""
@@ -342,8 +357,8 @@ class ConfigBuilder:
         from gencompress.passes.quantize import finalize
         from gencompress.passes.weight_only_quantize import WeightOnlyQuantizePass, weight_layers
 
-        convt = {l["node"] for l in self.layers if l["op_type"] == "ConvTranspose"}
-        quantizer, rewrite_report = self._quantizer(frozenset(convt - int8))
+        rewritten = {l["node"] for l in self.layers if l["node"] in self.rewritten}
+        quantizer, rewrite_report = self._quantizer(frozenset(rewritten - int8))
         names = [l["node"] for l in quantizer.layers]
         int8_names = [n for n in names if any(_matches(n, o) for o in int8)]
         include = tuple(int8_names + [n for n in names if n in self.storage_layers])
@@ -507,9 +522,8 @@ class PlanInt8Pass(GencompressPass):
         prepare(work)
         if o.rewrite:
             fold_into_layers(work)
-        has_convt = any(n.op_type == "ConvTranspose" for n in work.graph)
         builder = ConfigBuilder.create(
-            ir.serde.serialize_model(work), rewrite=o.rewrite and has_convt, exclude=tuple(o.exclude),
+            ir.serde.serialize_model(work), rewrite=o.rewrite and bool(rewritable_layers(work.graph)), exclude=tuple(o.exclude),
             static_options=dict(calib=o.calib, calib_size=o.calib_size, calib_data=None, seed=o.seed, percentile=DEFAULT_PERCENTILE,
                                 per_tensor=o.per_tensor, activations=o.activations, log=lambda m: None),
         )
