@@ -4,7 +4,8 @@ Run by hand (not part of the tests):
 
     .venv/bin/python benchmarks/scale.py                         # 1M, 12M, 47M, 200M parameters
     .venv/bin/python benchmarks/scale.py --sizes 47M --rounds 2  # one size, best of 2 rounds
-    .venv/bin/python benchmarks/scale.py --sizes 2.2G            # > 2 GB, external data in and out
+    .venv/bin/python benchmarks/scale.py --sizes 2.2G --tools ours-quantize ours-prune ours-compress
+                                                                 # > 2 GB, external data in and out
     .venv/bin/python benchmarks/scale.py --profile 47M           # where quantize's memory goes
 
 The generators are DCGAN-style ConvTranspose stacks (latent 100 → 3×64×64: ConvTranspose 4/1/0
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,6 +35,7 @@ import numpy as np
 LATENT = 100
 SIZES = {"1M": 32, "12M": 128, "47M": 256, "200M": 540, "2.2G": 900}  # label → ngf
 CALIB = 256
+TOOLS = ("ort-quantize", "ours-quantize", "ours-prune", "ours-compress")
 
 
 def dcgan_params(ngf: int) -> int:
@@ -109,8 +112,9 @@ def child(tool: str, src: str, out: str) -> dict:
     import onnxruntime  # noqa: F401
 
     import gencompress.passes.quantize as Q
-    from gencompress.inputs import sample_inputs, specs_of_model
+    from gencompress.inputs import sample_inputs, specs_of_model  # noqa: F401
     from gencompress.passes.prune import prune
+    from gencompress.pipeline import compress
 
     base = vm_hwm()
     start = time.perf_counter()
@@ -120,6 +124,8 @@ def child(tool: str, src: str, out: str) -> dict:
         prune(src, out, sparsity=0.5)
     elif tool == "ort-quantize":
         ort_quantize(src, out)
+    elif tool == "ours-compress":  # end to end: export-free compress (every-layer int8), check and bench
+        compress(src, Path(out).with_suffix(""), flags={"objective": "size"}, samples=64, batches=(1,), runs=10)
     else:
         raise SystemExit(f"unknown tool {tool}")
     seconds = time.perf_counter() - start
@@ -162,8 +168,9 @@ def run_child(tool: str, src: Path, out: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", tool, str(src), str(out)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"{tool} on {src.name} failed:\n{done.stderr[-3000:]}")
+    if done.returncode != 0:  # reported, and the other rows still measured
+        print(f"{tool} on {src.name} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
+        return {"tool": tool, "seconds": float("nan"), "peak_bytes": 0, "baseline_bytes": 0, "failed": True}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -220,6 +227,8 @@ def main(argv=None) -> int:
     parser.add_argument("--folder", default=None, help="Where to build the models (default: a temp folder, removed after).")
     parser.add_argument("--profile", default=None, choices=list(SIZES), help="Only profile memory on one size.")
     parser.add_argument("--profile-tool", default="quantize", choices=["quantize", "prune"])
+    parser.add_argument("--tools", nargs="*", default=list(TOOLS), choices=list(TOOLS),
+                        help="Which to run (ours-compress: the whole compress job, fidelity check and bench included; not compared).")
     parser.add_argument("--child", nargs=3, metavar=("TOOL", "SRC", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -242,33 +251,36 @@ def main(argv=None) -> int:
             size = file_bytes(src)
             best: dict[str, dict] = {}
             for _ in range(args.rounds):
-                for tool in ("ort-quantize", "ours-quantize", "ours-prune"):  # interleaved rounds
+                for tool in args.tools:  # interleaved rounds
                     out = tmp / f"{tool}.onnx"
                     r = run_child(tool, src, out)
-                    r["out_bytes"] = file_bytes(out)
+                    folder = out.with_suffix("")
+                    r["out_bytes"] = 0 if r.get("failed") else file_bytes(folder / "model.onnx" if tool == "ours-compress" else out)
                     for p in (out, out.with_name(out.name + ".data")):
                         p.unlink(missing_ok=True)
+                    shutil.rmtree(folder, ignore_errors=True)
                     b = best.setdefault(tool, r)
                     b["seconds"] = min(b["seconds"], r["seconds"])
                     b["peak_bytes"] = min(b["peak_bytes"], r["peak_bytes"])
             rows.append((label, ngf, dcgan_params(ngf), size, best))
             for p in tmp.iterdir():
-                p.unlink()
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
             print(f"  {label}: done (load avg {os.getloadavg()[0]:.2f})", flush=True)
 
         print()
-        head = f"{'model':>6} {'params':>8} {'file MB':>8} | {'tool':<14} {'time s':>7} {'vs ORT':>7} {'peak MB':>8} {'peak/file':>9} {'out MB':>7}"
+        head = f"{'model':>6} {'params':>8} {'file MB':>8} | {'tool':<14} {'time s':>7} {'vs ORT':>7} {'peak MB':>8} {'peak/file':>9} {'excl. imp.':>10} {'out MB':>7}"
         print(head)
         print("-" * len(head))
         for label, ngf, params, size, best in rows:
-            ort_s = best["ort-quantize"]["seconds"]
-            for tool in ("ort-quantize", "ours-quantize", "ours-prune"):
+            ort_s = best["ort-quantize"]["seconds"] if "ort-quantize" in best else None
+            for tool in args.tools:
                 r = best[tool]
-                ratio = f"{r['seconds'] / ort_s:.2f}x" if tool == "ours-quantize" else ("1.00x" if tool == "ort-quantize" else "")
+                ratio = "1.00x" if tool == "ort-quantize" else (f"{r['seconds'] / ort_s:.2f}x" if tool == "ours-quantize" and ort_s else "")
+                used = r["peak_bytes"] - r["baseline_bytes"]
                 print(f"{label:>6} {params / 1e6:7.1f}M {size / 1e6:8.1f} | {tool:<14} {r['seconds']:7.2f} {ratio:>7} "
-                      f"{r['peak_bytes'] / 1e6:8.0f} {r['peak_bytes'] / size:8.2f}x {r['out_bytes'] / 1e6:7.1f}")
-        print(f"load avg {os.getloadavg()[0]:.2f} at end; peak = VmHWM of a fresh process (imports included, ~"
-              f"{min(r[4]['ours-quantize']['baseline_bytes'] for r in rows) / 1e6:.0f} MB)")
+                      f"{r['peak_bytes'] / 1e6:8.0f} {r['peak_bytes'] / size:8.2f}x {used / size:10.2f}x {r['out_bytes'] / 1e6:7.1f}")
+        print(f"load avg {os.getloadavg()[0]:.2f} at end; peak = VmHWM of a fresh process, imports included (baseline after imports ~"
+              f"{min(b['baseline_bytes'] for r in rows for b in r[4].values()) / 1e6:.0f} MB); 'excl. imports' = (peak - baseline) / file")
     return 0
 
 

@@ -11,15 +11,19 @@ Every model read or written by gencompress goes through this module, so that
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
+import functools
 import math
 import os
 import re
+import shutil
 import stat
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
 import onnx
 
 from gencompress.errors import GencompressError
@@ -66,7 +70,7 @@ def regular_file(path: Path, what: str = "") -> int:
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Read an ONNX model with its external data; a clear error for anything that isn't one."""
     model = load_header(path)
-    _load_external_data(model, Path(path))
+    load_external_data(model, path)
     return model
 
 
@@ -163,8 +167,10 @@ def _tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
     return math.prod(tensor.dims) * itemsize
 
 
-def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
-    """Read weights kept in side files into the model, after validating every entry."""
+def load_external_data(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Read weights kept in side files into a model read by ``load_header`` from ``path``, after
+    validating every entry (nothing for a self-contained model)."""
+    path = Path(path)
     entries = external_data_entries(model, path)
     if entries:
         try:
@@ -194,22 +200,35 @@ def external_data_files(path) -> list[Path]:
 
 
 def nonfinite_weights(model) -> list[str]:
-    """Names of float initializers / Constant tensors holding NaN or Inf (subgraphs included)."""
+    """Names of float initializers / Constant tensors holding NaN or Inf (subgraphs included).
+    ``model``: a proto, an onnx_ir model, or a path (its external data read a piece at a time,
+    memory-mapped, never whole)."""
     from onnx import numpy_helper
-    from onnx.external_data_helper import _get_all_tensors
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
-    import numpy as np
-
+    if isinstance(model, (str, os.PathLike)):
+        header = load_header(model)
+        files = iter([(f, offset) for _, f, offset, _ in external_data_entries(header, Path(model))])  # in tensor order
+    else:
+        header, files = to_proto(model), iter(())
     bad = []
-    for tensor in _get_all_tensors(to_proto(model)):
+    for tensor in _get_all_tensors(header):
+        external = next(files, None) if uses_external_data(tensor) else None
         if tensor.data_type not in _FLOAT_TYPES:
             continue
         try:
-            arr = numpy_helper.to_array(tensor)
+            if external is not None:
+                file, offset = external
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+                arr = np.memmap(file, dtype=dtype, mode="r", offset=offset, shape=(math.prod(tensor.dims),)) if math.prod(tensor.dims) else np.zeros(0, dtype)
+            else:
+                arr = numpy_helper.to_array(tensor).reshape(-1)
         except Exception:
             continue
-        if not np.isfinite(arr.astype(np.float32, copy=False)).all():
+        step = 1 << 24  # a slice at a time: no whole-tensor temporaries
+        if not all(np.isfinite(arr[i : i + step].astype(np.float32, copy=False)).all() for i in range(0, arr.size, step)):
             bad.append(tensor.name or "<unnamed constant>")
+        del arr
     return bad
 
 
@@ -393,13 +412,155 @@ def save_model(model, out: str | os.PathLike, inputs: Iterable[str | os.PathLike
                     leftover.unlink()
                 staged.rmdir()
         return Path(out)
-    proto = to_proto(model)
-    size = proto.ByteSize()
+    size = model.ByteSize() if isinstance(model, onnx.ModelProto) else tensor_bytes(model)
     if size > PROTOBUF_LIMIT:
         raise GencompressError(
             f"{out}: model is {size / 2**30:.2f} GiB, above the 2 GB limit of a self-contained .onnx"
         )
     with atomic_path(out, inputs) as tmp:
         with open(tmp, "wb") as f:
-            f.write(proto.SerializeToString(deterministic=True))
+            if isinstance(model, onnx.ModelProto):
+                f.write(model.SerializeToString(deterministic=True))
+            else:
+                write_streamed(model, f)
     return Path(out)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def write_streamed(model, f) -> None:
+    """Write an ``onnx_ir`` model to the binary file ``f`` as one self-contained ``.onnx``
+    without building it whole in memory: first the model with its large initializers left out,
+    then each of them as a further ``ModelProto{graph{initializer}}`` record whose raw bytes are
+    written straight from the array. Protobuf merges a repeated embedded message on parsing
+    (appending to repeated fields), so every reader sees one model, those initializers last."""
+    import sys
+
+    import onnx_ir as ir
+
+    swapped = {}
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if (tensor is not None and tensor.nbytes > SPILL_THRESHOLD and tensor.dtype.bitwidth in (8, 16, 32, 64)
+                and tensor.dtype != ir.DataType.STRING and sys.byteorder == "little"):
+            swapped[value.name] = tensor
+            value.const_value = ir.ExternalTensor(
+                "gencompress-stream", offset=0, length=tensor.nbytes, dtype=tensor.dtype, shape=tensor.shape, name=tensor.name
+            )
+    try:
+        header = ir.serde.serialize_model(model)
+    finally:
+        for name, tensor in swapped.items():
+            model.graph.initializers[name].const_value = tensor
+    stubs = {}
+    for i in reversed(range(len(header.graph.initializer))):
+        if header.graph.initializer[i].name in swapped:
+            stub = onnx.TensorProto()
+            stub.CopyFrom(header.graph.initializer[i])
+            del stub.external_data[:]
+            stub.ClearField("data_location")
+            stubs[stub.name] = stub
+            del header.graph.initializer[i]
+    f.write(header.SerializeToString(deterministic=True))
+    for name, tensor in swapped.items():
+        data = memoryview(np.ascontiguousarray(tensor.numpy())).cast("B")
+        head = stubs[name].SerializeToString(deterministic=True)
+        raw = b"\x4a" + _varint(data.nbytes)  # TensorProto.raw_data (field 9)
+        tensor_len = len(head) + len(raw) + data.nbytes
+        initializer = b"\x2a" + _varint(tensor_len)  # GraphProto.initializer (field 5)
+        f.write(b"\x3a" + _varint(len(initializer) + tensor_len) + initializer + head + raw)  # ModelProto.graph (field 7)
+        f.write(data)
+        del data
+        release(tensor)
+
+
+# ---- weights out of memory: a verb's scratch folder ------------------------------------------
+
+_SCRATCH: contextvars.ContextVar = contextvars.ContextVar("gencompress_scratch", default=None)
+SPILL_THRESHOLD = 1024  # tensors above this many bytes are moved to the side file (as write_external)
+
+
+def with_scratch_folder(fn):
+    """Run ``fn`` with a scratch folder (``scratch_folder``), made on first use and removed with
+    everything in it when ``fn`` returns or raises (Ctrl-C and SIGTERM included)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        holder: list[Path] = []
+        token = _SCRATCH.set(holder)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _SCRATCH.reset(token)
+            for folder in holder:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    return wrapper
+
+
+def scratch_folder() -> Path | None:
+    """The scratch folder of the running verb (``with_scratch_folder``); None outside one."""
+    holder = _SCRATCH.get()
+    if holder is None:
+        return None
+    if not holder:
+        try:
+            holder.append(Path(tempfile.mkdtemp(prefix="gencompress-scratch-")))
+        except OSError as e:
+            raise GencompressError(f"{tempfile.gettempdir()}: cannot make a scratch folder ({e.strerror})") from None
+    return holder[0]
+
+
+def spill(model, name: str) -> Path | None:
+    """Move an ``onnx_ir`` model's large weights out of memory, in place: each is written to
+    ``NAME.data`` in the scratch folder and replaced by a tensor that reads it back memory-mapped,
+    on demand (passes read one weight at a time; an untouched weight costs no memory). The graph
+    is written beside it as ``NAME``, a file onnxruntime reads (mmaps) its weights from without a
+    copy in this process. Returns that path, or None outside a scratch folder (nothing moved)."""
+    import onnx_ir as ir
+
+    folder = scratch_folder()
+    if folder is None:
+        return None
+    path = folder / name
+    try:
+        ir.external_data.unload_from_model(model, folder, f"{name}.data", size_threshold_bytes=SPILL_THRESHOLD, alignment=64 * 1024)
+        with open(path, "wb") as f:
+            f.write(ir.serde.serialize_model(model).SerializeToString())
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        raise GencompressError(f"{folder}: cannot move weights out of memory there ({e.strerror or os.strerror(e.errno)}; set TMPDIR to a folder with room)") from None
+    return path
+
+
+def external_tensors(model) -> list:
+    """The memory-mapped (``ir.ExternalTensor``) initializers of an ``onnx_ir`` model, subgraphs included."""
+    import onnx_ir as ir
+
+    return [v.const_value for g in model.graphs() for v in g.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)]
+
+
+def release(tensor) -> None:
+    """Unmap a memory-mapped tensor's file (its pages leave this process's memory; it maps again
+    if read again); nothing for an in-memory tensor or one whose array is still referenced."""
+    if hasattr(tensor, "release") and hasattr(tensor, "raw"):
+        with contextlib.suppress(BufferError):
+            tensor.release()
+
+
+def materialize(model):
+    """Read an ``onnx_ir`` model's memory-mapped weights into memory (before serializing it as one
+    self-contained proto); returns the model."""
+    import onnx_ir as ir
+
+    if external_tensors(model):
+        ir.external_data.load_to_model(model)
+    return model

@@ -359,7 +359,7 @@ def _refuse_overwrite_inputs(out: Path, inputs, *, sweep: bool, ship: bool = Fal
     from gencompress.onnx_io import refuse_overwrite
 
     inputs = [Path(p) for p in inputs if p is not None]
-    for name in OUTPUT_FILES:
+    for name in (*OUTPUT_FILES, *SIDE_FILES):
         refuse_overwrite(out / name, inputs)
     # replaced as a whole by this run (only when they exist: the check reads each input's external-data list)
     replaced = [folder for folder, used in (("sweep", sweep), ("ship", ship)) if used and (out / folder).exists()]
@@ -388,7 +388,9 @@ def _pass_entry(entry: dict) -> dict:
 
 
 STAGING_PREFIX = ".gencompress-staging-"
-MANAGED = (*OUTPUT_FILES, "sweep", "ship")  # what a run owns in OUT_DIR; anything else there is left alone
+# the models' weights, beside them when above the 2 GB limit of a self-contained .onnx
+SIDE_FILES = ("reference.onnx.data", "model.onnx.data")
+MANAGED = (*OUTPUT_FILES, *SIDE_FILES, "sweep", "ship")  # what a run owns in OUT_DIR; anything else there is left alone
 
 
 def _without_prefix(value, prefix: str):
@@ -409,10 +411,12 @@ def _move_into(staging: Path, out: Path) -> None:
     are renamed in, then the old ones deleted. Any failure renames everything back.
     """
     names = [name for name in MANAGED if (staging / name).exists()]  # sweep/, ship/ only when this run made them
+    # a previous run's side file goes too when this run's model has none (it would be stale)
+    stale = [name for name in SIDE_FILES if name not in names and os.path.lexists(out / name)]
     old = Path(tempfile.mkdtemp(prefix=".gencompress-previous-", dir=out))
     moved_old, moved_new = [], []
     try:
-        for name in names:
+        for name in [*names, *stale]:
             if os.path.lexists(out / name):
                 (out / name).rename(old / name)
                 moved_old.append(name)

@@ -52,6 +52,22 @@ FOLDABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
+def _scaled(w: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """``w * factor`` computed in float64, stored in ``w``'s type, a few million values at a time
+    (along an axis ``factor`` is constant on): the same numbers without float64 copies of a
+    large weight."""
+    shape = (1,) * (w.ndim - np.ndim(factor)) + np.shape(factor)
+    axis = next((i for i, n in enumerate(shape) if n == 1 and w.shape[i] > 1), None)
+    if axis is None:
+        return (w.astype(np.float64) * factor).astype(w.dtype)
+    out = np.empty(w.shape, dtype=w.dtype)
+    step = max(1, (1 << 22) // max(1, w.size // w.shape[axis]))
+    for i in range(0, w.shape[axis], step):
+        index = (slice(None),) * axis + (slice(i, i + step),)
+        out[index] = w[index].astype(np.float64) * factor
+    return out
+
+
 class _Skip(Exception):
     pass
 
@@ -188,7 +204,7 @@ class FoldBatchNormPass(GencompressPass):
         w = self._weight(layer, 1)
         a, b = self._check(a, b, w.shape[0])
         bias = self._bias(layer, 2, w.shape[0])
-        new_w = (w.astype(np.float64) * a.reshape(-1, *[1] * (w.ndim - 1))).astype(w.dtype)
+        new_w = _scaled(w, a.reshape(-1, *[1] * (w.ndim - 1)))
         new_b = (bias * a + b).astype(w.dtype)
         base = layer.name or "Conv"
         self._finish(graph, namer, layer, bn, [
@@ -207,7 +223,7 @@ class FoldBatchNormPass(GencompressPass):
         bias = self._bias(layer, 2, c_out_g * group)
         # output channel of W[ci, j] is (ci // (C_in/g)) * C_out/g + j
         factor = a.reshape(group, 1, c_out_g, *[1] * (w.ndim - 2))
-        new_w = (w.astype(np.float64).reshape(group, c_in // group, *w.shape[1:]) * factor).reshape(w.shape).astype(w.dtype)
+        new_w = _scaled(w.reshape(group, c_in // group, *w.shape[1:]), factor).reshape(w.shape)
         new_b = (bias * a + b).astype(w.dtype)
         base = layer.name or "ConvTranspose"
         self._finish(graph, namer, layer, bn, [
@@ -241,7 +257,7 @@ class FoldBatchNormPass(GencompressPass):
                 raw = raw[0]
             c = np.broadcast_to(raw, (n,)).copy()
         scale = (a * alpha).reshape((-1, 1) if trans_b else (1, -1))
-        new_w = (w.astype(np.float64) * scale).astype(w.dtype)
+        new_w = _scaled(w, scale)
         new_c = (beta * c * a + b).astype(w.dtype)
         base = layer.name or "Gemm"
         layer.attributes.pop("alpha", None)
@@ -262,7 +278,7 @@ class FoldBatchNormPass(GencompressPass):
         if x_dims is None or len(x_dims) != 2:
             raise _Skip("MatMul input rank is not statically 2")
         a, b = self._check(a, b, w.shape[1])
-        new_w = (w.astype(np.float64) * a.reshape(1, -1)).astype(w.dtype)
+        new_w = _scaled(w, a.reshape(1, -1))
         new_c = b.astype(w.dtype)
         base = layer.name or "MatMul"
         gemm = new_node(namer, base, "Gemm", [

@@ -44,6 +44,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from gencompress.errors import GencompressError
+from gencompress.onnx_io import release
 from gencompress.passes.registry import GencompressPass, register
 from gencompress.passes.rewrite import Namer, onnx_opset
 from gencompress.passes.weights import WeightUse, find_weights
@@ -359,12 +360,13 @@ def quantize_symmetric(w: np.ndarray, axis: int | None, qmax: int = 127, block: 
     returned one per slice (each repeated ``block`` times); ``w.shape[axis]`` must be a multiple.
     """
     w = np.asarray(w, dtype=np.float32)
+    # max |w| as max(max w, -min w): no |w| copy of a large weight (the same numbers)
     if axis is None:
-        peak = np.abs(w).max(initial=0.0)
+        peak = max(w.max(initial=0.0), -w.min(initial=0.0))
         scale = np.asarray(peak / qmax, dtype=np.float32)
     else:
         other = tuple(i for i in range(w.ndim) if i != axis)
-        peaks = np.abs(w).max(axis=other, initial=0.0)
+        peaks = np.maximum(w.max(axis=other, initial=0.0), -w.min(axis=other, initial=0.0))
         if block > 1:
             if peaks.size % block:
                 raise ValueError(f"block {block} does not divide the {peaks.size} channels")
@@ -372,8 +374,10 @@ def quantize_symmetric(w: np.ndarray, axis: int | None, qmax: int = 127, block: 
         scale = (peaks / qmax).astype(np.float32)
     scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
     shaped = scale if axis is None else scale.reshape([-1 if i == axis else 1 for i in range(w.ndim)])
-    q = np.clip(np.rint(w / shaped), -qmax, qmax).astype(np.int8)
-    return q, scale
+    t = w / shaped  # one float temporary, rounded and clipped in place
+    np.rint(t, out=t)
+    np.clip(t, -qmax, qmax, out=t)
+    return t.astype(np.int8), scale
 
 
 def repeat_pattern(a: np.ndarray) -> tuple[str, int] | None:
@@ -705,6 +709,7 @@ class InsertQDQPass(GencompressPass):
                 key = (use.value.name, axis, block)
                 if key not in cache:
                     q, scale = quantize_symmetric(use.array(), axis, block=block)
+                    release(use.value.const_value)  # a streamed weight: unmapped once read
                     # onnxruntime's Gemm fusion wants the weight zero point spelled out
                     dq_value = dequantize_weight(
                         builder, use, q, scale, axis, ir.DataType.INT8, zero_point=layer.op_type == "Gemm", compact=True

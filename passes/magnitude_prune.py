@@ -51,6 +51,16 @@ def apply_mask(array: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return np.where(keep.reshape(array.shape), array, np.zeros((), dtype=array.dtype))
 
 
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """``a.tobytes() == b.tobytes()`` without the two copies (compared as same-width integers)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    as_int = np.dtype(f"u{a.itemsize}") if a.itemsize in (1, 2, 4, 8) else None
+    if as_int is None:
+        return a.tobytes() == b.tobytes()
+    return bool(np.array_equal(np.ascontiguousarray(a).view(as_int), np.ascontiguousarray(b).view(as_int)))
+
+
 def write_array(value: ir.Value, array: np.ndarray) -> None:
     value.const_value = ir.Tensor(np.ascontiguousarray(array), name=value.name)
     value.shape = ir.Shape(array.shape)
@@ -93,7 +103,9 @@ class MagnitudePrunePass(GencompressPass):
         keeps: dict[str, np.ndarray] = {}
         if o.scope == "layer":
             for name, a in arrays.items():
-                keeps[name] = smallest_mask(np.abs(a.astype(np.float64)).ravel(), round_half_up(o.sparsity * a.size))
+                # |w| in w's own type: its order is the float64 one (every float widens exactly),
+                # without float64 copies of a large weight
+                keeps[name] = smallest_mask(np.abs(a).ravel(), round_half_up(o.sparsity * a.size))
         elif arrays:
             flat = np.concatenate([np.abs(a.astype(np.float64)).ravel() for a in arrays.values()])
             keep = smallest_mask(flat, round_half_up(o.sparsity * flat.size))
@@ -110,7 +122,7 @@ class MagnitudePrunePass(GencompressPass):
                 continue
             a = arrays[t.name]
             pruned = apply_mask(a, keeps[t.name])
-            if pruned.tobytes() != a.tobytes():
+            if not _same_bits(pruned, a):
                 write_array(t.value, pruned)
                 modified = True
             rows.append(row(t.name, t.op_type, t.node_names, stats(a), stats(pruned), "pruned"))

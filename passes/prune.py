@@ -14,14 +14,16 @@ indices a sparse weight is smaller only above ~2/3 sparsity (12 bytes per non-ze
 
 from __future__ import annotations
 
+import gc
 import numbers
 import zlib
+from pathlib import Path
 
 import numpy as np
 import onnx
 
 from gencompress.errors import GencompressError
-from gencompress.onnx_io import load_model, refuse_nonfinite_weights, refuse_overwrite, save_model
+from gencompress.onnx_io import materialize, model_files, refuse_nonfinite_weights, refuse_overwrite, save_model, spill, with_scratch_folder
 from gencompress.passes.prune_report import DEFAULT_MIN_SIZE
 
 MODES = ("unstructured", "nm", "channel")
@@ -54,6 +56,7 @@ def deflate_files(paths, level: int = 9, chunk: int = 16 * 2**20) -> int:
     return total + len(compressor.flush())
 
 
+@with_scratch_folder  # streamed weights live there for the run
 def prune(
     in_path,
     out_path,
@@ -84,15 +87,33 @@ def prune(
 
     options = _options(sparsity, mode, scope, nm, exclude, min_size, keep_first_last, criterion)
     refuse_overwrite(out_path, [in_path])
-    proto = load_model(in_path)
+    from gencompress.onnx_io import external_data_entries, load_external_data, load_header
+
+    proto = load_header(in_path)  # one parse: the input's files listed before its weights are read
+    entries = external_data_entries(proto, Path(in_path))
+    in_files = [Path(in_path), *sorted({f for _, f, _, _ in entries})]
+    # the self-contained size, counted without serializing (above 2 GB protobuf cannot)
+    bytes_before = proto.ByteSize() + sum(length for *_, length in entries)
+    load_external_data(proto, in_path)
     refuse_nonfinite_weights(proto, in_path)
     densified = _densify_sparse_initializers(proto)
-    bytes_before = proto.ByteSize()
+    if densified:
+        bytes_before = proto.ByteSize()
     level = deflate_level(bytes_before)
-    deflate_before = deflate_size(proto.SerializeToString(deterministic=True), level)  # the string is freed at once
+    if densified:  # the dense model the pass starts from
+        deflate_before = deflate_size(proto.SerializeToString(deterministic=True), level)
+    else:  # the input's files, read in chunks, as deflate_after reads the output's
+        deflate_before = deflate_files(in_files, level)
 
     model = ir.serde.deserialize_model(proto)  # wraps the proto's tensors, no copy
     del proto
+    from gencompress.passes.quantize import _own_tensors
+
+    # the weights moved to the scratch folder and read back memory-mapped, one at a time: the
+    # loaded proto is freed, and only the pruned copies are held in memory
+    if spill(model, "input.onnx") is not None:
+        _own_tensors(model)
+        gc.collect()  # onnx_ir graphs hold reference cycles: the proto goes only with them
     signature = _signature(model.graph)
     p = make_pass(PASS_OF_MODE[mode], options)
     model = p(model).model
@@ -113,18 +134,16 @@ def prune(
         warnings.append("nothing was pruned: every weight was skipped (see the reasons in the table)")
     sparse = None
     if sparse_initializers:
-        out_model = ir.serde.serialize_model(model)
+        out_model = ir.serde.serialize_model(materialize(model))
         sparse = _to_sparse(out_model, [r["name"] for r in report["initializers"] if r["status"] == "pruned"])
         warnings += sparse.pop("warnings")
     else:
-        from gencompress.passes.quantize import _own_tensors
-
         _own_tensors(model)  # the weights left as they were: so that the input's proto is freed
         out_model = model
     del model
     save_model(out_model, out_path, inputs=[in_path], external_data=external_data)
     del out_model
-    from gencompress.onnx_io import model_files
+    gc.collect()  # onnx_ir graphs hold reference cycles: the weights go before the output is read back
 
     written = model_files(out_path)
     bytes_after = sum(f.stat().st_size for f in written)

@@ -18,6 +18,7 @@ so the two never coincide.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
@@ -29,6 +30,7 @@ import numpy as np
 import onnx
 
 from gencompress.errors import GencompressError
+from gencompress.onnx_io import with_scratch_folder
 from gencompress.passes.cleanup import DEBUG_METADATA_PREFIXES, strip_debug_metadata  # noqa: F401  (one place; re-exported)
 
 from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES as DEFAULT_EVAL_SIZE, EVAL_SEED_OFFSET  # noqa: E402, F401  (one protocol)
@@ -386,6 +388,7 @@ def validate_options(
             raise GencompressError(f"{', '.join(static_only)}: only for --mode static (--mode {mode} has no calibrated activations)")
 
 
+@with_scratch_folder  # streamed weights live there for the run
 def quantize(
     in_path,
     out_path,
@@ -442,7 +445,10 @@ def quantize(
     """
     import onnx_ir as ir
 
-    from gencompress.onnx_io import file_bytes, load_model, refuse_nonfinite_weights, refuse_overwrite, save_model, skeleton
+    from gencompress.onnx_io import (
+        external_data_entries, file_bytes, load_external_data, load_header, materialize, refuse_nonfinite_weights, refuse_overwrite, save_model,
+        skeleton, spill,
+    )
     from gencompress.passes.calibrate import DEFAULT_PERCENTILE
 
     log = log or (lambda message: None)
@@ -472,10 +478,16 @@ def quantize(
         raise GencompressError(f"{out_path}: output should be an .onnx file")
     if not check and target_psnr is not None:
         raise GencompressError("--target-psnr measures PSNR against float; it cannot be combined with --no-check")
-    reference = load_model(in_path)
-    refuse_nonfinite_weights(reference, in_path)
-    _check_float_model(reference, in_path)
     from gencompress.exporter.upgrade import upgrade_opset
+
+    planned = mode == "static" and objective != "size"
+    stream = not planned and target_psnr is None  # one build, no plan: see ``streamed`` below
+    reference = load_header(in_path)  # a self-contained file: the whole model
+    mapped = stream and _weights_in_current_files(reference, in_path)  # read where they are, memory-mapped, never whole
+    if not mapped:
+        load_external_data(reference, in_path)
+    refuse_nonfinite_weights(in_path if mapped else reference, in_path)
+    _check_float_model(reference, in_path)
 
     notes: list[str] = []
     upgraded = upgrade_opset(reference, in_path, lambda message: (notes.append(message), log(message)))
@@ -485,6 +497,8 @@ def quantize(
     reference = upgraded
     del upgraded  # only ``reference`` (deleted below) and ``eval_reference`` may keep the proto alive
     before = reference.ByteSize()  # the self-contained size, even when the input keeps its weights in a side file
+    if mapped:
+        before += sum(length for *_, length in external_data_entries(reference, Path(in_path)))
     header = skeleton(reference)  # inputs, outputs and metadata, no weights: all the evaluation needs
     from gencompress.inputs import output_range_of_model, specs_of_model
 
@@ -492,14 +506,23 @@ def quantize(
     calib_feeds, eval_feeds, eval_source = _evaluation_set(header, mode, calib_data, calib_size, eval_size, seed)
     # one copy of the weights in memory: the onnx_ir model wraps the proto's tensors, and the
     # reference's sessions read the input file itself
-    model = ir.serde.deserialize_model(reference)
+    model = ir.load(in_path) if mapped else ir.serde.deserialize_model(reference)
     del reference
     prepare(model, keep_debug_metadata=keep_debug_metadata)
+    # one build, no plan: the weights are streamed (moved to the scratch folder, read back one
+    # at a time, memory-mapped), so that the loaded proto, the weights the rewrites replace and
+    # onnxruntime's calibration session do not each hold a copy of the model in memory
+    streamed = stream and (mapped or spill(model, "prepared.onnx") is not None)
+    _own_tensors(model)
+    gc.collect()  # onnx_ir graphs hold reference cycles: the loaded proto goes only with them
     folded = fold_into_layers(model) if mode == "static" and rewrite is not False else []
-    unrewritten = ir.serde.serialize_model(model) if mode == "static" and objective != "size" else None
+    unrewritten = ir.serde.serialize_model(model) if planned else None
     model, rewrite_report = apply_rewrites(model, setting=rewrite, mode=mode, exclude=exclude)
     if folded:
         rewrite_report["folded_into_layers"] = folded
+    if streamed:
+        spill(model, "rewritten.onnx")
+        gc.collect()
     _own_tensors(model)
 
     report: dict = {"input": str(in_path), "output": str(out_path), "mode": mode, "objective": objective}
@@ -508,7 +531,7 @@ def quantize(
         from gencompress.passes.fp16_convert import FP16ConvertPass
 
         p = FP16ConvertPass(FP16ConvertPass.Options(keep_io_types=keep_io_types, exclude=exclude))
-        proto = finalize(ir.serde.serialize_model(p(model).model))
+        proto = finalize(ir.serde.serialize_model(materialize(p(model).model)))  # weights kept float read back from the scratch folder
         pass_report = p.report
         report["bits"] = 16
     else:
@@ -623,6 +646,15 @@ def _planned_quantizer(unrewritten, rewrite_report, exclude, objective, timer, s
     return quantizer, proto, pass_report, info
 
 
+def _weights_in_current_files(header, path) -> bool:
+    """A model file keeping its weights in external data, at an opset quantize needs no upgrade for."""
+    from gencompress.exporter.upgrade import MIN_OPSET, model_opset
+    from gencompress.onnx_io import external_data_entries
+
+    opset = model_opset(header)
+    return bool(external_data_entries(header, Path(path))) and (opset is None or opset >= MIN_OPSET)
+
+
 def _own_tensors(model) -> None:
     """Give the weights still read from the loaded proto arrays of their own. Any one of them
     keeps the whole proto alive, and with it the old copy of every weight the rewrites replaced."""
@@ -638,8 +670,10 @@ def _build_once(quantizer: Quantizer, model, exclude) -> tuple[onnx.ModelProto, 
     """The single build of a run without --target-psnr: on the model itself, no clone."""
     import onnx_ir as ir
 
+    from gencompress.onnx_io import materialize
+
     p = quantizer.make_pass(tuple(exclude), None)
-    out = p(model).model
+    out = materialize(p(model).model)  # the weights left float, read back from the scratch folder
     return finalize(ir.serde.serialize_model(out)), p.report
 
 

@@ -50,6 +50,15 @@ def _load(model, role: str, *, header: bool = False):
     raise GencompressError(f"{role}: expected an .onnx path or an ONNX model, got {type(model).__name__}")
 
 
+def _weights_in_files(model) -> bool:
+    """Whether ``model`` is a path whose weights live in external data files."""
+    if not isinstance(model, (str, os.PathLike)):
+        return False
+    from gencompress.onnx_io import external_data_entries, load_header
+
+    return bool(external_data_entries(load_header(model), Path(model)))
+
+
 def _source(model, proto):
     """What to build a session from: the path a model was read from, else the loaded model."""
     return model if isinstance(model, (str, os.PathLike)) else proto
@@ -307,13 +316,17 @@ def bench(
     seed = _seed(seed)
     warmup = 0 if warmup == 0 else _positive(warmup, "--warmup", MAX_WARMUP)
     providers = resolve_providers(providers)
-    proto, label = _load(model, "model")
+    sources = {"model": model, "reference": reference}
+    in_files = {k: _weights_in_files(m) for k, m in sources.items()}
+    proto, label = _load(model, "model", header=in_files["model"])
     models = {"model": (proto, label)}
     if reference is not None:
-        ref_proto, ref_label = _load(reference, "reference")
+        ref_proto, ref_label = _load(reference, "reference", header=in_files["reference"])
         F.check_compatible(ref_proto, proto)
         models["reference"] = (ref_proto, ref_label)
-    data = {k: model_bytes(p) for k, (p, _) in models.items()}
+    # a model keeping its weights in external data (any size, > 2 GB included) is read by
+    # onnxruntime from its file; others are serialized once, as given
+    data = {k: str(sources[k]) if in_files[k] else model_bytes(p) for k, (p, _) in models.items()}
     for key, (p, lab) in models.items():
         fixed = fixed_batch(p)
         if fixed is not None and any(b != fixed for b in batches):
@@ -359,7 +372,6 @@ def bench(
                 mem_rows.append(entry)
         mem = {"method": L.MEMORY_METHOD, "results": mem_rows}
 
-    sources = {"model": model, "reference": reference}
     size_rows = {k: L.sizes(data[k], sources[k] if isinstance(sources[k], (str, os.PathLike)) else None) for k in models}
     sizes = {"model": size_rows["model"], "reference": size_rows.get("reference")}
     if sizes["reference"]:
@@ -378,7 +390,7 @@ def bench(
         "results": rows,
         "memory": mem,
         "sizes": sizes,
-        "warnings": _weight_warnings({k: p for k, (p, _) in models.items()}),
+        "warnings": _weight_warnings({k: sources[k] if in_files[k] else p for k, (p, _) in models.items()}),
     }
 
 
@@ -605,6 +617,8 @@ def model_sizes(model) -> dict:
     from gencompress.runtime_check.latency import sizes
     from gencompress.runtime_check.sessions import model_bytes
 
+    if _weights_in_files(model):
+        return sizes(str(model), model)
     proto, label = _load(model, "model")
     return sizes(model_bytes(proto), model if isinstance(model, (str, os.PathLike)) else None)
 

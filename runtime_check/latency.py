@@ -49,8 +49,16 @@ MEMORY_METHOD = (
 DEFLATE_LEVEL = 6
 
 
-def sizes(data: bytes, path=None) -> dict:
-    """``bytes`` (self-contained model), ``deflate_bytes`` and, for a file, ``file_bytes``."""
+def sizes(data, path=None) -> dict:
+    """``bytes`` (self-contained model), ``deflate_bytes`` and, for a file, ``file_bytes``.
+    ``data``: the serialized model, or the path of one whose weights live in external data
+    (then ``bytes`` is the .onnx plus its data files, deflated a chunk at a time)."""
+    if isinstance(data, (str, os.PathLike)):
+        from gencompress.onnx_io import model_files
+        from gencompress.passes.prune import deflate_files
+
+        files = model_files(data)
+        return {"bytes": sum(f.stat().st_size for f in files), "deflate_bytes": deflate_files(files, DEFLATE_LEVEL), "file_bytes": os.path.getsize(data)}
     out = {"bytes": len(data), "deflate_bytes": len(zlib.compress(data, DEFLATE_LEVEL))}
     if path is not None and Path(path).is_file():
         out["file_bytes"] = os.path.getsize(path)
@@ -152,7 +160,10 @@ def _probe(model_path: str, provider: str, batch: int, threads: int | None, seed
     from gencompress.inputs import sample_inputs, specs_from_json
     from gencompress.runtime_check.sessions import cast_feeds, make_session, run
 
-    data = Path(model_path).read_bytes()
+    from gencompress.onnx_io import external_data_files
+
+    # self-contained: the bytes read before the baseline; with external data onnxruntime reads the files
+    data = model_path if external_data_files(model_path) else Path(model_path).read_bytes()
     feeds = sample_inputs(specs_from_json(specs_json), batch, seed)
     # One-time set-up of onnxruntime's environment (logging, allocators, kernel registries) is
     # paid by a trivial session first, so that what follows is what this model's session costs.
@@ -183,8 +194,11 @@ def measure_memory(data: bytes, specs, *, provider: str, batch: int, threads: in
     from gencompress.inputs import specs_to_json
 
     with tempfile.TemporaryDirectory(prefix="gencompress-mem-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        path.write_bytes(data)
+        if isinstance(data, (str, os.PathLike)):  # a model with external data: the probe reads its file
+            path = Path(data)
+        else:
+            path = Path(tmp) / "model.onnx"
+            path.write_bytes(data)
         cmd = [
             sys.executable,
             "-m",

@@ -165,6 +165,20 @@ def _loadable(model):
         # onnxruntime cannot infer shapes from small tensors (a Reshape's shape) kept in a side
         # file: read the model here and hand it over with only large weights outside
         model = onnx_io.load_model(model)
+    import onnx
+
+    if not isinstance(model, onnx.ModelProto) and onnx_io.external_tensors(model):
+        # weights moved out of memory (``onnx_io.spill``): only the graph is written, beside
+        # them; onnxruntime maps the weights from there
+        path = _header_beside_weights(model)
+        if path is not None:
+            try:
+                yield str(path)
+            finally:
+                path.unlink(missing_ok=True)
+            return
+        if onnx_io.tensor_bytes(model) <= BYTES_LIMIT:
+            onnx_io.materialize(model)  # small: serialized whole below
     if onnx_io.tensor_bytes(model) <= BYTES_LIMIT:
         yield model_bytes(model)
         return
@@ -172,6 +186,27 @@ def _loadable(model):
         path = Path(folder) / "model.onnx"
         onnx_io.write_external(model, path)
         yield str(path)
+
+
+def _header_beside_weights(model) -> Path | None:
+    """Write an onnx_ir model whose large weights are all memory-mapped from the scratch folder
+    (``onnx_io.spill``) as a graph-only ``.onnx`` there (its weights referenced where they are);
+    None when some live elsewhere (never write into a user's folder) or large ones are in memory."""
+    import onnx_ir as ir
+
+    from gencompress import onnx_io
+
+    folders = {Path(t.base_dir).resolve() for t in onnx_io.external_tensors(model)}
+    inline = sum(v.const_value.nbytes for g in model.graphs() for v in g.initializers.values()
+                 if v.const_value is not None and not isinstance(v.const_value, ir.ExternalTensor))
+    scratch = onnx_io.scratch_folder()
+    if scratch is None or folders != {scratch.resolve()} or inline > BYTES_LIMIT:
+        return None
+    folder = scratch
+    fd, name = tempfile.mkstemp(prefix=".session-", suffix=".onnx", dir=folder)
+    with os.fdopen(fd, "wb") as f:
+        f.write(ir.serde.serialize_model(model).SerializeToString())
+    return Path(name)
 
 
 def make_session(
