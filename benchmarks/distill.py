@@ -17,7 +17,7 @@ rewrites + static int8 QDQ, or int4 weight-only, or nothing. Columns:
     python benchmarks/distill.py [--models dcgan,vae,rvae,cgan] [--settings u50,u75,nm,ch25,ch50]
                                  [--quant none,int8] [--steps 2000] [--runs 50] [--objective balanced] [--json]
 
-Settings: u50/u75 unstructured 50/75%, nm 2:4, ch25/ch50 channel 25/50%, dense (no pruning).
+Settings: u50/u75 unstructured 50/75% (per weight), u50g unstructured 50% with one global threshold, nm 2:4, ch25/ch50 channel 25/50%, dense (no pruning).
 Quant: none, int8 (static QDQ with the int8 rewrites), int4 (weight-only, blocks of 64).
 """
 
@@ -33,6 +33,7 @@ from pathlib import Path
 
 SETTINGS = {
     "u50": ("unstructured 50%", {"sparsity": 0.5, "prune_mode": "unstructured"}),
+    "u50g": ("unstructured 50%, global", {"sparsity": 0.5, "prune_mode": "unstructured", "prune_scope": "global"}),
     "u75": ("unstructured 75%", {"sparsity": 0.75, "prune_mode": "unstructured"}),
     "nm": ("2:4", {"prune_mode": "nm", "nm": "2:4"}),
     "ch25": ("channel 25%", {"sparsity": 0.25, "prune_mode": "channel"}),

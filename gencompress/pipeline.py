@@ -34,6 +34,7 @@ def default_recipe(
     mode: str = "static",
     sparsity: float = 0.0,
     prune_mode: str = "unstructured",
+    prune_scope: str = "layer",
     nm: str = "2:4",
     bits: int = 8,
     calib: str = "minmax",
@@ -65,7 +66,12 @@ def default_recipe(
         n, m = _parse_nm(nm)
         steps.append({"pass": "nm_prune", "options": {"n": n, "m": m}})
     elif sparsity > 0:
-        steps.append({"pass": PRUNE_PASSES[prune_mode], "options": {"sparsity": sparsity}})
+        options = {"sparsity": sparsity}
+        if prune_scope != "layer":
+            if prune_mode != "unstructured":
+                raise GencompressError(f"--prune-scope {prune_scope} applies to --prune-mode unstructured only")
+            options["scope"] = prune_scope
+        steps.append({"pass": PRUNE_PASSES[prune_mode], "options": options})
     if distill:
         if isinstance(distill, bool) or not isinstance(distill, int) or distill < 0:
             raise GencompressError(f"--distill must be a number of steps, 0 or more, got {distill!r}")

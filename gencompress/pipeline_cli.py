@@ -10,7 +10,7 @@ from gencompress.pipeline import PRUNE_PASSES, QUANT_MODES
 
 
 # options that only build the flag recipe (default_recipe)
-RECIPE_FLAGS = ("mode", "bits", "sparsity", "prune_mode", "nm", "calib", "calib_size", "per_tensor", "activations", "no_rewrite", "exclude",
+RECIPE_FLAGS = ("mode", "bits", "sparsity", "prune_mode", "prune_scope", "nm", "calib", "calib_size", "per_tensor", "activations", "no_rewrite", "exclude",
                 "objective", "distill")
 
 # flag -> (the option that decides whether it is used, the values for which it is)
@@ -22,6 +22,7 @@ APPLIES_TO = {
     "activations": ("mode", ("static",)),
     "no_rewrite": ("mode", ("static",)),
     "nm": ("prune_mode", ("nm",)),
+    "prune_scope": ("prune_mode", ("unstructured",)),
     "exclude": ("mode", ("static", "weight-only", "fp16")),
     "objective": ("mode", ("static", "weight-only")),
 }
@@ -42,6 +43,8 @@ def _flag(name: str) -> str:
 @click.option("--bits", type=click.Choice(["8", "4"]), default="8", show_default=True, help="Weight bits for --mode weight-only.")
 @click.option("--sparsity", type=float, default=0.0, show_default=True, help="Prune this fraction of weights (or channels) first.")
 @click.option("--prune-mode", type=click.Choice(list(PRUNE_PASSES)), default="unstructured", show_default=True, help="nm prunes by --nm, without --sparsity.")
+@click.option("--prune-scope", type=click.Choice(["layer", "global"]), default="layer", show_default=True,
+              help="Unstructured: the sparsity per weight (layer) or one magnitude threshold across all weights (global).")
 @click.option("--nm", default="2:4", show_default=True, help="N:M pattern for --prune-mode nm.")
 @click.option("--calib", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax", show_default=True)
 @click.option("--calib-size", type=int, help="Calibration samples (seeded draws from the latent prior).")
@@ -64,7 +67,7 @@ def _flag(name: str) -> str:
 @click.option("--no-bench", is_flag=True, help="Skip the latency measurement.")
 @click.option("--ship", "ship", is_flag=True, help="Also bundle the compressed model into OUT_DIR/ship (see `gencompress ship`).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the summary table.")
-def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits, sparsity, prune_mode, nm, calib, calib_size,
+def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits, sparsity, prune_mode, prune_scope, nm, calib, calib_size,
              per_tensor, activations, no_rewrite, exclude, objective, target_psnr, distill, sweep, samples, seed, provider, batches, threads,
              no_bench, ship, as_json):
     """Export MODEL (or take MODEL.onnx), compress it, check it; write OUT_DIR.
@@ -86,6 +89,7 @@ def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits,
       gencompress compress g.onnx out/ --recipe recipe.yaml
       gencompress compress dcgan out/ --sweep bits=8,4 --mode weight-only
       gencompress compress dcgan out/ --sparsity 0.5 --prune-mode channel --distill 2000
+      gencompress compress dcgan out/ --sparsity 0.5 --prune-scope global --distill 2000
       gencompress compress dcgan out/ --ship      # + out/ship: sample.py, model.ort, web/
       gencompress compress gencompress.models.families:ModulatedConvFused out/ --batch-size 2
     """
@@ -103,7 +107,7 @@ def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits,
             option, values = APPLIES_TO[name]
             if chosen[option] not in values and swept != option:
                 raise GencompressError(f"{_flag(name)} applies to {' or '.join(f'{_flag(option)} {v}' for v in values)} only")
-    flags = dict(mode=mode, sparsity=sparsity, prune_mode=prune_mode, nm=nm, bits=int(bits), calib=calib,
+    flags = dict(mode=mode, sparsity=sparsity, prune_mode=prune_mode, prune_scope=prune_scope, nm=nm, bits=int(bits), calib=calib,
                  calib_size=calib_size, per_tensor=per_tensor, activations=activations, rewrite=not no_rewrite,
                  exclude=tuple(exclude), seed=seed, objective=objective, distill=distill)
     report = run(

@@ -158,6 +158,23 @@ def test_nm_prune_mode_prunes_without_sparsity(zoo_onnx, tmp_path, run_cli):
     assert recipe == [{"pass": "cleanup", "options": {}}, {"pass": "nm_prune", "options": {"n": 1, "m": 4}}]
 
 
+def test_prune_scope_flag(zoo_onnx, tmp_path, run_cli, user_error):
+    """--prune-scope global: one magnitude threshold across the weights (exactly 50% overall,
+    uneven per weight); it applies to unstructured pruning only."""
+    out = tmp_path / "out"
+    r = run_cli("compress", zoo_onnx("dcgan"), out, "--sparsity", "0.5", "--prune-scope", "global", "--mode", "none", "--samples", "32", "--no-bench")
+    assert r.exit_code == 0, r
+    recipe = json.loads((out / "report.json").read_text())["recipe"]
+    assert recipe[1] == {"pass": "magnitude_prune", "options": {"sparsity": 0.5, "scope": "global"}}
+    from onnx import numpy_helper
+
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(out / "model.onnx")).graph.initializer if t.dims and len(t.dims) >= 2]
+    zeros = [float((w == 0).mean()) for w in weights]
+    assert abs(sum((w == 0).sum() for w in weights) / sum(w.size for w in weights) - 0.5) < 1e-3 and max(zeros) - min(zeros) > 0.1
+    user_error(run_cli("compress", zoo_onnx("dcgan"), tmp_path / "o2", "--sparsity", "0.5", "--prune-mode", "channel", "--prune-scope", "global"),
+               "--prune-scope")
+
+
 def test_recipe_flags_with_a_recipe_file(zoo_onnx, tmp_path, run_cli, user_error):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("passes:\n  - pass: cleanup\n")
