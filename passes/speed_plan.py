@@ -18,9 +18,12 @@ GRU weights behind a DequantizeLinear at 0.76x, as Cast*Mul at 1.0x.
 Objectives (``OBJECTIVES``):
   speed     a layer is int8 when that lowers the model's time (geometric mean over the batches);
             of {planned, all int8, no int8}, the fastest is kept.
-  balanced  (default) a layer is int8 only when that is not slower beyond ``NOISE`` at any batch
-            size; the result must not be slower than float beyond ``NOISE`` at any batch size,
-            else no layer computes in int8 (weights still int8, folded at load).
+  balanced  (default) a layer is int8 unless that is slower beyond ``NOISE`` at some batch size
+            (a tie keeps int8, the smaller form); the result must not be slower than float beyond
+            ``NOISE`` at any batch size, else no layer computes in int8 (weights still int8,
+            folded at load); of the plan, all-int8 and no-int8 (those within ``SIZE_SLACK`` of
+            the smallest), the one with the most int8 layers is kept unless another is faster
+            beyond ``NOISE``.
   size      every layer int8, nothing timed (the most quantized model; weights behind
             DequantizeLinear, the standard QDQ form).
 
@@ -73,7 +76,7 @@ def int8_pays(with_int8: Ratios, without: Ratios, objective: str, noise: float =
     gain = {b: without[b] / with_int8[b] for b in with_int8}  # > 1: int8 is faster
     if objective == "speed":
         return geomean(gain) >= 1.0
-    return min(gain.values()) >= 1.0 - noise and geomean(gain) >= 1.0
+    return min(gain.values()) >= 1.0 - noise  # a tie keeps int8: it is the smaller form
 
 
 def _fmt(ratios: Ratios) -> str:
@@ -106,8 +109,9 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
     interleaved run, so load drift hits them alike); keep each group's better form per the
     objective.
     Then compare the plan, all-int8 and no-int8 side by side with float and pick per the
-    objective; balanced: the fastest of those not slower than float beyond ``noise`` whose
-    ``size(config)`` (bytes) is within ``SIZE_SLACK`` of the smallest of them.
+    objective; balanced: of those not slower than float beyond ``noise`` whose ``size(config)``
+    (bytes) is within ``SIZE_SLACK`` of the smallest, the one with the most int8 layers, unless
+    another is faster than it beyond ``noise`` (then the fastest).
     """
     check_objective(objective)
     full, none = frozenset(layers), frozenset()
@@ -154,7 +158,11 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
         if safe and size is not None:  # smallest within "not slower": sizes within SIZE_SLACK count as equal
             smallest = min(size(c) for c in safe)
             safe = [c for c in safe if size(c) <= smallest * (1.0 + SIZE_SLACK)]
-        chosen = min(safe, key=lambda c: geomean(measured[c])) if safe else none
+        chosen = none
+        if safe:  # the most int8 (the smaller form), unless another one is faster beyond noise
+            preferred = max(safe, key=lambda c: (len(c), -size(c) if size is not None else 0))
+            fastest = min(safe, key=lambda c: geomean(measured[c]))
+            chosen = fastest if geomean(measured[fastest]) < geomean(measured[preferred]) * (1.0 - noise) else preferred
         message = (f"not slower than float beyond {noise:.0%} at any batch: {_fmt(measured[chosen])} float speed" if safe
                    else f"every configuration was slower than float beyond {noise:.0%}; no int8 compute ({_fmt(measured[none])})")
     if chosen != current:
@@ -162,7 +170,8 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
             choice = "int8" if row["node"] in chosen else "float"
             if choice != row["choice"]:
                 row["choice"] = choice
-                row["reason"] += f"; overridden: the whole plan with {'all' if chosen == full else 'no'} layers in int8 measured faster"
+                row["reason"] += (f"; overridden: the whole plan with {'all' if chosen == full else 'no'} layers in int8 measured"
+                                  f" {'faster' if objective == 'speed' else 'not slower and is smaller, or faster'}")
     return PlanResult(chosen, measured[chosen], rows, configs, message)
 
 

@@ -120,6 +120,16 @@ def test_layer_groups_follow_shapes_not_names():
     assert layer_groups(g, ["c0", "c1", "c2", "c3"]) == [["c0"], ["c1", "c2"], ["c3"]]  # c3 is read by a Relu
 
 
+def test_balanced_breaks_ties_toward_int8_and_the_smaller_file():
+    """int8 2% slower at both batches (within noise): balanced keeps it (the smaller form), and of
+    plan / all / none, all within noise of each other, keeps the one with the most int8 layers."""
+    measure, _ = stub({"tie": {1: 0.02, 64: 0.02}, "other": {1: -0.01, 64: 0.03}})
+    result = plan_layers(["tie", "other"], measure, "balanced", size=lambda c: 100 - 30 * len(c))
+    assert result.int8 == {"tie", "other"}
+    measure, _ = stub({"slow": {1: 0.02, 64: 0.2}})  # beyond noise at batch 64: float
+    assert plan_layers(["slow"], measure, "balanced", size=lambda c: 100 - 30 * len(c)).int8 == frozenset()
+
+
 def test_noise_band():
     assert int8_pays({1: 1.02, 64: 0.5}, {1: 1.0, 64: 1.0}, "balanced")  # 2% slower at b1: within noise
     assert not int8_pays({1: 1.10, 64: 0.5}, {1: 1.0, 64: 1.0}, "balanced")
