@@ -99,7 +99,7 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
     ``measure(configs, reference=True, give_up=None)`` times each configuration (a frozenset of int8
     layer names) interleaved and returns, per configuration, ``{batch: p50 / float p50}``; with
     ``reference=False`` it may leave the float model out and return ratios to the first
-    configuration instead (the greedy steps compare two configurations, never float);
+    configuration instead (the greedy steps compare configurations with each other, not with float);
     ``give_up(*ratios so far)`` true after a batch size: the other batch sizes may be left out
     (balanced: int8 already lost at batch 1, the larger, slower batches need no timing).
     ``groups``: layers decided together (``layer_groups``: the same op on the same shapes runs the
