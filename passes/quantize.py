@@ -142,10 +142,10 @@ def apply_rewrites(model, *, setting: bool | None, mode: str, exclude: tuple[str
             raise GencompressError(f"--exclude {kept[0]!r} keeps a ConvTranspose in float, but --rewrite replaces it; add --no-rewrite to keep it")
         return model, {**info, "reason": f"--exclude {kept[0]} keeps a ConvTranspose in float (the rewrites would replace it)"}
     if setting is None and not convt:
-        resized = _resize_nhwc(model, exclude)
+        resized, changes = _resize_nhwc(model, exclude)
         if resized:
             return model, {**info, "applied": True, "reason": "nearest upsampling before int8 Convs spelled channels-last (onnxruntime's channels-last uint8 Resize is slow)",
-                           "changes": [f"Resize {name} -> Transpose/Reshape/Expand/Reshape/Transpose" for name in resized], "resize_nhwc": resized}
+                           "changes": changes, "resize_nhwc": resized}
         return model, {**info, "reason": "no ConvTranspose to rewrite"}
     if setting is None:
         from gencompress.passes.registry import available
@@ -159,21 +159,23 @@ def apply_rewrites(model, *, setting: bool | None, mode: str, exclude: tuple[str
     if setting is None and not converted:
         return snapshot, {**info, "reason": "no ConvTranspose the rewrites apply to", "left_alone": left}
     reason = "--rewrite" if setting else "onnxruntime has no int8 ConvTranspose kernel; rewritten as Conv/Gemm they run in int8"
-    resized = _resize_nhwc(model, exclude)
-    changes += [f"Resize {name} -> Transpose/Reshape/Expand/Reshape/Transpose" for name in resized]
+    resized, resize_changes = _resize_nhwc(model, exclude)
+    changes += resize_changes
     return model, {
         **info, "applied": True, "reason": reason, "convtranspose_rewritten": converted, "changes": changes, "left_alone": left, "passes": steps,
         "resize_nhwc": resized,
     }
 
 
-def _resize_nhwc(model, exclude) -> list[str]:
-    """``resize_nhwc`` on the nearest upsamplings before Convs, except before Convs ``exclude`` keeps in float."""
+def _resize_nhwc(model, exclude) -> tuple[list[str], list[str]]:
+    """``resize_nhwc`` on the nearest upsamplings before Convs, except before Convs ``exclude`` keeps
+    in float: (the Resizes rewritten, the report's change lines)."""
     from gencompress.passes.resize_nhwc import ResizeNHWCPass
 
     p = ResizeNHWCPass(ResizeNHWCPass.Options(exclude=tuple(exclude)))
     p(model)
-    return p.report["rewritten"]
+    resized = p.report["rewritten"]
+    return resized, [f"Resize {name} -> Transpose/Reshape/Expand/Reshape/Transpose" for name in resized]
 
 
 def finalize(proto: onnx.ModelProto) -> onnx.ModelProto:

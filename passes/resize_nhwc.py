@@ -28,7 +28,7 @@ import numpy as np
 import onnx_ir as ir
 
 from gencompress.passes.registry import GencompressPass, register
-from gencompress.passes.rewrite import Namer, add_initializer, const_array
+from gencompress.passes.rewrite import Namer, add_initializer, const_array, new_node
 
 
 def _source_pixels(out_len: int, in_len: int, transform: str, nearest: str) -> list[int] | None:
@@ -130,8 +130,7 @@ class ResizeNHWCPass(GencompressPass):
 
     @dataclass(frozen=True)
     class Options:
-        keep: tuple[str, ...] = ()  # Resize node names to leave as they are (their Convs compute in float)
-        exclude: tuple[str, ...] = ()  # --exclude patterns (node name, op type, weight name): Convs kept float
+        exclude: tuple[str, ...] = ()  # Convs that compute in float (node name, op type or weight name, as --exclude)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
@@ -142,23 +141,20 @@ class ResizeNHWCPass(GencompressPass):
         def excluded(conv: ir.Node) -> bool:
             return bool(patterns & {conv.name, conv.op_type, *(v.name for v in conv.inputs[1:] if v is not None)})
 
-        chosen = {name for name, convs in upsamplers(graph).items() if name not in self.options.keep and not any(map(excluded, convs))}
+        chosen = {name for name, convs in upsamplers(graph).items() if not any(map(excluded, convs))}
         for resize in [n for n in graph if n.name in chosen]:
             c, h, w, fh, fw = upsample_factors(resize)
             x, y = resize.inputs[0], resize.outputs[0]
-            base = resize.name or "Resize"
-
-            def node(op, inputs, attrs=None):
-                return ir.node(op, inputs, attrs or {}, name=namer(f"{base}_nhwc_{op}"), outputs=[ir.Value(name=namer(f"{base}_nhwc_{op}_out"))])
+            base = f"{resize.name or 'Resize'}_nhwc"
 
             def shape(suffix, dims):
-                return add_initializer(graph, namer, f"{base}_nhwc_{suffix}", np.array(dims, np.int64))
+                return add_initializer(graph, namer, f"{base}_{suffix}", np.array(dims, np.int64))
 
-            nodes = [node("Transpose", [x], {"perm": [0, 2, 3, 1]})]
-            nodes.append(node("Reshape", [nodes[-1].outputs[0], shape("rows", [0, h, 1, w, 1, c])]))
-            nodes.append(node("Expand", [nodes[-1].outputs[0], shape("repeat", [1, 1, fh, 1, fw, 1])]))
-            nodes.append(node("Reshape", [nodes[-1].outputs[0], shape("image", [0, h * fh, w * fw, c])]))
-            back = node("Transpose", [nodes[-1].outputs[0]], {"perm": [0, 3, 1, 2]})
+            nodes = [new_node(namer, base, "Transpose", [x], {"perm": [0, 2, 3, 1]})]
+            nodes.append(new_node(namer, base, "Reshape", [nodes[-1].outputs[0], shape("rows", [0, h, 1, w, 1, c])]))
+            nodes.append(new_node(namer, base, "Expand", [nodes[-1].outputs[0], shape("repeat", [1, 1, fh, 1, fw, 1])]))
+            nodes.append(new_node(namer, base, "Reshape", [nodes[-1].outputs[0], shape("image", [0, h * fh, w * fw, c])]))
+            back = new_node(namer, base, "Transpose", [nodes[-1].outputs[0]], {"perm": [0, 3, 1, 2]})
             back.outputs[0].type, back.outputs[0].shape = y.type, y.shape
             nodes.append(back)
             graph.insert_before(resize, nodes)

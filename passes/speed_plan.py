@@ -271,7 +271,6 @@ def rewrite_only(model: ir.Model, keep_float: set[str]):
     its int8 Convs); nearest upsampling spelled channels-last (``resize_nhwc``) before the Convs
     not in ``keep_float``. Returns (model, the rewrite report)."""
     from gencompress.passes.registry import available
-    from gencompress.passes.resize_nhwc import upsamplers
 
     passes = available()
 
@@ -280,8 +279,7 @@ def rewrite_only(model: ir.Model, keep_float: set[str]):
         model = p(model).model
         nhwc = passes["depth_to_space_nhwc"]()
         model = nhwc(model).model
-        keep = tuple(name for name, convs in upsamplers(model.graph).items() if any(c.name in keep_float for c in convs))
-        resize = passes["resize_nhwc"](passes["resize_nhwc"].Options(keep=keep))
+        resize = passes["resize_nhwc"](passes["resize_nhwc"].Options(exclude=tuple(sorted(keep_float))))
         model = resize(model).model
         return model, {**(p.report or {}), "depth_to_space_nhwc": nhwc.report, "resize_nhwc": resize.report}
 
