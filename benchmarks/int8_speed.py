@@ -231,11 +231,14 @@ def machine() -> dict:
     return {"onnxruntime": ort.__version__, "cpu": cpu, "isa": isa, "logical_cpus": os.cpu_count(), "intra_op_threads": THREADS, "load_avg": list(os.getloadavg())}
 
 
+def machine_line(facts: dict) -> str:
+    """The first line of every speed benchmark's report: runtime, CPU, threads, load average."""
+    return (f"onnxruntime {facts['onnxruntime']} | CPU {facts['cpu']} ({', '.join(facts['isa'])}), {facts['logical_cpus']} logical CPUs"
+            f" | {facts['intra_op_threads']} intra-op threads, spinning off | load avg {facts['load_avg'][0]:.2f} at start, {facts['load_avg_end'][0]:.2f} at end")
+
+
 def print_report(facts: dict, results: list[dict], rounds: int) -> None:
-    print(
-        f"onnxruntime {facts['onnxruntime']} | CPU {facts['cpu']} ({', '.join(facts['isa'])}), {facts['logical_cpus']} logical CPUs"
-        f" | {facts['intra_op_threads']} intra-op threads, spinning off | load avg {facts['load_avg'][0]:.2f} at start, {facts['load_avg_end'][0]:.2f} at end"
-    )
+    print(machine_line(facts))
     print(f"{rounds} interleaved rounds (batch 1: x{RUNS_PER_SLOT[1]} runs per slot); speed = float p50 / model p50; PSNR vs float on {EVAL_SIZE} held-back latents")
     for res in results:
         print(f"\n{res['model']} ({res['float_file']}; ours = {res['ours_via']}; PSNR peak {res['peak']:g})")

@@ -123,10 +123,7 @@ def span(values: list[float], fmt: str = "{:.2f}") -> str:
 
 
 def print_report(facts: dict, results: list[dict], rounds: int, repeats: int) -> None:
-    print(
-        f"onnxruntime {facts['onnxruntime']} | CPU {facts['cpu']} ({', '.join(facts['isa'])}), {facts['logical_cpus']} logical CPUs"
-        f" | {facts['intra_op_threads']} intra-op threads, spinning off | load avg {facts['load_avg'][0]:.2f} at start, {facts['load_avg_end'][0]:.2f} at end"
-    )
+    print(base.machine_line(facts))
     print(
         f"{repeats} repeat(s) of {rounds} interleaved rounds (batch 1: x{base.RUNS_PER_SLOT[1]} runs per slot); speed = float p50 / model p50,"
         f" range over repeats; PSNR vs float on {base.EVAL_SIZE} held-back inputs"

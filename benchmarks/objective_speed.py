@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from int8_speed import (  # noqa: E402  (same timing, sessions and quantize_static settings)
-    BATCHES, EVAL_SEED, EVAL_SIZE, RUNS_PER_SLOT, calibration_feeds, export_standard, kernel_profile, machine, ort_quantize, psnr, run_all,
+    BATCHES, EVAL_SEED, EVAL_SIZE, RUNS_PER_SLOT, calibration_feeds, export_standard, kernel_profile, machine, machine_line, ort_quantize, psnr, run_all,
     session, time_interleaved,
 )
 
@@ -100,10 +100,7 @@ def measure(title: str, float_path: Path, peak: float, folder: Path, rounds: int
 
 
 def print_report(facts: dict, results: list[dict], rounds: int) -> None:
-    print(
-        f"onnxruntime {facts['onnxruntime']} | CPU {facts['cpu']} ({', '.join(facts['isa'])}), {facts['logical_cpus']} logical CPUs"
-        f" | 2 intra-op threads, spinning off | load avg {facts['load_avg'][0]:.2f} at start, {facts['load_avg_end'][0]:.2f} at end"
-    )
+    print(machine_line(facts))
     print(f"{rounds} interleaved rounds (batch 1: x{RUNS_PER_SLOT[1]} runs per slot); speed = float p50 / model p50; PSNR vs float on {EVAL_SIZE} held-back latents")
     for res in results:
         print(f"\n{res['model']}")
