@@ -90,7 +90,8 @@ def default_recipe(
         else:
             if rewrite:
                 steps.append({"pass": "rewrite_for_int8", "options": {}})
-                steps.append({"pass": "resize_nhwc", "options": {"exclude": list(exclude)} if exclude else {}})
+                for layout in ("resize_nhwc", "conv_space_to_depth"):  # the same rewrites as quantize's (_layout_rewrites)
+                    steps.append({"pass": layout, "options": {"exclude": list(exclude)} if exclude else {}})
             steps.append({"pass": "insert_qdq", "options": options})
     elif mode == "weight-only":
         options = {"bits": bits}

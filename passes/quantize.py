@@ -142,10 +142,10 @@ def apply_rewrites(model, *, setting: bool | None, mode: str, exclude: tuple[str
             raise GencompressError(f"--exclude {kept[0]!r} keeps a ConvTranspose in float, but --rewrite replaces it; add --no-rewrite to keep it")
         return model, {**info, "reason": f"--exclude {kept[0]} keeps a ConvTranspose in float (the rewrites would replace it)"}
     if setting is None and not convt:
-        resized, changes = _resize_nhwc(model, exclude)
-        if resized:
-            return model, {**info, "applied": True, "reason": "nearest upsampling before int8 Convs spelled channels-last (onnxruntime's channels-last uint8 Resize is slow)",
-                           "changes": changes, "resize_nhwc": resized}
+        layout = _layout_rewrites(model, exclude)
+        if layout["changes"]:
+            reasons = [text for key, text in LAYOUT_REASONS.items() if layout[key]]
+            return model, {**info, "applied": True, "reason": "; ".join(reasons), **layout}
         return model, {**info, "reason": "no ConvTranspose to rewrite"}
     if setting is None:
         from gencompress.passes.registry import available
@@ -159,23 +159,36 @@ def apply_rewrites(model, *, setting: bool | None, mode: str, exclude: tuple[str
     if setting is None and not converted:
         return snapshot, {**info, "reason": "no ConvTranspose the rewrites apply to", "left_alone": left}
     reason = "--rewrite" if setting else "onnxruntime has no int8 ConvTranspose kernel; rewritten as Conv/Gemm they run in int8"
-    resized, resize_changes = _resize_nhwc(model, exclude)
-    changes += resize_changes
+    layout = _layout_rewrites(model, exclude)
     return model, {
-        **info, "applied": True, "reason": reason, "convtranspose_rewritten": converted, "changes": changes, "left_alone": left, "passes": steps,
-        "resize_nhwc": resized,
+        **info, "applied": True, "reason": reason, "convtranspose_rewritten": converted, "passes": steps, **layout,
+        "changes": changes + layout["changes"], "left_alone": left,
     }
 
 
-def _resize_nhwc(model, exclude) -> tuple[list[str], list[str]]:
-    """``resize_nhwc`` on the nearest upsamplings before Convs, except before Convs ``exclude`` keeps
-    in float: (the Resizes rewritten, the report's change lines)."""
+LAYOUT_REASONS = {
+    "resize_nhwc": "nearest upsampling before int8 Convs spelled channels-last (onnxruntime's channels-last uint8 Resize is slow)",
+    "conv_space_to_depth": "Convs with few output channels computed on 2x2 or 4x4 pixel blocks (onnxruntime's int8 GEMM tiles are 16 channels wide)",
+}
+
+
+def _layout_rewrites(model, exclude) -> dict:
+    """The rewrites that change how int8 Convs lay out their data, in place, except around the Convs
+    ``exclude`` keeps in float: ``resize_nhwc`` (nearest upsampling before Convs) and
+    ``conv_space_to_depth`` (Convs with few output channels). Returns their rewritten lists under
+    their names and the report's change lines under ``changes``."""
+    from gencompress.passes.conv_space_to_depth import ConvSpaceToDepthPass
     from gencompress.passes.resize_nhwc import ResizeNHWCPass
 
-    p = ResizeNHWCPass(ResizeNHWCPass.Options(exclude=tuple(exclude)))
-    p(model)
-    resized = p.report["rewritten"]
-    return resized, [f"Resize {name} -> Transpose/Reshape/Expand/Reshape/Transpose" for name in resized]
+    resize = ResizeNHWCPass(ResizeNHWCPass.Options(exclude=tuple(exclude)))
+    resize(model)
+    blocks = ConvSpaceToDepthPass(ConvSpaceToDepthPass.Options(exclude=tuple(exclude)))
+    blocks(model)
+    changes = [f"Resize {name} -> Transpose/Reshape/Expand/Reshape/Transpose" for name in resize.report["rewritten"]]
+    changes += [f"{item['node']}: Conv {item['kernel'][0]}x{item['kernel'][1]} -> {item['out_channels'][0]} channels -> SpaceToDepth + Conv"
+                f" {item['conv_kernel'][0]}x{item['conv_kernel'][1]} -> {item['out_channels'][1]} channels + DepthToSpace ({item['block']}x{item['block']} blocks)"
+                for item in blocks.report["rewritten"]]
+    return {"resize_nhwc": resize.report["rewritten"], "conv_space_to_depth": [item["node"] for item in blocks.report["rewritten"]], "changes": changes}
 
 
 def finalize(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -38,6 +38,7 @@ PASS_MODULES = [
     "gencompress.passes.fp16_convert",
     "gencompress.passes.depth_to_space_nhwc",
     "gencompress.passes.resize_nhwc",
+    "gencompress.passes.conv_space_to_depth",
     "gencompress.passes.speed_plan",
     "gencompress.distill.step",
 ]

@@ -279,9 +279,11 @@ def rewrite_only(model: ir.Model, keep_float: set[str]):
         model = p(model).model
         nhwc = passes["depth_to_space_nhwc"]()
         model = nhwc(model).model
-        resize = passes["resize_nhwc"](passes["resize_nhwc"].Options(exclude=tuple(sorted(keep_float))))
-        model = resize(model).model
-        return model, {**(p.report or {}), "depth_to_space_nhwc": nhwc.report, "resize_nhwc": resize.report}
+        layout = {}
+        for name in ("resize_nhwc", "conv_space_to_depth"):
+            layout[name] = passes[name](passes[name].Options(exclude=tuple(sorted(keep_float))))
+            model = layout[name](model).model
+        return model, {**(p.report or {}), "depth_to_space_nhwc": nhwc.report, **{k: v.report for k, v in layout.items()}}
 
     hidden = [n for n in model.graph if n.op_type == "ConvTranspose" and n.name in keep_float]
     for n in hidden:
@@ -302,13 +304,15 @@ def _matches(name: str, original: str) -> bool:
     return name == original or name.startswith(original + "/")
 
 
-def rewritable_layers(graph: ir.Graph) -> frozenset:
-    """Names of the layers an int8 rewrite changes: ConvTransposes, and Convs after a nearest
-    upsampling (``resize_nhwc``)."""
+def rewritable_layers(model: ir.Model) -> frozenset:
+    """Names of the layers an int8 rewrite changes: ConvTransposes, Convs after a nearest
+    upsampling (``resize_nhwc``) and Convs with few output channels (``conv_space_to_depth``)."""
+    from gencompress.passes.conv_space_to_depth import rewritable_convs
     from gencompress.passes.resize_nhwc import upsamplers
 
+    graph = model.graph
     convs = {c.name for readers in upsamplers(graph).values() for c in readers}
-    return frozenset(convs | {n.name for n in graph if n.op_type == "ConvTranspose"})
+    return frozenset(convs | rewritable_convs(model) | {n.name for n in graph if n.op_type == "ConvTranspose"})
 
 
 @dataclass
@@ -330,12 +334,13 @@ class ConfigBuilder:
     def create(cls, prepared: onnx.ModelProto, *, rewrite: bool, static_options: dict, exclude=()):
         from gencompress.passes.insert_qdq import find_layers, select_layers
 
-        graph = ir.serde.deserialize_model(prepared).graph
+        model = ir.serde.deserialize_model(prepared)
+        graph = model.graph
         kept, _ = select_layers(find_layers(graph), exclude)
         decidable = [{"node": l.name, "op_type": l.op_type, "weights": [w.name for w in l.weights]} for l in kept if l.kind == "int8"]
         storage = [l.name for l in kept if l.kind == "weights"]
         groups = layer_groups(graph, [l["node"] for l in decidable])
-        return cls(prepared, rewrite, static_options, tuple(exclude), decidable, storage, groups, rewritable_layers(graph))
+        return cls(prepared, rewrite, static_options, tuple(exclude), decidable, storage, groups, rewritable_layers(model))
 
     def _quantizer(self, keep_float: frozenset):
         """(rewritten prepared proto's static quantizer, rewrite report) for this set of float ConvTransposes."""
@@ -530,7 +535,7 @@ class PlanInt8Pass(GencompressPass):
         if o.rewrite:
             fold_into_layers(work)
         builder = ConfigBuilder.create(
-            ir.serde.serialize_model(work), rewrite=o.rewrite and bool(rewritable_layers(work.graph)), exclude=tuple(o.exclude),
+            ir.serde.serialize_model(work), rewrite=o.rewrite and bool(rewritable_layers(work)), exclude=tuple(o.exclude),
             static_options=dict(calib=o.calib, calib_size=o.calib_size, calib_data=None, seed=o.seed, percentile=DEFAULT_PERCENTILE,
                                 per_tensor=o.per_tensor, activations=o.activations, log=lambda m: None),
         )
