@@ -412,15 +412,21 @@ def save_model(model, out: str | os.PathLike, inputs: Iterable[str | os.PathLike
                     leftover.unlink()
                 staged.rmdir()
         return Path(out)
-    size = model.ByteSize() if isinstance(model, onnx.ModelProto) else tensor_bytes(model)
+    data = None
+    if isinstance(model, onnx.ModelProto):
+        try:  # not ByteSize first: protobuf serializes a model to size it (a second transient copy)
+            data = model.SerializeToString(deterministic=True)
+        except Exception:  # protobuf's EncodeError / ValueError above 2 GB
+            data = None
+        size = len(data) if data is not None else PROTOBUF_LIMIT + 1
+    else:
+        size = tensor_bytes(model)
     if size > PROTOBUF_LIMIT:
-        raise GencompressError(
-            f"{out}: model is {size / 2**30:.2f} GiB, above the 2 GB limit of a self-contained .onnx"
-        )
+        raise GencompressError(f"{out}: model is above the 2 GB limit of a self-contained .onnx (keep weights in external data)")
     with atomic_path(out, inputs) as tmp:
         with open(tmp, "wb") as f:
-            if isinstance(model, onnx.ModelProto):
-                f.write(model.SerializeToString(deterministic=True))
+            if data is not None:
+                f.write(data)
             else:
                 write_streamed(model, f)
     return Path(out)

@@ -374,10 +374,19 @@ def quantize_symmetric(w: np.ndarray, axis: int | None, qmax: int = 127, block: 
         scale = (peaks / qmax).astype(np.float32)
     scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
     shaped = scale if axis is None else scale.reshape([-1 if i == axis else 1 for i in range(w.ndim)])
-    t = w / shaped  # one float temporary, rounded and clipped in place
-    np.rint(t, out=t)
-    np.clip(t, -qmax, qmax, out=t)
-    return t.astype(np.int8), scale
+    if w.ndim == 0:
+        return np.clip(np.rint(w / shaped), -qmax, qmax).astype(np.int8), scale
+    # a few million values at a time along the first axis: the float temporary of a large weight
+    # would be the peak of a streamed quantize (47M model: 134 MB for its largest layer)
+    q = np.empty(w.shape, dtype=np.int8)
+    step = max(1, (1 << 22) // max(1, w.size // max(w.shape[0], 1)))
+    for start in range(0, w.shape[0], step):
+        part = slice(start, start + step)
+        t = w[part] / (shaped[part] if axis == 0 else shaped)  # rounded and clipped in place
+        np.rint(t, out=t)
+        np.clip(t, -qmax, qmax, out=t)
+        q[part] = t
+    return q, scale
 
 
 def repeat_pattern(a: np.ndarray) -> tuple[str, int] | None:

@@ -498,6 +498,7 @@ def quantize(
     planned = mode == "static" and objective != "size"
     stream = not planned and target_psnr is None  # one build, no plan: see ``streamed`` below
     reference = load_header(in_path)  # a self-contained file: the whole model
+    on_disk = Path(in_path).stat().st_size + sum(length for *_, length in external_data_entries(reference, Path(in_path)))
     mapped = stream and _weights_in_current_files(reference, in_path)  # read where they are, memory-mapped, never whole
     if not mapped:
         load_external_data(reference, in_path)
@@ -509,11 +510,12 @@ def quantize(
     # the evaluation's reference: the input file itself (onnxruntime reads it), or the upgraded
     # model when the opset was converted
     eval_reference = in_path if upgraded is reference else upgraded
+    # the self-contained size, even when the input keeps its weights in a side file: the file's
+    # own size plus its external data (not ByteSize: protobuf serializes a model to size it, a
+    # transient copy that was the peak of a streamed quantize)
+    before = on_disk if upgraded is reference else upgraded.ByteSize()
     reference = upgraded
     del upgraded  # only ``reference`` (deleted below) and ``eval_reference`` may keep the proto alive
-    before = reference.ByteSize()  # the self-contained size, even when the input keeps its weights in a side file
-    if mapped:
-        before += sum(length for *_, length in external_data_entries(reference, Path(in_path)))
     header = skeleton(reference)  # inputs, outputs and metadata, no weights: all the evaluation needs
     from gencompress.inputs import output_range_of_model, specs_of_model
 
