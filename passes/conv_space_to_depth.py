@@ -3,7 +3,7 @@
 The layer that draws the picture (Conv 9x9 or 3x3 -> 3 channels, full resolution) is one of a
 generator's slowest in int8: onnxruntime runs a QLinearConv whose output channels are fewer than
 its kernels' 16-channel tiles as a GEMM over every output pixel with most lanes idle (style-transfer
-family at batch 64: the 9x9 16->3 Conv alone was 19% of int8 kernel time, 31 ms, for 8% of the
+family at batch 64: the 9x9 16->3 Conv alone was 19% of int8 kernel time, 31 ms, for 12% of the
 multiply-adds). Computing r x r output pixels per position instead gives the GEMM r*r times the
 output channels on r*r times fewer positions:
 
@@ -12,8 +12,9 @@ output channels on r*r times fewer positions:
 with ``w'[(a*r+b)*C_out + o, (al*r+be)*C_in + c, t, s] = w[o, c, r*(t+t0)+al-a+pad_top,
 r*(s+s0)+be-b+pad_left]`` (zero where that tap is outside the kernel): output pixel (r*y+a, r*x+b)
 reads input pixel (r*(y+t+t0)+al, r*(x+s+s0)+be). Both orders are DCR (channel = block * C + c),
-the bias is repeated per block. Exact: every output is the same sum of the same products (zero
-taps add nothing), so the int8 model computes the same int32 accumulators.
+the bias is repeated per block. Exact in float: every output is the same sum of the same products
+(zero taps add nothing). In int8 each block channel gets its own weight scale from the taps it
+has, never coarser than the original channel's.
 
 Rewritten: default-domain 2-D Convs with constant weights, group 1, stride 1, dilation 1, a
 "same" output size (pads summing to kernel - 1 per axis, explicit or auto_pad SAME), a static

@@ -92,8 +92,9 @@ def prune(
     proto = load_header(in_path)  # one parse: the input's files listed before its weights are read
     entries = external_data_entries(proto, Path(in_path))
     in_files = [Path(in_path), *sorted({f for _, f, _, _ in entries})]
-    # the self-contained size, counted without serializing (above 2 GB protobuf cannot)
-    bytes_before = proto.ByteSize() + sum(length for *_, length in entries)
+    # the self-contained size: the file's own size plus its external data (not ByteSize: protobuf
+    # serializes a model to size it, a transient copy of a self-contained input)
+    bytes_before = Path(in_path).stat().st_size + sum(length for *_, length in entries)
     load_external_data(proto, in_path)
     refuse_nonfinite_weights(proto, in_path)
     densified = _densify_sparse_initializers(proto)
