@@ -376,8 +376,8 @@ def quantize_symmetric(w: np.ndarray, axis: int | None, qmax: int = 127, block: 
     shaped = scale if axis is None else scale.reshape([-1 if i == axis else 1 for i in range(w.ndim)])
     if w.ndim == 0:
         return np.clip(np.rint(w / shaped), -qmax, qmax).astype(np.int8), scale
-    # a few million values at a time along the first axis: the float temporary of a large weight
-    # would be the peak of a streamed quantize (47M model: 134 MB for its largest layer)
+    # a few million values at a time along the first axis: no float copy of a whole large weight
+    # (134 MB for the largest layer of the 47M scale model), the same numbers
     q = np.empty(w.shape, dtype=np.int8)
     step = max(1, (1 << 22) // max(1, w.size // max(w.shape[0], 1)))
     for start in range(0, w.shape[0], step):
