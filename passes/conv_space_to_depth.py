@@ -93,7 +93,7 @@ def space_to_depth_weight(w: np.ndarray, pads: list[int], r: int) -> np.ndarray:
 @register("conv_space_to_depth")
 class ConvSpaceToDepthPass(GencompressPass):
     """See the module docstring. Graph inputs and outputs unchanged; outputs equal up to float
-    summation order (in int8, the same accumulators)."""
+    summation order."""
 
     @dataclass(frozen=True)
     class Options:
@@ -105,14 +105,15 @@ class ConvSpaceToDepthPass(GencompressPass):
         """(r, pads) for a Conv this pass rewrites, else why not."""
         if len(node.inputs) < 2 or node.inputs[1] is None:
             return "no weight"
-        w = const_array(node.inputs[1])
-        if w is None or w.ndim != 4:
+        weight = node.inputs[1]  # its shape, without reading a large weight's values
+        w = weight.const_value if weight.const_value is not None and not weight.is_graph_input() else const_array(weight)
+        if w is None or len(w.shape) != 4:
             return "weight not a constant 2-D kernel"
         if len(node.inputs) > 2 and node.inputs[2] is not None and const_array(node.inputs[2]) is None:
             return "bias not constant"
         if node.attributes.get_int("group", 1) != 1 or set(_ints(node, "strides", [1, 1])) != {1} or set(_ints(node, "dilations", [1, 1])) != {1}:
             return "grouped, strided or dilated"
-        c_out, c_in, kh, kw = w.shape
+        c_out, c_in, kh, kw = (int(d) for d in w.shape)
         if c_out > self.options.max_out_channels:
             return f"{FEW_CHANNELS_NOT}: {c_out} output channels"
         pads = same_pads(node, [kh, kw])
