@@ -339,11 +339,17 @@ def atomic_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()
             tmp.unlink()
 
 
+GRAPH_BYTES = 64 * 1024  # a model's graph structure, counted as this beside its tensors
+
+
 def tensor_bytes(model) -> int:
     """Bytes of a model's tensors (initializers and Constant values, subgraphs included) and of
     its graph, about its serialized size, computed without serializing it."""
-    if isinstance(model, onnx.ModelProto):
-        return model.ByteSize()
+    if isinstance(model, onnx.ModelProto):  # dims x item size: protobuf's ByteSize serializes the whole model to count it
+        from onnx.external_data_helper import _get_all_tensors
+
+        sizes = ((_tensor_nbytes(t), t) for t in _get_all_tensors(model))
+        return sum(n if n is not None and n >= 0 else t.ByteSize() for n, t in sizes) + GRAPH_BYTES
     import onnx_ir as ir
 
     total = 0
@@ -353,7 +359,7 @@ def tensor_bytes(model) -> int:
             for attr in node.attributes.values():
                 if attr.type == ir.AttributeType.TENSOR:
                     total += attr.value.nbytes
-    return total + 64 * 1024  # graph structure: small beside the tensors
+    return total + GRAPH_BYTES
 
 
 def write_external(model, path: str | os.PathLike, *, location: str | None = None) -> Path:
@@ -414,14 +420,14 @@ def save_model(model, out: str | os.PathLike, inputs: Iterable[str | os.PathLike
         return Path(out)
     data = None
     if isinstance(model, onnx.ModelProto):
-        try:  # not ByteSize first: protobuf serializes a model to size it (a second transient copy)
+        try:  # serialized once, and only here
             data = model.SerializeToString(deterministic=True)
+            too_large = False
         except Exception:  # protobuf's EncodeError / ValueError above 2 GB
-            data = None
-        size = len(data) if data is not None else PROTOBUF_LIMIT + 1
+            too_large = True
     else:
-        size = tensor_bytes(model)
-    if size > PROTOBUF_LIMIT:
+        too_large = tensor_bytes(model) > PROTOBUF_LIMIT
+    if too_large:
         raise GencompressError(f"{out}: model is above the 2 GB limit of a self-contained .onnx (keep weights in external data)")
     with atomic_path(out, inputs) as tmp:
         with open(tmp, "wb") as f:
