@@ -98,12 +98,13 @@ def prune(
     load_external_data(proto, in_path)
     refuse_nonfinite_weights(proto, in_path)
     densified = _densify_sparse_initializers(proto)
-    if densified:
-        bytes_before = proto.ByteSize()
-    level = deflate_level(bytes_before)
-    if densified:  # the dense model the pass starts from
-        deflate_before = deflate_size(proto.SerializeToString(deterministic=True), level)
+    if densified:  # the dense model the pass starts from, serialized once for both sizes
+        dense = proto.SerializeToString(deterministic=True)
+        bytes_before, level = len(dense), deflate_level(len(dense))
+        deflate_before = deflate_size(dense, level)
+        del dense
     else:  # the input's files, read in chunks, as deflate_after reads the output's
+        level = deflate_level(bytes_before)
         deflate_before = deflate_files(in_files, level)
 
     model = ir.serde.deserialize_model(proto)  # wraps the proto's tensors, no copy
