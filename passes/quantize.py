@@ -498,8 +498,9 @@ def quantize(
     planned = mode == "static" and objective != "size"
     stream = not planned and target_psnr is None  # one build, no plan: see ``streamed`` below
     reference = load_header(in_path)  # a self-contained file: the whole model
-    on_disk = Path(in_path).stat().st_size + sum(length for *_, length in external_data_entries(reference, Path(in_path)))
-    mapped = stream and _weights_in_current_files(reference, in_path)  # read where they are, memory-mapped, never whole
+    entries = external_data_entries(reference, Path(in_path))
+    on_disk = Path(in_path).stat().st_size + sum(length for *_, length in entries)
+    mapped = stream and bool(entries) and _needs_no_upgrade(reference)  # weights read where they are, memory-mapped, never whole
     if not mapped:
         load_external_data(reference, in_path)
     refuse_nonfinite_weights(in_path if mapped else reference, in_path)
@@ -663,13 +664,12 @@ def _planned_quantizer(unrewritten, rewrite_report, exclude, objective, timer, s
     return quantizer, proto, pass_report, info
 
 
-def _weights_in_current_files(header, path) -> bool:
-    """A model file keeping its weights in external data, at an opset quantize needs no upgrade for."""
+def _needs_no_upgrade(header) -> bool:
+    """The model is at an opset quantize needs no upgrade for (its weights can stay in their files)."""
     from gencompress.exporter.upgrade import MIN_OPSET, model_opset
-    from gencompress.onnx_io import external_data_entries
 
     opset = model_opset(header)
-    return bool(external_data_entries(header, Path(path))) and (opset is None or opset >= MIN_OPSET)
+    return opset is None or opset >= MIN_OPSET
 
 
 def _own_tensors(model) -> None:
