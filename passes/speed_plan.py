@@ -320,7 +320,7 @@ class ConfigBuilder:
     """Builds the model for a set of int8 layers (original names) from the prepared float model."""
 
     prepared: onnx.ModelProto  # after prepare(), before the rewrites
-    rewrite: bool  # apply the int8 rewrites to the ConvTransposes that go int8
+    rewrite: bool  # apply the int8 rewrites to the layers that go int8 (asked for, and some layer has one)
     static_options: dict  # static_quantizer keyword arguments (calib, calib_size, ...)
     exclude: tuple = ()  # user's --exclude: float, weights kept float too
     layers: list[dict] = field(default_factory=list)  # decidable int8 layers of the prepared graph
@@ -340,7 +340,8 @@ class ConfigBuilder:
         decidable = [{"node": l.name, "op_type": l.op_type, "weights": [w.name for w in l.weights]} for l in kept if l.kind == "int8"]
         storage = [l.name for l in kept if l.kind == "weights"]
         groups = layer_groups(graph, [l["node"] for l in decidable])
-        return cls(prepared, rewrite, static_options, tuple(exclude), decidable, storage, groups, rewritable_layers(model))
+        rewritten = rewritable_layers(model)
+        return cls(prepared, rewrite and bool(rewritten), static_options, tuple(exclude), decidable, storage, groups, rewritten)
 
     def _quantizer(self, keep_float: frozenset):
         """(rewritten prepared proto's static quantizer, rewrite report) for this set of float ConvTransposes."""
@@ -535,7 +536,7 @@ class PlanInt8Pass(GencompressPass):
         if o.rewrite:
             fold_into_layers(work)
         builder = ConfigBuilder.create(
-            ir.serde.serialize_model(work), rewrite=o.rewrite and bool(rewritable_layers(work)), exclude=tuple(o.exclude),
+            ir.serde.serialize_model(work), rewrite=o.rewrite, exclude=tuple(o.exclude),
             static_options=dict(calib=o.calib, calib_size=o.calib_size, calib_data=None, seed=o.seed, percentile=DEFAULT_PERCENTILE,
                                 per_tensor=o.per_tensor, activations=o.activations, log=lambda m: None),
         )
