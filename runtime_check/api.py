@@ -50,13 +50,14 @@ def _load(model, role: str, *, header: bool = False):
     raise GencompressError(f"{role}: expected an .onnx path or an ONNX model, got {type(model).__name__}")
 
 
-def _weights_in_files(model) -> bool:
-    """Whether ``model`` is a path whose weights live in external data files."""
+def _weights_in_files(model, proto) -> bool:
+    """Whether ``model`` is a path whose weights live in external data files; ``proto``: what
+    ``_load(model, ..., header=True)`` read (a self-contained file's header is the whole model)."""
     if not isinstance(model, (str, os.PathLike)):
         return False
-    from gencompress.onnx_io import external_data_entries, load_header
+    from gencompress.onnx_io import external_data_entries
 
-    return bool(external_data_entries(load_header(model), Path(model)))
+    return bool(external_data_entries(proto, Path(model)))
 
 
 def _source(model, proto):
@@ -317,13 +318,14 @@ def bench(
     warmup = 0 if warmup == 0 else _positive(warmup, "--warmup", MAX_WARMUP)
     providers = resolve_providers(providers)
     sources = {"model": model, "reference": reference}
-    in_files = {k: _weights_in_files(m) for k, m in sources.items()}
-    proto, label = _load(model, "model", header=in_files["model"])
+    # each path read once: its header, which for a self-contained file is the whole model
+    proto, label = _load(model, "model", header=True)
     models = {"model": (proto, label)}
     if reference is not None:
-        ref_proto, ref_label = _load(reference, "reference", header=in_files["reference"])
+        ref_proto, ref_label = _load(reference, "reference", header=True)
         F.check_compatible(ref_proto, proto)
         models["reference"] = (ref_proto, ref_label)
+    in_files = {k: _weights_in_files(sources[k], p) for k, (p, _) in models.items()}
     # a model keeping its weights in external data (any size, > 2 GB included) is read by
     # onnxruntime from its file; others are serialized once, as given
     data = {k: str(sources[k]) if in_files[k] else model_bytes(p) for k, (p, _) in models.items()}
@@ -617,9 +619,9 @@ def model_sizes(model) -> dict:
     from gencompress.runtime_check.latency import sizes
     from gencompress.runtime_check.sessions import model_bytes
 
-    if _weights_in_files(model):
+    proto, _ = _load(model, "model", header=True)  # a self-contained file's header is the whole model
+    if _weights_in_files(model, proto):
         return sizes(str(model), model)
-    proto, label = _load(model, "model")
     return sizes(model_bytes(proto), model if isinstance(model, (str, os.PathLike)) else None)
 
 
