@@ -111,8 +111,9 @@ def make_options(name: str, options: dict[str, Any] | None):
 
 
 # Options annotated with one of these scalar types must hold that type (a recipe's
-# ``hoist_activations: "false"`` would otherwise run as True); other annotations are checked
-# by the Options' own __post_init__.
+# ``hoist_activations: "false"`` would otherwise run as True), and lists of names
+# (``exclude: 3`` would fail deep in a pass; ``exclude: conv1`` would match single letters);
+# other annotations are checked by the Options' own __post_init__.
 _SCALARS = {
     "bool": ((bool, np.bool_), "true or false"),
     "int": ((numbers.Integral,), "an integer"),
@@ -121,8 +122,15 @@ _SCALARS = {
 }
 
 
+NAME_LISTS = ("tuple[str, ...]", "tuple[str, ...] | None")
+
+
 def _check_scalar(name: str, field: dataclasses.Field, value) -> None:
     kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", None)
+    if kind in NAME_LISTS:
+        if not (value is None and kind.endswith("None")) and not (isinstance(value, tuple) and all(isinstance(v, str) for v in value)):
+            raise GencompressError(f"pass {name!r}: option {field.name} must be a list of names, got {_short(value)}")
+        return
     if kind not in _SCALARS:
         return
     allowed, what = _SCALARS[kind]
