@@ -28,6 +28,7 @@ rewritten form. The new nodes are named ``<conv>/SpaceToDepth``, ``<conv>/Conv``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,6 +101,12 @@ class ConvSpaceToDepthPass(GencompressPass):
         exclude: tuple[str, ...] = ()  # Convs that compute in float (node name, op type or weight name, as --exclude)
         max_out_channels: int = GEMM_TILE - 1
         max_work: float = 2.0  # multiply-adds of the rewritten Conv / the original's
+
+        def __post_init__(self):
+            if self.max_out_channels < 1:
+                raise ValueError(f"max_out_channels must be 1 or more, got {self.max_out_channels}")
+            if not math.isfinite(self.max_work) or self.max_work < 1.0:
+                raise ValueError(f"max_work must be a finite number, 1 or more (the rewrite never does less work), got {self.max_work}")
 
     def plan(self, node: ir.Node, shapes: ShapeLookup) -> tuple[int, list[int]] | str:
         """(r, pads) for a Conv this pass rewrites, else why not."""

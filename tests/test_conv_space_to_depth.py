@@ -144,3 +144,22 @@ def test_int8_block_conv_runs_in_int8(tmp_path):
     compress(path, tmp_path / "out", flags={"objective": "size"}, bench=False, samples=32)
     graphs = [[n.op_type for n in onnx.load(str(p)).graph.node] for p in (tmp_path / "q.onnx", tmp_path / "out" / "model.onnx")]
     assert graphs[0] == graphs[1] and "SpaceToDepth" in graphs[0]
+
+
+@pytest.mark.parametrize("name,options,message", [
+    ("conv_space_to_depth", {"max_out_channels": -5}, "max_out_channels must be 1 or more"),
+    ("conv_space_to_depth", {"max_work": float("nan")}, "max_work must be a finite number"),
+    ("conv_space_to_depth", {"max_work": 0.5}, "max_work must be a finite number"),
+    ("conv_space_to_depth", {"exclude": 3}, "option exclude must be a list of names"),
+    ("insert_qdq", {"exclude": "conv1"}, "option exclude must be a list of names"),  # not the letters c, o, n, v, 1
+    ("insert_qdq", {"include": ["a", 3]}, "option include must be a list of names"),
+    ("resize_nhwc", {"exclude": {"a": 1}}, "option exclude must be a list of names"),
+])
+def test_recipe_options_refused_in_one_line(name, options, message):
+    from gencompress.errors import GencompressError
+    from gencompress.passes.registry import make_options
+
+    with pytest.raises(GencompressError, match=message) as e:
+        make_options(name, options)
+    assert "\n" not in str(e.value)
+    make_options(name, {"exclude": ["conv1"]})  # a list of names is taken
