@@ -84,12 +84,13 @@ class DepthToSpaceNHWCPass(GencompressPass):
             back.outputs[0].type, back.outputs[0].shape = replaced.type, replaced.shape
             nodes.append(back)
             graph.insert_before(d2s, nodes)
-            if replaced in graph.outputs:  # the new value takes the graph output's place and name
-                idx = list(graph.outputs).index(replaced)
-                name = replaced.name
-                replaced.name = namer(f"{name}_replaced")
-                back.outputs[0].name = name
-                graph.outputs[idx] = back.outputs[0]
+            # the new value takes the name (and a graph output's place) of the one it replaces: it
+            # holds the same values (calibration finds a tensor's range by its name)
+            name = replaced.name
+            replaced.name = namer(f"{name}_replaced")
+            back.outputs[0].name = name
+            if replaced in graph.outputs:
+                graph.outputs[list(graph.outputs).index(replaced)] = back.outputs[0]
             replaced.replace_all_uses_with(back.outputs[0])
             if crop is not None:
                 graph.remove(crop, safe=True)

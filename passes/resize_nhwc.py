@@ -28,7 +28,7 @@ import numpy as np
 import onnx_ir as ir
 
 from gencompress.passes.registry import GencompressPass, register
-from gencompress.passes.rewrite import Namer, add_initializer, const_array, new_node
+from gencompress.passes.rewrite import Namer, ShapeLookup, add_initializer, const_array, new_node
 
 
 def _source_pixels(out_len: int, in_len: int, transform: str, nearest: str) -> list[int] | None:
@@ -54,15 +54,19 @@ def _source_pixels(out_len: int, in_len: int, transform: str, nearest: str) -> l
     return out
 
 
-def upsample_factors(node: ir.Node) -> tuple[int, int, int, int, int] | None:
-    """(C, H, W, fh, fw) when ``node`` is a nearest Resize that repeats each pixel fh x fw times."""
+def upsample_factors(node: ir.Node, shapes: ShapeLookup | None = None) -> tuple[int, int, int, int, int] | None:
+    """(C, H, W, fh, fw) when ``node`` is a nearest Resize that repeats each pixel fh x fw times.
+    ``shapes``: where the input's shape comes from when the graph does not record it (shape
+    inference; e.g. the TorchScript exporter's graphs)."""
     if node.op_type != "Resize" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 3:
         return None
     a = node.attributes
     if a.get_string("mode", "nearest") != "nearest" or a.get("axes") is not None:
         return None
     x = node.inputs[0]
-    dims = list(x.shape.dims) if x is not None and x.shape is not None else []
+    if x is None:
+        return None
+    dims = list(shapes.dims(x) or ()) if shapes is not None else list(x.shape.dims) if x.shape is not None else []
     if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims[1:]):  # N may be symbolic
         return None
     _, c, h, w = dims
@@ -118,10 +122,11 @@ def after_int8_op(value: ir.Value, depth: int = 0) -> bool:
     return False
 
 
-def upsamplers(graph: ir.Graph) -> dict[str, list[ir.Node]]:
+def upsamplers(model: ir.Model, shapes: ShapeLookup | None = None) -> dict[str, list[ir.Node]]:
     """{name of each Resize this pass rewrites: the Convs reading it}."""
+    graph, shapes = model.graph, shapes or ShapeLookup(model)
     return {n.name: [u.node for u in n.outputs[0].uses()] for n in graph
-            if upsample_factors(n) is not None and read_only_by_convs(graph, n.outputs[0]) and after_int8_op(n.inputs[0])}
+            if upsample_factors(n, shapes) is not None and read_only_by_convs(graph, n.outputs[0]) and after_int8_op(n.inputs[0])}
 
 
 @register("resize_nhwc")
@@ -141,9 +146,10 @@ class ResizeNHWCPass(GencompressPass):
         def excluded(conv: ir.Node) -> bool:
             return bool(patterns & {conv.name, conv.op_type, *(v.name for v in conv.inputs[1:] if v is not None)})
 
-        chosen = {name for name, convs in upsamplers(graph).items() if not any(map(excluded, convs))}
+        shapes = ShapeLookup(model)
+        chosen = {name for name, convs in upsamplers(model, shapes).items() if not any(map(excluded, convs))}
         for resize in [n for n in graph if n.name in chosen]:
-            c, h, w, fh, fw = upsample_factors(resize)
+            c, h, w, fh, fw = upsample_factors(resize, shapes)
             x, y = resize.inputs[0], resize.outputs[0]
             base = f"{resize.name or 'Resize'}_nhwc"
 

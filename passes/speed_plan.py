@@ -311,7 +311,7 @@ def rewritable_layers(model: ir.Model) -> frozenset:
     from gencompress.passes.resize_nhwc import upsamplers
 
     graph = model.graph
-    convs = {c.name for readers in upsamplers(graph).values() for c in readers}
+    convs = {c.name for readers in upsamplers(model).values() for c in readers}
     return frozenset(convs | rewritable_convs(model) | {n.name for n in graph if n.op_type == "ConvTranspose"})
 
 
@@ -329,6 +329,7 @@ class ConfigBuilder:
     rewritten: frozenset = frozenset()  # layers whose form the rewrites change when they go int8
     _quantizers: dict = field(default_factory=dict)
     _built: dict = field(default_factory=dict)
+    _calibrated: tuple | None = None  # calibrated_ranges of ``prepared``: one run for every configuration
 
     @classmethod
     def create(cls, prepared: onnx.ModelProto, *, rewrite: bool, static_options: dict, exclude=()):
@@ -347,14 +348,18 @@ class ConfigBuilder:
         """(rewritten prepared proto's static quantizer, rewrite report) for this set of float ConvTransposes."""
         key = keep_float if self.rewrite else None
         if key not in self._quantizers:
-            from gencompress.passes.quantize import static_quantizer
+            from gencompress.passes.quantize import calibrated_ranges, static_quantizer
 
+            if self._calibrated is None:
+                options = {k: v for k, v in self.static_options.items() if k != "per_tensor"}
+                self._calibrated = calibrated_ranges(ir.serde.deserialize_model(self.prepared), **options)
             model = ir.serde.deserialize_model(self.prepared)
             report = None
             if self.rewrite:
                 model, report = rewrite_only(model, set(keep_float))
             proto = ir.serde.serialize_model(model)
-            quantizer = static_quantizer(proto, exclude=self.exclude, **self.static_options)
+            before = ir.serde.deserialize_model(self.prepared) if self.rewrite else None
+            quantizer = static_quantizer(proto, exclude=self.exclude, before_rewrites=before, calibrated=self._calibrated, **self.static_options)
             self._quantizers[key] = (quantizer, report)
         return self._quantizers[key]
 

@@ -91,12 +91,15 @@ def session_options(
     optimization: str = "all",
     profile_prefix: str | None = None,
     lean: bool = False,
+    prepack: bool = True,
 ):
     """SessionOptions: ``threads`` intra-op threads (None = onnxruntime's default), one inter-op
     thread (sequential execution), spinning off unless asked for, graph ``optimization`` level
     (one of ``OPTIMIZATION_LEVELS``), profiling to ``profile_prefix``*.json if given. ``lean``: a
-    one-off session (calibration) that should hold as little memory as possible: no pre-packed
-    weight copies, no memory arena kept between runs."""
+    one-off session (calibration) that should hold as little memory as possible: no memory arena
+    kept between runs. ``prepack`` False: weights not copied into the kernels' packed layouts (a
+    session that never runs; onnxruntime frees a weight it has packed, so packing costs time, not
+    memory: 47M-parameter generator, calibration session peak the same with and without)."""
     ort = _ort()
     opts = ort.SessionOptions()
     opts.log_severity_level = log_level
@@ -122,8 +125,9 @@ def session_options(
     if profile_prefix:
         opts.enable_profiling = True
         opts.profile_file_prefix = str(profile_prefix)
-    if lean:
+    if not prepack:
         opts.add_session_config_entry("session.disable_prepacking", "1")
+    if lean:
         opts.enable_cpu_mem_arena = False
         opts.enable_mem_pattern = False
     return opts
@@ -219,6 +223,7 @@ def make_session(
     optimization: str = "all",
     profile_prefix: str | None = None,
     lean: bool = False,
+    prepack: bool = True,
 ):
     """An ``InferenceSession`` on ``provider`` (resolved first); CPU only as the per-node fallback.
     The one place in gencompress that makes onnxruntime sessions.
@@ -232,7 +237,7 @@ def make_session(
     providers = [provider] if provider == CPU else [provider, CPU]
     if provider == "TensorrtExecutionProvider" and "CUDAExecutionProvider" in available_providers():
         providers.insert(1, "CUDAExecutionProvider")  # what TensorRT cannot take runs on CUDA first
-    options = session_options(threads, spinning=spinning, optimization=optimization, profile_prefix=profile_prefix, lean=lean)
+    options = session_options(threads, spinning=spinning, optimization=optimization, profile_prefix=profile_prefix, lean=lean, prepack=prepack)
     with _loadable(model) as data:
         try:
             session = ort.InferenceSession(data, options, providers=providers)
@@ -250,7 +255,7 @@ def make_session(
 def load_error(model) -> str | None:
     """Why onnxruntime cannot load ``model`` (one line), or None if it can."""
     try:
-        make_session(model, optimization="disable", lean=True)
+        make_session(model, optimization="disable", lean=True, prepack=False)
     except GencompressError as e:
         return str(e).split(": ", 1)[-1]
     return None

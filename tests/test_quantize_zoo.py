@@ -229,6 +229,85 @@ def test_rewritten_dcgan_runs_only_int8_kernels(zoo_onnx, tmp_path):
     assert report["ratio"] <= 0.27
 
 
+@pytest.fixture(scope="module")
+def family_onnx(tmp_path_factory):
+    """``family_onnx(name)``: a tiny instance of a Conv-only family (models/conv_families.py)."""
+    from gencompress.models.conv_families import TINY, export_family
+
+    folder = tmp_path_factory.mktemp("families")
+
+    def get(name):
+        path = folder / f"{name}.onnx"
+        if not path.exists():
+            export_family(name, path, legacy=True, **TINY[name])  # TorchScript: seconds faster than dynamo
+        return path
+
+    return get
+
+
+@pytest.mark.parametrize("source,plan", [
+    ("zoo:dcgan", False),  # Gemm from the 1x1 ConvTranspose (Flatten), Tanh moved before the pixel shuffle
+    ("zoo:vae", False),  # Sigmoid moved before the pixel shuffle
+    ("zoo:dcgan", True),  # the speed plan's forms: pixel shuffle spelled channels-last
+    ("family:gan", False),  # nearest upsampling spelled channels-last (resize_nhwc)
+    ("family:style", False),  # a Conv on pixel blocks (conv_space_to_depth)
+])
+def test_ranges_carried_across_the_rewrites_are_the_rewritten_graphs_own(zoo_onnx, family_onnx, source, plan):
+    """quantize calibrates the model before the int8 rewrites: every activation the rewritten
+    graph quantizes gets a range, by name or carried through ops that only move values, equal
+    (to float rounding) to calibrating the rewritten graph itself."""
+    import onnx_ir as ir
+
+    from gencompress.passes.calibrate import carry_ranges
+    from gencompress.passes.insert_qdq import find_layers, make_plan
+    from gencompress.passes.quantize import apply_rewrites, calibrated_ranges, fold_into_layers, prepare
+    from gencompress.passes.speed_plan import rewrite_only
+
+    kind, name = source.split(":")
+    model = ir.load(zoo_onnx(name) if kind == "zoo" else family_onnx(name))
+    prepare(model)
+    fold_into_layers(model)
+    before = model.clone()
+    if plan:
+        model, _ = rewrite_only(model, set())
+    else:
+        model, report = apply_rewrites(model, setting=None, mode="static", exclude=())
+        assert report["applied"]
+    options = dict(calib="minmax", calib_size=32, calib_data=None, seed=0, percentile=99.99, activations="uint8", log=lambda m: None)
+    ranges, _ = calibrated_ranges(before, **options)
+    carried = carry_ranges(model.graph, before.graph, ranges)
+    assert carried  # the rewrites made tensors
+    own, _ = calibrated_ranges(model, **options)
+    seeds = list(make_plan(model.graph, find_layers(model.graph)).seeds)
+    for seed in seeds:
+        lo, hi = ranges.get(seed) or carried[seed]
+        want_lo, want_hi = own[seed]
+        tolerance = 1e-5 * (want_hi - want_lo)
+        assert abs(lo - want_lo) <= tolerance and abs(hi - want_hi) <= tolerance, (seed, (lo, hi), own[seed])
+
+
+def test_quantize_and_the_speed_plan_calibrate_once(zoo_onnx, tmp_path, monkeypatch):
+    """One calibration run per quantize, on the model before the rewrites (it has the
+    ConvTransposes), also when the speed plan builds several rewritten configurations."""
+    import gencompress.passes.calibrate as calibrate
+    import gencompress.passes.speed_plan as speed_plan
+
+    runs, rewrites = [], []
+    real_stats, real_rewrite = calibrate.collect_stats, speed_plan.rewrite_only
+    monkeypatch.setattr(calibrate, "collect_stats", lambda model, *a, **k: (runs.append(model), real_stats(model, *a, **k))[1])
+    monkeypatch.setattr(speed_plan, "rewrite_only", lambda model, keep: (rewrites.append(frozenset(keep)), real_rewrite(model, keep))[1])
+
+    def int8_slower(models, reference=True, give_up=None):  # every configuration with int8 layers loses
+        return [{1: 1.2, 64: 1.2} for _ in models]
+
+    for objective in ("size", "balanced"):
+        runs.clear()
+        report = quantize(zoo_onnx("dcgan"), tmp_path / f"{objective}.onnx", objective=objective, calib_size=32, check=False, timer=int8_slower)
+        assert len(runs) == 1, objective
+        assert "ConvTranspose" in [node.op_type for node in runs[0].graph], objective
+    assert len(set(rewrites)) > 1  # configurations with different ConvTransposes kept float
+
+
 def test_sensitivity_is_reproducible(zoo_onnx):
     src = zoo_onnx("dcgan")
     a = sensitivity(src, calib_size=CALIB, eval_size=32)
