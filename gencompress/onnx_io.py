@@ -93,6 +93,154 @@ def load_header(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
+# ---- a self-contained model read with its weights left in the file --------------------------
+
+MAPPED_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+
+
+class _NotMappable(Exception):
+    pass
+
+
+def _read_varint(buf, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise _NotMappable
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _fields(buf, pos: int, end: int):
+    """(field number, wire type, start of the field, start of its value, end of the field) of a
+    protobuf message's bytes ``buf[pos:end]``; a length-delimited value is ``buf[value:end]``."""
+    while pos < end:
+        start = pos
+        key, pos = _read_varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        value = pos
+        if wire == 0:
+            _, pos = _read_varint(buf, pos, end)
+        elif wire == 1:
+            pos += 8
+        elif wire == 2:
+            length, value = _read_varint(buf, pos, end)
+            pos = value + length
+        elif wire == 5:
+            pos += 4
+        else:  # groups: not in ONNX
+            raise _NotMappable
+        if pos > end or number == 0:
+            raise _NotMappable
+        yield number, wire, start, value, pos
+
+
+def _message(number: int, body: bytes) -> bytes:
+    return _encode_varint(number << 3 | 2) + _encode_varint(len(body)) + body
+
+
+def _mapped_tensor(buf, start: int, end: int, location: str) -> bytes | None:
+    """A TensorProto's bytes with its raw data replaced by a reference to where it lies in the
+    file (``location``, absolute offset and length); None to keep it as it is."""
+    fields = list(_fields(buf, start, end))
+    numbers = {f[0] for f in fields}
+    dtype = next((_read_varint(buf, f[3], f[4])[0] for f in fields if f[0] == 2 and f[1] == 0), None)
+    raw = [f for f in fields if f[0] == 9 and f[1] == 2]
+    if dtype not in MAPPED_TYPES or len(raw) != 1 or numbers & {13, 14} or raw[0][4] - raw[0][3] < SPILL_THRESHOLD:
+        return None
+    _, _, raw_start, offset, raw_end = raw[0]
+    kept = b"".join(bytes(buf[f[2] : f[4]]) for f in fields if f is not raw[0])
+    entries = b"".join(
+        _message(13, _message(1, key.encode()) + _message(2, value.encode()))
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(raw_end - offset)))
+    )
+    return kept + entries + _encode_varint(14 << 3) + _encode_varint(onnx.TensorProto.EXTERNAL)
+
+
+def _header_bytes(buf, location: str) -> bytes | None:
+    """The model's bytes with every large float initializer of its main graph left in the file."""
+    out, mapped = bytearray(), 0
+    for number, wire, start, value, end in _fields(buf, 0, len(buf)):
+        if number != 7 or wire != 2:  # not ModelProto.graph
+            out += buf[start:end]
+            continue
+        graph = bytearray()
+        for g_number, g_wire, g_start, g_value, g_end in _fields(buf, value, end):
+            tensor = _mapped_tensor(buf, g_value, g_end, location) if g_number == 5 and g_wire == 2 else None  # GraphProto.initializer
+            if tensor is None:
+                graph += buf[g_start:g_end]
+            else:
+                graph += _message(5, tensor)
+                mapped += 1
+        out += _message(7, bytes(graph))
+    return bytes(out) if mapped else None
+
+
+def load_mapped(path: str | os.PathLike) -> onnx.ModelProto:
+    """``load_header``, and for a self-contained file also its large float initializers left in
+    the file: each becomes an external-data reference to where its raw bytes lie in the ``.onnx``
+    itself, read memory-mapped one at a time like a side file's weights (``load_header`` holds
+    the file's bytes and the parsed model at once: twice the file). A file this reader cannot
+    walk (a malformed one) is read by ``load_header``, which says what is wrong with it."""
+    import mmap
+
+    path = as_path(path)
+    size = regular_file(path)
+    if 0 < size <= PROTOBUF_LIMIT:
+        header = None
+        try:
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                view = memoryview(buf)
+                try:
+                    header = _header_bytes(view, path.name)
+                except _NotMappable:
+                    pass
+                finally:
+                    view.release()  # before the mapping closes
+        except (OSError, ValueError):
+            pass
+        if header is not None:
+            try:
+                model = onnx.load_model_from_string(header)
+            except Exception:
+                model = None
+            if model is not None and (model.graph.node or model.graph.output):
+                external_data_entries(model, path)
+                return model
+    return load_header(path)
+
+
+def stored_bytes(path: str | os.PathLike, entries) -> int:
+    """A model's self-contained size from its files: the ``.onnx`` plus the external data
+    ``entries`` (``external_data_entries``) hold outside it (not ByteSize: protobuf serializes a
+    model to size it, a transient copy of the whole)."""
+    own = Path(path).resolve()
+    return Path(path).stat().st_size + sum(length for _, file, _, length in entries if file.resolve() != own)
+
+
+def mapped_ir(header: onnx.ModelProto, path: str | os.PathLike):
+    """The ``onnx_ir`` model of ``header`` (read from ``path`` by ``load_mapped`` or
+    ``load_header``): its external weights read from their files when used, memory-mapped."""
+    import onnx_ir as ir
+
+    model = ir.serde.deserialize_model(header)
+    ir.external_data.set_base_dir(model.graph, Path(path).resolve().parent)
+    return model
+
+
 def small_external_tensors(model: onnx.ModelProto, limit: int = 1024) -> bool:
     """Whether a model read without its external data keeps tensors under ``limit`` bytes in a
     side file (onnxruntime cannot read those as shape inputs when it loads the model by path)."""
@@ -207,7 +355,7 @@ def nonfinite_weights(model) -> list[str]:
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
     if isinstance(model, (str, os.PathLike)):
-        header = load_header(model)
+        header = load_mapped(model)
         files = iter([(f, offset) for _, f, offset, _ in external_data_entries(header, Path(model))])  # in tensor order
     else:
         header, files = to_proto(model), iter(())
@@ -392,11 +540,12 @@ def external_data_path(out: str | os.PathLike) -> Path:
 
 
 def save_model(model, out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), *,
-               external_data: bool | None = None, limit: int | None = None) -> Path:
+               external_data: bool | None = None, limit: int | None = None) -> list[Path]:
     """Write ``model`` (proto or onnx_ir), atomically: one self-contained file, or, when the
     model would exceed ``limit`` bytes (default ``EXTERNAL_DATA_LIMIT``, the 2 GB protobuf limit)
     or ``external_data`` is True, ``out`` plus its weights in ``out.data`` beside it (both
-    written to temp names and renamed, the side file first).
+    written to temp names and renamed, the side file first). Returns the files written (reading
+    them back to list them would parse the whole model).
 
     ``inputs`` are the paths the model was read from; writing over one of them (or over one of
     their external data files) is refused.
@@ -417,7 +566,7 @@ def save_model(model, out: str | os.PathLike, inputs: Iterable[str | os.PathLike
                 for leftover in staged.iterdir():
                     leftover.unlink()
                 staged.rmdir()
-        return Path(out)
+        return [Path(out), side]
     data = None
     if isinstance(model, onnx.ModelProto):
         try:  # serialized once, and only here
@@ -435,16 +584,7 @@ def save_model(model, out: str | os.PathLike, inputs: Iterable[str | os.PathLike
                 f.write(data)
             else:
                 write_streamed(model, f)
-    return Path(out)
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+    return [Path(out)]
 
 
 def write_streamed(model, f) -> None:
@@ -484,10 +624,10 @@ def write_streamed(model, f) -> None:
     for name, tensor in swapped.items():
         data = memoryview(np.ascontiguousarray(tensor.numpy())).cast("B")
         head = stubs[name].SerializeToString(deterministic=True)
-        raw = b"\x4a" + _varint(data.nbytes)  # TensorProto.raw_data (field 9)
+        raw = b"\x4a" + _encode_varint(data.nbytes)  # TensorProto.raw_data (field 9)
         tensor_len = len(head) + len(raw) + data.nbytes
-        initializer = b"\x2a" + _varint(tensor_len)  # GraphProto.initializer (field 5)
-        f.write(b"\x3a" + _varint(len(initializer) + tensor_len) + initializer + head + raw)  # ModelProto.graph (field 7)
+        initializer = b"\x2a" + _encode_varint(tensor_len)  # GraphProto.initializer (field 5)
+        f.write(b"\x3a" + _encode_varint(len(initializer) + tensor_len) + initializer + head + raw)  # ModelProto.graph (field 7)
         f.write(data)
         del data
         release(tensor)

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnx_ir as ir
 
+from gencompress.onnx_io import release
 from gencompress.passes.prune_report import (
     DEFAULT_MIN_SIZE,
     SCOPES,
@@ -25,24 +26,33 @@ from gencompress.passes.prune_report import (
 from gencompress.passes.registry import GencompressPass, register
 
 
-def smallest_mask(magnitudes: np.ndarray, count: int) -> np.ndarray:
-    """Boolean keep-mask of a flat array: False at its ``count`` smallest entries.
+def smallest_mask(values: np.ndarray, count: int, chunk: int = 1 << 22) -> np.ndarray:
+    """Boolean keep-mask of ``values`` flattened: False at its ``count`` entries of smallest magnitude.
 
     Ties are broken by position (the earlier entry goes first), so the result is deterministic;
-    NaN sorts last and is never pruned.
+    NaN sorts last and is never pruned. One magnitude copy at a time: the count-th smallest by
+    an in-place partition of it (linear, no index array: a full argsort of a large weight took
+    seconds and 2x its memory), then the entries below it and the earliest ties, a chunk at a time.
     """
-    keep = np.ones(magnitudes.size, dtype=bool)
+    flat = values.reshape(-1)
+    keep = np.ones(flat.size, dtype=bool)
     if count <= 0:
         return keep
-    # the count-th smallest value by partition (linear, no index array: a full argsort of a large
-    # weight took seconds and 2x its memory), then everything below it and the earliest ties
-    kth = np.partition(magnitudes, count - 1)[count - 1]
+    magnitudes = np.abs(flat)
+    magnitudes.partition(count - 1)
+    kth = magnitudes[count - 1]
+    del magnitudes
     if np.isnan(kth):  # more to prune than non-NaN entries: the sorted order decides
-        keep[np.argsort(magnitudes, kind="stable")[:count]] = False
+        keep[np.argsort(np.abs(flat), kind="stable")[:count]] = False
         return keep
-    below = magnitudes < kth
-    keep[below] = False
-    keep[np.flatnonzero(magnitudes == kth)[: count - int(np.count_nonzero(below))]] = False
+    below, ties = 0, []
+    for start in range(0, flat.size, chunk):
+        part = np.abs(flat[start : start + chunk])
+        small = part < kth
+        keep[start : start + chunk][small] = False
+        below += int(np.count_nonzero(small))
+        ties.append(start + np.flatnonzero(part == kth))
+    keep[np.concatenate(ties)[: count - below]] = False
     return keep
 
 
@@ -98,34 +108,37 @@ class MagnitudePrunePass(GencompressPass):
         params_before = float_params(graph)
         targets = weight_targets(graph)
         selection = choose_targets(targets, exclude=o.exclude, min_size=o.min_size, keep_first_last=o.keep_first_last)
-        arrays = {t.name: t.array() for t in selection.selected}
+        selected = {t.name for t in selection.selected}
 
         keeps: dict[str, np.ndarray] = {}
-        if o.scope == "layer":
-            for name, a in arrays.items():
-                # |w| in w's own type: its order is the float64 one (every float widens exactly),
-                # without float64 copies of a large weight
-                keeps[name] = smallest_mask(np.abs(a).ravel(), round_half_up(o.sparsity * a.size))
-        elif arrays:
-            flat = np.concatenate([np.abs(a.astype(np.float64)).ravel() for a in arrays.values()])
+        if o.scope == "global" and selected:
+            flat = np.concatenate([np.abs(t.array().astype(np.float64)).ravel() for t in selection.selected])
             keep = smallest_mask(flat, round_half_up(o.sparsity * flat.size))
             start = 0
-            for name, a in arrays.items():
-                keeps[name] = keep[start : start + a.size]
-                start += a.size
+            for t in selection.selected:
+                keeps[t.name] = keep[start : start + t.size]
+                start += t.size
+            del flat, keep
 
         rows = []
-        for t in targets:
-            if t.name not in arrays:
-                s = stats(t.array())
+        for t in targets:  # one weight at a time: a memory-mapped one is read, pruned and let go
+            a = t.array()
+            if t.name not in selected:
+                s = stats(a)
                 rows.append(row(t.name, t.op_type, t.node_names, s, s, "dense", selection.skipped[t.name]))
                 continue
-            a = arrays[t.name]
-            pruned = apply_mask(a, keeps[t.name])
-            if not _same_bits(pruned, a):
+            # per layer: |w| in w's own type, whose order is the float64 one (every float widens
+            # exactly), without float64 copies of a large weight
+            keep = keeps.pop(t.name) if o.scope == "global" else smallest_mask(a, round_half_up(o.sparsity * a.size))
+            pruned = apply_mask(a, keep)
+            before, same = stats(a), _same_bits(pruned, a)
+            del a, keep
+            if not same:
+                original = t.value.const_value
                 write_array(t.value, pruned)
+                release(original)  # a memory-mapped weight's pages leave this process
                 modified = True
-            rows.append(row(t.name, t.op_type, t.node_names, stats(a), stats(pruned), "pruned"))
+            rows.append(row(t.name, t.op_type, t.node_names, before, stats(pruned), "pruned"))
 
         self.report = {
             "pass": self.pass_name,

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from gencompress.errors import GencompressError
-from gencompress.onnx_io import materialize, model_files, refuse_nonfinite_weights, refuse_overwrite, save_model, spill, with_scratch_folder
+from gencompress.onnx_io import materialize, refuse_nonfinite_weights, refuse_overwrite, save_model, spill, with_scratch_folder
 from gencompress.passes.prune_report import DEFAULT_MIN_SIZE
 
 MODES = ("unstructured", "nm", "channel")
@@ -87,18 +87,16 @@ def prune(
 
     options = _options(sparsity, mode, scope, nm, exclude, min_size, keep_first_last, criterion)
     refuse_overwrite(out_path, [in_path])
-    from gencompress.onnx_io import external_data_entries, load_external_data, load_header
+    from gencompress.onnx_io import external_data_entries, load_external_data, load_mapped, mapped_ir, stored_bytes
 
-    proto = load_header(in_path)  # one parse: the input's files listed before its weights are read
+    proto = load_mapped(in_path)  # the graph; its weights left in their files, read memory-mapped when used
     entries = external_data_entries(proto, Path(in_path))
-    in_files = [Path(in_path), *sorted({f for _, f, _, _ in entries})]
-    # the self-contained size: the file's own size plus its external data (not ByteSize: protobuf
-    # serializes a model to size it, a transient copy of a self-contained input)
-    bytes_before = Path(in_path).stat().st_size + sum(length for *_, length in entries)
-    load_external_data(proto, in_path)
-    refuse_nonfinite_weights(proto, in_path)
+    in_files = list(dict.fromkeys([Path(in_path).resolve(), *sorted(f.resolve() for _, f, _, _ in entries)]))
+    bytes_before = stored_bytes(in_path, entries)
+    refuse_nonfinite_weights(in_path, in_path)
     densified = _densify_sparse_initializers(proto)
     if densified:  # the dense model the pass starts from, serialized once for both sizes
+        load_external_data(proto, in_path)
         dense = proto.SerializeToString(deterministic=True)
         bytes_before, level = len(dense), deflate_level(len(dense))
         deflate_before = deflate_size(dense, level)
@@ -107,13 +105,14 @@ def prune(
         level = deflate_level(bytes_before)
         deflate_before = deflate_files(in_files, level)
 
-    model = ir.serde.deserialize_model(proto)  # wraps the proto's tensors, no copy
+    model = mapped_ir(proto, in_path)  # wraps the proto's tensors, no copy
     del proto
     from gencompress.passes.quantize import _own_tensors
 
-    # the weights moved to the scratch folder and read back memory-mapped, one at a time: the
-    # loaded proto is freed, and only the pruned copies are held in memory
-    if spill(model, "input.onnx") is not None:
+    # large weights load_mapped leaves in memory (densified sparse ones, integer ones, those of
+    # subgraphs) moved to the scratch folder and read back memory-mapped, one at a time:
+    # the loaded proto is freed, and only the pruned copies are held in memory
+    if _inline_bytes(model) > 2**20 and spill(model, "input.onnx") is not None:
         _own_tensors(model)
         gc.collect()  # onnx_ir graphs hold reference cycles: the proto goes only with them
     signature = _signature(model.graph)
@@ -143,11 +142,10 @@ def prune(
         _own_tensors(model)  # the weights left as they were: so that the input's proto is freed
         out_model = model
     del model
-    save_model(out_model, out_path, inputs=[in_path], external_data=external_data)
+    written = save_model(out_model, out_path, inputs=[in_path], external_data=external_data)
     del out_model
     gc.collect()  # onnx_ir graphs hold reference cycles: the weights go before the output is read back
 
-    written = model_files(out_path)
     bytes_after = sum(f.stat().st_size for f in written)
 
     result = {
@@ -173,6 +171,14 @@ def prune(
         result["sparse_initializers"] = sparse
     result["warnings"] = warnings
     return result
+
+
+def _inline_bytes(model) -> int:
+    """Bytes of the weights an ``onnx_ir`` model holds in memory (not memory-mapped from a file)."""
+    import onnx_ir as ir
+
+    return sum(v.const_value.nbytes for g in model.graphs() for v in g.initializers.values()
+               if v.const_value is not None and not isinstance(v.const_value, ir.ExternalTensor))
 
 
 def _options(sparsity, mode, scope, nm, exclude, min_size, keep_first_last, criterion) -> dict:

@@ -428,6 +428,11 @@ def validate_options(
             raise GencompressError(f"{', '.join(static_only)}: only for --mode static (--mode {mode} has no calibrated activations)")
 
 
+# above this, quantize says how much memory the speed plan takes (measured: benchmarks/scale.py's
+# 47M generator, default objective: 3.5-4.3 GB, 94-136 s)
+PLAN_NOTE_BYTES = 100e6
+
+
 @with_scratch_folder  # streamed weights live there for the run
 def quantize(
     in_path,
@@ -486,8 +491,8 @@ def quantize(
     import onnx_ir as ir
 
     from gencompress.onnx_io import (
-        external_data_entries, external_tensors, file_bytes, load_external_data, load_header, materialize, refuse_nonfinite_weights,
-        refuse_overwrite, release, save_model, skeleton, spill,
+        external_data_entries, external_tensors, load_external_data, load_mapped, mapped_ir, materialize, refuse_nonfinite_weights,
+        refuse_overwrite, release, save_model, skeleton, spill, stored_bytes,
     )
     from gencompress.passes.calibrate import DEFAULT_PERCENTILE
 
@@ -522,9 +527,9 @@ def quantize(
 
     planned = mode == "static" and objective != "size"
     stream = not planned and target_psnr is None  # one build, no plan: see ``streamed`` below
-    reference = load_header(in_path)  # a self-contained file: the whole model
+    reference = load_mapped(in_path)  # the graph; its weights left in their files
     entries = external_data_entries(reference, Path(in_path))
-    on_disk = Path(in_path).stat().st_size + sum(length for *_, length in entries)
+    on_disk = stored_bytes(in_path, entries)
     mapped = stream and bool(entries) and _needs_no_upgrade(reference)  # weights read where they are, memory-mapped, never whole
     if not mapped:
         load_external_data(reference, in_path)
@@ -532,13 +537,15 @@ def quantize(
     _check_float_model(reference, in_path)
 
     notes: list[str] = []
+    if planned and on_disk > PLAN_NOTE_BYTES:
+        note = (f"note: --objective {objective} times several builds of this {on_disk / 1e6:.0f} MB model side by side (peak memory "
+                "18-23x the file on a 190 MB generator); --objective size reads it a weight at a time (under 3x)")
+        notes.append(note)
+        log(note)
     upgraded = upgrade_opset(reference, in_path, lambda message: (notes.append(message), log(message)))
     # the evaluation's reference: the input file itself (onnxruntime reads it), or the upgraded
     # model when the opset was converted
     eval_reference = in_path if upgraded is reference else upgraded
-    # the self-contained size, even when the input keeps its weights in a side file: the file's
-    # own size plus its external data (not ByteSize: protobuf serializes a model to size it, a
-    # transient copy that was the peak of a streamed quantize)
     before = on_disk if upgraded is reference else upgraded.ByteSize()
     reference = upgraded
     del upgraded  # only ``reference`` (deleted below) and ``eval_reference`` may keep the proto alive
@@ -549,7 +556,7 @@ def quantize(
     calib_feeds, eval_feeds, eval_source = _evaluation_set(header, mode, calib_data, calib_size, eval_size, seed)
     # one copy of the weights in memory: the onnx_ir model wraps the proto's tensors, and the
     # reference's sessions read the input file itself
-    model = ir.load(in_path) if mapped else ir.serde.deserialize_model(reference)
+    model = mapped_ir(reference, in_path) if mapped else ir.serde.deserialize_model(reference)
     del reference
     prepare(model, keep_debug_metadata=keep_debug_metadata)
     # one build, no plan: the weights are streamed (moved to the scratch folder, read back one
@@ -562,8 +569,10 @@ def quantize(
     unrewritten = ir.serde.serialize_model(model) if planned else None
     before_rewrites = None
     if mode == "static" and not planned:  # calibrated in place of the rewritten model (see static_quantizer)
-        if streamed and folded:
-            spill(model, "folded.onnx")  # the folded weights too: the rewrites read them back one at a time
+        if streamed and (folded or mapped):
+            # the folded weights out of memory too, all weights in the scratch folder: onnxruntime
+            # maps them from there (weights in a user's folder would be copied for its session)
+            spill(model, "folded.onnx")
             gc.collect()
         before_rewrites = model.clone()  # shares the weights: the rewrites make new tensors
     model, rewrite_report = apply_rewrites(model, setting=rewrite, mode=mode, exclude=exclude)
@@ -601,6 +610,8 @@ def quantize(
             quantizer = weight_only_quantizer(model, bits=bits, block_size=block_size)
             report.update(bits=bits, block_size=block_size if bits == 4 else None)
         if unrewritten is not None:  # measure, then decide which layers compute in int8
+            model = None  # the plan builds from ``unrewritten``: the loaded weights and their rewrites go
+            gc.collect()
             quantizer, proto, pass_report, report["speed_plan"] = _planned_quantizer(
                 unrewritten, rewrite_report, exclude, objective, timer or speed_plan.interleaved_timer(
                     eval_reference, header=header, provider=provider, threads=threads, batches=batches, seed=seed),
@@ -624,8 +635,7 @@ def quantize(
     if check and psnr is None:
         evaluator = Evaluator(eval_reference, eval_feeds, source=eval_source)
         psnr = evaluator.psnr(proto)
-    save_model(proto, out_path, inputs=sources, external_data=external_data)
-    after = file_bytes(out_path)
+    after = sum(path.stat().st_size for path in save_model(proto, out_path, inputs=sources, external_data=external_data))
     report.update(
         bytes_before=before,
         bytes_after=after,

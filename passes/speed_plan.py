@@ -422,7 +422,6 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
     fixed = fixed_batch(header)
     batches = (fixed,) if fixed else tuple(sorted(batches))
     specs = specs_of_model(header)
-    ref_bytes = model_bytes(reference)
 
     float_session = None
     probed: dict = {}  # batch -> (feeds, runs, warm-up runs), from the float model's time
@@ -437,7 +436,8 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
     def reference_session():
         nonlocal float_session
         if float_session is None:
-            float_session = make_session(ref_bytes, provider=provider, threads=threads, label="float")
+            # from the path when it is one: no bytes copy of the float model held for the plan
+            float_session = make_session(reference, provider=provider, threads=threads, label="float")
         return float_session
 
     def measure(models, reference=True, give_up=None):

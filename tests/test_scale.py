@@ -218,3 +218,80 @@ def test_quantize_reads_external_data_in_place_and_writes_the_same_model(zoo_onn
     assert loaded == []  # the header and memory-mapped weights only
     quantize(src, tmp_path / "b.onnx", objective="size", check=False)
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_load_mapped_leaves_the_weights_in_the_file_and_reads_the_same_model(zoo_onnx, tmp_path):
+    """A self-contained model read with its large float initializers left in the .onnx itself:
+    each an external-data reference to where its bytes lie, together the very model onnx.load
+    reads; small, integer and subgraph tensors stay inline."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    from gencompress import onnx_io
+
+    rng = np.random.default_rng(0)
+    big = numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "big")
+    half = numpy_helper.from_array(rng.standard_normal((40, 32)).astype(np.float16), "half")
+    small = numpy_helper.from_array(np.ones(8, np.float32), "small")
+    shape = numpy_helper.from_array(np.arange(300, dtype=np.int64), "ints")  # 2400 bytes, not float
+    inner = helper.make_graph([helper.make_node("Identity", ["big"], ["t"])], "then", [], [helper.make_tensor_value_info("t", onnx.TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(rng.standard_normal(1000).astype(np.float32), "sub")])
+    nodes = [helper.make_node("MatMul", ["x", "big"], ["y"]), helper.make_node("If", ["c"], ["z"], then_branch=inner, else_branch=inner)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64]), helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 32]), helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None)],
+                              [big, half, small, shape])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), path)
+    for source in (path, Path(zoo_onnx("dcgan"))):
+        header = onnx_io.load_mapped(source)
+        mapped = {t.name for t in header.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+        entries = onnx_io.external_data_entries(header, source)
+        assert mapped and {file for _, file, _, _ in entries} == {source}
+        if source == path:
+            assert mapped == {"big", "half"}
+        onnx.load_external_data_for_model(header, str(source.parent))
+        for tensor in header.graph.initializer:
+            tensor.ClearField("data_location")
+        assert header.SerializeToString(deterministic=True) == onnx.load(str(source)).SerializeToString(deterministic=True)
+
+
+def test_load_mapped_refuses_what_load_header_refuses(tmp_path, zoo_onnx):
+    """A file the reader cannot walk (truncated, garbage) gets load_header's one-line error."""
+    from gencompress import onnx_io
+    from gencompress.errors import GencompressError
+
+    data = Path(zoo_onnx("dcgan")).read_bytes()
+    for name, content in (("cut.onnx", data[: len(data) // 2]), ("junk.onnx", b"\x3a\xff\xff\xff\xff\x0f" + data[:100]), ("text.onnx", b"hello")):
+        (tmp_path / name).write_bytes(content)
+        try:
+            onnx_io.load_header(tmp_path / name)
+            expected = None
+        except GencompressError as e:
+            expected = str(e)
+        try:
+            got = onnx_io.load_mapped(tmp_path / name)
+        except GencompressError as e:
+            assert str(e) == expected and "\n" not in str(e)
+        else:
+            assert expected is None and got.graph.node
+
+
+def test_prune_reads_a_self_contained_model_in_place(zoo_onnx, tmp_path, monkeypatch):
+    """prune never reads the whole input into one proto (its weights are memory-mapped from the
+    .onnx) and writes the same model as from the same weights in a side file."""
+    from gencompress import onnx_io
+    from gencompress.passes.prune import prune
+
+    src = Path(zoo_onnx("dcgan"))
+    external = tmp_path / "in" / "g.onnx"
+    onnx_io.save_model(onnx_io.load_model(src), external, external_data=True)
+    loaded = []
+    real_load = onnx.load
+    monkeypatch.setattr(onnx, "load", lambda path, *a, **k: loaded.append(path) or real_load(path, *a, **k))
+    a = prune(src, tmp_path / "a.onnx", sparsity=0.5)
+    assert loaded == []
+    monkeypatch.undo()
+    b = prune(external, tmp_path / "b.onnx", sparsity=0.5)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert a["totals"]["bytes_before"] == src.stat().st_size  # the weights counted once, not as a side file too
+    assert a["totals"]["deflate_before"] < src.stat().st_size
