@@ -156,13 +156,17 @@ def _mapped_tensor(buf, start: int, end: int, location: str) -> bytes | None:
     """A TensorProto's bytes with its raw data replaced by a reference to where it lies in the
     file (``location``, absolute offset and length); None to keep it as it is."""
     fields = list(_fields(buf, start, end))
-    numbers = {f[0] for f in fields}
-    dtype = next((_read_varint(buf, f[3], f[4])[0] for f in fields if f[0] == 2 and f[1] == 0), None)
+
+    def varints(number):
+        return [_read_varint(buf, f[3], f[4])[0] for f in fields if f[0] == number and f[1] == 0]
+
+    dtype = next(iter(varints(2)), None)
     raw = [f for f in fields if f[0] == 9 and f[1] == 2]
-    if dtype not in MAPPED_TYPES or len(raw) != 1 or numbers & {13, 14} or raw[0][4] - raw[0][3] < SPILL_THRESHOLD:
+    external = any(f[0] == 13 for f in fields) or any(varints(14))  # already external: left as it is
+    if dtype not in MAPPED_TYPES or len(raw) != 1 or external or raw[0][4] - raw[0][3] < SPILL_THRESHOLD:
         return None
     _, _, raw_start, offset, raw_end = raw[0]
-    kept = b"".join(bytes(buf[f[2] : f[4]]) for f in fields if f is not raw[0])
+    kept = b"".join(bytes(buf[f[2] : f[4]]) for f in fields if f is not raw[0] and f[0] != 14)  # data_location DEFAULT: set below
     entries = b"".join(
         _message(13, _message(1, key.encode()) + _message(2, value.encode()))
         for key, value in (("location", location), ("offset", str(offset)), ("length", str(raw_end - offset)))

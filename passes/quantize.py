@@ -580,7 +580,7 @@ def quantize(
         rewrite_report["folded_into_layers"] = folded
     if not rewrite_report["applied"]:
         before_rewrites = None
-    if streamed:
+    if streamed and rewrite_report["applied"]:  # the rewrites' new weights out of memory (the others are already)
         spill(model, "rewritten.onnx")
         gc.collect()
     for tensor in external_tensors(before_rewrites) if before_rewrites is not None else ():

@@ -42,10 +42,11 @@ def test_external_data_through_quantize_prune_and_check(zoo_onnx, tmp_path, monk
     from gencompress import onnx_io
     from gencompress.runtime_check import sessions
 
+    dcgan = zoo_onnx("dcgan")  # exported before the limit is lowered: the shared copy stays self-contained
     monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_LIMIT", 4096)
     monkeypatch.setattr(sessions, "BYTES_LIMIT", 4096)
     src = tmp_path / "in" / "g.onnx"
-    onnx_io.save_model(onnx_io.load_model(zoo_onnx("dcgan")), src)
+    onnx_io.save_model(onnx_io.load_model(dcgan), src)
     assert _external_files(src) == {"g.onnx.data"} and src.stat().st_size < 64 * 1024
 
     pruned = tmp_path / "out" / "p.onnx"
@@ -134,6 +135,7 @@ def test_compress_and_bench_with_external_data(zoo_onnx, tmp_path, monkeypatch, 
     from gencompress import onnx_io
     from gencompress.runtime_check import sessions
 
+    dcgan = zoo_onnx("dcgan")  # exported before the limit is lowered: the shared copy stays self-contained
     monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_LIMIT", 4096)
     monkeypatch.setattr(sessions, "BYTES_LIMIT", 4096)
     serialize = sessions.model_bytes
@@ -145,7 +147,7 @@ def test_compress_and_bench_with_external_data(zoo_onnx, tmp_path, monkeypatch, 
 
     monkeypatch.setattr(sessions, "model_bytes", refusing)
     src = tmp_path / "in" / "g.onnx"
-    onnx_io.save_model(onnx_io.load_model(zoo_onnx("dcgan")), src)
+    onnx_io.save_model(onnx_io.load_model(dcgan), src)
     assert _external_files(src) == {"g.onnx.data"}
 
     out = tmp_path / "job"
@@ -242,7 +244,9 @@ def test_load_mapped_leaves_the_weights_in_the_file_and_reads_the_same_model(zoo
                               [big, half, small, shape])
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph), path)
-    for source in (path, Path(zoo_onnx("dcgan"))):
+    dcgan = tmp_path / "dcgan.onnx"
+    onnx.save(onnx.load(str(zoo_onnx("dcgan"))), dcgan)  # self-contained (the zoo's copy may keep a side file)
+    for source in (path, dcgan):
         header = onnx_io.load_mapped(source)
         mapped = {t.name for t in header.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
         entries = onnx_io.external_data_entries(header, source)
@@ -250,9 +254,10 @@ def test_load_mapped_leaves_the_weights_in_the_file_and_reads_the_same_model(zoo
         if source == path:
             assert mapped == {"big", "half"}
         onnx.load_external_data_for_model(header, str(source.parent))
-        for tensor in header.graph.initializer:
-            tensor.ClearField("data_location")
-        assert header.SerializeToString(deterministic=True) == onnx.load(str(source)).SerializeToString(deterministic=True)
+        whole = onnx.load(str(source))
+        for tensor in [*header.graph.initializer, *whole.graph.initializer]:
+            tensor.ClearField("data_location")  # DEFAULT, set or not
+        assert header.SerializeToString(deterministic=True) == whole.SerializeToString(deterministic=True)
 
 
 def test_load_mapped_refuses_what_load_header_refuses(tmp_path, zoo_onnx):
@@ -282,7 +287,8 @@ def test_prune_reads_a_self_contained_model_in_place(zoo_onnx, tmp_path, monkeyp
     from gencompress import onnx_io
     from gencompress.passes.prune import prune
 
-    src = Path(zoo_onnx("dcgan"))
+    src = tmp_path / "dcgan.onnx"
+    onnx.save(onnx.load(str(zoo_onnx("dcgan"))), src)  # self-contained (the zoo's copy may keep a side file)
     external = tmp_path / "in" / "g.onnx"
     onnx_io.save_model(onnx_io.load_model(src), external, external_data=True)
     loaded = []
