@@ -260,6 +260,22 @@ def test_load_mapped_leaves_the_weights_in_the_file_and_reads_the_same_model(zoo
         assert header.SerializeToString(deterministic=True) == whole.SerializeToString(deterministic=True)
 
 
+def test_load_mapped_reads_whole_what_side_file_rules_refuse(tmp_path, zoo_onnx):
+    """A file whose name or place the external-data rules refuse (a colon, a symlink into another
+    folder) is read whole, not refused."""
+    from gencompress import onnx_io
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    odd = tmp_path / "a" / "x:y.onnx"
+    onnx.save(onnx.load(str(zoo_onnx("dcgan"))), odd)
+    (tmp_path / "b" / "link.onnx").symlink_to(odd)
+    for path in (odd, tmp_path / "b" / "link.onnx"):
+        model = onnx_io.load_mapped(path)
+        assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+        assert model.graph.initializer[0].raw_data
+
+
 def test_load_mapped_refuses_what_load_header_refuses(tmp_path, zoo_onnx):
     """A file the reader cannot walk (truncated, garbage) gets load_header's one-line error."""
     from gencompress import onnx_io
