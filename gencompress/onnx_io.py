@@ -193,40 +193,49 @@ def _header_bytes(buf, location: str) -> bytes | None:
     return bytes(out) if mapped else None
 
 
+def _walked_header(path: Path) -> onnx.ModelProto | None:
+    """The model at ``path`` parsed without the raw bytes of its large float initializers (each an
+    external-data reference into the file itself, not validated); None when the file cannot be
+    walked, does not parse, or has no such initializer."""
+    import mmap
+
+    header = None
+    try:
+        if not 0 < path.stat().st_size <= PROTOBUF_LIMIT:
+            return None
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            view = memoryview(buf)
+            try:
+                header = _header_bytes(view, path.name)
+            except _NotMappable:
+                pass
+            finally:
+                view.release()  # before the mapping closes
+    except (OSError, ValueError):
+        return None
+    if header is None:
+        return None
+    try:
+        return onnx.load_model_from_string(header)
+    except Exception:
+        return None
+
+
 def load_mapped(path: str | os.PathLike) -> onnx.ModelProto:
     """``load_header``, and for a self-contained file also its large float initializers left in
     the file: each becomes an external-data reference to where its raw bytes lie in the ``.onnx``
     itself, read memory-mapped one at a time like a side file's weights (``load_header`` holds
     the file's bytes and the parsed model at once: twice the file). A file this reader cannot
     walk (a malformed one) is read by ``load_header``, which says what is wrong with it."""
-    import mmap
-
     path = as_path(path)
-    size = regular_file(path)
-    if 0 < size <= PROTOBUF_LIMIT:
-        header = None
-        try:
-            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                view = memoryview(buf)
-                try:
-                    header = _header_bytes(view, path.name)
-                except _NotMappable:
-                    pass
-                finally:
-                    view.release()  # before the mapping closes
-        except (OSError, ValueError):
+    regular_file(path)
+    model = _walked_header(path)
+    if model is not None and (model.graph.node or model.graph.output):
+        try:  # a name the side-file rules refuse (a colon; a symlink to another folder): read whole
+            external_data_entries(model, path)
+            return model
+        except GencompressError:
             pass
-        if header is not None:
-            try:
-                model = onnx.load_model_from_string(header)
-            except Exception:
-                model = None
-            if model is not None and (model.graph.node or model.graph.output):
-                try:  # a name the side-file rules refuse (a colon; a symlink to another folder): read whole
-                    external_data_entries(model, path)
-                    return model
-                except GencompressError:
-                    pass
     return load_header(path)
 
 
@@ -341,15 +350,15 @@ def external_data_files(path) -> list[Path]:
         return []
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
-    try:
-        model = onnx.load(str(path), load_external_data=False)
+    try:  # the graph only: a self-contained model's weights are not read to find there are no side files
+        model = _walked_header(path) or onnx.load(str(path), load_external_data=False)
     except Exception:
         return []
     files = set()
     for tensor in _get_all_tensors(model):
         if uses_external_data(tensor):
             location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-            if location:
+            if location and location != path.name:  # not the walker's references into the file itself
                 files.add(path.parent / location)
     return sorted(files)
 
@@ -535,11 +544,6 @@ def model_files(path: str | os.PathLike) -> list[Path]:
     return [Path(path), *external_data_files(path)]
 
 
-def file_bytes(path: str | os.PathLike) -> int:
-    """Bytes on disk of a model: the ``.onnx`` plus its external data files."""
-    return sum(p.stat().st_size for p in model_files(path))
-
-
 def external_data_path(out: str | os.PathLike) -> Path:
     """The side file ``save_model`` writes beside ``out`` for weights kept outside it."""
     out = Path(out)
@@ -705,6 +709,14 @@ def external_tensors(model) -> list:
     import onnx_ir as ir
 
     return [v.const_value for g in model.graphs() for v in g.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)]
+
+
+def inline_bytes(model) -> int:
+    """Bytes of the initializers an ``onnx_ir`` model holds in memory (not memory-mapped), subgraphs included."""
+    import onnx_ir as ir
+
+    return sum(v.const_value.nbytes for g in model.graphs() for v in g.initializers.values()
+               if v.const_value is not None and not isinstance(v.const_value, ir.ExternalTensor))
 
 
 def release(tensor) -> None:

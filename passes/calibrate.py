@@ -399,6 +399,8 @@ def calibration_inputs(model, *, size: int | None = None, seed: int = 0, data=No
 # ops that only move values: the output holds each input value equally often (a permutation, or
 # Expand's uniform repeat), so every method's range of the output is the input's
 MOVING_OPS = frozenset({"Reshape", "Flatten", "Transpose", "DepthToSpace", "SpaceToDepth", "Squeeze", "Unsqueeze", "Identity", "Expand"})
+# and a Slice: when it alone reads a tensor, the values it drops are read by nobody
+FORWARD_OPS = MOVING_OPS | {"Slice"}
 
 
 def carry_ranges(graph, before, ranges: Mapping[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
@@ -429,7 +431,7 @@ def carry_ranges(graph, before, ranges: Mapping[str, tuple[float, float]]) -> di
         current = act.outputs[0]
         while current.name not in made_before:
             reader = sole_reader(current)
-            if reader is None or reader.op_type not in (*MOVING_OPS, "Slice"):
+            if reader is None or reader.op_type not in FORWARD_OPS:
                 return None
             current = reader.outputs[0]
         original = made_before[current.name]
@@ -449,7 +451,7 @@ def carry_ranges(graph, before, ranges: Mapping[str, tuple[float, float]]) -> di
         if producer is not None and is_onnx_domain(producer) and producer.op_type in MOVING_OPS and producer.inputs[0] is not None:
             found = find(producer.inputs[0])
         reader = sole_reader(value) if found is None else None
-        if reader is not None and reader.op_type in (*MOVING_OPS, "Slice"):
+        if reader is not None and reader.op_type in FORWARD_OPS:
             found = find(reader.outputs[0])
         elif reader is not None and reader.op_type in HOISTABLE_ACTIVATIONS:
             found = moved_activation_input(reader)

@@ -87,7 +87,7 @@ def prune(
 
     options = _options(sparsity, mode, scope, nm, exclude, min_size, keep_first_last, criterion)
     refuse_overwrite(out_path, [in_path])
-    from gencompress.onnx_io import external_data_entries, load_external_data, load_mapped, mapped_ir, stored_bytes
+    from gencompress.onnx_io import external_data_entries, inline_bytes, load_external_data, load_mapped, mapped_ir, stored_bytes
 
     proto = load_mapped(in_path)  # the graph; its weights left in their files, read memory-mapped when used
     entries = external_data_entries(proto, Path(in_path))
@@ -112,7 +112,7 @@ def prune(
     # large weights load_mapped leaves in memory (densified sparse ones, integer ones, those of
     # subgraphs) moved to the scratch folder and read back memory-mapped, one at a time:
     # the loaded proto is freed, and only the pruned copies are held in memory
-    if _inline_bytes(model) > 2**20 and spill(model, "input.onnx") is not None:
+    if inline_bytes(model) > 2**20 and spill(model, "input.onnx") is not None:
         _own_tensors(model)
         gc.collect()  # onnx_ir graphs hold reference cycles: the proto goes only with them
     signature = _signature(model.graph)
@@ -171,14 +171,6 @@ def prune(
         result["sparse_initializers"] = sparse
     result["warnings"] = warnings
     return result
-
-
-def _inline_bytes(model) -> int:
-    """Bytes of the weights an ``onnx_ir`` model holds in memory (not memory-mapped from a file)."""
-    import onnx_ir as ir
-
-    return sum(v.const_value.nbytes for g in model.graphs() for v in g.initializers.values()
-               if v.const_value is not None and not isinstance(v.const_value, ir.ExternalTensor))
 
 
 def _options(sparsity, mode, scope, nm, exclude, min_size, keep_first_last, criterion) -> dict:

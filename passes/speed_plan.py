@@ -350,16 +350,17 @@ class ConfigBuilder:
         if key not in self._quantizers:
             from gencompress.passes.quantize import calibrated_ranges, static_quantizer
 
+            before = ir.serde.deserialize_model(self.prepared)  # wraps the proto's tensors, no copy
             if self._calibrated is None:
                 options = {k: v for k, v in self.static_options.items() if k != "per_tensor"}
-                self._calibrated = calibrated_ranges(ir.serde.deserialize_model(self.prepared), **options)
+                self._calibrated = calibrated_ranges(before, **options)
             model = ir.serde.deserialize_model(self.prepared)
             report = None
             if self.rewrite:
                 model, report = rewrite_only(model, set(keep_float))
             proto = ir.serde.serialize_model(model)
-            before = ir.serde.deserialize_model(self.prepared) if self.rewrite else None
-            quantizer = static_quantizer(proto, exclude=self.exclude, before_rewrites=before, calibrated=self._calibrated, **self.static_options)
+            quantizer = static_quantizer(
+                proto, exclude=self.exclude, before_rewrites=before if self.rewrite else None, calibrated=self._calibrated, **self.static_options)
             self._quantizers[key] = (quantizer, report)
         return self._quantizers[key]
 

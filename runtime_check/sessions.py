@@ -201,10 +201,8 @@ def _header_beside_weights(model) -> Path | None:
     from gencompress import onnx_io
 
     folders = {Path(t.base_dir).resolve() for t in onnx_io.external_tensors(model)}
-    inline = sum(v.const_value.nbytes for g in model.graphs() for v in g.initializers.values()
-                 if v.const_value is not None and not isinstance(v.const_value, ir.ExternalTensor))
     scratch = onnx_io.scratch_folder()
-    if scratch is None or folders != {scratch.resolve()} or inline > BYTES_LIMIT:
+    if scratch is None or folders != {scratch.resolve()} or onnx_io.inline_bytes(model) > BYTES_LIMIT:
         return None
     folder = scratch
     fd, name = tempfile.mkstemp(prefix=".session-", suffix=".onnx", dir=folder)
