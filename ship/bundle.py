@@ -1,9 +1,13 @@
 """`ship`: build a bundle in a staging folder beside OUT_DIR, then move it into place.
 
-    OUT_DIR/model.onnx, manifest.json          always
+    OUT_DIR/model.onnx, manifest.json, test_vectors.bin     always
     OUT_DIR/sample.py                           python target
     OUT_DIR/model.ort, required_operators.config, mobile_usability.txt     ort target
-    OUT_DIR/web/                                web target: index.html, model.onnx, latents.bin, onnxruntime-web
+    OUT_DIR/web/                                web target: index.html, coi-sw.js, model.onnx, latents.bin,
+                                                test_vectors.bin, onnxruntime-web (the chosen backends' builds)
+
+Test vectors: a few seeded inputs and onnxruntime CPU's outputs for them on this machine (its ISA
+named), so ``sample.py --verify`` and the page can check the device computes what the host did.
 
 Failures:
 - anything wrong with the model or OUT_DIR (not ONNX, onnxruntime cannot load it, the ORT converter
@@ -31,6 +35,12 @@ TARGETS = ("python", "ort", "web")
 LATENTS = "latents.bin"
 LATENT_SAMPLES = 16  # the page's default batch, drawn with seed 0 like `gencompress check`
 LATENT_SEED = 0
+TEST_VECTORS = "test_vectors.bin"
+TEST_VECTOR_SAMPLES = 4
+TEST_VECTOR_SEED = 1  # not the latents' seed: the check does not rerun what the page shows
+# PSNR a device must reach against the host's outputs: int8 graphs are made to compute alike on every
+# kernel path (DESIGN: portable by default), so only float rounding order differs.
+VERIFY_BOUND_DB = 40.0
 
 
 class PartialShip(GencompressError):
@@ -79,15 +89,19 @@ def check_out_dir(out: Path, model: Path) -> None:
             raise GencompressError(f"{out}: is not empty and not a gencompress bundle; choose an empty or new folder")
 
 
-def ship(model, out_dir, *, targets=TARGETS, web_version: str | None = None, source: str | None = None, log=None) -> dict:
+def ship(model, out_dir, *, targets=TARGETS, web_version: str | None = None, web_backends=("wasm",), source: str | None = None,
+         log=None) -> dict:
     """Bundle ``model`` for the given targets into ``out_dir``; returns the manifest (as written).
+
+    ``web_backends``: the onnxruntime-web builds the page carries, ``wasm`` and/or ``webgpu``; the first
+    is the page's default (``?backend=`` chooses another); WebGPU falls back to wasm without an adapter.
 
     ``source``: the model path to record in the manifest (default: ``model``'s absolute path;
     compress passes its final OUT_DIR/model.onnx, not the staging copy it ships from).
     """
     from gencompress.inputs import output_range_of_model, sample_inputs, specs_of_model
     from gencompress.onnx_io import load_model, refuse_nonfinite_weights, save_model
-    from gencompress.passes.calibrate import fixed_batch
+    from gencompress.batches import fixed_batch
     from gencompress.runtime_check.sessions import make_session
     from gencompress.ship import manifest as M
     from gencompress.ship import ort_format
@@ -95,6 +109,7 @@ def ship(model, out_dir, *, targets=TARGETS, web_version: str | None = None, sou
 
     log = log or (lambda msg: None)
     targets = parse_targets(targets)
+    web_backends = W.parse_backends(web_backends)
     web_version = web_version or W.ORT_WEB_VERSION
     model_path = resolve_model(model)
     out = Path(out_dir)
@@ -116,12 +131,13 @@ def ship(model, out_dir, *, targets=TARGETS, web_version: str | None = None, sou
         "inputs": M.input_entries(proto, specs, batch),
         "outputs": M.output_entries(proto, output_range_of_model(proto)),
         "sampling": "numpy.random.default_rng(seed); inputs drawn in this order as one batch of n (= gencompress.inputs.sample_inputs)",
+        "test_vectors": None,
         "targets": {},
         "compress_report": M.report_figures(model_path.parent / "report.json", model_path),
         "tools": None,
         "files": None,
     }
-    make_session(proto, threads=1, label=str(model_path))  # onnxruntime must load it before any target is built
+    session = make_session(proto, threads=1, label=str(model_path))  # onnxruntime must load it before any target is built
 
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -135,6 +151,8 @@ def ship(model, out_dir, *, targets=TARGETS, web_version: str | None = None, sou
     try:
         save_model(proto, staging / "model.onnx")
         feeds = sample_inputs(specs, batch or LATENT_SAMPLES, LATENT_SEED)
+        manifest["test_vectors"] = _write_test_vectors(staging / TEST_VECTORS, session, sample_inputs(specs, batch or TEST_VECTOR_SAMPLES, TEST_VECTOR_SEED),
+                                                       manifest["outputs"])
         if "python" in targets:
             _copy_template("sample.py", staging / "sample.py")
             manifest["targets"]["python"] = {"built": True, "files": ["sample.py"], "needs": ["onnxruntime", "numpy"],
@@ -150,7 +168,7 @@ def ship(model, out_dir, *, targets=TARGETS, web_version: str | None = None, sou
             manifest["targets"]["ort"] = {"built": True, **entry}
         if "web" in targets:
             try:
-                manifest["targets"]["web"] = _build_web(staging / "web", staging / "model.onnx", manifest, feeds, web_version, log)
+                manifest["targets"]["web"] = _build_web(staging / "web", staging, manifest, feeds, web_version, web_backends, log)
             except W.WebRuntimeUnavailable as e:
                 shutil.rmtree(staging / "web", ignore_errors=True)
                 failed["web"] = str(e)
@@ -172,37 +190,71 @@ def _copy_template(name: str, dest: Path) -> None:
     dest.write_bytes(resources.files("gencompress.ship.templates").joinpath(name).read_bytes())
 
 
-def _build_web(web: Path, model_path: Path, manifest: dict, feeds: dict, version: str, log) -> dict:
+def _build_web(web: Path, staging: Path, manifest: dict, feeds: dict, version: str, backends: tuple, log) -> dict:
     from gencompress.ship import web as W
 
     web.mkdir()
-    runtime = W.vendor(web, version, log)
-    shutil.copyfile(model_path, web / "model.onnx")
+    runtime = W.vendor(web, backends, version, log)
+    shutil.copyfile(staging / "model.onnx", web / "model.onnx")
+    shutil.copyfile(staging / TEST_VECTORS, web / TEST_VECTORS)  # the page is served from web/ alone
+    _copy_template("coi-sw.js", web / "coi-sw.js")
     latents = _write_latents(web / LATENTS, feeds)
+    builds = {b: dict(zip(("script", "mjs", "wasm"), map(W.shipped_name, W.BACKEND_FILES[b]))) for b in backends}
     config = {"title": manifest["source"]["exported_from"] or Path(manifest["source"]["model"]).name, "model": "model.onnx",
               "batch": manifest["batch"], "inputs": manifest["inputs"], "outputs": manifest["outputs"],
-              "latents": latents, "onnxruntime_web": version}
+              "latents": latents, "onnxruntime_web": version, "backends": list(backends), "runtime": builds,
+              "test_vectors": manifest["test_vectors"]}
     page = resources.files("gencompress.ship.templates").joinpath("index.html").read_text()
     inline = json.dumps(config).replace("</", "<\\/")  # safe inside <script>
     title = (config["title"].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
     (web / "index.html").write_text(page.replace("__CONFIG__", inline).replace("__TITLE__", title))
-    return {"built": True, "files": ["web/index.html", "web/model.onnx", f"web/{LATENTS}", *(f"web/{n}" for n in runtime)],
-            "onnxruntime_web": version, "backend": "wasm", "threads": 1, "latents": latents,
-            "run": "python -m http.server -d web 8000, then open http://127.0.0.1:8000/ (any static server; works offline)"}
+    return {"built": True, "files": ["web/index.html", "web/coi-sw.js", "web/model.onnx", f"web/{LATENTS}", f"web/{TEST_VECTORS}",
+                                     *(f"web/{n}" for n in runtime)],
+            "onnxruntime_web": version, "backends": list(backends), "runtime": builds,
+            "threads": "min(4, navigator.hardwareConcurrency) when cross-origin isolated (coi-sw.js or COOP/COEP headers), else 1",
+            "latents": latents,
+            "run": "python -m http.server -d web 8000, then open http://127.0.0.1:8000/ (any static server on localhost or https; works offline)"}
 
 
-def _write_latents(path: Path, feeds: dict) -> dict:
-    """Each input's draws as raw little-endian bytes, 8-byte aligned, described for the page."""
-    entries, blob = [], bytearray()
-    for name, arr in feeds.items():
+def _pack(blob: bytearray, arrays: dict) -> list[dict]:
+    """Append arrays to ``blob`` as raw little-endian bytes, each 8-byte aligned; their entries (name, dtype, shape, offset, bytes)."""
+    entries = []
+    for name, arr in arrays.items():
         blob += b"\0" * (-len(blob) % 8)
         data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
         entries.append({"name": name, "dtype": str(arr.dtype) if arr.dtype != np.bool_ else "bool", "shape": list(arr.shape),
                         "offset": len(blob), "bytes": data.nbytes})
         blob += data.tobytes()
+    return entries
+
+
+def _write_latents(path: Path, feeds: dict) -> dict:
+    """Each input's draws, described for the page."""
+    blob = bytearray()
+    entries = _pack(blob, feeds)
     path.write_bytes(bytes(blob))
-    n = len(next(iter(feeds.values())))
-    return {"file": LATENTS, "seed": LATENT_SEED, "n": n, "inputs": entries}
+    return {"file": LATENTS, "seed": LATENT_SEED, "n": len(next(iter(feeds.values()))), "inputs": entries}
+
+
+def _write_test_vectors(path: Path, session, feeds: dict, outputs: list[dict]) -> dict:
+    """``feeds`` and onnxruntime CPU's outputs for them, in one file; the PSNR peak of each output recorded."""
+    import onnxruntime
+
+    from gencompress.isa import host_isa
+    from gencompress.runtime_check.sessions import cast_feeds, run
+
+    got = dict(zip([o.name for o in session.get_outputs()], run(session, cast_feeds(session, feeds), "model.onnx")))
+    blob = bytearray()
+    entries = [{"role": "input", **e} for e in _pack(blob, feeds)]
+    for o, e in zip(outputs, _pack(blob, {o["name"]: np.asarray(got[o["name"]]) for o in outputs})):
+        values = np.asarray(got[o["name"]], np.float64)
+        finite = values[np.isfinite(values)]
+        peak = o["nominal_range"] or (float(np.ptp(finite)) if finite.size else 0.0) or 1.0
+        entries.append({"role": "output", **e, "peak": peak})
+    path.write_bytes(bytes(blob))
+    return {"file": TEST_VECTORS, "n": len(next(iter(feeds.values()))), "seed": TEST_VECTOR_SEED, "isa": host_isa(),
+            "onnxruntime": onnxruntime.__version__, "provider": "CPUExecutionProvider", "bound_db": VERIFY_BOUND_DB,
+            "metric": "PSNR (dB) of each output against these, with the peak given; the worst output counts", "tensors": entries}
 
 
 def _move_into(staging: Path, out: Path) -> None:

@@ -12,8 +12,11 @@ from gencompress.output import echo_json, table
 @click.argument("out_dir", type=click.Path(file_okay=True))
 @click.option("--target", "targets", default="python,ort,web", show_default=True,
               help="Comma-separated: python (sample.py), ort (model.ort + required operators), web (onnxruntime-web page).")
+@click.option("--web-backends", default="wasm", show_default=True,
+              help="onnxruntime-web builds the page carries: wasm, webgpu or wasm,webgpu (the first is the default; "
+                   "the page's ?backend= picks another; WebGPU falls back to wasm without an adapter).")
 @click.option("--json", "as_json", is_flag=True, help="Print manifest.json instead of the summary.")
-def ship(model, out_dir, targets, as_json):
+def ship(model, out_dir, targets, web_backends, as_json):
     """Bundle a compressed MODEL (.onnx, or a compress OUT_DIR) into OUT_DIR for edge devices.
 
     OUT_DIR gets model.onnx and manifest.json (inputs, priors, outputs, checksums, fidelity
@@ -29,14 +32,16 @@ def ship(model, out_dir, targets, as_json):
     Examples:
       gencompress ship out/model.onnx bundle/
       gencompress ship out/ bundle/ --target python,ort
+      gencompress ship out/ bundle/ --web-backends wasm,webgpu
       cd bundle && python sample.py --n 16 --seed 0 --out samples.png
+      python bundle/sample.py --verify        # exit 1 if this machine computes other outputs
       python -m http.server -d bundle/web 8000    # then open http://127.0.0.1:8000/
     """
     import sys
 
     from gencompress.ship.bundle import ship as run
 
-    manifest = run(model, out_dir, targets=targets, log=lambda m: click.echo(m, err=True) if sys.stderr.isatty() else None)
+    manifest = run(model, out_dir, targets=targets, web_backends=web_backends, log=lambda m: click.echo(m, err=True) if sys.stderr.isatty() else None)
     if as_json:
         echo_json(manifest)
         return
@@ -53,7 +58,7 @@ def summary(manifest: dict, out_dir) -> str:
         if name == "ort":
             note = f"{entry['operator_count']} operators in the reduced build; .ort max |diff| vs .onnx {entry['check']['max_abs_diff_vs_onnx']:.2g}"
         elif name == "web":
-            note = f"onnxruntime-web {entry['onnxruntime_web']}, wasm, 1 thread: python -m http.server -d {out_dir}/web"
+            note = f"onnxruntime-web {entry['onnxruntime_web']}, {'+'.join(entry['backends'])}: serve {out_dir}/web on localhost or https"
         else:
             note = entry["run"]
         rows.append([name, f"{size / 1e6:.3f} MB", note])

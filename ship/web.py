@@ -2,12 +2,16 @@
 
 ``npm pack`` downloads the package tarball (npm checks its integrity and keeps its own cache); only
 the files the page needs are kept, in ``$GENCOMPRESS_CACHE/onnxruntime-web/<version>/`` (default
-``~/.cache/gencompress``), so a second build needs no registry. The page uses the wasm-only build:
-``ort.wasm.min.js`` loads ``ort-wasm-simd-threaded.mjs`` + ``.wasm`` from its own folder.
+``~/.cache/gencompress``), so a second build needs no registry. Each backend the page can use is one
+build of the package (``BACKEND_FILES``: its script, the Emscripten module it imports, the .wasm),
+and a bundle carries only the builds of the backends it ships. The .wasm is kept gzip-compressed
+(about a quarter of its size): the page inflates it with the browser's ``DecompressionStream`` and
+hands it to onnxruntime-web as ``env.wasm.wasmBinary``, so any static server will do.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -20,9 +24,17 @@ from pathlib import Path
 from gencompress.errors import GencompressError
 
 ORT_WEB_VERSION = "1.30.0"
-# What the page loads, plus package.json (version and MIT licence of the vendored files).
-PAGE_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
-KEPT_FILES = (*PAGE_FILES, "package.json")
+# What each backend loads (dist/ of the package): ort.wasm.min.js imports the plain multi-threaded SIMD
+# module; ort.webgpu.min.js the asyncify one, which holds the WebGPU execution provider and the wasm
+# kernels as its fallback. (ort.min.js / ort-wasm-simd-threaded.jsep.* is the older JSEP WebGPU.)
+BACKEND_FILES = {
+    "wasm": ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm"),
+    "webgpu": ("ort.webgpu.min.js", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm"),
+}
+BACKENDS = tuple(BACKEND_FILES)
+PAGE_FILES = tuple(f for files in BACKEND_FILES.values() for f in files)
+# cached (and shipped) as FILE.gz for FILE.wasm; package.json: version and MIT licence of the vendored files
+KEPT_FILES = (*(f + ".gz" if f.endswith(".wasm") else f for f in PAGE_FILES), "package.json")
 NPM_TIMEOUT_S = 600
 
 
@@ -119,17 +131,35 @@ def _extract(tarball: Path, dest: Path, version: str) -> None:
             name = wanted.pop(member.name, None)
             if name is None or not member.isfile():
                 continue
-            with tar.extractfile(member) as src, open(dest / name, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            with tar.extractfile(member) as src:
+                if name.endswith(".wasm"):  # mtime 0: the same bytes on every machine
+                    (dest / f"{name}.gz").write_bytes(gzip.compress(src.read(), 9, mtime=0))
+                else:
+                    with open(dest / name, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
     if wanted:
         raise WebRuntimeUnavailable(f"web target: the onnxruntime-web@{version} package lacks {', '.join(sorted(wanted))}; "
-                                    f"this gencompress expects the wasm build's files in dist/")
+                                    f"this gencompress expects the wasm and webgpu builds' files in dist/")
 
 
-def vendor(dest: Path, version: str = ORT_WEB_VERSION, log=None) -> list[str]:
-    """Copy the page's onnxruntime-web files into ``dest``; returns their names."""
+def parse_backends(text) -> tuple[str, ...]:
+    """``"wasm,webgpu"`` -> ("wasm", "webgpu"), in the given order (the first is the page's default)."""
+    items = [t.strip().lower() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    unknown = [t for t in items if t not in BACKENDS]
+    if unknown or not items or len(set(items)) != len(items):
+        raise GencompressError(f"--web-backends {','.join(items) or text!r}: choose one or both of {','.join(BACKENDS)} (comma-separated, no repeats)")
+    return tuple(items)
+
+
+def shipped_name(name: str) -> str:
+    return {"package.json": "onnxruntime-web.package.json"}.get(name, f"{name}.gz" if name.endswith(".wasm") else name)
+
+
+def vendor(dest: Path, backends=("wasm",), version: str = ORT_WEB_VERSION, log=None) -> list[str]:
+    """Copy the onnxruntime-web files of ``backends`` into ``dest``; returns their names."""
     src = runtime_files(version, log)
     dest.mkdir(parents=True, exist_ok=True)
-    for name in KEPT_FILES:
-        shutil.copyfile(src / name, dest / ("onnxruntime-web.package.json" if name == "package.json" else name))
-    return [("onnxruntime-web.package.json" if n == "package.json" else n) for n in KEPT_FILES]
+    names = [shipped_name(n) for b in backends for n in BACKEND_FILES[b]] + [shipped_name("package.json")]
+    for name in names:
+        shutil.copyfile(src / ("package.json" if name == "onnxruntime-web.package.json" else name), dest / name)
+    return names
