@@ -27,8 +27,8 @@ from gencompress.errors import GencompressError
 
 # op -> inputs that are layer parameters (None: any constant input)
 PARAM_INPUTS = {
-    "Conv": (1, 2),
-    "ConvTranspose": (1, 2),
+    "Conv": (0, 1, 2),  # input 0: a learned constant (StyleGAN's 4x4 start), traced through the math below
+    "ConvTranspose": (0, 1, 2),
     "Gemm": (0, 1, 2),
     "MatMul": (0, 1),
     "GRU": (1, 2, 3),
@@ -46,6 +46,10 @@ PARAM_INPUTS = {
 ELEMENTWISE_PARAM_OPS = ("Add", "Sub", "Mul")  # only vectors (size > 1) count: a scalar is a constant
 # ops a weight may pass through on its way to a layer (input 0, or every input for Concat)
 DATA_MOVEMENT = ("Identity", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Slice", "Concat", "Flatten", "Split", "Expand", "Cast")
+# ops a weight may be computed through at run time (StyleGAN2's modulation and demodulation,
+# equalized learning rate): op -> how many leading inputs carry the weight (Pow's exponent does not)
+WEIGHT_MATH = {"Mul": 2, "Div": 2, "Add": 2, "Sub": 2, "Pow": 1, "Sqrt": 1, "Reciprocal": 1, "Neg": 1, "ReduceSum": 1,
+               "ReduceMean": 1, "ReduceSumSquare": 1, "ReduceL2": 1}
 QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
                  "QGemm", "MatMulInteger", "ConvInteger", "MatMulNBits")
 NOT_FLOAT_WEIGHTS = (ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT4, ir.DataType.UINT4, ir.DataType.FLOAT16,
@@ -77,21 +81,29 @@ def _initializer(graph: ir.Graph, value) -> ir.Value | None:
 def trainable_weights(graph: ir.Graph) -> list[str]:
     """Names of the float initializers that are layer parameters (see the module docstring), in graph order."""
     found: dict[str, None] = {}
+    seen: set[int] = set()
 
-    def trace(value, depth=0):
-        if value is None or depth > 16:
+    def trace(value, depth=0, computed=False):
+        if value is None or depth > 16 or id(value) in seen:
             return
+        seen.add(id(value))
         init = _initializer(graph, value)
         if init is not None:
-            if init.dtype == ir.DataType.FLOAT:
+            # a scalar that scales a computed weight (equalized lr's 1/sqrt(fan_in), an epsilon) stays fixed
+            if init.dtype == ir.DataType.FLOAT and not (computed and init.const_value.size <= 1):
                 found[init.name] = None
             return
         producer = value.producer()
-        if producer is None or producer.op_type not in DATA_MOVEMENT:
+        if producer is None:
             return
-        sources = producer.inputs if producer.op_type == "Concat" else producer.inputs[:1]
+        if producer.op_type in DATA_MOVEMENT:
+            sources = producer.inputs if producer.op_type == "Concat" else producer.inputs[:1]
+        elif producer.op_type in WEIGHT_MATH:
+            sources, computed = producer.inputs[:WEIGHT_MATH[producer.op_type]], True
+        else:
+            return
         for v in sources:
-            trace(v, depth + 1)
+            trace(v, depth + 1, computed)
 
     for node in graph:
         indices = PARAM_INPUTS.get(node.op_type)
@@ -105,7 +117,7 @@ def trainable_weights(graph: ir.Graph) -> list[str]:
                 init = _initializer(graph, value)
                 if init is None or init.const_value.size <= 1:
                     continue
-            trace(value)
+            trace(value, computed=node.op_type in ("Conv", "ConvTranspose") and i == 0)
     return list(found)
 
 
@@ -461,7 +473,7 @@ def _gather(a, attrs, opset):
     axis = axis + data.dim() if axis < 0 else axis
     idx = torch.where(idx < 0, idx + data.shape[axis], idx)
     out = data.index_select(axis, idx.reshape(-1))
-    return out.reshape(*data.shape[:axis], *idx.shape, *data.shape[axis + 1:])
+    return out.reshape((*data.shape[:axis], *idx.shape, *data.shape[axis + 1:]))
 
 
 @op("Expand")
@@ -480,14 +492,6 @@ def _constant_of_shape(a, attrs, opset):
     value = attrs.get("value")
     fill = _to_torch(value).reshape(-1)[0] if value is not None else torch.tensor(0.0)
     return torch.full(_ints(a[0]), fill.item(), dtype=fill.dtype)
-
-
-@op("ReduceMean")
-def _reduce_mean(a, attrs, opset):
-    x = a[0]
-    axes = _ints(a[1]) if opset >= 18 and len(a) > 1 and a[1] is not None else list(attrs.get("axes") or [])
-    axes = axes or list(range(x.dim()))
-    return x.mean(dim=axes, keepdim=bool(attrs.get("keepdims", 1)))
 
 
 @op("BatchNormalization")
@@ -570,3 +574,255 @@ def _gru(a, attrs, opset):
     if layout:
         y, y_h = y.permute(2, 0, 1, 3), y_h.transpose(0, 1)
     return [y, y_h]
+
+
+@op("LSTM")
+def _lstm(a, attrs, opset):
+    """ONNX LSTM (gates i, o, f, c; optional peepholes), forward / reverse / bidirectional, default activations."""
+    if attrs.get("activations") not in (None, ["Sigmoid", "Tanh", "Tanh"], ["Sigmoid", "Tanh", "Tanh"] * 2):
+        raise GencompressError(f"LSTM activations {attrs['activations']} are not supported by the distillation mirror")
+    if attrs.get("clip") is not None or attrs.get("input_forget", 0):
+        raise GencompressError("LSTM clip / input_forget is not supported by the distillation mirror")
+    a = list(a) + [None] * (8 - len(a))
+    x, w, r, b, lens, h0, c0, peep = a[:8]
+    layout = attrs.get("layout", 0)
+    if lens is not None and not bool((lens == x.shape[1 if layout else 0]).all()):
+        raise GencompressError("LSTM with varying sequence_lens is not supported by the distillation mirror")
+    if layout:
+        x = x.transpose(0, 1)
+        h0 = h0.transpose(0, 1) if h0 is not None else None
+        c0 = c0.transpose(0, 1) if c0 is not None else None
+    steps, batch = x.shape[0], x.shape[1]
+    hidden = attrs.get("hidden_size", r.shape[-1])
+    direction = attrs.get("direction", "forward")
+    dirs = ["forward", "reverse"] if direction == "bidirectional" else [direction]
+    ys, hs, cs = [], [], []
+    for d, name in enumerate(dirs):
+        bias = b[d, : 4 * hidden] + b[d, 4 * hidden:] if b is not None else torch.zeros(4 * hidden, dtype=x.dtype)
+        gx = x @ w[d].transpose(0, 1) + bias  # [T, B, 4H]
+        rt = r[d].transpose(0, 1)
+        pi, po, pf = peep[d].split(hidden) if peep is not None else (None, None, None)
+        h = h0[d] if h0 is not None else torch.zeros(batch, hidden, dtype=x.dtype)
+        c = c0[d] if c0 is not None else torch.zeros(batch, hidden, dtype=x.dtype)
+        out = [None] * steps
+        for t in (range(steps) if name == "forward" else reversed(range(steps))):
+            gi, go, gf, gc = (gx[t] + h @ rt).split(hidden, dim=-1)
+            if pi is not None:
+                gi, gf = gi + pi * c, gf + pf * c
+            i, f = torch.sigmoid(gi), torch.sigmoid(gf)
+            c = f * c + i * torch.tanh(gc)
+            o = torch.sigmoid(go + po * c if po is not None else go)
+            h = o * torch.tanh(c)
+            out[t] = h
+        ys.append(torch.stack(out))
+        hs.append(h)
+        cs.append(c)
+    y, y_h, y_c = torch.stack(ys, dim=1), torch.stack(hs), torch.stack(cs)
+    if layout:
+        y, y_h, y_c = y.permute(2, 0, 1, 3), y_h.transpose(0, 1), y_c.transpose(0, 1)
+    return [y, y_h, y_c]
+
+
+@op("Resize")
+def _resize(a, attrs, opset):
+    from gencompress.distill.resample import resize
+
+    if opset < 11:  # opset 10: (X, scales)
+        return resize(a[0], None, [float(v) for v in a[1].reshape(-1).tolist()], None, {**attrs, "coordinate_transformation_mode": "asymmetric",
+                                                                                         "nearest_mode": "floor"})
+    if attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize":
+        raise GencompressError("Resize tf_crop_and_resize is not supported by the distillation mirror")
+    scales = a[2].reshape(-1).tolist() if len(a) > 2 and a[2] is not None and a[2].numel() else None
+    sizes = _ints(a[3]) if len(a) > 3 and a[3] is not None and a[3].numel() else None
+    return resize(a[0], None, scales, sizes, attrs)
+
+
+@op("Pad")
+def _pad(a, attrs, opset):
+    from gencompress.distill.resample import pad
+
+    mode = attrs.get("mode", "constant")
+    if opset < 11:
+        return pad(a[0], list(attrs["pads"]), attrs.get("value", 0.0), mode)
+    value = a[2].reshape(-1)[0].item() if len(a) > 2 and a[2] is not None and a[2].numel() else 0.0
+    axes = _ints(a[3]) if len(a) > 3 and a[3] is not None else None
+    return pad(a[0], _ints(a[1]), value, mode, axes)
+
+
+def _reduce(fn, axes_input_from: int):
+    """A Reduce* op: axes from the input (opset >= ``axes_input_from``) or the attribute."""
+    def run(a, attrs, opset):
+        x = a[0]
+        if opset >= axes_input_from:
+            axes = _ints(a[1]) if len(a) > 1 and a[1] is not None else []
+        else:
+            axes = list(attrs.get("axes") or [])
+        keep = bool(attrs.get("keepdims", 1))
+        if not axes:
+            if attrs.get("noop_with_empty_axes", 0):
+                return x
+            axes = list(range(x.dim()))
+        axes = sorted({ax + x.dim() if ax < 0 else ax for ax in axes})
+        return fn(x, axes, keep)
+
+    return run
+
+
+def _amax(x, axes, keep):
+    return x.amax(dim=axes, keepdim=keep)
+
+
+def _amin(x, axes, keep):
+    return x.amin(dim=axes, keepdim=keep)
+
+
+def _prod(x, axes, keep):
+    for ax in reversed(axes):
+        x = x.prod(dim=ax, keepdim=keep)
+    return x
+
+
+OPS["ReduceSum"] = _reduce(lambda x, axes, keep: x.sum(dim=axes, keepdim=keep), 13)
+OPS["ReduceMean"] = _reduce(lambda x, axes, keep: x.mean(dim=axes, keepdim=keep), 18)
+OPS["ReduceMax"] = _reduce(_amax, 18)
+OPS["ReduceMin"] = _reduce(_amin, 18)
+OPS["ReduceProd"] = _reduce(_prod, 18)
+OPS["ReduceSumSquare"] = _reduce(lambda x, axes, keep: (x * x).sum(dim=axes, keepdim=keep), 18)
+OPS["ReduceL1"] = _reduce(lambda x, axes, keep: x.abs().sum(dim=axes, keepdim=keep), 18)
+OPS["ReduceL2"] = _reduce(lambda x, axes, keep: torch.sqrt((x * x).sum(dim=axes, keepdim=keep)), 18)
+OPS["ReduceLogSumExp"] = _reduce(lambda x, axes, keep: torch.logsumexp(x, dim=axes, keepdim=keep), 18)
+OPS["ReduceLogSum"] = _reduce(lambda x, axes, keep: torch.log(x.sum(dim=axes, keepdim=keep)), 18)
+
+OPS["Where"] = lambda a, attrs, opset: torch.where(a[0].to(torch.bool), a[1], a[2])
+OPS["Equal"] = lambda a, attrs, opset: torch.eq(a[0], a[1])
+OPS["Less"] = lambda a, attrs, opset: torch.lt(a[0], a[1])
+OPS["LessOrEqual"] = lambda a, attrs, opset: torch.le(a[0], a[1])
+OPS["Greater"] = lambda a, attrs, opset: torch.gt(a[0], a[1])
+OPS["GreaterOrEqual"] = lambda a, attrs, opset: torch.ge(a[0], a[1])
+OPS["Not"] = lambda a, attrs, opset: torch.logical_not(a[0])
+OPS["And"] = lambda a, attrs, opset: torch.logical_and(a[0], a[1])
+OPS["Or"] = lambda a, attrs, opset: torch.logical_or(a[0], a[1])
+OPS["Xor"] = lambda a, attrs, opset: torch.logical_xor(a[0], a[1])
+OPS["IsNaN"] = lambda a, attrs, opset: torch.isnan(a[0])
+OPS["Sin"] = lambda a, attrs, opset: torch.sin(a[0])
+OPS["Cos"] = lambda a, attrs, opset: torch.cos(a[0])
+OPS["Tan"] = lambda a, attrs, opset: torch.tan(a[0])
+OPS["Atan"] = lambda a, attrs, opset: torch.atan(a[0])
+OPS["Floor"] = lambda a, attrs, opset: torch.floor(a[0])
+OPS["Ceil"] = lambda a, attrs, opset: torch.ceil(a[0])
+OPS["Round"] = lambda a, attrs, opset: torch.round(a[0])  # half to even, as ONNX
+OPS["Sign"] = lambda a, attrs, opset: torch.sign(a[0])
+OPS["Softsign"] = lambda a, attrs, opset: a[0] / (1 + a[0].abs())
+OPS["HardSwish"] = lambda a, attrs, opset: a[0] * torch.clamp(a[0] / 6 + 0.5, 0, 1)
+OPS["Mish"] = lambda a, attrs, opset: a[0] * torch.tanh(F.softplus(a[0]))
+OPS["Celu"] = lambda a, attrs, opset: F.celu(a[0], attrs.get("alpha", 1.0))
+OPS["ThresholdedRelu"] = lambda a, attrs, opset: torch.where(a[0] > attrs.get("alpha", 1.0), a[0], torch.zeros_like(a[0]))
+OPS["Dropout"] = lambda a, attrs, opset: [a[0], torch.ones_like(a[0], dtype=torch.bool)]  # inference: identity
+OPS["Size"] = lambda a, attrs, opset: torch.tensor(a[0].numel(), dtype=torch.int64)
+OPS["CastLike"] = lambda a, attrs, opset: a[0].to(a[1].dtype)
+OPS["Max"] = lambda a, attrs, opset: _fold(torch.maximum, a)
+OPS["Min"] = lambda a, attrs, opset: _fold(torch.minimum, a)
+OPS["Sum"] = lambda a, attrs, opset: _fold(torch.add, a)
+OPS["Mean"] = lambda a, attrs, opset: _fold(torch.add, a) / len(a)
+
+
+def _fold(fn, tensors):
+    out = tensors[0]
+    for t in tensors[1:]:
+        out = fn(out, t)
+    return out
+
+
+@op("Mod")
+def _mod(a, attrs, opset):
+    if attrs.get("fmod", 0):
+        return torch.fmod(a[0], a[1])
+    return torch.remainder(a[0], a[1])  # the sign of the divisor, as ONNX's integer Mod
+
+
+@op("LogSoftmax")
+def _log_softmax(a, attrs, opset):
+    return torch.log_softmax(a[0], dim=attrs.get("axis", -1 if opset >= 13 else 1))
+
+
+@op("Range")
+def _range(a, attrs, opset):
+    start, limit, delta = (t.reshape(()) for t in a[:3])
+    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype)
+
+
+@op("Einsum")
+def _einsum(a, attrs, opset):
+    return torch.einsum(attrs["equation"].replace(" ", ""), *a)
+
+
+@op("Trilu")
+def _trilu(a, attrs, opset):
+    k = int(a[1].item()) if len(a) > 1 and a[1] is not None else 0
+    return torch.triu(a[0], k) if attrs.get("upper", 1) else torch.tril(a[0], k)
+
+
+@op("CumSum")
+def _cumsum(a, attrs, opset):
+    x, axis = a[0], int(a[1].item())
+    if attrs.get("reverse", 0):
+        x = x.flip(axis)
+    if attrs.get("exclusive", 0):
+        x = torch.cat([torch.zeros_like(x.narrow(axis, 0, 1)), x.narrow(axis, 0, x.shape[axis] - 1)], dim=axis)
+    y = torch.cumsum(x, dim=axis)
+    return y.flip(axis) if attrs.get("reverse", 0) else y
+
+
+@op("GatherElements")
+def _gather_elements(a, attrs, opset):
+    data, idx = a[0], a[1].to(torch.int64)
+    axis = attrs.get("axis", 0)
+    idx = torch.where(idx < 0, idx + data.shape[axis], idx)
+    return torch.gather(data, axis, idx)
+
+
+@op("SpaceToDepth")
+def _space_to_depth(a, attrs, opset):
+    x, bs = a[0], attrs["blocksize"]
+    n, c, h, w = x.shape
+    y = x.reshape(n, c, h // bs, bs, w // bs, bs).permute(0, 3, 5, 1, 2, 4)
+    return y.reshape(n, c * bs * bs, h // bs, w // bs)
+
+
+OPS["GlobalAveragePool"] = lambda a, attrs, opset: a[0].mean(dim=tuple(range(2, a[0].dim())), keepdim=True)
+OPS["GlobalMaxPool"] = lambda a, attrs, opset: a[0].amax(dim=tuple(range(2, a[0].dim())), keepdim=True)
+_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+
+
+def _pool_setup(x, attrs, pad_value):
+    """(x padded where the pads are asymmetric, kernel, strides, symmetric pads, dilations)."""
+    kernel = list(attrs["kernel_shape"])
+    rank = len(kernel)
+    begin, end = _pads(attrs, rank)
+    if begin != end and attrs.get("ceil_mode", 0):  # torch's ceil rule counts from the padded edge, onnxruntime's from the input's
+        raise GencompressError("pooling with ceil_mode and asymmetric pads is not supported by the distillation mirror")
+    strides = attrs.get("strides") or [1] * rank
+    if begin != end:
+        x = F.pad(x, [p for i in reversed(range(rank)) for p in (begin[i], end[i])], value=pad_value)
+        begin = [0] * rank
+    return x, kernel, strides, begin, attrs.get("dilations") or [1] * rank
+
+
+@op("AveragePool")
+def _avg_pool(a, attrs, opset):
+    x = a[0]
+    include = bool(attrs.get("count_include_pad", 0))
+    pads = attrs.get("pads") or []
+    if not include and any(pads) and pads[: len(pads) // 2] != pads[len(pads) // 2:]:
+        raise GencompressError("AveragePool with asymmetric pads excluded from the count is not supported by the distillation mirror")
+    if any(d != 1 for d in attrs.get("dilations") or []):
+        raise GencompressError("AveragePool with dilations is not supported by the distillation mirror")
+    x, kernel, strides, begin, _ = _pool_setup(x, attrs, 0.0)
+    return _AVG_POOL[len(kernel)](x, kernel, strides, begin, ceil_mode=bool(attrs.get("ceil_mode", 0)), count_include_pad=include)
+
+
+@op("MaxPool")
+def _max_pool(a, attrs, opset):
+    x, kernel, strides, begin, dilations = _pool_setup(a[0], attrs, float("-inf"))
+    return _MAX_POOL[len(kernel)](x, kernel, strides, begin, dilations, ceil_mode=bool(attrs.get("ceil_mode", 0)))
