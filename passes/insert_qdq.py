@@ -31,7 +31,8 @@ What the pass writes (the conventions of DESIGN.md):
 - Graph outputs stay float; graph inputs and outputs keep their names, types and ranks.
 
 Ranges come from ``Options.ranges`` (name, lo, hi); any the plan needs that are missing are
-calibrated here on the model as given (see ``calibrate.py``).
+measured by the calibrator the pass is given (``runtime_check/calibration.calibrate_ranges``; quantize and
+recipes give it), never by the pass itself: passes run no model.
 """
 
 from __future__ import annotations
@@ -45,11 +46,20 @@ import onnx_ir.passes.common as common_passes
 
 from gencompress.errors import GencompressError
 from gencompress.onnx_io import release
+from gencompress.passes.int8_saturation import METHODS as SATURATION_REMEDIES
+from gencompress.passes.int8_saturation import Layout, saturation_free
 from gencompress.passes.registry import GencompressPass, register
 from gencompress.passes.rewrite import Namer, onnx_opset
 from gencompress.passes.weights import WeightUse, find_weights
 
 ACTIVATION_TYPES = ("uint8", "int8")
+# how a calibrated tensor's range is taken from its statistics (runtime_check/calibration.py)
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
+DEFAULT_PERCENTILE = 99.99
+# portable: no u8×s8 weight pair can overflow the int16 sums of onnxruntime's non-VNNI x86
+# kernels (AVX2, AVX-512BW); vnni: full 8-bit weights, for targets that all have VNNI / ARM dot
+INT8_KERNELS = ("portable", "vnni")
+SATURATION_REASON = "weight pairs could overflow the int16 sums of x86 int8 kernels without VNNI (AVX2, AVX-512BW)"
 INT8_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 BINARY_OPS = ("Add", "Mul")
 RECURRENT_OPS = ("GRU", "LSTM", "RNN")
@@ -107,6 +117,7 @@ class Layer:
     channel_block: int = 1  # weight scales per block of output channels (CHANNEL_BLOCK_KEY)
     const_inputs: tuple[int, ...] = ()  # constant operands quantized like activations (Mul by a constant)
     share_scale: bool = False  # Concat: inputs that nothing else reads take the output's scale
+    saturation: dict | None = None  # how the int16 pair bound changed its weights (int8_saturation)
 
     @property
     def name(self) -> str:
@@ -123,6 +134,8 @@ class Layer:
         info = {"node": self.name, "op_type": self.op_type, "kind": self.kind, "weights": [w.name for w in self.weights]}
         if self.channel_block > 1:
             info["channel_block"] = self.channel_block
+        if self.saturation is not None:
+            info["saturation"] = self.saturation
         return info
 
 
@@ -562,7 +575,7 @@ def share_dequantized_weights(graph: ir.Graph, cache: dict) -> list[dict]:
     weight) is not kept as a second float copy: those readers take the DequantizeLinear output.
     Returns one entry per weight shared: its name and the readers moved."""
     shared = []
-    for (name, _axis, _block), (dq_value, _scale) in cache.items():
+    for (name, *_how), (dq_value, _scale) in cache.items():
         value = graph.initializers.get(name)
         if value is None or not value.uses() or value.is_graph_output():
             continue
@@ -632,16 +645,26 @@ class InsertQDQPass(GencompressPass):
         calib: str = "minmax"
         calib_size: int | None = None
         calib_data: str | None = None
-        percentile: float = 99.99
+        percentile: float = DEFAULT_PERCENTILE
         seed: int = 0
+        int8_kernels: str = "portable"  # INT8_KERNELS
+        saturation_remedy: str = "best"  # int8_saturation.METHODS: how an unsafe channel is changed
 
         def __post_init__(self):
-            from gencompress.passes.calibrate import METHODS
-
             if self.activations not in ACTIVATION_TYPES:
                 raise ValueError(f"activations must be one of {', '.join(ACTIVATION_TYPES)}, not {self.activations!r}")
-            if self.calib not in METHODS:
-                raise ValueError(f"calib must be one of {', '.join(METHODS)}, not {self.calib!r}")
+            if self.calib not in CALIBRATION_METHODS:
+                raise ValueError(f"calib must be one of {', '.join(CALIBRATION_METHODS)}, not {self.calib!r}")
+            if self.int8_kernels not in INT8_KERNELS:
+                raise ValueError(f"int8_kernels must be one of {', '.join(INT8_KERNELS)}, not {self.int8_kernels!r}")
+            if self.saturation_remedy not in SATURATION_REMEDIES:
+                raise ValueError(f"saturation_remedy must be one of {', '.join(SATURATION_REMEDIES)}, not {self.saturation_remedy!r}")
+
+    def __init__(self, options=None, calibrate=None):
+        super().__init__(options)
+        # (model, tensor names, options) -> {name: (lo, hi)}: measures the ranges ``Options.ranges``
+        # lacks by running the model; given by the layer that runs models (runtime_check.calibration)
+        self.calibrate = calibrate
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         opts = self.options
@@ -660,7 +683,10 @@ class InsertQDQPass(GencompressPass):
         ranges = {name: (lo, hi) for name, lo, hi in opts.ranges}
         missing = [s for s in plan.seeds if s not in ranges]
         if missing:
-            ranges.update(self._calibrate(model, missing))
+            if self.calibrate is None:
+                raise GencompressError(f"insert_qdq: no activation range for {len(missing)} tensor(s), e.g. {missing[0]!r}; "
+                                       "give ranges, or run the pass through quantize or a recipe, which calibrate the model")
+            ranges.update(self.calibrate(model, missing, opts))
         symmetric = opts.activations == "int8"
         qtype = ir.DataType.INT8 if symmetric else ir.DataType.UINT8
         builder = Builder(graph)
@@ -715,9 +741,14 @@ class InsertQDQPass(GencompressPass):
             for use in layer.weights:
                 axis = None if (opts.per_tensor and layer.kind == "int8") else use.out_axis
                 block = channel_block(layer.node, use) if axis is not None else 1
-                key = (use.value.name, axis, block)
+                layout = self._pairing(layer, use)
+                key = (use.value.name, axis, block, layout)
                 if key not in cache:
                     q, scale = quantize_symmetric(use.array(), axis, block=block)
+                    if layout is not None:
+                        q, scale, changed = saturation_free(use.array(), q, scale, axis, layout, block=block, method=opts.saturation_remedy)
+                        if changed is not None:
+                            layer.saturation = {**changed, "reason": SATURATION_REASON}
                     release(use.value.const_value)  # a streamed weight: unmapped once read
                     # onnxruntime's Gemm fusion wants the weight zero point spelled out
                     dq_value = dequantize_weight(
@@ -741,6 +772,7 @@ class InsertQDQPass(GencompressPass):
         self.report = {
             "activations": opts.activations,
             "weights": "int8 per-tensor" if opts.per_tensor else "int8 per-channel",
+            "int8_kernels": opts.int8_kernels,
             "layers": [layer.describe() for layer in layers] + stored,
             "float_layers": [layer.describe() for layer in dropped] + [{**layer.describe(), "reason": RUNTIME_WEIGHT_REASON} for layer in modulated],
             "shared_weights": shared,
@@ -748,6 +780,20 @@ class InsertQDQPass(GencompressPass):
             "activation_scales": len(params),
         }
         return ir.passes.PassResult(model, True)
+
+    def _pairing(self, layer: Layer, use: WeightUse) -> Layout | None:
+        """How a non-VNNI x86 int8 kernel pairs this weight, when the bound applies to it
+        (``int8_kernels`` portable, a layer that runs as an int8 kernel, its B / filter input)."""
+        if self.options.int8_kernels != "portable" or layer.kind != "int8" or use.input_index != 1:
+            return None
+        node = layer.node
+        if layer.op_type == "Conv":
+            return Layout("Conv", group=node.attributes.get_int("group", 1))
+        if layer.op_type == "Gemm":
+            return Layout("Gemm", trans_b=bool(node.attributes.get_int("transB", 0)))
+        if layer.op_type == "MatMul":
+            return Layout("MatMul")
+        return None  # ConvTranspose: no int8 kernel in onnxruntime's CPU provider (float after DQ)
 
     def _quantize_bias(self, builder: Builder, layer: Layer, w_scale: np.ndarray, w_scale_value: ir.Value) -> None:
         """int32 bias, scale = input scale × weight scale, zero point 0. A per-channel bias scale
@@ -826,13 +872,3 @@ class InsertQDQPass(GencompressPass):
             value = graph.initializers[name]
             if not value.uses() and id(value) not in outputs and not value.is_graph_input():
                 del graph.initializers[name]
-
-    def _calibrate(self, model: ir.Model, names: list[str]) -> dict[str, tuple[float, float]]:
-        from gencompress.passes.calibrate import calibration_inputs, collect_stats
-
-        opts = self.options
-        proto = ir.serde.serialize_model(model)
-        feeds = calibration_inputs(proto, size=opts.calib_size, seed=opts.seed, data=opts.calib_data)
-        stats = collect_stats(proto, names, feeds, histogram=opts.calib != "minmax")
-        symmetric = opts.activations == "int8"
-        return {n: stats[n].range(opts.calib, symmetric=symmetric, percentile=opts.percentile) for n in names}

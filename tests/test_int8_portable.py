@@ -1,0 +1,329 @@
+"""int8 that computes the same on every x86 CPU: onnxruntime's kernels without VNNI (AVX2,
+AVX-512BW) add pairs of u8×s8 products in a saturating int16 (``passes/int8_saturation.py``).
+
+The AVX2 path is run whatever the host is, under ``qemu-x86_64 -cpu Haswell`` (Debian's
+qemu-user, installed with apt-get when missing): the pairing order the bound assumes is proved on
+crafted weights that saturate in one pairing and not in another, and the quantized zoo models'
+fused AVX2 kernels are compared with onnxruntime's exact DQ→float path (optimizations off).
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper, numpy_helper
+
+from gencompress.inputs import output_range_of_model, sample_inputs, specs_of_model
+from gencompress.isa import host_isa, saturates
+from gencompress.passes.insert_qdq import InsertQDQPass
+from gencompress.passes.int8_saturation import PAIR_LIMIT, Layout, saturation_free, unsafe_pairs
+
+ZOO = ("dcgan", "vae", "rvae", "cgan")
+# runs each model at optimization level disabled (exact DQ -> float) and all (fused int8 kernels)
+RUNNER = """
+import sys, numpy as np, onnxruntime as ort
+feeds = dict(np.load(sys.argv[1]))
+out = {}
+for i, path in enumerate(sys.argv[3:]):
+    for name, level in (("exact", ort.GraphOptimizationLevel.ORT_DISABLE_ALL), ("fused", ort.GraphOptimizationLevel.ORT_ENABLE_ALL)):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = level
+        opts.intra_op_num_threads = 1
+        opts.log_severity_level = 3
+        s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        mine = {k.partition("/")[2]: v for k, v in feeds.items() if k.partition("/")[0] == str(i)}
+        out[f"{i}_{name}"] = s.run(None, mine)[0]
+np.savez(sys.argv[2], **out)
+"""
+
+
+def _qemu() -> str:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip(f"the AVX2 path is emulated with qemu-x86_64 on x86-64 hosts; this is {platform.machine()}")
+    path = shutil.which("qemu-x86_64")
+    if path is None:
+        if not shutil.which("apt-get"):
+            pytest.skip("qemu-x86_64 is not installed and there is no apt-get to install it")
+        for cmd in (["apt-get", "install", "-y", "-q", "qemu-user"], ["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "qemu-user"]):
+            subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        path = shutil.which("qemu-x86_64")
+        if path is None:
+            pytest.skip("could not install qemu-user (qemu-x86_64) with apt-get")
+    return path
+
+
+def run_haswell(tmp_path, models: list, feeds: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(exact, fused)]`` per model: its first output at level disabled and at level all, run by
+    onnxruntime on an emulated Haswell (AVX2, FMA; no AVX-512, no VNNI)."""
+    qemu = _qemu()
+    paths = []
+    for i, model in enumerate(models):
+        path = tmp_path / f"m{i}.onnx"
+        onnx.save(model, str(path)) if isinstance(model, onnx.ModelProto) else shutil.copy(model, path)
+        paths.append(str(path))
+    packed = {f"{i}/{k}": v for i, f in enumerate(feeds) for k, v in f.items()}
+    np.savez(tmp_path / "feeds.npz", **packed)
+    cmd = [qemu, "-cpu", "Haswell", sys.executable, "-c", RUNNER, str(tmp_path / "feeds.npz"), str(tmp_path / "out.npz"), *paths]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = np.load(tmp_path / "out.npz")
+    return [(out[f"{i}_exact"], out[f"{i}_fused"]) for i in range(len(models))]
+
+
+# ---- the pairing order, proved on crafted weights ------------------------------------------------
+
+
+def _qdq_model(op: str, q: np.ndarray, x_shape, attrs: dict, w_axis: int, w_scale=None, bias=None) -> onnx.ModelProto:
+    """x (float, 1.0 everywhere = uint8 255 at scale 1/255) -> Q/DQ -> op(DQ(int8 q, scale
+    ``w_scale``, 1/127 by default, per channel), DQ(int32 ``bias``)) -> Q/DQ (range [-3, 3]) -> y:
+    onnxruntime fuses it into one int8 kernel."""
+    n_out = q.shape[w_axis]
+    w_scale = np.full(n_out, 1 / 127, np.float32) if w_scale is None else w_scale
+    inits = [
+        numpy_helper.from_array(q, "w_q"),
+        numpy_helper.from_array(w_scale, "w_s"),
+        numpy_helper.from_array(np.zeros(n_out, np.int8), "w_zp"),
+        numpy_helper.from_array(np.float32(1 / 255), "x_s"),
+        numpy_helper.from_array(np.uint8(0), "x_zp"),
+        numpy_helper.from_array(np.float32(6 / 255), "y_s"),
+        numpy_helper.from_array(np.uint8(128), "y_zp"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_s", "x_zp"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "x_s", "x_zp"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["wd"], axis=w_axis),
+        helper.make_node(op, ["xd", "wd", "bd"] if bias is not None else ["xd", "wd"], ["c"], **attrs),
+        helper.make_node("QuantizeLinear", ["c", "y_s", "y_zp"], ["cq"]),
+        helper.make_node("DequantizeLinear", ["cq", "y_s", "y_zp"], ["y"]),
+    ]
+    if bias is not None:
+        inits += [numpy_helper.from_array(bias, "b_q"), numpy_helper.from_array((np.float32(1 / 255) * w_scale).astype(np.float32), "b_s")]
+        nodes.insert(3, helper.make_node("DequantizeLinear", ["b_q", "b_s"], ["bd"], axis=0))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, list(x_shape))], [helper.make_tensor_value_info("y", TP.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    return model
+
+
+def _conv_case(c_out, c_in, group, spots):
+    """Conv weights [c_out, c_in/group, 3, 3], zero but for ``spots``: output channel ->
+    [(input channel, kernel position 0..8, value)]. Input 1x{c_in}x3x3: one output pixel."""
+    q = np.zeros((c_out, c_in // group, 3, 3), np.int8)
+    for co, entries in spots.items():
+        for ci, pos, v in entries:
+            q[co, ci, pos // 3, pos % 3] = v
+    # channels 5 and 6 sit at the bound: scale 2 and a bias of -255 * 128 make one step of the
+    # int16 sum visible in the output (129: 2.0 exact, 1.0 saturated; 128: 0 either way)
+    w_scale = np.full(c_out, 1 / 127, np.float32)
+    bias = np.zeros(c_out, np.int32)
+    for co in (5, 6):
+        if co in spots and group == 1:
+            w_scale[co], bias[co] = 2.0, -255 * PAIR_LIMIT
+    attrs = {"group": group} if group > 1 else {}
+    return _qdq_model("Conv", q, (1, c_in, 3, 3), attrs, 0, w_scale, bias), q, Layout("Conv", group=group), (1, c_in, 3, 3)
+
+
+# the same pairs in every Conv case: two 127s that are neighbours in one order and not in another
+CONV_SPOTS = {
+    0: [(0, 0, 127), (1, 0, 127)],  # input channels 0, 1 at one kernel position
+    1: [(0, 0, 127), (0, 1, 127)],  # one input channel at kernel positions 0, 1 (NCHW neighbours)
+    2: [(1, 0, 127), (2, 0, 127)],  # input channels 1, 2
+    3: [(2, 4, -127), (3, 4, -127)],  # input channels 2, 3, negative
+    4: [(0, 0, 127), (1, 0, -127)],  # opposite signs
+    5: [(0, 0, 100), (1, 0, 29)],  # 129: over the bound by one step
+    6: [(2, 0, 100), (3, 0, 28)],  # 128: on the bound
+}
+
+
+def _gemm_case(op, trans_b, k=8, n=4, m=1):
+    q = np.zeros((k, n), np.int8)
+    q[0, 0] = q[1, 0] = 127  # K 0, 1: a pair
+    q[1, 1] = q[2, 1] = 127  # K 1, 2: not a pair
+    q[2, 2] = q[3, 2] = -127  # K 2, 3: a pair
+    q[4, 3], q[5, 3] = 127, -127
+    w = q.T.copy() if trans_b else q
+    attrs = {"transB": 1} if trans_b else {}
+    return _qdq_model(op, w, (m, k), attrs, 0 if trans_b else 1), w, Layout(op, trans_b=trans_b), (m, k)
+
+
+def _cases():
+    cases = {
+        "conv_symmetric_kernel": _conv_case(16, 4, 1, CONV_SPOTS),  # C_in % 4 == 0, C_out >= 16: ConvSym
+        "conv_gemm": _conv_case(8, 4, 1, CONV_SPOTS),  # C_out < 16: im2col + QGEMM
+        "conv_odd_channels": _conv_case(8, 3, 1, {0: [(0, 0, 127), (1, 0, 127)], 1: [(2, 0, 127), (0, 1, 127)], 2: [(1, 0, 127), (2, 0, 127)]}),
+        "conv_grouped": _conv_case(16, 8, 2, {0: [(0, 0, 127), (1, 0, 127)], 8: [(2, 0, 127), (3, 0, 127)], 9: [(1, 0, 127), (2, 0, 127)]}),
+        "depthwise_16": _conv_case(16, 16, 16, {0: [(0, 0, 127), (0, 1, 127)], 1: [(0, 3, -127), (0, 4, -127)]}),
+        "depthwise_4": _conv_case(4, 4, 4, {0: [(0, 0, 127), (0, 1, 127)]}),
+        "gemm": _gemm_case("Gemm", False),
+        "gemm_trans_b": _gemm_case("Gemm", True),
+        "gemm_batch_4": _gemm_case("Gemm", False, m=4),
+        "matmul": _gemm_case("MatMul", False),
+    }
+    return cases
+
+
+def _predicted(q, layout) -> np.ndarray:
+    """Per output channel: does it hold a pair the bound calls unsafe?"""
+    found = layout.rows(q)
+    n = q.shape[0] if layout.op == "Conv" or layout.trans_b else q.shape[-1]
+    if found is None:
+        return np.zeros(n, bool)
+    rows, channel = found
+    return np.array([unsafe_pairs(rows[channel == c], Layout("Gemm", trans_b=True)) > 0 for c in range(n)])
+
+
+def test_pairing_order_on_emulated_avx2(tmp_path):
+    """On AVX2 a fused output channel differs from exact arithmetic exactly where the bound
+    predicts an unsafe pair (channels-last K order for Conv, K pairs for Gemm/MatMul, none for
+    depthwise), and not where the weights are neighbours in another order."""
+    cases = _cases()
+    models = [c[0] for c in cases.values()]
+    feeds = [{"x": np.ones(c[3], np.float32)} for c in cases.values()]
+    results = run_haswell(tmp_path, models, feeds)
+    for (name, (_, q, layout, _shape)), (exact, fused) in zip(cases.items(), results):
+        diff = np.abs(exact - fused).reshape(exact.shape[0], exact.shape[1], -1).max(axis=(0, 2)) if layout.op == "Conv" else np.abs(exact - fused).max(axis=0)
+        predicted = _predicted(q, layout)
+        assert np.array_equal(diff > 0, predicted), f"{name}: differs on {np.flatnonzero(diff > 0)}, predicted {np.flatnonzero(predicted)}"
+        if not name.startswith("depthwise"):
+            assert predicted.any() and not predicted.all(), name  # the case tells the orders apart
+
+
+def test_saturation_free_weights_are_exact_on_emulated_avx2(tmp_path):
+    """The same crafted weights after ``saturation_free``: no unsafe pair left, and the fused AVX2
+    kernels compute what exact arithmetic does (to one output step)."""
+    cases = _cases()
+    models, feeds = [], []
+    for model, q, layout, shape in cases.values():
+        axis = 1 if layout.op in ("Gemm", "MatMul") and not layout.trans_b else 0
+        scale = np.full(q.shape[axis], 1 / 127, np.float32)
+        w = q.astype(np.float32) / 127 * 0.999
+        q2, s2, _ = saturation_free(w, q, scale, axis, layout)
+        assert unsafe_pairs(q2, layout) == 0
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        for init in m.graph.initializer:
+            if init.name == "w_q":
+                init.CopyFrom(numpy_helper.from_array(q2, "w_q"))
+            if init.name == "w_s":
+                init.CopyFrom(numpy_helper.from_array(s2.astype(np.float32), "w_s"))
+        models.append(m)
+        feeds.append({"x": np.ones(shape, np.float32)})
+    for name, (exact, fused) in zip(cases, run_haswell(tmp_path, models, feeds)):
+        assert np.abs(exact - fused).max() <= 6 / 255 + 1e-6, name
+
+
+# ---- the bound in the pass --------------------------------------------------------------------
+
+
+def _random_conv_model():
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(16, 8, 3, 3)).astype(np.float32)
+    g = rng.normal(size=(16 * 4 * 4, 10)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "g"], ["y"], name="gemm"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [1, 8, 4, 4])], [helper.make_tensor_value_info("y", TP.FLOAT, [1, 10])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(g, "g")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    return model
+
+
+def _quantized(model, **options):
+    import onnx_ir as ir
+
+    ranges = (("x", -2.0, 2.0), ("c", -20.0, 20.0), ("r", 0.0, 20.0), ("f", 0.0, 20.0), ("y", -200.0, 200.0))
+    irm = ir.serde.deserialize_model(model)
+    p = InsertQDQPass(InsertQDQPass.Options(ranges=ranges, **options))
+    p(irm)
+    return ir.serde.serialize_model(irm), p.report
+
+
+def _int8_weights(model):
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == TP.INT8 and i.name.endswith("_quantized")}
+
+
+def test_portable_by_default_and_vnni_keeps_full_weights():
+    model = _random_conv_model()
+    portable, report = _quantized(model)
+    vnni, vnni_report = _quantized(model, int8_kernels="vnni")
+    layouts = {"w_quantized": Layout("Conv"), "g_quantized": Layout("Gemm")}
+    assert report["int8_kernels"] == "portable" and vnni_report["int8_kernels"] == "vnni"
+    for name, layout in layouts.items():
+        assert unsafe_pairs(_int8_weights(portable)[name], layout) == 0
+        assert unsafe_pairs(_int8_weights(vnni)[name], layout) > 0  # random weights: the peak has a same-sign neighbour
+    rows = {r["node"]: r for r in report["layers"]}
+    for node in ("conv", "gemm"):
+        info = rows[node]["saturation"]
+        assert 0 < info["channels"] <= info["of"] and "AVX2" in info["reason"]
+        assert "saturation" not in {r["node"]: r for r in vnni_report["layers"]}[node]
+    # byte-identical reruns
+    assert _quantized(model)[0].SerializeToString() == portable.SerializeToString()
+
+
+def test_unsafe_channels_only_change():
+    rng = np.random.default_rng(5)
+    # neighbouring input channels of opposite signs: no unsafe pair, but in channel 3
+    w = np.abs(rng.normal(size=(8, 6, 3, 3))).astype(np.float32) * np.array([1, -1] * 3, np.float32)[None, :, None, None]
+    w[3, 0, 0, 0], w[3, 1, 0, 0] = 5.0, 4.5
+    from gencompress.passes.insert_qdq import quantize_symmetric
+
+    q, s = quantize_symmetric(w, 0)
+    layout = Layout("Conv")
+    for method in ("best", "scale", "nudge"):
+        q2, s2, info = saturation_free(w, q, s, 0, layout, method=method)
+        assert unsafe_pairs(q2, layout) == 0
+        others = [c for c in range(8) if c != 3]
+        assert np.array_equal(q2[others], q[others]) and np.array_equal(s2[others], s[others])
+        assert info["channels"] == 1 and info["of"] == 8
+
+
+# ---- the zoo, fused AVX2 kernels against exact arithmetic ----------------------------------------
+
+
+def _psnr(a, b, peak):
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+
+
+@pytest.mark.parametrize("objective", ["size"])
+def test_zoo_fused_avx2_matches_exact(zoo_onnx, tmp_path, objective):
+    """Every zoo model quantized (all int8 layers): on emulated AVX2 the fused int8 kernels are
+    within 0.3 dB of exact arithmetic (PSNR vs the float model, 16 seeded latents)."""
+    from gencompress import quantize
+
+    models, feeds, refs, peaks = [], [], [], []
+    for name in ZOO:
+        src = zoo_onnx(name)
+        out = tmp_path / f"{name}_int8.onnx"
+        quantize(src, out, objective=objective, check=False)
+        ref = onnx.load(str(src))
+        f = sample_inputs(specs_of_model(ref), 16, seed=11)
+        models.append(out)
+        feeds.append(f)
+        refs.append(src)
+        peaks.append(output_range_of_model(ref) or 1.0)
+    import onnxruntime as ort
+
+    results = run_haswell(tmp_path, models, feeds)
+    for name, src, f, peak, (exact, fused) in zip(ZOO, refs, feeds, peaks, results):
+        floats = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, f)[0]
+        exact_db, fused_db = _psnr(floats, exact, peak), _psnr(floats, fused, peak)
+        assert fused_db >= exact_db - 0.3, f"{name}: fused AVX2 {fused_db:.1f} dB, exact {exact_db:.1f} dB"
+
+
+def test_host_isa_named():
+    isa = host_isa()
+    assert isa and (saturates(isa) in (True, False))
