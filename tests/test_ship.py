@@ -93,8 +93,9 @@ def test_compress_ship_writes_a_complete_bundle(bundles):
         pytest.skip(f"onnxruntime-web could not be fetched here: {entry['stderr'].strip()}")
     # the bundle's model is the compressed one, byte for byte
     assert (bundle / "model.onnx").read_bytes() == (entry["dir"] / "model.onnx").read_bytes()
-    for name in ("sample.py", "model.ort", "required_operators.config", "web/index.html", "web/model.onnx", "web/latents.bin",
-                 "web/ort.wasm.min.js", "web/ort-wasm-simd-threaded.mjs", "web/ort-wasm-simd-threaded.wasm"):
+    for name in ("sample.py", "model.ort", "required_operators.config", "test_vectors.bin", "web/index.html", "web/coi-sw.js",
+                 "web/model.onnx", "web/latents.bin", "web/test_vectors.bin",
+                 "web/ort.wasm.min.js", "web/ort-wasm-simd-threaded.mjs", "web/ort-wasm-simd-threaded.wasm.gz"):
         assert name in m["files"], name
     on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} - {"manifest.json"}
     assert set(m["files"]) == on_disk
@@ -260,7 +261,8 @@ def test_zoo_model_runs_in_the_web_page(bundles, name, tmp_path):
         peak = out["nominal_range"] or float(np.ptp(want[out["name"]]))
         db = psnr(mse(want[out["name"]], got), peak)
         assert db >= 40, f"{name} {out['name']}: PSNR {db:.1f} dB between onnxruntime-web (wasm) and onnxruntime CPU"
-    assert result["ms_per_run"] > 0 and result["threads"] == 1 and result["backend"] == "wasm"
+    assert result["ms_per_run"] > 0 and result["backend"] == "wasm" and result["verify"]["passed"]
+    assert result["threads"] == min(4, result["hardware_concurrency"]) and result["cross_origin_isolated"]
     if name == "cgan":  # the page's own seeded sampler (no latents.bin): int64 labels as BigInt64Array, in range
         with browser.serve(bundle / "web") as base:
             drawn = browser.run_page(base + "index.html?seed=3&n=5", tmp_path / "profile2", chromium=chromium)

@@ -130,7 +130,7 @@ def verify(manifest: dict, folder: Path, model: Path, threads: int) -> tuple[boo
         problems.append(f"onnxruntime could not run {model.name} ({type(e).__name__}: {' '.join(str(e).split())[:160]})")
     if problems:
         return False, f"verify FAILED: {'; '.join(problems)} ({where})"
-    return True, f"verified: {shown} >= {tv['bound_db']:g} dB bound ({where})"
+    return True, f"verified: {shown} (bound {tv['bound_db']:g} dB; {where})"
 
 
 def peak_rss_mb() -> float | None:
