@@ -1,0 +1,201 @@
+"""Trials as Ray tasks: builds in parallel anywhere, then timings one per node.
+
+Timing honesty. A latency figure is only worth something when nothing else runs on its node.
+Two rules give that:
+  1. builds first, timings after: the timing phase starts when the last build has finished, so no
+     build (export, distillation, calibration) ever runs beside a timing;
+  2. every timing task holds the custom node resource ``gencompress_timing`` (1 per node), so no two
+     timings share a node, while different nodes time in parallel.
+A custom resource rather than "all the node's CPUs" because it needs no knowledge of each node's
+size and Ray queues the waiting timings itself. A trial whose build itself times models (the
+``balanced``/``speed`` int8 plan, a PSNR target search) runs whole in the timing phase. Other
+trials build with ``bench=False``; their latency is then measured by ``gencompress.bench`` with the
+arguments compress would have used, and merged into their report.
+
+Results travel through Ray's object store (the trial's files as bytes), so nodes need no shared
+file system: only the driver writes OUT_DIR.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from gencompress.errors import GencompressError
+
+TIMING_RESOURCE = "gencompress_timing"
+BASE_MEMORY = 768 << 20  # a worker with torch and onnxruntime imported
+MAX_RETRIES = 3  # a worker that dies (killed, OOM, node lost) is retried this many times
+
+
+def connect(address: str | None, *, num_cpus: int | None = None, object_store_memory: int | None = None) -> bool:
+    """Join the cluster at ``address`` or start a local Ray; True if this call started it."""
+    import ray
+
+    if ray.is_initialized():  # a caller's own Ray session (tests, notebooks): used as it is
+        return False
+    try:
+        if address is None:
+            ray.init(num_cpus=num_cpus, resources={TIMING_RESOURCE: 1}, object_store_memory=object_store_memory,
+                     include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            return True
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise GencompressError(f"--address {address}: cannot join a Ray cluster ({str(e).splitlines()[0]})") from None
+    return False
+
+
+def check_cluster(needs_timing: bool) -> None:
+    import ray
+
+    if needs_timing and not ray.cluster_resources().get(TIMING_RESOURCE):
+        raise GencompressError(f"the Ray cluster has no node with the '{TIMING_RESOURCE}' resource; start each node with "
+                               f"`ray start ... --resources '{{\"{TIMING_RESOURCE}\": 1}}'`, or set options.bench: false")
+
+
+def memory_estimate(trial) -> int:
+    """Ray's memory reservation for a trial: a worker's imports plus ~12 copies of the model
+    (reference, candidate, calibration and distillation copies, the files returned as bytes)."""
+    return BASE_MEMORY + 12 * trial.model_bytes
+
+
+def _compress_kwargs(trial, out: Path, bench: bool) -> dict:
+    c, o = trial.config, trial.options
+    kwargs = dict(checkpoint=trial.model["checkpoint"], inputs=trial.model["inputs"], batch_size=trial.model["batch_size"],
+                  samples=o["samples"], seed=o["seed"], bench=bench, batches=tuple(o["batches"]), threads=tuple(o["threads"]),
+                  runs=o["runs"], provider=o["provider"])
+    if "recipe" in c:
+        kwargs["recipe"] = c["recipe"]
+    else:
+        flags = {k: v for k, v in c.items() if k != "target_psnr"}
+        kwargs["flags"] = {**flags, "exclude": tuple(flags["exclude"]), "seed": o["seed"]}
+        kwargs["target_psnr"] = c.get("target_psnr")
+    return {"model": trial.model["model"], "out_dir": out, **kwargs}
+
+
+def _files(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def build_trial(trial, time_later: bool) -> dict:
+    """One compress run in a scratch folder; its files come back as bytes.
+
+    ``time_later``: built with ``bench=False``; the fidelity check is run again here with its
+    sample previews kept in memory (report.json has only their shapes) so that the report can be
+    rendered whole once the latency is merged in."""
+    import ray
+
+    import gencompress
+
+    with tempfile.TemporaryDirectory(prefix="gencompress-trial-") as tmp:
+        out = Path(tmp) / "out"
+        start = time.perf_counter()
+        gencompress.compress(**_compress_kwargs(trial, out, bench=trial.options["bench"] and not time_later))
+        fidelity = None
+        if time_later:
+            from gencompress.runtime_check.fidelity import held_back_seed
+
+            fidelity = gencompress.check(out / "reference.onnx", out / "model.onnx", samples=trial.options["samples"],
+                                         seed=held_back_seed(trial.options["seed"]), preview=8)
+            fidelity = _without_prefix(fidelity, f"{out}{os.sep}")
+        return {"files": _files(out), "fidelity": fidelity, "build_seconds": time.perf_counter() - start,
+                "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+
+
+def time_trial(trial, built: dict) -> dict:
+    """compress's timing of a built trial: candidate and reference interleaved in this process."""
+    import ray
+
+    import gencompress
+
+    o = trial.options
+    with tempfile.TemporaryDirectory(prefix="gencompress-timing-") as tmp:
+        for name, data in built["files"].items():
+            if name.startswith(("reference.onnx", "model.onnx")):  # the models and their side files, if any
+                (Path(tmp) / name).write_bytes(data)
+        start = time.perf_counter()
+        latency = gencompress.bench(Path(tmp) / "model.onnx", reference=Path(tmp) / "reference.onnx", providers=(o["provider"],),
+                                    batches=tuple(o["batches"]), threads=tuple(o["threads"]), runs=o["runs"], seed=o["seed"], memory=False)
+        return {"latency": _without_prefix(latency, f"{tmp}{os.sep}"), "time_seconds": time.perf_counter() - start,
+                "node": ray.get_runtime_context().get_node_id()}
+
+
+def _without_prefix(value, prefix: str):
+    if isinstance(value, str):
+        return value.replace(prefix, "")
+    if isinstance(value, dict):
+        return {k: _without_prefix(v, prefix) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_without_prefix(v, prefix) for v in value)
+    return value
+
+
+def run(trials, *, on_done, on_failed, on_progress=lambda done, running, failed: None) -> None:
+    """Run ``trials``; ``on_done(trial, built, timed|None)`` and ``on_failed(trial, message)`` are
+    called in the driver as each finishes. Ctrl-C/SIGTERM (KeyboardInterrupt) cancels what is
+    still running and re-raises; finished trials have been handed over already."""
+    import ray
+
+    build = ray.remote(build_trial)
+    timing = ray.remote(time_trial)
+    common = dict(max_retries=MAX_RETRIES, retry_exceptions=False, num_cpus=1)
+    timed_phase = {TIMING_RESOURCE: 1}
+    pending: dict = {}  # ObjectRef -> (phase, trial, built)
+    later = []  # what the timing phase runs once the builds are done
+    counts = {"done": 0, "failed": 0}
+
+    def submit_timing():
+        for trial, built in later:
+            opts = dict(common, memory=memory_estimate(trial), resources=timed_phase)
+            if built is None:  # times inside its build: the whole compress run holds the node's timing slot
+                pending[build.options(**opts).remote(trial, False)] = ("whole", trial, None)
+            else:
+                pending[timing.options(**opts).remote(trial, built)] = ("timing", trial, built)
+        later.clear()
+
+    for trial in trials:
+        if trial.times_in_build:
+            later.append((trial, None))
+        else:
+            time_later = trial.options["bench"]
+            pending[build.options(**common, memory=memory_estimate(trial)).remote(trial, time_later)] = ("build", trial, None)
+    try:
+        if not any(phase == "build" for phase, _, _ in pending.values()):
+            submit_timing()
+        while pending:
+            on_progress(counts["done"], len(pending), counts["failed"])
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in ready:
+                phase, trial, built = pending.pop(ref)
+                try:
+                    value = ray.get(ref)
+                except Exception as e:  # noqa: BLE001 - the trial failed; the sweep goes on
+                    counts["failed"] += 1
+                    on_failed(trial, _message(e))
+                    continue
+                if phase == "build" and trial.options["bench"]:
+                    later.append((trial, value))
+                else:
+                    counts["done"] += 1
+                    on_done(trial, built if phase == "timing" else value, value if phase == "timing" else None)
+            if later and not any(phase == "build" for phase, _, _ in pending.values()):
+                submit_timing()  # the last build is done: nothing else runs beside a timing now
+        on_progress(counts["done"], 0, counts["failed"])
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+
+
+def _message(error: Exception) -> str:
+    """One line: a user error's own message, else the exception's type and first line."""
+    import ray
+
+    cause = getattr(error, "cause", None) if isinstance(error, ray.exceptions.RayTaskError) else None
+    if isinstance(cause, GencompressError):
+        return str(cause)
+    error = cause or error
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first}"[:300]

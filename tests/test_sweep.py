@@ -1,0 +1,208 @@
+"""gencompress sweep on a local Ray: spec errors, trials equal to serial compress runs, resume,
+a failing trial, Ctrl-C/SIGTERM, and the sweep page in Chromium.
+
+Small on purpose: the zoo dcgan, --objective size, 32 fidelity samples, few timing runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import gencompress
+
+OPTIONS = {"samples": 32, "runs": 5, "batches": [1]}
+CONFIGS = [{"objective": "size"}, {"objective": "size", "sparsity": 0.5, "distill": 20}]
+RAY = dict(num_cpus=2, object_store_memory=100 << 20)  # light: tests share 2 cores
+
+
+def _write(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+# ---- the spec is validated before anything runs -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ({"models": ["dcgan"], "configs": {"sparsity": []}}, "empty list"),
+        ({"models": ["dcgan"], "configs": {}}, "empty grid"),
+        ({"models": ["dcgan"], "configs": [{"sparsty": 0.5}]}, "unknown key 'sparsty'"),
+        ({"models": ["dcgan"], "configs": [{"mode": "int3"}]}, "--mode"),
+        ({"models": ["dcgan"], "configs": [{"sparsity": 2}]}, "sparsity"),
+        ({"models": ["nosuchzoo"], "configs": [{}]}, "unknown zoo model"),
+        ({"models": ["missing.onnx"], "configs": [{}]}, "no such file"),
+        ({"models": [{"model": "gen.py:G", "checkpoint": "nope.pt"}], "configs": [{}]}, "no such file"),
+        ({"models": ["dcgan"], "configs": [{"recipe": "nope.yaml"}]}, "no such file"),
+        ({"models": ["dcgan"], "configs": [{}], "options": {"samples": 0}}, "options.samples"),
+        ({"models": ["dcgan"], "configs": [{}], "optionz": {}}, "unknown key 'optionz'"),
+        ({"models": [], "configs": [{}]}, "non-empty list"),
+        ({"configs": [{}]}, "'models' is missing"),
+        ({"models": ["dcgan", "dcgan"], "configs": [{}]}, "two models named"),
+    ],
+)
+def test_bad_spec_is_one_line_exit_2(tmp_path, run_cli, user_error, spec, fragment):
+    (tmp_path / "gen.py").write_text("class G: pass\n")
+    out = tmp_path / "out"
+    user_error(run_cli("sweep", _write(tmp_path / "spec.yaml", spec), out), fragment)
+    assert not out.exists()  # nothing written, no Ray started
+
+
+def test_spec_not_yaml(tmp_path, run_cli, user_error):
+    bad = tmp_path / "spec.yaml"
+    bad.write_text("models: [dcgan\n")
+    user_error(run_cli("sweep", bad, tmp_path / "out"), "not valid YAML")
+
+
+def test_trial_key_is_content_addressed(tmp_path):
+    from gencompress.sweeps.spec import load_spec
+
+    onnx_a = tmp_path / "a.onnx"
+    onnx_a.write_bytes(b"model bytes v1")
+    spec = {"models": [{"model": "a.onnx"}], "configs": [{"sparsity": 0}, {"sparsity": 0.0, "mode": "static"}]}
+    first, same = load_spec(spec, tmp_path)
+    assert first.key == same.key  # the same configuration written two ways
+    onnx_a.write_bytes(b"model bytes v2")
+    (changed, _) = load_spec(spec, tmp_path)
+    assert changed.key != first.key  # retrained model: run again
+
+
+# ---- a local sweep ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep")
+    (folder / "broken.onnx").write_bytes(b"not an onnx model")
+    spec = _write(folder / "spec.yaml", {"models": ["dcgan", {"model": "broken.onnx", "name": "broken"}], "configs": CONFIGS,
+                                         "options": OPTIONS})
+    summary = gencompress.sweep(spec, folder / "out", **RAY)
+    return {"spec": spec, "out": folder / "out", "summary": summary,
+            "results": json.loads((folder / "out" / "results.json").read_text())}
+
+
+def test_local_sweep_completes_and_records_failures(local_sweep):
+    s, rows = local_sweep["summary"], local_sweep["results"]["trials"]
+    assert (s["trials"], s["done"], s["failed"], s["resumed"]) == (4, 2, 2, 0)
+    for r in rows:
+        if r["model"] == "broken":  # a trial that fails is a row with its one-line reason; the others go on
+            assert r["status"] == "failed" and "\n" not in r["error"] and r["folder"] is None
+            continue
+        assert r["status"] == "done"
+        folder = local_sweep["out"] / r["folder"]
+        assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "reference.onnx", "report.html", "report.json", "trial.json"]
+        report = json.loads((folder / "report.json").read_text())
+        assert r["bytes"] == report["sizes"]["candidate"]["bytes"] == (folder / "model.onnx").stat().st_size
+        assert r["psnr_db"] == report["fidelity"]["outputs"][0]["psnr_db"] > 20
+        latency = report["latency"]["results"]  # timed after the builds and merged into compress's report
+        assert [(x["batch"], x["threads"]) for x in latency] == [(1, 2)]
+        assert r["b1_t2.speedup"] == latency[0]["speedup"] > 0
+        assert "Latency" in (folder / "report.html").read_text()
+    csv_lines = (local_sweep["out"] / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == 1 + len(rows)
+    assert not list(local_sweep["out"].glob("trials/*/.partial-*"))
+
+
+def test_trials_are_byte_identical_to_serial_compress(local_sweep, tmp_path):
+    rows = [r for r in local_sweep["results"]["trials"] if r["status"] == "done"]
+    for config, r in zip(CONFIGS, rows):
+        serial = tmp_path / r["key"][:8]
+        report = gencompress.compress("dcgan", serial, flags=dict(config), samples=OPTIONS["samples"], bench=False)
+        trial = local_sweep["out"] / r["folder"]
+        for name in ("model.onnx", "reference.onnx"):
+            assert (trial / name).read_bytes() == (serial / name).read_bytes(), (config, name)
+        swept = json.loads((trial / "report.json").read_text())
+        assert swept["fidelity"]["outputs"] == report["fidelity"]["outputs"]
+        assert swept["recipe"] == report["recipe"]
+
+
+def test_rerun_executes_nothing(local_sweep):
+    before = {p: p.stat().st_mtime_ns for p in local_sweep["out"].glob("trials/*/*/model.onnx")}
+    summary = gencompress.sweep(local_sweep["spec"], local_sweep["out"], **RAY)
+    assert summary["resumed"] == 2 and summary["done"] == 2
+    assert summary["executed"] == []  # the broken model's trials are tried again, and fail again
+    assert {p: p.stat().st_mtime_ns for p in local_sweep["out"].glob("trials/*/*/model.onnx")} == before
+
+
+def test_sweep_page_in_chromium(local_sweep, tmp_path):
+    from PIL import Image
+
+    from gencompress.ship.browser import run_page
+
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("Chromium is not installed (tests/test_report_html.py installs it)")
+    page = (local_sweep["out"] / "report.html").read_text()
+    probe = ("<script>window.addEventListener('load',function(){var p=document.createElement('pre');p.id='result';"
+             "p.textContent=JSON.stringify({charts:Array.prototype.map.call(document.querySelectorAll('svg.chart'),function(s){"
+             "var b=s.getBoundingClientRect();return {id:s.id,points:s.querySelectorAll('circle').length,"
+             "front:s.querySelectorAll('circle[data-pareto=\"true\"]').length,w:b.width,h:b.height};}),"
+             "links:Array.prototype.map.call(document.querySelectorAll('table.trials a'),function(a){return a.getAttribute('href');})});"
+             "document.body.appendChild(p);});</script>")
+    probed = local_sweep["out"] / "probe.html"  # beside report.html so the trial links resolve
+    probed.write_text(page.replace("</body>", probe + "</body>"))
+    shot = tmp_path / "sweep.png"
+    result = run_page(probed.as_uri(), tmp_path / "profile", chromium=chromium, screenshot=shot, clip=".charts", size=(1100, 900))
+    probed.unlink()
+    charts = {c["id"]: c for c in result["charts"]}
+    assert set(charts) == {"size-dcgan", "speed-dcgan"}  # the broken model has no chart, only its failed rows
+    for c in charts.values():
+        assert c["points"] == 2 and c["front"] >= 1 and c["w"] > 100 and c["h"] > 100
+    for href in result["links"]:
+        assert (local_sweep["out"] / href).is_file()
+    pixels = Image.open(shot).convert("RGB")
+    red = sum(1 for p in pixels.getdata() if p[0] > 180 and p[1] < 110 and p[2] < 90)  # the front's #d0452f points
+    assert pixels.size[0] > 500 and red > 50
+
+
+# ---- Ctrl-C / SIGTERM --------------------------------------------------------------------------------
+
+
+def test_sigterm_keeps_finished_trials_and_rerun_resumes(tmp_path):
+    spec = _write(tmp_path / "spec.yaml", {"models": ["dcgan"], "configs": {"objective": "size", "sparsity": [0.0, 0.25, 0.5, 0.75]},
+                                           "options": {**OPTIONS, "bench": False}})
+    out = tmp_path / "out"
+    gencompress_cli = Path(sys.executable).parent / "gencompress"
+    proc = subprocess.Popen([str(gencompress_cli), "sweep", str(spec), str(out), "--num-cpus", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300  # a guard, not a measurement
+        while not list(out.glob("trials/dcgan/*/trial.json")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert not list(out.glob("trials/*/.partial-*"))
+    finished = sorted(p.parent for p in out.glob("trials/dcgan/*/trial.json"))
+    assert 1 <= len(finished) < 4
+    for folder in finished:  # every folder that exists is a whole trial
+        assert {"model.onnx", "reference.onnx", "report.json", "report.html"} <= {p.name for p in folder.iterdir()}
+    rows = json.loads((out / "results.json").read_text())["trials"]
+    assert sum(r["status"] == "done" for r in rows) == len(finished)
+    assert {r["status"] for r in rows} <= {"done", "pending"}
+
+    summary = gencompress.sweep(spec, out, **RAY)
+    assert summary["resumed"] == len(finished) and len(summary["executed"]) == 4 - len(finished) and summary["done"] == 4
+
+
+def test_python_api_is_registered():
+    assert "sweep" in gencompress.__all__
+    from gencompress.cli.main import COMMANDS
+
+    assert COMMANDS["sweep"][0] == "gencompress.sweeps.cli"
+    assert not os.environ.get("RAY_ADDRESS")  # the tests start their own Ray
