@@ -1,15 +1,17 @@
-"""What shipping the int8 zoo costs and how fast it runs: bundle size, .ort size, operators in the
-reduced build, and batch-1 latency in onnxruntime CPU (1 and 2 intra-op threads, spinning off)
-against onnxruntime-web (wasm, 1 thread) in headless Chromium.
+"""What shipping the int8 zoo costs and how fast the browser runs it: bundle size by web backend,
+and latency in onnxruntime CPU (1, 2, 4 intra-op threads, spinning off) against onnxruntime-web in
+headless Chromium: wasm on 1, 2, 4 threads (page cross-origin isolated by its service worker) and
+WebGPU (SwiftShader's Vulkan adapter: a CPU, not a GPU), at batch 1 and 16.
 
-Each model is exported, quantized (static int8, gencompress.quantize defaults) and shipped. Then, for
-``--rounds`` rounds: the two CPU sessions are timed interleaved in this process (``--runs`` runs each),
-then the bundle's page runs in Chromium with ``?runs=RUNS`` (its ``ms_per_run``: the median of RUNS
-timed batch-1 runs after 3 warm-up runs; the browser's clock is 0.1 ms coarse). Means are printed
-beside the medians: on a loaded machine they show the preemption outliers. Medians over rounds.
-The browser is a separate process, so CPU and wasm are alternated round by round, not run by run.
+Each model is exported, quantized (static int8, gencompress.quantize defaults) and shipped with both
+web backends; sizes by backend count the bundle without the other backend's runtime files. Then, for
+``--rounds`` rounds: the CPU sessions are timed interleaved in this process (``--runs`` runs each) at
+both batches, then the page runs once per configuration with ``?runs=RUNS&batch=B&threads=T``
+(its ``ms_per_run``: the median of RUNS timed runs after a first run and 3 warm-up runs; the clock
+is fine-grained as the page is isolated). Medians over rounds; ratios are page / CPU with the same
+thread count (WebGPU: / CPU 2 threads). The load average is printed with the timings.
 
-    python benchmarks/ship.py [--models dcgan,vae,rvae,cgan] [--rounds 3] [--runs 200] [--json]
+    python benchmarks/ship.py [--models dcgan,vae,rvae,cgan] [--rounds 2] [--runs 100] [--threads 1,2,4] [--json]
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+BATCHES = (1, 16)
+
 
 def ship_model(name: str, folder: Path) -> Path:
     import gencompress
@@ -29,87 +33,123 @@ def ship_model(name: str, folder: Path) -> Path:
 
     export(name, folder / f"{name}.float.onnx")
     gencompress.quantize(folder / f"{name}.float.onnx", folder / name / "model.onnx")
-    gencompress.ship(folder / name / "model.onnx", folder / name / "ship")
+    gencompress.ship(folder / name / "model.onnx", folder / name / "ship", web_backends="wasm,webgpu")
     return folder / name / "ship"
 
 
-def measure(name: str, bundle: Path, rounds: int, runs: int, profile: Path) -> dict:
+def sizes(manifest: dict) -> dict:
+    """Bundle bytes with the wasm build only, the webgpu build only, and both (manifest.json included in none)."""
+    from gencompress.ship.web import BACKEND_FILES, shipped_name
+
+    files = manifest["files"]
+    runtime = {b: {f"web/{shipped_name(n)}" for n in names} for b, names in BACKEND_FILES.items()}
+    total = sum(f["bytes"] for f in files.values())
+    out = {"both": total}
+    for backend, other in (("wasm", "webgpu"), ("webgpu", "wasm")):
+        out[backend] = total - sum(files[n]["bytes"] for n in runtime[other] - runtime[backend])
+        out[f"{backend}_runtime"] = sum(files[n]["bytes"] for n in runtime[backend])
+    return out
+
+
+def measure(name: str, bundle: Path, rounds: int, runs: int, threads: list[int], profile: Path) -> dict:
+    import numpy as np
+
     from gencompress.inputs import sample_inputs, specs_of_model
     from gencompress.onnx_io import load_model
+    from gencompress.runtime_check.fidelity import mse, psnr
     from gencompress.runtime_check.latency import percentiles, time_interleaved
     from gencompress.runtime_check.sessions import make_session
     from gencompress.ship import browser
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     model = bundle / "model.onnx"
-    feeds = sample_inputs(specs_of_model(load_model(model)), 1, 0)  # = the page's timed sample (latents.bin[0])
-    sessions = {"cpu1": make_session(model, threads=1), "cpu2": make_session(model, threads=2)}
-    cpu = {"cpu1": [], "cpu2": []}
-    cpu_mean = {"cpu1": [], "cpu2": []}
-    wasm, wasm_mean = [], []
+    latents = sample_inputs(specs_of_model(load_model(model)), 16, 0)  # = latents.bin, the page's timed samples
+    feeds = {b: {k: v[:b] for k, v in latents.items()} for b in BATCHES}
+    sessions = {t: make_session(model, threads=t) for t in threads}
+    configs = [("wasm", t) for t in threads] + [("webgpu", 2)]
+    cpu = {(t, b): [] for t in threads for b in BATCHES}
+    page = {(k, t, b): [] for k, t in configs for b in BATCHES}
+    init, info = {}, {}
+    out = manifest["outputs"][0]
+    want = dict(zip([o.name for o in sessions[threads[0]].get_outputs()], sessions[threads[0]].run(None, latents)))[out["name"]]
+    peak = out["nominal_range"] or float(np.ptp(want))
     with browser.serve(bundle / "web") as base:
         for r in range(rounds):
-            times = time_interleaved(sessions, feeds, runs=runs, warmup=20)
-            for k in sessions:
-                stats = percentiles(times[k])
-                cpu[k].append(stats["p50_ms"])
-                cpu_mean[k].append(stats["mean_ms"])
-            page = browser.run_page(f"{base}index.html?runs={runs}", profile / f"{name}-{r}")
-            if "error" in page:
-                raise SystemExit(f"{name}: the page failed: {page['error']}")
-            wasm.append(page["ms_per_run"])
-            wasm_mean.append(page["mean_ms"])
-    files = manifest["files"]
-    web_runtime = sum(f["bytes"] for n, f in files.items() if n.startswith("web/ort"))
+            for b in BATCHES:
+                times = time_interleaved({t: sessions[t] for t in threads}, feeds[b], runs=runs, warmup=10)
+                for t in threads:
+                    cpu[(t, b)].append(percentiles(times[t])["p50_ms"])
+            for backend, t in configs:
+                for b in BATCHES:
+                    url = f"{base}index.html?runs={runs}&batch={b}&threads={t}&backend={backend}"
+                    res = browser.run_page(url, profile / f"{name}-{r}-{backend}-{t}-{b}", webgpu=backend == "webgpu", timeout=600)
+                    if "error" in res:
+                        raise SystemExit(f"{name}: the page failed ({url}): {res['error']}")
+                    key = (backend if res["backend"] == backend else f"{backend}->{res['backend']}", t)
+                    if res["threads"] != t and backend == "wasm":
+                        raise SystemExit(f"{name}: asked {t} threads, the page ran {res['threads']} ({res['isolation']})")
+                    page[(backend, t, b)].append(res["ms_per_run"])
+                    init.setdefault(f"{backend} {t}t", []).append(res["init_ms"])
+                    got = np.asarray(res["outputs"][out["name"]]["data"], np.float32).reshape(want.shape)
+                    info[f"{key[0]} {t}t"] = {"psnr_db_vs_cpu": psnr(mse(want, got), peak),
+                                              "verify_db": res["verify"]["min_psnr_db"], "isolation": res["isolation"]}
     med = statistics.median
-    return {
-        "model": name,
-        "bundle_bytes": sum(f["bytes"] for f in files.values()) + (bundle / "manifest.json").stat().st_size,
-        "web_runtime_bytes": web_runtime,
-        "onnx_bytes": files["model.onnx"]["bytes"],
-        "ort_bytes": files["model.ort"]["bytes"],
-        "operators": manifest["targets"]["ort"]["operator_count"],
-        "cpu1_p50_ms": med(cpu["cpu1"]), "cpu2_p50_ms": med(cpu["cpu2"]),
-        "cpu1_mean_ms": med(cpu_mean["cpu1"]), "cpu2_mean_ms": med(cpu_mean["cpu2"]),
-        "wasm1_p50_ms": med(wasm), "wasm1_mean_ms": med(wasm_mean),
-    }
+    return {"model": name, "sizes": sizes(manifest), "operators": manifest["targets"]["ort"]["operator_count"],
+            "cpu_ms": {f"{t}t b{b}": med(v) for (t, b), v in cpu.items()},
+            "page_ms": {f"{k} {t}t b{b}": med(v) for (k, t, b), v in page.items()},
+            "init_ms": {k: med(v) for k, v in init.items()}, "pages": info}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="dcgan,vae,rvae,cgan")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--threads", default="1,2,4")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
     import onnxruntime
 
+    from gencompress.isa import host_isa
     from gencompress.output import table
     from gencompress.ship.web import ORT_WEB_VERSION
 
-    load_start = os.getloadavg()[0]
+    threads = [int(t) for t in args.threads.split(",")]
+    load_start = open("/proc/loadavg").read().split()[:3]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
             print(f"{name}: export, quantize, ship ...", file=sys.stderr)
             bundle = ship_model(name, tmp)
-            rows.append(measure(name, bundle, args.rounds, args.runs, tmp / "profiles"))
-    load_end = os.getloadavg()[0]
+            print(f"{name}: timing ...", file=sys.stderr)
+            rows.append(measure(name, bundle, args.rounds, args.runs, threads, tmp / "profiles"))
+    load_end = open("/proc/loadavg").read().split()[:3]
     if args.json:
-        print(json.dumps({"rows": rows, "load_average": [load_start, load_end]}, indent=2))
+        print(json.dumps({"rows": rows, "load_average": {"start": load_start, "end": load_end}, "isa": host_isa()}, indent=2))
         return 0
-    print(f"onnxruntime {onnxruntime.__version__} CPU vs onnxruntime-web {ORT_WEB_VERSION} (wasm, 1 thread, headless Chromium) | "
-          f"{os.cpu_count()} logical CPUs | load avg {load_start:.2f} at start, {load_end:.2f} at end")
-    print(f"int8 static QDQ zoo models, batch 1; medians over {args.rounds} rounds of {args.runs} runs; "
-          "ms per run: median (mean); CPU: intra-op spinning off\n")
-    headers = ["model", "bundle MB", "web runtime MB", ".onnx KB", ".ort KB", "ops", "CPU 1t ms", "CPU 2t ms", "wasm 1t ms", "wasm / CPU 1t (median)"]
-    body = [[r["model"], f"{r['bundle_bytes'] / 1e6:.2f}", f"{r['web_runtime_bytes'] / 1e6:.2f}", f"{r['onnx_bytes'] / 1e3:.0f}",
-             f"{r['ort_bytes'] / 1e3:.0f}", r["operators"],
-             f"{r['cpu1_p50_ms']:.3f} ({r['cpu1_mean_ms']:.3f})", f"{r['cpu2_p50_ms']:.3f} ({r['cpu2_mean_ms']:.3f})",
-             f"{r['wasm1_p50_ms']:.2f} ({r['wasm1_mean_ms']:.2f})", f"{r['wasm1_p50_ms'] / r['cpu1_p50_ms']:.1f}x"] for r in rows]
-    print(table(headers, body))
+    print(f"onnxruntime {onnxruntime.__version__} CPU ({host_isa()}) vs onnxruntime-web {ORT_WEB_VERSION} in headless Chromium | "
+          f"{os.cpu_count()} logical CPUs | /proc/loadavg {' '.join(load_start)} at start, {' '.join(load_end)} at end")
+    print(f"int8 static QDQ zoo models; medians over {args.rounds} rounds of {args.runs} runs; CPU: intra-op spinning off; "
+          "WebGPU: SwiftShader (software Vulkan)\n")
+    print(table(["model", "bundle MB wasm", "webgpu", "both", "wasm runtime MB", "webgpu runtime MB", "ops", "page init ms (wasm 2t)"],
+                [[r["model"], f"{r['sizes']['wasm'] / 1e6:.2f}", f"{r['sizes']['webgpu'] / 1e6:.2f}", f"{r['sizes']['both'] / 1e6:.2f}",
+                  f"{r['sizes']['wasm_runtime'] / 1e6:.2f}", f"{r['sizes']['webgpu_runtime'] / 1e6:.2f}", r["operators"],
+                  f"{r['init_ms'].get('wasm 2t', float('nan')):.0f}"] for r in rows]))
+    for b in BATCHES:
+        headers = ["model", *(f"CPU {t}t" for t in threads), *(f"wasm {t}t" for t in threads), "webgpu",
+                   *(f"wasm/CPU {t}t" for t in threads), "webgpu/CPU 2t"]
+        body = []
+        for r in rows:
+            c, w = r["cpu_ms"], r["page_ms"]
+            body.append([r["model"], *(f"{c[f'{t}t b{b}']:.3f}" for t in threads), *(f"{w[f'wasm {t}t b{b}']:.3f}" for t in threads),
+                         f"{w[f'webgpu 2t b{b}']:.2f}", *(f"{w[f'wasm {t}t b{b}'] / c[f'{t}t b{b}']:.2f}x" for t in threads),
+                         f"{w[f'webgpu 2t b{b}'] / c[f'2t b{b}']:.1f}x"])
+        print(f"\nbatch {b}: median ms per run")
+        print(table(headers, body))
+    print("\nPSNR of the page's outputs (latents.bin, 16 samples) against onnxruntime CPU, dB:")
+    print(table(["model", *rows[0]["pages"]], [[r["model"], *(f"{v['psnr_db_vs_cpu']:.1f}" for v in r["pages"].values())] for r in rows]))
     return 0
 
 
