@@ -6,8 +6,12 @@ A spec says what a graph input is and how to sample it (its *prior*):
     uniform:LO..HI   float inputs, uniform in [LO, HI)
     onehot:K         float one-hot vectors over the last axis (of size K), e.g. class labels
     LO..HI           integer inputs, uniform integers in [LO, HI] (the default for ints: 0..1)
+    images:LO..HI    float image inputs [N, 1 or 3, H, W]: natural photographs (``gencompress.images``),
+                     pixels mapped to [LO, HI]; the default of an image-shaped input read off a
+                     model, in the model's output range ([-1, 1] for a tanh output, else [0, 1])
     data:FILE.npz    rows drawn from real data: FILE.npz holds an array keyed by the input's
-                     name (or a single array), shaped N x (the input's shape without dim 0)
+                     name (or a single array), shaped N x (the input's shape without dim 0);
+                     or data:FOLDER of PNG/JPEG images (image inputs, pixels in [-1, 1])
 
 CLI form: ``NAME=SHAPE[:DTYPE[:PRIOR]]``, e.g. ``z=1x100x1x1``, ``label=1:int64:0..9``,
 ``y=1x10:float32:onehot:10``, ``t=1:float32:uniform:0..1``, ``x=1x3x64x64:float32:data:imgs.npz``.
@@ -57,8 +61,10 @@ _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _UNIFORM = re.compile(rf"^uniform:(?P<lo>{_NUM})\.\.(?P<hi>{_NUM})$")
 _INT_RANGE = re.compile(r"^(?P<lo>-?\d+)\.\.(?P<hi>-?\d+)$")
 _ONEHOT = re.compile(r"^onehot:(?P<k>\d+)$")
+_IMAGES = re.compile(rf"^images:(?P<lo>{_NUM})\.\.(?P<hi>{_NUM})$")
 SYNTAX = "NAME=SHAPE[:DTYPE[:PRIOR]]"
-PRIOR_HELP = "PRIOR: normal | uniform:LO..HI | onehot:K (floats), LO..HI (ints), data:FILE.npz"
+PRIOR_HELP = "PRIOR: normal | uniform:LO..HI | onehot:K | images:LO..HI (floats), LO..HI (ints), data:FILE.npz or data:FOLDER"
+DATA_FOLDER_RANGE = (-1.0, 1.0)  # pixels of a data:FOLDER prior
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,10 @@ class InputSpec:
             return f"one-hot over {args[0]} classes"
         if kind == "data":
             return f"rows of {args[0]}"
+        if kind == "images":
+            from gencompress.images import NATURAL_SET
+
+            return f"natural images ({NATURAL_SET}) in [{args[0]:g}, {args[1]:g}]"
         if kind == "bool":
             return "bernoulli(0.5)"
         return f"uniform integers {self.low}..{self.high}"
@@ -107,6 +117,10 @@ class InputSpec:
             return rng.uniform(args[0], args[1], size=shape).astype(dtype)
         if kind == "onehot":
             return np.eye(args[0], dtype=dtype)[rng.integers(0, args[0], size=shape[:-1])]
+        if kind == "images":
+            from gencompress.images import natural_patches
+
+            return natural_patches(self.shape, batch, rng, *args).astype(dtype, copy=False)
         if kind == "data":
             data = _data_array(args[0], self)
             if rows is None:
@@ -135,6 +149,8 @@ def _prior_parts(spec: InputSpec) -> tuple[str, tuple]:
         return "normal", ()
     if m := _UNIFORM.match(prior):
         return "uniform", (float(m["lo"]), float(m["hi"]))
+    if m := _IMAGES.match(prior):
+        return "images", (float(m["lo"]), float(m["hi"]))
     m = _ONEHOT.match(prior)
     return "onehot", (int(m["k"]),)
 
@@ -178,6 +194,15 @@ def _validate(spec: InputSpec, where: str) -> None:
             lo, hi = float(m["lo"]), float(m["hi"])
             if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
                 raise GencompressError(f"{where}: prior {_short(prior)} needs finite LO < HI")
+        elif m := _IMAGES.match(prior):
+            from gencompress.images import MIN_SIDE, is_image_shape
+
+            lo, hi = float(m["lo"]), float(m["hi"])
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise GencompressError(f"{where}: prior {_short(prior)} needs finite LO < HI")
+            if not is_image_shape(shape):
+                raise GencompressError(f"{where}: prior images: needs an image shape N x 1 or 3 x H x W (H, W >= {MIN_SIDE}), "
+                                       f"not {'x'.join(map(str, shape))}")
         elif m := _ONEHOT.match(prior):
             k = int(m["k"])
             if k < 1 or shape[-1] != k or len(shape) < 2:
@@ -277,6 +302,9 @@ def _data_array(file: str, spec: InputSpec) -> np.ndarray:
     path = Path(file)
     from gencompress.onnx_io import regular_file
 
+    if path.is_dir():
+        return _image_rows(path, spec, *DATA_FOLDER_RANGE)
+
     size = regular_file(path, f"data prior of input {spec.name!r}")
     return _read_data(str(path.resolve()), size, os.path.getmtime(path), spec.name, spec.shape[1:], spec.dtype)
 
@@ -304,6 +332,38 @@ def _read_data(path: str, size: int, mtime: float, name: str, sample_shape: tupl
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise GencompressError(f"{where}: contains NaN or Inf")
     return arr.astype(DTYPES[dtype], copy=False)
+
+
+def _image_rows(folder: Path, spec: InputSpec, low: float, high: float) -> np.ndarray:
+    from gencompress.images import MIN_SIDE, is_image_shape, load_image_folder
+
+    if not spec.is_float or not is_image_shape(spec.shape):
+        raise GencompressError(f"{folder}: a folder of images feeds image inputs (N x 1 or 3 x H x W, H, W >= {MIN_SIDE}); "
+                               f"input {spec.name!r} is {spec.dtype} {'x'.join(map(str, spec.shape))}")
+    return load_image_folder(folder, spec.shape, low, high, sample_budget_bytes(), spec.name).astype(DTYPES[spec.dtype], copy=False)
+
+
+def image_range(spec: InputSpec, output_range: float | None = None) -> tuple[float, float]:
+    """The pixel range an image input takes: its images: prior's, else the output's ([-1, 1] for a
+    peak-to-peak range of 2, as tanh generators take and give, else [0, 1])."""
+    kind, args = _prior_parts(spec)
+    if kind == "images":
+        return args
+    return (-1.0, 1.0) if output_range == 2.0 else (0.0, 1.0)
+
+
+def with_default_image_priors(specs, output_range: float | None) -> list[InputSpec]:
+    """Image-shaped float inputs whose prior was left to the default draw natural images, not noise
+    (an explicit ``normal`` prior keeps the noise)."""
+    from gencompress.images import is_image_shape
+
+    out = []
+    for s in specs:
+        if s.is_float and s.prior == "" and is_image_shape(s.shape):
+            lo, hi = image_range(s, output_range)
+            s = InputSpec(s.name, s.shape, s.dtype, s.low, s.high, f"images:{lo:g}..{hi:g}")
+        out.append(s)
+    return out
 
 
 def specs_to_json(specs) -> str:
@@ -381,7 +441,7 @@ def specs_of_model(model) -> list[InputSpec]:
                 f"model metadata {METADATA_INPUTS!r} names inputs {', '.join(_short(s.name) for s in specs[:5])}, "
                 f"but the graph's inputs are {', '.join(_short(n) for n in want[:5])}"
             )
-        return specs
+        return with_default_image_priors(specs, output_range_of_model(proto))
     specs = []
     for vi in graph_inputs:
         t = vi.type.tensor_type
@@ -399,7 +459,7 @@ def specs_of_model(model) -> list[InputSpec]:
                 raise GencompressError(f"input {_short(vi.name)}: dimension {d.dim_value} in the graph is not positive")
             dims.append(d.dim_value if d.HasField("dim_value") else 1)
         specs.append(_build(f"input {_short(vi.name)} of the graph", name=vi.name, shape=tuple(dims) or (1,), dtype=dtype))
-    return specs
+    return with_default_image_priors(specs, output_range_of_model(proto))
 
 
 def output_range_of_model(model) -> float | None:
@@ -419,10 +479,27 @@ def output_range_of_model(model) -> float | None:
     return number
 
 
+def load_folder_inputs(folder: Path, specs) -> dict[str, np.ndarray]:
+    """A folder of images feeds the model's one image input (in its range); any other input takes
+    seeded draws from its prior, one per image."""
+    from gencompress.images import is_image_shape
+
+    images = [s for s in specs if s.is_float and is_image_shape(s.shape)]
+    if len(images) != 1:
+        raise GencompressError(f"{folder}: a folder of images feeds one image input; the model has "
+                               f"{len(images)} ({', '.join(s.name for s in images) or 'none'}): give an .npz keyed by input name")
+    spec = images[0]
+    rows = _image_rows(folder, spec, *image_range(spec))
+    rng = np.random.default_rng(0)
+    return {s.name: rows if s is spec else s.sample(len(rows), rng) for s in specs}
+
+
 def load_npz_inputs(path, specs) -> dict[str, np.ndarray]:
-    """Real inputs from an ``.npz`` keyed by input name, checked against the specs."""
+    """Real inputs from an ``.npz`` keyed by input name (or a folder of images), checked against the specs."""
     from gencompress.onnx_io import as_path, regular_file
 
+    if isinstance(path, (str, os.PathLike)) and Path(path).is_dir():
+        return load_folder_inputs(Path(path), specs)
     path = as_path(path, "inputs .npz")
     size = regular_file(path)
     if size > sample_budget_bytes():
