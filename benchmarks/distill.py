@@ -14,6 +14,7 @@ rewrites + static int8 QDQ, or int4 weight-only, or nothing. Columns:
 - lr, best step: the learning rate the step picked and the step whose weights it kept (the best
   evaluation on its held-out set).
 
+    python benchmarks/distill.py --families [--steps 2000]   (the families: benchmarks/distill_families.py)
     python benchmarks/distill.py [--models dcgan,vae,rvae,cgan] [--settings u50,u75,nm,ch25,ch50]
                                  [--quant none,int8] [--steps 2000] [--runs 50] [--objective balanced] [--json]
 
@@ -74,6 +75,12 @@ def run_one(model: Path, setting: str, quant: str, steps: int, runs: int, folder
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--families" in argv:  # the generator families users bring: benchmarks/distill_families.py
+        sys.path.insert(0, str(Path(__file__).parent))
+        from distill_families import main as families_main
+
+        return families_main([a for a in argv if a != "--families"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="dcgan,vae,rvae,cgan")
     parser.add_argument("--settings", default="u50,u75,nm,ch25,ch50")
