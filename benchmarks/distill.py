@@ -45,7 +45,7 @@ QUANT = {"none": {"mode": "none"}, "int8": {"mode": "static"}, "int4": {"mode": 
 
 
 def run_one(model: Path, setting: str, quant: str, steps: int, runs: int, folder: Path, objective: str = "balanced") -> dict:
-    from gencompress.pipeline import compress
+    from gencompress.verbs.compress import compress
 
     flags = {**SETTINGS[setting][1], **QUANT[quant], "distill": steps, "objective": objective}
     out = folder / f"{model.stem}-{setting}-{quant}"

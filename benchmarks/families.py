@@ -30,10 +30,11 @@ def main(argv=None) -> int:
     from gencompress.exporter.export import export
     from gencompress.models.families import FAMILIES
     from gencompress.output import table
-    from gencompress.passes.calibrate import calibration_inputs
-    from gencompress.passes.quantize import Evaluator, eval_inputs
-    from gencompress.pipeline import compress
-    from gencompress.runtime_check.api import bench
+    from gencompress.runtime_check.calibration import calibration_inputs
+    from gencompress.runtime_check.fidelity import Evaluator
+    from gencompress.verbs.quantizers import eval_inputs
+    from gencompress.verbs.compress import compress
+    from gencompress.verbs.check import bench
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="*", default=list(FAMILIES))

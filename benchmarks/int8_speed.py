@@ -67,7 +67,7 @@ def export_zoo(folder: Path) -> tuple[Path, float]:
 def calibration_feeds(float_path: Path) -> dict[str, np.ndarray]:
     """The latents ``gencompress quantize`` calibrates on by default (256 seeded draws, seed 0)."""
     from gencompress.onnx_io import load_model
-    from gencompress.passes.calibrate import calibration_inputs
+    from gencompress.runtime_check.calibration import calibration_inputs
 
     return calibration_inputs(load_model(float_path), seed=CALIB_SEED)
 
@@ -91,7 +91,7 @@ def ort_quantize(float_path: Path, out: Path, feeds: dict[str, np.ndarray]) -> N
 
 
 def our_quantize(float_path: Path, out: Path) -> str:
-    from gencompress.passes.quantize import quantize
+    from gencompress.verbs.quantize import quantize
 
     # every layer int8, untimed: the quantizer itself, without the speed plan's per-layer choice
     quantize(float_path, out, rewrite=True, objective="size")

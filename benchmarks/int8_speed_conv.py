@@ -55,7 +55,8 @@ def export(name: str, folder: Path) -> tuple[Path, float | None]:
         return base.export_zoo(folder)
     if name == "standard-dcgan":
         return base.export_standard(folder)
-    from gencompress.models.conv_families import OUTPUT_RANGE, export_family
+    from gencompress.exporter.families import export_family
+    from gencompress.models.conv_families import OUTPUT_RANGE
 
     path = folder / f"{name}.onnx"
     export_family(name, path)
@@ -76,7 +77,7 @@ def ort_quantize(float_path: Path, out: Path, feeds: dict[str, np.ndarray]) -> N
 def measure(name: str, folder: Path, rounds: int, repeats: int, kernels: bool, objective: str = "balanced") -> dict:
     from gencompress.inputs import sample_inputs, specs_of_model
     from gencompress.onnx_io import load_model
-    from gencompress.passes.quantize import quantize
+    from gencompress.verbs.quantize import quantize
 
     float_path, peak = export(name, folder)
     feeds = base.calibration_feeds(float_path)

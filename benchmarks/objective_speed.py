@@ -13,7 +13,7 @@ Models per family, all from the same exported float graph:
   balanced      gencompress.quantize default: per-layer int8 only where timed faster (speed_plan)
   speed         --objective speed
   size          --objective size (every layer int8, untimed: the pre-objective default)
-  target40      gencompress compress's --target-psnr 40 --objective speed search (speed_plan.search_target)
+  target40      gencompress compress's --target-psnr 40 --objective speed search (verbs/target_search.py)
 Latency as benchmarks/int8_speed.py: CPU EP, 2 intra-op threads, spinning off, every model of a
 family timed interleaved in one process (A B C ..., ... C B A), batch 1 slots of 10 runs; speed =
 float p50 / model p50. The objectives' own decisions were timed the same way, minutes earlier, on
@@ -56,8 +56,8 @@ def export_zoo(name: str, folder: Path) -> tuple[Path, float]:
 def measure(title: str, float_path: Path, peak: float, folder: Path, rounds: int, profile: bool) -> dict:
     from gencompress.inputs import sample_inputs, specs_of_model
     from gencompress.onnx_io import load_model
-    from gencompress.passes.quantize import quantize
-    from gencompress.passes.speed_plan import search_target
+    from gencompress.verbs.quantize import quantize
+    from gencompress.verbs.target_search import search_target
 
     stem = float_path.stem
     paths = {"float": float_path, "ort-qdq": folder / f"{stem}_ort.onnx"}

@@ -40,7 +40,7 @@ def measure(name: str, folder: Path) -> list[dict]:
 
     from gencompress.exporter.export import export
     from gencompress.inputs import output_range_of_model, sample_inputs, specs_of_model
-    from gencompress.passes.prune import prune
+    from gencompress.verbs.prune import prune
 
     src = folder / f"{name}.onnx"
     export(name, src)

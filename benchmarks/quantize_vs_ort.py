@@ -79,8 +79,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from gencompress.output import table
-    from gencompress.passes.calibrate import calibration_inputs
-    from gencompress.passes.quantize import Evaluator, eval_inputs, quantize
+    from gencompress.runtime_check.calibration import calibration_inputs
+    from gencompress.runtime_check.fidelity import Evaluator
+    from gencompress.verbs.quantize import quantize
+    from gencompress.verbs.quantizers import eval_inputs
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="gencompress-bench-") as tmp:

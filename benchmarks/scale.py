@@ -111,10 +111,10 @@ def child(tool: str, src: str, out: str) -> dict:
     import onnx  # noqa: F401  (imported before timing, like every tool's own imports)
     import onnxruntime  # noqa: F401
 
-    import gencompress.passes.quantize as Q
+    import gencompress.verbs.quantize as Q
     from gencompress.inputs import sample_inputs, specs_of_model  # noqa: F401
-    from gencompress.passes.prune import prune
-    from gencompress.pipeline import compress
+    from gencompress.verbs.prune import prune
+    from gencompress.verbs.compress import compress
 
     base = vm_hwm()
     start = time.perf_counter()
@@ -182,7 +182,7 @@ def profile(src: str, out: str, tool: str = "quantize") -> None:
     import threading
     import traceback
 
-    import gencompress.passes.quantize as Q
+    import gencompress.verbs.quantize as Q
 
     main = threading.main_thread().ident
     peaks: dict[str, int] = {}
@@ -205,7 +205,7 @@ def profile(src: str, out: str, tool: str = "quantize") -> None:
     t.start()
     start = time.perf_counter()
     if tool == "prune":
-        from gencompress.passes.prune import prune
+        from gencompress.verbs.prune import prune
 
         prune(src, out, sparsity=0.5)
     else:

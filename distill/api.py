@@ -70,8 +70,8 @@ def check_pair(teacher_proto, student_proto) -> None:
 
 def fidelity(teacher_proto, student_proto, *, seed: int, threads: int, inputs=None) -> list[dict]:
     """Per output: PSNR (dB) of the student against the teacher on held-back latents (or ``inputs``)."""
-    from gencompress.passes.quantize import EVAL_SEED_OFFSET
-    from gencompress.runtime_check.api import check
+    from gencompress.verbs.quantize import EVAL_SEED_OFFSET
+    from gencompress.verbs.check import check
 
     result = check(teacher_proto, student_proto, samples=CHECK_SAMPLES, seed=seed + EVAL_SEED_OFFSET, threads=threads, inputs=inputs)
     return [{"name": o["name"], "psnr_db": o.get("psnr_db"), "peak": o.get("peak")} for o in result["outputs"]]
@@ -107,7 +107,7 @@ def distill_model(
     from gencompress.distill.mirror import Mirror, refuse_quantized
     from gencompress.distill.train import Batches, train
     from gencompress.inputs import check_batch_budget, load_npz_inputs, specs_of_model
-    from gencompress.passes.calibrate import fixed_batch
+    from gencompress.batches import fixed_batch
     from gencompress.runtime_check.sessions import make_session
 
     check_options(steps=steps, batch=batch, lr=lr, seed=seed, threads=threads, quantize_aware=quantize_aware)

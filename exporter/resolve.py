@@ -72,7 +72,7 @@ def _short(value, limit: int = 60) -> str:
 
 
 def _load(module, checkpoint) -> None:
-    from gencompress.exporter.checkpoint import load_checkpoint_into
+    from gencompress.checkpoint import load_checkpoint_into
 
     load_checkpoint_into(module, checkpoint)
 

@@ -11,14 +11,15 @@ __version__ = "0.1.0"
 _VERBS = {
     "export": "gencompress.exporter.export",
     "train": "gencompress.models.train",
-    "prune": "gencompress.passes.prune",
-    "quantize": "gencompress.passes.quantize",
-    "sensitivity": "gencompress.passes.sensitivity",
-    "check": "gencompress.runtime_check.api",
-    "bench": "gencompress.runtime_check.api",
-    "compress": "gencompress.pipeline",
+    "prune": "gencompress.verbs.prune",
+    "quantize": "gencompress.verbs.quantize",
+    "sensitivity": "gencompress.verbs.sensitivity",
+    "check": "gencompress.verbs.check",
+    "bench": "gencompress.verbs.check",
+    "compress": "gencompress.verbs.compress",
     "distill": "gencompress.distill.api",
     "ship": "gencompress.ship.bundle",
+    "sweep": "gencompress.sweeps.run",
 }
 
 __all__ = ["GencompressError", "__version__", *_VERBS]

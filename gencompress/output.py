@@ -1,4 +1,5 @@
-"""Shared CLI plumbing: JSON or table output, and progress bars that stay quiet in pipes."""
+"""Output for people and programs: JSON on stdout, plain text tables, and progress bars that stay
+quiet in pipes (tqdm). No click: library code reports through these, the CLI prints them."""
 
 from __future__ import annotations
 
@@ -6,11 +7,9 @@ import json
 import sys
 from typing import Any, Iterable, Sequence
 
-import click
-
 
 def echo_json(result: Any) -> None:
-    click.echo(json.dumps(result, indent=2, sort_keys=False, default=_jsonable))
+    sys.stdout.write(json.dumps(result, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
 
 def _jsonable(x):

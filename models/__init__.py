@@ -35,7 +35,7 @@ class ZooEntry:
         """The generator in eval mode, with the shipped trained weights unless told otherwise."""
         module = self.build(**self.options)
         if load_weights:
-            from gencompress.exporter.checkpoint import load_checkpoint_into
+            from gencompress.checkpoint import load_checkpoint_into
 
             if not self.checkpoint.exists():
                 raise GencompressError(

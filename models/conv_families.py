@@ -15,7 +15,7 @@ trained network's would. What matters is the structure — the ops onnxruntime s
            ReLU) ×2 → Conv 9×9 → Tanh.
 
 ``build(name, **size)`` gives the module (eval mode, with ``gencompress_inputs``);
-``export_family(name, out, **size)`` exports it with gencompress's exporter and records the
+``exporter/families.export_family(name, out, **size)`` exports it with gencompress's exporter and records the
 nominal output range (2.0 for the Tanh outputs; the super-resolution output has none).
 ``SIZES`` holds the benchmark sizes (64 channels at 32×32–64×64) and ``TINY`` test sizes.
 """
@@ -195,20 +195,3 @@ def build(name: str, seed: int = 0, **size) -> nn.Module:
             for _ in range(4):
                 net(torch.randn(32, *spec.shape[1:], generator=g))
     return net.eval()
-
-
-def export_family(name: str, out, *, seed: int = 0, legacy: bool = False, **size) -> dict:
-    """Export the family's network to ``out`` (dynamic batch, parity-checked at batch 1 and 7) and
-    record its nominal output range; the exporter's report. ``legacy``: the TorchScript exporter
-    (several times faster than dynamo; both fold the BatchNorms into the Convs)."""
-    from gencompress.exporter.export import export
-    from gencompress.inputs import METADATA_OUTPUT_RANGE
-    from gencompress.onnx_io import load_model, save_model
-
-    net = build(name, seed=seed, **size)
-    report = export(net, out, batches=(1, 7), legacy=legacy)
-    if OUTPUT_RANGE[name]:
-        proto = load_model(out)
-        proto.metadata_props.add(key=METADATA_OUTPUT_RANGE, value=repr(float(OUTPUT_RANGE[name])))
-        save_model(proto, out)
-    return report

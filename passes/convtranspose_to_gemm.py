@@ -93,6 +93,7 @@ class ConvTransposeToGemmPass(GencompressPass):
     class Options:
         hoist_activations: bool = True
         max_weight_growth: float = 4.0
+        exclude: tuple[str, ...] = ()  # ConvTransposes (node names) left alone, unreported: the layers kept float
 
         def __post_init__(self):
             if not self.max_weight_growth >= 1:
@@ -101,7 +102,7 @@ class ConvTransposeToGemmPass(GencompressPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         rewritten, left = [], []
-        nodes = [n for n in graph if is_onnx_domain(n) and n.op_type == "ConvTranspose"]
+        nodes = [n for n in graph if is_onnx_domain(n) and n.op_type == "ConvTranspose" and n.name not in self.options.exclude]
         if onnx_opset(model) < 11:
             nodes = []  # Flatten/Gemm/Reshape exist earlier, but keep one opset floor for the rewrites
         shapes = ShapeLookup(model)

@@ -5,14 +5,15 @@ A pass class registered here:
 - has a nested frozen dataclass ``Options``; the constructor takes an ``options`` instance,
 - may set ``self.report`` (a JSON-able dict) while it runs, for the CLI and report.json.
 
-Passes register themselves with ``@register("name")``; ``PASS_MODULES`` lists the modules
-that hold them, imported on first lookup so the registry never goes stale.
+Passes register themselves with ``@register("name")``; the package ``gencompress.passes`` imports
+every pass module, so any import of this module has them all. Recipe steps that run a model
+(the timed int8 plan, distillation) are registered by the layer that runs models
+(``verbs/recipe.py``), which also runs recipes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import numbers
 from pathlib import Path
@@ -22,26 +23,6 @@ import numpy as np
 import onnx_ir as ir
 
 from gencompress.errors import GencompressError
-
-# Modules whose import registers passes.
-PASS_MODULES = [
-    "gencompress.passes.cleanup",
-    "gencompress.passes.magnitude_prune",
-    "gencompress.passes.nm_prune",
-    "gencompress.passes.channel_prune",
-    "gencompress.passes.fold_batchnorm",
-    "gencompress.passes.convtranspose_to_gemm",
-    "gencompress.passes.convtranspose_to_conv",
-    "gencompress.passes.rewrite",
-    "gencompress.passes.insert_qdq",
-    "gencompress.passes.weight_only_quantize",
-    "gencompress.passes.fp16_convert",
-    "gencompress.passes.depth_to_space_nhwc",
-    "gencompress.passes.resize_nhwc",
-    "gencompress.passes.conv_space_to_depth",
-    "gencompress.passes.speed_plan",
-    "gencompress.distill.step",
-]
 
 class GencompressPass(ir.passes.InPlacePass):
     """Base of the registered passes: the options it runs with and the report of its last run."""
@@ -55,7 +36,6 @@ class GencompressPass(ir.passes.InPlacePass):
 
 
 _REGISTRY: dict[str, type] = {}
-_loaded = False
 
 
 def register(name: str):
@@ -69,17 +49,7 @@ def register(name: str):
     return deco
 
 
-def _load() -> None:
-    global _loaded
-    if _loaded:
-        return
-    for module in PASS_MODULES:
-        importlib.import_module(module)
-    _loaded = True
-
-
 def available() -> dict[str, type]:
-    _load()
     return dict(sorted(_REGISTRY.items()))
 
 
@@ -222,19 +192,3 @@ def _short(value, limit: int = 80) -> str:
     """A value's repr cut short: error messages never print a whole (possibly huge) value."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def run_recipe(model, recipe: list[dict]):
-    """Run a validated recipe on an onnx_ir model in place; return the list of pass reports."""
-    reports = []
-    steps = validate_recipe(recipe)
-    # a distill step learns from the model as it was before the recipe ran
-    teacher = ir.serde.serialize_model(model) if any(s["pass"] == "distill" for s in steps) else None
-    for i, step in enumerate(steps):
-        p = make_pass(step["pass"], step["options"])
-        if teacher is not None and hasattr(p, "set_context"):
-            p.set_context(teacher, steps[i + 1:])
-        result = p(model)
-        model = result.model
-        reports.append({"pass": step["pass"], "options": step["options"], "report": getattr(p, "report", None)})
-    return model, reports

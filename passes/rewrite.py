@@ -1,33 +1,19 @@
-"""Rewrites that make a float graph quantize into fast int8 kernels, and the helpers they share.
+"""The graph surgery the int8 rewrite passes share: constant lookup, unique names, new nodes,
+static shapes, activation hoisting, replacing a chain of nodes. The sequence itself is
+``passes/int8_rewrites.py``.
 
-``rewrite_for_int8(model)`` runs, in this order:
-
-1. ``fold_batchnorm``: BatchNormalization folded into the Conv/ConvTranspose/Gemm before it, so a
-   quantizer sees ``Conv -> Relu`` (fusable) rather than ``Conv -> BatchNormalization -> Relu``;
-2. ``convtranspose_to_gemm``: ConvTranspose on a statically 1x1 input (the latent projection)
-   becomes Flatten -> Gemm -> Reshape;
-3. ``convtranspose_to_conv``: every other ConvTranspose with constant weights becomes a sub-pixel
-   Conv -> DepthToSpace -> Slice (a plain Conv for stride 1), the activation after it moved
-   next to the Conv;
-4. ``cleanup``: drop what the rewrites left unused, fold constants, sort.
-
-Each step is exact in float (same ops on the same numbers, up to float rounding of folded
-weights); onnxruntime has int8 kernels for Conv and Gemm, but not for ConvTranspose, which a
-QDQ graph runs as dequantize -> float ConvTranspose -> quantize.
-
-The helpers below (constant lookup, unique names, static shapes, activation hoisting) are the
-graph surgery the three rewrite passes share.
+Each rewrite built on these is exact in float (same ops on the same numbers, up to float
+rounding of folded weights); onnxruntime has int8 kernels for Conv and Gemm, but not for
+ConvTranspose, which a QDQ graph runs as dequantize -> float ConvTranspose -> quantize.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
 import onnx_ir as ir
 
-from gencompress.passes.registry import GencompressPass, register
 
 # ---- shared helpers --------------------------------------------------------------------------
 
@@ -245,87 +231,3 @@ def count_by(items: Iterable[str]) -> dict[str, int]:
     for item in items:
         counts[item] = counts.get(item, 0) + 1
     return dict(sorted(counts.items()))
-
-
-# ---- the pipeline ----------------------------------------------------------------------------
-
-REWRITE_PASSES = ("fold_batchnorm", "convtranspose_to_gemm", "convtranspose_to_conv")
-
-
-@register("rewrite_for_int8")
-class RewriteForInt8Pass(GencompressPass):
-    """fold_batchnorm -> convtranspose_to_gemm -> convtranspose_to_conv -> cleanup.
-
-    The order matters: BatchNorm must go first so the activation after each ConvTranspose is its
-    sole consumer (and can move next to the new Conv/Gemm); the 1x1 case must be claimed by the
-    Gemm rewrite before the general sub-pixel one would turn it into a padded Conv.
-
-    Guarantees: graph inputs and outputs unchanged (names, dtypes, ranks, dynamic dims),
-    metadata kept; outputs equal the original's up to float rounding of folded weights.
-    ``self.report`` holds each step's report.
-    """
-
-    @dataclass(frozen=True)
-    class Options:
-        fold_batchnorm: bool = True
-        gemm: bool = True  # ConvTranspose on 1x1 input -> Gemm
-        conv: bool = True  # other ConvTranspose -> sub-pixel Conv
-        hoist_activations: bool = True
-        depth_to_space: str = "CRD"  # CRD | DCR | reshape: how phases interleave (see convtranspose_to_conv)
-        layout: str = "auto"  # auto | fused | phases (see convtranspose_to_conv)
-        cleanup: bool = True
-
-        def __post_init__(self):
-            from gencompress.passes.convtranspose_to_conv import ConvTransposeToConvPass
-
-            # the same checks (and messages) as the pass that takes these options
-            ConvTransposeToConvPass.Options(depth_to_space=self.depth_to_space, layout=self.layout)
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        # imported here: the three pass modules import the helpers above
-        from gencompress.passes.cleanup import CleanupPass
-        from gencompress.passes.convtranspose_to_conv import ConvTransposeToConvPass
-        from gencompress.passes.convtranspose_to_gemm import ConvTransposeToGemmPass
-        from gencompress.passes.fold_batchnorm import FoldBatchNormPass
-
-        o = self.options
-        steps = []
-        if o.fold_batchnorm:
-            steps.append(FoldBatchNormPass())
-        if o.gemm:
-            steps.append(ConvTransposeToGemmPass(ConvTransposeToGemmPass.Options(hoist_activations=o.hoist_activations)))
-        if o.conv:
-            steps.append(
-                ConvTransposeToConvPass(
-                    ConvTransposeToConvPass.Options(
-                        depth_to_space=o.depth_to_space, hoist_activations=o.hoist_activations, layout=o.layout
-                    )
-                )
-            )
-        modified = False
-        report = {}
-        for step in steps:
-            result = step(model)
-            model, modified = result.model, modified or result.modified
-            report[step.pass_name] = step.report
-        if o.cleanup and modified:
-            model = CleanupPass()(model).model
-        self.report = report
-        return ir.passes.PassResult(model, modified)
-
-
-def rewrite_for_int8(model: ir.Model, **options) -> tuple[ir.Model, dict]:
-    """Run the int8 rewrites on an ``onnx_ir.Model`` in place; return it and the per-pass report."""
-    p = RewriteForInt8Pass(RewriteForInt8Pass.Options(**options))
-    result = p(model)
-    return result.model, p.report
-
-
-def recipe_steps(*, depth_to_space: str = "CRD", hoist_activations: bool = True) -> list[dict]:
-    """The same pipeline as recipe data (``[{pass, options}]``) for compress recipes."""
-    return [
-        {"pass": "fold_batchnorm", "options": {}},
-        {"pass": "convtranspose_to_gemm", "options": {"hoist_activations": hoist_activations}},
-        {"pass": "convtranspose_to_conv", "options": {"depth_to_space": depth_to_space, "hoist_activations": hoist_activations}},
-        {"pass": "cleanup", "options": {}},
-    ]

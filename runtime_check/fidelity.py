@@ -24,7 +24,11 @@ except the Fréchet distance, which compares the two sets as distributions.
 
 from __future__ import annotations
 
+import math
+import os
+
 import numpy as np
+import onnx
 
 from gencompress.errors import GencompressError
 
@@ -311,3 +315,45 @@ def check_compatible(ref_proto, cand_proto) -> None:
                 problems.append(f"{word} {n!r} has rank {rank} in the reference, {rank2} in the candidate")
     if problems:
         raise GencompressError("reference and candidate are not comparable: " + "; ".join(problems[:4]))
+
+
+# ---- candidates against one reference -----------------------------------------------------------
+
+EVAL_BATCH = 64  # samples per onnxruntime call in evaluation: as ``gencompress check --batch``
+
+
+class Evaluator:
+    """PSNR of candidate models against the float reference on one fixed input set, by the one
+    fidelity protocol (``runtime_check.fidelity``): the same sessions, batches, peak and PSNR
+    that ``gencompress check`` uses, so both print the same number for the same pair and set.
+
+    ``reference``: a path (onnxruntime reads it, nothing else is kept), proto or onnx_ir model.
+    ``source`` says what the inputs are (for the report).
+    """
+
+    def __init__(self, reference, feeds: dict[str, np.ndarray], *, source: str = "held-back seeded latents"):
+        from gencompress.onnx_io import load_header, skeleton
+        from gencompress.batches import fixed_batch, num_samples
+        from gencompress.runtime_check.sessions import make_session, run_all
+
+        header = load_header(reference) if isinstance(reference, (str, os.PathLike)) else reference
+
+        header = header if isinstance(header, onnx.ModelProto) else skeleton(header)
+        self.fixed = fixed_batch(header)
+        self.feeds, self.samples, self.source = feeds, num_samples(feeds), source
+        self.reference = run_all(make_session(reference, label="reference"), feeds, self.samples, EVAL_BATCH, fixed=self.fixed, label="reference")
+        peaks = [output_peak(header, r) for r in self.reference]
+        self.peaks = [p for p, _ in peaks]
+        self.peak_source = peaks[0][1] if peaks else "nominal"
+
+    def psnr(self, candidate, optimization: str = "all") -> float:
+        """The lowest PSNR over the outputs (``-inf`` for non-finite outputs)."""
+        from gencompress.runtime_check.sessions import make_session, run_all
+
+        session = make_session(candidate, optimization=optimization, label="candidate")
+        outputs = run_all(session, self.feeds, self.samples, EVAL_BATCH, fixed=self.fixed, label="candidate")
+        values = [psnr(mse(ref, out), peak) for ref, out, peak in zip(self.reference, outputs, self.peaks)]
+        return min(-math.inf if math.isnan(v) else v for v in values)
+
+    def describe(self) -> dict:
+        return {"samples": self.samples, "source": self.source, "peak": self.peaks[0] if len(self.peaks) == 1 else self.peaks, "peak_source": self.peak_source}

@@ -55,7 +55,7 @@ def sizes(data, path=None) -> dict:
     (then ``bytes`` is the .onnx plus its data files, deflated a chunk at a time)."""
     if isinstance(data, (str, os.PathLike)):
         from gencompress.onnx_io import model_files
-        from gencompress.passes.prune import deflate_files
+        from gencompress.onnx_io import deflate_files
 
         files = model_files(data)
         return {"bytes": sum(f.stat().st_size for f in files), "deflate_bytes": deflate_files(files, DEFLATE_LEVEL), "file_bytes": os.path.getsize(data)}

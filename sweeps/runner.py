@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -31,20 +32,29 @@ MAX_RETRIES = 3  # a worker that dies (killed, OOM, node lost) is retried this m
 
 
 def connect(address: str | None, *, num_cpus: int | None = None, object_store_memory: int | None = None) -> bool:
-    """Join the cluster at ``address`` or start a local Ray; True if this call started it."""
+    """Join the cluster at ``address`` or start a local Ray; True if this call connected (the caller then
+    disconnects with ``ray.shutdown()``, which also stops a local Ray it started)."""
+    import signal
+
     import ray
 
     if ray.is_initialized():  # a caller's own Ray session (tests, notebooks): used as it is
         return False
+    # Ray's core installs a SIGTERM handler that aborts the process; the CLI's (SIGTERM → the
+    # KeyboardInterrupt that cancels trials and writes the results) is put back after init.
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     try:
         if address is None:
             ray.init(num_cpus=num_cpus, resources={TIMING_RESOURCE: 1}, object_store_memory=object_store_memory,
                      include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-            return True
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        else:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise GencompressError(f"--address {address}: cannot join a Ray cluster ({str(e).splitlines()[0]})") from None
-    return False
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return True
 
 
 def check_cluster(needs_timing: bool) -> None:

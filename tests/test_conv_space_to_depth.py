@@ -125,8 +125,8 @@ def test_exclude_and_rewritable_convs():
 def test_int8_block_conv_runs_in_int8(tmp_path):
     """Through quantize (objective size): onnxruntime's optimized graph runs both Convs as QLinearConv,
     the pixel moves on uint8 data, no float Conv; PSNR stays high; compress writes the same graph."""
-    from gencompress.passes.quantize import quantize
-    from gencompress.pipeline import compress
+    from gencompress.verbs.quantize import quantize
+    from gencompress.verbs.compress import compress
 
     path = tmp_path / "g.onnx"
     onnx.save(conv_model(batch=1), path)

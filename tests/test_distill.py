@@ -18,7 +18,7 @@ BATCH = 16
 
 
 def _prune(src, dst, *args):
-    from gencompress.passes.prune import prune
+    from gencompress.verbs.prune import prune
 
     prune(src, dst, **dict(args))
     return dst
@@ -286,7 +286,7 @@ def test_bad_input(run_cli, user_error, dcgan_pruned, zoo_onnx, tmp_path):
     cases.append((("distill", t, _tiny(s, out_dims=(5,)), out), "output 'y' is Nx3 in the teacher, Nx5 in the student"))
     cases.append((("distill", t, _tiny(tmp_path / "s2.onnx", in_type=onnx.TensorProto.DOUBLE), out), "input 'z' is float32 in the teacher, float64"))
     cases.append((("distill", t, _tiny(tmp_path / "s3.onnx", out_name="x"), out), "outputs differ"))
-    from gencompress.passes.quantize import quantize
+    from gencompress.verbs.quantize import quantize
 
     int8 = tmp_path / "int8.onnx"
     quantize(teacher, int8, calib_size=8)
@@ -314,7 +314,7 @@ def test_bad_input(run_cli, user_error, dcgan_pruned, zoo_onnx, tmp_path):
 def test_recipe_step_trains_against_the_input_model_quantization_aware(zoo_onnx):
     import onnx_ir as ir
 
-    from gencompress.passes.registry import run_recipe
+    from gencompress.verbs.recipe import run_recipe
 
     model = ir.load(str(zoo_onnx("vae")))
     recipe = [

@@ -15,7 +15,7 @@ from onnx import numpy_helper
 
 import gencompress
 from gencompress.models.families import FAMILIES, ModulatedConvFused
-from gencompress.pipeline import compress
+from gencompress.verbs.compress import compress
 
 
 CALIB = "32"  # calibration draws: few, for speed; compress and quantize get the same

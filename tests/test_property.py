@@ -134,7 +134,7 @@ def check_outcome(tmp_path: Path, model: onnx.ModelProto, run) -> None:
     "calib": st.sampled_from(["minmax", "percentile", "entropy", "mse"]),
 }))
 def test_quantize_random_graphs(tmp_path_factory, model, options):
-    from gencompress.passes.quantize import quantize
+    from gencompress.verbs.quantize import quantize
 
     if options["mode"] != "weight-only":
         options["bits"] = 8
@@ -153,7 +153,7 @@ def test_quantize_random_graphs(tmp_path_factory, model, options):
     "min_size": st.sampled_from([0, 16]),
 }))
 def test_prune_random_graphs(tmp_path_factory, model, options):
-    from gencompress.passes.prune import prune
+    from gencompress.verbs.prune import prune
 
     if options["mode"] == "nm":
         options.pop("sparsity")

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from gencompress.inputs import sample_inputs, specs_of_model
-from gencompress.passes.prune import prune
+from gencompress.verbs.prune import prune
 
 
 def _model(nodes, inputs, outputs, inits, opset=17):

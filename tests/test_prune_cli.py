@@ -119,7 +119,7 @@ def test_model_without_prunable_weights(run_cli, user_error, tmp_path):
 
 
 def test_quantized_model_says_to_prune_first(run_cli, user_error, tiny, tmp_path):
-    from gencompress.passes.quantize import quantize
+    from gencompress.verbs.quantize import quantize
 
     q = tmp_path / "q.onnx"
     quantize(tiny, q, objective="size")  # every layer int8 (balanced may keep a tiny model in float compute)

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from gencompress.inputs import sample_inputs, specs_of_model
-from gencompress.passes.prune import prune
+from gencompress.verbs.prune import prune
 
 RNG_SEED = 1234
 
@@ -310,7 +310,8 @@ def test_zoo_nm_every_group(zoo_onnx, tmp_path):
 def test_passes_compose_through_the_registry(tiny):
     from gencompress.errors import GencompressError
     from gencompress.onnx_io import load_ir, to_proto
-    from gencompress.passes.registry import available, make_options, run_recipe
+    from gencompress.passes.registry import available, make_options
+    from gencompress.verbs.recipe import run_recipe
 
     assert {"magnitude_prune", "nm_prune", "channel_prune"} <= set(available())
     recipe = [

@@ -16,6 +16,7 @@ from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 
 from gencompress.passes.insert_qdq import InsertQDQPass
+from gencompress.runtime_check.calibration import calibrate_ranges
 
 RNG = np.random.default_rng(14)
 FLOAT_COMPUTE = {"Conv", "LeakyRelu", "Concat", "Mul", "Add", "Relu"}  # none of these may be left in float
@@ -56,7 +57,7 @@ def block_model():
 
 def static(proto):
     model = ir.serde.deserialize_model(proto)
-    InsertQDQPass(InsertQDQPass.Options(calib_size=32))(model)
+    InsertQDQPass(InsertQDQPass.Options(calib_size=32), calibrate=calibrate_ranges)(model)
     return ir.serde.serialize_model(model)
 
 
@@ -152,8 +153,9 @@ def test_concat_input_nothing_else_reads_shares_the_output_scale():
 @pytest.fixture(scope="module")
 def tiny_family(tmp_path_factory):
     """``tiny_family(name) -> (float path, ours path, ours report)`` (exported and quantized once)."""
-    from gencompress.models.conv_families import TINY, export_family
-    from gencompress.passes.quantize import quantize
+    from gencompress.exporter.families import export_family
+    from gencompress.models.conv_families import TINY
+    from gencompress.verbs.quantize import quantize
 
     folder = tmp_path_factory.mktemp("families")
     cache = {}
@@ -205,7 +207,7 @@ def test_family_fidelity_close_to_onnxruntime_quantizer(tiny_family, tmp_path):
 
     from gencompress.inputs import sample_inputs, specs_of_model
     from gencompress.onnx_io import load_model
-    from gencompress.passes.calibrate import calibration_inputs
+    from gencompress.runtime_check.calibration import calibration_inputs
 
     path, out, _ = tiny_family("rrdb")
     model = load_model(path)
@@ -236,7 +238,7 @@ def test_family_fidelity_close_to_onnxruntime_quantizer(tiny_family, tmp_path):
 def test_quantize_folds_the_residual_scale_into_the_conv(tmp_path):
     """Conv-only graph (no ConvTranspose to rewrite): quantize still folds the Conv -> Mul(0.2)
     into the Conv's weights, as onnxruntime's quant_pre_process does, so no QLinearMul runs."""
-    from gencompress.passes.quantize import quantize
+    from gencompress.verbs.quantize import quantize
 
     proto = block_model()
     onnx.save(proto, tmp_path / "block.onnx")

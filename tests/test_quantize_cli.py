@@ -14,8 +14,8 @@ import gencompress
 
 
 def test_api_verbs_are_exposed():
-    from gencompress.passes.quantize import quantize
-    from gencompress.passes.sensitivity import sensitivity
+    from gencompress.verbs.quantize import quantize
+    from gencompress.verbs.sensitivity import sensitivity
 
     # the API verbs are these functions behind an argument check (gencompress.arguments.checked)
     assert gencompress.quantize.__wrapped__ is quantize and gencompress.sensitivity.__wrapped__ is sensitivity

@@ -15,10 +15,12 @@ from onnx import numpy_helper
 
 from gencompress.errors import GencompressError
 from gencompress.inputs import output_range_of_model
-from gencompress.passes.calibrate import calibration_inputs
+from gencompress.runtime_check.calibration import calibration_inputs
 from gencompress.passes.insert_qdq import MIN_COMPACT_SAVING, repeat_pattern
-from gencompress.passes.quantize import Evaluator, eval_inputs, quantize
-from gencompress.passes.sensitivity import sensitivity
+from gencompress.runtime_check.fidelity import Evaluator
+from gencompress.verbs.quantize import quantize
+from gencompress.verbs.quantizers import eval_inputs
+from gencompress.verbs.sensitivity import sensitivity
 
 ZOO = ("dcgan", "vae", "rvae", "cgan")
 LEVELS = tuple(ort.GraphOptimizationLevel.__members__.values())  # disable, basic, extended, layout, all
@@ -232,7 +234,8 @@ def test_rewritten_dcgan_runs_only_int8_kernels(zoo_onnx, tmp_path):
 @pytest.fixture(scope="module")
 def family_onnx(tmp_path_factory):
     """``family_onnx(name)``: a tiny instance of a Conv-only family (models/conv_families.py)."""
-    from gencompress.models.conv_families import TINY, export_family
+    from gencompress.exporter.families import export_family
+    from gencompress.models.conv_families import TINY
 
     folder = tmp_path_factory.mktemp("families")
 
@@ -258,10 +261,10 @@ def test_ranges_carried_across_the_rewrites_are_the_rewritten_graphs_own(zoo_onn
     (to float rounding) to calibrating the rewritten graph itself."""
     import onnx_ir as ir
 
-    from gencompress.passes.calibrate import carry_ranges
+    from gencompress.passes.carry_ranges import carry_ranges
     from gencompress.passes.insert_qdq import find_layers, make_plan
-    from gencompress.passes.quantize import apply_rewrites, calibrated_ranges, fold_into_layers, prepare
-    from gencompress.passes.speed_plan import rewrite_only
+    from gencompress.verbs.quantize import apply_rewrites, calibrated_ranges, fold_into_layers, prepare
+    from gencompress.verbs.int8_plan import rewrite_only
 
     kind, name = source.split(":")
     model = ir.load(zoo_onnx(name) if kind == "zoo" else family_onnx(name))
@@ -289,8 +292,8 @@ def test_ranges_carried_across_the_rewrites_are_the_rewritten_graphs_own(zoo_onn
 def test_quantize_and_the_speed_plan_calibrate_once(zoo_onnx, tmp_path, monkeypatch):
     """One calibration run per quantize, on the model before the rewrites (it has the
     ConvTransposes), also when the speed plan builds several rewritten configurations."""
-    import gencompress.passes.calibrate as calibrate
-    import gencompress.passes.speed_plan as speed_plan
+    import gencompress.runtime_check.calibration as calibrate
+    import gencompress.verbs.int8_plan as speed_plan
 
     runs, rewrites = [], []
     real_stats, real_rewrite = calibrate.collect_stats, speed_plan.rewrite_only

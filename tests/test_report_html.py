@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from gencompress.errors import GencompressError
 from gencompress.inputs import InputSpec, specs_to_json
-from gencompress.runtime_check import api
+from gencompress.verbs import check as api
 from gencompress.runtime_check.report_html import jsonable, pareto_front, png_bytes, render_html, report_json, write_report
 
 CHROMIUM = "/usr/bin/chromium"

@@ -127,7 +127,7 @@ def conv_upsample_conv(tmp_path):
 def test_quantized_upsampler_runs_no_resize(tmp_path):
     """Through quantize (objective size, a Conv-only graph): onnxruntime's optimized graph has no
     Resize, int8 Convs on both sides, and only the two Transposes at the graph's ends."""
-    from gencompress.passes.quantize import quantize
+    from gencompress.verbs.quantize import quantize
 
     report = quantize(conv_upsample_conv(tmp_path), tmp_path / "q.onnx", objective="size", calib_size=32, eval_size=16)
     assert report["rewrite"]["applied"] and report["rewrite"]["resize_nhwc"] == ["up"]
@@ -142,8 +142,8 @@ def test_quantized_upsampler_runs_no_resize(tmp_path):
 
 def test_compress_and_quantize_write_the_same_graph(tmp_path):
     """The recipe compress builds (objective size) rewrites the upsampling as quantize does."""
-    from gencompress.passes.quantize import quantize
-    from gencompress.pipeline import compress
+    from gencompress.verbs.quantize import quantize
+    from gencompress.verbs.compress import compress
 
     path = conv_upsample_conv(tmp_path)
     quantize(path, tmp_path / "q.onnx", objective="size", calib_size=32, eval_size=16)

@@ -14,7 +14,8 @@ from gencompress.errors import GencompressError
 from gencompress.inputs import sample_inputs
 from gencompress.onnx_io import load_ir, to_proto
 from gencompress.passes import registry
-from gencompress.passes.rewrite import RewriteForInt8Pass, recipe_steps, rewrite_for_int8
+from gencompress.verbs.recipe import run_recipe
+from gencompress.passes.int8_rewrites import RewriteForInt8Pass, rewrite_for_int8
 
 TOL = 1e-5
 REPO = Path(__file__).resolve().parents[1]
@@ -171,11 +172,11 @@ def test_phases_layout_on_a_zoo_model(zoo_model):
     assert_rewritten_equivalent(onnx.load(str(path)), new, _specs("vae"))
 
 
-def test_recipe_steps_run_through_the_registry(zoo_model):
+def test_the_rewrite_sequence_runs_as_a_recipe_step(zoo_model):
     path = zoo_model("cgan")
     model = load_ir(path)
-    model, reports = registry.run_recipe(model, recipe_steps())
-    assert [r["pass"] for r in reports] == ["fold_batchnorm", "convtranspose_to_gemm", "convtranspose_to_conv", "cleanup"]
+    model, reports = run_recipe(model, [{"pass": "rewrite_for_int8", "options": {}}])
+    assert list(reports[0]["report"]) == ["fold_batchnorm", "convtranspose_to_gemm", "convtranspose_to_conv"]
     assert_rewritten_equivalent(onnx.load(str(path)), to_proto(model), _specs("cgan"), batches=(3,))
 
 

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from gencompress.errors import GencompressError
 from gencompress.inputs import InputSpec, specs_to_json
-from gencompress.runtime_check import api
+from gencompress.verbs import check as api
 from gencompress.runtime_check import fidelity as F
 from gencompress.runtime_check.features import builtin_extractor, conv_net
 from gencompress.runtime_check.report_html import jsonable

@@ -14,7 +14,7 @@ from onnx import numpy_helper
 
 from gencompress.inputs import sample_inputs
 from gencompress.models import ZOO
-from gencompress.runtime_check import api
+from gencompress.verbs import check as api
 
 NAMES = ("dcgan", "rvae", "cgan")
 

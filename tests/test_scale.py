@@ -95,8 +95,8 @@ _PEAK_CHILD = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, sys.argv[3])
     import numpy as np, onnx, onnxruntime, onnx_ir, onnxscript.optimizer  # imported before the baseline
-    from gencompress.passes import calibrate as C
-    from gencompress.passes import quantize as Q
+    from gencompress.runtime_check import calibration as C
+    from gencompress.verbs import quantize as Q
     from scale import build_generator, vm_hwm
 
     src, out = Path(sys.argv[1]), sys.argv[2]
@@ -118,7 +118,7 @@ def test_quantize_peak_memory_is_a_few_files_plus_activations(tmp_path):
     """~21 MB generator, in a fresh process: peak RSS above the post-import baseline stays within
     3x the file plus one calibration batch of activations (x2: onnxruntime's buffers and numpy's
     float64 copy in the statistics)."""
-    from gencompress.passes.calibrate import ACTIVATION_BUDGET, BATCH_SIZE
+    from gencompress.runtime_check.calibration import ACTIVATION_BUDGET, BATCH_SIZE
 
     done = subprocess.run(
         [sys.executable, "-c", _PEAK_CHILD, str(tmp_path / "g.onnx"), str(tmp_path / "q.onnx"), str(ROOT / "benchmarks")],
@@ -210,7 +210,7 @@ def test_quantize_reads_external_data_in_place_and_writes_the_same_model(zoo_onn
     """--objective size on a model with external data reads the weights memory-mapped where they
     are (never into one proto) and writes the very file the self-contained input gives."""
     from gencompress import onnx_io
-    from gencompress.passes.quantize import quantize
+    from gencompress.verbs.quantize import quantize
 
     src = zoo_onnx("dcgan")
     external = tmp_path / "in" / "g.onnx"
@@ -306,7 +306,7 @@ def test_prune_reads_a_self_contained_model_in_place(zoo_onnx, tmp_path, monkeyp
     """prune never reads the whole input into one proto (its weights are memory-mapped from the
     .onnx) and writes the same model as from the same weights in a side file."""
     from gencompress import onnx_io
-    from gencompress.passes.prune import prune
+    from gencompress.verbs.prune import prune
 
     src = tmp_path / "dcgan.onnx"
     onnx.save(onnx.load(str(zoo_onnx("dcgan"))), src)  # self-contained (the zoo's copy may keep a side file)

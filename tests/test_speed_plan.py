@@ -1,4 +1,4 @@
-"""Measure, then decide (passes/speed_plan.py): the decision given stubbed measurements, the
+"""Measure, then decide (verbs/int8_plan.py): the decision given stubbed measurements, the
 Cast*Mul weight form onnxruntime folds at load, and the --objective plumbing. No wall-clock
 assertions: every timing here is a stub."""
 
@@ -11,7 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from gencompress.errors import GencompressError
-from gencompress.passes.speed_plan import cast_mul_weights, int8_pays, plan_layers
+from gencompress.passes.fold_weights import cast_mul_weights
+from gencompress.verbs.int8_plan import int8_pays, plan_layers
 
 
 def stub(costs: dict[str, dict[int, float]], base: dict[int, float] = {1: 1.0, 64: 1.0}):
@@ -102,7 +103,7 @@ def test_layer_groups_follow_shapes_not_names():
     group; a different input shape or reader starts another; groups in graph order."""
     import onnx_ir as ir
 
-    from gencompress.passes.speed_plan import layer_groups
+    from gencompress.verbs.int8_plan import layer_groups
 
     rng = np.random.default_rng(0)
     nodes, inits = [], []
@@ -175,8 +176,8 @@ def test_cast_mul_weights_same_values_folded_by_onnxruntime(tmp_path):
     ort.InferenceSession(folded.SerializeToString(), so)
     assert [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node] == ["GRU"]
     # the report sees int8 weights; quantize refuses the model as already quantized
-    from gencompress.passes.quantize import quantize
-    from gencompress.runtime_check.api import layer_stats
+    from gencompress.verbs.quantize import quantize
+    from gencompress.verbs.check import layer_stats
 
     path = tmp_path / "folded.onnx"
     onnx.save(folded, str(path))
@@ -194,7 +195,7 @@ def test_cast_mul_weights_leaves_int8_kernels_alone():
 
 def test_quantize_plan_with_stubbed_timer(zoo_onnx, tmp_path):
     """vae: a timer saying int8 never pays gives float compute with int8 weights folded at load."""
-    from gencompress.passes.quantize import quantize
+    from gencompress.verbs.quantize import quantize
 
     def never(models, reference=True, give_up=None):
         return [{1: 1.0 + 0.1 * sum(n.op_type == "QuantizeLinear" for n in m.graph.node), 64: 1.0} for m in models]
@@ -226,7 +227,7 @@ def test_objective_flag_errors(run_cli, user_error, zoo_onnx, tmp_path):
 
 
 def test_choose_candidate_per_objective():
-    from gencompress.passes.speed_plan import choose_candidate
+    from gencompress.verbs.target_search import choose_candidate
 
     rows = [
         {"label": "small-slow", "bytes": 100, "psnr": 45.0, "ratios": {1: 1.5, 64: 1.4}},
@@ -246,7 +247,7 @@ def test_choose_candidate_per_objective():
 def test_target_search_stubbed_timer_real_psnr(zoo_onnx, tmp_path):
     """vae, objective speed, a timer that calls Q/DQ pairs slow: the pick meets the target with the
     fewest quantized activations; every candidate carries its measured PSNR."""
-    from gencompress.passes.speed_plan import search_target
+    from gencompress.verbs.target_search import search_target
 
     def timer(models, reference=True, give_up=None):
         return [{1: 1.0 + 0.05 * sum(n.op_type == "QuantizeLinear" for n in m.graph.node), 64: 1.0} for m in models]
@@ -303,7 +304,7 @@ def test_depth_to_space_nhwc_exact_and_crd_left_alone():
 def test_planned_dcgan_has_no_transposes_between_int8_convs(zoo_onnx, tmp_path):
     """All-int8 plan (stub timer: int8 always pays): onnxruntime's optimized graph keeps one
     Transpose per rewritten layer (the shuffle) plus one at each end, and no DepthToSpace."""
-    from gencompress.passes.quantize import quantize
+    from gencompress.verbs.quantize import quantize
 
     def int8_pays(models, reference=True, give_up=None):
         return [{1: 1.0 / (1 + sum(n.op_type == "QuantizeLinear" for n in m.graph.node)), 64: 1.0} for m in models]

@@ -153,7 +153,7 @@ def test_checkpoints_are_small_and_load_strictly():
 
 
 def test_train_smoke_is_deterministic(tmp_path):
-    from gencompress.exporter.checkpoint import read_state_dict
+    from gencompress.checkpoint import read_state_dict
     from gencompress.models.train import train
 
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"

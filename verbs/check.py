@@ -4,7 +4,7 @@
     fid = gencompress.check("g.onnx", "g.int8.onnx", samples=256, preview=8)
     lat = gencompress.bench("g.int8.onnx", reference="g.onnx", batches=(1, 64), threads=(2,))
 
-    from gencompress.runtime_check.api import build_report, write_report
+    from gencompress.verbs.check import build_report, write_report
     report = build_report("g.onnx", "g.int8.onnx", fidelity=fid, latency=lat, recipe=recipe,
                           passes=pass_reports, sweep=sweep)
     write_report("out/", report)   # out/report.json + out/report.html
@@ -142,7 +142,7 @@ def check(
     [per-output metrics, see fidelity.compare_output], "preview"?}``.
     """
     from gencompress.inputs import load_npz_inputs, sample_inputs, specs_of_model
-    from gencompress.passes.calibrate import fixed_batch
+    from gencompress.batches import fixed_batch
     from gencompress.runtime_check import fidelity as F
     from gencompress.runtime_check.sessions import make_session, resolve_provider
 
@@ -302,7 +302,7 @@ def bench(
     """
     from gencompress.inputs import sample_inputs, specs_of_model
     from gencompress.output import progress as bar
-    from gencompress.passes.calibrate import fixed_batch
+    from gencompress.batches import fixed_batch
     from gencompress.runtime_check import fidelity as F
     from gencompress.runtime_check import latency as L
     from gencompress.runtime_check.sessions import cast_feeds, make_session, model_bytes, resolve_providers
@@ -522,7 +522,7 @@ def _trace_weight(name, inits, producer, consts, hops: int = 6):
         elif node.op_type == "Cast" and cast_to is None:
             cast_to = node
         elif node.op_type == "Mul" and dq is None and cast_to is None:
-            pass  # Cast(int8) * scale: int8 weights onnxruntime folds at load (passes/speed_plan.py)
+            pass  # Cast(int8) * scale: int8 weights onnxruntime folds at load (verbs/int8_plan.py)
         elif node.op_type not in _PASSTHROUGH:
             return None
         name = node.input[0]

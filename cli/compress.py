@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from gencompress.output import echo_json, table
-from gencompress.pipeline import PRUNE_PASSES, QUANT_MODES
+from gencompress.verbs.compress import PRUNE_PASSES, QUANT_MODES
 
 
 # options that only build the flag recipe (default_recipe)
@@ -94,7 +94,7 @@ def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits,
       gencompress compress gencompress.models.families:ModulatedConvFused out/ --batch-size 2
     """
     from gencompress.errors import GencompressError
-    from gencompress.pipeline import compress as run, parse_sweep
+    from gencompress.verbs.compress import compress as run, parse_sweep
 
     ctx = click.get_current_context()
     given = [n for n in RECIPE_FLAGS if ctx.get_parameter_source(n) != click.core.ParameterSource.DEFAULT]

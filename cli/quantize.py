@@ -98,7 +98,7 @@ def quantize(in_path, out_path, mode, bits, block_size, calib, calib_size, calib
     below opset 13 is upgraded first (a note says so); a result >= 0.5x the float size gets a
     warning naming the largest float tensors left.
     """
-    from gencompress.passes.quantize import quantize as run
+    from gencompress.verbs.quantize import quantize as run
 
     report = run(
         in_path, out_path, mode=mode, bits=int(bits), calib=calib, calib_size=calib_size, calib_data=calib_data,
@@ -200,7 +200,7 @@ def sensitivity(in_path, mode, bits, block_size, calib, calib_size, calib_data, 
     the reference's peak-to-peak); the lowest PSNR is the most damaging layer. Reproducible:
     the same command gives the same ranking.
     """
-    from gencompress.passes.sensitivity import sensitivity as run
+    from gencompress.verbs.sensitivity import sensitivity as run
 
     report = run(
         in_path, mode=mode, bits=int(bits), calib=calib, calib_size=calib_size, calib_data=calib_data, per_tensor=per_tensor,

@@ -29,6 +29,11 @@ SWEEP_KEYS = ("sparsity", "bits", "mode", "calib")
 OUTPUT_FILES = ("reference.onnx", "model.onnx", "report.json", "report.html")
 
 
+def options_exclude(exclude) -> dict:
+    """A recipe step's ``exclude`` option: absent when nothing is excluded (the step's default)."""
+    return {"exclude": list(exclude)} if exclude else {}
+
+
 def default_recipe(
     *,
     mode: str = "static",
@@ -76,27 +81,23 @@ def default_recipe(
         if isinstance(distill, bool) or not isinstance(distill, int) or distill < 0:
             raise GencompressError(f"--distill must be a number of steps, 0 or more, got {distill!r}")
         steps.append({"pass": "distill", "options": {"steps": distill, "seed": seed}})
-    from gencompress.passes.speed_plan import check_objective
+    from gencompress.verbs.int8_plan import check_objective
 
     check_objective(objective)
     if mode == "static":
         options = {"calib": calib, "per_tensor": per_tensor, "activations": activations, "seed": seed}
         if calib_size is not None:
             options["calib_size"] = calib_size
-        if exclude:
-            options["exclude"] = list(exclude)
-        if objective != "size":  # measure, then decide per layer (passes/speed_plan.py)
+        options.update(options_exclude(exclude))
+        if objective != "size":  # measure, then decide per layer (verbs/int8_plan.py)
             steps.append({"pass": "plan_int8", "options": {"objective": objective, **options, "rewrite": rewrite, **(timing or {})}})
         else:
             if rewrite:
-                steps.append({"pass": "rewrite_for_int8", "options": {}})
-                for layout in ("resize_nhwc", "conv_space_to_depth"):  # the same rewrites as quantize's (_layout_rewrites)
-                    steps.append({"pass": layout, "options": {"exclude": list(exclude)} if exclude else {}})
+                steps.append({"pass": "rewrite_for_int8", "options": {"layout_rewrites": True, **options_exclude(exclude)}})
             steps.append({"pass": "insert_qdq", "options": options})
     elif mode == "weight-only":
         options = {"bits": bits}
-        if exclude:
-            options["exclude"] = list(exclude)
+        options.update(options_exclude(exclude))
         steps.append({"pass": "weight_only_quantize", "options": options})
         if objective != "size" and bits == 8:  # float compute: int8 weights folded at load, not dequantized per call
             steps.append({"pass": "fold_weights", "options": {}})
@@ -135,14 +136,14 @@ def parse_sweep(text: str) -> tuple[str, list]:
 def run_recipe_on(reference_path, recipe) -> tuple[object, list[dict]]:
     """Load the reference as onnx_ir and run the recipe on it; returns (ModelProto, pass reports)."""
     from gencompress.onnx_io import load_ir
-    from gencompress.passes.registry import run_recipe
+    from gencompress.verbs.recipe import run_recipe
 
     from gencompress.passes.cleanup import strip_debug_metadata
 
     model = load_ir(reference_path)
     import onnx_ir as ir
 
-    from gencompress.passes.quantize import finalize
+    from gencompress.verbs.quantize import finalize
 
     model, reports = run_recipe(model, recipe)
     strip_debug_metadata(model)  # as quantize does, whether or not the recipe starts with cleanup
@@ -182,7 +183,8 @@ def compress(
     """
     from gencompress.onnx_io import load_model, save_model
     from gencompress.passes.registry import load_recipe, validate_recipe
-    from gencompress.runtime_check import api as rc
+    from gencompress.verbs import recipe as _steps  # noqa: F401  (registers the steps that run a model)
+    from gencompress.verbs import check as rc
 
     log = log or (lambda msg: None)
     flags = dict(flags or {})
@@ -209,7 +211,7 @@ def compress(
         steps, recipe_source = load_recipe(recipe), str(recipe)
     else:
         steps, recipe_source = validate_recipe(recipe), "api"
-    if target_psnr is not None:  # search the configurations (passes/speed_plan.py search_target)
+    if target_psnr is not None:  # search the configurations (verbs/target_search.py)
         import math
 
         if recipe is not None or sweep:
@@ -274,7 +276,7 @@ def compress(
         candidate = staging / "model.onnx"
         search = None
         if target_psnr is not None:
-            from gencompress.passes.speed_plan import search_target
+            from gencompress.verbs.target_search import search_target
 
             log(f"searching for the {flags.get('objective', 'balanced')} model meeting {target_psnr:g} dB ...")
             search = search_target(reference, staging / "candidates", target=target_psnr, objective=flags.get("objective", "balanced"),

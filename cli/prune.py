@@ -38,7 +38,7 @@ def prune(in_path, out_path, sparsity, mode, scope, nm, criterion, exclude, min_
       gencompress prune g.onnx g.small.onnx --mode channel --sparsity 0.5 --criterion l2
     """
     from gencompress.output import echo_json
-    from gencompress.passes.prune import prune as prune_api
+    from gencompress.verbs.prune import prune as prune_api
     from gencompress.passes.prune_report import format_report
 
     report = prune_api(

@@ -77,7 +77,7 @@ def check(reference, candidate, samples, seed, batch, inputs_npz, features, peak
       gencompress check g.onnx g.int8.onnx --features disc.onnx --report out/
     """
     from gencompress.output import echo_json, table
-    from gencompress.runtime_check import api
+    from gencompress.verbs import check as api
     from gencompress.runtime_check.report_html import jsonable
 
     if report_dir:  # the report must not land on one of the files it reports on
@@ -151,7 +151,7 @@ def bench(model, reference, providers, batches, threads, runs, warmup, seed, mem
       gencompress bench g.onnx --provider cuda --json
     """
     from gencompress.output import echo_json, table
-    from gencompress.runtime_check import api
+    from gencompress.verbs import check as api
     from gencompress.runtime_check.report_html import jsonable
 
     result = api.bench(

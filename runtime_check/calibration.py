@@ -27,9 +27,9 @@ import numpy as np
 import onnx
 
 from gencompress.errors import GencompressError
+from gencompress.batches import batches, fixed_batch, num_samples
+from gencompress.passes.insert_qdq import CALIBRATION_METHODS as METHODS, DEFAULT_PERCENTILE
 
-METHODS = ("minmax", "percentile", "entropy", "mse")
-DEFAULT_PERCENTILE = 99.99
 DEFAULT_CALIB_SIZE = 256
 BATCH_SIZE = 64
 # the calibration run returns every calibrated tensor of a batch at once: a large model gets
@@ -226,58 +226,8 @@ def _kl(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum(p[mask] * np.log(p[mask] / qm)))
 
 
+
 # ---- running the float model ------------------------------------------------------------------
-
-
-def fixed_batch(model) -> int | None:
-    """The batch size a model's inputs fix: the number at dim 0 of the inputs that have one (all the
-    same), or None when every batch axis is dynamic. One input fixing it is enough: the model then
-    runs no other batch size (e.g. a latent ``[1, 100]`` beside a label ``[N]``)."""
-    if not isinstance(model, onnx.ModelProto):  # an onnx_ir model: read its inputs, no serialization
-        sizes = {
-            int(v.shape[0]) for v in model.graph.inputs
-            if v.shape is not None and v.shape.rank() and isinstance(v.shape[0], int) and v.shape[0] > 0 and v.name not in model.graph.initializers
-        }
-        return sizes.pop() if len(sizes) == 1 else None
-    proto = model
-    initializers = {i.name for i in proto.graph.initializer}
-    sizes = set()
-    for vi in proto.graph.input:
-        if vi.name in initializers:
-            continue
-        dims = vi.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-            sizes.add(int(dims[0].dim_value))
-    return sizes.pop() if len(sizes) == 1 else None
-
-
-def batches(feeds: Mapping[str, np.ndarray], batch_size: int, *, exact: bool = False) -> Iterable[dict[str, np.ndarray]]:
-    """Consecutive batches of ``feeds``; with ``exact`` only full batches (a fixed-batch model)."""
-    n = len(next(iter(feeds.values())))
-    if exact and n < batch_size:
-        raise GencompressError(f"the model takes batches of exactly {batch_size}; give at least {batch_size} samples")
-    stop = n - n % batch_size if exact else n
-    for start in range(0, stop, batch_size):
-        yield {k: v[start : start + batch_size] for k, v in feeds.items()}
-
-
-def num_samples(feeds: Mapping[str, np.ndarray]) -> int:
-    return len(next(iter(feeds.values())))
-
-
-def run_model(session, feeds: Mapping[str, np.ndarray], batch_size: int = BATCH_SIZE, *, exact: bool = False) -> list[np.ndarray]:
-    """All outputs of ``session`` over ``feeds``, run batch by batch and concatenated."""
-    try:
-        parts = [session.run(None, b) for b in batches(feeds, batch_size, exact=exact)]
-    except GencompressError:
-        raise
-    except Exception as e:
-        msg = " ".join(str(e).split())[:300]
-        raise GencompressError(f"onnxruntime fails to run the model ({type(e).__name__}: {msg})") from None
-    for out, value in zip(session.get_outputs(), parts[0]):
-        if not isinstance(value, np.ndarray) or value.ndim == 0:  # hostile input: a sequence, a map or a scalar
-            raise GencompressError(f"output {out.name!r} is not a batched tensor (no batch axis): samples cannot be compared")
-    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
 
 
 def float_tensors(model) -> list[str]:
@@ -394,74 +344,14 @@ def calibration_inputs(model, *, size: int | None = None, seed: int = 0, data=No
     return sample_inputs(specs, size or DEFAULT_CALIB_SIZE, seed)
 
 
-# ---- ranges across the int8 rewrites ----------------------------------------------------------
+def calibrate_ranges(model, names: list[str], options) -> dict[str, tuple[float, float]]:
+    """The activation ranges of ``names`` in ``model`` (onnx_ir), measured on the calibration set
+    ``options`` (``InsertQDQPass.Options``) describes: what ``InsertQDQPass`` asks for when its
+    ``ranges`` lack some."""
+    import onnx_ir as ir
 
-# ops that only move values: the output holds each input value equally often (a permutation, or
-# Expand's uniform repeat), so every method's range of the output is the input's
-MOVING_OPS = frozenset({"Reshape", "Flatten", "Transpose", "DepthToSpace", "SpaceToDepth", "Squeeze", "Unsqueeze", "Identity", "Expand"})
-# and a Slice: when it alone reads a tensor, the values it drops are read by nobody
-FORWARD_OPS = MOVING_OPS | {"Slice"}
-
-
-def carry_ranges(graph, before, ranges: Mapping[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
-    """Ranges for the tensors of ``graph`` that ``before`` does not compute, where ``graph`` is
-    ``before`` (both onnx_ir graphs) after rewrites that keep a tensor's name only with its values,
-    and ``ranges`` holds the ranges of ``before``'s tensors by name. A tensor the rewrites made
-    gets the range of the one it holds the values of: found through ops that only move values
-    (``MOVING_OPS``, either way), a Slice that alone reads it (what the Slice drops, nobody
-    reads), or an elementwise activation the rewrites moved before such ops, whose original in
-    ``before`` reads that tensor. So the model before the rewrites can be calibrated in their
-    place. A tensor with no such match is left out (the caller calibrates it)."""
-    from gencompress.passes.rewrite import HOISTABLE_ACTIVATIONS, is_onnx_domain
-
-    made_before = {v.name: node for node in before for v in node.outputs}
-    graph_outputs = {v.name for v in graph.outputs}
-    known = dict(ranges)
-    walking: set[str] = set()
-
-    def sole_reader(value):
-        uses = list(value.uses())
-        if value.name in graph_outputs or len(uses) != 1 or uses[0].idx != 0 or not is_onnx_domain(uses[0].node):
-            return None
-        return uses[0].node
-
-    def moved_activation_input(act):
-        """The range of what ``act`` reads, if its output only moves on to a tensor ``before``
-        computes with the same activation."""
-        current = act.outputs[0]
-        while current.name not in made_before:
-            reader = sole_reader(current)
-            if reader is None or reader.op_type not in FORWARD_OPS:
-                return None
-            current = reader.outputs[0]
-        original = made_before[current.name]
-        same = (
-            original.op_type == act.op_type and len(original.inputs) == len(act.inputs) and original.inputs[0] is not None
-            and all((a is None) == (b is None) and (a is None or a.name == b.name) for a, b in zip(original.inputs[1:], act.inputs[1:]))
-            and {k: a.value for k, a in original.attributes.items()} == {k: a.value for k, a in act.attributes.items()}
-        )
-        return known.get(original.inputs[0].name) if same else None
-
-    def find(value):
-        if value.name in known or value.name in walking:
-            return known.get(value.name)
-        walking.add(value.name)
-        found = None
-        producer = value.producer()
-        if producer is not None and is_onnx_domain(producer) and producer.op_type in MOVING_OPS and producer.inputs[0] is not None:
-            found = find(producer.inputs[0])
-        reader = sole_reader(value) if found is None else None
-        if reader is not None and reader.op_type in FORWARD_OPS:
-            found = find(reader.outputs[0])
-        elif reader is not None and reader.op_type in HOISTABLE_ACTIVATIONS:
-            found = moved_activation_input(reader)
-        walking.discard(value.name)
-        if found is not None:
-            known[value.name] = found
-        return found
-
-    carried = {}
-    for value in [*graph.inputs, *(v for node in graph for v in node.outputs)]:
-        if value.name and value.name not in ranges and find(value) is not None:
-            carried[value.name] = known[value.name]
-    return carried
+    proto = ir.serde.serialize_model(model)
+    feeds = calibration_inputs(proto, size=options.calib_size, seed=options.seed, data=options.calib_data)
+    stats = collect_stats(proto, names, feeds, histogram=options.calib != "minmax")
+    symmetric = options.activations == "int8"
+    return {n: stats[n].range(options.calib, symmetric=symmetric, percentile=options.percentile) for n in names}

@@ -20,7 +20,7 @@ from gencompress.errors import GencompressError
 def rank_layers(quantizer, evaluator, exclude=()) -> list[dict]:
     """Layers not in ``exclude``, each quantized alone, most damaging (lowest PSNR) first."""
     from gencompress.output import progress
-    from gencompress.passes.quantize import db
+    from gencompress.verbs.quantizers import db
 
     candidates = [layer for layer in quantizer.layers if not any(p in (layer["node"], layer["op_type"], *layer["weights"]) for p in exclude)]
     rows = []
@@ -55,10 +55,9 @@ def sensitivity(
     import onnx_ir as ir
 
     from gencompress.onnx_io import load_model, refuse_nonfinite_weights, skeleton
-    from gencompress.passes.calibrate import DEFAULT_PERCENTILE
-    from gencompress.passes.quantize import (
-        DEFAULT_EVAL_SIZE,
-        Evaluator,
+    from gencompress.runtime_check.calibration import DEFAULT_PERCENTILE
+    from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES as DEFAULT_EVAL_SIZE, Evaluator
+    from gencompress.verbs.quantizers import (
         _check_float_model,
         db,
         eval_inputs,

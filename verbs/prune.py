@@ -16,44 +16,17 @@ from __future__ import annotations
 
 import gc
 import numbers
-import zlib
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from gencompress.errors import GencompressError
-from gencompress.onnx_io import materialize, refuse_nonfinite_weights, refuse_overwrite, save_model, spill, with_scratch_folder
+from gencompress.onnx_io import deflate_files, deflate_level, deflate_size, materialize, refuse_nonfinite_weights, refuse_overwrite, save_model, spill, with_scratch_folder
 from gencompress.passes.prune_report import DEFAULT_MIN_SIZE
 
 MODES = ("unstructured", "nm", "channel")
 PASS_OF_MODE = {"unstructured": "magnitude_prune", "nm": "nm_prune", "channel": "channel_prune"}
-
-
-# zlib at level 9 runs at a few MB/s on float weights (minutes for a 200 MB model): above this
-# size the deflated sizes are measured at level 1 (the report says which level)
-DEFLATE_9_LIMIT = 32 * 2**20
-
-
-def deflate_level(size: int) -> int:
-    return 9 if size <= DEFLATE_9_LIMIT else 1
-
-
-def deflate_size(data: bytes, level: int = 9) -> int:
-    """Bytes of ``data`` compressed with zlib at ``level``."""
-    return len(zlib.compress(data, level))
-
-
-def deflate_files(paths, level: int = 9, chunk: int = 16 * 2**20) -> int:
-    """Bytes of the files' concatenated contents compressed with zlib at ``level``, read in chunks
-    (the same count as ``deflate_size`` of the whole, without holding it)."""
-    compressor = zlib.compressobj(level)
-    total = 0
-    for path in paths:
-        with open(path, "rb") as f:
-            while block := f.read(chunk):
-                total += len(compressor.compress(block))
-    return total + len(compressor.flush())
 
 
 @with_scratch_folder  # streamed weights live there for the run
@@ -107,7 +80,7 @@ def prune(
 
     model = mapped_ir(proto, in_path)  # wraps the proto's tensors, no copy
     del proto
-    from gencompress.passes.quantize import _own_tensors
+    from gencompress.verbs.quantize import _own_tensors
 
     # large weights load_mapped leaves in memory (densified sparse ones, integer ones, those of
     # subgraphs) moved to the scratch folder and read back memory-mapped, one at a time:

@@ -17,16 +17,17 @@ from gencompress.errors import GencompressError
 
 # verb -> (module that defines a click command of that name, one-line help for the listing)
 COMMANDS = {
-    "compress": ("gencompress.pipeline_cli", "Export, compress and check a generator; write model, report.json/html."),
-    "export": ("gencompress.exporter.cli", "Export a zoo or user PyTorch generator to ONNX, with a parity check."),
-    "prune": ("gencompress.passes.cli_prune", "Prune weights: unstructured magnitude, N:M, or whole channels."),
-    "quantize": ("gencompress.passes.cli_quantize", "Quantize: static int8 QDQ, weight-only int8/int4, or fp16."),
-    "sensitivity": ("gencompress.passes.cli_quantize", "Rank layers by the damage int8 does to the output."),
-    "check": ("gencompress.runtime_check.cli", "Fidelity of a candidate model against its float reference."),
-    "bench": ("gencompress.runtime_check.cli", "Latency, throughput, memory and size of a model in onnxruntime."),
+    "compress": ("gencompress.cli.compress", "Export, compress and check a generator; write model, report.json/html."),
+    "export": ("gencompress.cli.export", "Export a zoo or user PyTorch generator to ONNX, with a parity check."),
+    "prune": ("gencompress.cli.prune", "Prune weights: unstructured magnitude, N:M, or whole channels."),
+    "quantize": ("gencompress.cli.quantize", "Quantize: static int8 QDQ, weight-only int8/int4, or fp16."),
+    "sensitivity": ("gencompress.cli.quantize", "Rank layers by the damage int8 does to the output."),
+    "check": ("gencompress.cli.check", "Fidelity of a candidate model against its float reference."),
+    "bench": ("gencompress.cli.check", "Latency, throughput, memory and size of a model in onnxruntime."),
     "ship": ("gencompress.ship.cli", "Bundle a compressed model for edge devices: Python runner, ORT format, web page."),
-    "train": ("gencompress.models.cli", "Train a zoo generator on the bundled digits and write its checkpoint."),
-    "distill": ("gencompress.distill.cli", "Train a pruned student's weights to reproduce its float teacher."),
+    "train": ("gencompress.cli.train", "Train a zoo generator on the bundled digits and write its checkpoint."),
+    "distill": ("gencompress.cli.distill", "Train a pruned student's weights to reproduce its float teacher."),
+    "sweep": ("gencompress.sweeps.cli", "Compress many models x configurations as resumable trials on Ray (local or a cluster)."),
 }
 
 

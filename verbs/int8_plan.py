@@ -42,6 +42,8 @@ import onnx
 import onnx_ir as ir
 
 from gencompress.errors import GencompressError
+from gencompress.passes.fold_weights import cast_mul_weights
+from gencompress.passes.registry import GencompressPass, register
 
 OBJECTIVES = ("balanced", "speed", "size")
 DEFAULT_OBJECTIVE = "balanced"
@@ -52,7 +54,6 @@ DEFAULT_THREADS = 2
 TARGET_SLOT_SECONDS = 0.25  # timed seconds per model and batch size in one measurement
 STEP_GROUPS = 3  # groups flipped against the same plan in one measurement (1.33 models timed per group instead of 2)
 MIN_RUNS = 5  # timed runs per model and batch size at least (a slow model's runs each average out more noise)
-HIDDEN_DOMAIN = "gencompress.keep_float"  # marks ConvTransposes the int8 rewrites must leave alone
 
 Ratios = dict  # {batch: model p50 / float p50}
 
@@ -79,7 +80,7 @@ def int8_pays(with_int8: Ratios, without: Ratios, objective: str, noise: float =
     return min(gain.values()) >= 1.0 - noise  # a tie keeps int8: it is the smaller form
 
 
-def _fmt(ratios: Ratios) -> str:
+def fmt_ratios(ratios: Ratios) -> str:
     return ", ".join(f"b{b} {1 / r:.2f}x" for b, r in sorted(ratios.items()))
 
 
@@ -152,7 +153,7 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
     measured = dict(zip(finals, timed(*finals)))
     if objective == "speed":
         chosen = min(finals, key=lambda c: geomean(measured[c]))
-        message = f"fastest measured: {_fmt(measured[chosen])} float speed"
+        message = f"fastest measured: {fmt_ratios(measured[chosen])} float speed"
     else:
         safe = [c for c in finals if max(measured[c].values()) <= 1.0 + noise]
         if safe and size is not None:  # smallest within "not slower": sizes within SIZE_SLACK count as equal
@@ -163,8 +164,8 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
             preferred = max(safe, key=lambda c: (len(c), -size(c) if size is not None else 0))
             fastest = min(safe, key=lambda c: geomean(measured[c]))
             chosen = fastest if geomean(measured[fastest]) < geomean(measured[preferred]) * (1.0 - noise) else preferred
-        message = (f"not slower than float beyond {noise:.0%} at any batch: {_fmt(measured[chosen])} float speed" if safe
-                   else f"every configuration was slower than float beyond {noise:.0%}; no int8 compute ({_fmt(measured[none])})")
+        message = (f"not slower than float beyond {noise:.0%} at any batch: {fmt_ratios(measured[chosen])} float speed" if safe
+                   else f"every configuration was slower than float beyond {noise:.0%}; no int8 compute ({fmt_ratios(measured[none])})")
     if chosen != current:
         for row in rows:
             choice = "int8" if row["node"] in chosen else "float"
@@ -198,69 +199,6 @@ def layer_groups(graph: ir.Graph, names: list[str]) -> list[list[str]]:
     return list(groups.values())
 
 
-# ---- int8 weights that onnxruntime folds at load ---------------------------------------------------
-
-
-def _reads_quantized_activation(node: ir.Node) -> bool:
-    """An op onnxruntime fuses into an int8 kernel: one of its inputs is a dequantized activation."""
-    for v in node.inputs:
-        p = v.producer() if v is not None else None
-        if p is not None and p.op_type == "DequantizeLinear" and p.inputs[0].const_value is None:
-            return True
-    return False
-
-
-def cast_mul_weights(model: ir.Model, int8_nodes=None) -> int:
-    """Replace each DequantizeLinear of a constant int8 weight (zero point 0, no block_size) whose
-    readers all compute in float (not in ``int8_nodes``, names; None: not reading a dequantized
-    activation) by ``Cast(q) * Reshape(scale)``: the same values, a constant subgraph onnxruntime
-    folds into a float initializer at load. Returns how many were replaced."""
-    graph = model.graph
-    count = 0
-    if int8_nodes is None:
-        int8_nodes = frozenset(n.name for n in graph if _reads_quantized_activation(n))
-    for node in list(graph):
-        if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
-            continue
-        q = node.inputs[0]
-        if q is None or q.const_value is None or q.is_graph_input() or q.dtype not in (ir.DataType.INT8, ir.DataType.UINT8):
-            continue
-        if node.attributes.get_int("block_size", 0):
-            continue
-        if len(node.inputs) > 2 and node.inputs[2] is not None:
-            zp = node.inputs[2].const_value
-            if zp is None or np.any(zp.numpy() != 0):
-                continue
-        out = node.outputs[0]
-        if not out.uses() or any(u.node.name in int8_nodes for u in out.uses()) or out in graph.outputs:
-            continue
-        rank = len(q.const_value.shape)
-        scale = node.inputs[1]
-        base = q.name
-        cast = ir.node("Cast", [q], {"to": ir.DataType.FLOAT}, name=f"{base}_to_float",
-                       outputs=[ir.Value(name=f"{base}_as_float", type=ir.TensorType(ir.DataType.FLOAT), shape=q.shape)])
-        new = [cast]
-        if rank > 1 and scale.shape is not None and len(scale.shape) == 1:
-            axis = node.attributes.get_int("axis", 1) % rank
-            dims = [1] * rank
-            dims[axis] = -1
-            shape = ir.Value(name=f"{base}_scale_shape", const_value=ir.tensor(np.array(dims, dtype=np.int64), name=f"{base}_scale_shape"),
-                             type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([rank]))
-            graph.register_initializer(shape)
-            reshape = ir.node("Reshape", [scale, shape], name=f"{base}_scale_reshape",
-                              outputs=[ir.Value(name=f"{base}_scale_bcast", type=ir.TensorType(ir.DataType.FLOAT))])
-            new.append(reshape)
-            scale = reshape.outputs[0]
-        mul = ir.node("Mul", [cast.outputs[0], scale], name=f"{base}_dequantize",
-                      outputs=[ir.Value(name=f"{base}_folded", type=ir.TensorType(ir.DataType.FLOAT), shape=out.shape)])
-        new.append(mul)
-        graph.insert_before(node, new)
-        out.replace_all_uses_with(mul.outputs[0])
-        graph.remove(node, safe=True)
-        count += 1
-    return count
-
-
 # ---- building a configuration ------------------------------------------------------------------
 
 
@@ -270,33 +208,12 @@ def rewrite_only(model: ir.Model, keep_float: set[str]):
     spelled channels-last (``depth_to_space_nhwc``: onnxruntime then drops the Transposes around
     its int8 Convs); nearest upsampling spelled channels-last (``resize_nhwc``) before the Convs
     not in ``keep_float``. Returns (model, the rewrite report)."""
-    from gencompress.passes.registry import available
+    from gencompress.passes.int8_rewrites import RewriteForInt8Pass
 
-    passes = available()
-
-    def rewrite_for_int8(model):
-        p = passes["rewrite_for_int8"](passes["rewrite_for_int8"].Options(depth_to_space="DCR"))
-        model = p(model).model
-        nhwc = passes["depth_to_space_nhwc"]()
-        model = nhwc(model).model
-        layout = {}
-        for name in ("resize_nhwc", "conv_space_to_depth"):
-            layout[name] = passes[name](passes[name].Options(exclude=tuple(sorted(keep_float))))
-            model = layout[name](model).model
-        return model, {**(p.report or {}), "depth_to_space_nhwc": nhwc.report, **{k: v.report for k, v in layout.items()}}
-
-    hidden = [n for n in model.graph if n.op_type == "ConvTranspose" and n.name in keep_float]
-    for n in hidden:
-        n.domain = HIDDEN_DOMAIN
-    if hidden:
-        model.opset_imports[HIDDEN_DOMAIN] = 1
-    try:
-        model, report = rewrite_for_int8(model)
-    finally:
-        for n in hidden:
-            n.domain = ""
-        model.opset_imports.pop(HIDDEN_DOMAIN, None)
-    return model, report
+    p = RewriteForInt8Pass(RewriteForInt8Pass.Options(
+        depth_to_space="DCR", exclude=tuple(sorted(keep_float)), channels_last=True, layout_rewrites=True))
+    model = p(model).model
+    return model, p.report
 
 
 def _matches(name: str, original: str) -> bool:
@@ -348,7 +265,7 @@ class ConfigBuilder:
         """(rewritten prepared proto's static quantizer, rewrite report) for this set of float ConvTransposes."""
         key = keep_float if self.rewrite else None
         if key not in self._quantizers:
-            from gencompress.passes.quantize import calibrated_ranges, static_quantizer
+            from gencompress.verbs.quantizers import calibrated_ranges, static_quantizer
 
             before = ir.serde.deserialize_model(self.prepared)  # wraps the proto's tensors, no copy
             if self._calibrated is None:
@@ -373,7 +290,7 @@ class ConfigBuilder:
         int8 = frozenset(int8)
         if int8 in self._built:
             return self._built[int8]
-        from gencompress.passes.quantize import finalize
+        from gencompress.verbs.quantizers import finalize
         from gencompress.passes.weight_only_quantize import WeightOnlyQuantizePass, weight_layers
 
         rewritten = {l["node"] for l in self.layers if l["node"] in self.rewritten}
@@ -415,7 +332,7 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
     first model; ``give_up(*ratios so far)`` true: the larger batch sizes are not timed. The float
     session and the run counts (from the float model's time) are made once."""
     from gencompress.inputs import sample_inputs, specs_of_model
-    from gencompress.passes.calibrate import fixed_batch
+    from gencompress.batches import fixed_batch
     from gencompress.runtime_check.latency import time_interleaved
     from gencompress.runtime_check.sessions import cast_feeds, make_session, model_bytes
 
@@ -479,23 +396,6 @@ def plan(builder: ConfigBuilder, objective: str, measure_models, log=lambda m: N
 
 # ---- as recipe steps ---------------------------------------------------------------------------
 
-from gencompress.passes.registry import GencompressPass, register  # noqa: E402  (registry imports nothing from here)
-
-
-@register("fold_weights")
-class FoldWeightsPass(GencompressPass):
-    """Int8 weights of float-computing layers as ``Cast(q) * scale`` (``cast_mul_weights``), which
-    onnxruntime folds at load, instead of a DequantizeLinear it runs on every call. Put it after
-    ``weight_only_quantize`` (8 bits; int4 blocks stay DequantizeLinear)."""
-
-    @dataclass(frozen=True)
-    class Options:
-        pass
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        count = cast_mul_weights(model)
-        self.report = {"folded_weights": count}
-        return ir.passes.PassResult(model, bool(count))
 
 
 @register("plan_int8")
@@ -532,8 +432,8 @@ class PlanInt8Pass(GencompressPass):
     timer = None  # tests: replaces the interleaved timer
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        from gencompress.passes.calibrate import DEFAULT_PERCENTILE
-        from gencompress.passes.quantize import fold_into_layers, prepare
+        from gencompress.runtime_check.calibration import DEFAULT_PERCENTILE
+        from gencompress.verbs.quantizers import fold_into_layers, prepare
 
         o = self.options
         reference = ir.serde.serialize_model(model)
@@ -552,97 +452,3 @@ class PlanInt8Pass(GencompressPass):
                        "speed": {str(b): round(1 / r, 3) for b, r in result.ratios.items()},
                        "configs_measured": len(result.configs), "folded_weights": report.get("folded_weights", 0)}
         return ir.passes.PassResult(ir.serde.deserialize_model(proto), True)
-
-
-# ---- a fidelity target in one command ------------------------------------------------------------
-
-# Hook for stages that make more candidates (e.g. pruning + distillation, once they exist):
-# each is called as ``hook(reference_path, folder, target_psnr, log)`` and returns
-# ``[(label, model_path), ...]``; the candidates join the search like the built-in ones.
-CANDIDATE_HOOKS: list[Callable] = []
-
-
-def target_candidates(objective: str, has_convtranspose: bool) -> list[tuple[str, dict]]:
-    """(label, gencompress.quantize keyword arguments) of the configurations the search tries."""
-    plans = [objective] if objective == "balanced" else [objective, "balanced"]
-    out = [(f"int8 plan ({o})", {"objective": o}) for o in plans if o != "size"]
-    out += [(f"int8 plan ({o}) + damaging layers in float", {"objective": o, "target_psnr": None}) for o in plans if o != "size"]
-    out.append(("int8 every layer", {"objective": "size"}))
-    if has_convtranspose:
-        out.append(("int8 every layer, rewrites off", {"objective": "size", "rewrite": False}))
-    out += [
-        ("weight-only int8 (folded at load)", {"mode": "weight-only", "bits": 8, "objective": "balanced"}),
-        ("weight-only int4", {"mode": "weight-only", "bits": 4, "objective": "size"}),
-        ("fp16 weights", {"mode": "fp16", "objective": "size"}),
-    ]
-    return out
-
-
-def choose_candidate(rows: list[dict], target: float, objective: str, noise: float = NOISE) -> tuple[dict | None, str]:
-    """The best row meeting ``target`` dB for ``objective`` (rows: label, bytes, psnr (inf for
-    identical), ratios {batch: p50 / float p50}); None and why when none meets it."""
-    ok = [r for r in rows if r["psnr"] >= target]
-    if not ok:
-        best = max(rows, key=lambda r: r["psnr"])
-        return None, f"target {target:g} dB cannot be met: the closest is {best['label']} at {best['psnr']:.2f} dB"
-    fastest = lambda r: (geomean(r["ratios"]), r["bytes"])  # noqa: E731
-    if objective == "speed":  # the fastest, or a smaller one within timing noise of it
-        best = min(geomean(r["ratios"]) for r in ok)
-        pick = min((r for r in ok if geomean(r["ratios"]) <= best * (1.0 + noise)), key=lambda r: (r["bytes"], geomean(r["ratios"])))
-    elif objective == "size":
-        pick = min(ok, key=lambda r: (r["bytes"], geomean(r["ratios"])))
-    else:
-        safe = [r for r in ok if max(r["ratios"].values()) <= 1.0 + noise]
-        pick = min(safe, key=lambda r: (r["bytes"], geomean(r["ratios"]))) if safe else min(ok, key=fastest)
-    return pick, f"target {target:g} dB met by {pick['label']} ({pick['psnr']:.2f} dB, {_fmt(pick['ratios'])} float speed, objective {objective})"
-
-
-def search_target(reference_path, folder, *, target: float, objective: str, seed: int = 0, calib_size=None,
-                  timing: dict | None = None, timer=None, log=lambda m: None) -> dict:
-    """Try the configurations of ``target_candidates`` (and the ``CANDIDATE_HOOKS``), measure PSNR
-    (held-back latents), size and speed (one interleaved run, all candidates beside float), and
-    pick per ``choose_candidate``. Returns ``{"chosen": path or None, "rows": [...], "message"}``."""
-    from pathlib import Path
-
-    from gencompress.onnx_io import load_model
-    from gencompress.passes.quantize import Evaluator, eval_inputs, quantize
-
-    timing = dict(timing or {})
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    reference = load_model(reference_path)
-    has_convt = any(n.op_type == "ConvTranspose" for n in reference.graph.node)
-    timer = timer or interleaved_timer(reference, provider=timing.get("provider", "CPUExecutionProvider"),
-                                       threads=timing.get("threads", DEFAULT_THREADS), batches=tuple(timing.get("batches", DEFAULT_BATCHES)), seed=seed)
-    made, met = [], set()
-    for i, (label, kwargs) in enumerate(target_candidates(objective, has_convt)):
-        if "target_psnr" in kwargs:
-            if kwargs["objective"] in met:
-                continue  # the plan alone meets the target: nothing to keep in float
-            kwargs = {**kwargs, "target_psnr": target}
-        path = folder / f"candidate{i}.onnx"
-        log(f"candidate {label} ...")
-        static = kwargs.get("mode", "static") == "static"
-        try:
-            report = quantize(reference_path, path, seed=seed, calib_size=calib_size if static else None, timer=timer if static else None, **kwargs)
-        except GencompressError as e:  # e.g. nothing for int4 to quantize: the others still count
-            log(f"  skipped: {e}")
-            continue
-        made.append((label, path))
-        if label.startswith("int8 plan") and "target_psnr" not in kwargs and (report["psnr_db"] is None or report["psnr_db"] >= target):
-            met.add(kwargs["objective"])
-    for hook in CANDIDATE_HOOKS:
-        made += hook(reference_path, folder, target, log)
-    evaluator = Evaluator(reference, eval_inputs(reference, seed))
-    protos = [load_model(p) for _, p in made]
-    ratios = timer(protos)
-    rows = [{"label": label, "path": str(path), "bytes": path.stat().st_size, "psnr": evaluator.psnr(proto), "ratios": r}
-            for (label, path), proto, r in zip(made, protos, ratios)]
-    if not rows:
-        raise GencompressError("--target-psnr: no configuration could be built for this model")
-    pick, message = choose_candidate(rows, target, objective)
-    for r in rows:
-        r["chosen"] = r is (pick or max(rows, key=lambda x: x["psnr"]))
-        r["meets_target"] = r["psnr"] >= target
-    closest = pick or max(rows, key=lambda r: r["psnr"])
-    return {"chosen": closest["path"], "met": pick is not None, "rows": rows, "message": message, "target_psnr": target, "objective": objective}

@@ -1,0 +1,1 @@
+"""The verbs' flows: each verb's Python function, above the passes and the runtime layer."""

@@ -1,0 +1,417 @@
+"""`gencompress quantize`: static int8 QDQ, weight-only int8/int4, or fp16, checked against float.
+
+The Python API behind the CLI verb::
+
+    report = gencompress.quantize("g.onnx", "g.int8.onnx")                       # static int8
+    report = gencompress.quantize("g.onnx", "g.w4.onnx", mode="weight-only", bits=4)
+    report = gencompress.quantize("g.onnx", "g.int8.onnx", target_psnr=40.0)     # keep layers in float as needed
+
+Flow: load → prepare (fold constant weight reshuffles so every weight is an initializer, drop
+the exporter's per-node debug metadata) → int8 rewrites (static mode, when the model has a
+ConvTranspose they apply to; ``rewrite``) → calibrate (static) → pass
+(``insert_qdq`` / ``weight_only_quantize`` / ``fp16_convert``) → [--target-psnr search] → save,
+then PSNR against the float model on a held-back seeded latent set.
+
+Seeds: calibration draws use ``seed``; the held-back evaluation set uses ``seed + EVAL_SEED_OFFSET``,
+so the two never coincide.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from gencompress.errors import GencompressError
+from gencompress.onnx_io import with_scratch_folder
+
+from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES as DEFAULT_EVAL_SIZE, Evaluator
+from gencompress.verbs.quantizers import (
+    MODES,
+    Quantizer,
+    _check_float_model,
+    apply_rewrites,
+    db,
+    eval_inputs,
+    finalize,
+    fold_into_layers,
+    prepare,
+    split_calibration_data,
+    static_quantizer,
+    validate_options,
+    weight_only_quantizer,
+)
+
+DEFAULT_BLOCK_SIZE = 64
+
+
+# above this, quantize says how much memory the speed plan takes (measured: benchmarks/scale.py's
+# 47M generator, default objective: 3.5-4.3 GB, 94-136 s)
+PLAN_NOTE_BYTES = 100e6
+
+
+@with_scratch_folder  # streamed weights live there for the run
+def quantize(
+    in_path,
+    out_path,
+    *,
+    mode: str = "static",
+    bits: int = 8,
+    calib: str = "minmax",
+    calib_size: int | None = None,
+    calib_data=None,
+    per_tensor: bool = False,
+    activations: str = "uint8",
+    exclude=(),
+    target_psnr: float | None = None,
+    strict: bool = False,
+    seed: int = 0,
+    percentile: float | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    keep_io_types: bool = True,
+    eval_size: int = DEFAULT_EVAL_SIZE,
+    rewrite: bool | None = None,
+    keep_debug_metadata: bool = False,
+    check: bool = True,
+    external_data: bool | None = None,
+    log: Callable[[str], None] | None = None,
+    objective: str = "balanced",
+    batches=(1, 64),
+    threads: int = 2,
+    provider: str = "CPUExecutionProvider",
+    timer=None,
+) -> dict:
+    """Quantize the float ONNX model at ``in_path`` into ``out_path``; return a report.
+
+    ``mode``: "static" (int8 QDQ, calibrated), "weight-only" (``bits`` 8 or 4), or "fp16".
+    ``calib_size``: seeded latent draws for calibration (default 256), or the first N rows of
+    ``calib_data`` (an .npz keyed by input name; all rows by default).
+    ``exclude``: node names, op types or weight names to keep in float.
+    ``target_psnr``: keep the most damaging layers in float until the PSNR against float reaches
+    it; when it cannot be reached the closest model is written (or, with ``strict``, an error).
+    ``rewrite``: the int8 graph rewrites (``passes/int8_rewrites.py``) before quantizing. None (default):
+    on in static mode when they turn a ConvTranspose into an int8-capable Conv or Gemm, off for
+    weight-only and fp16 (float compute: nothing to gain); True / False: always / never. The
+    report's ``rewrite`` says whether they ran, why, and what they changed.
+    ``check``: measure PSNR against float afterwards (False: ``--no-check``, ``psnr_db`` None).
+    The evaluation set is the held-back one every verb uses (``fidelity.held_back_inputs``), or,
+    with ``calib_data``, the rows of the file calibration did not use (``split_calibration_data``).
+    ``external_data``: write the weights to ``OUT.onnx.data`` beside the output (None: only
+    when the model would exceed the 2 GB protobuf limit).
+    ``log``: receives progress and warning lines (the CLI sends them to stderr).
+    ``objective`` (see ``speed_plan``): "balanced" (default) times each layer in int8 and in float
+    on ``provider`` at ``batches`` with ``threads`` threads and keeps int8 compute where it is not
+    slower, never slower than float overall; "speed": fastest; "size": every layer int8, untimed.
+    Layers computing in float keep int8 weights in a form onnxruntime folds at load.
+    ``timer``: replaces the interleaved timer (tests): ``timer(models, reference=True) -> [{batch: p50 / float p50}]``.
+    """
+    import onnx_ir as ir
+
+    from gencompress.onnx_io import (
+        external_data_entries, external_tensors, load_external_data, load_mapped, mapped_ir, materialize, refuse_nonfinite_weights,
+        refuse_overwrite, release, save_model, skeleton, spill, stored_bytes,
+    )
+    from gencompress.runtime_check.calibration import DEFAULT_PERCENTILE
+
+    log = log or (lambda message: None)
+    started = time.perf_counter()
+    percentile_given = percentile is not None
+    percentile = DEFAULT_PERCENTILE if percentile is None else percentile
+    exclude = _split_patterns(exclude)
+    validate_options(
+        mode=mode, bits=bits, calib=calib, calib_size=calib_size, activations=activations,
+        percentile=percentile, block_size=block_size, target_psnr=target_psnr, eval_size=eval_size, seed=seed,
+        calib_data=calib_data, per_tensor=per_tensor, percentile_given=percentile_given,
+    )
+    from gencompress.verbs import int8_plan as speed_plan
+
+    speed_plan.check_objective(objective)
+    if threads <= 0 or any(b <= 0 for b in batches) or not batches:
+        raise GencompressError(f"--threads and --batch must be positive (got threads {threads}, batch {', '.join(map(str, batches)) or 'none'})")
+    if not keep_io_types and mode != "fp16":
+        raise GencompressError(f"--fp16-io: only for --mode fp16 (--mode {mode} keeps float32 inputs and outputs)")
+    sources = [in_path, *([calib_data] if calib_data else [])]
+    refuse_overwrite(out_path, sources)
+    if external_data:
+        from gencompress.onnx_io import external_data_path
+
+        refuse_overwrite(external_data_path(out_path), sources)  # before any work, not when saving
+    if Path(out_path).suffix != ".onnx":
+        raise GencompressError(f"{out_path}: output should be an .onnx file")
+    if not check and target_psnr is not None:
+        raise GencompressError("--target-psnr measures PSNR against float; it cannot be combined with --no-check")
+    from gencompress.exporter.upgrade import upgrade_opset
+
+    planned = mode == "static" and objective != "size"
+    stream = not planned and target_psnr is None  # one build, no plan: see ``streamed`` below
+    reference = load_mapped(in_path)  # the graph; its weights left in their files
+    entries = external_data_entries(reference, Path(in_path))
+    on_disk = stored_bytes(in_path, entries)
+    mapped = stream and bool(entries) and _needs_no_upgrade(reference)  # weights read where they are, memory-mapped, never whole
+    if not mapped:
+        load_external_data(reference, in_path)
+    refuse_nonfinite_weights(in_path if mapped else reference, in_path)
+    _check_float_model(reference, in_path)
+
+    notes: list[str] = []
+    if planned and on_disk > PLAN_NOTE_BYTES:
+        note = (f"note: --objective {objective} times several builds of this {on_disk / 1e6:.0f} MB model side by side (peak memory "
+                "18-23x the file on a 190 MB generator); --objective size reads it a weight at a time (under 3x)")
+        notes.append(note)
+        log(note)
+    upgraded = upgrade_opset(reference, in_path, lambda message: (notes.append(message), log(message)))
+    # the evaluation's reference: the input file itself (onnxruntime reads it), or the upgraded
+    # model when the opset was converted
+    eval_reference = in_path if upgraded is reference else upgraded
+    before = on_disk if upgraded is reference else upgraded.ByteSize()
+    reference = upgraded
+    del upgraded  # only ``reference`` (deleted below) and ``eval_reference`` may keep the proto alive
+    header = skeleton(reference)  # inputs, outputs and metadata, no weights: all the evaluation needs
+    from gencompress.inputs import output_range_of_model, specs_of_model
+
+    specs_of_model(header), output_range_of_model(header)  # malformed metadata fails now, not after calibrating
+    calib_feeds, eval_feeds, eval_source = _evaluation_set(header, mode, calib_data, calib_size, eval_size, seed)
+    # one copy of the weights in memory: the onnx_ir model wraps the proto's tensors, and the
+    # reference's sessions read the input file itself
+    model = mapped_ir(reference, in_path) if mapped else ir.serde.deserialize_model(reference)
+    del reference
+    prepare(model, keep_debug_metadata=keep_debug_metadata)
+    # one build, no plan: the weights are streamed (moved to the scratch folder, read back one
+    # at a time, memory-mapped), so that the loaded proto, the weights the rewrites replace and
+    # onnxruntime's calibration session do not each hold a copy of the model in memory
+    streamed = stream and (mapped or spill(model, "prepared.onnx") is not None)
+    _own_tensors(model)
+    gc.collect()  # onnx_ir graphs hold reference cycles: the loaded proto goes only with them
+    folded = fold_into_layers(model) if mode == "static" and rewrite is not False else []
+    unrewritten = ir.serde.serialize_model(model) if planned else None
+    before_rewrites = None
+    if mode == "static" and not planned:  # calibrated in place of the rewritten model (see static_quantizer)
+        if streamed and (folded or mapped):
+            # the folded weights out of memory too, all weights in the scratch folder: onnxruntime
+            # maps them from there (weights in a user's folder would be copied for its session)
+            spill(model, "folded.onnx")
+            gc.collect()
+        before_rewrites = model.clone()  # shares the weights: the rewrites make new tensors
+    model, rewrite_report = apply_rewrites(model, setting=rewrite, mode=mode, exclude=exclude)
+    if folded:
+        rewrite_report["folded_into_layers"] = folded
+    if not rewrite_report["applied"]:
+        before_rewrites = None
+    if streamed and rewrite_report["applied"]:  # the rewrites' new weights out of memory (the others are already)
+        spill(model, "rewritten.onnx")
+        gc.collect()
+    for tensor in external_tensors(before_rewrites) if before_rewrites is not None else ():
+        release(tensor)  # unmap the pages the rewrites read: the calibration session maps the file itself
+    _own_tensors(model)
+
+    report: dict = {"input": str(in_path), "output": str(out_path), "mode": mode, "objective": objective}
+    target = psnr = evaluator = None
+    if mode == "fp16":
+        from gencompress.passes.fp16_convert import FP16ConvertPass
+
+        p = FP16ConvertPass(FP16ConvertPass.Options(keep_io_types=keep_io_types, exclude=exclude))
+        proto = finalize(ir.serde.serialize_model(materialize(p(model).model)))  # weights kept float read back from the scratch folder
+        pass_report = p.report
+        report["bits"] = 16
+    else:
+        if mode == "static":
+            report.update(bits=8, activations=activations, weights="per-tensor" if per_tensor else "per-channel")
+            if unrewritten is None:  # the plan calibrates the configurations it builds: not here too
+                quantizer = static_quantizer(
+                    model, calib=calib, calib_size=calib_size, calib_data=calib_data, seed=seed, percentile=percentile,
+                    per_tensor=per_tensor, activations=activations, log=log, exclude=exclude, feeds=calib_feeds, before_rewrites=before_rewrites,
+                )
+                del before_rewrites
+                report["calibration"] = quantizer.calibration
+        else:
+            quantizer = weight_only_quantizer(model, bits=bits, block_size=block_size)
+            report.update(bits=bits, block_size=block_size if bits == 4 else None)
+        if unrewritten is not None:  # measure, then decide which layers compute in int8
+            model = None  # the plan builds from ``unrewritten``: the loaded weights and their rewrites go
+            gc.collect()
+            quantizer, proto, pass_report, report["speed_plan"] = _planned_quantizer(
+                unrewritten, rewrite_report, exclude, objective, timer or speed_plan.interleaved_timer(
+                    eval_reference, header=header, provider=provider, threads=threads, batches=batches, seed=seed),
+                dict(calib=calib, calib_size=calib_size, calib_data=calib_data, seed=seed, percentile=percentile,
+                     per_tensor=per_tensor, activations=activations, log=log), log)
+            report["calibration"] = quantizer.builder.calibration()
+        else:
+            if target_psnr is None:
+                quantizer.prepared = None  # one build: it may consume the model (no clone kept alive)
+                proto, pass_report = _build_once(quantizer, model, exclude)
+            else:
+                proto, pass_report = quantizer.build(exclude)
+            if mode == "weight-only" and objective != "size":  # float compute: int8 weights folded at load
+                proto, pass_report = _fold_weights(proto), {**pass_report, "weights_folded_at_load": True}
+        if target_psnr is not None:
+            evaluator = Evaluator(eval_reference, eval_feeds, source=eval_source)
+            proto, pass_report, target, psnr = _meet_target(quantizer, evaluator, exclude, target_psnr, proto, pass_report, log)
+            if not target["met"] and strict:
+                raise GencompressError(target["message"])
+    del model
+    if check and psnr is None:
+        evaluator = Evaluator(eval_reference, eval_feeds, source=eval_source)
+        psnr = evaluator.psnr(proto)
+    after = sum(path.stat().st_size for path in save_model(proto, out_path, inputs=sources, external_data=external_data))
+    report.update(
+        bytes_before=before,
+        bytes_after=after,
+        ratio=round(after / before, 4),
+        psnr_db=db(psnr) if check else None,
+        evaluation=evaluator.describe() if check else {"skipped": "--no-check"},
+        opset=next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
+    )
+    if mode == "fp16":
+        report["fp16"] = pass_report
+    else:
+        report["layers"] = pass_report["layers"]
+        report["float_layers"] = pass_report["float_layers"]
+        if mode == "static":
+            report["quantized_activations"] = pass_report["quantized_activations"]
+    if target is not None:
+        report["target"] = target
+    from gencompress.result_warnings import compression_warnings
+
+    report["notes"] = notes
+    report["warnings"] = compression_warnings(proto, report["ratio"], float_layers=report.get("float_layers") or [])
+    for warning in report["warnings"]:
+        log(f"warning: {warning}")
+    report["rewrite"] = rewrite_report
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    return report
+
+
+def _fold_weights(proto):
+    import onnx_ir as ir
+
+    from gencompress.passes.fold_weights import cast_mul_weights
+
+    model = ir.serde.deserialize_model(proto)
+    cast_mul_weights(model)
+    return finalize(ir.serde.serialize_model(model))
+
+
+@dataclass
+class _PlannedQuantizer:
+    """A Quantizer over the planned model: ``build(exclude, include)`` keeps those layers out of int8
+    compute (for --target-psnr and the sensitivity ranking)."""
+
+    builder: object
+    int8: frozenset
+    layers: list
+
+    def build(self, exclude=(), include=None):
+        keep = {l["node"] for l in self.layers if any(p in (l["node"], l["op_type"], *l["weights"]) for p in exclude)}
+        if include is not None:
+            keep |= {l["node"] for l in self.layers if not any(p in (l["node"], l["op_type"], *l["weights"]) for p in include)}
+        return self.builder.build(self.int8 - keep)
+
+
+def _planned_quantizer(unrewritten, rewrite_report, exclude, objective, timer, static_options, log):
+    """Plan which layers compute in int8 (``speed_plan``); return (quantizer, model, pass report, plan report)."""
+    from gencompress.verbs import int8_plan as speed_plan
+
+    builder = speed_plan.ConfigBuilder.create(
+        unrewritten, rewrite=bool(rewrite_report.get("applied")), static_options=static_options, exclude=exclude,
+    )
+    proto, pass_report, result = speed_plan.plan(builder, objective, timer, log)
+    quantizer = _PlannedQuantizer(builder, result.int8, [l for l in builder.layers if l["node"] in result.int8])
+    info = {"objective": objective, "layers": result.layers, "chosen_speed": {str(b): round(1 / r, 3) for b, r in result.ratios.items()},
+            "message": result.message, "configs_measured": len(result.configs), "noise": speed_plan.NOISE,
+            "weights_folded_at_load": pass_report.get("folded_weights", 0)}
+    rows = {r["node"]: r for r in result.layers}
+    folded = [{"node": l["node"], "op_type": l["op_type"], "kind": "weights", "weights": l["weights"], "folded_at_load": True}
+              for l in builder.layers if rows.get(l["node"], {}).get("choice") == "float"]
+    user_float = [l for l in pass_report.get("float_layers", []) if any(p in (l["node"], l["op_type"], *l["weights"]) for p in exclude)]
+    pass_report = {**pass_report, "layers": [*pass_report.get("layers", []), *folded], "float_layers": user_float}
+    return quantizer, proto, pass_report, info
+
+
+def _needs_no_upgrade(header) -> bool:
+    """The model is at an opset quantize needs no upgrade for (its weights can stay in their files)."""
+    from gencompress.exporter.upgrade import MIN_OPSET, model_opset
+
+    opset = model_opset(header)
+    return opset is None or opset >= MIN_OPSET
+
+
+def _own_tensors(model) -> None:
+    """Give the weights still read from the loaded proto arrays of their own. Any one of them
+    keeps the whole proto alive, and with it the old copy of every weight the rewrites replaced."""
+    import onnx_ir as ir
+
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.serde.TensorProtoTensor):
+            value.const_value = ir.Tensor(np.array(tensor.numpy()), dtype=tensor.dtype, name=tensor.name)
+
+
+def _build_once(quantizer: Quantizer, model, exclude) -> tuple[onnx.ModelProto, dict]:
+    """The single build of a run without --target-psnr: on the model itself, no clone."""
+    import onnx_ir as ir
+
+    from gencompress.onnx_io import materialize
+
+    p = quantizer.make_pass(tuple(exclude), None)
+    out = materialize(p(model).model)  # the weights left float, read back from the scratch folder
+    return finalize(ir.serde.serialize_model(out)), p.report
+
+
+def _evaluation_set(header, mode, calib_data, calib_size, eval_size, seed):
+    """(calibration rows or None, evaluation inputs, their description) for a quantize run."""
+    from gencompress.runtime_check.calibration import calibration_inputs
+    from gencompress.runtime_check.fidelity import held_back_seed
+
+    drawn = f"{eval_size} held-back seeded latents (seed {held_back_seed(seed)})"
+    if mode != "static" or calib_data is None:
+        return None, eval_inputs(header, seed, eval_size), drawn
+    rows = calibration_inputs(header, data=calib_data)
+    calibration, held, which = split_calibration_data(rows, calib_size, eval_size)
+    if held is None:
+        return calibration, eval_inputs(header, seed, eval_size), f"{drawn}: {calib_data} has no rows left after calibration"
+    return calibration, held, f"{len(next(iter(held.values())))} held-back rows of {calib_data} ({which}, not used in calibration)"
+
+
+def _split_patterns(patterns) -> tuple[str, ...]:
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    out = []
+    for p in patterns or ():
+        out += [x.strip() for x in str(p).split(",") if x.strip()]
+    return tuple(dict.fromkeys(out))
+
+
+def _meet_target(quantizer: Quantizer, evaluator: Evaluator, exclude, target: float, proto, pass_report, log):
+    """Keep the most damaging layers in float, one more at a time, until ``target`` dB is met.
+
+    Returns (model, pass report, target report, the model's PSNR)."""
+    from gencompress.verbs.sensitivity import rank_layers
+
+    full = evaluator.psnr(proto)
+    result = {"psnr_db": target, "all_quantized_psnr_db": db(full)}
+    if full >= target:
+        return proto, pass_report, {**result, "met": True, "kept_float": [], "message": f"target {target:g} dB met with every layer quantized ({full:.2f} dB)"}, full
+    ranking = rank_layers(quantizer, evaluator, exclude)
+    log(f"target {target:g} dB: all-quantized PSNR is {full:.2f} dB; keeping the most damaging layers in float")
+    best = (full, proto, pass_report, [])
+    for k in range(1, len(ranking)):
+        kept_float = [r["node"] for r in ranking[:k]]
+        candidate, rep = quantizer.build((*exclude, *kept_float))
+        value = evaluator.psnr(candidate)
+        log(f"  {k} layer(s) in float ({', '.join(kept_float)}): {value:.2f} dB")
+        if value > best[0]:
+            best = (value, candidate, rep, kept_float)
+        if value >= target:
+            return candidate, rep, {**result, "met": True, "kept_float": kept_float, "message": f"target {target:g} dB met ({value:.2f} dB) with {k} layer(s) kept in float"}, value
+    value, candidate, rep, kept_float = best
+    quantized = len(ranking) - len(kept_float)
+    message = (
+        f"target PSNR {target:g} dB cannot be met: the closest is {value:.2f} dB "
+        f"({target - value:.2f} dB short) with {quantized} of {len(ranking)} layer(s) quantized"
+    )
+    return candidate, rep, {**result, "met": False, "kept_float": kept_float, "closest_psnr_db": db(value), "message": message}, value
