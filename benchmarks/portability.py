@@ -1,0 +1,162 @@
+"""int8 fidelity on every x86 int8 kernel path: exact arithmetic, this host's fused kernels, and
+emulated AVX2 (``qemu-x86_64 -cpu Haswell``), per zoo model, objective and weight variant.
+
+Run by hand (not part of the tests):
+
+    .venv/bin/python benchmarks/portability.py                       # all zoo models, both objectives
+    .venv/bin/python benchmarks/portability.py --models rvae --objectives size --eval-size 16
+
+Variants: ``vnni`` (full 8-bit weights, ``int8_kernels="vnni"``) and ``portable`` with each
+remedy of ``passes/int8_saturation.py`` (best: the least-error mix, the default; scale; nudge),
+and onnxruntime's ``quantize_static`` (per-channel U8S8 QDQ, with and without ``reduce_range``)
+on the same calibration latents. PSNR against the float model on seeded latents from the
+model's prior, peak = the output's nominal range (as ``check``). "exact" is onnxruntime's
+DQ -> float path (optimizations off) on this host; "host" its fused kernels (level all) here;
+"avx2" the fused kernels on an emulated Haswell. The host's ISA and the load average are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+VARIANTS = {"vnni": ("vnni", "best"), "portable": ("portable", "best"), "portable-scale": ("portable", "scale"), "portable-nudge": ("portable", "nudge")}
+RUNNER = """
+import sys, numpy as np, onnxruntime as ort
+feeds = dict(np.load(sys.argv[1]))
+out = {}
+for i, path in enumerate(sys.argv[3:]):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    out[str(i)] = s.run(None, {k.partition("/")[2]: v for k, v in feeds.items() if k.partition("/")[0] == str(i)})[0]
+np.savez(sys.argv[2], **out)
+"""
+
+
+@contextlib.contextmanager
+def pass_options(**fixed):
+    """``InsertQDQPass`` options the verbs do not expose (the remedy), fixed for a block."""
+    from gencompress.passes.insert_qdq import InsertQDQPass
+
+    original = InsertQDQPass.Options
+    InsertQDQPass.Options = functools.partial(original, **fixed)
+    try:
+        yield
+    finally:
+        InsertQDQPass.Options = original
+
+
+def run(path, feeds, level):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = level
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+def psnr(ref, out, peak):
+    mse = float(np.mean((ref.astype(np.float64) - out.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+
+
+def run_haswell(folder: Path, jobs: list[tuple[Path, dict]]) -> list[np.ndarray]:
+    """The fused (level all) output of each model on an emulated Haswell."""
+    packed = {f"{i}/{k}": v for i, (_, feeds) in enumerate(jobs) for k, v in feeds.items()}
+    np.savez(folder / "feeds.npz", **packed)
+    cmd = ["qemu-x86_64", "-cpu", "Haswell", sys.executable, "-c", RUNNER, str(folder / "feeds.npz"), str(folder / "out.npz"), *[str(p) for p, _ in jobs]]
+    subprocess.run(cmd, check=True, capture_output=True)
+    out = np.load(folder / "out.npz")
+    return [out[str(i)] for i in range(len(jobs))]
+
+
+def ort_static(src: Path, out: Path, calib: dict, reduce_range: bool) -> None:
+    import contextlib as cl
+    import io
+    import logging
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([calib])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    logging.getLogger().setLevel(logging.ERROR)
+    with cl.redirect_stdout(io.StringIO()):
+        quantize_static(str(src), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=["dcgan", "vae", "rvae", "cgan"])
+    parser.add_argument("--objectives", nargs="*", default=["balanced", "size"])
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--eval-size", type=int, default=32)
+    parser.add_argument("--no-ort", action="store_true", help="skip onnxruntime's quantize_static rows")
+    args = parser.parse_args(argv)
+
+    import onnx
+    import onnxruntime as ort
+
+    from gencompress import quantize
+    from gencompress.exporter.export import export
+    from gencompress.inputs import output_range_of_model, sample_inputs, specs_of_model
+    from gencompress.isa import host_isa
+
+    off, full = ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        jobs = []
+        for name in args.models:
+            src = folder / f"{name}.onnx"
+            export(name, src)
+            ref = onnx.load(str(src))
+            feeds = sample_inputs(specs_of_model(ref), args.eval_size, seed=7)
+            peak = output_range_of_model(ref) or 1.0
+            floats = run(src, feeds, full)
+            configs = [(objective, variant) for objective in args.objectives for variant in args.variants]
+            if not args.no_ort:
+                configs += [("-", "ort"), ("-", "ort reduce_range")]
+            for objective, variant in configs:
+                out = folder / f"{name}_{objective}_{variant.replace(' ', '_')}.onnx"
+                if variant.startswith("ort"):
+                    ort_static(src, out, sample_inputs(specs_of_model(ref), 64, seed=0), variant.endswith("reduce_range"))
+                    changed = "-"
+                else:
+                    kernels, remedy = VARIANTS[variant]
+                    with pass_options(int8_kernels=kernels, saturation_remedy=remedy):
+                        result = quantize(src, out, objective=objective, check=False)
+                    changed = sum(1 for layer in result.get("layers", []) if "saturation" in layer)
+                row = {"model": name, "objective": objective, "variant": variant, "changed": changed, "peak": peak,
+                       "exact": psnr(floats, run(out, feeds, off), peak), "host": psnr(floats, run(out, feeds, full), peak)}
+                rows.append(row)
+                jobs.append((out, feeds, floats, row))
+        for (_, _, floats, row), fused in zip(jobs, run_haswell(folder, [(p, f) for p, f, _, _ in jobs])):
+            row["avx2"] = psnr(floats, fused, row["peak"])
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    print(f"host ISA: {host_isa()}; emulated: x86-64 AVX2 (qemu-x86_64 -cpu Haswell); load average {' '.join(load)}")
+    print(f"PSNR vs float, dB, {args.eval_size} seeded latents")
+    print("| model | objective | variant | layers changed | exact | host fused | AVX2 fused |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['objective']} | {r['variant']} | {r['changed']} | {r['exact']:.1f} | {r['host']:.1f} | {r['avx2']:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
