@@ -70,7 +70,7 @@ def check_pair(teacher_proto, student_proto) -> None:
 
 def fidelity(teacher_proto, student_proto, *, seed: int, threads: int, inputs=None) -> list[dict]:
     """Per output: PSNR (dB) of the student against the teacher on held-back latents (or ``inputs``)."""
-    from gencompress.verbs.quantize import EVAL_SEED_OFFSET
+    from gencompress.runtime_check.fidelity import EVAL_SEED_OFFSET
     from gencompress.verbs.check import check
 
     result = check(teacher_proto, student_proto, samples=CHECK_SAMPLES, seed=seed + EVAL_SEED_OFFSET, threads=threads, inputs=inputs)
@@ -134,6 +134,7 @@ def distill_model(
         # Adam's normalised steps would only add noise (rvae: inf -> 67.7 dB after 1000 steps).
         # Quantization-aware training still has the rounding to learn around.
         return {"steps": 0, "batch": batch, "lr": lr, "seed": seed, "threads": threads, "inputs": "data" if arrays is not None else "prior",
+                "input_priors": {s.name: s.describe_prior() for s in specs},
                 "quantize_aware": quantize_aware, "psnr_before_db": math.inf, "psnr_after_db": math.inf,
                 "outputs": [{"name": b["name"], "psnr_before_db": math.inf, "psnr_after_db": math.inf, "peak": b["peak"]} for b in before],
                 "wall_s": 0.0, "weights": 0, "masked_weights": [], "fake_quantized": 0, "matched_features": 0, "best_step": 0, "loss_curve": [], "holdout_curve": [],
@@ -151,6 +152,7 @@ def distill_model(
         "seed": seed,
         "threads": threads,
         "inputs": "data" if arrays is not None else "prior",
+        "input_priors": {s.name: s.describe_prior() for s in specs},  # what the prior draws were (natural images for image inputs)
         "quantize_aware": quantize_aware,
         "psnr_before_db": _worst(before),
         "psnr_after_db": _worst(after),

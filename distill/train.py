@@ -265,8 +265,11 @@ def train(
 
         evaluations, best = [], None
         if keep_best:  # the student as it starts counts: training never returns a worse one
-            held = batches.holdout(HOLDOUT_SIZE)
-            held_targets = teacher_session.run(output_names, held)
+            # whole batches: a model whose graph fixes the batch (StyleGAN2's fused conv) runs no other size
+            held = batches.holdout(max(1, HOLDOUT_SIZE // batches.batch) * batches.batch)
+            chunks = [teacher_session.run(output_names, {k: v[i:i + batches.batch] for k, v in held.items()})
+                      for i in range(0, len(next(iter(held.values()))), batches.batch)]
+            held_targets = [np.concatenate(parts) for parts in zip(*chunks)]
             best = (holdout_loss(mirror, held, held_targets, batches.batch), 0, [p.detach().clone() for p in params])
             evaluations.append([0, best[0]])
         # the teacher (onnxruntime, which releases the GIL) runs the next batch while torch trains
