@@ -6,12 +6,16 @@ from pathlib import Path
 import click
 
 from gencompress.output import echo_json, table
-from gencompress.verbs.compress import PRUNE_PASSES, QUANT_MODES
+from gencompress.passes.insert_qdq import ACTIVATION_TYPES, CALIBRATION_METHODS, INT8_KERNELS
+from gencompress.passes.prune_report import SCOPES
+from gencompress.verbs.compress import QUANT_MODES
+from gencompress.verbs.prune import PASS_OF_MODE
+from gencompress.verbs.int8_plan import OBJECTIVES
 
 
 # options that only build the flag recipe (default_recipe)
-RECIPE_FLAGS = ("mode", "bits", "sparsity", "prune_mode", "prune_scope", "nm", "calib", "calib_size", "per_tensor", "activations", "no_rewrite", "exclude",
-                "objective", "distill")
+RECIPE_FLAGS = ("mode", "bits", "sparsity", "prune_mode", "prune_scope", "nm", "calib", "calib_size", "per_tensor", "activations", "int8_kernels",
+                "no_rewrite", "exclude", "objective", "distill")
 
 # flag -> (the option that decides whether it is used, the values for which it is)
 APPLIES_TO = {
@@ -20,6 +24,7 @@ APPLIES_TO = {
     "calib_size": ("mode", ("static",)),
     "per_tensor": ("mode", ("static",)),
     "activations": ("mode", ("static",)),
+    "int8_kernels": ("mode", ("static",)),
     "no_rewrite": ("mode", ("static",)),
     "nm": ("prune_mode", ("nm",)),
     "prune_scope": ("prune_mode", ("unstructured",)),
@@ -42,17 +47,19 @@ def _flag(name: str) -> str:
 @click.option("--mode", type=click.Choice(QUANT_MODES), default="static", show_default=True, help="Quantization.")
 @click.option("--bits", type=click.Choice(["8", "4"]), default="8", show_default=True, help="Weight bits for --mode weight-only.")
 @click.option("--sparsity", type=float, default=0.0, show_default=True, help="Prune this fraction of weights (or channels) first.")
-@click.option("--prune-mode", type=click.Choice(list(PRUNE_PASSES)), default="unstructured", show_default=True, help="nm prunes by --nm, without --sparsity.")
-@click.option("--prune-scope", type=click.Choice(["layer", "global"]), default="layer", show_default=True,
+@click.option("--prune-mode", type=click.Choice(list(PASS_OF_MODE)), default="unstructured", show_default=True, help="nm prunes by --nm, without --sparsity.")
+@click.option("--prune-scope", type=click.Choice(SCOPES), default="layer", show_default=True,
               help="Unstructured: the sparsity per weight (layer) or one magnitude threshold across all weights (global).")
 @click.option("--nm", default="2:4", show_default=True, help="N:M pattern for --prune-mode nm.")
-@click.option("--calib", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax", show_default=True)
+@click.option("--calib", type=click.Choice(CALIBRATION_METHODS), default="minmax", show_default=True)
 @click.option("--calib-size", type=int, help="Calibration samples (seeded draws from the latent prior).")
 @click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
-@click.option("--activations", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True)
+@click.option("--activations", type=click.Choice(ACTIVATION_TYPES), default="uint8", show_default=True)
+@click.option("--int8-kernels", type=click.Choice(INT8_KERNELS), default="portable", show_default=True,
+              help="portable: int8 weights no x86 kernel without VNNI can saturate on; vnni: full 8-bit weights.")
 @click.option("--no-rewrite", is_flag=True, help="Skip the int8 rewrites (ConvTranspose → Conv/Gemm, BatchNorm folding).")
 @click.option("--exclude", multiple=True, help="Node names, weight names or op types to keep in float.")
-@click.option("--objective", type=click.Choice(["balanced", "speed", "size"]), default="balanced", show_default=True,
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="balanced", show_default=True,
               help="balanced: int8 compute only where it is timed faster, never slower than float; speed: fastest; size: all int8, untimed.")
 @click.option("--target-psnr", type=float, default=None, metavar="DB",
               help="Search the configurations (per-layer int8/float, rewrites on/off, weight-only int8/int4, fp16) for the best "
@@ -68,7 +75,7 @@ def _flag(name: str) -> str:
 @click.option("--ship", "ship", is_flag=True, help="Also bundle the compressed model into OUT_DIR/ship (see `gencompress ship`).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the summary table.")
 def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits, sparsity, prune_mode, prune_scope, nm, calib, calib_size,
-             per_tensor, activations, no_rewrite, exclude, objective, target_psnr, distill, sweep, samples, seed, provider, batches, threads,
+             per_tensor, activations, int8_kernels, no_rewrite, exclude, objective, target_psnr, distill, sweep, samples, seed, provider, batches, threads,
              no_bench, ship, as_json):
     """Export MODEL (or take MODEL.onnx), compress it, check it; write OUT_DIR.
 
@@ -108,7 +115,7 @@ def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits,
             if chosen[option] not in values and swept != option:
                 raise GencompressError(f"{_flag(name)} applies to {' or '.join(f'{_flag(option)} {v}' for v in values)} only")
     flags = dict(mode=mode, sparsity=sparsity, prune_mode=prune_mode, prune_scope=prune_scope, nm=nm, bits=int(bits), calib=calib,
-                 calib_size=calib_size, per_tensor=per_tensor, activations=activations, rewrite=not no_rewrite,
+                 calib_size=calib_size, per_tensor=per_tensor, activations=activations, int8_kernels=int8_kernels, rewrite=not no_rewrite,
                  exclude=tuple(exclude), seed=seed, objective=objective, distill=distill)
     report = run(
         model, out_dir, recipe=recipe, checkpoint=checkpoint, inputs=inputs, batch_size=batch_size, samples=samples, seed=seed,

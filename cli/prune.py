@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import click
 
-from gencompress.passes.prune_report import DEFAULT_MIN_SIZE
+from gencompress.passes.prune_report import CRITERIA, DEFAULT_MIN_SIZE, SCOPES
+from gencompress.verbs.prune import PASS_OF_MODE
 
 
 @click.command("prune", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("in_path", metavar="IN.onnx")
 @click.argument("out_path", metavar="OUT.onnx")
 @click.option("--sparsity", type=float, help="Fraction of weights zeroed (unstructured) or of output channels removed (channel), in [0, 1).")
-@click.option("--mode", type=click.Choice(["unstructured", "nm", "channel"]), default="unstructured", show_default=True, help="What to prune.")
-@click.option("--scope", type=click.Choice(["layer", "global"]), default="layer", show_default=True, help="Sparsity per layer, or one ranking across all layers.")
+@click.option("--mode", type=click.Choice(list(PASS_OF_MODE)), default="unstructured", show_default=True, help="What to prune.")
+@click.option("--scope", type=click.Choice(SCOPES), default="layer", show_default=True, help="Sparsity per layer, or one ranking across all layers.")
 @click.option("--nm", "nm", default="2:4", show_default=True, metavar="N:M", help="--mode nm: at most N non-zeros in every M weights along the input-channel axis.")
-@click.option("--criterion", type=click.Choice(["l1", "l2"]), default="l1", show_default=True, help="--mode channel: rank channels by the L1 or L2 norm of their weights.")
+@click.option("--criterion", type=click.Choice(CRITERIA), default="l1", show_default=True, help="--mode channel: rank channels by the L1 or L2 norm of their weights.")
 @click.option("--exclude", multiple=True, metavar="NAME|GLOB", help="Leave matching weight nodes/initializers dense; in channel mode they keep their output channels (repeatable, or comma-separated).")
 @click.option("--min-size", type=int, default=DEFAULT_MIN_SIZE, show_default=True, help="Leave weights with fewer elements dense.")
 @click.option("--keep-first-last", is_flag=True, help="Leave the first and last weight layers dense (often the most sensitive in generators).")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from gencompress.output import echo_json, table
+from gencompress.passes.insert_qdq import ACTIVATION_TYPES, CALIBRATION_METHODS, INT8_KERNELS
+from gencompress.verbs.int8_plan import OBJECTIVES
+from gencompress.verbs.quantizers import MODES
 
 _QUANTIZE_EPILOG = """\b
 Examples:
@@ -30,11 +33,11 @@ Examples:
 def _options(*names):
     """Shared click options, applied in the order named."""
     table_ = {
-        "mode": click.option("--mode", type=click.Choice(["static", "weight-only", "fp16"]), default="static", show_default=True,
+        "mode": click.option("--mode", type=click.Choice(MODES), default="static", show_default=True,
                              help="static: int8 weights and activations (QDQ); weight-only: int8/int4 weights, float compute; fp16."),
         "bits": click.option("--bits", type=click.Choice(["8", "4"]), default="8", show_default=True, help="Weight bits (4 needs --mode weight-only)."),
         "block-size": click.option("--block-size", type=int, default=64, show_default=True, help="int4: weights per scale along the input axis."),
-        "calib": click.option("--calib", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax", show_default=True,
+        "calib": click.option("--calib", type=click.Choice(CALIBRATION_METHODS), default="minmax", show_default=True,
                               help="How activation ranges are chosen from the calibration run (static mode)."),
         "calib-size": click.option("--calib-size", type=int, default=None,
                                    help="Calibration samples: seeded latent draws (default 256), or the first N rows of --calib-data."),
@@ -42,8 +45,11 @@ def _options(*names):
                                    help="Real calibration inputs: an .npz with one array per model input, keyed by input name."),
         "percentile": click.option("--percentile", type=float, default=None, help="For --calib percentile: the % of values kept (default 99.99)."),
         "per-tensor": click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel."),
-        "activations": click.option("--activations", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True,
+        "activations": click.option("--activations", type=click.Choice(ACTIVATION_TYPES), default="uint8", show_default=True,
                                     help="Activation type: uint8 asymmetric or int8 symmetric."),
+        "int8-kernels": click.option("--int8-kernels", type=click.Choice(INT8_KERNELS), default="portable", show_default=True,
+                                     help="portable: int8 weights that cannot saturate the int16 sums of x86 kernels without VNNI "
+                                          "(AVX2, AVX-512BW); vnni: full 8-bit weights, for targets that all have VNNI or ARM dot-product."),
         "seed": click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration draws (evaluation uses a held-back seed)."),
         "eval-size": click.option("--eval-size", type=int, default=256, show_default=True,
                                   help="Held-back samples for the PSNR check (the set `gencompress check` draws by default)."),
@@ -58,7 +64,7 @@ def _options(*names):
     return apply
 
 
-_COMMON = ("mode", "bits", "block-size", "calib", "calib-size", "calib-data", "percentile", "per-tensor", "activations")
+_COMMON = ("mode", "bits", "block-size", "calib", "calib-size", "calib-data", "percentile", "per-tensor", "activations", "int8-kernels")
 
 
 @click.command("quantize", epilog=_QUANTIZE_EPILOG)
@@ -73,7 +79,7 @@ _COMMON = ("mode", "bits", "block-size", "calib", "calib-size", "calib-data", "p
 @click.option("--rewrite/--no-rewrite", default=None,
               help="Int8 graph rewrites first (BatchNorm folding, ConvTranspose -> Conv/Gemm, which onnxruntime runs in int8). "
                    "Default: on for --mode static when the model has a ConvTranspose they apply to, off otherwise.")
-@click.option("--objective", type=click.Choice(["balanced", "speed", "size"]), default="balanced", show_default=True,
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="balanced", show_default=True,
               help="balanced: int8 compute only where onnxruntime runs it faster (timed per layer), never slower than float; "
                    "speed: fastest measured; size: every layer int8, untimed.")
 @click.option("--batch", "batches", type=int, multiple=True, help="Batch sizes the objective is timed at (default 1 and 64).")
@@ -84,7 +90,7 @@ _COMMON = ("mode", "bits", "block-size", "calib", "calib-size", "calib-data", "p
               help="Write the weights to OUT.onnx.data beside OUT.onnx (automatic above the 2 GB limit of a single .onnx).")
 @_options("seed", "eval-size", "json")
 def quantize(in_path, out_path, mode, bits, block_size, calib, calib_size, calib_data, percentile, per_tensor, activations,
-             exclude, target_psnr, strict, fp16_io, rewrite, objective, batches, threads, provider, no_check, external_data,
+             int8_kernels, exclude, target_psnr, strict, fp16_io, rewrite, objective, batches, threads, provider, no_check, external_data,
              seed, eval_size, as_json):
     """Quantize a float ONNX generator: static int8 QDQ (default), weight-only int8/int4, or fp16.
 
@@ -102,7 +108,7 @@ def quantize(in_path, out_path, mode, bits, block_size, calib, calib_size, calib
 
     report = run(
         in_path, out_path, mode=mode, bits=int(bits), calib=calib, calib_size=calib_size, calib_data=calib_data,
-        per_tensor=per_tensor, activations=activations, exclude=exclude, target_psnr=target_psnr, strict=strict,
+        per_tensor=per_tensor, activations=activations, int8_kernels=int8_kernels, exclude=exclude, target_psnr=target_psnr, strict=strict,
         seed=seed, percentile=percentile, block_size=block_size, keep_io_types=not fp16_io, eval_size=eval_size,
         rewrite=rewrite, objective=objective, batches=batches or (1, 64), threads=threads, provider=provider,
         check=not no_check, external_data=True if external_data else None, log=lambda m: click.echo(m, err=True),
@@ -193,7 +199,8 @@ def _summary(report: dict) -> str:
 @click.command("sensitivity", epilog=_SENSITIVITY_EPILOG)
 @click.argument("in_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
 @_options(*_COMMON, "seed", "eval-size", "json")
-def sensitivity(in_path, mode, bits, block_size, calib, calib_size, calib_data, percentile, per_tensor, activations, seed, eval_size, as_json):
+def sensitivity(in_path, mode, bits, block_size, calib, calib_size, calib_data, percentile, per_tensor, activations, int8_kernels, seed,
+                eval_size, as_json):
     """Rank layers by the damage quantizing each one alone does to the generator's output.
 
     PSNR against the float model on a seeded latent set (peak: the nominal output range, else
@@ -204,7 +211,7 @@ def sensitivity(in_path, mode, bits, block_size, calib, calib_size, calib_data, 
 
     report = run(
         in_path, mode=mode, bits=int(bits), calib=calib, calib_size=calib_size, calib_data=calib_data, per_tensor=per_tensor,
-        activations=activations, seed=seed, percentile=percentile, block_size=block_size, eval_size=eval_size,
+        activations=activations, int8_kernels=int8_kernels, seed=seed, percentile=percentile, block_size=block_size, eval_size=eval_size,
     )
     if as_json:
         echo_json(report)

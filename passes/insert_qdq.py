@@ -37,6 +37,7 @@ recipes give it), never by the pass itself: passes run no model.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -623,6 +624,34 @@ def store_other_weights_int8(builder: Builder, graph: ir.Graph, all_layers: list
 # ---- the pass ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class StaticOptions:
+    """How static int8 is calibrated and stored: the one type the pass, the verbs, recipes and the
+    CLI's choices come from. The calibration fields describe how the ranges a pass lacks are measured
+    (``runtime_check/calibration.py``)."""
+
+    calib: str = "minmax"  # CALIBRATION_METHODS
+    calib_size: int | None = None  # seeded draws from the prior (default 256), or the first N rows of calib_data
+    calib_data: str | None = None  # an .npz keyed by input name, or a folder of images
+    percentile: float = DEFAULT_PERCENTILE  # for calib "percentile"
+    per_tensor: bool = False  # one weight scale per tensor instead of per output channel
+    activations: str = "uint8"  # ACTIVATION_TYPES: uint8 asymmetric or int8 symmetric
+    seed: int = 0  # of the calibration draws
+    int8_kernels: str = "portable"  # INT8_KERNELS: portable (saturation-free on x86 without VNNI) or vnni
+
+    def __post_init__(self):
+        if self.activations not in ACTIVATION_TYPES:
+            raise ValueError(f"activations must be one of {', '.join(ACTIVATION_TYPES)}, not {self.activations!r}")
+        if self.calib not in CALIBRATION_METHODS:
+            raise ValueError(f"calib must be one of {', '.join(CALIBRATION_METHODS)}, not {self.calib!r}")
+        if self.int8_kernels not in INT8_KERNELS:
+            raise ValueError(f"int8_kernels must be one of {', '.join(INT8_KERNELS)}, not {self.int8_kernels!r}")
+
+    def static_fields(self) -> dict:
+        """These options alone (a subclass's own fields left out)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(StaticOptions)}
+
+
 @register("insert_qdq")
 class InsertQDQPass(GencompressPass):
     """Static int8 QDQ quantization (see the module docstring for what is written where).
@@ -635,28 +664,14 @@ class InsertQDQPass(GencompressPass):
     """
 
     @dataclass(frozen=True)
-    class Options:
-        per_tensor: bool = False  # one weight scale per tensor instead of per output channel
-        activations: str = "uint8"  # uint8 asymmetric or int8 symmetric
+    class Options(StaticOptions):
         exclude: tuple[str, ...] = ()  # node names, op types or weight names kept in float
         include: tuple[str, ...] | None = None  # quantize only these (None: all)
         ranges: tuple[tuple[str, float, float], ...] = ()  # calibrated activation ranges
-        # calibration, for the ranges the plan needs and ``ranges`` lacks
-        calib: str = "minmax"
-        calib_size: int | None = None
-        calib_data: str | None = None
-        percentile: float = DEFAULT_PERCENTILE
-        seed: int = 0
-        int8_kernels: str = "portable"  # INT8_KERNELS
         saturation_remedy: str = "best"  # int8_saturation.METHODS: how an unsafe channel is changed
 
         def __post_init__(self):
-            if self.activations not in ACTIVATION_TYPES:
-                raise ValueError(f"activations must be one of {', '.join(ACTIVATION_TYPES)}, not {self.activations!r}")
-            if self.calib not in CALIBRATION_METHODS:
-                raise ValueError(f"calib must be one of {', '.join(CALIBRATION_METHODS)}, not {self.calib!r}")
-            if self.int8_kernels not in INT8_KERNELS:
-                raise ValueError(f"int8_kernels must be one of {', '.join(INT8_KERNELS)}, not {self.int8_kernels!r}")
+            super().__post_init__()
             if self.saturation_remedy not in SATURATION_REMEDIES:
                 raise ValueError(f"saturation_remedy must be one of {', '.join(SATURATION_REMEDIES)}, not {self.saturation_remedy!r}")
 

@@ -608,12 +608,11 @@ def test_passes_run_from_a_recipe():
 def test_static_quantizer_hands_its_calibration_settings_to_the_pass():
     """A range the quantizer's calibration run lacks is calibrated by the pass: with the user's
     settings (method, size, seed, percentile), not the pass defaults."""
-    from gencompress.verbs.quantize import static_quantizer
+    from gencompress.passes.insert_qdq import StaticOptions
+    from gencompress.verbs.quantizers import static_quantizer
 
-    quantizer = static_quantizer(
-        block_gemm_model(), calib="percentile", calib_size=16, calib_data=None, seed=3, percentile=99.9,
-        per_tensor=False, activations="uint8", log=lambda message: None,
-    )
+    static = StaticOptions(calib="percentile", calib_size=16, seed=3, percentile=99.9)
+    quantizer = static_quantizer(block_gemm_model(), static, log=lambda message: None)
     opts = quantizer.make_pass((), None).options
     assert (opts.calib, opts.calib_size, opts.calib_data, opts.seed, opts.percentile) == ("percentile", 16, None, 3, 99.9)
     assert opts.ranges  # the calibration run's ranges come first

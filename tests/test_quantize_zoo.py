@@ -263,7 +263,8 @@ def test_ranges_carried_across_the_rewrites_are_the_rewritten_graphs_own(zoo_onn
 
     from gencompress.passes.carry_ranges import carry_ranges
     from gencompress.passes.insert_qdq import find_layers, make_plan
-    from gencompress.verbs.quantize import apply_rewrites, calibrated_ranges, fold_into_layers, prepare
+    from gencompress.passes.insert_qdq import StaticOptions
+    from gencompress.verbs.quantizers import apply_rewrites, calibrated_ranges, fold_into_layers, prepare
     from gencompress.verbs.int8_plan import rewrite_only
 
     kind, name = source.split(":")
@@ -276,11 +277,11 @@ def test_ranges_carried_across_the_rewrites_are_the_rewritten_graphs_own(zoo_onn
     else:
         model, report = apply_rewrites(model, setting=None, mode="static", exclude=())
         assert report["applied"]
-    options = dict(calib="minmax", calib_size=32, calib_data=None, seed=0, percentile=99.99, activations="uint8", log=lambda m: None)
-    ranges, _ = calibrated_ranges(before, **options)
+    static = StaticOptions(calib_size=32)
+    ranges, _ = calibrated_ranges(before, static, log=lambda m: None)
     carried = carry_ranges(model.graph, before.graph, ranges)
     assert carried  # the rewrites made tensors
-    own, _ = calibrated_ranges(model, **options)
+    own, _ = calibrated_ranges(model, static, log=lambda m: None)
     seeds = list(make_plan(model.graph, find_layers(model.graph)).seeds)
     for seed in seeds:
         lo, hi = ranges.get(seed) or carried[seed]

@@ -16,15 +16,18 @@ interrupt (Ctrl-C, SIGTERM) removes the staging folder, and OUT_DIR if this run 
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from gencompress.errors import GencompressError
+from gencompress.verbs.prune import PASS_OF_MODE
+from gencompress.verbs.quantizers import MODES
 
-PRUNE_PASSES = {"unstructured": "magnitude_prune", "nm": "nm_prune", "channel": "channel_prune"}
-QUANT_MODES = ("static", "weight-only", "fp16", "none")
+QUANT_MODES = (*MODES, "none")
 SWEEP_KEYS = ("sparsity", "bits", "mode", "calib")
 OUTPUT_FILES = ("reference.onnx", "model.onnx", "report.json", "report.html")
 
@@ -46,6 +49,7 @@ def default_recipe(
     calib_size: int | None = None,
     per_tensor: bool = False,
     activations: str = "uint8",
+    int8_kernels: str = "portable",
     rewrite: bool = True,
     exclude: tuple[str, ...] = (),
     seed: int = 0,
@@ -60,8 +64,8 @@ def default_recipe(
     """
     if mode not in QUANT_MODES:
         raise GencompressError(f"--mode {mode!r}: one of {', '.join(QUANT_MODES)}")
-    if prune_mode not in PRUNE_PASSES:
-        raise GencompressError(f"--prune-mode {prune_mode!r}: one of {', '.join(PRUNE_PASSES)}")
+    if prune_mode not in PASS_OF_MODE:
+        raise GencompressError(f"--prune-mode {prune_mode!r}: one of {', '.join(PASS_OF_MODE)}")
     if not 0 <= sparsity < 1:
         raise GencompressError(f"--sparsity must be in [0, 1), got {sparsity}")
     steps: list[dict] = [{"pass": "cleanup", "options": {}}]
@@ -76,7 +80,7 @@ def default_recipe(
             if prune_mode != "unstructured":
                 raise GencompressError(f"--prune-scope {prune_scope} applies to --prune-mode unstructured only")
             options["scope"] = prune_scope
-        steps.append({"pass": PRUNE_PASSES[prune_mode], "options": options})
+        steps.append({"pass": PASS_OF_MODE[prune_mode], "options": options})
     if distill:
         if isinstance(distill, bool) or not isinstance(distill, int) or distill < 0:
             raise GencompressError(f"--distill must be a number of steps, 0 or more, got {distill!r}")
@@ -86,6 +90,8 @@ def default_recipe(
     check_objective(objective)
     if mode == "static":
         options = {"calib": calib, "per_tensor": per_tensor, "activations": activations, "seed": seed}
+        if int8_kernels != "portable":
+            options["int8_kernels"] = int8_kernels
         if calib_size is not None:
             options["calib_size"] = calib_size
         options.update(options_exclude(exclude))
@@ -135,17 +141,14 @@ def parse_sweep(text: str) -> tuple[str, list]:
 
 def run_recipe_on(reference_path, recipe) -> tuple[object, list[dict]]:
     """Load the reference as onnx_ir and run the recipe on it; returns (ModelProto, pass reports)."""
-    from gencompress.onnx_io import load_ir
-    from gencompress.verbs.recipe import run_recipe
-
-    from gencompress.passes.cleanup import strip_debug_metadata
-
-    model = load_ir(reference_path)
     import onnx_ir as ir
 
-    from gencompress.verbs.quantize import finalize
+    from gencompress.onnx_io import load_ir
+    from gencompress.passes.cleanup import strip_debug_metadata
+    from gencompress.verbs.quantizers import finalize
+    from gencompress.verbs.recipe import run_recipe
 
-    model, reports = run_recipe(model, recipe)
+    model, reports = run_recipe(load_ir(reference_path), recipe)
     strip_debug_metadata(model)  # as quantize does, whether or not the recipe starts with cleanup
     return finalize(ir.serde.serialize_model(model)), reports  # the same file quantize writes
 
@@ -181,9 +184,7 @@ def compress(
     (``gencompress.ship``); if only the web runtime cannot be fetched, everything else is still
     written and ``PartialShip`` is raised after the move.
     """
-    from gencompress.onnx_io import load_model, save_model
-    from gencompress.passes.registry import load_recipe, validate_recipe
-    from gencompress.verbs import recipe as _steps  # noqa: F401  (registers the steps that run a model)
+    from gencompress.onnx_io import save_model
     from gencompress.verbs import check as rc
 
     log = log or (lambda msg: None)
@@ -200,43 +201,11 @@ def compress(
         from gencompress.runtime_check.sessions import resolve_providers
 
         (provider,) = resolve_providers([provider])  # an unavailable provider fails now, not after export
-
+    timing = {"batches": list(batches), "threads": threads[0], "provider": provider}
     # Everything that can be checked is checked before any work is done.
-    if recipe is None:
-        if flags.get("objective", "balanced") != "size":  # the plan is timed as the report's latency will be
-            flags["timing"] = {"batches": list(batches), "threads": threads[0], "provider": provider}
-        steps = default_recipe(**flags)
-        recipe_source = "flags"
-    elif isinstance(recipe, (str, Path)):
-        steps, recipe_source = load_recipe(recipe), str(recipe)
-    else:
-        steps, recipe_source = validate_recipe(recipe), "api"
-    if target_psnr is not None:  # search the configurations (verbs/target_search.py)
-        import math
-
-        if recipe is not None or sweep:
-            raise GencompressError("--target-psnr searches configurations itself; it cannot be combined with --recipe or --sweep")
-        if not math.isfinite(target_psnr) or target_psnr <= 0:
-            raise GencompressError(f"--target-psnr {target_psnr}: must be a positive number of dB")
-        if flags.get("mode", "static") != "static" or flags.get("sparsity") or flags.get("prune_mode", "unstructured") != "unstructured":
-            raise GencompressError("--target-psnr chooses the quantization itself: drop --mode, --sparsity and --prune-mode")
-        steps = [{"pass": "target_search", "options": {"target_psnr": target_psnr, "objective": flags.get("objective", "balanced")}}]
-    sweep_recipes = []
-    if sweep:
-        if recipe is not None:
-            raise GencompressError("--sweep varies the flag recipe; it cannot be combined with --recipe")
-        key, values = sweep
-        mode = flags.get("mode", "static")
-        if (key == "bits" and mode != "weight-only") or (key == "calib" and mode != "static"):
-            needed = "weight-only" if key == "bits" else "static"
-            raise GencompressError(f"--sweep {key}=...: {key} applies to --mode {needed} only (this run is --mode {mode})")
-        for value in values:
-            sweep_recipes.append((f"{key}={value}", validate_recipe(default_recipe(**{**flags, key: value}))))
-    if not isinstance(model, (str, os.PathLike)):
-        raise GencompressError(f"model: expected a zoo name, file.py:Name, package.module:attr or an .onnx path, got {type(model).__name__}")
-    is_onnx = str(model).endswith(".onnx")
-    if is_onnx and (checkpoint or inputs or batch_size):
-        raise GencompressError("--checkpoint, --input and --batch-size apply to a torch model, not an .onnx file")
+    steps, recipe_source = _steps_of(recipe, flags, timing, target_psnr, sweep)
+    sweep_recipes = _sweep_recipes(sweep, recipe, flags)
+    is_onnx = _check_model_argument(model, checkpoint, inputs, batch_size)
     if ship_targets:
         from gencompress.ship.bundle import parse_targets
 
@@ -254,85 +223,20 @@ def compress(
     partial = None
     try:
         reference = staging / "reference.onnx"
-        if is_onnx:
-            from gencompress.exporter.upgrade import upgrade_opset
-            from gencompress.inputs import check_batch_budget, output_range_of_model, specs_of_model
-            from gencompress.onnx_io import refuse_nonfinite_weights
-
-            proto = load_model(model)
-            refuse_nonfinite_weights(proto, model)
-            check_batch_budget(specs_of_model(proto), samples)  # the model's metadata, checked before any work
-            output_range_of_model(proto)
-            save_model(upgrade_opset(proto, model, log), reference)
-            del proto
-            source = str(model)
-        else:
-            from gencompress.exporter.export import export
-
-            log(f"exporting {model} ...")
-            result = export(model, reference, checkpoint=checkpoint, inputs=inputs, seed=seed, batch_size=batch_size, log=log)
-            source = result["model"]
-
+        source = _write_reference(model, reference, is_onnx, checkpoint=checkpoint, inputs=inputs, seed=seed,
+                                  batch_size=batch_size, samples=samples, log=log)
         candidate = staging / "model.onnx"
-        search = None
         if target_psnr is not None:
-            from gencompress.verbs.target_search import search_target
-
-            log(f"searching for the {flags.get('objective', 'balanced')} model meeting {target_psnr:g} dB ...")
-            search = search_target(reference, staging / "candidates", target=target_psnr, objective=flags.get("objective", "balanced"),
-                                   seed=seed, calib_size=flags.get("calib_size"), log=log,
-                                   timing={"batches": list(batches), "threads": threads[0], "provider": provider})
-            log(search["message"])
-            save_model(load_model(search["chosen"]), candidate)
-            pass_reports = [{"pass": "target_search", "options": steps[0]["options"], "report": {
-                "message": search["message"], "met": search["met"],
-                "layers": [{"candidate": r["label"], "psnr_db": round(r["psnr"], 2) if r["psnr"] != float("inf") else None, "bytes": r["bytes"],
-                            **{f"speed_b{b}": round(1 / v, 3) for b, v in r["ratios"].items()}, "chosen": r["chosen"]} for r in search["rows"]]}}]
+            search, pass_reports = _search_target(reference, candidate, steps, target_psnr, flags, seed, timing, log)
         else:
             log(f"running {len(steps)} passes: {' → '.join(s['pass'] for s in steps)}")
             compressed, pass_reports = run_recipe_on(reference, steps)
             save_model(compressed, candidate)
-
-        log(f"checking fidelity on {samples} seeded samples ...")
-        # Held back: calibration drew its latents with ``seed``; fidelity must not reuse them.
-        # The same set quantize and check evaluate on (one fidelity protocol).
-        from gencompress.runtime_check.fidelity import held_back_seed
-
-        check_seed = held_back_seed(seed)
-        fidelity = rc.check(reference, candidate, samples=samples, seed=check_seed, preview=8, progress=progress)
-        latency = None
-        if bench:
-            log("timing reference and candidate, interleaved ...")
-            latency = rc.bench(candidate, reference=reference, providers=(provider,), batches=tuple(batches),
-                               threads=tuple(threads), runs=runs, seed=seed, memory=False, progress=progress)
-
-        sweep_rows = []
-        for r in (search or {}).get("rows", []):  # the candidates the search tried, on the size/speed/PSNR chart
-            sweep_rows.append({"label": r["label"], "bytes": r["bytes"], "psnr_db": None if r["psnr"] == float("inf") else round(r["psnr"], 3),
-                               **{f"speed_b{b}": round(1 / v, 3) for b, v in r["ratios"].items()}, "selected": r["chosen"]})
-        for label, sweep_steps in sweep_recipes:
-            log(f"sweep {label} ...")
-            swept, _ = run_recipe_on(reference, sweep_steps)
-            swept_path = staging / "sweep" / f"{label.replace('=', '-')}.onnx"
-            save_model(swept, swept_path)
-            fid = rc.check(reference, swept_path, samples=samples, seed=check_seed)
-            sweep_rows.append(rc.sweep_entry(label, swept_path, fid, file=f"sweep/{swept_path.name}"))
-
-        report = rc.build_report(
-            reference,
-            candidate,
-            fidelity=fidelity,
-            latency=latency,
-            recipe=steps,
-            passes=[_pass_entry(r) for r in pass_reports],
-            sweep=sweep_rows or None,
-            title=f"gencompress: {source}",
-            source=source,
-            recipe_source=recipe_source,
-        )
-        report["reference"], report["candidate"] = "reference.onnx", "model.onnx"
-        report["warnings"] = _result_warnings(compressed, report, pass_reports)  # printed under the summary
-        report = _without_prefix(report, f"{staging}{os.sep}")  # identical runs → identical report.json
+            del compressed
+            search = None
+        report = _measure_and_report(reference, candidate, staging, steps, pass_reports, search, sweep_recipes, source=source,
+                                     recipe_source=recipe_source, samples=samples, seed=seed, bench=bench, batches=batches,
+                                     threads=threads, runs=runs, provider=provider, progress=progress, log=log)
         rc.write_report(staging, report)
         if ship_targets:
             from gencompress.ship.bundle import PartialShip, ship as ship_bundle
@@ -350,9 +254,130 @@ def compress(
             shutil.rmtree(out, ignore_errors=True)  # this run made it: leave nothing behind
     if partial is not None:
         raise partial
-    import json
-
     return json.loads((out / "report.json").read_text())
+
+
+def _steps_of(recipe, flags: dict, timing: dict, target_psnr, sweep) -> tuple[list[dict], str]:
+    """The validated steps to run and where they came from (flags, a recipe file, the API)."""
+    from gencompress.passes.registry import load_recipe, validate_recipe
+    from gencompress.verbs import recipe as _steps  # noqa: F401  (registers the steps that run a model)
+
+    if recipe is None:
+        if flags.get("objective", "balanced") != "size":  # the plan is timed as the report's latency will be
+            flags["timing"] = timing
+        steps, source = default_recipe(**flags), "flags"
+    elif isinstance(recipe, (str, Path)):
+        steps, source = load_recipe(recipe), str(recipe)
+    else:
+        steps, source = validate_recipe(recipe), "api"
+    if target_psnr is None:
+        return steps, source
+    # the target search tries the configurations itself (verbs/target_search.py)
+    if recipe is not None or sweep:
+        raise GencompressError("--target-psnr searches configurations itself; it cannot be combined with --recipe or --sweep")
+    if not math.isfinite(target_psnr) or target_psnr <= 0:
+        raise GencompressError(f"--target-psnr {target_psnr}: must be a positive number of dB")
+    if flags.get("mode", "static") != "static" or flags.get("sparsity") or flags.get("prune_mode", "unstructured") != "unstructured":
+        raise GencompressError("--target-psnr chooses the quantization itself: drop --mode, --sparsity and --prune-mode")
+    return [{"pass": "target_search", "options": {"target_psnr": target_psnr, "objective": flags.get("objective", "balanced")}}], source
+
+
+def _sweep_recipes(sweep, recipe, flags: dict) -> list[tuple[str, list[dict]]]:
+    """(label, validated steps) for each value of ``--sweep KEY=V1,V2``."""
+    from gencompress.passes.registry import validate_recipe
+
+    if not sweep:
+        return []
+    if recipe is not None:
+        raise GencompressError("--sweep varies the flag recipe; it cannot be combined with --recipe")
+    key, values = sweep
+    mode = flags.get("mode", "static")
+    if (key == "bits" and mode != "weight-only") or (key == "calib" and mode != "static"):
+        needed = "weight-only" if key == "bits" else "static"
+        raise GencompressError(f"--sweep {key}=...: {key} applies to --mode {needed} only (this run is --mode {mode})")
+    return [(f"{key}={value}", validate_recipe(default_recipe(**{**flags, key: value}))) for value in values]
+
+
+def _check_model_argument(model, checkpoint, inputs, batch_size) -> bool:
+    """Whether ``model`` is an .onnx file (else a torch model to export)."""
+    if not isinstance(model, (str, os.PathLike)):
+        raise GencompressError(f"model: expected a zoo name, file.py:Name, package.module:attr or an .onnx path, got {type(model).__name__}")
+    is_onnx = str(model).endswith(".onnx")
+    if is_onnx and (checkpoint or inputs or batch_size):
+        raise GencompressError("--checkpoint, --input and --batch-size apply to a torch model, not an .onnx file")
+    return is_onnx
+
+
+def _write_reference(model, reference: Path, is_onnx: bool, *, checkpoint, inputs, seed, batch_size, samples, log) -> str:
+    """The float reference at ``reference``: the .onnx file checked and upgraded, or the torch model
+    exported. Returns the model's source for the report."""
+    if not is_onnx:
+        from gencompress.exporter.export import export
+
+        log(f"exporting {model} ...")
+        return export(model, reference, checkpoint=checkpoint, inputs=inputs, seed=seed, batch_size=batch_size, log=log)["model"]
+    from gencompress.exporter.upgrade import upgrade_opset
+    from gencompress.inputs import check_batch_budget, output_range_of_model, specs_of_model
+    from gencompress.onnx_io import load_model, refuse_nonfinite_weights, save_model
+
+    proto = load_model(model)
+    refuse_nonfinite_weights(proto, model)
+    check_batch_budget(specs_of_model(proto), samples)  # the model's metadata, checked before any work
+    output_range_of_model(proto)
+    save_model(upgrade_opset(proto, model, log), reference)
+    return str(model)
+
+
+def _search_target(reference, candidate, steps, target_psnr, flags, seed, timing, log) -> tuple[dict, list[dict]]:
+    """``--target-psnr``: the chosen candidate written to ``candidate``; (the search, its step report)."""
+    from gencompress.onnx_io import load_model, save_model
+    from gencompress.verbs.target_search import search_target
+
+    log(f"searching for the {flags.get('objective', 'balanced')} model meeting {target_psnr:g} dB ...")
+    search = search_target(reference, candidate.parent / "candidates", target=target_psnr, objective=flags.get("objective", "balanced"),
+                           seed=seed, calib_size=flags.get("calib_size"), log=log, timing=timing)
+    log(search["message"])
+    save_model(load_model(search["chosen"]), candidate)
+    rows = [{"candidate": r["label"], "psnr_db": round(r["psnr"], 2) if r["psnr"] != float("inf") else None, "bytes": r["bytes"],
+             **{f"speed_b{b}": round(1 / v, 3) for b, v in r["ratios"].items()}, "chosen": r["chosen"]} for r in search["rows"]]
+    report = {"message": search["message"], "met": search["met"], "layers": rows}
+    return search, [{"pass": "target_search", "options": steps[0]["options"], "report": report}]
+
+
+def _measure_and_report(reference, candidate, staging, steps, pass_reports, search, sweep_recipes, *, source, recipe_source,
+                        samples, seed, bench, batches, threads, runs, provider, progress, log) -> dict:
+    """Fidelity, latency and the sweep's extra configurations measured; the report (as report.json)."""
+    from gencompress.onnx_io import load_model, save_model
+    from gencompress.runtime_check.fidelity import held_back_seed
+    from gencompress.verbs import check as rc
+
+    log(f"checking fidelity on {samples} seeded samples ...")
+    # Held back: calibration drew its latents with ``seed``; fidelity must not reuse them.
+    # The same set quantize and check evaluate on (one fidelity protocol).
+    check_seed = held_back_seed(seed)
+    fidelity = rc.check(reference, candidate, samples=samples, seed=check_seed, preview=8, progress=progress)
+    latency = None
+    if bench:
+        log("timing reference and candidate, interleaved ...")
+        latency = rc.bench(candidate, reference=reference, providers=(provider,), batches=tuple(batches),
+                           threads=tuple(threads), runs=runs, seed=seed, memory=False, progress=progress)
+    sweep_rows = []
+    for r in (search or {}).get("rows", []):  # the candidates the search tried, on the size/speed/PSNR chart
+        sweep_rows.append({"label": r["label"], "bytes": r["bytes"], "psnr_db": None if r["psnr"] == float("inf") else round(r["psnr"], 3),
+                           **{f"speed_b{b}": round(1 / v, 3) for b, v in r["ratios"].items()}, "selected": r["chosen"]})
+    for label, sweep_steps in sweep_recipes:
+        log(f"sweep {label} ...")
+        swept, _ = run_recipe_on(reference, sweep_steps)
+        swept_path = staging / "sweep" / f"{label.replace('=', '-')}.onnx"
+        save_model(swept, swept_path)
+        fid = rc.check(reference, swept_path, samples=samples, seed=check_seed)
+        sweep_rows.append(rc.sweep_entry(label, swept_path, fid, file=f"sweep/{swept_path.name}"))
+    report = rc.build_report(reference, candidate, fidelity=fidelity, latency=latency, recipe=steps,
+                             passes=[_pass_entry(r) for r in pass_reports], sweep=sweep_rows or None, title=f"gencompress: {source}",
+                             source=source, recipe_source=recipe_source)
+    report["reference"], report["candidate"] = "reference.onnx", "model.onnx"
+    report["warnings"] = _result_warnings(load_model(candidate), report, pass_reports)  # printed under the summary
+    return _without_prefix(report, f"{staging}{os.sep}")  # identical runs → identical report.json
 
 
 def _result_warnings(compressed, report: dict, pass_reports) -> list[str]:

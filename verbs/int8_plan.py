@@ -43,6 +43,7 @@ import onnx_ir as ir
 
 from gencompress.errors import GencompressError
 from gencompress.passes.fold_weights import cast_mul_weights
+from gencompress.passes.insert_qdq import StaticOptions
 from gencompress.passes.registry import GencompressPass, register
 
 OBJECTIVES = ("balanced", "speed", "size")
@@ -91,6 +92,8 @@ class PlanResult:
     layers: list[dict] = field(default_factory=list)  # per layer: choice and measured reason
     configs: list[dict] = field(default_factory=list)  # every configuration measured
     message: str = ""
+    timed_on: dict = field(default_factory=dict)  # machine kind and settings of the timing (ISA, onnxruntime, threads, ...)
+    cached: str | None = None  # the plan cache entry it was read from, when it was not timed in this run
 
 
 def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objective: str, noise: float = NOISE,
@@ -238,18 +241,20 @@ class ConfigBuilder:
 
     prepared: onnx.ModelProto  # after prepare(), before the rewrites
     rewrite: bool  # apply the int8 rewrites to the layers that go int8 (asked for, and some layer has one)
-    static_options: dict  # static_quantizer keyword arguments (calib, calib_size, ...)
+    static_options: object  # StaticOptions: how the int8 layers are calibrated and stored
+    log: Callable = lambda message: None
     exclude: tuple = ()  # user's --exclude: float, weights kept float too
     layers: list[dict] = field(default_factory=list)  # decidable int8 layers of the prepared graph
     storage_layers: list[str] = field(default_factory=list)  # float-compute layers with weights (GRU, Gather)
     groups: list[list[str]] = field(default_factory=list)  # decidable layers decided together (layer_groups)
     rewritten: frozenset = frozenset()  # layers whose form the rewrites change when they go int8
-    _quantizers: dict = field(default_factory=dict)
-    _built: dict = field(default_factory=dict)
+    _quantizers: dict = field(default_factory=dict)  # the last KEEP_BUILDS, oldest first
+    _built: dict = field(default_factory=dict)  # the last KEEP_BUILDS, oldest first
+    _sizes: dict = field(default_factory=dict)  # bytes of every configuration built
     _calibrated: tuple | None = None  # calibrated_ranges of ``prepared``: one run for every configuration
 
     @classmethod
-    def create(cls, prepared: onnx.ModelProto, *, rewrite: bool, static_options: dict, exclude=()):
+    def create(cls, prepared: onnx.ModelProto, *, rewrite: bool, static_options, exclude=(), log=lambda message: None):
         from gencompress.passes.insert_qdq import find_layers, select_layers
 
         model = ir.serde.deserialize_model(prepared)
@@ -259,7 +264,7 @@ class ConfigBuilder:
         storage = [l.name for l in kept if l.kind == "weights"]
         groups = layer_groups(graph, [l["node"] for l in decidable])
         rewritten = rewritable_layers(model)
-        return cls(prepared, rewrite and bool(rewritten), static_options, tuple(exclude), decidable, storage, groups, rewritten)
+        return cls(prepared, rewrite and bool(rewritten), static_options, log, tuple(exclude), decidable, storage, groups, rewritten)
 
     def _quantizer(self, keep_float: frozenset):
         """(rewritten prepared proto's static quantizer, rewrite report) for this set of float ConvTransposes."""
@@ -269,16 +274,16 @@ class ConfigBuilder:
 
             before = ir.serde.deserialize_model(self.prepared)  # wraps the proto's tensors, no copy
             if self._calibrated is None:
-                options = {k: v for k, v in self.static_options.items() if k != "per_tensor"}
-                self._calibrated = calibrated_ranges(before, **options)
+                self._calibrated = calibrated_ranges(before, self.static_options, log=self.log)
             model = ir.serde.deserialize_model(self.prepared)
             report = None
             if self.rewrite:
                 model, report = rewrite_only(model, set(keep_float))
             proto = ir.serde.serialize_model(model)
             quantizer = static_quantizer(
-                proto, exclude=self.exclude, before_rewrites=before if self.rewrite else None, calibrated=self._calibrated, **self.static_options)
-            self._quantizers[key] = (quantizer, report)
+                proto, self.static_options, log=self.log, exclude=self.exclude, before_rewrites=before if self.rewrite else None,
+                calibrated=self._calibrated)
+            _keep_last(self._quantizers, key, (quantizer, report))
         return self._quantizers[key]
 
     def calibration(self) -> dict | None:
@@ -289,6 +294,7 @@ class ConfigBuilder:
         """The model with ``int8`` layers computing in int8, the other layers' weights int8 folded at load."""
         int8 = frozenset(int8)
         if int8 in self._built:
+            self._built[int8] = self._built.pop(int8)  # most recently used last
             return self._built[int8]
         from gencompress.verbs.quantizers import finalize
         from gencompress.passes.weight_only_quantize import WeightOnlyQuantizePass, weight_layers
@@ -316,8 +322,25 @@ class ConfigBuilder:
             report["weight_only"] = [l["node"] for l in p.report["layers"]]
         report["folded_weights"] = cast_mul_weights(model, frozenset(int8_names))
         result = (finalize(ir.serde.serialize_model(model)), report)
-        self._built[int8] = result
+        self._sizes[int8] = result[0].ByteSize()
+        _keep_last(self._built, int8, result)
         return result
+
+    def size(self, int8: frozenset) -> int:
+        """Bytes of the model for ``int8`` (built once; the model itself may be gone by then)."""
+        int8 = frozenset(int8)
+        if int8 not in self._sizes:
+            self.build(int8)
+        return self._sizes[int8]
+
+
+KEEP_BUILDS = STEP_GROUPS + 1  # models kept built: one measurement's worth (each a whole copy of the weights)
+
+
+def _keep_last(cache: dict, key, value) -> None:
+    cache[key] = value
+    while len(cache) > KEEP_BUILDS:
+        del cache[next(iter(cache))]
 
 
 # ---- the timer ---------------------------------------------------------------------------------
@@ -374,24 +397,58 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
                 break
         return out
 
+    measure.settings = {"provider": provider, "threads": threads, "batches": list(batches)}  # what the plan cache keys on
     return measure
 
 
-def plan(builder: ConfigBuilder, objective: str, measure_models, log=lambda m: None) -> tuple[onnx.ModelProto, dict, PlanResult]:
-    """Decide, build and return (model, its quantizer report, the plan)."""
+def plan(builder: ConfigBuilder, objective: str, measure_models, log=lambda m: None, cache=None) -> tuple[onnx.ModelProto, dict, PlanResult]:
+    """Decide, build and return (model, its quantizer report, the plan).
+
+    ``cache`` (a ``plan_cache.PlanCache``): a plan timed before for this model, these options and
+    this machine kind is reused instead of timed, and a new one is stored; only with a timer that
+    says what it times (``measure_models.settings``, as ``interleaved_timer`` does)."""
+    from gencompress.verbs import plan_cache
+
     names = [l["node"] for l in builder.layers]
+    settings = getattr(measure_models, "settings", None)
+    timed_on = {**plan_cache.machine_kind(settings["threads"]), **settings} if settings else {}
+    key = None
+    if cache is not None and settings and objective != "size" and names:
+        key = plan_cache.plan_key(builder.prepared, objective=objective, rewrite=builder.rewrite, exclude=builder.exclude,
+                                  static_options=builder.static_options, timed=settings)
+    result = _from_entry(cache.load(key), names) if key else None
+    if result is not None:
+        result.cached = str(cache.path(key))
+        log(f"int8 plan reused from {result.cached} (timed on {result.timed_on.get('isa')}, {result.timed_on.get('threads')} thread(s))")
+    else:
+        def measure(configs, reference=True, give_up=None):
+            return measure_models([builder.build(c)[0] for c in configs], reference=reference, give_up=give_up)
 
-    def measure(configs, reference=True, give_up=None):
-        return measure_models([builder.build(c)[0] for c in configs], reference=reference, give_up=give_up)
-
-    if objective != "size" and names:
-        log(f"timing {len(names)} layer(s) in {len(builder.groups or names)} group(s) of the same shape, int8 vs float ({objective}) ...")
-    result = plan_layers(names, measure, objective, size=lambda c: builder.build(c)[0].ByteSize(), groups=builder.groups or None)
-    op_of = {l["node"]: l["op_type"] for l in builder.layers}
-    for row in result.layers:
-        row["op_type"] = op_of.get(row["node"])
+        if objective != "size" and names:
+            log(f"timing {len(names)} layer(s) in {len(builder.groups or names)} group(s) of the same shape, int8 vs float ({objective}) ...")
+        result = plan_layers(names, measure, objective, size=builder.size, groups=builder.groups or None)
+        result.timed_on = timed_on if objective != "size" and names else {}
+        op_of = {l["node"]: l["op_type"] for l in builder.layers}
+        for row in result.layers:
+            row["op_type"] = op_of.get(row["node"])
+        if key:
+            cache.store(key, {"int8": sorted(result.int8), "ratios": {str(b): r for b, r in result.ratios.items()}, "layers": result.layers,
+                              "configs": result.configs, "message": result.message, "timed_on": result.timed_on})
     proto, report = builder.build(result.int8)
     return proto, report, result
+
+
+def _from_entry(entry: dict | None, names: list[str]) -> PlanResult | None:
+    """A cached plan as a PlanResult, or None when it does not fit these layers (or is malformed)."""
+    try:
+        int8 = frozenset(entry["int8"])
+        ratios = {int(b): float(r) for b, r in entry["ratios"].items()}
+        layers = list(entry["layers"])
+        if not int8 <= set(names) or sorted(r["node"] for r in layers) != sorted(names) or not all(r > 0 for r in ratios.values()):
+            return None
+        return PlanResult(int8, ratios, layers, list(entry["configs"]), str(entry["message"]), dict(entry["timed_on"]))
+    except (TypeError, KeyError, ValueError, AttributeError):
+        return None
 
 
 # ---- as recipe steps ---------------------------------------------------------------------------
@@ -406,20 +463,16 @@ class PlanInt8Pass(GencompressPass):
     ``self.report["layers"]``: per layer, the choice and the measured reason."""
 
     @dataclass(frozen=True)
-    class Options:
+    class Options(StaticOptions):
         objective: str = DEFAULT_OBJECTIVE
-        calib: str = "minmax"
-        calib_size: int | None = None
-        per_tensor: bool = False
-        activations: str = "uint8"
         exclude: tuple[str, ...] = ()
-        seed: int = 0
         rewrite: bool = True
         batches: tuple[int, ...] = DEFAULT_BATCHES
         threads: int = DEFAULT_THREADS
         provider: str = "CPUExecutionProvider"
 
         def __post_init__(self):
+            super().__post_init__()
             if self.objective not in OBJECTIVES:
                 raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
             if self.threads <= 0 or not self.batches or any(int(b) <= 0 for b in self.batches):
@@ -432,7 +485,6 @@ class PlanInt8Pass(GencompressPass):
     timer = None  # tests: replaces the interleaved timer
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        from gencompress.runtime_check.calibration import DEFAULT_PERCENTILE
         from gencompress.verbs.quantizers import fold_into_layers, prepare
 
         o = self.options
@@ -443,12 +495,14 @@ class PlanInt8Pass(GencompressPass):
             fold_into_layers(work)
         builder = ConfigBuilder.create(
             ir.serde.serialize_model(work), rewrite=o.rewrite, exclude=tuple(o.exclude),
-            static_options=dict(calib=o.calib, calib_size=o.calib_size, calib_data=None, seed=o.seed, percentile=DEFAULT_PERCENTILE,
-                                per_tensor=o.per_tensor, activations=o.activations, log=lambda m: None),
+            static_options=StaticOptions(**o.static_fields()),
         )
         timer = self.timer or interleaved_timer(reference, provider=o.provider, threads=o.threads, batches=o.batches, seed=o.seed)
-        proto, report, result = plan(builder, o.objective, timer)
+        from gencompress.verbs.plan_cache import PlanCache
+
+        proto, report, result = plan(builder, o.objective, timer, cache=PlanCache())
         self.report = {"layers": result.layers, "objective": o.objective, "message": result.message,
                        "speed": {str(b): round(1 / r, 3) for b, r in result.ratios.items()},
-                       "configs_measured": len(result.configs), "folded_weights": report.get("folded_weights", 0)}
+                       "configs_measured": len(result.configs), "folded_weights": report.get("folded_weights", 0),
+                       "timed_on": result.timed_on, "cached": result.cached}
         return ir.passes.PassResult(ir.serde.deserialize_model(proto), True)

@@ -80,13 +80,13 @@ def prune(
 
     model = mapped_ir(proto, in_path)  # wraps the proto's tensors, no copy
     del proto
-    from gencompress.verbs.quantize import _own_tensors
+    from gencompress.verbs.quantizers import own_tensors
 
     # large weights load_mapped leaves in memory (densified sparse ones, integer ones, those of
     # subgraphs) moved to the scratch folder and read back memory-mapped, one at a time:
     # the loaded proto is freed, and only the pruned copies are held in memory
     if inline_bytes(model) > 2**20 and spill(model, "input.onnx") is not None:
-        _own_tensors(model)
+        own_tensors(model)
         gc.collect()  # onnx_ir graphs hold reference cycles: the proto goes only with them
     signature = _signature(model.graph)
     p = make_pass(PASS_OF_MODE[mode], options)
@@ -112,7 +112,7 @@ def prune(
         sparse = _to_sparse(out_model, [r["name"] for r in report["initializers"] if r["status"] == "pruned"])
         warnings += sparse.pop("warnings")
     else:
-        _own_tensors(model)  # the weights left as they were: so that the input's proto is freed
+        own_tensors(model)  # the weights left as they were: so that the input's proto is freed
         out_model = model
     del model
     written = save_model(out_model, out_path, inputs=[in_path], external_data=external_data)

@@ -24,15 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import onnx
 
 from gencompress.errors import GencompressError
-from gencompress.onnx_io import with_scratch_folder
+from gencompress.onnx_io import save_model, with_scratch_folder
+from gencompress.passes.insert_qdq import DEFAULT_PERCENTILE, StaticOptions
+from gencompress.result_warnings import compression_warnings
+from gencompress.verbs import int8_plan
 
 from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES as DEFAULT_EVAL_SIZE, Evaluator
 from gencompress.verbs.quantizers import (
-    MODES,
     Quantizer,
     _check_float_model,
     apply_rewrites,
@@ -40,6 +41,7 @@ from gencompress.verbs.quantizers import (
     eval_inputs,
     finalize,
     fold_into_layers,
+    own_tensors,
     prepare,
     split_calibration_data,
     static_quantizer,
@@ -67,6 +69,7 @@ def quantize(
     calib_data=None,
     per_tensor: bool = False,
     activations: str = "uint8",
+    int8_kernels: str = "portable",
     exclude=(),
     target_psnr: float | None = None,
     strict: bool = False,
@@ -91,6 +94,9 @@ def quantize(
     ``mode``: "static" (int8 QDQ, calibrated), "weight-only" (``bits`` 8 or 4), or "fp16".
     ``calib_size``: seeded latent draws for calibration (default 256), or the first N rows of
     ``calib_data`` (an .npz keyed by input name; all rows by default).
+    ``int8_kernels``: "portable" (default): int8 weights no x86 kernel without VNNI (AVX2,
+    AVX-512BW: int16 sums of u8×s8 pairs) can saturate on, changed per output channel where needed;
+    "vnni": full 8-bit weights, for targets that all have VNNI or ARM dot-product kernels.
     ``exclude``: node names, op types or weight names to keep in float.
     ``target_psnr``: keep the most damaging layers in float until the PSNR against float reaches
     it; when it cannot be reached the closest model is written (or, with ``strict``, an error).
@@ -104,20 +110,12 @@ def quantize(
     ``external_data``: write the weights to ``OUT.onnx.data`` beside the output (None: only
     when the model would exceed the 2 GB protobuf limit).
     ``log``: receives progress and warning lines (the CLI sends them to stderr).
-    ``objective`` (see ``speed_plan``): "balanced" (default) times each layer in int8 and in float
+    ``objective`` (see ``int8_plan``): "balanced" (default) times each layer in int8 and in float
     on ``provider`` at ``batches`` with ``threads`` threads and keeps int8 compute where it is not
     slower, never slower than float overall; "speed": fastest; "size": every layer int8, untimed.
     Layers computing in float keep int8 weights in a form onnxruntime folds at load.
     ``timer``: replaces the interleaved timer (tests): ``timer(models, reference=True) -> [{batch: p50 / float p50}]``.
     """
-    import onnx_ir as ir
-
-    from gencompress.onnx_io import (
-        external_data_entries, external_tensors, load_external_data, load_mapped, mapped_ir, materialize, refuse_nonfinite_weights,
-        refuse_overwrite, release, save_model, skeleton, spill, stored_bytes,
-    )
-    from gencompress.runtime_check.calibration import DEFAULT_PERCENTILE
-
     log = log or (lambda message: None)
     started = time.perf_counter()
     percentile_given = percentile is not None
@@ -126,11 +124,65 @@ def quantize(
     validate_options(
         mode=mode, bits=bits, calib=calib, calib_size=calib_size, activations=activations,
         percentile=percentile, block_size=block_size, target_psnr=target_psnr, eval_size=eval_size, seed=seed,
-        calib_data=calib_data, per_tensor=per_tensor, percentile_given=percentile_given,
+        calib_data=calib_data, per_tensor=per_tensor, percentile_given=percentile_given, int8_kernels=int8_kernels,
     )
-    from gencompress.verbs import int8_plan as speed_plan
+    static = StaticOptions(calib=calib, calib_size=calib_size, calib_data=calib_data, percentile=percentile,
+                           per_tensor=per_tensor, activations=activations, seed=seed, int8_kernels=int8_kernels)
+    sources = _check_run(in_path, out_path, mode=mode, objective=objective, threads=threads, batches=batches, keep_io_types=keep_io_types,
+                         calib_data=calib_data, external_data=external_data, check=check, target_psnr=target_psnr)
+    planned = mode == "static" and objective != "size"
+    run = _Run.load(in_path, planned=planned, stream=not planned and target_psnr is None, objective=objective, log=log)
+    calib_feeds, eval_feeds, eval_source = _evaluation_set(run.header, mode, calib_data, calib_size, eval_size, seed)
+    run.prepare_and_rewrite(mode=mode, rewrite=rewrite, exclude=exclude, keep_debug_metadata=keep_debug_metadata)
 
-    speed_plan.check_objective(objective)
+    report: dict = {"input": str(in_path), "output": str(out_path), "mode": mode, "objective": objective}
+    target = psnr = evaluator = None
+    if mode == "fp16":
+        proto, pass_report = run.fp16(keep_io_types=keep_io_types, exclude=exclude)
+        report["bits"] = 16
+    else:
+        if mode == "static":
+            report.update(bits=8, activations=activations, weights="per-tensor" if per_tensor else "per-channel")
+        else:
+            report.update(bits=bits, block_size=block_size if bits == 4 else None)
+        if planned:  # measure, then decide which layers compute in int8
+            timer = timer or int8_plan.interleaved_timer(run.eval_reference, header=run.header, provider=provider, threads=threads,
+                                                         batches=batches, seed=seed)
+            quantizer, proto, pass_report, report["speed_plan"] = run.plan(exclude, objective, timer, static)
+            report["calibration"] = quantizer.builder.calibration()
+        else:
+            quantizer, proto, pass_report = run.built(mode, static, exclude=exclude, bits=bits, block_size=block_size, feeds=calib_feeds,
+                                                      objective=objective, keep_model=target_psnr is not None)
+            if mode == "static":
+                report["calibration"] = quantizer.calibration
+        if target_psnr is not None:
+            evaluator = Evaluator(run.eval_reference, eval_feeds, source=eval_source)
+            proto, pass_report, target, psnr = _meet_target(quantizer, evaluator, exclude, target_psnr, proto, pass_report, log)
+            if not target["met"] and strict:
+                raise GencompressError(target["message"])
+    run.model = None
+    if check and psnr is None:
+        evaluator = Evaluator(run.eval_reference, eval_feeds, source=eval_source)
+        psnr = evaluator.psnr(proto)
+    after = sum(path.stat().st_size for path in save_model(proto, out_path, inputs=sources, external_data=external_data))
+    report.update(bytes_before=run.before, bytes_after=after, ratio=round(after / run.before, 4), psnr_db=db(psnr) if check else None,
+                  evaluation=evaluator.describe() if check else {"skipped": "--no-check"},
+                  opset=next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None))
+    _layer_tables(report, mode, pass_report, target)
+    report["notes"] = run.notes
+    report["warnings"] = compression_warnings(proto, report["ratio"], float_layers=report.get("float_layers") or [])
+    for warning in report["warnings"]:
+        log(f"warning: {warning}")
+    report["rewrite"] = run.rewrite_report
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    return report
+
+
+def _check_run(in_path, out_path, *, mode, objective, threads, batches, keep_io_types, calib_data, external_data, check, target_psnr) -> list:
+    """The run's options that ``validate_options`` does not cover, and the output path; returns the input files."""
+    from gencompress.onnx_io import external_data_path, refuse_overwrite
+
+    int8_plan.check_objective(objective)
     if threads <= 0 or any(b <= 0 for b in batches) or not batches:
         raise GencompressError(f"--threads and --batch must be positive (got threads {threads}, batch {', '.join(map(str, batches)) or 'none'})")
     if not keep_io_types and mode != "fp16":
@@ -138,134 +190,16 @@ def quantize(
     sources = [in_path, *([calib_data] if calib_data else [])]
     refuse_overwrite(out_path, sources)
     if external_data:
-        from gencompress.onnx_io import external_data_path
-
         refuse_overwrite(external_data_path(out_path), sources)  # before any work, not when saving
     if Path(out_path).suffix != ".onnx":
         raise GencompressError(f"{out_path}: output should be an .onnx file")
     if not check and target_psnr is not None:
         raise GencompressError("--target-psnr measures PSNR against float; it cannot be combined with --no-check")
-    from gencompress.exporter.upgrade import upgrade_opset
+    return sources
 
-    planned = mode == "static" and objective != "size"
-    stream = not planned and target_psnr is None  # one build, no plan: see ``streamed`` below
-    reference = load_mapped(in_path)  # the graph; its weights left in their files
-    entries = external_data_entries(reference, Path(in_path))
-    on_disk = stored_bytes(in_path, entries)
-    mapped = stream and bool(entries) and _needs_no_upgrade(reference)  # weights read where they are, memory-mapped, never whole
-    if not mapped:
-        load_external_data(reference, in_path)
-    refuse_nonfinite_weights(in_path if mapped else reference, in_path)
-    _check_float_model(reference, in_path)
 
-    notes: list[str] = []
-    if planned and on_disk > PLAN_NOTE_BYTES:
-        note = (f"note: --objective {objective} times several builds of this {on_disk / 1e6:.0f} MB model side by side (peak memory "
-                "18-23x the file on a 190 MB generator); --objective size reads it a weight at a time (under 3x)")
-        notes.append(note)
-        log(note)
-    upgraded = upgrade_opset(reference, in_path, lambda message: (notes.append(message), log(message)))
-    # the evaluation's reference: the input file itself (onnxruntime reads it), or the upgraded
-    # model when the opset was converted
-    eval_reference = in_path if upgraded is reference else upgraded
-    before = on_disk if upgraded is reference else upgraded.ByteSize()
-    reference = upgraded
-    del upgraded  # only ``reference`` (deleted below) and ``eval_reference`` may keep the proto alive
-    header = skeleton(reference)  # inputs, outputs and metadata, no weights: all the evaluation needs
-    from gencompress.inputs import output_range_of_model, specs_of_model
-
-    specs_of_model(header), output_range_of_model(header)  # malformed metadata fails now, not after calibrating
-    calib_feeds, eval_feeds, eval_source = _evaluation_set(header, mode, calib_data, calib_size, eval_size, seed)
-    # one copy of the weights in memory: the onnx_ir model wraps the proto's tensors, and the
-    # reference's sessions read the input file itself
-    model = mapped_ir(reference, in_path) if mapped else ir.serde.deserialize_model(reference)
-    del reference
-    prepare(model, keep_debug_metadata=keep_debug_metadata)
-    # one build, no plan: the weights are streamed (moved to the scratch folder, read back one
-    # at a time, memory-mapped), so that the loaded proto, the weights the rewrites replace and
-    # onnxruntime's calibration session do not each hold a copy of the model in memory
-    streamed = stream and (mapped or spill(model, "prepared.onnx") is not None)
-    _own_tensors(model)
-    gc.collect()  # onnx_ir graphs hold reference cycles: the loaded proto goes only with them
-    folded = fold_into_layers(model) if mode == "static" and rewrite is not False else []
-    unrewritten = ir.serde.serialize_model(model) if planned else None
-    before_rewrites = None
-    if mode == "static" and not planned:  # calibrated in place of the rewritten model (see static_quantizer)
-        if streamed and (folded or mapped):
-            # the folded weights out of memory too, all weights in the scratch folder: onnxruntime
-            # maps them from there (weights in a user's folder would be copied for its session)
-            spill(model, "folded.onnx")
-            gc.collect()
-        before_rewrites = model.clone()  # shares the weights: the rewrites make new tensors
-    model, rewrite_report = apply_rewrites(model, setting=rewrite, mode=mode, exclude=exclude)
-    if folded:
-        rewrite_report["folded_into_layers"] = folded
-    if not rewrite_report["applied"]:
-        before_rewrites = None
-    if streamed and rewrite_report["applied"]:  # the rewrites' new weights out of memory (the others are already)
-        spill(model, "rewritten.onnx")
-        gc.collect()
-    for tensor in external_tensors(before_rewrites) if before_rewrites is not None else ():
-        release(tensor)  # unmap the pages the rewrites read: the calibration session maps the file itself
-    _own_tensors(model)
-
-    report: dict = {"input": str(in_path), "output": str(out_path), "mode": mode, "objective": objective}
-    target = psnr = evaluator = None
-    if mode == "fp16":
-        from gencompress.passes.fp16_convert import FP16ConvertPass
-
-        p = FP16ConvertPass(FP16ConvertPass.Options(keep_io_types=keep_io_types, exclude=exclude))
-        proto = finalize(ir.serde.serialize_model(materialize(p(model).model)))  # weights kept float read back from the scratch folder
-        pass_report = p.report
-        report["bits"] = 16
-    else:
-        if mode == "static":
-            report.update(bits=8, activations=activations, weights="per-tensor" if per_tensor else "per-channel")
-            if unrewritten is None:  # the plan calibrates the configurations it builds: not here too
-                quantizer = static_quantizer(
-                    model, calib=calib, calib_size=calib_size, calib_data=calib_data, seed=seed, percentile=percentile,
-                    per_tensor=per_tensor, activations=activations, log=log, exclude=exclude, feeds=calib_feeds, before_rewrites=before_rewrites,
-                )
-                del before_rewrites
-                report["calibration"] = quantizer.calibration
-        else:
-            quantizer = weight_only_quantizer(model, bits=bits, block_size=block_size)
-            report.update(bits=bits, block_size=block_size if bits == 4 else None)
-        if unrewritten is not None:  # measure, then decide which layers compute in int8
-            model = None  # the plan builds from ``unrewritten``: the loaded weights and their rewrites go
-            gc.collect()
-            quantizer, proto, pass_report, report["speed_plan"] = _planned_quantizer(
-                unrewritten, rewrite_report, exclude, objective, timer or speed_plan.interleaved_timer(
-                    eval_reference, header=header, provider=provider, threads=threads, batches=batches, seed=seed),
-                dict(calib=calib, calib_size=calib_size, calib_data=calib_data, seed=seed, percentile=percentile,
-                     per_tensor=per_tensor, activations=activations, log=log), log)
-            report["calibration"] = quantizer.builder.calibration()
-        else:
-            if target_psnr is None:
-                quantizer.prepared = None  # one build: it may consume the model (no clone kept alive)
-                proto, pass_report = _build_once(quantizer, model, exclude)
-            else:
-                proto, pass_report = quantizer.build(exclude)
-            if mode == "weight-only" and objective != "size":  # float compute: int8 weights folded at load
-                proto, pass_report = _fold_weights(proto), {**pass_report, "weights_folded_at_load": True}
-        if target_psnr is not None:
-            evaluator = Evaluator(eval_reference, eval_feeds, source=eval_source)
-            proto, pass_report, target, psnr = _meet_target(quantizer, evaluator, exclude, target_psnr, proto, pass_report, log)
-            if not target["met"] and strict:
-                raise GencompressError(target["message"])
-    del model
-    if check and psnr is None:
-        evaluator = Evaluator(eval_reference, eval_feeds, source=eval_source)
-        psnr = evaluator.psnr(proto)
-    after = sum(path.stat().st_size for path in save_model(proto, out_path, inputs=sources, external_data=external_data))
-    report.update(
-        bytes_before=before,
-        bytes_after=after,
-        ratio=round(after / before, 4),
-        psnr_db=db(psnr) if check else None,
-        evaluation=evaluator.describe() if check else {"skipped": "--no-check"},
-        opset=next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
-    )
+def _layer_tables(report: dict, mode: str, pass_report: dict, target: dict | None) -> None:
+    """The pass's per-layer tables (and the target search's result) into the report."""
     if mode == "fp16":
         report["fp16"] = pass_report
     else:
@@ -275,15 +209,130 @@ def quantize(
             report["quantized_activations"] = pass_report["quantized_activations"]
     if target is not None:
         report["target"] = target
-    from gencompress.result_warnings import compression_warnings
 
-    report["notes"] = notes
-    report["warnings"] = compression_warnings(proto, report["ratio"], float_layers=report.get("float_layers") or [])
-    for warning in report["warnings"]:
-        log(f"warning: {warning}")
-    report["rewrite"] = rewrite_report
-    report["seconds"] = round(time.perf_counter() - started, 2)
-    return report
+
+class _Run:
+    """One quantize run's model as it goes from the input file to the built proto.
+
+    Memory is the point of its shape: at most one copy of the weights is alive at a time (the
+    loaded proto goes once wrapped; one build without a plan streams the weights through the
+    scratch folder, memory-mapped), so every step drops what the next no longer needs."""
+
+    def __init__(self, in_path, reference, *, eval_reference, before: int, header, mapped: bool, stream: bool, planned: bool, notes, log):
+        self.log = log
+        self.in_path, self.reference, self.eval_reference, self.before = in_path, reference, eval_reference, before
+        self.header, self.mapped, self.stream, self.planned, self.notes = header, mapped, stream, planned, notes
+        self.model = self.unrewritten = self.before_rewrites = self.rewrite_report = None
+        self.streamed = False
+
+    @classmethod
+    def load(cls, in_path, *, planned: bool, stream: bool, objective: str, log) -> "_Run":
+        """Read the input: its graph, its weights left in their files where one build streams them
+        (``stream``), opset upgraded when needed; checked for non-finite weights and float compute."""
+        from gencompress.exporter.upgrade import upgrade_opset
+        from gencompress.inputs import output_range_of_model, specs_of_model
+        from gencompress.onnx_io import external_data_entries, load_external_data, load_mapped, refuse_nonfinite_weights, skeleton, stored_bytes
+
+        reference = load_mapped(in_path)  # the graph; its weights left in their files
+        entries = external_data_entries(reference, Path(in_path))
+        on_disk = stored_bytes(in_path, entries)
+        mapped = stream and bool(entries) and _needs_no_upgrade(reference)  # weights read where they are, memory-mapped, never whole
+        if not mapped:
+            load_external_data(reference, in_path)
+        refuse_nonfinite_weights(in_path if mapped else reference, in_path)
+        _check_float_model(reference, in_path)
+        notes: list[str] = []
+        if planned and on_disk > PLAN_NOTE_BYTES:
+            note = (f"note: --objective {objective} times several builds of this {on_disk / 1e6:.0f} MB model side by side (peak memory "
+                    "18-23x the file on a 190 MB generator); --objective size reads it a weight at a time (under 3x)")
+            notes.append(note)
+            log(note)
+        upgraded = upgrade_opset(reference, in_path, lambda message: (notes.append(message), log(message)))
+        # the evaluation's reference: the input file itself (onnxruntime reads it), or the upgraded
+        # model when the opset was converted
+        eval_reference = in_path if upgraded is reference else upgraded
+        before = on_disk if upgraded is reference else upgraded.ByteSize()
+        del reference
+        header = skeleton(upgraded)  # inputs, outputs and metadata, no weights: all the evaluation needs
+        specs_of_model(header), output_range_of_model(header)  # malformed metadata fails now, not after calibrating
+        return cls(in_path, upgraded, eval_reference=eval_reference, before=before, header=header, mapped=mapped, stream=stream,
+                   planned=planned, notes=notes, log=log)
+
+    def prepare_and_rewrite(self, *, mode: str, rewrite, exclude, keep_debug_metadata: bool) -> None:
+        """The loaded proto becomes the prepared onnx_ir model (``prepare``), BatchNorms folded and the
+        int8 rewrites applied as ``rewrite`` says; the model before the rewrites kept where it is
+        calibrated in their place (``static_quantizer``), the unrewritten proto where the plan builds."""
+        import onnx_ir as ir
+
+        from gencompress.onnx_io import external_tensors, mapped_ir, release, spill
+
+        # one copy of the weights in memory: the onnx_ir model wraps the proto's tensors, and the
+        # reference's sessions read the input file itself
+        model = mapped_ir(self.reference, self.in_path) if self.mapped else ir.serde.deserialize_model(self.reference)
+        self.reference = None
+        prepare(model, keep_debug_metadata=keep_debug_metadata)
+        # one build, no plan: the weights are streamed (moved to the scratch folder, read back one
+        # at a time, memory-mapped), so that the loaded proto, the weights the rewrites replace and
+        # onnxruntime's calibration session do not each hold a copy of the model in memory
+        self.streamed = self.stream and (self.mapped or spill(model, "prepared.onnx") is not None)
+        own_tensors(model)
+        gc.collect()  # onnx_ir graphs hold reference cycles: the loaded proto goes only with them
+        folded = fold_into_layers(model) if mode == "static" and rewrite is not False else []
+        self.unrewritten = ir.serde.serialize_model(model) if self.planned else None
+        before_rewrites = None
+        if mode == "static" and not self.planned:  # calibrated in place of the rewritten model (see static_quantizer)
+            if self.streamed and (folded or self.mapped):
+                # the folded weights out of memory too, all weights in the scratch folder: onnxruntime
+                # maps them from there (weights in a user's folder would be copied for its session)
+                spill(model, "folded.onnx")
+                gc.collect()
+            before_rewrites = model.clone()  # shares the weights: the rewrites make new tensors
+        model, self.rewrite_report = apply_rewrites(model, setting=rewrite, mode=mode, exclude=exclude)
+        if folded:
+            self.rewrite_report["folded_into_layers"] = folded
+        if not self.rewrite_report["applied"]:
+            before_rewrites = None
+        if self.streamed and self.rewrite_report["applied"]:  # the rewrites' new weights out of memory (the others are already)
+            spill(model, "rewritten.onnx")
+            gc.collect()
+        for tensor in external_tensors(before_rewrites) if before_rewrites is not None else ():
+            release(tensor)  # unmap the pages the rewrites read: the calibration session maps the file itself
+        own_tensors(model)
+        self.model, self.before_rewrites = model, before_rewrites
+
+    def fp16(self, *, keep_io_types: bool, exclude) -> tuple[onnx.ModelProto, dict]:
+        import onnx_ir as ir
+
+        from gencompress.onnx_io import materialize
+        from gencompress.passes.fp16_convert import FP16ConvertPass
+
+        p = FP16ConvertPass(FP16ConvertPass.Options(keep_io_types=keep_io_types, exclude=exclude))
+        proto = finalize(ir.serde.serialize_model(materialize(p(self.model).model)))  # weights kept float read back from the scratch folder
+        return proto, p.report
+
+    def built(self, mode, static, *, exclude, bits, block_size, feeds, objective, keep_model: bool):
+        """(quantizer, proto, pass report) of the one build without a plan; ``keep_model``: the
+        quantizer keeps the prepared model for more builds (the target search)."""
+        if mode == "static":
+            quantizer = static_quantizer(self.model, static, log=self.log, exclude=exclude, feeds=feeds,
+                                         before_rewrites=self.before_rewrites)
+            self.before_rewrites = None
+        else:
+            quantizer = weight_only_quantizer(self.model, bits=bits, block_size=block_size)
+        if keep_model:
+            proto, pass_report = quantizer.build(exclude)
+        else:
+            quantizer.prepared = None  # one build: it may consume the model (no clone kept alive)
+            proto, pass_report = _build_once(quantizer, self.model, exclude)
+        if mode == "weight-only" and objective != "size":  # float compute: int8 weights folded at load
+            proto, pass_report = _fold_weights(proto), {**pass_report, "weights_folded_at_load": True}
+        return quantizer, proto, pass_report
+
+    def plan(self, exclude, objective, timer, static):
+        """Plan which layers compute in int8 (``int8_plan``): (quantizer, proto, pass report, plan report)."""
+        self.model = None  # the plan builds from ``unrewritten``: the loaded weights and their rewrites go
+        gc.collect()
+        return _planned_quantizer(self.unrewritten, self.rewrite_report, exclude, objective, timer, static, self.log)
 
 
 def _fold_weights(proto):
@@ -312,17 +361,15 @@ class _PlannedQuantizer:
         return self.builder.build(self.int8 - keep)
 
 
-def _planned_quantizer(unrewritten, rewrite_report, exclude, objective, timer, static_options, log):
-    """Plan which layers compute in int8 (``speed_plan``); return (quantizer, model, pass report, plan report)."""
-    from gencompress.verbs import int8_plan as speed_plan
-
-    builder = speed_plan.ConfigBuilder.create(
-        unrewritten, rewrite=bool(rewrite_report.get("applied")), static_options=static_options, exclude=exclude,
+def _planned_quantizer(unrewritten, rewrite_report, exclude, objective, timer, static, log):
+    """Plan which layers compute in int8 (``int8_plan``); return (quantizer, model, pass report, plan report)."""
+    builder = int8_plan.ConfigBuilder.create(
+        unrewritten, rewrite=bool(rewrite_report.get("applied")), static_options=static, exclude=exclude, log=log,
     )
-    proto, pass_report, result = speed_plan.plan(builder, objective, timer, log)
+    proto, pass_report, result = int8_plan.plan(builder, objective, timer, log)
     quantizer = _PlannedQuantizer(builder, result.int8, [l for l in builder.layers if l["node"] in result.int8])
     info = {"objective": objective, "layers": result.layers, "chosen_speed": {str(b): round(1 / r, 3) for b, r in result.ratios.items()},
-            "message": result.message, "configs_measured": len(result.configs), "noise": speed_plan.NOISE,
+            "message": result.message, "configs_measured": len(result.configs), "noise": int8_plan.NOISE,
             "weights_folded_at_load": pass_report.get("folded_weights", 0)}
     rows = {r["node"]: r for r in result.layers}
     folded = [{"node": l["node"], "op_type": l["op_type"], "kind": "weights", "weights": l["weights"], "folded_at_load": True}
@@ -338,17 +385,6 @@ def _needs_no_upgrade(header) -> bool:
 
     opset = model_opset(header)
     return opset is None or opset >= MIN_OPSET
-
-
-def _own_tensors(model) -> None:
-    """Give the weights still read from the loaded proto arrays of their own. Any one of them
-    keeps the whole proto alive, and with it the old copy of every weight the rewrites replaced."""
-    import onnx_ir as ir
-
-    for value in model.graph.initializers.values():
-        tensor = value.const_value
-        if isinstance(tensor, ir.serde.TensorProtoTensor):
-            value.const_value = ir.Tensor(np.array(tensor.numpy()), dtype=tensor.dtype, name=tensor.name)
 
 
 def _build_once(quantizer: Quantizer, model, exclude) -> tuple[onnx.ModelProto, dict]:

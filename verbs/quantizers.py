@@ -198,36 +198,35 @@ class Quantizer:
         return finalize(ir.serde.serialize_model(model)), p.report
 
 
-def calibrated_ranges(model, *, calib, calib_size, calib_data, seed, percentile, activations, log, feeds=None) -> tuple[dict, dict]:
-    """Run ``model`` (onnx_ir or proto) over the calibration set: (the range of each of its float
-    tensors by name, the calibration's description for the report). ``feeds``: the calibration
-    rows, if already chosen (``split_calibration_data``), else drawn or read here."""
+def calibrated_ranges(model, static, *, log, feeds=None) -> tuple[dict, dict]:
+    """Run ``model`` (onnx_ir or proto) over the calibration set ``static`` (``StaticOptions``)
+    describes: (the range of each of its float tensors by name, the calibration's description for
+    the report). ``feeds``: the calibration rows, if already chosen (``split_calibration_data``),
+    else drawn or read here."""
     from gencompress.runtime_check.calibration import calibration_inputs, collect_stats, float_tensors
 
+    calib, data = static.calib, static.calib_data
     if feeds is None:
-        feeds = calibration_inputs(model, size=calib_size, seed=seed, data=calib_data)
+        feeds = calibration_inputs(model, size=static.calib_size, seed=static.seed, data=data)
     n = len(next(iter(feeds.values())))
-    log(f"calibrating on {n} {'samples from ' + str(calib_data) if calib_data else 'seeded latent draws'} ({calib})")
+    log(f"calibrating on {n} {'samples from ' + str(data) if data else 'seeded latent draws'} ({calib})")
     names = float_tensors(model)
     stats = collect_stats(model, names, feeds, histogram=calib != "minmax")
-    symmetric = activations == "int8"
-    ranges = {name: stats[name].range(calib, symmetric=symmetric, percentile=percentile) for name in names}
-    calibration = {"method": calib, "samples": n, "source": str(calib_data) if calib_data else "latent prior (seeded)", "seed": None if calib_data else seed}
+    symmetric = static.activations == "int8"
+    ranges = {name: stats[name].range(calib, symmetric=symmetric, percentile=static.percentile) for name in names}
+    calibration = {"method": calib, "samples": n, "source": str(data) if data else "latent prior (seeded)", "seed": None if data else static.seed}
     if calib == "percentile":
-        calibration["percentile"] = percentile
+        calibration["percentile"] = static.percentile
     return ranges, calibration
 
 
-def static_quantizer(
-    prepared, *, calib, calib_size, calib_data, seed, percentile, per_tensor, activations, log, exclude=(), feeds=None,
-    before_rewrites=None, calibrated=None,
-) -> Quantizer:
-    """``prepared``: the onnx_ir model (or proto); ``feeds``: as in ``calibrated_ranges``.
-    ``before_rewrites``: the onnx_ir model ``prepared`` was rewritten from by the int8 rewrites,
-    calibrated in its place (the rewrites' tensors get their ranges by ``carry_ranges``): onnxruntime
-    runs a ConvTranspose, pre-packed, faster than the sub-pixel Conv replacing it (47M-parameter
-    generator: 5.9-7.3 s against 8.8-9.8 s for 256 draws), and a speed plan calibrates once for
-    all its configurations. ``calibrated``: ``calibrated_ranges`` of that model, if already run."""
+def static_quantizer(prepared, static, *, log, exclude=(), feeds=None, before_rewrites=None, calibrated=None) -> Quantizer:
+    """``prepared``: the onnx_ir model (or proto); ``static``: ``StaticOptions``; ``feeds``: as in
+    ``calibrated_ranges``. ``before_rewrites``: the onnx_ir model ``prepared`` was rewritten from by
+    the int8 rewrites, calibrated in its place (the rewrites' tensors get their ranges by
+    ``carry_ranges``): onnxruntime runs a ConvTranspose, pre-packed, faster than the sub-pixel Conv
+    replacing it, and a speed plan calibrates once for all its configurations. ``calibrated``:
+    ``calibrated_ranges`` of that model, if already run."""
     import onnx_ir as ir
 
     from gencompress.passes.carry_ranges import carry_ranges
@@ -241,23 +240,17 @@ def static_quantizer(
         raise GencompressError("nothing to quantize: the model has no Conv, ConvTranspose, Gemm, MatMul, GRU/LSTM or embedding weights")
     select_layers(layers, exclude)  # unknown names fail before the calibration run
     if calibrated is None:
-        calibrated = calibrated_ranges(
-            before_rewrites or prepared, calib=calib, calib_size=calib_size, calib_data=calib_data, seed=seed,
-            percentile=percentile, activations=activations, log=log, feeds=feeds,
-        )
+        calibrated = calibrated_ranges(before_rewrites or prepared, static, log=log, feeds=feeds)
     found, calibration = calibrated
     if before_rewrites is not None:
         found = {**found, **carry_ranges(prepared.graph, before_rewrites.graph, found)}
     ranges = tuple((name, lo, hi) for name, (lo, hi) in found.items())
+    fields = {**static.static_fields(), "calib_data": str(static.calib_data) if static.calib_data else None}
 
     def make_pass(exclude, include):
         # the calibration settings too: a range the run above lacks (a tensor shape inference
         # could not type) is then calibrated the way the user asked, not with the pass defaults
-        options = InsertQDQPass.Options(
-            per_tensor=per_tensor, activations=activations, exclude=exclude, include=include, ranges=ranges,
-            calib=calib, calib_size=calib_size, calib_data=str(calib_data) if calib_data else None, percentile=percentile, seed=seed,
-        )
-        return InsertQDQPass(options, calibrate=calibrate_ranges)
+        return InsertQDQPass(InsertQDQPass.Options(**fields, exclude=exclude, include=include, ranges=ranges), calibrate=calibrate_ranges)
 
     return Quantizer(prepared, make_pass, [_layer_info(layer) for layer in layers], calibration)
 
@@ -288,10 +281,10 @@ def _layer_info(layer) -> dict:
 
 def validate_options(
     *, mode, bits, calib, calib_size, activations, percentile, block_size, target_psnr, eval_size, seed=0,
-    calib_data=None, per_tensor=False, percentile_given=False,
+    calib_data=None, per_tensor=False, percentile_given=False, int8_kernels="portable",
 ) -> None:
     from gencompress.runtime_check.calibration import METHODS
-    from gencompress.passes.insert_qdq import ACTIVATION_TYPES
+    from gencompress.passes.insert_qdq import ACTIVATION_TYPES, INT8_KERNELS
 
     if mode not in MODES:
         raise GencompressError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
@@ -305,6 +298,8 @@ def validate_options(
         raise GencompressError(f"--calib-size must be positive, got {calib_size}")
     if activations not in ACTIVATION_TYPES:
         raise GencompressError(f"--activations {activations!r}: choose one of {', '.join(ACTIVATION_TYPES)}")
+    if int8_kernels not in INT8_KERNELS:
+        raise GencompressError(f"--int8-kernels {int8_kernels!r}: choose one of {', '.join(INT8_KERNELS)}")
     if not 50.0 < percentile <= 100.0:
         raise GencompressError(f"--percentile {percentile}: must be in (50, 100]")
     if block_size < 16 or block_size & (block_size - 1):
@@ -339,3 +334,14 @@ def _check_float_model(proto, path) -> None:
             ops.add("DequantizeLinear")  # int8 weights behind Cast * scale (passes/fold_weights.py)
     if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger"}:
         raise GencompressError(f"{path}: the model is already quantized; give the float model")
+
+
+def own_tensors(model) -> None:
+    """Give the weights still read from the loaded proto arrays of their own. Any one of them
+    keeps the whole proto alive, and with it the old copy of every weight the rewrites replaced."""
+    import onnx_ir as ir
+
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.serde.TensorProtoTensor):
+            value.const_value = ir.Tensor(np.array(tensor.numpy()), dtype=tensor.dtype, name=tensor.name)

@@ -45,6 +45,7 @@ def sensitivity(
     calib_data=None,
     per_tensor: bool = False,
     activations: str = "uint8",
+    int8_kernels: str = "portable",
     seed: int = 0,
     percentile: float | None = None,
     block_size: int = 64,
@@ -55,7 +56,7 @@ def sensitivity(
     import onnx_ir as ir
 
     from gencompress.onnx_io import load_model, refuse_nonfinite_weights, skeleton
-    from gencompress.runtime_check.calibration import DEFAULT_PERCENTILE
+    from gencompress.passes.insert_qdq import DEFAULT_PERCENTILE, StaticOptions
     from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES as DEFAULT_EVAL_SIZE, Evaluator
     from gencompress.verbs.quantizers import (
         _check_float_model,
@@ -77,7 +78,7 @@ def sensitivity(
     validate_options(
         mode=mode, bits=bits, calib=calib, calib_size=calib_size, activations=activations,
         percentile=percentile, block_size=block_size, target_psnr=None, eval_size=eval_size, seed=seed,
-        calib_data=calib_data, per_tensor=per_tensor, percentile_given=percentile_given,
+        calib_data=calib_data, per_tensor=per_tensor, percentile_given=percentile_given, int8_kernels=int8_kernels,
     )
     reference = load_model(in_path)
     refuse_nonfinite_weights(reference, in_path)
@@ -87,10 +88,9 @@ def sensitivity(
     del reference
     evaluator = Evaluator(in_path, eval_inputs(header, seed, eval_size))
     if mode == "static":
-        quantizer = static_quantizer(
-            model, calib=calib, calib_size=calib_size, calib_data=calib_data, seed=seed,
-            percentile=percentile, per_tensor=per_tensor, activations=activations, log=log,
-        )
+        static = StaticOptions(calib=calib, calib_size=calib_size, calib_data=calib_data, seed=seed, percentile=percentile,
+                               per_tensor=per_tensor, activations=activations, int8_kernels=int8_kernels)
+        quantizer = static_quantizer(model, static, log=log)
     else:
         quantizer = weight_only_quantizer(model, bits=bits, block_size=block_size)
     ranking = rank_layers(quantizer, evaluator)
