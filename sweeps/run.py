@@ -49,6 +49,16 @@ def sweep(spec, out_dir, *, address: str | None = None, num_cpus: int | None = N
     R.clear_partials(out)
 
     rows: dict[str, dict] = {}
+    executed = []
+
+    def done_row(trial, meta):
+        report = json.loads((R.trial_path(out, trial) / "report.json").read_text())
+        return R.row(trial, meta, report, status="done")
+
+    def done(trial, built, timed):
+        executed.append(trial.key)
+        rows[trial.key] = done_row(trial, R.write_trial(out, trial, built, timed))
+
     todo = []
     for t in trials:
         meta = R.finished(out, t)
@@ -56,17 +66,9 @@ def sweep(spec, out_dir, *, address: str | None = None, num_cpus: int | None = N
             todo.append(t)
             rows[t.key] = R.row(t, None, None, status="pending")
         else:
-            report = json.loads((R.trial_path(out, t) / "report.json").read_text())
-            rows[t.key] = R.row(t, meta, report, status="done")
+            rows[t.key] = done_row(t, meta)
     resumed = len(trials) - len(todo)
     log(f"{len(trials)} trials: {resumed} already done, {len(todo)} to run")
-    executed = []
-
-    def done(trial, built, timed):
-        meta = R.write_trial(out, trial, built, timed)
-        report = json.loads((R.trial_path(out, trial) / "report.json").read_text())
-        rows[trial.key] = R.row(trial, meta, report, status="done")
-        executed.append(trial.key)
 
     def failed(trial, message):
         rows[trial.key] = R.row(trial, None, None, status="failed", error=message)
@@ -90,6 +92,9 @@ def sweep(spec, out_dir, *, address: str | None = None, num_cpus: int | None = N
     finally:
         if bars is not None:
             bars.close()
+        for t in trials:  # a trial interrupted between its folder's rename and its row: the folder decides
+            if rows[t.key]["status"] == "pending" and (meta := R.finished(out, t)) is not None:
+                rows[t.key] = done_row(t, meta)
         ordered = [rows[t.key] for t in trials]
         R.write_results(out, ordered, header)
         page.write(out, ordered, header)
