@@ -36,7 +36,7 @@ QMAX = 127
 METHODS = ("best", "scale", "nudge")
 # scale factors tried per channel between "no change" and "the scale alone makes it safe"
 GRID = 9
-CHUNK = 1 << 20  # weight elements handled at a time (bounds the float64 copies)
+CHUNK = 1 << 20  # weight elements handled at a time (bounds the float64 temporaries)
 
 
 @dataclass(frozen=True)
@@ -117,38 +117,40 @@ def _nudge(t: np.ndarray, q: np.ndarray) -> np.ndarray:
     return out[:, : q.shape[1]]
 
 
-def _worst(t: np.ndarray) -> float:
-    """The largest same-sign magnitude sum of a pair of ``t``."""
+def _row_worst(t: np.ndarray) -> np.ndarray:
+    """Per row, the largest same-sign magnitude sum of a pair."""
     ta, tb = _pairs(t)
-    return float(np.maximum(np.maximum(ta, 0) + np.maximum(tb, 0), -(np.minimum(ta, 0) + np.minimum(tb, 0))).max())
+    return np.maximum(np.maximum(ta, 0) + np.maximum(tb, 0), -(np.minimum(ta, 0) + np.minimum(tb, 0))).max(axis=1)
 
 
-def _safe_factor(t: np.ndarray) -> float:
-    """The smallest scale factor (tried: worst pair / 128, then / 127) after which rounding ``t``
-    leaves no unsafe pair; / 127 always does (two roundings add at most 1)."""
-    worst = _worst(t)
-    for limit in (PAIR_LIMIT, PAIR_LIMIT - 1):
-        f = max(1.0, worst / limit)
-        if not (_excess(*_pairs(np.clip(np.rint(t / f), -QMAX, QMAX))) > 0).any():
-            return f
-    return max(1.0, worst / (PAIR_LIMIT - 1))
+def _quantized(t: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Rows ``t`` divided by their factor ``f``, rounded, clipped, then nudged where still unsafe."""
+    scaled = t / f[:, None]
+    return _nudge(scaled, np.clip(np.rint(scaled), -QMAX, QMAX))
 
 
-def _candidates(t: np.ndarray, method: str) -> list[float]:
+def _by_group(values: np.ndarray, group: np.ndarray, n: int, reduce) -> np.ndarray:
+    out = np.zeros(n, dtype=np.float64)
+    reduce.at(out, group, values)
+    return out
+
+
+def _factors(t: np.ndarray, group: np.ndarray, n: int, method: str) -> np.ndarray:
+    """``[n, C]`` scale factors tried per scale group, ascending, from 1 (keep the scale, nudge) to
+    the smallest that makes every pair safe by itself (worst pair / 128, or / 127 where rounding
+    still breaks the bound: two roundings add at most 1)."""
+    worst = _by_group(_row_worst(t), group, n, np.maximum)
+    top = np.maximum(1.0, worst / PAIR_LIMIT)
+    still = _by_group((_excess(*_pairs(np.clip(np.rint(t / top[group][:, None]), -QMAX, QMAX))) > 0).any(axis=1).astype(float), group, n, np.maximum)
+    top = np.where(still > 0, np.maximum(1.0, worst / (PAIR_LIMIT - 1)), top)
     if method == "nudge":
-        return [1.0]
-    top = _safe_factor(t)
-    if method == "scale" or top == 1.0:
-        return [top]
-    # a coarse grid, and factors just under the safe one (a few pairs then nudged by a step or two)
-    worst = _worst(t)
-    near = [worst / (PAIR_LIMIT + d) for d in range(1, GRID)]
-    return sorted({float(f) for f in [*np.geomspace(1.0, top, GRID), *near] if 1.0 <= f <= top})
-
-
-def _quantized(t: np.ndarray, f: float) -> np.ndarray:
-    q = np.clip(np.rint(t / f), -QMAX, QMAX)
-    return _nudge(t / f, q)
+        return np.ones((n, 1))
+    if method == "scale":
+        return top[:, None]
+    # a geometric grid, and factors just under the safe one (a few pairs then nudged a step or two)
+    grid = top[:, None] ** np.linspace(0.0, 1.0, GRID)[None, :]
+    near = np.clip(worst[:, None] / (PAIR_LIMIT + np.arange(1, GRID))[None, :], 1.0, top[:, None])
+    return np.sort(np.concatenate([grid, near], axis=1), axis=1)
 
 
 def saturation_free(w: np.ndarray, q: np.ndarray, scale: np.ndarray, out_axis: int | None, layout: Layout, *, block: int = 1, method: str = "best"):
@@ -172,37 +174,40 @@ def saturation_free(w: np.ndarray, q: np.ndarray, scale: np.ndarray, out_axis: i
         return q, scale, None
     scale = np.array(scale, dtype=np.float32, copy=True)
     flat_scale = scale.reshape(-1)
-    group_of_row = channel // block if out_axis is not None else np.zeros(len(channel), dtype=np.int64)
-    w_rows = layout.rows(np.asarray(w, dtype=np.float32))[0]
+    per_tensor = out_axis is None or scale.size == 1
+    group_of_row = np.zeros(len(channel), dtype=np.int64) if per_tensor else channel // block
+    groups = np.unique(group_of_row[bad_rows])  # the scale groups that change
+    rows = np.flatnonzero(np.isin(group_of_row, groups))
+    local = np.searchsorted(groups, group_of_row[rows])
+    old_s = flat_scale[0] if per_tensor else flat_scale[groups * block]
+    old_s = np.broadcast_to(np.asarray(old_s, dtype=np.float32), groups.shape)
+    w_rows = layout.rows(np.asarray(w, dtype=np.float32))[0][rows]
+    t = w_rows / old_s[local][:, None]  # the ideal integer weights at the current scales
+    factors = _factors(t, local, len(groups), method)
+    step = max(1, CHUNK // max(1, t.shape[1]))
+    errors = np.zeros(factors.shape)
+    for c in range(factors.shape[1]):
+        for i in range(0, len(rows), step):
+            part, f = t[i : i + step], factors[local[i : i + step], c]
+            err = ((_quantized(part, f) * f[:, None] - part) ** 2).sum(axis=1)
+            errors[:, c] += _by_group(err, local[i : i + step], len(groups), np.add)
+    chosen = factors[np.arange(len(groups)), errors.argmin(axis=1)]  # ties: the smaller factor
+    new_s = np.where(chosen > 1.0, (old_s * chosen).astype(np.float32), old_s).astype(np.float32)
+    # requantized with the float32 scales that are stored
+    t = w_rows / new_s[local][:, None]
+    plain = np.clip(np.rint(t), -QMAX, QMAX)
+    nudged = int((_excess(*_pairs(plain)) > 0).sum())
     new_rows = q_rows.copy()
-    groups = np.unique(group_of_row[bad_rows])
-    rescaled = nudged = 0
-    for g in groups:
-        rows = np.flatnonzero(group_of_row == g)
-        s = np.float32(flat_scale[g * block] if out_axis is not None else flat_scale[0])
-        t = w_rows[rows].astype(np.float64) / float(s)
-        best = None
-        step = max(1, CHUNK // max(1, t.shape[1]))
-        for f in _candidates(t, method):
-            err = sum(float(((_quantized(t[i : i + step], f) * f - t[i : i + step]) ** 2).sum()) for i in range(0, len(rows), step))
-            if best is None or err < best[0]:
-                best = (err, f)
-        new_s = np.float32(float(s) * best[1]) if best[1] != 1.0 else s
-        # requantized with the float32 scale that is stored
-        t = w_rows[rows].astype(np.float64) / float(new_s)
-        plain = np.clip(np.rint(t), -QMAX, QMAX)
-        nudged += int((_excess(*_pairs(plain)) > 0).sum())
-        new_rows[rows] = _nudge(t, plain).astype(q.dtype)
-        if new_s != s:
-            rescaled += 1
-            if out_axis is None:
-                flat_scale[:] = new_s
-            else:
-                flat_scale[g * block : (g + 1) * block] = new_s
+    new_rows[rows] = _nudge(t, plain).astype(q.dtype)
+    if per_tensor:
+        flat_scale[:] = new_s[0]
+    else:
+        flat_scale.reshape(-1, block)[groups] = new_s[:, None]
+    n = int(q.shape[out_axis] if out_axis is not None else q.shape[0])
     report = {
-        "channels": int(len(groups) * block if out_axis is not None else q.shape[0]),
-        "of": int(q.shape[out_axis] if out_axis is not None else q.shape[0]),
-        "rescaled": rescaled * block if out_axis is not None else rescaled,
+        "channels": n if per_tensor else int(len(groups) * block),
+        "of": n,
+        "rescaled": int((new_s != old_s).sum()) * (1 if per_tensor else block),
         "nudged_pairs": nudged,
     }
     return np.ascontiguousarray(layout.unrows(new_rows, q.shape).astype(q.dtype)), scale, report
