@@ -174,21 +174,16 @@ def kernel_profile(path: Path, feed: dict, runs: int, folder: Path) -> list[tupl
 # ---- one model family -------------------------------------------------------------------------
 
 
-def measure(title: str, build, folder: Path, rounds: int, targets_apply: bool = True) -> dict:
+def measure_models(paths: dict, peak: float, rounds: int, folder: Path, profiled=()) -> tuple[dict, dict]:
+    """(per model: bytes, PSNR against ``paths["float"]`` on held-back inputs and p50/p90 per batch
+    size, timed interleaved; the kernels onnxruntime ran for the ``profiled`` models)."""
     from gencompress.inputs import sample_inputs, specs_of_model
     from gencompress.onnx_io import load_model
 
-    float_path, peak = build(folder)
-    feeds = calibration_feeds(float_path)
-    paths = {"float": float_path, "ort-qdq": folder / f"{float_path.stem}_ort.onnx", "ours": folder / f"{float_path.stem}_ours.onnx"}
-    ort_quantize(float_path, paths["ort-qdq"], feeds)
-    how = our_quantize(float_path, paths["ours"])
-
-    specs = specs_of_model(load_model(float_path))
+    specs = specs_of_model(load_model(paths["float"]))
     sessions = {name: session(p) for name, p in paths.items()}
     held_back = sample_inputs(specs, EVAL_SIZE, EVAL_SEED)
     outputs = {name: run_all(s, held_back) for name, s in sessions.items()}
-
     rows = {name: {"bytes": os.path.getsize(p), "psnr_db": psnr(outputs["float"], outputs[name], peak)} for name, p in paths.items()}
     kernels = {}
     for batch in BATCHES:
@@ -196,8 +191,19 @@ def measure(title: str, build, folder: Path, rounds: int, targets_apply: bool = 
         times = time_interleaved(sessions, feed, rounds, RUNS_PER_SLOT[batch])
         for name, t in times.items():
             rows[name][f"b{batch}"] = {"p50_ms": 1e3 * float(np.median(t)), "p90_ms": 1e3 * float(np.percentile(t, 90)), "runs": len(t)}
-        for name, p in paths.items():
-            kernels.setdefault(name, {})[f"b{batch}"] = kernel_profile(p, feed, 6 if batch == 64 else 30, folder)
+        for name in profiled:
+            kernels.setdefault(name, {})[f"b{batch}"] = kernel_profile(paths[name], feed, 6 if batch == 64 else 30, folder)
+    return rows, kernels
+
+
+def measure(title: str, build, folder: Path, rounds: int, targets_apply: bool = True) -> dict:
+    float_path, peak = build(folder)
+    feeds = calibration_feeds(float_path)
+    paths = {"float": float_path, "ort-qdq": folder / f"{float_path.stem}_ort.onnx", "ours": folder / f"{float_path.stem}_ours.onnx"}
+    ort_quantize(float_path, paths["ort-qdq"], feeds)
+    how = our_quantize(float_path, paths["ours"])
+
+    rows, kernels = measure_models(paths, peak, rounds, folder, profiled=list(paths))
     for name, row in rows.items():
         row["size_ratio"] = row["bytes"] / rows["float"]["bytes"]
         for batch in BATCHES:

@@ -30,12 +30,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from int8_speed import (  # noqa: E402  (same timing, sessions and quantize_static settings)
-    BATCHES, EVAL_SEED, EVAL_SIZE, RUNS_PER_SLOT, calibration_feeds, export_standard, kernel_profile, machine, machine_line, ort_quantize, psnr, run_all,
-    session, time_interleaved,
+    BATCHES, EVAL_SIZE, RUNS_PER_SLOT, calibration_feeds, export_standard, machine, machine_line, measure_models, ort_quantize,
 )
 
 ZOO_NAMES = ("dcgan", "vae", "rvae", "cgan")
@@ -54,8 +52,6 @@ def export_zoo(name: str, folder: Path) -> tuple[Path, float]:
 
 
 def measure(title: str, float_path: Path, peak: float, folder: Path, rounds: int, profile: bool) -> dict:
-    from gencompress.inputs import sample_inputs, specs_of_model
-    from gencompress.onnx_io import load_model
     from gencompress.verbs.quantize import quantize
     from gencompress.verbs.target_search import search_target
 
@@ -70,20 +66,7 @@ def measure(title: str, float_path: Path, peak: float, folder: Path, rounds: int
     search = search_target(float_path, folder / f"{stem}_search", target=TARGET_PSNR, objective="speed")
     paths["target40"] = Path(search["chosen"])
 
-    specs = specs_of_model(load_model(float_path))
-    sessions = {name: session(p) for name, p in paths.items()}
-    held_back = sample_inputs(specs, EVAL_SIZE, EVAL_SEED)
-    outputs = {name: run_all(s, held_back) for name, s in sessions.items()}
-    rows = {name: {"bytes": os.path.getsize(p), "psnr_db": psnr(outputs["float"], outputs[name], peak)} for name, p in paths.items()}
-    kernels = {}
-    for batch in BATCHES:
-        feed = sample_inputs(specs, batch, EVAL_SEED + batch)
-        times = time_interleaved(sessions, feed, rounds, RUNS_PER_SLOT[batch])
-        for name, t in times.items():
-            rows[name][f"b{batch}"] = {"p50_ms": 1e3 * float(np.median(t)), "runs": len(t)}
-        if profile:
-            for name in ("float", "balanced", "speed"):
-                kernels.setdefault(name, {})[f"b{batch}"] = kernel_profile(paths[name], feed, 6 if batch == 64 else 30, folder)
+    rows, kernels = measure_models(paths, peak, rounds, folder, profiled=("float", "balanced", "speed") if profile else ())
     for row in rows.values():
         row["size_ratio"] = row["bytes"] / rows["float"]["bytes"]
         for batch in BATCHES:

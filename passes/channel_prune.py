@@ -30,22 +30,8 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from gencompress.passes.magnitude_prune import write_array
-from gencompress.passes.prune_report import (
-    CRITERIA,
-    DEFAULT_MIN_SIZE,
-    SCOPES,
-    FoldComputedWeights,
-    check_common,
-    check_sparsity,
-    choose_targets,
-    float_params,
-    round_half_up,
-    row,
-    stats,
-    totals,
-    unmatched_warnings,
-    weight_targets,
-)
+from gencompress.passes.prune_report import check_common, check_sparsity, choose_targets, CRITERIA, DEFAULT_MIN_SIZE, float_params, FoldComputedWeights
+from gencompress.passes.prune_report import round_half_up, row, SCOPES, stats, totals, unmatched_warnings, weight_targets
 from gencompress.passes.registry import GencompressPass, register
 from gencompress.passes.rewrite import Namer, const_array
 

@@ -8,21 +8,8 @@ import numpy as np
 import onnx_ir as ir
 
 from gencompress.onnx_io import release
-from gencompress.passes.prune_report import (
-    DEFAULT_MIN_SIZE,
-    SCOPES,
-    FoldComputedWeights,
-    check_common,
-    check_sparsity,
-    choose_targets,
-    float_params,
-    round_half_up,
-    row,
-    stats,
-    totals,
-    unmatched_warnings,
-    weight_targets,
-)
+from gencompress.passes.prune_report import check_common, check_sparsity, DEFAULT_MIN_SIZE, float_params, prune_targets
+from gencompress.passes.prune_report import round_half_up, row, SCOPES, stats, totals, unmatched_warnings
 from gencompress.passes.registry import GencompressPass, register
 
 
@@ -103,11 +90,8 @@ class MagnitudePrunePass(GencompressPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         o = self.options
-        modified = FoldComputedWeights()(model).modified
+        modified, params_before, targets, selection = prune_targets(model, o)
         graph = model.graph
-        params_before = float_params(graph)
-        targets = weight_targets(graph)
-        selection = choose_targets(targets, exclude=o.exclude, min_size=o.min_size, keep_first_last=o.keep_first_last)
         selected = {t.name for t in selection.selected}
 
         keeps: dict[str, np.ndarray] = {}

@@ -8,18 +8,8 @@ import numpy as np
 import onnx_ir as ir
 
 from gencompress.passes.magnitude_prune import write_array
-from gencompress.passes.prune_report import (
-    DEFAULT_MIN_SIZE,
-    FoldComputedWeights,
-    check_common,
-    choose_targets,
-    float_params,
-    row,
-    stats,
-    totals,
-    unmatched_warnings,
-    weight_targets,
-)
+from gencompress.passes.prune_report import check_common, DEFAULT_MIN_SIZE, float_params, prune_targets
+from gencompress.passes.prune_report import row, stats, totals, unmatched_warnings
 from gencompress.passes.registry import GencompressPass, register
 
 
@@ -76,11 +66,8 @@ class NMPrunePass(GencompressPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         o = self.options
-        modified = FoldComputedWeights()(model).modified
+        modified, params_before, targets, selection = prune_targets(model, o)
         graph = model.graph
-        params_before = float_params(graph)
-        targets = weight_targets(graph)
-        selection = choose_targets(targets, exclude=o.exclude, min_size=o.min_size, keep_first_last=o.keep_first_last)
         selected = {t.name for t in selection.selected}
 
         rows, left_dense = [], []

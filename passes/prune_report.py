@@ -178,6 +178,17 @@ class Selection:
     unmatched: list[str]  # exclude patterns that matched no weight or weight node
 
 
+def prune_targets(model, options):
+    """The start every weight-pruning pass shares: weights computed from constants folded first,
+    then (whether folding changed the graph, parameters before, every target, the selection that
+    ``options`` — exclude, min_size, keep_first_last — makes of them)."""
+    modified = FoldComputedWeights()(model).modified
+    params_before = float_params(model.graph)
+    targets = weight_targets(model.graph)
+    selection = choose_targets(targets, exclude=options.exclude, min_size=options.min_size, keep_first_last=options.keep_first_last)
+    return modified, params_before, targets, selection
+
+
 def choose_targets(targets: list[Target], *, exclude=(), min_size: int = 0, keep_first_last: bool = False) -> Selection:
     """Split ``targets`` into those to prune and those kept dense, with the reason for each."""
     nodes = list(dict.fromkeys(u.node for t in targets for u in t.uses))

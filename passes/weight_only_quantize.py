@@ -28,8 +28,6 @@ import onnx_ir.passes.common as common_passes
 
 from gencompress.errors import GencompressError
 from gencompress.passes.insert_qdq import (
-    MIN_BIAS_VALUES,
-    RECURRENT_OPS,
     Builder,
     Layer,
     dequantize_weight,
