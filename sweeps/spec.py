@@ -33,6 +33,7 @@ TOP_KEYS = {"models", "configs", "options"}
 MODEL_KEYS = {"model", "name", "checkpoint", "inputs", "batch_size"}
 OPTION_KEYS = {"samples": 256, "seed": 0, "bench": True, "batches": [1, 64], "threads": [2], "runs": 50,
                "provider": "CPUExecutionProvider"}
+TIMED_PASSES = ("plan_int8", "target_search")  # recipe steps that time models while building
 MAX_TRIALS = 10_000  # a typo in a grid must not queue a million trials
 
 
@@ -49,7 +50,9 @@ class Trial:
     def times_in_build(self) -> bool:
         """Whether building this trial already times models (the int8 plan, the PSNR target search)."""
         c = self.config
-        return "target_psnr" in c or ("recipe" not in c and c.get("mode", "static") == "static" and c.get("objective", "balanced") != "size")
+        if "recipe" in c:
+            return any(step["pass"] in TIMED_PASSES for step in c["recipe"])
+        return "target_psnr" in c or (c.get("mode", "static") == "static" and c.get("objective", "balanced") != "size")
 
     @property
     def folder(self) -> str:

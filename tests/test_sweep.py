@@ -206,3 +206,15 @@ def test_python_api_is_registered():
 
     assert COMMANDS["sweep"][0] == "gencompress.sweeps.cli"
     assert not os.environ.get("RAY_ADDRESS")  # the tests start their own Ray
+
+
+def test_which_trials_time_while_building(tmp_path):
+    from gencompress.sweeps.spec import load_spec
+
+    (tmp_path / "plan.yaml").write_text("- {pass: cleanup}\n- {pass: plan_int8, options: {objective: speed}}\n")
+    (tmp_path / "qdq.yaml").write_text("- {pass: cleanup}\n- {pass: insert_qdq}\n")
+    configs = [{"objective": "balanced"}, {"objective": "size"}, {"mode": "weight-only"}, {"target_psnr": 30},
+               {"recipe": "plan.yaml"}, {"recipe": "qdq.yaml"}]
+    trials = load_spec({"models": ["dcgan"], "configs": configs}, tmp_path)
+    # these go whole into the timing phase (one per node); the others build in parallel first
+    assert [t.times_in_build for t in trials] == [True, False, False, True, True, False]
