@@ -23,18 +23,25 @@ SETTINGS = {"ch50": {"sparsity": 0.5, "mode": "channel"}, "u50": {"sparsity": 0.
 
 
 def export_family(name: str, out: Path) -> None:
-    """A family by name: ``models/families.py`` (exported by path, so the output range is recorded) or
+    """A family by name: ``models/families.py`` (its class's output_range recorded, as the zoo's are) or
     ``conv:NAME`` from ``models/conv_families.py`` at its test size."""
     from gencompress.exporter.export import export
+    from gencompress.exporter.families import export_family as export_conv_family
+    from gencompress.inputs import METADATA_OUTPUT_RANGE
     from gencompress.models import conv_families
     from gencompress.models.families import FAMILIES
+    from gencompress.onnx_io import load_model, save_model
 
     if name.startswith("conv:"):
-        conv_families.export_family(name[5:], out, legacy=True, **conv_families.TINY[name[5:]])
+        export_conv_family(name[5:], out, legacy=True, **conv_families.TINY[name[5:]])
         return
     cls = FAMILIES[name][0]
     kwargs = {"batch_size": cls.gencompress_batch_size} if getattr(cls, "gencompress_batch_size", None) else {}
     export(f"gencompress.models.families:{cls.__name__}", out, **kwargs)
+    if getattr(cls, "output_range", None):  # the exporter records ranges of zoo models only: image inputs take the output's range
+        proto = load_model(out)
+        proto.metadata_props.add(key=METADATA_OUTPUT_RANGE, value=repr(float(cls.output_range)))
+        save_model(proto, out)
 
 
 def all_families() -> list[str]:

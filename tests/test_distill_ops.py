@@ -204,6 +204,7 @@ def test_family_graph_runs_whole_and_trains_its_computed_weights(name, legacy, t
 
     from gencompress.distill.mirror import Mirror, trainable_weights
     from gencompress.exporter.export import export
+    from gencompress.exporter.families import export_family
     from gencompress.inputs import sample_inputs, specs_of_model
     from gencompress.models import conv_families
     from gencompress.models.families import FAMILIES
@@ -211,7 +212,7 @@ def test_family_graph_runs_whole_and_trains_its_computed_weights(name, legacy, t
 
     path = tmp_path / "m.onnx"
     if name.startswith("conv:"):
-        conv_families.export_family(name[5:], path, legacy=True, **conv_families.TINY[name[5:]])
+        export_family(name[5:], path, legacy=True, **conv_families.TINY[name[5:]])
     else:
         export(FAMILIES[name][0](), path, batches=(2,) if "fused" in name else (1, 3), legacy=legacy)
     proto = onnx.load(str(path))
