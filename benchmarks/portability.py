@@ -13,6 +13,11 @@ on the same calibration latents. PSNR against the float model on seeded latents 
 model's prior, peak = the output's nominal range (as ``check``). "exact" is onnxruntime's
 DQ -> float path (optimizations off) on this host; "host" its fused kernels (level all) here;
 "avx2" the fused kernels on an emulated Haswell. The host's ISA and the load average are printed.
+
+Speed (``--speed``): float, ``vnni`` and ``portable`` int8 (objective size) timed interleaved in one
+process on this host, 2 intra-op threads, spinning off, batch 1 and 64 (``--rounds`` rounds, 10
+runs per slot at batch 1); speed = float p50 / model p50. The portable model has the same ops as
+the vnni one (only weight values and scales differ), so the ratios should match within noise.
 """
 
 from __future__ import annotations
@@ -99,6 +104,23 @@ def ort_static(src: Path, out: Path, calib: dict, reduce_range: bool) -> None:
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
+def speed(src: Path, models: dict, ref, rounds: int) -> dict:
+    """``{(variant, batch): float p50 / variant p50}``, all sessions timed interleaved."""
+    from gencompress.inputs import sample_inputs, specs_of_model
+    from gencompress.runtime_check.latency import time_interleaved
+    from gencompress.runtime_check.sessions import make_session
+
+    sessions = {"float": make_session(str(src), threads=2, label="float")}
+    sessions.update({v: make_session(str(p), threads=2, label=v) for v, p in models.items()})
+    out = {}
+    for batch in (1, 64):
+        feeds = sample_inputs(specs_of_model(ref), batch, seed=3)
+        times = time_interleaved(sessions, feeds, runs=rounds * (10 if batch == 1 else 1), warmup=3)
+        p50 = {k: float(np.median(v)) for k, v in times.items()}
+        out.update({(v, batch): p50["float"] / p50[v] for v in models})
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=["dcgan", "vae", "rvae", "cgan"])
@@ -106,6 +128,8 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--eval-size", type=int, default=32)
     parser.add_argument("--no-ort", action="store_true", help="skip onnxruntime's quantize_static rows")
+    parser.add_argument("--speed", action="store_true", help="also time float / vnni / portable at batch 1 and 64 (objective size)")
+    parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args(argv)
 
     import onnx
@@ -117,7 +141,7 @@ def main(argv=None) -> int:
     from gencompress.isa import host_isa
 
     off, full = ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    rows = []
+    rows, speeds = [], []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         jobs = []
@@ -145,6 +169,8 @@ def main(argv=None) -> int:
                        "exact": psnr(floats, run(out, feeds, off), peak), "host": psnr(floats, run(out, feeds, full), peak)}
                 rows.append(row)
                 jobs.append((out, feeds, floats, row))
+            if args.speed and "size" in args.objectives:
+                speeds.append((name, speed(src, {v: folder / f"{name}_size_{v}.onnx" for v in ("vnni", "portable")}, ref, args.rounds)))
         for (_, _, floats, row), fused in zip(jobs, run_haswell(folder, [(p, f) for p, f, _, _ in jobs])):
             row["avx2"] = psnr(floats, fused, row["peak"])
     with open("/proc/loadavg") as f:
@@ -155,6 +181,12 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['objective']} | {r['variant']} | {r['changed']} | {r['exact']:.1f} | {r['host']:.1f} | {r['avx2']:.1f} |")
+    if speeds:
+        print(f"\nspeed vs float on this host ({host_isa()}), objective size, p50 ratio, {args.rounds} interleaved rounds")
+        print("| model | vnni b1 | portable b1 | vnni b64 | portable b64 |")
+        print("|---|---|---|---|---|")
+        for name, r in speeds:
+            print(f"| {name} | {r[('vnni', 1)]:.2f}x | {r[('portable', 1)]:.2f}x | {r[('vnni', 64)]:.2f}x | {r[('portable', 64)]:.2f}x |")
     return 0
 
 

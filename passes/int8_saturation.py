@@ -211,3 +211,28 @@ def saturation_free(w: np.ndarray, q: np.ndarray, scale: np.ndarray, out_axis: i
         "nudged_pairs": nudged,
     }
     return np.ascontiguousarray(layout.unrows(new_rows, q.shape).astype(q.dtype)), scale, report
+
+
+def unsafe_layers(graph) -> list[dict]:
+    """The int8 layers of a QDQ graph (an ``onnx_ir.Graph``) that can overflow int16 on x86
+    without VNNI: a Conv/Gemm/MatMul whose input and weight are both DequantizeLinear outputs
+    (onnxruntime fuses it into an int8 kernel) with an unsafe int8 weight pair. ``[]``: the
+    model is saturation-free by the bound. Each entry: node, op_type, unsafe_pairs."""
+    found = []
+    for node in graph:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
+            continue
+        x, w = (v.producer() if v is not None else None for v in node.inputs[:2])
+        if x is None or w is None or x.op_type != "DequantizeLinear" or w.op_type != "DequantizeLinear":
+            continue
+        q = w.inputs[0].const_value if w.inputs[0] is not None else None
+        if q is None or q.dtype.name != "INT8":
+            continue
+        if node.op_type == "Conv":
+            layout = Layout("Conv", group=node.attributes.get_int("group", 1))
+        else:
+            layout = Layout(node.op_type, trans_b=bool(node.attributes.get_int("transB", 0)) if node.op_type == "Gemm" else False)
+        n = unsafe_pairs(q.numpy(), layout)
+        if n:
+            found.append({"node": node.name or "", "op_type": node.op_type, "unsafe_pairs": n})
+    return found

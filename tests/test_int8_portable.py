@@ -23,7 +23,7 @@ from onnx import helper, numpy_helper
 from gencompress.inputs import output_range_of_model, sample_inputs, specs_of_model
 from gencompress.isa import host_isa, saturates
 from gencompress.passes.insert_qdq import InsertQDQPass
-from gencompress.passes.int8_saturation import PAIR_LIMIT, Layout, saturation_free, unsafe_pairs
+from gencompress.passes.int8_saturation import PAIR_LIMIT, Layout, saturation_free, unsafe_layers, unsafe_pairs
 
 ZOO = ("dcgan", "vae", "rvae", "cgan")
 # runs each model at optimization level disabled (exact DQ -> float) and all (fused int8 kernels)
@@ -269,6 +269,11 @@ def test_portable_by_default_and_vnni_keeps_full_weights():
         info = rows[node]["saturation"]
         assert 0 < info["channels"] <= info["of"] and "AVX2" in info["reason"]
         assert "saturation" not in {r["node"]: r for r in vnni_report["layers"]}[node]
+    # the verdict read back from the written graphs
+    import onnx_ir as ir
+
+    assert unsafe_layers(ir.serde.deserialize_model(portable).graph) == []
+    assert {e["node"] for e in unsafe_layers(ir.serde.deserialize_model(vnni).graph)} == {"conv", "gemm"}
     # byte-identical reruns
     assert _quantized(model)[0].SerializeToString() == portable.SerializeToString()
 
