@@ -118,6 +118,7 @@ def check(reference, candidate, samples, seed, batch, inputs_npz, features, peak
             continue
         rows.append([label, *(_f(o.get(key)) for o in outs)])
     click.echo(f"{result['samples']} samples, seed {result['seed']}, {result['provider']}")
+    click.echo(portability_line(result.get("portability")))
     click.echo(table(["metric", *(o["name"] for o in outs)], rows))
     for o in outs:
         click.echo(f"{o['name']}: peak {_f(o['peak'])} ({o['peak_note']})")
@@ -198,3 +199,13 @@ def bench(model, reference, providers, batches, threads, runs, warmup, seed, mem
         line += f"; reference {s['reference']['bytes']} bytes (ratio {_f(s['ratio'], 3)}, deflate ratio {_f(s['deflate_ratio'], 3)})"
     click.echo("")
     click.echo(line)
+
+
+def portability_line(p: dict | None) -> str:
+    """Which CPU the figures hold for: measured on this ISA, and whether every x86 CPU computes the same."""
+    if not p:
+        return ""
+    verdict = {True: "saturation-free on x86 without VNNI (AVX2, AVX-512BW)",
+               False: "NOT saturation-free on x86 without VNNI (AVX2, AVX-512BW): requantize with --int8-kernels portable",
+               None: "no int8 kernels: the same on every CPU"}[p.get("saturation_free")]
+    return f"measured on {p.get('isa')}; {verdict}"

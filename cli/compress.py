@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from gencompress.cli.check import portability_line
 from gencompress.output import echo_json, table
 from gencompress.passes.insert_qdq import ACTIVATION_TYPES, CALIBRATION_METHODS, INT8_KERNELS
 from gencompress.passes.prune_report import SCOPES
@@ -136,6 +137,7 @@ def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits,
     for warning in report.get("warnings") or []:
         click.echo(f"warning: {warning}")
     out = Path(out_dir)
+    click.echo(portability_line(report.get("portability")))
     click.echo(f"\nreport: {out / 'report.html'}   model: {out / 'model.onnx'}" + (f"   bundle: {out / 'ship'}" if ship else ""))
 
 

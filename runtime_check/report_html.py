@@ -234,6 +234,7 @@ body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde1e8;padding-bottom:4px}
 h3{font-size:14px;margin:16px 0 6px}
 .meta{color:#5b6474;font-size:12.5px}.meta code{font-size:12px}
+.warn{color:#9b1c1c;font-size:12.5px;font-weight:600}
 table{border-collapse:collapse;margin:6px 0 10px;font-size:13px}
 th,td{border:1px solid #dde1e8;padding:3px 8px;text-align:left;vertical-align:middle}
 th{background:#f4f6f9;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}
@@ -331,7 +332,24 @@ def _meta(data) -> str:
     fid = data.get("fidelity") or {}
     if fid.get("samples"):
         rows.append(f"fidelity set: {_e(fid['samples'])} samples, {_e(fid.get('inputs_source', ''))}")
-    return f'<p class="meta">{" · ".join(rows)}</p>' if rows else ""
+    meta = f'<p class="meta">{" · ".join(rows)}</p>' if rows else ""
+    return meta + _portability(data.get("portability"))
+
+
+PORTABILITY_TEXT = {
+    True: "saturation-free: the same int8 results on x86 CPUs without VNNI (AVX2, AVX-512BW)",
+    False: "NOT saturation-free: x86 CPUs without VNNI (AVX2, AVX-512BW) saturate some int8 weight pairs, so these figures do not hold there",
+    None: "no int8 kernel layers: the same results on every CPU",
+}
+
+
+def _portability(p) -> str:
+    """Which CPU the figures were measured on, and whether they hold on every x86 CPU."""
+    if not isinstance(p, dict) or p.get("saturation_free") not in PORTABILITY_TEXT:
+        return ""
+    verdict = p["saturation_free"]
+    cls = "warn" if verdict is False else "meta"
+    return f'<p id="portability" class="{cls}">measured on {_e(p.get("isa", "?"))} · {_e(PORTABILITY_TEXT[verdict])}</p>'
 
 
 def _cards(report, data, page: _Page) -> str:
@@ -737,7 +755,8 @@ def loss_svg(curve: list, width: int = 420, height: int = 220) -> str:
 
 
 def _details_section(data) -> str:
-    known = {"schema", "title", "created", "reference", "candidate", "sizes", "recipe", "passes", "layers", "fidelity", "latency", "sweep"}
+    known = {"schema", "title", "created", "reference", "candidate", "sizes", "recipe", "passes", "layers", "fidelity", "latency", "sweep",
+             "portability"}
     extra = {k: v for k, v in data.items() if k not in known}
     if not extra:
         return ""

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from gencompress.errors import GencompressError
+from gencompress.isa import host_isa
 from gencompress.runtime_check.report_html import pareto_front, write_report  # noqa: F401  (re-exported)
 
 from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES, HELD_BACK_SEED  # noqa: E402  (the one protocol)
@@ -124,6 +125,7 @@ def check(
     threads: int | None = None,
     preview: int = 0,
     progress: bool = False,
+    allow_nonfinite: bool = False,
 ) -> dict:
     """Fidelity of ``candidate`` against ``reference`` on one fixed, seeded input set.
 
@@ -136,7 +138,8 @@ def check(
     ``peak``: override the PSNR/SSIM peak (default: the nominal range the exporter recorded,
     else the reference's observed peak-to-peak). ``preview`` > 0 keeps that many reference and
     candidate samples and a per-element error map as arrays under ``"preview"`` for the HTML
-    report (they are left out of report.json).
+    report (they are left out of report.json). A model with NaN or Inf weights is refused (its
+    outputs are garbage, a check must not pass it) unless ``allow_nonfinite``: then measured, with a warning.
 
     Returns ``{"reference", "candidate", "samples", "seed", "provider", "inputs", "outputs":
     [per-output metrics, see fidelity.compare_output], "preview"?}``.
@@ -168,6 +171,9 @@ def check(
     ref_proto, ref_label = _load(reference, "reference", header=True)
     cand_proto, cand_label = _load(candidate, "candidate", header=True)
     F.check_compatible(ref_proto, cand_proto)
+    weight_warnings = _weight_warnings({"reference": ref_proto, "candidate": cand_proto})
+    if weight_warnings and not allow_nonfinite:
+        raise GencompressError(f"{weight_warnings[0]}; refusing to check it (--allow-nonfinite measures it anyway)")
 
     specs = specs_of_model(ref_proto)
     if inputs is None:
@@ -217,7 +223,8 @@ def check(
         "provider": provider,
         "inputs": _describe_specs(specs),
         "outputs": outputs,
-        "warnings": _weight_warnings({"reference": ref_proto, "candidate": cand_proto}),
+        "warnings": weight_warnings,
+        "portability": model_portability(candidate),
     }
     if preview:
         result["preview"] = _preview(feeds, specs, ref_out, cand_out, outputs, preview)
@@ -388,6 +395,7 @@ def bench(
         "runs": runs,
         "warmup": int(warmup),
         "seed": int(seed),
+        "isa": host_isa(),
         "settings": {"intra_op_spinning": False, "inter_op_spinning": False, "inter_op_threads": 1, "interleaved": "model/reference alternating A B, B A"},
         "results": rows,
         "memory": mem,
@@ -676,6 +684,16 @@ def build_report(
         "fidelity": fidelity,
         "latency": latency,
         "sweep": sweep,
+        "portability": model_portability(candidate),
     }
     report.update(extra)
     return report
+
+
+def model_portability(model) -> dict:
+    """The ISA figures are measured on here and whether ``model`` (path, proto or onnx_ir) is
+    saturation-free on x86 CPUs without VNNI (``runtime_check/saturation.py``)."""
+    from gencompress.onnx_io import load_model
+    from gencompress.runtime_check.saturation import portability
+
+    return portability(load_model(model) if isinstance(model, (str, os.PathLike)) else model)
