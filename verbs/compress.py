@@ -12,6 +12,14 @@ files this tool writes (the four above and ``sweep/``) by renames: the previous 
 renamed aside, the new set renamed in, then the old set deleted; a failure midway renames
 everything back, so OUT_DIR never mixes two runs. Other files in OUT_DIR are never touched. An
 interrupt (Ctrl-C, SIGTERM) removes the staging folder, and OUT_DIR if this run created it.
+
+Parameters of ``compress``: ``model``: zoo name, ``file.py:Name``, ``package.module:attr`` or an
+``.onnx`` path. ``recipe``: a recipe file path or a list of steps; default:
+``default_recipe(**flags)``. ``sweep``: (key, values): extra configurations of the flag recipe,
+for the size-vs-PSNR chart. ``target_psnr``: search the configurations for the one meeting it
+(``verbs/target_search.py``). ``ship_targets``: also bundle the compressed model into
+OUT_DIR/ship for these targets (``gencompress.ship``); if only the web runtime cannot be
+fetched, everything else is still written and ``PartialShip`` is raised after the move.
 """
 
 from __future__ import annotations
@@ -175,16 +183,8 @@ def compress(
     log=None,
     progress: bool = False,
 ) -> dict:
-    """Run the whole job; returns the report dict (as written to report.json).
-
-    ``model``: zoo name, ``file.py:Name``, ``package.module:attr`` or an ``.onnx`` path.
-    ``recipe``: a recipe file path or a list of steps; default: ``default_recipe(**flags)``.
-    ``sweep``: (key, values): extra configurations of the flag recipe, for the size-vs-PSNR chart.
-    ``ship_targets``: also bundle the compressed model into OUT_DIR/ship for these targets
-    (``gencompress.ship``); if only the web runtime cannot be fetched, everything else is still
-    written and ``PartialShip`` is raised after the move.
-    """
-    from gencompress.onnx_io import save_model
+    """Run the whole job; returns the report dict (as written to report.json). The parameters:
+    the module docstring."""
     from gencompress.verbs import check as rc
 
     log = log or (lambda msg: None)
@@ -192,15 +192,7 @@ def compress(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise GencompressError(f"{out}: exists and is a file; OUT_DIR must be a folder")
-    # counts checked before any work: the limits keep a typo from hanging the run for hours
-    samples = rc._positive(samples, "--samples", rc.MAX_SAMPLES)
-    batches = [rc._positive(b, "--batch", rc.MAX_BATCH) for b in rc._sequence(batches, "batches")]
-    threads = [rc._positive(t, "--threads", rc.MAX_THREADS) for t in rc._sequence(threads, "threads")]
-    runs = rc._positive(runs, "--runs", rc.MAX_RUNS)
-    if bench:
-        from gencompress.runtime_check.sessions import resolve_providers
-
-        (provider,) = resolve_providers([provider])  # an unavailable provider fails now, not after export
+    samples, batches, threads, runs, provider = _checked_counts(samples, batches, threads, runs, provider, bench)
     timing = {"batches": list(batches), "threads": threads[0], "provider": provider}
     # Everything that can be checked is checked before any work is done.
     steps, recipe_source = _steps_of(recipe, flags, timing, target_psnr, sweep)
@@ -229,23 +221,13 @@ def compress(
         if target_psnr is not None:
             search, pass_reports = _search_target(reference, candidate, steps, target_psnr, flags, seed, timing, log)
         else:
-            log(f"running {len(steps)} passes: {' → '.join(s['pass'] for s in steps)}")
-            compressed, pass_reports = run_recipe_on(reference, steps)
-            save_model(compressed, candidate)
-            del compressed
-            search = None
+            search, pass_reports = None, _run_steps(reference, candidate, steps, log)
         report = _measure_and_report(reference, candidate, staging, steps, pass_reports, search, sweep_recipes, source=source,
                                      recipe_source=recipe_source, samples=samples, seed=seed, bench=bench, batches=batches,
                                      threads=threads, runs=runs, provider=provider, progress=progress, log=log)
         rc.write_report(staging, report)
         if ship_targets:
-            from gencompress.ship.bundle import PartialShip, ship as ship_bundle
-
-            log(f"shipping the compressed model into {out / 'ship'} ({', '.join(ship_targets)}) ...")
-            try:
-                ship_bundle(candidate, staging / "ship", targets=ship_targets, source=str((out / "model.onnx").resolve()), log=log)
-            except PartialShip as e:  # e.g. npm unreachable: the rest is complete, so it is kept
-                partial = e
+            partial = _ship_into(candidate, staging / "ship", out, ship_targets, log)
         _move_into(staging, out)
         committed = True
     finally:
@@ -255,6 +237,45 @@ def compress(
     if partial is not None:
         raise partial
     return json.loads((out / "report.json").read_text())
+
+
+def _run_steps(reference, candidate, steps, log) -> list[dict]:
+    """The recipe run on the reference, the result written to ``candidate``; the step reports."""
+    from gencompress.onnx_io import save_model
+
+    log(f"running {len(steps)} passes: {' → '.join(s['pass'] for s in steps)}")
+    compressed, pass_reports = run_recipe_on(reference, steps)
+    save_model(compressed, candidate)
+    return pass_reports
+
+
+def _ship_into(candidate, folder, out, targets, log):
+    """The edge bundle of ``candidate`` in ``folder``; the ``PartialShip`` of a bundle that lacks only
+    the web runtime (npm unreachable: the rest is complete, so it is kept), else None."""
+    from gencompress.ship.bundle import PartialShip, ship as ship_bundle
+
+    log(f"shipping the compressed model into {out / 'ship'} ({', '.join(targets)}) ...")
+    try:
+        ship_bundle(candidate, folder, targets=targets, source=str((out / "model.onnx").resolve()), log=log)
+    except PartialShip as e:
+        return e
+    return None
+
+
+def _checked_counts(samples, batches, threads, runs, provider, bench: bool):
+    """The measurement's counts checked before any work (the limits keep a typo from hanging the
+    run for hours) and the provider resolved (an unavailable one fails now, not after export)."""
+    from gencompress.verbs import check as rc
+
+    samples = rc._positive(samples, "--samples", rc.MAX_SAMPLES)
+    batches = [rc._positive(b, "--batch", rc.MAX_BATCH) for b in rc._sequence(batches, "batches")]
+    threads = [rc._positive(t, "--threads", rc.MAX_THREADS) for t in rc._sequence(threads, "threads")]
+    runs = rc._positive(runs, "--runs", rc.MAX_RUNS)
+    if bench:
+        from gencompress.runtime_check.sessions import resolve_providers
+
+        (provider,) = resolve_providers([provider])
+    return samples, batches, threads, runs, provider
 
 
 def _steps_of(recipe, flags: dict, timing: dict, target_psnr, sweep) -> tuple[list[dict], str]:

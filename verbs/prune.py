@@ -60,24 +60,9 @@ def prune(
 
     options = _options(sparsity, mode, scope, nm, exclude, min_size, keep_first_last, criterion)
     refuse_overwrite(out_path, [in_path])
-    from gencompress.onnx_io import external_data_entries, inline_bytes, load_external_data, load_mapped, mapped_ir, stored_bytes
+    from gencompress.onnx_io import inline_bytes, mapped_ir
 
-    proto = load_mapped(in_path)  # the graph; its weights left in their files, read memory-mapped when used
-    entries = external_data_entries(proto, Path(in_path))
-    in_files = list(dict.fromkeys([Path(in_path).resolve(), *sorted(f.resolve() for _, f, _, _ in entries)]))
-    bytes_before = stored_bytes(in_path, entries)
-    refuse_nonfinite_weights(in_path, in_path)
-    densified = _densify_sparse_initializers(proto)
-    if densified:  # the dense model the pass starts from, serialized once for both sizes
-        load_external_data(proto, in_path)
-        dense = proto.SerializeToString(deterministic=True)
-        bytes_before, level = len(dense), deflate_level(len(dense))
-        deflate_before = deflate_size(dense, level)
-        del dense
-    else:  # the input's files, read in chunks, as deflate_after reads the output's
-        level = deflate_level(bytes_before)
-        deflate_before = deflate_files(in_files, level)
-
+    proto, densified, sizes_before = _read_input(in_path)
     model = mapped_ir(proto, in_path)  # wraps the proto's tensors, no copy
     del proto
     from gencompress.verbs.quantizers import own_tensors
@@ -119,15 +104,36 @@ def prune(
     del out_model
     gc.collect()  # onnx_ir graphs hold reference cycles: the weights go before the output is read back
 
-    bytes_after = sum(f.stat().st_size for f in written)
+    return _result(in_path, out_path, mode, report, written, sizes_before, sparse, warnings)
 
-    result = {
-        "input": str(in_path),
-        "output": str(out_path),
-        "mode": mode,
-        "pass": report["pass"],
-        "options": report["options"],
-    }
+
+def _read_input(in_path):
+    """The input's graph (weights left in their files, read memory-mapped when used, sparse
+    initializers made dense), how many were sparse, and its (bytes, deflated bytes, deflate level)."""
+    from gencompress.onnx_io import external_data_entries, load_external_data, load_mapped, stored_bytes
+
+    proto = load_mapped(in_path)
+    entries = external_data_entries(proto, Path(in_path))
+    in_files = list(dict.fromkeys([Path(in_path).resolve(), *sorted(f.resolve() for _, f, _, _ in entries)]))
+    bytes_before = stored_bytes(in_path, entries)
+    refuse_nonfinite_weights(in_path, in_path)
+    densified = _densify_sparse_initializers(proto)
+    if densified:  # the dense model the pass starts from, serialized once for both sizes
+        load_external_data(proto, in_path)
+        dense = proto.SerializeToString(deterministic=True)
+        bytes_before, level = len(dense), deflate_level(len(dense))
+        deflate_before = deflate_size(dense, level)
+        del dense
+    else:  # the input's files, read in chunks, as deflate_after reads the output's
+        level = deflate_level(bytes_before)
+        deflate_before = deflate_files(in_files, level)
+    return proto, densified, (bytes_before, deflate_before, level)
+
+
+def _result(in_path, out_path, mode, report, written, sizes_before, sparse, warnings) -> dict:
+    """The verb's report: options, one row per initializer, totals with file and deflated sizes."""
+    bytes_before, deflate_before, level = sizes_before
+    result = {"input": str(in_path), "output": str(out_path), "mode": mode, "pass": report["pass"], "options": report["options"]}
     for key in ("channels", "left_dense"):
         if key in report:
             result[key] = report[key]
@@ -135,7 +141,7 @@ def prune(
     result["totals"] = {
         **report["totals"],
         "bytes_before": bytes_before,
-        "bytes_after": bytes_after,
+        "bytes_after": sum(f.stat().st_size for f in written),
         "deflate_before": deflate_before,
         "deflate_after": deflate_files(written, level),
         "deflate_level": level,

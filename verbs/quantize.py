@@ -14,6 +14,33 @@ then PSNR against the float model on a held-back seeded latent set.
 
 Seeds: calibration draws use ``seed``; the held-back evaluation set uses ``seed + EVAL_SEED_OFFSET``,
 so the two never coincide.
+
+Parameters of ``quantize``:
+
+``mode``: "static" (int8 QDQ, calibrated), "weight-only" (``bits`` 8 or 4), or "fp16".
+``calib_size``: seeded latent draws for calibration (default 256), or the first N rows of
+``calib_data`` (an .npz keyed by input name; all rows by default).
+``int8_kernels``: "portable" (default): int8 weights no x86 kernel without VNNI (AVX2,
+AVX-512BW: int16 sums of u8×s8 pairs) can saturate on, changed per output channel where needed;
+"vnni": full 8-bit weights, for targets that all have VNNI or ARM dot-product kernels.
+``exclude``: node names, op types or weight names to keep in float.
+``target_psnr``: keep the most damaging layers in float until the PSNR against float reaches
+it; when it cannot be reached the closest model is written (or, with ``strict``, an error).
+``rewrite``: the int8 graph rewrites (``passes/int8_rewrites.py``) before quantizing. None (default):
+on in static mode when they turn a ConvTranspose into an int8-capable Conv or Gemm, off for
+weight-only and fp16 (float compute: nothing to gain); True / False: always / never. The
+report's ``rewrite`` says whether they ran, why, and what they changed.
+``check``: measure PSNR against float afterwards (False: ``--no-check``, ``psnr_db`` None).
+The evaluation set is the held-back one every verb uses (``fidelity.held_back_inputs``), or,
+with ``calib_data``, the rows of the file calibration did not use (``split_calibration_data``).
+``external_data``: write the weights to ``OUT.onnx.data`` beside the output (None: only
+when the model would exceed the 2 GB protobuf limit).
+``log``: receives progress and warning lines (the CLI sends them to stderr).
+``objective`` (see ``int8_plan``): "balanced" (default) times each layer in int8 and in float
+on ``provider`` at ``batches`` with ``threads`` threads and keeps int8 compute where it is not
+slower, never slower than float overall; "speed": fastest; "size": every layer int8, untimed.
+Layers computing in float keep int8 weights in a form onnxruntime folds at load.
+``timer``: replaces the interleaved timer (tests): ``timer(models, reference=True) -> [{batch: p50 / float p50}]``.
 """
 
 from __future__ import annotations
@@ -89,33 +116,8 @@ def quantize(
     provider: str = "CPUExecutionProvider",
     timer=None,
 ) -> dict:
-    """Quantize the float ONNX model at ``in_path`` into ``out_path``; return a report.
-
-    ``mode``: "static" (int8 QDQ, calibrated), "weight-only" (``bits`` 8 or 4), or "fp16".
-    ``calib_size``: seeded latent draws for calibration (default 256), or the first N rows of
-    ``calib_data`` (an .npz keyed by input name; all rows by default).
-    ``int8_kernels``: "portable" (default): int8 weights no x86 kernel without VNNI (AVX2,
-    AVX-512BW: int16 sums of u8×s8 pairs) can saturate on, changed per output channel where needed;
-    "vnni": full 8-bit weights, for targets that all have VNNI or ARM dot-product kernels.
-    ``exclude``: node names, op types or weight names to keep in float.
-    ``target_psnr``: keep the most damaging layers in float until the PSNR against float reaches
-    it; when it cannot be reached the closest model is written (or, with ``strict``, an error).
-    ``rewrite``: the int8 graph rewrites (``passes/int8_rewrites.py``) before quantizing. None (default):
-    on in static mode when they turn a ConvTranspose into an int8-capable Conv or Gemm, off for
-    weight-only and fp16 (float compute: nothing to gain); True / False: always / never. The
-    report's ``rewrite`` says whether they ran, why, and what they changed.
-    ``check``: measure PSNR against float afterwards (False: ``--no-check``, ``psnr_db`` None).
-    The evaluation set is the held-back one every verb uses (``fidelity.held_back_inputs``), or,
-    with ``calib_data``, the rows of the file calibration did not use (``split_calibration_data``).
-    ``external_data``: write the weights to ``OUT.onnx.data`` beside the output (None: only
-    when the model would exceed the 2 GB protobuf limit).
-    ``log``: receives progress and warning lines (the CLI sends them to stderr).
-    ``objective`` (see ``int8_plan``): "balanced" (default) times each layer in int8 and in float
-    on ``provider`` at ``batches`` with ``threads`` threads and keeps int8 compute where it is not
-    slower, never slower than float overall; "speed": fastest; "size": every layer int8, untimed.
-    Layers computing in float keep int8 weights in a form onnxruntime folds at load.
-    ``timer``: replaces the interleaved timer (tests): ``timer(models, reference=True) -> [{batch: p50 / float p50}]``.
-    """
+    """Quantize the float ONNX model at ``in_path`` into ``out_path``; return a report (the
+    parameters: the module docstring)."""
     log = log or (lambda message: None)
     started = time.perf_counter()
     percentile_given = percentile is not None
@@ -136,30 +138,10 @@ def quantize(
     run.prepare_and_rewrite(mode=mode, rewrite=rewrite, exclude=exclude, keep_debug_metadata=keep_debug_metadata)
 
     report: dict = {"input": str(in_path), "output": str(out_path), "mode": mode, "objective": objective}
-    target = psnr = evaluator = None
-    if mode == "fp16":
-        proto, pass_report = run.fp16(keep_io_types=keep_io_types, exclude=exclude)
-        report["bits"] = 16
-    else:
-        if mode == "static":
-            report.update(bits=8, activations=activations, weights="per-tensor" if per_tensor else "per-channel")
-        else:
-            report.update(bits=bits, block_size=block_size if bits == 4 else None)
-        if planned:  # measure, then decide which layers compute in int8
-            timer = timer or int8_plan.interleaved_timer(run.eval_reference, header=run.header, provider=provider, threads=threads,
-                                                         batches=batches, seed=seed)
-            quantizer, proto, pass_report, report["speed_plan"] = run.plan(exclude, objective, timer, static)
-            report["calibration"] = quantizer.builder.calibration()
-        else:
-            quantizer, proto, pass_report = run.built(mode, static, exclude=exclude, bits=bits, block_size=block_size, feeds=calib_feeds,
-                                                      objective=objective, keep_model=target_psnr is not None)
-            if mode == "static":
-                report["calibration"] = quantizer.calibration
-        if target_psnr is not None:
-            evaluator = Evaluator(run.eval_reference, eval_feeds, source=eval_source)
-            proto, pass_report, target, psnr = _meet_target(quantizer, evaluator, exclude, target_psnr, proto, pass_report, log)
-            if not target["met"] and strict:
-                raise GencompressError(target["message"])
+    proto, pass_report, target, psnr, evaluator = _quantized(
+        run, report, mode=mode, static=static, exclude=exclude, bits=bits, block_size=block_size, keep_io_types=keep_io_types,
+        planned=planned, objective=objective, calib_feeds=calib_feeds, target_psnr=target_psnr, strict=strict,
+        timer=timer, timing=dict(provider=provider, threads=threads, batches=batches, seed=seed), evaluation=(eval_feeds, eval_source))
     run.model = None
     if check and psnr is None:
         evaluator = Evaluator(run.eval_reference, eval_feeds, source=eval_source)
@@ -176,6 +158,37 @@ def quantize(
     report["rewrite"] = run.rewrite_report
     report["seconds"] = round(time.perf_counter() - started, 2)
     return report
+
+
+def _quantized(run: "_Run", report: dict, *, mode, static, exclude, bits, block_size, keep_io_types, planned, objective, calib_feeds,
+               target_psnr, strict, timer, timing: dict, evaluation: tuple):
+    """The quantized proto of the prepared model, by mode: fp16, the one build, or the timed plan;
+    then the target search. Returns (proto, pass report, target report, PSNR, evaluator): the
+    last three None unless ``target_psnr`` measured them."""
+    target = psnr = evaluator = None
+    if mode == "fp16":
+        proto, pass_report = run.fp16(keep_io_types=keep_io_types, exclude=exclude)
+        report["bits"] = 16
+    else:
+        if mode == "static":
+            report.update(bits=8, activations=static.activations, weights="per-tensor" if static.per_tensor else "per-channel")
+        else:
+            report.update(bits=bits, block_size=block_size if bits == 4 else None)
+        if planned:  # measure, then decide which layers compute in int8
+            timer = timer or int8_plan.interleaved_timer(run.eval_reference, header=run.header, **timing)
+            quantizer, proto, pass_report, report["speed_plan"] = run.plan(exclude, objective, timer, static)
+            report["calibration"] = quantizer.builder.calibration()
+        else:
+            quantizer, proto, pass_report = run.built(mode, static, exclude=exclude, bits=bits, block_size=block_size, feeds=calib_feeds,
+                                                      objective=objective, keep_model=target_psnr is not None)
+            if mode == "static":
+                report["calibration"] = quantizer.calibration
+        if target_psnr is not None:
+            evaluator = Evaluator(run.eval_reference, evaluation[0], source=evaluation[1])
+            proto, pass_report, target, psnr = _meet_target(quantizer, evaluator, exclude, target_psnr, proto, pass_report, run.log)
+            if not target["met"] and strict:
+                raise GencompressError(target["message"])
+    return proto, pass_report, target, psnr, evaluator
 
 
 def _check_run(in_path, out_path, *, mode, objective, threads, batches, keep_io_types, calib_data, external_data, check, target_psnr) -> list:
