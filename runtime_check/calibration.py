@@ -285,12 +285,9 @@ def collect_stats(
             added.append(value)
     try:
         # extended, not all: the layout transform of level all copies every Conv weight into
-        # onnxruntime's blocked format (47M model: peak 733 MB -> 691 MB, no slower). Spinning on
-        # (onnxruntime's default): the calibration session is the only one running (47M model,
-        # interleaved with spinning off: 8.3/9.4/10.9 s against 9.8/9.7/10.7 s). Min and max are
-        # taken in numpy: ReduceMin/ReduceMax/ReduceSum nodes in the graph were slower (10-11.6 s
-        # against 9.2-9.6 s). Weights pre-packed: without, onnxruntime re-packs a ConvTranspose
-        # weight on every run (47M model before the rewrites: 12.4 s against 5.9-7.3 s, same peak)
+        # onnxruntime's blocked format. Spinning on (onnxruntime's default): the calibration
+        # session is the only one running. Weights pre-packed: without, onnxruntime re-packs a
+        # ConvTranspose weight on every run. (benchmarks/scale.py measures these choices.)
         session = make_session(model, label="calibration", lean=True, optimization="extended", spinning=True)
     finally:
         for _ in added:  # pop, not del: onnx_ir's del leaves the values marked as graph outputs

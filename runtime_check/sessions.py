@@ -99,7 +99,7 @@ def session_options(
     one-off session (calibration) that should hold as little memory as possible: no memory arena
     kept between runs. ``prepack`` False: weights not copied into the kernels' packed layouts (a
     session that never runs; onnxruntime frees a weight it has packed, so packing costs time, not
-    memory: 47M-parameter generator, calibration session peak the same with and without)."""
+    memory)."""
     ort = _ort()
     opts = ort.SessionOptions()
     opts.log_severity_level = log_level

@@ -79,8 +79,7 @@ from gencompress.verbs.quantizers import (
 DEFAULT_BLOCK_SIZE = 64
 
 
-# above this, quantize says how much memory the speed plan takes (measured: benchmarks/scale.py's
-# 47M generator, default objective: 3.5-4.3 GB, 94-136 s)
+# above this, quantize says how much memory the speed plan takes (benchmarks/scale.py measures it)
 PLAN_NOTE_BYTES = 100e6
 
 
