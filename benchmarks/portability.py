@@ -49,7 +49,8 @@ np.savez(sys.argv[2], **out)
 
 @contextlib.contextmanager
 def pass_options(**fixed):
-    """``InsertQDQPass`` options the verbs do not expose (the remedy), fixed for a block."""
+    """``InsertQDQPass`` options the verbs do not expose (the remedy), fixed for a block (a
+    keyword the verb passes itself wins)."""
     from gencompress.passes.insert_qdq import InsertQDQPass
 
     original = InsertQDQPass.Options
@@ -162,8 +163,8 @@ def main(argv=None) -> int:
                     changed = "-"
                 else:
                     kernels, remedy = VARIANTS[variant]
-                    with pass_options(int8_kernels=kernels, saturation_remedy=remedy):
-                        result = quantize(src, out, objective=objective, check=False)
+                    with pass_options(saturation_remedy=remedy):
+                        result = quantize(src, out, objective=objective, int8_kernels=kernels, check=False)
                     changed = sum(1 for layer in result.get("layers", []) if "saturation" in layer)
                 row = {"model": name, "objective": objective, "variant": variant, "changed": changed, "peak": peak,
                        "exact": psnr(floats, run(out, feeds, off), peak), "host": psnr(floats, run(out, feeds, full), peak)}
