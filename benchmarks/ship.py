@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 BATCHES = (1, 16)
+WEBGPU_RUNS = 20  # SwiftShader runs a generator in tens of ms: fewer runs keep the benchmark short
 
 
 def ship_model(name: str, folder: Path) -> Path:
@@ -81,7 +82,8 @@ def measure(name: str, bundle: Path, rounds: int, runs: int, threads: list[int],
                     cpu[(t, b)].append(percentiles(times[t])["p50_ms"])
             for backend, t in configs:
                 for b in BATCHES:
-                    url = f"{base}index.html?runs={runs}&batch={b}&threads={t}&backend={backend}"
+                    n = runs if backend == "wasm" else min(runs, WEBGPU_RUNS)
+                    url = f"{base}index.html?runs={n}&batch={b}&threads={t}&backend={backend}"
                     res = browser.run_page(url, profile / f"{name}-{r}-{backend}-{t}-{b}", webgpu=backend == "webgpu", timeout=600)
                     if "error" in res:
                         raise SystemExit(f"{name}: the page failed ({url}): {res['error']}")
