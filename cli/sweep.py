@@ -1,4 +1,4 @@
-"""The `gencompress sweep` command (click only here; the work is in sweeps.run)."""
+"""The `gencompress sweep` command; the work is in gencompress.sweeps.run."""
 
 from __future__ import annotations
 
