@@ -29,6 +29,14 @@ Objectives (``OBJECTIVES``):
 
 The timer is injected (``plan_layers(measure=...)``), so the decision logic is tested with
 stubbed measurements.
+
+What planning costs besides the timing: a configuration built only to be timed skips the
+search for int8 weight values safe on kernels without VNNI (the same graph and shapes run the
+same kernels at the same cost; the chosen model is built once more with it); at most
+``KEEP_BUILDS`` configurations stay built (each holds the weights once more), the others are
+remembered by size. A plan is kept on disk (``plan_cache``) by model content, options and machine
+kind (int8 kernel path, onnxruntime version, threads): a second run reuses it without timing and
+writes the same bytes. The plan says what it was timed on (``PlanResult.timed_on``).
 """
 
 from __future__ import annotations
@@ -290,17 +298,23 @@ class ConfigBuilder:
         """How the configurations were calibrated (the same settings for each)."""
         return next((quantizer.calibration for quantizer, _ in self._quantizers.values()), None)
 
-    def build(self, int8: frozenset) -> tuple[onnx.ModelProto, dict]:
-        """The model with ``int8`` layers computing in int8, the other layers' weights int8 folded at load."""
+    def build(self, int8: frozenset, timing: bool = False) -> tuple[onnx.ModelProto, dict]:
+        """The model with ``int8`` layers computing in int8, the other layers' weights int8 folded at load.
+        ``timing``: a model only to be timed: its int8 weights skip the search for values safe on
+        kernels without VNNI (``int8_kernels`` vnni): the same graph and shapes, so the same kernels
+        at the same cost, without the search's seconds per build."""
         int8 = frozenset(int8)
-        if int8 in self._built:
-            self._built[int8] = self._built.pop(int8)  # most recently used last
-            return self._built[int8]
+        key = (int8, timing)
+        if key in self._built:
+            self._built[key] = self._built.pop(key)  # most recently used last
+            return self._built[key]
         from gencompress.verbs.quantizers import finalize
         from gencompress.passes.weight_only_quantize import WeightOnlyQuantizePass, weight_layers
 
         rewritten = {l["node"] for l in self.layers if l["node"] in self.rewritten}
         quantizer, rewrite_report = self._quantizer(frozenset(rewritten - int8))
+        if timing:
+            quantizer = _vnni_weights(quantizer)
         names = [l["node"] for l in quantizer.layers]
         int8_names = [n for n in names if any(_matches(n, o) for o in int8)]
         include = tuple(int8_names + [n for n in names if n in self.storage_layers])
@@ -323,18 +337,29 @@ class ConfigBuilder:
         report["folded_weights"] = cast_mul_weights(model, frozenset(int8_names))
         result = (finalize(ir.serde.serialize_model(model)), report)
         self._sizes[int8] = result[0].ByteSize()
-        _keep_last(self._built, int8, result)
+        _keep_last(self._built, key, result)
         return result
 
     def size(self, int8: frozenset) -> int:
         """Bytes of the model for ``int8`` (built once; the model itself may be gone by then)."""
         int8 = frozenset(int8)
         if int8 not in self._sizes:
-            self.build(int8)
+            self.build(int8, timing=True)
         return self._sizes[int8]
 
 
 KEEP_BUILDS = STEP_GROUPS + 1  # models kept built: one measurement's worth (each a whole copy of the weights)
+
+
+def _vnni_weights(quantizer):
+    """``quantizer`` building with ``int8_kernels="vnni"`` (for models that are only timed)."""
+    import dataclasses
+
+    def make_pass(exclude, include):
+        p = quantizer.make_pass(exclude, include)
+        return type(p)(dataclasses.replace(p.options, int8_kernels="vnni"), calibrate=p.calibrate)
+
+    return dataclasses.replace(quantizer, make_pass=make_pass)
 
 
 def _keep_last(cache: dict, key, value) -> None:
@@ -422,7 +447,7 @@ def plan(builder: ConfigBuilder, objective: str, measure_models, log=lambda m: N
         log(f"int8 plan reused from {result.cached} (timed on {result.timed_on.get('isa')}, {result.timed_on.get('threads')} thread(s))")
     else:
         def measure(configs, reference=True, give_up=None):
-            return measure_models([builder.build(c)[0] for c in configs], reference=reference, give_up=give_up)
+            return measure_models([builder.build(c, timing=True)[0] for c in configs], reference=reference, give_up=give_up)
 
         if objective != "size" and names:
             log(f"timing {len(names)} layer(s) in {len(builder.groups or names)} group(s) of the same shape, int8 vs float ({objective}) ...")

@@ -133,6 +133,10 @@ def quantize(
                          calib_data=calib_data, external_data=external_data, check=check, target_psnr=target_psnr)
     planned = mode == "static" and objective != "size"
     run = _Run.load(in_path, planned=planned, stream=not planned and target_psnr is None, objective=objective, log=log)
+    if check or target_psnr is not None:  # a PSNR needs numeric outputs: refused before any timing or calibration
+        from gencompress.runtime_check.fidelity import refuse_uncomparable_outputs
+
+        refuse_uncomparable_outputs(run.header, str(in_path))
     calib_feeds, eval_feeds, eval_source = _evaluation_set(run.header, mode, calib_data, calib_size, eval_size, seed)
     run.prepare_and_rewrite(mode=mode, rewrite=rewrite, exclude=exclude, keep_debug_metadata=keep_debug_metadata)
 
@@ -375,14 +379,16 @@ class _PlannedQuantizer:
 
 def _planned_quantizer(unrewritten, rewrite_report, exclude, objective, timer, static, log):
     """Plan which layers compute in int8 (``int8_plan``); return (quantizer, model, pass report, plan report)."""
+    from gencompress.verbs.plan_cache import PlanCache
+
     builder = int8_plan.ConfigBuilder.create(
         unrewritten, rewrite=bool(rewrite_report.get("applied")), static_options=static, exclude=exclude, log=log,
     )
-    proto, pass_report, result = int8_plan.plan(builder, objective, timer, log)
+    proto, pass_report, result = int8_plan.plan(builder, objective, timer, log, cache=PlanCache())
     quantizer = _PlannedQuantizer(builder, result.int8, [l for l in builder.layers if l["node"] in result.int8])
     info = {"objective": objective, "layers": result.layers, "chosen_speed": {str(b): round(1 / r, 3) for b, r in result.ratios.items()},
             "message": result.message, "configs_measured": len(result.configs), "noise": int8_plan.NOISE,
-            "weights_folded_at_load": pass_report.get("folded_weights", 0)}
+            "weights_folded_at_load": pass_report.get("folded_weights", 0), "timed_on": result.timed_on, "cached": result.cached}
     rows = {r["node"]: r for r in result.layers}
     folded = [{"node": l["node"], "op_type": l["op_type"], "kind": "weights", "weights": l["weights"], "folded_at_load": True}
               for l in builder.layers if rows.get(l["node"], {}).get("choice") == "float"]

@@ -1,0 +1,227 @@
+"""What the default int8 plan costs (issue 25): quantize wall time and peak memory per objective
+against onnxruntime's quantize_static, the cached re-plan, and, for balanced, what the plan chose
+and how fast that runs, before and after a change.
+
+Run by hand (not part of the tests):
+
+    .venv/bin/python benchmarks/plan_cost.py                                  # the small models
+    .venv/bin/python benchmarks/plan_cost.py --models dcgan-47M --before HEAD  # with the code at HEAD
+    .venv/bin/python benchmarks/plan_cost.py --models resnet50 vgg19 --tools balanced
+
+Models: the zoo (dcgan, vae, rvae, cgan), the Conv families (models/conv_families.py: rrdb, gan,
+style), the generator families (models/families.py), DCGAN-style generators of benchmarks/scale.py
+(12M, 47M, 200M parameters, random weights) and the onnx wheel's ResNet-50 and VGG-19. The wheel
+has these only as "light" graphs whose weights are ConstantOfShape outputs; onnxruntime's basic
+optimisations fold them into initializers (constant weights: a cost and speed study, not a
+quality one; the real ImageNet weights are not in the wheel).
+
+Tools, each in a fresh process (wall time of the call alone, peak RSS from VmHWM; imports and
+model building excluded): ``ort`` quantize_static (QDQ, per-channel, uint8 activations, MinMax);
+``balanced`` / ``speed`` / ``size``: gencompress.quantize with that objective and an empty plan
+cache, ``--no-check``; ``cached``: balanced again with the cache balanced left; ``before``:
+balanced with the package at ``--before REV`` (its files from git archive, no plan cache). Every tool gets the
+same calibration set (``--calib`` seeded draws).
+
+Then float, ``ort``, ``before`` and ``balanced`` outputs run side by side in one process (CPU EP, 2
+intra-op threads, spinning off, rounds interleaved A B C D / D C B A) at batch 1 and 64: speed =
+float p50 / model p50, PSNR on held-back seeded inputs. Every line carries /proc/loadavg.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import scale  # noqa: E402  (DCGAN generators, VmHWM, quantize_static)
+
+ZOO = ("dcgan", "vae", "rvae", "cgan")
+CONV_FAMILIES = ("rrdb", "gan", "style")
+GEN_FAMILIES = ("equalized_lr", "stylegan2_fused", "stylegan2_nonfused", "lstm_decoder", "unet", "instancenorm_resnet", "attention")
+DCGANS = {"dcgan-12M": 128, "dcgan-47M": 256, "dcgan-200M": 540}
+CLASSIC = ("resnet50", "vgg19")
+SMALL = (*(f"zoo-{n}" for n in ZOO), *CONV_FAMILIES, *GEN_FAMILIES)
+TOOLS = ("ort", "size", "speed", "balanced", "cached", "before")
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def make_model(name: str, folder: Path) -> Path:
+    path = folder / f"{name}.onnx"
+    if name.startswith("zoo-"):
+        from gencompress.exporter.export import export
+
+        export(name[4:], path)
+    elif name in CONV_FAMILIES or name in GEN_FAMILIES:
+        from gencompress.exporter.families import export_family
+
+        export_family(name, path)
+    elif name in DCGANS:
+        scale.build_generator(DCGANS[name], path)
+    elif name in CLASSIC:
+        classic(name, path)
+    else:
+        raise SystemExit(f"unknown model {name}")
+    return path
+
+
+def classic(name: str, out: Path) -> None:
+    """The wheel's light graph with its ConstantOfShape weights folded into initializers (onnxruntime
+    basic optimisations, which also fold BatchNorm into the Convs), input and metadata as an image."""
+    import onnx
+    import onnxruntime as ort
+
+    src = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(out)
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    model = onnx.load(str(out))
+    x = model.graph.input[0]
+    x.type.tensor_type.shape.dim[0].dim_param = "N"  # batch 1 fixed in the wheel's graph
+    for o in model.graph.output:
+        o.type.tensor_type.shape.dim[0].dim_param = "N"
+    shape = [1] + [d.dim_value for d in x.type.tensor_type.shape.dim[1:]]
+    model.metadata_props.add(key="gencompress.inputs", value=json.dumps([{"name": x.name, "shape": shape, "dtype": "float32", "low": 0, "high": 1}]))
+    model.metadata_props.add(key="gencompress.output_range", value="1.0")
+    onnx.save(model, str(out))
+
+
+# ---- one tool, in a fresh process ----------------------------------------------------------------
+
+
+def child(tool: str, src: str, out: str, calib: int, cache: str) -> dict:
+    import onnx  # noqa: F401  (imported before timing, like every tool's own imports)
+    import onnxruntime  # noqa: F401
+
+    import gencompress.verbs.quantize as Q
+
+    os.environ["GENCOMPRESS_CACHE_DIR"] = cache
+    start = time.perf_counter()
+    report = {}
+    if tool == "ort":
+        scale.CALIB = calib
+        scale.ort_quantize(src, out)
+    else:
+        objective = tool if tool in ("size", "speed") else "balanced"
+        report = Q.quantize(src, out, calib_size=calib, check=False, objective=objective)
+    seconds = time.perf_counter() - start
+    plan = report.get("speed_plan") or {}
+    return {"tool": tool, "seconds": seconds, "peak_bytes": scale.vm_hwm(), "float_layers": [r["node"] for r in plan.get("layers", []) if r["choice"] == "float"],
+            "int8_layers": sum(r["choice"] == "int8" for r in plan.get("layers", [])), "cached": plan.get("cached"), "timed_on": plan.get("timed_on"),
+            "configs_measured": plan.get("configs_measured"), "load": load()}
+
+
+def run_child(tool: str, src: Path, out: Path, calib: int, cache: Path, before: Path | None) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if tool == "before":
+        env["PYTHONPATH"] = str(before)  # found before the editable install's finder
+    cmd = [sys.executable, __file__, "--child", tool, str(src), str(out), str(calib), str(cache)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        print(f"{tool} on {src.name} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+        return {"tool": tool, "seconds": float("nan"), "peak_bytes": 0, "failed": True}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def before_tree(rev: str, folder: Path) -> Path:
+    """``rev``'s files (git archive), laid out as the import package ``gencompress``."""
+    tree = folder / "tree"
+    tree.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    pkg = folder / "pkg" / "gencompress"
+    pkg.mkdir(parents=True)
+    for item in (tree / "gencompress").iterdir():
+        (pkg / item.name).symlink_to(item)
+    for sub in ("exporter", "passes", "runtime_check", "models", "distill", "ship", "verbs", "cli"):
+        if (tree / sub).exists() and not (pkg / sub).exists():
+            (pkg / sub).symlink_to(tree / sub)
+    return folder / "pkg"
+
+
+# ---- the chosen models side by side --------------------------------------------------------------
+
+
+def speeds(paths: dict, rounds: int) -> dict:
+    import int8_speed as base
+
+    from gencompress.inputs import sample_inputs, specs_of_model
+    from gencompress.onnx_io import load_model
+
+    specs = specs_of_model(load_model(paths["float"]))
+    sessions = {n: base.session(p) for n, p in paths.items()}
+    held = sample_inputs(specs, 64, 12345)
+    outputs = {n: base.run_all(s, held) for n, s in sessions.items()}
+    peak = float(np.ptp(outputs["float"])) or 1.0
+    rows = {n: {"psnr_db": base.psnr(outputs["float"], outputs[n], peak), "bytes": os.path.getsize(p)} for n, p in paths.items()}
+    for batch in (1, 64):
+        feed = sample_inputs(specs, batch, 777 + batch)
+        times = base.time_interleaved(sessions, feed, rounds, 10 if batch == 1 else 1)
+        f = float(np.median(times["float"]))
+        for n, t in times.items():
+            rows[n][f"b{batch}"] = round(f / float(np.median(t)), 3)
+    rows["load"] = load()
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", nargs=5)
+    parser.add_argument("--models", nargs="+", default=list(SMALL))
+    parser.add_argument("--tools", nargs="+", default=[t for t in TOOLS if t != "before"], choices=TOOLS)
+    parser.add_argument("--before", help="git revision to compare with (adds the 'before' tool)")
+    parser.add_argument("--calib", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds per batch size (0: no speed table)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if args.child:
+        tool, src, out, calib, cache = args.child
+        print(json.dumps(child(tool, src, out, int(calib), cache)))
+        return 0
+    tools = list(dict.fromkeys([*args.tools, *(["before"] if args.before else [])]))
+    results = []
+    print(f"load {load()} at start; calib {args.calib}; tools {' '.join(tools)}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="plan_cost.") as tmp:
+        tmp = Path(tmp)
+        before = before_tree(args.before, tmp / "before") if args.before else None
+        for name in args.models:
+            folder = tmp / name
+            folder.mkdir()
+            src = make_model(name, folder)
+            size = scale.file_bytes(src)
+            cache = folder / "cache"
+            row = {"model": name, "file_bytes": size, "tools": {}}
+            for tool in tools:
+                if tool == "cached" and "balanced" not in row["tools"]:
+                    continue
+                r = run_child(tool, src, folder / f"{tool}.onnx", args.calib, cache, before)
+                row["tools"][tool] = r
+                print(f"{name:20s} {tool:9s} {r['seconds']:7.1f} s  peak {r['peak_bytes'] / 2**20:7.0f} MiB ({r['peak_bytes'] / size:5.1f}x file)"
+                      f"  float layers {len(r.get('float_layers') or [])}  load {r.get('load')}", flush=True)
+            if args.rounds:
+                paths = {"float": src, **{t: folder / f"{t}.onnx" for t in ("ort", "before", "balanced") if t in row["tools"] and not row["tools"][t].get("failed")}}
+                row["speed"] = speeds(paths, args.rounds)
+                print(f"{name:20s} speed vs float " + "  ".join(
+                    f"{t}: b1 {v['b1']:.2f}x b64 {v['b64']:.2f}x psnr {v['psnr_db'] if v['psnr_db'] is None else round(v['psnr_db'], 1)}"
+                    for t, v in row["speed"].items() if t not in ("float", "load")) + f"  load {row['speed']['load']}", flush=True)
+            results.append(row)
+    print(f"load {load()} at end")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

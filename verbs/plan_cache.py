@@ -1,0 +1,138 @@
+"""Measured int8 plans kept on disk, so a second ``quantize`` of the same model does not time it again.
+
+A plan is the outcome of timing (``int8_plan.plan_layers``): which layers compute in int8 and
+the measurements behind it. It holds only for the model, the options and the kind of machine
+it was timed on, so the key covers all of them:
+
+- the prepared float model's content (graph, weights, metadata; after opset upgrade and
+  ``prepare``, before the rewrites),
+- the objective, ``--exclude``, the rewrite setting and the static options (calibration method,
+  size, seed, data file content, activation type, weight granularity, int8 kernels),
+- what was timed: provider, threads, batch sizes,
+- the machine kind: the int8 kernel path (``gencompress.isa.host_isa``), onnxruntime's version,
+  and this module's ``FORMAT`` and gencompress's version (a plan from other code is not reused).
+
+Reusing a plan skips the timing only; the model is built from it as on the first run, so the
+output is byte-identical. Entries live in ``$GENCOMPRESS_CACHE_DIR`` or
+``$XDG_CACHE_HOME/gencompress/plans`` (default ``~/.cache/gencompress/plans``), one small JSON
+file per key, written to a temp file in that folder then renamed. The cache is an optimisation:
+a folder that cannot be written or an entry that cannot be read or does not fit the model is a
+miss, never an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+FORMAT = 1  # bump when what a plan means changes
+
+
+def cache_folder() -> Path:
+    if os.environ.get("GENCOMPRESS_CACHE_DIR"):
+        return Path(os.environ["GENCOMPRESS_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "gencompress" / "plans"
+
+
+def machine_kind(threads: int | None = None) -> dict:
+    """What a timing depends on besides the model: int8 kernel path, onnxruntime version, threads."""
+    import onnxruntime
+
+    from gencompress.isa import host_isa
+
+    return {"isa": host_isa(), "onnxruntime": onnxruntime.__version__, "threads": threads}
+
+
+def model_digest(proto: onnx.ModelProto) -> str:
+    """sha256 of a model's content, one tensor or node serialized at a time (no whole-model copy)."""
+    h = hashlib.sha256()
+    graph = proto.graph
+    for part in (*graph.initializer, *graph.sparse_initializer, *graph.node, *graph.input, *graph.output, *proto.opset_import,
+                 *proto.metadata_props, *proto.functions):
+        h.update(type(part).__name__.encode())
+        data = part.SerializeToString(deterministic=True)
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def _digest_value(value, h) -> None:
+    """Feed an option's value to ``h``: file and folder paths by content, arrays by bytes."""
+    if isinstance(value, dict):
+        for k in sorted(value):
+            h.update(repr(k).encode())
+            _digest_value(value[k], h)
+    elif isinstance(value, np.ndarray):
+        h.update(f"{value.dtype}{value.shape}".encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, (str, os.PathLike)) and os.path.exists(value):
+        path = Path(value)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            h.update(str(f.relative_to(path) if path.is_dir() else "").encode())
+            with open(f, "rb") as stream:
+                for chunk in iter(lambda: stream.read(1 << 20), b""):
+                    h.update(chunk)
+    else:
+        h.update(repr(value).encode())
+
+
+def _options_dict(options) -> dict:
+    """Static options as plain values (a dataclass or a keyword dict; callables such as ``log`` left out)."""
+    if dataclasses.is_dataclass(options):
+        options = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    return {k: v for k, v in dict(options).items() if not callable(v)}
+
+
+def plan_key(prepared: onnx.ModelProto, *, objective: str, rewrite: bool, exclude, static_options, timed: dict) -> str:
+    """The cache key of a plan (see the module docstring); ``timed``: provider, threads, batches."""
+    import gencompress
+
+    h = hashlib.sha256()
+    h.update(model_digest(prepared).encode())
+    settings = {"format": FORMAT, "gencompress": gencompress.__version__, "objective": objective, "rewrite": bool(rewrite),
+                "exclude": sorted(exclude), "static": _options_dict(static_options),
+                "timed": {**timed, "batches": sorted(int(b) for b in timed["batches"])}, **machine_kind(timed["threads"])}
+    _digest_value(settings, h)
+    return h.hexdigest()
+
+
+class PlanCache:
+    """Plans on disk by key. ``load`` returns the stored dict or None; ``store`` never raises."""
+
+    def __init__(self, folder: str | os.PathLike | None = None):
+        self.folder = Path(folder) if folder is not None else cache_folder()
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.json"
+
+    def load(self, key: str) -> dict | None:
+        try:
+            entry = json.loads(self.path(key).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return entry if isinstance(entry, dict) and entry.get("format") == FORMAT and entry.get("key") == key else None
+
+    def store(self, key: str, entry: dict) -> Path | None:
+        """Write ``entry`` atomically (temp file in the folder, then rename); None when it cannot be written."""
+        tmp = None
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=self.folder)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({**entry, "format": FORMAT, "key": key}, f, sort_keys=True)
+            os.replace(tmp, self.path(key))
+            return self.path(key)
+        except (OSError, TypeError, ValueError):
+            return None
+        finally:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
