@@ -162,6 +162,10 @@ def _summary(report: dict) -> str:
     plan = report.get("speed_plan")
     if plan:
         rows.append(("objective", f"{plan['objective']}: {plan['message']}"))
+        if plan.get("timed_on"):
+            t = plan["timed_on"]
+            rows.append(("timed on", f"{t['isa']}, {t['threads']} thread(s), onnxruntime {t['onnxruntime']}"
+                         + (f"; plan reused from {plan['cached']}" if plan.get("cached") else "")))
     elif report.get("objective"):
         rows.append(("objective", report["objective"] + (": every layer int8, not timed" if mode == "static" else "")))
     lines = [table(["", report["output"]], rows)]

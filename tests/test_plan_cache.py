@@ -130,3 +130,6 @@ def test_quantize_twice_reuses_the_plan_and_writes_the_same_bytes(zoo_onnx, cach
     assert len(calls) == n
     assert second["speed_plan"]["cached"] and second["speed_plan"]["layers"] == first["speed_plan"]["layers"]
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    from gencompress.cli.quantize import _summary
+
+    assert "timed on" in _summary(first) and "plan reused from" in _summary(second)
