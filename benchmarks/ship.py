@@ -40,7 +40,7 @@ def ship_model(name: str, folder: Path) -> Path:
 
 def sizes(manifest: dict) -> dict:
     """Bundle bytes with the wasm build only, the webgpu build only, and both (manifest.json included in none)."""
-    from gencompress.ship.web import BACKEND_FILES, shipped_name
+    from gencompress.edge.web import BACKEND_FILES, shipped_name
 
     files = manifest["files"]
     runtime = {b: {f"web/{shipped_name(n)}" for n in names} for b, names in BACKEND_FILES.items()}
@@ -60,7 +60,7 @@ def measure(name: str, bundle: Path, rounds: int, runs: int, threads: list[int],
     from gencompress.runtime_check.fidelity import mse, psnr
     from gencompress.runtime_check.latency import percentiles, time_interleaved
     from gencompress.runtime_check.sessions import make_session
-    from gencompress.ship import browser
+    from gencompress.edge import browser
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     model = bundle / "model.onnx"
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
 
     from gencompress.isa import host_isa
     from gencompress.output import table
-    from gencompress.ship.web import ORT_WEB_VERSION
+    from gencompress.edge.web import ORT_WEB_VERSION
 
     threads = [int(t) for t in args.threads.split(",")]
     load_start = open("/proc/loadavg").read().split()[:3]

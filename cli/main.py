@@ -24,10 +24,10 @@ COMMANDS = {
     "sensitivity": ("gencompress.cli.quantize", "Rank layers by the damage int8 does to the output."),
     "check": ("gencompress.cli.check", "Fidelity of a candidate model against its float reference."),
     "bench": ("gencompress.cli.check", "Latency, throughput, memory and size of a model in onnxruntime."),
-    "ship": ("gencompress.ship.cli", "Bundle a compressed model for edge devices: Python runner, ORT format, web page."),
+    "ship": ("gencompress.cli.ship", "Bundle a compressed model for edge devices: Python runner, ORT format, web page."),
     "train": ("gencompress.cli.train", "Train a zoo generator on the bundled digits and write its checkpoint."),
     "distill": ("gencompress.cli.distill", "Train a pruned student's weights to reproduce its float teacher."),
-    "sweep": ("gencompress.sweeps.cli", "Compress many models x configurations as resumable trials on Ray (local or a cluster)."),
+    "sweep": ("gencompress.cli.sweep", "Compress many models x configurations as resumable trials on Ray (local or a cluster)."),
 }
 
 

@@ -39,7 +39,7 @@ def ship(model, out_dir, targets, web_backends, as_json):
     """
     import sys
 
-    from gencompress.ship.bundle import ship as run
+    from gencompress.edge.bundle import ship as run
 
     manifest = run(model, out_dir, targets=targets, web_backends=web_backends, log=lambda m: click.echo(m, err=True) if sys.stderr.isatty() else None)
     if as_json:

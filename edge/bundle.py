@@ -73,7 +73,7 @@ def resolve_model(model) -> Path:
 
 def check_out_dir(out: Path, model: Path) -> None:
     """OUT_DIR is replaced as a whole: it must not hold the model, nor be a file, nor another folder's content."""
-    from gencompress.ship.manifest import FORMAT, MANIFEST
+    from gencompress.edge.manifest import FORMAT, MANIFEST
 
     here, model_dir = out.resolve(), model.resolve().parent
     if here == model_dir or here in model_dir.parents:
@@ -103,9 +103,9 @@ def ship(model, out_dir, *, targets=TARGETS, web_version: str | None = None, web
     from gencompress.onnx_io import load_model, refuse_nonfinite_weights, save_model
     from gencompress.batches import fixed_batch
     from gencompress.runtime_check.sessions import make_session
-    from gencompress.ship import manifest as M
-    from gencompress.ship import ort_format
-    from gencompress.ship import web as W
+    from gencompress.edge import manifest as M
+    from gencompress.edge import ort_format
+    from gencompress.edge import web as W
 
     log = log or (lambda msg: None)
     targets = parse_targets(targets)
@@ -187,11 +187,11 @@ def ship(model, out_dir, *, targets=TARGETS, web_version: str | None = None, web
 
 
 def _copy_template(name: str, dest: Path) -> None:
-    dest.write_bytes(resources.files("gencompress.ship.templates").joinpath(name).read_bytes())
+    dest.write_bytes(resources.files("gencompress.edge.templates").joinpath(name).read_bytes())
 
 
 def _build_web(web: Path, staging: Path, manifest: dict, feeds: dict, version: str, backends: tuple, log) -> dict:
-    from gencompress.ship import web as W
+    from gencompress.edge import web as W
 
     web.mkdir()
     runtime = W.vendor(web, backends, version, log)
@@ -204,7 +204,7 @@ def _build_web(web: Path, staging: Path, manifest: dict, feeds: dict, version: s
               "batch": manifest["batch"], "inputs": manifest["inputs"], "outputs": manifest["outputs"],
               "latents": latents, "onnxruntime_web": version, "backends": list(backends), "runtime": builds,
               "test_vectors": manifest["test_vectors"]}
-    page = resources.files("gencompress.ship.templates").joinpath("index.html").read_text()
+    page = resources.files("gencompress.edge.templates").joinpath("index.html").read_text()
     inline = json.dumps(config).replace("</", "<\\/")  # safe inside <script>
     title = (config["title"].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
     (web / "index.html").write_text(page.replace("__CONFIG__", inline).replace("__TITLE__", title))

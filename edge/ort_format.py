@@ -101,7 +101,7 @@ def mobile_usability(model_path: Path, log_path: Path) -> dict:
     from onnxruntime.tools.mobile_helpers import usability_checker as uc
 
     records = io.StringIO()
-    logger = logging.getLogger("gencompress.ship.mobile_usability")
+    logger = logging.getLogger("gencompress.edge.mobile_usability")
     logger.propagate = False
     logger.setLevel(logging.INFO)
     handler = logging.StreamHandler(records)

@@ -18,7 +18,7 @@ _VERBS = {
     "bench": "gencompress.verbs.check",
     "compress": "gencompress.verbs.compress",
     "distill": "gencompress.distill.api",
-    "ship": "gencompress.ship.bundle",
+    "ship": "gencompress.edge.bundle",
     "sweep": "gencompress.sweeps.run",
 }
 

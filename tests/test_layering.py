@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # the public API facade: it names every verb (by string, loaded on first use), above every layer
 FACADE = "gencompress"
 PURE_PASS_FORBIDDEN = ("onnxruntime", "torch", "click", "gencompress.runtime_check", "gencompress.verbs",
-                       "gencompress.cli", "gencompress.distill", "gencompress.ship", "gencompress.sweeps")
+                       "gencompress.cli", "gencompress.distill", "gencompress.edge", "gencompress.sweeps")
 
 
 def package_folders() -> dict[str, Path]:
@@ -41,8 +41,10 @@ def imports_of(path: Path, known: dict[str, Path]) -> set[str]:
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in known)
+            submodules = {f"{node.module}.{a.name}" for a in node.names} & set(known)
+            names.update(submodules)
+            if len(submodules) < len(node.names):  # names defined in the module itself (not only its submodules)
+                names.add(node.module)
         elif (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module"
               and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
             names.add(node.args[0].value)

@@ -28,9 +28,9 @@ from onnx import TensorProto, helper
 
 from gencompress.inputs import InputSpec, sample_inputs, specs_of_model
 from gencompress.runtime_check.fidelity import mse, psnr
-from gencompress.ship import browser
-from gencompress.ship.bundle import PartialShip, ship
-from gencompress.ship.manifest import KNOWN_SPEC_FIELDS, prior_of, sha256
+from gencompress.edge import browser
+from gencompress.edge.bundle import PartialShip, ship
+from gencompress.edge.manifest import KNOWN_SPEC_FIELDS, prior_of, sha256
 
 ZOO = ("dcgan", "vae", "rvae", "cgan")
 

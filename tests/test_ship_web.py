@@ -26,9 +26,9 @@ import pytest
 from gencompress.inputs import sample_inputs, specs_of_model
 from gencompress.isa import host_isa
 from gencompress.runtime_check.fidelity import mse, psnr
-from gencompress.ship import browser
-from gencompress.ship.bundle import PartialShip, ship
-from gencompress.ship.web import BACKEND_FILES, shipped_name
+from gencompress.edge import browser
+from gencompress.edge.bundle import PartialShip, ship
+from gencompress.edge.web import BACKEND_FILES, shipped_name
 
 ZOO = ("dcgan", "vae", "rvae", "cgan")
 
@@ -167,7 +167,7 @@ def test_bundle_carries_only_the_chosen_backends_builds(bundles, tmp_path, user_
         assert files < both and m["targets"]["web"]["backends"] == [backend]
         assert {p.name for p in (tmp_path / backend / "web").iterdir()} == files
     # the .wasm is shipped gzipped, and inflates to the package's file (checked against npm's copy in the cache)
-    from gencompress.ship.web import cache_dir
+    from gencompress.edge.web import cache_dir
 
     assert not [f for f in both if f.endswith(".wasm")] and "ort-wasm-simd-threaded.wasm.gz" in both
     assert (src / "web" / "ort-wasm-simd-threaded.wasm.gz").read_bytes() == (cache_dir() / "ort-wasm-simd-threaded.wasm.gz").read_bytes()
