@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from gencompress.arguments import SEED_MAX
 from gencompress.errors import GencompressError
 from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES, HELD_BACK_SEED
 
@@ -54,7 +55,7 @@ CHECK_ROWS = [
 @click.argument("reference", metavar="REF.onnx")
 @click.argument("candidate", metavar="CANDIDATE.onnx")
 @click.option("--samples", "-n", type=int, default=DEFAULT_SAMPLES, show_default=True, help="Number of seeded latents (the same for both models).")
-@click.option("--seed", type=int, default=HELD_BACK_SEED, show_default=True,
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=HELD_BACK_SEED, show_default=True,
               help="Seed of the latent set (default: the held-back set quantize and compress report PSNR on).")
 @click.option("--batch", type=int, default=64, show_default=True, help="Samples per onnxruntime call.")
 @click.option("--inputs", "inputs_npz", metavar="FILE.npz", help="Real inputs keyed by input name, instead of prior draws.")
@@ -62,8 +63,9 @@ CHECK_ROWS = [
 @click.option("--peak", type=float, help="Peak-to-peak range for PSNR/SSIM (default: the nominal range the exporter recorded).")
 @click.option("--provider", "-p", default="cpu", show_default=True, help="Execution provider to run both models on.")
 @click.option("--report", "report_dir", metavar="DIR", help="Also write DIR/report.json and DIR/report.html (samples side by side).")
+@click.option("--allow-nonfinite", is_flag=True, help="Measure a model with NaN/Inf weights anyway (default: refused, exit 2).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def check(reference, candidate, samples, seed, batch, inputs_npz, features, peak, provider, report_dir, as_json):
+def check(reference, candidate, samples, seed, batch, inputs_npz, features, peak, provider, report_dir, allow_nonfinite, as_json):
     """Fidelity of CANDIDATE against its float reference REF on a fixed seeded latent set.
 
     Both models run the same inputs in onnxruntime: max abs error, MSE, PSNR (peak = the
@@ -99,6 +101,7 @@ def check(reference, candidate, samples, seed, batch, inputs_npz, features, peak
         provider=provider,
         preview=8 if report_dir else 0,
         progress=not as_json,
+        allow_nonfinite=allow_nonfinite,
     )
     for warning in result.get("warnings", []):
         click.echo(f"warning: {warning}", err=True)
@@ -134,7 +137,7 @@ def check(reference, candidate, samples, seed, batch, inputs_npz, features, peak
 @click.option("--threads", "-t", "threads", multiple=True, default=("2",), show_default=True, help="Intra-op thread count (repeatable, or comma-separated).")
 @click.option("--runs", type=int, default=100, show_default=True, help="Timed runs per model and configuration.")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed warm-up runs.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the inputs.")
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True, help="Seed of the inputs.")
 @click.option("--memory/--no-memory", default=True, show_default=True, help="Measure session peak memory (one fresh process per model and batch).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def bench(model, reference, providers, batches, threads, runs, warmup, seed, memory, as_json):

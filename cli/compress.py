@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from gencompress.arguments import SEED_MAX
 from gencompress.cli.check import portability_line
 from gencompress.output import echo_json, table
 from gencompress.passes.insert_qdq import ACTIVATION_TYPES, CALIBRATION_METHODS, INT8_KERNELS
@@ -68,16 +69,17 @@ def _flag(name: str) -> str:
 @click.option("--distill", type=int, default=0, show_default=True, metavar="STEPS", help="After pruning, distill the pruned model against the float one for STEPS steps (quantization-aware when a quantization follows).")
 @click.option("--sweep", help="Also run KEY=V1,V2,... (sparsity, bits, mode, calib) for the size-vs-PSNR chart.")
 @click.option("--samples", type=int, default=256, show_default=True, help="Seeded latents for the fidelity check.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True)
 @click.option("--provider", default="CPUExecutionProvider", show_default=True, help="Execution provider to time.")
 @click.option("--batch", "batches", type=int, multiple=True, help="Batch sizes to time (default 1 and 64).")
 @click.option("--threads", type=int, multiple=True, help="Intra-op thread counts to time (default 2).")
 @click.option("--no-bench", is_flag=True, help="Skip the latency measurement.")
 @click.option("--ship", "ship", is_flag=True, help="Also bundle the compressed model into OUT_DIR/ship (see `gencompress ship`).")
+@click.option("--keep-initializer-inputs", is_flag=True, help="An IR version 3 graph's initializers that are graph inputs too stay inputs (default: taken as weights, with a note).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the summary table.")
 def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits, sparsity, prune_mode, prune_scope, nm, calib, calib_size,
              per_tensor, activations, int8_kernels, no_rewrite, exclude, objective, target_psnr, distill, sweep, samples, seed, provider, batches, threads,
-             no_bench, ship, as_json):
+             no_bench, ship, keep_initializer_inputs, as_json):
     """Export MODEL (or take MODEL.onnx), compress it, check it; write OUT_DIR.
 
     OUT_DIR gets model.onnx, reference.onnx, report.json and report.html.
@@ -118,13 +120,18 @@ def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits,
     flags = dict(mode=mode, sparsity=sparsity, prune_mode=prune_mode, prune_scope=prune_scope, nm=nm, bits=int(bits), calib=calib,
                  calib_size=calib_size, per_tensor=per_tensor, activations=activations, int8_kernels=int8_kernels, rewrite=not no_rewrite,
                  exclude=tuple(exclude), seed=seed, objective=objective, distill=distill)
-    report = run(
-        model, out_dir, recipe=recipe, checkpoint=checkpoint, inputs=inputs, batch_size=batch_size, samples=samples, seed=seed,
-        bench=not no_bench, batches=batches or (1, 64), threads=threads or (2,), provider=provider,
-        sweep=parse_sweep(sweep) if sweep else None, flags=flags, target_psnr=target_psnr,
-        ship_targets=("python", "ort", "web") if ship else None,
-        log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty(),
-    )
+    from gencompress.onnx_io import initializer_inputs, lifted_note
+
+    with initializer_inputs(keep_initializer_inputs) as lifted:
+        report = run(
+            model, out_dir, recipe=recipe, checkpoint=checkpoint, inputs=inputs, batch_size=batch_size, samples=samples, seed=seed,
+            bench=not no_bench, batches=batches or (1, 64), threads=threads or (2,), provider=provider,
+            sweep=parse_sweep(sweep) if sweep else None, flags=flags, target_psnr=target_psnr,
+            ship_targets=("python", "ort", "web") if ship else None,
+            log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty(),
+        )
+    if lifted:
+        click.echo(f"note: {lifted_note(lifted, model)}", err=True)
     search = next((p for p in report.get("passes", []) if p.get("pass") == "target_search"), None)
     if search and not search["summary"].get("met"):
         click.echo(f"gencompress: warning: {search['summary']['message']}", err=True)

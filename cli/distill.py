@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from gencompress.arguments import SEED_MAX
 from gencompress.distill.api import DEFAULTS
 
 
@@ -16,7 +17,7 @@ from gencompress.distill.api import DEFAULTS
 @click.option("--steps", type=int, default=DEFAULTS["steps"], show_default=True, help="Training steps (one batch each).")
 @click.option("--batch", type=int, default=DEFAULTS["batch"], show_default=True, help="Inputs per step.")
 @click.option("--lr", type=float, help="Adam learning rate (warm-up, cosine decay to 1%); default 2e-3, or 3e-5 for an unpruned student with --quantize-aware.")
-@click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True, help="Seed of the training draws; same seed, same output file.")
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=DEFAULTS["seed"], show_default=True, help="Seed of the training draws; same seed, same output file.")
 @click.option("--threads", type=int, default=DEFAULTS["threads"], show_default=True, help="Torch and onnxruntime threads (the result depends on it).")
 @click.option("--data", type=click.Path(), metavar="FILE.npz", help="Real inputs keyed by input name, instead of draws from the latent prior.")
 @click.option("--quantize-aware", type=click.Choice(["int8", "int4"]), help="Train through the weight rounding of int8 (static or weight-only) or int4 weight-only.")

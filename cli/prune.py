@@ -20,8 +20,10 @@ from gencompress.verbs.prune import PASS_OF_MODE
 @click.option("--min-size", type=int, default=DEFAULT_MIN_SIZE, show_default=True, help="Leave weights with fewer elements dense.")
 @click.option("--keep-first-last", is_flag=True, help="Leave the first and last weight layers dense (often the most sensitive in generators).")
 @click.option("--sparse-initializers", is_flag=True, help="Store pruned weights as SparseTensorProto where smaller (onnxruntime densifies them at load).")
+@click.option("--keep-initializer-inputs", is_flag=True, help="An IR version 3 graph's initializers that are graph inputs too stay inputs (default: taken as weights, with a note).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def prune(in_path, out_path, sparsity, mode, scope, nm, criterion, exclude, min_size, keep_first_last, sparse_initializers, as_json):
+def prune(in_path, out_path, sparsity, mode, scope, nm, criterion, exclude, min_size, keep_first_last, sparse_initializers,
+          keep_initializer_inputs, as_json):
     """Prune the weights of IN.onnx and write OUT.onnx; print a per-initializer report.
 
     \b
@@ -38,23 +40,27 @@ def prune(in_path, out_path, sparsity, mode, scope, nm, criterion, exclude, min_
       gencompress prune g.onnx g.24.onnx --mode nm --nm 2:4 --json
       gencompress prune g.onnx g.small.onnx --mode channel --sparsity 0.5 --criterion l2
     """
+    from gencompress.onnx_io import initializer_inputs, lifted_note
     from gencompress.output import echo_json
-    from gencompress.verbs.prune import prune as prune_api
     from gencompress.passes.prune_report import format_report
+    from gencompress.verbs.prune import prune as prune_api
 
-    report = prune_api(
-        in_path,
-        out_path,
-        sparsity=sparsity,
-        mode=mode,
-        scope=scope,
-        nm=nm,
-        exclude=exclude,
-        min_size=min_size,
-        keep_first_last=keep_first_last,
-        criterion=criterion,
-        sparse_initializers=sparse_initializers,
-    )
+    with initializer_inputs(keep_initializer_inputs) as lifted:
+        report = prune_api(
+            in_path,
+            out_path,
+            sparsity=sparsity,
+            mode=mode,
+            scope=scope,
+            nm=nm,
+            exclude=exclude,
+            min_size=min_size,
+            keep_first_last=keep_first_last,
+            criterion=criterion,
+            sparse_initializers=sparse_initializers,
+        )
+    if lifted:
+        click.echo(f"gencompress prune: note: {lifted_note(lifted, in_path)}", err=True)
     for warning in report["warnings"]:
         click.echo(f"gencompress prune: warning: {warning}", err=True)
     if as_json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from gencompress.arguments import SEED_MAX
 from gencompress.output import echo_json, table
 from gencompress.passes.insert_qdq import ACTIVATION_TYPES, CALIBRATION_METHODS, INT8_KERNELS
 from gencompress.verbs.int8_plan import OBJECTIVES
@@ -36,7 +37,7 @@ def _options(*names):
         "mode": click.option("--mode", type=click.Choice(MODES), default="static", show_default=True,
                              help="static: int8 weights and activations (QDQ); weight-only: int8/int4 weights, float compute; fp16."),
         "bits": click.option("--bits", type=click.Choice(["8", "4"]), default="8", show_default=True, help="Weight bits (4 needs --mode weight-only)."),
-        "block-size": click.option("--block-size", type=int, default=64, show_default=True, help="int4: weights per scale along the input axis."),
+        "block-size": click.option("--block-size", type=click.IntRange(16, 65536), default=64, show_default=True, help="int4: weights per scale along the input axis."),
         "calib": click.option("--calib", type=click.Choice(CALIBRATION_METHODS), default="minmax", show_default=True,
                               help="How activation ranges are chosen from the calibration run (static mode)."),
         "calib-size": click.option("--calib-size", type=int, default=None,
@@ -50,7 +51,7 @@ def _options(*names):
         "int8-kernels": click.option("--int8-kernels", type=click.Choice(INT8_KERNELS), default="portable", show_default=True,
                                      help="portable: int8 weights that cannot saturate the int16 sums of x86 kernels without VNNI "
                                           "(AVX2, AVX-512BW); vnni: full 8-bit weights, for targets that all have VNNI or ARM dot-product."),
-        "seed": click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration draws (evaluation uses a held-back seed)."),
+        "seed": click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True, help="Seed of the calibration draws (evaluation uses a held-back seed)."),
         "eval-size": click.option("--eval-size", type=int, default=256, show_default=True,
                                   help="Held-back samples for the PSNR check (the set `gencompress check` draws by default)."),
         "json": click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
@@ -88,10 +89,11 @@ _COMMON = ("mode", "bits", "block-size", "calib", "calib-size", "calib-data", "p
 @click.option("--no-check", is_flag=True, help="Skip the PSNR check against float after quantizing (faster on large models).")
 @click.option("--external-data", is_flag=True,
               help="Write the weights to OUT.onnx.data beside OUT.onnx (automatic above the 2 GB limit of a single .onnx).")
+@click.option("--keep-initializer-inputs", is_flag=True, help="An IR version 3 graph's initializers that are graph inputs too stay inputs (default: taken as weights, with a note).")
 @_options("seed", "eval-size", "json")
 def quantize(in_path, out_path, mode, bits, block_size, calib, calib_size, calib_data, percentile, per_tensor, activations,
              int8_kernels, exclude, target_psnr, strict, fp16_io, rewrite, objective, batches, threads, provider, no_check, external_data,
-             seed, eval_size, as_json):
+             keep_initializer_inputs, seed, eval_size, as_json):
     """Quantize a float ONNX generator: static int8 QDQ (default), weight-only int8/int4, or fp16.
 
     Static int8 calibrates activation ranges on seeded draws from the model's latent prior (or
@@ -104,15 +106,19 @@ def quantize(in_path, out_path, mode, bits, block_size, calib, calib_size, calib
     below opset 13 is upgraded first (a note says so); a result >= 0.5x the float size gets a
     warning naming the largest float tensors left.
     """
+    from gencompress.onnx_io import initializer_inputs, lifted_note
     from gencompress.verbs.quantize import quantize as run
 
-    report = run(
-        in_path, out_path, mode=mode, bits=int(bits), calib=calib, calib_size=calib_size, calib_data=calib_data,
-        per_tensor=per_tensor, activations=activations, int8_kernels=int8_kernels, exclude=exclude, target_psnr=target_psnr, strict=strict,
-        seed=seed, percentile=percentile, block_size=block_size, keep_io_types=not fp16_io, eval_size=eval_size,
-        rewrite=rewrite, objective=objective, batches=batches or (1, 64), threads=threads, provider=provider,
-        check=not no_check, external_data=True if external_data else None, log=lambda m: click.echo(m, err=True),
-    )
+    with initializer_inputs(keep_initializer_inputs) as lifted:
+        report = run(
+            in_path, out_path, mode=mode, bits=int(bits), calib=calib, calib_size=calib_size, calib_data=calib_data,
+            per_tensor=per_tensor, activations=activations, int8_kernels=int8_kernels, exclude=exclude, target_psnr=target_psnr, strict=strict,
+            seed=seed, percentile=percentile, block_size=block_size, keep_io_types=not fp16_io, eval_size=eval_size,
+            rewrite=rewrite, objective=objective, batches=batches or (1, 64), threads=threads, provider=provider,
+            check=not no_check, external_data=True if external_data else None, log=lambda m: click.echo(m, err=True),
+        )
+    if lifted:
+        click.echo(f"note: {lifted_note(lifted, in_path)}", err=True)
     # notes and warnings reached stderr through ``log`` as they happened
     target = report.get("target")
     if target is not None and not target["met"]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import click
 
+from gencompress.arguments import SEED_MAX
 from gencompress.output import echo_json
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model")
 @click.option("--out", type=click.Path(dir_okay=False), help="Checkpoint to write (.safetensors). Default: the zoo's own.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, batches and latents.")
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True, help="Seed for weights, batches and latents.")
 @click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps. Default: the model's own (a few minutes on 2 cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def train(model, out, seed, steps, as_json):

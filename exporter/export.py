@@ -65,7 +65,7 @@ def export(
         raise GencompressError(f"model: expected a zoo name, file.py:Name, package.module:attr or an nn.Module, got {type(model).__name__}")
     import torch
 
-    from gencompress.exporter.resolve import ResolvedModel, resolve_model
+    from gencompress.exporter.resolve import ResolvedModel, module_inputs, resolve_model
 
     log = log or (lambda msg: None)
     if not tolerance > 0:  # also NaN, which would let any parity error pass
@@ -75,7 +75,7 @@ def export(
     if Path(out).suffix != ".onnx":
         raise GencompressError(f"{out}: output should be an .onnx file")
     if isinstance(model, torch.nn.Module):
-        resolved = ResolvedModel(model.eval(), getattr(model, "gencompress_inputs", None), None, None, type(model).__name__)
+        resolved = ResolvedModel(model.eval(), module_inputs(model, type(model).__name__), None, None, type(model).__name__)
     else:
         resolved = resolve_model(str(model), checkpoint)
     refuse_overwrite(out, [checkpoint] if checkpoint else [])

@@ -46,8 +46,23 @@ def resolve_model(spec: str, checkpoint=None) -> ResolvedModel:
     module = _instantiate(getattr(namespace, attr), spec)
     if checkpoint is not None:
         _load(module, checkpoint)
+    return ResolvedModel(module.eval(), module_inputs(module, spec), None, None, spec)
+
+
+def module_inputs(module, source: str) -> tuple | None:
+    """A user module's own ``gencompress_inputs``: one spec string or a list of spec strings /
+    InputSpecs (anything else is the module's error, named in one line)."""
+    from gencompress.inputs import InputSpec
+
     inputs = getattr(module, "gencompress_inputs", None)
-    return ResolvedModel(module.eval(), tuple(inputs) if inputs else None, None, None, spec)
+    if inputs is None:
+        return None
+    if isinstance(inputs, (str, InputSpec)):
+        inputs = (inputs,)
+    if not isinstance(inputs, (list, tuple)) or not all(isinstance(s, (str, InputSpec)) for s in inputs):
+        text = repr(inputs)
+        raise GencompressError(f"{source}: gencompress_inputs must be a list of input specs such as 'z=1x100', got {text[:60]}")
+    return tuple(inputs) or None
 
 
 @contextlib.contextmanager

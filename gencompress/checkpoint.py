@@ -38,11 +38,25 @@ def load_checkpoint_into(module, path) -> None:
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
+    import torch
+
+    not_tensors = [k for k in own if k in state and not isinstance(state[k], torch.Tensor)]
     misshapen = [
         f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
         for k in own
-        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+        if k in state and k not in not_tensors and tuple(state[k].shape) != tuple(own[k].shape)
     ]
+    # a float weight loaded from complex, bool or integer values would be cast silently
+    mistyped = [f"{k} {state[k].dtype} vs {own[k].dtype}" for k in own if k in state and k not in not_tensors
+                and own[k].is_floating_point() and not state[k].is_floating_point()]
+    nonfinite = [k for k in own if k in state and k not in not_tensors and state[k].is_floating_point()
+                 and not bool(torch.isfinite(state[k]).all())]
+    if not_tensors:
+        raise GencompressError(f"checkpoint {path}: {_few([f'{k} is a {type(state[k]).__name__}' for k in not_tensors])}, not a tensor")
+    if mistyped:
+        raise GencompressError(f"checkpoint {path} does not match {type(module).__name__}: dtype mismatch (checkpoint vs model): {_few(mistyped)}")
+    if nonfinite:
+        raise GencompressError(f"checkpoint {path}: NaN or Inf in {_few(nonfinite)}")
     if missing or unexpected or misshapen:
         parts = []
         if missing:
@@ -52,7 +66,11 @@ def load_checkpoint_into(module, path) -> None:
         if misshapen:
             parts.append(f"shape mismatch (checkpoint vs model): {_few(misshapen)}")
         raise GencompressError(f"checkpoint {path} does not match {type(module).__name__}: " + "; ".join(parts))
-    module.load_state_dict(state, strict=True)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # what the checks above do not foresee (a module's own load hooks)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
+        raise GencompressError(f"checkpoint {path} does not fit {type(module).__name__}: {first[:200]}") from None
 
 
 def _few(items, limit: int = 6) -> str:

@@ -314,17 +314,12 @@ def _read_data(path: str, size: int, mtime: float, name: str, sample_shape: tupl
     where = f"{path} (data prior of input {name!r})"
     if size > sample_budget_bytes():
         raise GencompressError(f"{where}: {size / 2**20:,.0f} MiB, above the {sample_budget_bytes() / 2**20:,.0f} MiB sampling budget (GENCOMPRESS_SAMPLE_BUDGET_MB)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            keys = list(npz.keys())
-            key = name if name in keys else (keys[0] if len(keys) == 1 else None)
-            if key is None:
-                raise GencompressError(f"{where}: holds {', '.join(keys[:5]) or 'no arrays'}; expected an array named {name!r} or a single array")
-            arr = npz[key]
-    except GencompressError:
-        raise
-    except Exception as e:
-        raise GencompressError(f"{where}: not a readable .npz file ({type(e).__name__})") from None
+    arrays = read_npz(path, where)
+    keys = list(arrays)
+    key = name if name in keys else (keys[0] if len(keys) == 1 else None)
+    if key is None:
+        raise GencompressError(f"{where}: holds {', '.join(keys[:5]) or 'no arrays'}; expected an array named {name!r} or a single array")
+    arr = arrays[key]
     if arr.ndim != 1 + len(sample_shape) or tuple(arr.shape[1:]) != tuple(sample_shape) or arr.shape[0] == 0:
         raise GencompressError(f"{where}: array of shape {'x'.join(map(str, arr.shape))}, expected N x {'x'.join(map(str, sample_shape)) or '(scalar)'} with N >= 1")
     if arr.dtype.kind not in "fiub":
@@ -479,6 +474,28 @@ def output_range_of_model(model) -> float | None:
     return number
 
 
+def read_npz(path, where: str) -> dict[str, np.ndarray]:
+    """Every member of the ``.npz`` at ``path`` as an array; a file numpy cannot read, or a member
+    that is not a saved array (np.load hands back the raw bytes of e.g. a text file in the zip,
+    or refuses a pickled object array), is a one-line user error."""
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):  # a plain .npy named .npz
+            raise GencompressError(f"{where}: a single array, not an .npz archive of named arrays (save with np.savez)")
+        with npz:
+            data = {key: npz[key] for key in npz.files}
+    except GencompressError:
+        raise
+    except Exception as e:
+        if "allow_pickle" in str(e):
+            raise GencompressError(f"{where}: an array of Python objects (pickled); save numbers with np.savez") from None
+        raise GencompressError(f"{where}: not a readable .npz file ({type(e).__name__})") from None
+    for key, value in data.items():
+        if not isinstance(value, np.ndarray):
+            raise GencompressError(f"{where}: member {_short(key)} is not a saved array (the archive holds another file); save inputs with np.savez")
+    return data
+
+
 def load_folder_inputs(folder: Path, specs) -> dict[str, np.ndarray]:
     """A folder of images feeds the model's one image input (in its range); any other input takes
     seeded draws from its prior, one per image."""
@@ -504,10 +521,7 @@ def load_npz_inputs(path, specs) -> dict[str, np.ndarray]:
     size = regular_file(path)
     if size > sample_budget_bytes():
         raise GencompressError(f"{path}: {size / 2**20:,.0f} MiB, above the {sample_budget_bytes() / 2**20:,.0f} MiB sampling budget (GENCOMPRESS_SAMPLE_BUDGET_MB)")
-    try:
-        data = dict(np.load(path, allow_pickle=False))
-    except Exception as e:
-        raise GencompressError(f"{path}: not a readable .npz file ({type(e).__name__})") from None
+    data = read_npz(path, str(path))
     by_name = {s.name: s for s in specs}
     unknown = sorted(set(data) - set(by_name))
     if unknown:
@@ -527,6 +541,9 @@ def load_npz_inputs(path, specs) -> dict[str, np.ndarray]:
             raise GencompressError(f"{path}: input {name!r} has no samples")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise GencompressError(f"{path}: input {name!r} contains NaN or Inf")
+        if arr.dtype.kind in "iu" and not spec.prior and (arr.min() < spec.low or arr.max() > spec.high):
+            raise GencompressError(f"{path}: input {name!r} holds values {arr.min()}..{arr.max()}, outside the model's "
+                                   f"{spec.low}..{spec.high} (e.g. class labels); an embedding would read out of range")
         counts.add(arr.shape[0])
     if len(counts) > 1:
         raise GencompressError(f"{path}: inputs have different sample counts {sorted(counts)}")

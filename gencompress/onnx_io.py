@@ -91,7 +91,125 @@ def load_header(path: str | os.PathLike) -> onnx.ModelProto:
     if not model.graph.node and not model.graph.output:
         raise GencompressError(f"{path}: not an ONNX model (empty graph)")
     external_data_entries(model, path)
+    validate_model(model, path, checker=size <= CHECKER_BYTES)
+    weights_from_inputs(model)
     return model
+
+
+# ---- IR version 3 graphs: initializers listed as graph inputs too ----------------------------
+
+_KEEP_INPUTS: contextvars.ContextVar = contextvars.ContextVar("gencompress_keep_initializer_inputs", default=False)
+_LIFTED: contextvars.ContextVar = contextvars.ContextVar("gencompress_lifted_inputs", default=None)
+
+
+@contextlib.contextmanager
+def initializer_inputs(keep: bool = False):
+    """Models read within (``load_header``, ``load_mapped``, ``load_model``) keep the initializers
+    they also list as graph inputs as inputs (``keep``), or, by default, have them taken as
+    weights (``weights_from_inputs``); yields the list of the names so taken, for the verb's note."""
+    lifted: list[str] = []
+    tokens = _KEEP_INPUTS.set(bool(keep)), _LIFTED.set(lifted)
+    try:
+        yield lifted
+    finally:
+        _KEEP_INPUTS.reset(tokens[0])
+        _LIFTED.reset(tokens[1])
+
+
+def weights_from_inputs(model: onnx.ModelProto) -> list[str]:
+    """Drop from the graph inputs those that have an initializer of the same name (IR version 3
+    requires that listing: a feed may override them; exporters of that era wrote every weight so),
+    raising the IR version to 4, where initializers are constants: the passes then see weights
+    where they are. What onnxruntime does with an unfed input, and its
+    ``remove_initializer_from_input.py`` tool, only without the overriding. Returns the names."""
+    if _KEEP_INPUTS.get():
+        return []
+    names = {t.name for t in model.graph.initializer}
+    lifted = [vi.name for vi in model.graph.input if vi.name in names]
+    if not lifted:
+        return []
+    kept = [vi for vi in model.graph.input if vi.name not in names]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    model.ir_version = max(model.ir_version, 4)
+    holder = _LIFTED.get()
+    if holder is not None:
+        holder.extend(n for n in lifted if n not in holder)
+    return lifted
+
+
+def lifted_note(lifted: list[str], path) -> str | None:
+    """The verb's note on ``weights_from_inputs``; None when nothing was taken."""
+    if not lifted:
+        return None
+    return (f"{path}: {len(lifted)} initializer(s) also listed as graph inputs (IR version 3 style), e.g. "
+            f"{_short(lifted[0])}, taken as weights; --keep-initializer-inputs keeps them as inputs")
+
+
+# onnx.checker serializes the model it checks: a model read whole is checked up to this size
+# (above it, the strings only); a model read by load_mapped is checked at any size (its
+# weights are references into the file, the graph is small)
+CHECKER_BYTES = 256 * 2**20
+
+
+def validate_model(model: onnx.ModelProto, path, *, checker: bool = True) -> None:
+    """What onnx_ir's reader and serializer need, checked before any verb works on ``model``:
+    every text field valid UTF-8 (a flipped bit in a name reads as bytes, and onnx_ir fails
+    only when it writes the result), and onnx.checker's verdict (op known at the model's opset,
+    attributes of the right type, tensor sizes matching their dims, graph in topological order).
+    A problem is one line naming it; the file is not the user's fault to debug."""
+    bad = _non_text_field(model)
+    if bad:
+        raise GencompressError(f"{path}: damaged ONNX model ({bad} is not valid UTF-8 text)")
+    if not checker:
+        return
+    try:
+        onnx.checker.check_model(_without_external_data(model))
+    except Exception as e:  # ValidationError; protobuf errors for a damaged message
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise GencompressError(f"{path}: not a valid ONNX model ({_short(first, 240)[1:-1]})") from None
+
+
+def _without_external_data(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` for onnx.checker: its external-data tensors (already validated against their
+    files by ``external_data_entries``) made empty inline tensors, since the checker would look
+    for their files relative to the working folder. ``model`` itself when it has none."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    if not any(uses_external_data(t) for t in _get_all_tensors(model)):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # the graph and small tensors: the large ones are references
+    for t in _get_all_tensors(copy):
+        if uses_external_data(t):
+            del t.external_data[:]
+            t.data_location = onnx.TensorProto.DEFAULT
+            del t.dims[:]
+            t.dims.append(0)
+    return copy
+
+
+def _non_text_field(message, where: str = "model") -> str | None:
+    """The first string field of ``message`` (recursively) that protobuf could not decode as
+    UTF-8 (ONNX is proto2: such a field reads as bytes), or None. Tensor payloads are not read."""
+    from google.protobuf.descriptor import FieldDescriptor as FD
+
+    for fd in message.DESCRIPTOR.fields:
+        if fd.type == FD.TYPE_STRING:
+            values = getattr(message, fd.name) if fd.is_repeated else [getattr(message, fd.name)]
+            if any(not isinstance(v, str) for v in values):
+                return f"{where}.{fd.name}"
+        elif fd.type == FD.TYPE_MESSAGE:
+            if fd.is_repeated:
+                children = getattr(message, fd.name)
+            else:
+                children = [getattr(message, fd.name)] if message.HasField(fd.name) else []
+            for i, child in enumerate(children):
+                bad = _non_text_field(child, f"{where}.{fd.name}" + (f"[{i}]" if fd.is_repeated else ""))
+                if bad:
+                    return bad
+    return None
+
 
 
 # ---- a self-contained model read with its weights left in the file --------------------------
@@ -234,9 +352,11 @@ def load_mapped(path: str | os.PathLike) -> onnx.ModelProto:
     if model is not None and (model.graph.node or model.graph.output):
         try:  # a name the side-file rules refuse (a colon; a symlink to another folder): read whole
             external_data_entries(model, path)
-            return model
         except GencompressError:
-            pass
+            return load_header(path)
+        validate_model(model, path)
+        weights_from_inputs(model)
+        return model
     return load_header(path)
 
 

@@ -71,9 +71,13 @@ def make_options(name: str, options: dict[str, Any] | None):
             f"pass {name!r}: unknown option(s) {', '.join(unknown)}; it takes {', '.join(fields) or 'no options'}"
         )
     for key, value in options.items():
+        if key == "ranges":
+            options[key] = _ranges(name, value)
+            continue
         if isinstance(value, list):
             options[key] = tuple(value)
         _check_scalar(name, fields[key], options[key])
+        _check_range(name, key, options[key])
     try:
         return cls.Options(**options)
     except (TypeError, ValueError) as e:
@@ -108,6 +112,51 @@ def _check_scalar(name: str, field: dataclasses.Field, value) -> None:
         raise GencompressError(f"pass {name!r}: option {field.name} must be {what}, got {_short(value)}")
 
 
+# Ranges of numeric options, by option name, whichever pass takes them: (low, high, what);
+# a value outside would fail deep in numpy or torch, or run to a nonsense model.
+RANGES = {
+    "seed": (0, 2**32 - 1, "a seed"),
+    "percentile": (50, 100, "a percentile"),  # 50 itself excluded (EXCLUSIVE_LOW), as quantize --percentile
+    "calib_size": (1, 1_000_000, "a number of calibration samples"),
+    "steps": (1, 10_000_000, "a number of steps"),
+    "batch": (1, 65_536, "a batch size"),
+    "threads": (1, 1024, "a thread count"),
+    "block_size": (16, 65_536, "a block size"),
+    "min_size": (0, 2**62, "a weight size"),
+    "max_out_channels": (1, 2**31 - 1, "a channel count"),
+    "n": (1, 2**16, "N of N:M"),
+    "m": (1, 2**16, "M of N:M"),
+}
+
+
+EXCLUSIVE_LOW = {"percentile"}
+
+
+def _check_range(name: str, key: str, value) -> None:
+    if key not in RANGES or value is None or isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return
+    low, high, what = RANGES[key]
+    above = value > low if key in EXCLUSIVE_LOW else value >= low
+    if not (above and value <= high):  # NaN fails too
+        span = f"above {low} up to {high}" if key in EXCLUSIVE_LOW else f"{low}..{high}"
+        raise GencompressError(f"pass {name!r}: option {key} {_short(value)} is out of range; {what} is {span}")
+
+
+
+def _ranges(name: str, value) -> tuple:
+    """``ranges``: a list of [tensor name, low, high] with finite low <= high, as tuples."""
+    if not isinstance(value, (list, tuple)):
+        raise GencompressError(f"pass {name!r}: option ranges must be a list of [tensor, low, high], got {_short(value)}")
+    out = []
+    for entry in value:
+        ok = isinstance(entry, (list, tuple)) and len(entry) == 3 and isinstance(entry[0], str) and all(
+            isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and np.isfinite(v) for v in entry[1:])
+        if not ok or entry[1] > entry[2]:
+            raise GencompressError(f"pass {name!r}: ranges entry {_short(entry)} is not [tensor, low, high] with finite low <= high")
+        out.append((entry[0], float(entry[1]), float(entry[2])))
+    return tuple(out)
+
+
 def make_pass(name: str, options: dict[str, Any] | None = None):
     return pass_class(name)(make_options(name, options))
 
@@ -135,7 +184,23 @@ def validate_recipe(recipe: Any) -> list[dict]:
             raise GencompressError(f"recipe step {i} ({step['pass']}): options must be a mapping of option names")
         make_options(step["pass"], options)  # raises on unknown pass / option
         steps.append({"pass": step["pass"], "options": options})
+    _check_order(steps)
     return steps
+
+
+QUANTIZING = {"insert_qdq", "plan_int8", "weight_only_quantize", "fp16_convert", "target_search"}
+WEIGHT_TRAINING = {"magnitude_prune", "nm_prune", "channel_prune", "distill"}  # they need float weights
+
+
+def _check_order(steps: list[dict]) -> None:
+    """A step that prunes or trains float weights cannot follow one that quantized them."""
+    quantized = None
+    for i, step in enumerate(steps, 1):
+        if step["pass"] in WEIGHT_TRAINING and quantized:
+            raise GencompressError(f"recipe step {i} ({step['pass']}) comes after {quantized}: prune and distill "
+                                   "the float weights first, quantize last")
+        if step["pass"] in QUANTIZING and quantized is None:
+            quantized = f"step {i} ({step['pass']})"
 
 
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few hundred bytes

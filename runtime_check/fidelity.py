@@ -322,6 +322,23 @@ def check_compatible(ref_proto, cand_proto) -> None:
 EVAL_BATCH = 64  # samples per onnxruntime call in evaluation: as ``gencompress check --batch``
 
 
+COMPARABLE_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16,
+                    onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
+                    onnx.TensorProto.INT32, onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64}
+
+
+def refuse_uncomparable_outputs(header: onnx.ModelProto, label: str = "model") -> None:
+    """A PSNR needs numeric outputs: a bool, string or non-tensor output is refused before any
+    work (quantize would otherwise write a model it cannot measure, sensitivity rank noise)."""
+    for out in header.graph.output:
+        kind = out.type.WhichOneof("value")
+        elem = out.type.tensor_type.elem_type if kind == "tensor_type" else None
+        if kind is not None and (kind != "tensor_type" or (elem and elem not in COMPARABLE_TYPES)):
+            what = onnx.TensorProto.DataType.Name(elem).lower() if elem else kind.replace("_type", "")
+            raise GencompressError(f"{label}: output {out.name!r} is of type {what}, which cannot be compared "
+                                   "(numeric tensors only; bool and string outputs have no PSNR)")
+
+
 class Evaluator:
     """PSNR of candidate models against the float reference on one fixed input set, by the one
     fidelity protocol (``runtime_check.fidelity``): the same sessions, batches, peak and PSNR
@@ -339,6 +356,7 @@ class Evaluator:
         header = load_header(reference) if isinstance(reference, (str, os.PathLike)) else reference
 
         header = header if isinstance(header, onnx.ModelProto) else skeleton(header)
+        refuse_uncomparable_outputs(header, str(reference) if isinstance(reference, (str, os.PathLike)) else "model")
         self.fixed = fixed_batch(header)
         self.feeds, self.samples, self.source = feeds, num_samples(feeds), source
         self.reference = run_all(make_session(reference, label="reference"), feeds, self.samples, EVAL_BATCH, fixed=self.fixed, label="reference")

@@ -514,6 +514,8 @@ def _passes_section(data, page: _Page) -> str:
                 f"<td>{'<br>'.join(cells)}</td></tr>"
             )
         parts.append(f"<h3>Passes</h3><table id='passes'>{''.join(rows)}</table>")
+        if data.get("reproducibility"):  # a timed plan: the same command may choose differently
+            parts.append(f"<p class='note' id='reproducibility'>{_e(data['reproducibility'])}</p>")
         for i, p in enumerate(passes):
             if isinstance(p.get("layers"), list) and p["layers"]:
                 name = p.get("pass") or p.get("name") or f"#{i + 1}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,10 +118,10 @@ VERBS = {
 
 
 def _expected_refusal(case: str, verb: str) -> bool:
-    if case in WEIGHT_ONLY_CLASSES:
-        return verb in ("prune", "quantize", "sensitivity", "compress")
-    if case.startswith("output range"):  # read by the verbs that compute PSNR
-        return verb in ("quantize", "sensitivity", "check", "compress")
+    if case in WEIGHT_ONLY_CLASSES:  # check refuses them too (issue 26): its verdict would be on garbage
+        return verb in ("prune", "quantize", "sensitivity", "compress", "check")
+    if case.startswith("output range"):  # read by the verbs that compute PSNR or draw images in the output's range
+        return verb != "prune"
     if case in SAMPLE_CLASSES:
         return verb != "prune"
     return True  # unreadable models: every verb
@@ -154,7 +155,7 @@ def test_hostile_models_every_verb(verb, bad_models, tmp_path, run_cli, user_err
             assert sorted(p.name for p in out.iterdir()) == [], (case, list(out.iterdir()))
         else:
             assert r.exit_code == 0, (case, r)
-            if case in WEIGHT_ONLY_CLASSES:  # check and bench measure the model as it is, and say so
+            if case in WEIGHT_ONLY_CLASSES:  # bench measures the model as it is, and says so
                 assert "has NaN or Inf in 1 weight(s), e.g. 'W'" in r.stderr, (case, r)
         assert_untouched(model.parent, before)
 
@@ -587,3 +588,275 @@ def test_onnx_backend_graphs_never_crash(tmp_path):
                 assert "\n" not in str(e)
             except Exception as e:  # the failure message is the point
                 pytest.fail(f"{name} {src}: {type(e).__name__}: {str(e)[:200]}")
+
+
+# ---- issue 26: damaged files, ranges, types the checks cannot draw, old graphs -------------------------------
+
+
+def test_damaged_model_bytes_are_one_line(tmp_path):
+    """Single-bit flips of a valid model (a bad disk, a truncated download): every verb that reads
+    weights either works or refuses in one line; none reaches the serializer with a damaged field."""
+    good = tiny(tmp_path / "good.onnx").read_bytes()
+    rng = np.random.default_rng(26)
+    # the metadata's text (a flipped bit there made invalid UTF-8 reach onnx_ir's writer) and anywhere
+    positions = [good.rindex(b"gencompress.output_range") + 3, *rng.integers(0, len(good), 24)]
+    model = tmp_path / "m.onnx"
+    for pos in positions:
+        damaged = bytearray(good)
+        damaged[pos] ^= 1 << int(rng.integers(8))
+        model.write_bytes(bytes(damaged))
+        for name, run in (("prune", lambda: gencompress.prune(model, tmp_path / "p.onnx", sparsity=0.5)),
+                          ("quantize", lambda: gencompress.quantize(model, tmp_path / "q.onnx", mode="weight-only", eval_size=4))):
+            try:
+                run()
+            except GencompressError as e:
+                assert "\n" not in str(e)
+            except Exception as e:
+                pytest.fail(f"{name} with byte {pos} flipped: {type(e).__name__}: {str(e)[:200]}")
+    damaged = bytearray(good)
+    damaged[positions[0]] = 0xFF  # never valid UTF-8
+    model.write_bytes(bytes(damaged))
+    with pytest.raises(GencompressError, match="not valid UTF-8"):
+        gencompress.prune(model, tmp_path / "p.onnx", sparsity=0.5)
+
+
+def test_newer_op_than_the_models_opset_is_refused(tmp_path, run_cli, user_error):
+    m = tiny(tmp_path / "g.onnx")
+    proto = onnx.load(str(m))
+    proto.graph.node[1].op_type = "Gelu"  # opset 20; the model says 7
+    del proto.opset_import[:]
+    proto.opset_import.append(helper.make_opsetid("", 7))
+    onnx.save(proto, str(m))
+    before = snapshot(tmp_path)
+    for args in (["quantize", m, tmp_path / "q.onnx"], ["prune", m, tmp_path / "p.onnx", "--sparsity", "0.5"]):
+        user_error(run_cli(*args), "not a valid ONNX model")
+    assert_untouched(tmp_path, before)
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ("{pass: insert_qdq, options: {calib: percentile, percentile: 5000}}", "percentile"),
+    ("{pass: insert_qdq, options: {calib: percentile, percentile: -1}}", "percentile"),
+    ("{pass: insert_qdq, options: {seed: -1}}", "seed"),
+    ("{pass: insert_qdq, options: {ranges: [[h, 1]]}}", "ranges entry"),
+    ("{pass: insert_qdq, options: {ranges: [[h, .nan, 1]]}}", "ranges entry"),
+    ("{pass: insert_qdq, options: {ranges: h}}", "ranges"),
+    ("{pass: weight_only_quantize, options: {block_size: 4611686018427387904}}", "block_size"),
+    ("{pass: insert_qdq}, {pass: magnitude_prune, options: {sparsity: 0.5}}", "quantize last"),
+])
+def test_recipe_option_ranges(options, fragment, tmp_path, run_cli, user_error):
+    m = tiny(tmp_path / "g.onnx")
+    (tmp_path / "r.yaml").write_text(f"passes: [{options}]")
+    before = snapshot(tmp_path)
+    user_error(run_cli("compress", m, tmp_path / "out", "--recipe", tmp_path / "r.yaml", "--no-bench", "--samples", "8"), fragment)
+    assert_untouched(tmp_path, before)
+    with pytest.raises(GencompressError, match=fragment):  # the Python API: the same check
+        import yaml
+
+        gencompress.compress(m, tmp_path / "out", recipe=yaml.safe_load((tmp_path / "r.yaml").read_text())["passes"], bench=False, samples=8)
+    assert_untouched(tmp_path, before)
+
+
+@pytest.mark.parametrize("call, fragment", [
+    (lambda m, o: gencompress.quantize(m, o, exclude=5), "exclude"),
+    (lambda m, o: gencompress.prune(m, o, sparsity=0.5, exclude=[3]), "exclude"),
+    (lambda m, o: gencompress.compress("dcgan", o.parent / "c", inputs=5), "inputs"),
+    (lambda m, o: gencompress.export("dcgan", o, inputs=5), "inputs"),
+    (lambda m, o: gencompress.compress(m, o.parent / "c", flags=5), "flags"),
+    (lambda m, o: gencompress.compress(m, o.parent / "c", sweep=5), "sweep"),
+    (lambda m, o: gencompress.quantize(m, o, seed=-1), "seed"),
+    (lambda m, o: gencompress.train("dcgan", o.parent / "d.safetensors", seed=2**70), "seed"),
+    (lambda m, o: gencompress.train("dcgan", o.parent / "d.safetensors", steps=10**20), "steps"),
+], ids=lambda f: "" if callable(f) else f)
+def test_python_api_argument_checks(call, fragment, tmp_path):
+    m = tiny(tmp_path / "g.onnx")
+    before = snapshot(tmp_path)
+    with pytest.raises(GencompressError, match=fragment):
+        call(m, tmp_path / "o.onnx")
+    assert_untouched(tmp_path, before)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "dcgan", "--seed", "99999999999999999999999"], "--seed"),
+    (["train", "dcgan", "--steps", "100000000000000000000"], "--steps"),
+])
+def test_train_ranges(args, fragment, run_cli, user_error):
+    user_error(run_cli(*args), fragment)
+
+
+def _npz_cases(folder: Path) -> dict[str, Path]:
+    import zipfile
+
+    with zipfile.ZipFile(folder / "text.npz", "w") as z:  # a member that is not a saved array
+        z.writestr("z", b"hello")
+    np.savez(folder / "objects.npz", z=np.array([{"a": 1}], dtype=object))
+    np.save(folder / "single.npy", np.zeros((3, LATENT), np.float32))
+    (folder / "single.npy").rename(folder / "single.npz")
+    return {"text": folder / "text.npz", "objects": folder / "objects.npz", "single": folder / "single.npz"}
+
+
+def test_npz_members_that_are_not_arrays(tmp_path, run_cli, user_error):
+    m = tiny(tmp_path / "g.onnx")
+    for case, npz in _npz_cases(tmp_path).items():
+        before = snapshot(tmp_path)
+        for args in (["check", m, m, "--inputs", npz], ["quantize", m, tmp_path / "q.onnx", "--calib-data", npz, "--eval-size", "8"]):
+            user_error(run_cli(*args), str(npz.name))
+        assert_untouched(tmp_path, before)
+
+
+def test_integer_inputs_outside_their_range_are_refused(tmp_path, run_cli, user_error):
+    spec = '[{"name": "z", "shape": [1, 8], "dtype": "int64", "low": 0, "high": 9}]'
+    m = tiny(tmp_path / "g.onnx", in_type=TensorProto.INT64, meta={"gencompress.inputs": spec})
+    np.savez(tmp_path / "labels.npz", z=np.full((4, LATENT), -3, np.int64))
+    user_error(run_cli("check", m, m, "--inputs", tmp_path / "labels.npz"), "outside the model's 0..9")
+    np.savez(tmp_path / "ok.npz", z=np.full((4, LATENT), 3, np.int64))
+    assert run_cli("check", m, m, "--inputs", tmp_path / "ok.npz").exit_code == 0
+
+
+@pytest.mark.parametrize("args", [
+    ["quantize", "{m}", "{out}/q.onnx", "--mode", "weight-only"],
+    ["quantize", "{m}", "{out}/q.onnx", "--calib-size", "8", "--eval-size", "8"],
+    ["sensitivity", "{m}", "--mode", "weight-only", "--eval-size", "8"],
+])
+def test_bool_output_is_refused_by_every_verb_that_compares(args, tmp_path, run_cli, user_error):
+    m = tiny(tmp_path / "g.onnx", out_type=TensorProto.BOOL)
+    (tmp_path / "out").mkdir()
+    user_error(run_cli(*[a.format(m=m, out=tmp_path / "out") for a in args]), "bool")
+    assert list((tmp_path / "out").iterdir()) == []
+    with pytest.raises(GencompressError, match="bool"):
+        gencompress.sensitivity(m, mode="weight-only", eval_size=8)
+
+
+def test_check_of_nonfinite_weights_fails_unless_allowed(tmp_path):
+    good = tiny(tmp_path / "g.onnx")
+    (tmp_path / "nan").mkdir()
+    bad = tiny(tmp_path / "nan" / "g.onnx", weight=np.full((LATENT, WIDTH), np.nan, np.float32))
+    with pytest.raises(GencompressError, match="NaN or Inf"):
+        gencompress.check(good, bad, samples=8)
+    result = gencompress.check(good, bad, samples=8, allow_nonfinite=True)  # asked for: measured, and said
+    assert "NaN or Inf" in result["warnings"][0]
+
+
+GOOD_MODULE = USER_MODULE.format(build="pass")
+
+
+def test_user_module_input_spec_of_the_wrong_type(tmp_path, run_cli, user_error):
+    (tmp_path / "gen.py").write_text(GOOD_MODULE.replace('gencompress_inputs = ("z=1x8",)', "gencompress_inputs = 5"))
+    r = run_cli("export", f"{tmp_path / 'gen.py'}:G", tmp_path / "g.onnx")
+    ours = [line for line in r.stderr.splitlines() if "hello from" not in line and "building G" not in line]  # the module's prints: theirs
+    assert r.exit_code == 2 and len(ours) == 1 and "gencompress_inputs" in ours[0], r
+    assert not (tmp_path / "g.onnx").exists()
+
+
+@pytest.mark.parametrize("state, fragment", [
+    ("{'fc.weight': torch.zeros(3, 3), 'fc.bias': torch.zeros(16)}", "shape mismatch"),
+    ("{'fc.weight': 3, 'fc.bias': torch.zeros(16)}", "not a tensor"),
+    ("{'fc.weight': torch.zeros(16, 8, dtype=torch.complex64), 'fc.bias': torch.zeros(16)}", "dtype mismatch"),
+    ("{'fc.weight': torch.full((16, 8), float('nan')), 'fc.bias': torch.zeros(16)}", "NaN or Inf"),
+])
+def test_checkpoint_that_does_not_fit_the_class(state, fragment, tmp_path, run_cli, user_error):
+    import torch
+
+    (tmp_path / "gen.py").write_text(GOOD_MODULE)
+    torch.save(eval(state), tmp_path / "g.pt")
+    r = run_cli("export", f"{tmp_path / 'gen.py'}:G", tmp_path / "g.onnx", "--checkpoint", tmp_path / "g.pt")
+    ours = [line for line in r.stderr.splitlines() if "hello from" not in line and "building G" not in line]
+    assert r.exit_code == 2 and len(ours) == 1 and fragment in ours[0], r
+    assert not (tmp_path / "g.onnx").exists()
+
+
+def ir3(path: Path) -> Path:
+    """``tiny`` as an IR version 3 graph (opset 9, MatMul for its Gemm) lists it: its weight W is a graph input too."""
+    m = onnx.load(str(tiny(path)))
+    m.graph.node[0].op_type = "MatMul"
+    m.graph.input.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, [LATENT, WIDTH]))
+    m.ir_version = 3
+    del m.opset_import[:]
+    m.opset_import.append(helper.make_opsetid("", 9))
+    onnx.save(m, str(path))
+    return path
+
+
+def test_ir3_initializers_listed_as_inputs_are_weights(tmp_path):
+    m = ir3(tmp_path / "g.onnx")
+    before = snapshot(tmp_path)
+    report = gencompress.prune(m, tmp_path / "p.onnx", sparsity=0.5)
+    assert [r["name"] for r in report["initializers"] if r["status"] == "pruned"] == ["W"]
+    gencompress.quantize(m, tmp_path / "q.onnx", mode="weight-only", eval_size=8)
+    for out in ("p.onnx", "q.onnx"):
+        proto = onnx.load(str(tmp_path / out))
+        assert [i.name for i in proto.graph.input] == ["z"] and proto.ir_version >= 4
+    assert snapshot(tmp_path)["g.onnx"] == before["g.onnx"]
+
+
+def test_ir3_note_and_keeping_them_as_inputs(tmp_path, run_cli, user_error):
+    m = ir3(tmp_path / "g.onnx")
+    r = run_cli("prune", m, tmp_path / "p.onnx", "--sparsity", "0.5")
+    assert r.exit_code == 0 and "taken as weights" in r.stderr and "'W'" in r.stderr, r
+    # asked to keep W an input (a value fed at run time): nothing left to prune, and it says so
+    user_error(run_cli("prune", m, tmp_path / "k.onnx", "--sparsity", "0.5", "--keep-initializer-inputs"), "no prunable weights")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["compress", "{m}", "{out}", "--seed", "-1", "--no-bench"], "--seed"),
+    (["quantize", "{m}", "{out}/q.onnx", "--seed", "99999999999999999999999"], "--seed"),
+    (["quantize", "{m}", "{out}/q.onnx", "--mode", "weight-only", "--block-size", "4611686018427387904"], "--block-size"),
+    (["check", "{m}", "{m}", "--seed", "-5"], "--seed"),
+])
+def test_numeric_option_ranges(args, fragment, tmp_path, run_cli, user_error):
+    m = tiny(tmp_path / "g.onnx")
+    before = snapshot(tmp_path)
+    user_error(run_cli(*[a.format(m=m, out=tmp_path / "out") for a in args]), fragment)
+    assert_untouched(tmp_path, before)
+
+
+@pytest.mark.parametrize("call, fragment", [
+    (lambda m, o: gencompress.compress(m, o, flags={"bogus": 1}, bench=False, samples=8), "bogus"),
+    (lambda m, o: gencompress.compress(m, o, flags={"mode": "weight-only"}, sweep=("nope", [3]), bench=False, samples=8), "nope"),
+    (lambda m, o: gencompress.compress(m, o, seed=-1, bench=False, samples=8), "seed"),
+], ids=["flags", "sweep", "seed"])
+def test_compress_api_flags_and_sweep(call, fragment, tmp_path):
+    m = tiny(tmp_path / "g.onnx")
+    before = snapshot(tmp_path)
+    with pytest.raises(GencompressError, match=fragment):
+        call(m, tmp_path / "out")
+    assert_untouched(tmp_path, before)
+
+
+def test_compress_sweep_never_replaces_user_files(tmp_path, run_cli, user_error):
+    m = tiny(tmp_path / "g.onnx")
+    out = tmp_path / "out"
+    sweep = ["--mode", "weight-only", "--sweep", "bits=8,4", "--no-bench", "--samples", "8"]
+    (out / "sweep").mkdir(parents=True)
+    (out / "sweep" / "notes.txt").write_text("mine")
+    (out / "sweep" / "gen.py").write_text(GOOD_MODULE)
+    before = snapshot(tmp_path)
+    user_error(run_cli("compress", m, out, *sweep), "not written by gencompress")
+    user_error(run_cli("compress", f"{out / 'sweep' / 'gen.py'}:G", out, *sweep), "not written by gencompress")
+    assert_untouched(tmp_path, before)
+    shutil.rmtree(out / "sweep")
+    (out / "sweep").write_text("a file of mine")
+    before = snapshot(tmp_path)
+    user_error(run_cli("compress", m, out, *sweep), "not written by gencompress")
+    assert_untouched(tmp_path, before)
+    (out / "sweep").unlink()
+    assert run_cli("compress", m, out, *sweep).exit_code == 0  # its own sweep/ it replaces on the next run
+    assert run_cli("compress", m, out, *sweep).exit_code == 0
+    assert sorted(p.name for p in (out / "sweep").iterdir() if p.suffix == ".onnx") == ["bits-4.onnx", "bits-8.onnx"]
+
+
+def test_compress_report_says_timed_plans_may_differ(tmp_path, run_cli):
+    m = tiny(tmp_path / "g.onnx")
+    assert run_cli("compress", m, tmp_path / "a", "--no-bench", "--samples", "8", "--calib-size", "8").exit_code == 0
+    assert "may differ" in json.loads((tmp_path / "a" / "report.json").read_text())["reproducibility"]
+    assert "may differ" in (tmp_path / "a" / "report.html").read_text()
+    assert run_cli("compress", m, tmp_path / "b", "--no-bench", "--samples", "8", "--calib-size", "8", "--objective", "size").exit_code == 0
+    assert "reproducibility" not in json.loads((tmp_path / "b" / "report.json").read_text())
+
+
+def test_check_cli_allow_nonfinite(tmp_path, run_cli, user_error):
+    good = tiny(tmp_path / "g.onnx")
+    (tmp_path / "nan").mkdir()
+    bad = tiny(tmp_path / "nan" / "g.onnx", weight=np.full((LATENT, WIDTH), np.nan, np.float32))
+    user_error(run_cli("check", good, bad, "--samples", "8"), "--allow-nonfinite")
+    r = run_cli("check", good, bad, "--samples", "8", "--allow-nonfinite")
+    assert r.exit_code == 0 and "NaN or Inf" in r.stderr, r

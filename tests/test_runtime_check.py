@@ -383,7 +383,9 @@ def test_nonfinite_candidate_is_reported_not_a_crash(models, tmp_path):
     w = w.copy()
     w[0, 0] = np.nan
     bad = tiny_generator(tmp_path / "nan.onnx", w=w)
-    o = api.check(models["ref"], bad, samples=8)["outputs"][0]
+    with pytest.raises(GencompressError, match="NaN or Inf"):  # a check never passes garbage by default (issue 26)
+        api.check(models["ref"], bad, samples=8)
+    o = api.check(models["ref"], bad, samples=8, allow_nonfinite=True)["outputs"][0]
     assert o["nonfinite"] > 0 and np.isnan(o["mse"])
 
 

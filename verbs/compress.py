@@ -4,7 +4,7 @@
     OUT_DIR/model.onnx       the compressed model
     OUT_DIR/report.json      fidelity, latency, sizes, per-layer precision/sparsity, recipe
     OUT_DIR/report.html      the same, self-contained, with samples side by side
-    OUT_DIR/ship/            with ``ship_targets``: the edge bundle of model.onnx (see gencompress.ship)
+    OUT_DIR/ship/            with ``ship_targets``: the edge bundle of model.onnx (see edge/bundle.py)
 
 Everything is built in a hidden staging folder inside OUT_DIR (same file system, so the final
 moves are renames) and moved in only when the whole job succeeded. The commit swaps the set of
@@ -18,7 +18,7 @@ Parameters of ``compress``: ``model``: zoo name, ``file.py:Name``, ``package.mod
 ``default_recipe(**flags)``. ``sweep``: (key, values): extra configurations of the flag recipe,
 for the size-vs-PSNR chart. ``target_psnr``: search the configurations for the one meeting it
 (``verbs/target_search.py``). ``ship_targets``: also bundle the compressed model into
-OUT_DIR/ship for these targets (``gencompress.ship``); if only the web runtime cannot be
+OUT_DIR/ship for these targets (``edge/bundle.py``); if only the web runtime cannot be
 fetched, everything else is still written and ``PartialShip`` is raised after the move.
 """
 
@@ -187,8 +187,11 @@ def compress(
     the module docstring."""
     from gencompress.verbs import check as rc
 
+    from gencompress.arguments import seed_value
+
     log = log or (lambda msg: None)
-    flags = dict(flags or {})
+    flags = _checked_flags(flags)
+    seed = seed_value(seed)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise GencompressError(f"{out}: exists and is a file; OUT_DIR must be a folder")
@@ -199,7 +202,7 @@ def compress(
     sweep_recipes = _sweep_recipes(sweep, recipe, flags)
     is_onnx = _check_model_argument(model, checkpoint, inputs, batch_size)
     if ship_targets:
-        from gencompress.ship.bundle import parse_targets
+        from gencompress.edge.bundle import parse_targets
 
         ship_targets = parse_targets(ship_targets)
     _refuse_overwrite_inputs(out, [model if is_onnx else None, checkpoint, recipe if isinstance(recipe, (str, Path)) else None],
@@ -252,7 +255,7 @@ def _run_steps(reference, candidate, steps, log) -> list[dict]:
 def _ship_into(candidate, folder, out, targets, log):
     """The edge bundle of ``candidate`` in ``folder``; the ``PartialShip`` of a bundle that lacks only
     the web runtime (npm unreachable: the rest is complete, so it is kept), else None."""
-    from gencompress.ship.bundle import PartialShip, ship as ship_bundle
+    from gencompress.edge.bundle import PartialShip, ship as ship_bundle
 
     log(f"shipping the compressed model into {out / 'ship'} ({', '.join(targets)}) ...")
     try:
@@ -276,6 +279,17 @@ def _checked_counts(samples, batches, threads, runs, provider, bench: bool):
 
         (provider,) = resolve_providers([provider])
     return samples, batches, threads, runs, provider
+
+
+def _checked_flags(flags) -> dict:
+    """``flags``: keyword arguments of ``default_recipe`` (an unknown one is a user error, not a TypeError)."""
+    import inspect
+
+    flags = dict(flags or {})
+    unknown = sorted(set(flags) - set(inspect.signature(default_recipe).parameters))
+    if unknown:
+        raise GencompressError(f"flags: unknown option(s) {', '.join(map(repr, unknown))}; known: {', '.join(inspect.signature(default_recipe).parameters)}")
+    return flags
 
 
 def _steps_of(recipe, flags: dict, timing: dict, target_psnr, sweep) -> tuple[list[dict], str]:
@@ -312,6 +326,8 @@ def _sweep_recipes(sweep, recipe, flags: dict) -> list[tuple[str, list[dict]]]:
     if recipe is not None:
         raise GencompressError("--sweep varies the flag recipe; it cannot be combined with --recipe")
     key, values = sweep
+    if key not in SWEEP_KEYS:
+        raise GencompressError(f"sweep {key!r}: expected one of {', '.join(SWEEP_KEYS)}")
     mode = flags.get("mode", "static")
     if (key == "bits" and mode != "weight-only") or (key == "calib" and mode != "static"):
         needed = "weight-only" if key == "bits" else "static"
@@ -341,7 +357,10 @@ def _write_reference(model, reference: Path, is_onnx: bool, *, checkpoint, input
     from gencompress.inputs import check_batch_budget, output_range_of_model, specs_of_model
     from gencompress.onnx_io import load_model, refuse_nonfinite_weights, save_model
 
+    from gencompress.runtime_check.fidelity import refuse_uncomparable_outputs
+
     proto = load_model(model)
+    refuse_uncomparable_outputs(proto, str(model))
     refuse_nonfinite_weights(proto, model)
     check_batch_budget(specs_of_model(proto), samples)  # the model's metadata, checked before any work
     output_range_of_model(proto)
@@ -393,12 +412,28 @@ def _measure_and_report(reference, candidate, staging, steps, pass_reports, sear
         save_model(swept, swept_path)
         fid = rc.check(reference, swept_path, samples=samples, seed=check_seed)
         sweep_rows.append(rc.sweep_entry(label, swept_path, fid, file=f"sweep/{swept_path.name}"))
+    if sweep_recipes:  # the next run may replace this folder: the marker says it is this tool's
+        (staging / "sweep" / SWEEP_MARKER).write_text("written by gencompress compress --sweep; its next run replaces this folder\n")
     report = rc.build_report(reference, candidate, fidelity=fidelity, latency=latency, recipe=steps,
                              passes=[_pass_entry(r) for r in pass_reports], sweep=sweep_rows or None, title=f"gencompress: {source}",
                              source=source, recipe_source=recipe_source)
     report["reference"], report["candidate"] = "reference.onnx", "model.onnx"
+    if _timed(steps):
+        report["reproducibility"] = TIMED_NOTE
     report["warnings"] = _result_warnings(load_model(candidate), report, pass_reports)  # printed under the summary
     return _without_prefix(report, f"{staging}{os.sep}")  # identical runs → identical report.json
+
+
+TIMED_NOTE = ("The int8 plan chose each layer's precision from timings (measured in this run, or cached from an earlier "
+              "run of the same model and options on this machine, which then writes the same bytes): on another machine, "
+              "or timed afresh on a busy one, model.onnx and this report may differ. --objective size is untimed: the same "
+              "bytes every run.")
+
+
+def _timed(steps) -> bool:
+    """Whether a step decides by timings (the int8 plan; the target search unless for size)."""
+    return any(s["pass"] == "plan_int8" and (s.get("options") or {}).get("objective", "balanced") != "size"
+               or s["pass"] == "target_search" and (s.get("options") or {}).get("objective", "balanced") != "size" for s in steps)
 
 
 def _result_warnings(compressed, report: dict, pass_reports) -> list[str]:
@@ -416,6 +451,10 @@ def _refuse_overwrite_inputs(out: Path, inputs, *, sweep: bool, ship: bool = Fal
     inputs = [Path(p) for p in inputs if p is not None]
     for name in (*OUTPUT_FILES, *SIDE_FILES):
         refuse_overwrite(out / name, inputs)
+    sweep_dir = out / "sweep"
+    if sweep and os.path.lexists(sweep_dir) and (sweep_dir.is_symlink() or not (sweep_dir / SWEEP_MARKER).is_file()):
+        raise GencompressError(f"{sweep_dir}: exists and was not written by gencompress (no {SWEEP_MARKER} in it); "
+                               "--sweep would replace it: move it or choose another OUT_DIR")
     # replaced as a whole by this run (only when they exist: the check reads each input's external-data list)
     replaced = [folder for folder, used in (("sweep", sweep), ("ship", ship)) if used and (out / folder).exists()]
     if not replaced:
@@ -443,6 +482,7 @@ def _pass_entry(entry: dict) -> dict:
 
 
 STAGING_PREFIX = ".gencompress-staging-"
+SWEEP_MARKER = ".gencompress-sweep"  # in the sweep/ folder a run wrote: only such a folder is replaced
 # the models' weights, beside them when above the 2 GB limit of a self-contained .onnx
 SIDE_FILES = ("reference.onnx.data", "model.onnx.data")
 MANAGED = (*OUTPUT_FILES, *SIDE_FILES, "sweep", "ship")  # what a run owns in OUT_DIR; anything else there is left alone

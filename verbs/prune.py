@@ -79,9 +79,14 @@ def prune(
     report = dict(p.report)
     if not report["initializers"]:
         quantized = any(n.op_type == "DequantizeLinear" for n in model.graph)
+        # e.g. the onnx wheel's "light" nets: every weight a ConstantOfShape fill, nothing stored to prune
+        computed = sorted({n.inputs[1].producer().op_type for n in model.graph if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+                           and len(n.inputs) > 1 and n.inputs[1] is not None and n.inputs[1].producer() is not None
+                           and n.inputs[1].producer().op_type in ("ConstantOfShape", "RandomNormal", "RandomUniform")})
         raise GencompressError(
             f"{in_path}: no prunable weights (no Conv, ConvTranspose, Gemm, MatMul, GRU or LSTM weight initializer)"
             + ("; it is quantized: prune the float model, then quantize" if quantized else "")
+            + (f"; its layers' weights are computed in the graph ({', '.join(computed)}), not stored" if computed and not quantized else "")
         )
     if _signature(model.graph) != signature:  # a pass guarantee; never a user error
         raise RuntimeError(f"{PASS_OF_MODE[mode]} changed the graph's inputs or outputs")
