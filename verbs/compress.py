@@ -300,7 +300,7 @@ def _steps_of(recipe, flags: dict, timing: dict, target_psnr, sweep) -> tuple[li
     if recipe is None:
         if flags.get("objective", "balanced") != "size":  # the plan is timed as the report's latency will be
             flags["timing"] = timing
-        steps, source = default_recipe(**flags), "flags"
+        steps, source = validate_recipe(default_recipe(**flags)), "flags"  # option ranges checked now, not after the export
     elif isinstance(recipe, (str, Path)):
         steps, source = load_recipe(recipe), str(recipe)
     else:
