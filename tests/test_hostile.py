@@ -860,3 +860,18 @@ def test_check_cli_allow_nonfinite(tmp_path, run_cli, user_error):
     user_error(run_cli("check", good, bad, "--samples", "8"), "--allow-nonfinite")
     r = run_cli("check", good, bad, "--samples", "8", "--allow-nonfinite")
     assert r.exit_code == 0 and "NaN or Inf" in r.stderr, r
+
+
+@pytest.mark.parametrize("graph", ["pytorch-converted/test_Conv2d", "pytorch-converted/test_ConvTranspose2d", "pytorch-operator/test_operator_conv"])
+def test_onnx_wheel_ir3_graphs_prune_and_quantize(graph, tmp_path):
+    """The IR version 3 test graphs issue 26 tried by hand (every weight also a graph input): they
+    were refused ('every quantizable layer is excluded'); read as weights they prune and quantize."""
+    src = Path(onnx.__file__).parent / "backend" / "test" / "data" / graph / "model.onnx"
+    assert onnx.load(str(src)).ir_version == 3
+    pruned = gencompress.prune(src, tmp_path / "p.onnx", sparsity=0.5)
+    assert any(r["status"] == "pruned" for r in pruned["initializers"])
+    report = gencompress.quantize(src, tmp_path / "q.onnx", calib_size=32, eval_size=32)  # test_operator_conv takes batches of 20
+    assert report["psnr_db"] > 20
+    for out in ("p.onnx", "q.onnx"):
+        proto = onnx.load(str(tmp_path / out))
+        assert not {i.name for i in proto.graph.input} & {t.name for t in proto.graph.initializer}
