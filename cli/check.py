@@ -58,7 +58,7 @@ CHECK_ROWS = [
 @click.option("--seed", type=click.IntRange(0, SEED_MAX), default=HELD_BACK_SEED, show_default=True,
               help="Seed of the latent set (default: the held-back set quantize and compress report PSNR on).")
 @click.option("--batch", type=int, default=64, show_default=True, help="Samples per onnxruntime call.")
-@click.option("--inputs", "inputs_npz", metavar="FILE.npz", help="Real inputs keyed by input name, instead of prior draws.")
+@click.option("--inputs", "inputs_npz", metavar="FILE.npz|FOLDER", help="Real inputs: an .npz keyed by input name, or a folder of PNG/JPEG images for an image input.")
 @click.option("--features", metavar="FEAT.onnx", help="ONNX model (e.g. a discriminator or encoder) whose first output gives the Frechet features.")
 @click.option("--peak", type=float, help="Peak-to-peak range for PSNR/SSIM (default: the nominal range the exporter recorded).")
 @click.option("--provider", "-p", default="cpu", show_default=True, help="Execution provider to run both models on.")

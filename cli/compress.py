@@ -50,8 +50,9 @@ def _flag(name: str) -> str:
 @click.option("--bits", type=click.Choice(["8", "4"]), default="8", show_default=True, help="Weight bits for --mode weight-only.")
 @click.option("--sparsity", type=float, default=0.0, show_default=True, help="Prune this fraction of weights (or channels) first.")
 @click.option("--prune-mode", type=click.Choice(list(PASS_OF_MODE)), default="unstructured", show_default=True, help="nm prunes by --nm, without --sparsity.")
-@click.option("--prune-scope", type=click.Choice(SCOPES), default="layer", show_default=True,
-              help="Unstructured: the sparsity per weight (layer) or one magnitude threshold across all weights (global).")
+@click.option("--prune-scope", type=click.Choice(SCOPES), default=None,
+              help="Unstructured: the sparsity per weight (layer) or one magnitude threshold across all weights (global). "
+                   "Default: global with --distill (measured better after distillation), else layer.")
 @click.option("--nm", default="2:4", show_default=True, help="N:M pattern for --prune-mode nm.")
 @click.option("--calib", type=click.Choice(CALIBRATION_METHODS), default="minmax", show_default=True)
 @click.option("--calib-size", type=int, help="Calibration samples (seeded draws from the latent prior).")
@@ -99,7 +100,7 @@ def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits,
       gencompress compress g.onnx out/ --recipe recipe.yaml
       gencompress compress dcgan out/ --sweep bits=8,4 --mode weight-only
       gencompress compress dcgan out/ --sparsity 0.5 --prune-mode channel --distill 2000
-      gencompress compress dcgan out/ --sparsity 0.5 --prune-scope global --distill 2000
+      gencompress compress dcgan out/ --sparsity 0.5 --distill 2000     # global magnitude threshold
       gencompress compress dcgan out/ --ship      # + out/ship: sample.py, model.ort, web/
       gencompress compress gencompress.models.families:ModulatedConvFused out/ --batch-size 2
     """

@@ -7,7 +7,7 @@ import sys
 import click
 
 from gencompress.arguments import SEED_MAX
-from gencompress.distill.api import DEFAULTS
+from gencompress.verbs.distill import DEFAULTS
 
 
 @click.command("distill", context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,7 +19,7 @@ from gencompress.distill.api import DEFAULTS
 @click.option("--lr", type=float, help="Adam learning rate (warm-up, cosine decay to 1%); default 2e-3, or 3e-5 for an unpruned student with --quantize-aware.")
 @click.option("--seed", type=click.IntRange(0, SEED_MAX), default=DEFAULTS["seed"], show_default=True, help="Seed of the training draws; same seed, same output file.")
 @click.option("--threads", type=int, default=DEFAULTS["threads"], show_default=True, help="Torch and onnxruntime threads (the result depends on it).")
-@click.option("--data", type=click.Path(), metavar="FILE.npz", help="Real inputs keyed by input name, instead of draws from the latent prior.")
+@click.option("--data", type=click.Path(), metavar="FILE.npz|FOLDER", help="Real inputs: an .npz keyed by input name, or a folder of PNG/JPEG images for an image input.")
 @click.option("--quantize-aware", type=click.Choice(["int8", "int4"]), help="Train through the weight rounding of int8 (static or weight-only) or int4 weight-only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def distill(teacher, student, out, steps, batch, lr, seed, threads, data, quantize_aware, as_json):
@@ -36,7 +36,7 @@ def distill(teacher, student, out, steps, batch, lr, seed, threads, data, quanti
       gencompress distill g.onnx g.pruned.onnx g.qat.onnx --quantize-aware int4
       gencompress check g.onnx g.distilled.onnx
     """
-    from gencompress.distill.api import distill as run
+    from gencompress.verbs.distill import distill as run
     from gencompress.output import echo_json, table
 
     result = run(teacher, student, out, steps=steps, batch=batch, lr=lr, seed=seed, threads=threads, data=data,

@@ -42,8 +42,9 @@ def _options(*names):
                               help="How activation ranges are chosen from the calibration run (static mode)."),
         "calib-size": click.option("--calib-size", type=int, default=None,
                                    help="Calibration samples: seeded latent draws (default 256), or the first N rows of --calib-data."),
-        "calib-data": click.option("--calib-data", type=click.Path(dir_okay=False), default=None,
-                                   help="Real calibration inputs: an .npz with one array per model input, keyed by input name."),
+        "calib-data": click.option("--calib-data", type=click.Path(), default=None, metavar="FILE.npz|FOLDER",
+                                   help="Real calibration inputs: an .npz with one array per model input, keyed by input name, "
+                                        "or a folder of PNG/JPEG images for an image input."),
         "percentile": click.option("--percentile", type=float, default=None, help="For --calib percentile: the % of values kept (default 99.99)."),
         "per-tensor": click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel."),
         "activations": click.option("--activations", type=click.Choice(ACTIVATION_TYPES), default="uint8", show_default=True,
@@ -159,8 +160,9 @@ def _summary(report: dict) -> str:
     rewrite = report.get("rewrite") or {}
     if mode == "static" or rewrite.get("applied"):
         if rewrite.get("applied"):
-            n = rewrite["convtranspose_rewritten"]
-            rows.append(("rewrite", f"on: {n} ConvTranspose layer{'s' if n != 1 else ''} -> Conv/Gemm, run in int8 (--no-rewrite turns it off)"))
+            n = rewrite.get("convtranspose_rewritten", 0)
+            what = f"{n} ConvTranspose layer{'s' if n != 1 else ''} -> Conv/Gemm, run in int8" if n else rewrite.get("reason", "")
+            rows.append(("rewrite", f"on: {what} (--no-rewrite turns it off)"))
         else:
             rows.append(("rewrite", f"off: {rewrite.get('reason', '')}"))
     if "target" in report:

@@ -17,7 +17,7 @@ _VERBS = {
     "check": "gencompress.verbs.check",
     "bench": "gencompress.verbs.check",
     "compress": "gencompress.verbs.compress",
-    "distill": "gencompress.distill.api",
+    "distill": "gencompress.verbs.distill",
     "ship": "gencompress.edge.bundle",
     "sweep": "gencompress.sweeps.run",
 }

@@ -58,7 +58,7 @@ def test_mirror_reproduces_onnxruntime(zoo_onnx, tmp_path, name):
     import onnx_ir as ir
     import torch
 
-    from gencompress.distill.mirror import Mirror
+    from gencompress.distillation.mirror import Mirror
     from gencompress.inputs import sample_inputs, specs_of_model
     from gencompress.runtime_check.sessions import make_session
 
@@ -80,7 +80,7 @@ def test_mirror_trains_a_weight_assembled_from_slices(zoo_onnx):
     """The exported rvae builds its GRU recurrence weight with Slice/Concat: it is trained at its source."""
     import onnx_ir as ir
 
-    from gencompress.distill.mirror import Mirror
+    from gencompress.distillation.mirror import Mirror
     from gencompress.inputs import sample_inputs, specs_of_model
 
     model = ir.load(str(zoo_onnx("rvae")))
@@ -96,7 +96,7 @@ def test_fake_quant_matches_the_quantizers():
     """What quantization-aware training reads is what insert_qdq / weight_only_quantize store."""
     import torch
 
-    from gencompress.distill.train import FakeQuant
+    from gencompress.distillation.train import FakeQuant
     from gencompress.passes.insert_qdq import quantize_symmetric
     from gencompress.passes.weight_only_quantize import quantize_blockwise
 
@@ -176,8 +176,8 @@ def test_best_checkpoint_on_the_held_out_set(dcgan_pruned):
     starting student included), on a seeded set that is neither the training draws nor check's."""
     import onnx_ir as ir
 
-    from gencompress.distill.mirror import Mirror
-    from gencompress.distill.train import HOLDOUT_SEED_OFFSET, Batches, holdout_loss, train
+    from gencompress.distillation.mirror import Mirror
+    from gencompress.distillation.train import HOLDOUT_SEED_OFFSET, Batches, holdout_loss, train
     from gencompress.inputs import specs_of_model
     from gencompress.runtime_check.fidelity import EVAL_SEED_OFFSET
     from gencompress.runtime_check.sessions import make_session
@@ -201,7 +201,7 @@ def test_best_checkpoint_on_the_held_out_set(dcgan_pruned):
 
 def test_interrupted_run_leaves_no_output(dcgan_pruned, tmp_path, monkeypatch):
     import gencompress
-    from gencompress.distill import mirror
+    from gencompress.distillation import mirror
 
     teacher, unstructured, _, _ = dcgan_pruned
     calls = {"n": 0}

@@ -150,7 +150,7 @@ def _run_both(case):
     import onnxruntime as ort
     import torch
 
-    from gencompress.distill.mirror import Mirror
+    from gencompress.distillation.mirror import Mirror
 
     _, op, feeds, consts, order, attrs, opset, n_out = case
     proto = _model(op, feeds, consts, order, attrs, opset, n_out)
@@ -202,7 +202,7 @@ def test_family_graph_runs_whole_and_trains_its_computed_weights(name, legacy, t
     import onnx_ir as ir
     import torch
 
-    from gencompress.distill.mirror import Mirror, trainable_weights
+    from gencompress.distillation.mirror import Mirror, trainable_weights
     from gencompress.exporter.export import export
     from gencompress.exporter.families import export_family
     from gencompress.inputs import sample_inputs, specs_of_model

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # the public API facade: it names every verb (by string, loaded on first use), above every layer
 FACADE = "gencompress"
 PURE_PASS_FORBIDDEN = ("onnxruntime", "torch", "click", "gencompress.runtime_check", "gencompress.verbs",
-                       "gencompress.cli", "gencompress.distill", "gencompress.edge", "gencompress.sweeps")
+                       "gencompress.cli", "gencompress.distillation", "gencompress.edge", "gencompress.sweeps")
 
 
 def package_folders() -> dict[str, Path]:

@@ -50,7 +50,7 @@ def default_recipe(
     mode: str = "static",
     sparsity: float = 0.0,
     prune_mode: str = "unstructured",
-    prune_scope: str = "layer",
+    prune_scope: str | None = None,
     nm: str = "2:4",
     bits: int = 8,
     calib: str = "minmax",
@@ -84,9 +84,11 @@ def default_recipe(
         steps.append({"pass": "nm_prune", "options": {"n": n, "m": m}})
     elif sparsity > 0:
         options = {"sparsity": sparsity}
+        if prune_scope is not None and prune_scope != "layer" and prune_mode != "unstructured":
+            raise GencompressError(f"--prune-scope {prune_scope} applies to --prune-mode unstructured only")
+        if prune_scope is None:  # one threshold across the layers when distillation wins the accuracy back
+            prune_scope = "global" if distill and prune_mode == "unstructured" else "layer"
         if prune_scope != "layer":
-            if prune_mode != "unstructured":
-                raise GencompressError(f"--prune-scope {prune_scope} applies to --prune-mode unstructured only")
             options["scope"] = prune_scope
         steps.append({"pass": PASS_OF_MODE[prune_mode], "options": options})
     if distill:

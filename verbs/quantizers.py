@@ -100,7 +100,7 @@ def apply_rewrites(model, *, setting: bool | None, mode: str, exclude: tuple[str
         layout = _layout_changes(only_layout.report)
         if layout["changes"]:
             reasons = [text for key, text in LAYOUT_REASONS.items() if layout[key]]
-            return model, {**info, "applied": True, "reason": "; ".join(reasons), **layout}
+            return model, {**info, "applied": True, "reason": "; ".join(reasons), "convtranspose_rewritten": 0, **layout}
         return model, {**info, "reason": "no ConvTranspose to rewrite"}
     snapshot = model.clone() if setting is None else None  # shares the weights: the passes make new tensors
     rewrites = RewriteForInt8Pass(RewriteForInt8Pass.Options(exclude=tuple(exclude), layout_rewrites=True))

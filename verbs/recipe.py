@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from gencompress.distill import step as _distill_step  # noqa: F401  (registers "distill")
+from gencompress.verbs import distill_step as _distill_step  # noqa: F401  (registers "distill")
 from gencompress.passes.insert_qdq import InsertQDQPass
 from gencompress.passes.registry import make_options, pass_class, validate_recipe
 from gencompress.runtime_check.calibration import calibrate_ranges

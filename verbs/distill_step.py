@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from gencompress.distill.api import DEFAULTS, check_options
+from gencompress.verbs.distill import DEFAULTS, check_options
 from gencompress.errors import GencompressError
 from gencompress.passes.registry import GencompressPass, register
 
@@ -67,7 +67,7 @@ class DistillPass(GencompressPass):
         self.teacher, self.later_steps = teacher, list(later_steps)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        from gencompress.distill.api import distill_model
+        from gencompress.verbs.distill import distill_model
 
         if self.teacher is None:
             raise GencompressError("distill: no teacher model (the step runs inside a recipe, whose input model is the teacher)")

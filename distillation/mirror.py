@@ -625,7 +625,7 @@ def _lstm(a, attrs, opset):
 
 @op("Resize")
 def _resize(a, attrs, opset):
-    from gencompress.distill.resample import resize
+    from gencompress.distillation.resample import resize
 
     if opset < 11:  # opset 10: (X, scales)
         return resize(a[0], None, [float(v) for v in a[1].reshape(-1).tolist()], None, {**attrs, "coordinate_transformation_mode": "asymmetric",
@@ -639,7 +639,7 @@ def _resize(a, attrs, opset):
 
 @op("Pad")
 def _pad(a, attrs, opset):
-    from gencompress.distill.resample import pad
+    from gencompress.distillation.resample import pad
 
     mode = attrs.get("mode", "constant")
     if opset < 11:

@@ -104,8 +104,8 @@ def distill_model(
     """
     import onnx_ir as ir
 
-    from gencompress.distill.mirror import Mirror, refuse_quantized
-    from gencompress.distill.train import Batches, train
+    from gencompress.distillation.mirror import Mirror, refuse_quantized
+    from gencompress.distillation.train import Batches, train
     from gencompress.inputs import check_batch_budget, load_npz_inputs, specs_of_model
     from gencompress.batches import fixed_batch
     from gencompress.runtime_check.sessions import make_session

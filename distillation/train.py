@@ -31,7 +31,7 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from gencompress.distill.mirror import Mirror
+from gencompress.distillation.mirror import Mirror
 
 QUANTIZE_AWARE = ("int8", "int4")
 CURVE_POINTS = 20  # points of the loss curve in the report
