@@ -63,10 +63,15 @@ def make_model(name: str, folder: Path) -> Path:
         from gencompress.exporter.export import export
 
         export(name[4:], path)
-    elif name in CONV_FAMILIES or name in GEN_FAMILIES:
+    elif name in CONV_FAMILIES:
         from gencompress.exporter.families import export_family
 
         export_family(name, path)
+    elif name in GEN_FAMILIES:
+        from gencompress.exporter.export import export
+        from gencompress.models.families import FAMILIES
+
+        export(FAMILIES[name][0](), path)
     elif name in DCGANS:
         scale.build_generator(DCGANS[name], path)
     elif name in CLASSIC:
@@ -82,16 +87,16 @@ def classic(name: str, out: Path) -> None:
     import onnx
     import onnxruntime as ort
 
-    src = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
+    from onnx_backend_graphs import constant_weights
+
+    light = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
+    src = constant_weights(light, out.parent)  # weights no longer overridable inputs, opset 17: foldable
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.optimized_model_filepath = str(out)
     ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
     model = onnx.load(str(out))
-    x = model.graph.input[0]
-    x.type.tensor_type.shape.dim[0].dim_param = "N"  # batch 1 fixed in the wheel's graph
-    for o in model.graph.output:
-        o.type.tensor_type.shape.dim[0].dim_param = "N"
+    x = model.graph.input[0]  # batch 1, fixed by a Reshape: the plan times batch 1 only
     shape = [1] + [d.dim_value for d in x.type.tensor_type.shape.dim[1:]]
     model.metadata_props.add(key="gencompress.inputs", value=json.dumps([{"name": x.name, "shape": shape, "dtype": "float32", "low": 0, "high": 1}]))
     model.metadata_props.add(key="gencompress.output_range", value="1.0")
@@ -102,17 +107,19 @@ def classic(name: str, out: Path) -> None:
 
 
 def child(tool: str, src: str, out: str, calib: int, cache: str) -> dict:
-    import onnx  # noqa: F401  (imported before timing, like every tool's own imports)
+    import onnx  # imported before timing, like every tool's own imports
     import onnxruntime  # noqa: F401
 
     import gencompress.verbs.quantize as Q
+    from gencompress.batches import fixed_batch
 
     os.environ["GENCOMPRESS_CACHE_DIR"] = cache
+    scale.CALIB = calib
+    batch = fixed_batch(onnx.load(src, load_external_data=False)) or 64  # calibration batches quantize_static is fed
     start = time.perf_counter()
     report = {}
     if tool == "ort":
-        scale.CALIB = calib
-        scale.ort_quantize(src, out)
+        scale.ort_quantize(src, out, batch=batch)
     else:
         objective = tool if tool in ("size", "speed") else "balanced"
         report = Q.quantize(src, out, calib_size=calib, check=False, objective=objective)
@@ -160,13 +167,16 @@ def speeds(paths: dict, rounds: int) -> dict:
     from gencompress.inputs import sample_inputs, specs_of_model
     from gencompress.onnx_io import load_model
 
-    specs = specs_of_model(load_model(paths["float"]))
+    from gencompress.batches import fixed_batch
+
+    header = load_model(paths["float"])
+    specs, fixed = specs_of_model(header), fixed_batch(header)
     sessions = {n: base.session(p) for n, p in paths.items()}
-    held = sample_inputs(specs, 64, 12345)
-    outputs = {n: base.run_all(s, held) for n, s in sessions.items()}
+    held = sample_inputs(specs, 64 if not fixed else 4 * fixed, 12345)
+    outputs = {n: base.run_all(s, held, fixed or 64) for n, s in sessions.items()}
     peak = float(np.ptp(outputs["float"])) or 1.0
     rows = {n: {"psnr_db": base.psnr(outputs["float"], outputs[n], peak), "bytes": os.path.getsize(p)} for n, p in paths.items()}
-    for batch in (1, 64):
+    for batch in (fixed,) if fixed else (1, 64):
         feed = sample_inputs(specs, batch, 777 + batch)
         times = base.time_interleaved(sessions, feed, rounds, 10 if batch == 1 else 1)
         f = float(np.median(times["float"]))
@@ -210,11 +220,14 @@ def main() -> int:
                 row["tools"][tool] = r
                 print(f"{name:20s} {tool:9s} {r['seconds']:7.1f} s  peak {r['peak_bytes'] / 2**20:7.0f} MiB ({r['peak_bytes'] / size:5.1f}x file)"
                       f"  float layers {len(r.get('float_layers') or [])}  load {r.get('load')}", flush=True)
+            if "before" in row["tools"] and "balanced" in row["tools"]:  # the same plan builds the same bytes
+                row["before_same_bytes"] = (folder / "before.onnx").read_bytes() == (folder / "balanced.onnx").read_bytes()
+                print(f"{name:20s} balanced before/after byte-identical: {row['before_same_bytes']}", flush=True)
             if args.rounds:
                 paths = {"float": src, **{t: folder / f"{t}.onnx" for t in ("ort", "before", "balanced") if t in row["tools"] and not row["tools"][t].get("failed")}}
                 row["speed"] = speeds(paths, args.rounds)
                 print(f"{name:20s} speed vs float " + "  ".join(
-                    f"{t}: b1 {v['b1']:.2f}x b64 {v['b64']:.2f}x psnr {v['psnr_db'] if v['psnr_db'] is None else round(v['psnr_db'], 1)}"
+                    f"{t}: " + " ".join(f"{b} {v[b]:.2f}x" for b in ("b1", "b64") if b in v) + f" psnr {v['psnr_db'] if v['psnr_db'] is None else round(v['psnr_db'], 1)}"
                     for t, v in row["speed"].items() if t not in ("float", "load")) + f"  load {row['speed']['load']}", flush=True)
             results.append(row)
     print(f"load {load()} at end")

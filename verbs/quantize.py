@@ -260,7 +260,8 @@ class _Run:
         notes: list[str] = []
         if planned and on_disk > PLAN_NOTE_BYTES:
             note = (f"note: --objective {objective} times several builds of this {on_disk / 1e6:.0f} MB model side by side (peak memory "
-                    "18-23x the file on a 190 MB generator); --objective size reads it a weight at a time (under 3x)")
+                    "18-23x the file on a 190 MB generator) unless a plan cached by an earlier run with these options is reused; "
+                    "--objective size reads it a weight at a time (under 3x)")
             notes.append(note)
             log(note)
         upgraded = upgrade_opset(reference, in_path, lambda message: (notes.append(message), log(message)))
