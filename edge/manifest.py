@@ -45,6 +45,9 @@ def prior_of(spec) -> dict:
         return {"kind": "integers", "low": 0, "high": 1}
     if kind == "range":
         return {"kind": "integers", "low": int(spec.low), "high": int(spec.high)}
+    if kind == "images":  # the checks' natural-image crops are not bundled: the samplers draw the same range
+        return {"kind": "uniform", "low": float(args[0]), "high": float(args[1]),
+                "note": "gencompress draws natural-image crops for this input; the bundle draws uniform noise in their range"}
     if kind == "data":
         raise GencompressError(f"input {spec.name!r}: drawn from data ({args[0]}); a bundle carries priors only, "
                                f"so ship a model whose inputs are drawn from normal, uniform, onehot or integer priors")
