@@ -875,3 +875,12 @@ def test_onnx_wheel_ir3_graphs_prune_and_quantize(graph, tmp_path):
     for out in ("p.onnx", "q.onnx"):
         proto = onnx.load(str(tmp_path / out))
         assert not {i.name for i in proto.graph.input} & {t.name for t in proto.graph.initializer}
+
+
+def test_compress_ship_never_replaces_a_users_ship_folder(tmp_path, run_cli, user_error):
+    m = tiny(tmp_path / "g.onnx")
+    (tmp_path / "out" / "ship").mkdir(parents=True)
+    (tmp_path / "out" / "ship" / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    user_error(run_cli("compress", m, tmp_path / "out", "--ship", "--no-bench", "--samples", "8"), "not written by gencompress")
+    assert_untouched(tmp_path, before)

@@ -453,10 +453,12 @@ def _refuse_overwrite_inputs(out: Path, inputs, *, sweep: bool, ship: bool = Fal
     inputs = [Path(p) for p in inputs if p is not None]
     for name in (*OUTPUT_FILES, *SIDE_FILES):
         refuse_overwrite(out / name, inputs)
-    sweep_dir = out / "sweep"
-    if sweep and os.path.lexists(sweep_dir) and (sweep_dir.is_symlink() or not (sweep_dir / SWEEP_MARKER).is_file()):
-        raise GencompressError(f"{sweep_dir}: exists and was not written by gencompress (no {SWEEP_MARKER} in it); "
-                               "--sweep would replace it: move it or choose another OUT_DIR")
+    # a folder this run replaces must be one a run wrote: sweep/ has its marker, ship/ its bundle's manifest
+    for folder, used, mark, flag in (("sweep", sweep, SWEEP_MARKER, "--sweep"), ("ship", ship, "manifest.json", "--ship")):
+        path = out / folder
+        if used and os.path.lexists(path) and (path.is_symlink() or not (path / mark).is_file()):
+            raise GencompressError(f"{path}: exists and was not written by gencompress (no {mark} in it); "
+                                   f"{flag} would replace it: move it or choose another OUT_DIR")
     # replaced as a whole by this run (only when they exist: the check reads each input's external-data list)
     replaced = [folder for folder, used in (("sweep", sweep), ("ship", ship)) if used and (out / folder).exists()]
     if not replaced:
