@@ -146,10 +146,11 @@ def lifted_note(lifted: list[str], path) -> str | None:
             f"{_short(lifted[0])}, taken as weights; --keep-initializer-inputs keeps them as inputs")
 
 
-# onnx.checker serializes the model it checks: a model read whole is checked up to this size
-# (above it, the strings only); a model read by load_mapped is checked at any size (its
-# weights are references into the file, the graph is small)
-CHECKER_BYTES = 256 * 2**20
+# onnx.checker serializes the model it checks (a transient copy): a model read whole is checked up
+# to this size (above it, its text fields only; onnxruntime still refuses a broken graph in one
+# line); a model read by load_mapped (prune, quantize) is checked at any size: its weights are
+# references into the file, the graph is small
+CHECKER_BYTES = 64 * 2**20
 
 
 def validate_model(model: onnx.ModelProto, path, *, checker: bool = True) -> None:
