@@ -352,3 +352,24 @@ def calibrate_ranges(model, names: list[str], options) -> dict[str, tuple[float,
     stats = collect_stats(proto, names, feeds, histogram=options.calib != "minmax")
     symmetric = options.activations == "int8"
     return {n: stats[n].range(options.calib, symmetric=symmetric, percentile=options.percentile) for n in names}
+
+
+def calibrating_in_place_of(before):
+    """A calibrator like ``calibrate_ranges`` for a model the int8 rewrites made from ``before``
+    (onnx_ir, the model right before them): it calibrates ``before`` and carries its ranges onto the
+    tensors the rewrites made (``passes/carry_ranges``), as quantize does (``static_quantizer``), and
+    measures on the rewritten model only what cannot be carried. Calibrating the rewritten graph
+    itself would also count values nobody reads: a sub-pixel Conv computes border pixels its Slice
+    then drops (unet on image crops: the last Conv's range 2% wider, its int8 scale differing from
+    quantize's)."""
+    from gencompress.passes.carry_ranges import carry_ranges
+
+    def calibrate(model, names: list[str], options) -> dict[str, tuple[float, float]]:
+        found = calibrate_ranges(before, float_tensors(before), options)
+        found.update(carry_ranges(model.graph, before.graph, found))
+        rest = [n for n in names if n not in found]
+        if rest:
+            found.update(calibrate_ranges(model, rest, options))
+        return {n: found[n] for n in names}
+
+    return calibrate

@@ -347,3 +347,57 @@ def test_target_psnr(zoo_onnx, tmp_path):
     with pytest.raises(GencompressError, match="cannot be met"):
         quantize(src, tmp_path / "strict.onnx", objective="size", calib_size=CALIB, target_psnr=150.0, strict=True)
     assert not (tmp_path / "strict.onnx").exists()
+
+
+def test_unet_on_image_crops_calibrates_the_values_read(tmp_path):
+    """unet (models/families.py) on natural-image crops: its last ConvTranspose becomes a sub-pixel
+    Conv -> Tanh -> DepthToSpace -> Slice. The Conv also computes border pixels the Slice drops; on
+    image crops they reach 2% past the kept values' range. The range carried from the ConvTranspose
+    is the kept values' range, and compress's recipe (rewrite_for_int8 -> insert_qdq) calibrates the
+    model before the rewrites and carries, as quantize does: the same int8 scale (it once
+    calibrated the rewritten graph, border pixels included: 0.0044501 against 0.00436149)."""
+    import onnx_ir as ir
+
+    from gencompress.exporter.export import export
+    from gencompress.inputs import specs_of_model
+    from gencompress.models.families import FAMILIES
+    from gencompress.passes.carry_ranges import carry_ranges
+    from gencompress.passes.insert_qdq import StaticOptions
+    from gencompress.verbs.compress import default_recipe
+    from gencompress.verbs.quantizers import apply_rewrites, calibrated_ranges, fold_into_layers, prepare
+    from gencompress.verbs.recipe import run_recipe
+
+    src = tmp_path / "unet.onnx"
+    export(FAMILIES["unet"][0](), src, batches=(1, 3))
+    model = ir.load(src)
+    prepare(model)
+    fold_into_layers(model)
+    before = model.clone()
+    model, report = apply_rewrites(model, setting=None, mode="static", exclude=())
+    assert report["applied"]
+    static = StaticOptions(calib_size=32)
+    ranges, _ = calibrated_ranges(before, static, log=lambda m: None)
+    assert [s.prior for s in specs_of_model(onnx.load(str(src)))] == ["images:0..1"]  # calibrated on natural-image crops
+    tanh = next(n for n in model.graph if n.op_type == "Tanh")
+    conv_out = tanh.inputs[0].name  # the sub-pixel Conv's output
+    original = next(n for n in before.graph if n.op_type == "Tanh").inputs[0].name  # the ConvTranspose's
+    carried = carry_ranges(model.graph, before.graph, ranges)
+    assert carried[conv_out] == ranges[original]
+    own, _ = calibrated_ranges(model, static, log=lambda m: None)
+    lo, hi = carried[conv_out]
+    # the kept values: tanh is monotonic and the graph output is what the Slice keeps of tanh(conv)
+    out_lo, out_hi = own[model.graph.outputs[0].name]
+    span = hi - lo
+    assert abs(np.arctanh(out_lo) - lo) <= 1e-5 * span and abs(np.arctanh(out_hi) - hi) <= 1e-5 * span
+    assert own[conv_out][0] < lo - 0.01 * span  # the dropped border pixels: below the kept values
+    # compress's recipe: the same scale as quantize's
+    q = quantize(src, tmp_path / "q.onnx", calib_size=32, objective="size", check=False)
+    assert q["ratio"] < 1
+    recipe_model = ir.load(src)
+    recipe_model, _ = run_recipe(recipe_model, default_recipe(calib_size=32, objective="size"))
+    name = f"{conv_out}_scale"
+    scales = {}
+    for label, proto in (("quantize", onnx.load(str(tmp_path / "q.onnx"))), ("recipe", ir.serde.serialize_model(recipe_model))):
+        scales[label] = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}[name]
+    assert scales["quantize"] == scales["recipe"]
+    assert abs(float(scales["quantize"]) - span / 255) <= 1e-6 * span
