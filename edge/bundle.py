@@ -120,6 +120,8 @@ def ship(model, out_dir, *, targets=TARGETS, web_version: str | None = None, web
     if not specs:
         raise GencompressError(f"{model_path}: the graph has no inputs to draw latents for; ship takes a generator")
     batch = fixed_batch(proto)
+    from gencompress.runtime_check.saturation import portability
+
     manifest = {
         "format": M.FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -134,6 +136,7 @@ def ship(model, out_dir, *, targets=TARGETS, web_version: str | None = None, web
         "test_vectors": None,
         "targets": {},
         "compress_report": M.report_figures(model_path.parent / "report.json", model_path),
+        "portability": portability(proto),  # the ISA here, and whether x86 without VNNI computes the same
         "tools": None,
         "files": None,
     }
