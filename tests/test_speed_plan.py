@@ -151,7 +151,7 @@ def _gru_model():
     ]
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 2, x])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 1, 2, h])],
         [numpy_helper.from_array(q, "wq"), numpy_helper.from_array(scale, "ws"), numpy_helper.from_array(r, "r")],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
