@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from gencompress.errors import GencompressError
+from gencompress.runtime_check.saturation import portability
 
 TARGETS = ("python", "ort", "web")
 LATENTS = "latents.bin"
@@ -120,8 +121,6 @@ def ship(model, out_dir, *, targets=TARGETS, web_version: str | None = None, web
     if not specs:
         raise GencompressError(f"{model_path}: the graph has no inputs to draw latents for; ship takes a generator")
     batch = fixed_batch(proto)
-    from gencompress.runtime_check.saturation import portability
-
     manifest = {
         "format": M.FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
