@@ -177,7 +177,7 @@ def main() -> None:
     for r in rows:
         agree = r.get("latency_agreement")
         agree_s = f"{agree['median_abs_log']:.3f}, {agree['max_abs_log']:.3f} ({agree['pairs']} pairs)" if agree else "-"
-        print(f"| {r['variant']} (rep {r['repeat']}) | {r['trials']} | {r['wall_s']:.1f} | {r['vs_serial']:.2f} | "
+        print(f"| {r['variant']} (rep {r['repeat']}) | {r['trials']} | {r['wall_s']:.1f} | {r['vs_serial'] or float('nan'):.2f} | "
               f"{r['overhead_s_per_trial']:.2f} | {r['peak_mb']:.0f} | {agree_s} | {r['load']} |")
     sweeps = [r for r in rows if r["variant"] != "serial"]
     if sweeps:  # the nightly estimate from the measured per-trial costs
