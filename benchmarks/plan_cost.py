@@ -113,7 +113,7 @@ def child(tool: str, src: str, out: str, calib: int, cache: str) -> dict:
     import gencompress.verbs.quantize as Q
     from gencompress.batches import fixed_batch
 
-    os.environ["GENCOMPRESS_CACHE_DIR"] = cache
+    os.environ["GENCOMPRESS_PLAN_CACHE"] = cache
     scale.CALIB = calib
     batch = fixed_batch(onnx.load(src, load_external_data=False)) or 64  # calibration batches quantize_static is fed
     start = time.perf_counter()

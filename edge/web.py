@@ -14,13 +14,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
 
+from gencompress.cache import cache_root
 from gencompress.errors import GencompressError
 
 ORT_WEB_VERSION = "1.30.0"
@@ -40,10 +40,6 @@ NPM_TIMEOUT_S = 600
 
 class WebRuntimeUnavailable(GencompressError):
     """onnxruntime-web could not be fetched (no npm, registry unreachable): the web target alone fails."""
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("GENCOMPRESS_CACHE") or Path.home() / ".cache" / "gencompress")
 
 
 def cache_dir(version: str = ORT_WEB_VERSION) -> Path:

@@ -8,6 +8,21 @@ import pytest
 from click.testing import CliRunner
 
 
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_plan_cache(tmp_path_factory):
+    """Timed int8 plans cached by one test run are not reused by the next (or by the user's runs)."""
+    import os
+
+    folder = tmp_path_factory.mktemp("plans")
+    previous = os.environ.get("GENCOMPRESS_PLAN_CACHE")
+    os.environ["GENCOMPRESS_PLAN_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("GENCOMPRESS_PLAN_CACHE", None)
+    else:
+        os.environ["GENCOMPRESS_PLAN_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def zoo_onnx(tmp_path_factory):
     """``zoo_onnx(name) -> Path`` of the zoo model exported with its trained checkpoint (cached)."""

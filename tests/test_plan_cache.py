@@ -39,7 +39,7 @@ def run_plan(model_path, timer, **options):
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
     folder = tmp_path / "plans"
-    monkeypatch.setenv("GENCOMPRESS_CACHE_DIR", str(folder))
+    monkeypatch.setenv("GENCOMPRESS_PLAN_CACHE", str(folder))
     return folder
 
 
@@ -103,7 +103,7 @@ def test_damaged_or_foreign_entry_is_a_miss_not_an_error(zoo_onnx, cache_dir):
 def test_unwritable_cache_folder_still_plans(zoo_onnx, tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    monkeypatch.setenv("GENCOMPRESS_CACHE_DIR", str(blocker / "plans"))  # a folder under a file cannot be made
+    monkeypatch.setenv("GENCOMPRESS_PLAN_CACHE", str(blocker / "plans"))  # a folder under a file cannot be made
     timer, calls = counting_timer()
     _, report = run_plan(zoo_onnx("dcgan"), timer)
     assert calls and report["cached"] is None

@@ -13,8 +13,8 @@ it was timed on, so the key covers all of them:
   and this module's ``FORMAT`` and gencompress's version (a plan from other code is not reused).
 
 Reusing a plan skips the timing only; the model is built from it as on the first run, so the
-output is byte-identical. Entries live in ``$GENCOMPRESS_CACHE_DIR`` or
-``$XDG_CACHE_HOME/gencompress/plans`` (default ``~/.cache/gencompress/plans``), one small JSON
+output is byte-identical. Entries live in ``$GENCOMPRESS_PLAN_CACHE`` or the cache folder's
+``plans/`` (``gencompress/cache.py``; default ``~/.cache/gencompress/plans``), one small JSON
 file per key, written to a temp file in that folder then renamed. The cache is an optimisation:
 a folder that cannot be written or an entry that cannot be read or does not fit the model is a
 miss, never an error.
@@ -36,10 +36,9 @@ FORMAT = 1  # bump when what a plan means changes
 
 
 def cache_folder() -> Path:
-    if os.environ.get("GENCOMPRESS_CACHE_DIR"):
-        return Path(os.environ["GENCOMPRESS_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "gencompress" / "plans"
+    from gencompress.cache import cache_root
+
+    return Path(os.environ.get("GENCOMPRESS_PLAN_CACHE") or cache_root() / "plans")
 
 
 def machine_kind(threads: int | None = None) -> dict:
