@@ -20,6 +20,17 @@ from gencompress.verbs.compress import compress
 
 CALIB = "32"  # calibration draws: few, for speed; compress and quantize get the same
 FAST = {"calib_size": int(CALIB), "eval_size": 16, "objective": "size"}  # structural checks: every layer int8, untimed
+# PSNR floor of the int8 model against the float one (every layer int8, --objective size)
+PSNR_FLOOR = 30.0
+# instancenorm_resnet on natural-image crops (its image input's default prior since images.py):
+# 23.31 dB (portable kernels; 23.32 with vnni: not the saturation bound), above 30 on noise. The
+# honest int8 fidelity of this untrained net on smooth 16x16 crops, not a calibration problem
+# (23.6 dB with 16 calibration crops, 23.2 with 128, 23.7 with --calib mse): the stem Conv's output
+# is quantized per tensor (step 0.0133 over its -1.6..1.3 range) and InstanceNorm then divides each
+# channel by its std over one crop (median 0.06, down to 0.0075 on a flat crop), amplifying that
+# step. Keeping only that QDQ in float gives 34.7 dB; --exclude node_conv2d (the 3->48 stem) 34.9
+# dB at 0.284x the float size.
+PSNR_FLOOR_OF = {"instancenorm_resnet": 22.0}
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +68,7 @@ def test_every_verb_runs_and_int8_is_small(family_onnx, tmp_path, run_cli, name)
     assert result.exit_code == 0, result
     report = json.loads(result.stdout)
     assert report["ratio"] <= bound, (name, report["ratio"])
-    assert report["psnr_db"] is None or report["psnr_db"] > 30
+    assert report["psnr_db"] is None or report["psnr_db"] > PSNR_FLOOR_OF.get(name, PSNR_FLOOR), (name, report["psnr_db"])
     assert not report["warnings"]
     # compress (cleanup -> rewrites -> insert_qdq) writes the same weights, the same size
     out = compress(src, tmp_path / "c", bench=False, samples=16, flags={"calib_size": int(CALIB), "objective": "size"})
