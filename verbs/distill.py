@@ -82,6 +82,32 @@ def _worst(rows) -> float | None:
     return min(values) if values else None
 
 
+def _checked_pair(teacher_proto, student, batch: int, data):
+    """Teacher and student checked before any work (float, the same inputs and outputs, every op
+    mirrored, the batch); returns (student proto, input specs, the data's arrays or None)."""
+    import onnx_ir as ir
+
+    from gencompress.batches import fixed_batch
+    from gencompress.distillation.mirror import Mirror, refuse_quantized
+    from gencompress.inputs import check_batch_budget, load_npz_inputs, specs_of_model
+
+    refuse_quantized(ir.serde.deserialize_model(teacher_proto), "teacher")
+    refuse_quantized(student, "student")
+    student_proto = ir.serde.serialize_model(student)
+    check_pair(teacher_proto, student_proto)
+    Mirror(student)  # unsupported ops fail here, before any work
+    specs = specs_of_model(teacher_proto)
+    check_batch_budget(specs, batch, "--batch inputs")
+    fixed = fixed_batch(teacher_proto) or fixed_batch(student_proto)
+    if fixed is not None and fixed != batch:
+        raise GencompressError(f"the model's inputs fix the batch size to {fixed}; use --batch {fixed}")
+    if data is None:
+        return student_proto, specs, None
+    if isinstance(data, (str, os.PathLike)):
+        return student_proto, specs, load_npz_inputs(data, specs)
+    return student_proto, specs, {k: np.asarray(v) for k, v in dict(data).items()}
+
+
 def distill_model(
     teacher_proto,
     student,
@@ -104,29 +130,11 @@ def distill_model(
     """
     import onnx_ir as ir
 
-    from gencompress.distillation.mirror import Mirror, refuse_quantized
     from gencompress.distillation.train import Batches, train
-    from gencompress.inputs import check_batch_budget, load_npz_inputs, specs_of_model
-    from gencompress.batches import fixed_batch
     from gencompress.runtime_check.sessions import make_session
 
     check_options(steps=steps, batch=batch, lr=lr, seed=seed, threads=threads, quantize_aware=quantize_aware)
-    refuse_quantized(ir.serde.deserialize_model(teacher_proto), "teacher")
-    refuse_quantized(student, "student")
-    student_proto = ir.serde.serialize_model(student)
-    check_pair(teacher_proto, student_proto)
-    Mirror(student)  # unsupported ops fail here, before any work
-    specs = specs_of_model(teacher_proto)
-    check_batch_budget(specs, batch, "--batch inputs")
-    fixed = fixed_batch(teacher_proto) or fixed_batch(student_proto)
-    if fixed is not None and fixed != batch:
-        raise GencompressError(f"the model's inputs fix the batch size to {fixed}; use --batch {fixed}")
-    arrays = None
-    if data is not None:
-        if isinstance(data, (str, os.PathLike)):
-            arrays = load_npz_inputs(data, specs)
-        else:
-            arrays = {k: np.asarray(v) for k, v in dict(data).items()}
+    student_proto, specs, arrays = _checked_pair(teacher_proto, student, batch, data)
     make_session(teacher_proto, threads=threads, label="teacher")  # a teacher onnxruntime cannot load fails here
     before = fidelity(teacher_proto, student_proto, seed=seed, threads=threads, inputs=arrays)
     if quantize_aware is None and all(b["psnr_db"] == math.inf for b in before):

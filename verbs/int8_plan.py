@@ -104,6 +104,27 @@ class PlanResult:
     cached: str | None = None  # the plan cache entry it was read from, when it was not timed in this run
 
 
+def choose_final(finals: list[frozenset], measured: dict, objective: str, noise: float, size, none: frozenset) -> tuple[frozenset, str]:
+    """The configuration ``plan_layers`` returns, of the plan, all-int8 and no-int8 measured side by
+    side (see there), and the message that says why."""
+    if objective == "speed":
+        chosen = min(finals, key=lambda c: geomean(measured[c]))
+        message = f"fastest measured: {fmt_ratios(measured[chosen])} float speed"
+    else:
+        safe = [c for c in finals if max(measured[c].values()) <= 1.0 + noise]
+        if safe and size is not None:  # smallest within "not slower": sizes within SIZE_SLACK count as equal
+            smallest = min(size(c) for c in safe)
+            safe = [c for c in safe if size(c) <= smallest * (1.0 + SIZE_SLACK)]
+        chosen = none
+        if safe:  # the most int8 (the smaller form), unless another one is faster beyond noise
+            preferred = max(safe, key=lambda c: (len(c), -size(c) if size is not None else 0))
+            fastest = min(safe, key=lambda c: geomean(measured[c]))
+            chosen = fastest if geomean(measured[fastest]) < geomean(measured[preferred]) * (1.0 - noise) else preferred
+        message = (f"not slower than float beyond {noise:.0%} at any batch: {fmt_ratios(measured[chosen])} float speed" if safe
+                   else f"every configuration was slower than float beyond {noise:.0%}; no int8 compute ({fmt_ratios(measured[none])})")
+    return chosen, message
+
+
 def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objective: str, noise: float = NOISE,
                 size: Callable[[frozenset], int] | None = None, groups: list[list[str]] | None = None) -> PlanResult:
     """Choose the layers that compute in int8.
@@ -162,21 +183,7 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
     rows.sort(key=lambda r: order[r["node"]])
     finals = list(dict.fromkeys([current, full, none]))
     measured = dict(zip(finals, timed(*finals)))
-    if objective == "speed":
-        chosen = min(finals, key=lambda c: geomean(measured[c]))
-        message = f"fastest measured: {fmt_ratios(measured[chosen])} float speed"
-    else:
-        safe = [c for c in finals if max(measured[c].values()) <= 1.0 + noise]
-        if safe and size is not None:  # smallest within "not slower": sizes within SIZE_SLACK count as equal
-            smallest = min(size(c) for c in safe)
-            safe = [c for c in safe if size(c) <= smallest * (1.0 + SIZE_SLACK)]
-        chosen = none
-        if safe:  # the most int8 (the smaller form), unless another one is faster beyond noise
-            preferred = max(safe, key=lambda c: (len(c), -size(c) if size is not None else 0))
-            fastest = min(safe, key=lambda c: geomean(measured[c]))
-            chosen = fastest if geomean(measured[fastest]) < geomean(measured[preferred]) * (1.0 - noise) else preferred
-        message = (f"not slower than float beyond {noise:.0%} at any batch: {fmt_ratios(measured[chosen])} float speed" if safe
-                   else f"every configuration was slower than float beyond {noise:.0%}; no int8 compute ({fmt_ratios(measured[none])})")
+    chosen, message = choose_final(finals, measured, objective, noise, size, none)
     if chosen != current:
         for row in rows:
             choice = "int8" if row["node"] in chosen else "float"
