@@ -422,10 +422,13 @@ def test_per_tensor_and_int8_activations():
     assert values["w1_scale"].shape == () and attr(dq_of(q, "w1"), "axis") is None
     assert values["x_zero_point"].dtype == np.int8 and values["x_zero_point"] == 0
     assert report["weights"] == "int8 per-tensor"
-    x = RNG.normal(size=(8, 4, 6, 6)).astype(np.float32)
+    # 64 samples of their own: on 8 drawn from the shared RNG the error swung 0.03-0.09 with the
+    # tests run before (one scale for the whole weight; portable may widen it for one pair);
+    # on 64, six seeds gave 0.035-0.045
+    x = np.random.default_rng(3).normal(size=(64, 4, 6, 6)).astype(np.float32)
     (ref,) = run(proto, {"x": x})
     (out,) = run(q, {"x": x})
-    assert rel_rms(out, ref) < 0.05
+    assert rel_rms(out, ref) < 0.055
 
 
 def test_exclude_keeps_a_layer_float_and_unknown_names_are_user_errors():
