@@ -144,29 +144,12 @@ def check(
     Returns ``{"reference", "candidate", "samples", "seed", "provider", "inputs", "outputs":
     [per-output metrics, see fidelity.compare_output], "preview"?}``.
     """
-    from gencompress.inputs import load_npz_inputs, sample_inputs, specs_of_model
     from gencompress.batches import fixed_batch
+    from gencompress.inputs import specs_of_model
     from gencompress.runtime_check import fidelity as F
     from gencompress.runtime_check.sessions import make_session, resolve_provider
 
-    if inputs is None:
-        samples = _positive(samples, "--samples (the number of latents)", MAX_SAMPLES)
-    batch = _positive(batch, "--batch", MAX_BATCH)
-    seed = _seed(seed)
-    if threads is not None:
-        threads = _positive(threads, "--threads", MAX_THREADS)
-    if preview is None or preview == 0:
-        preview = 0
-    else:
-        preview = _positive(preview, "preview", 1024)
-    if peak is not None and (isinstance(peak, bool) or not isinstance(peak, (int, float, np.integer, np.floating))):
-        raise GencompressError(f"--peak must be a positive number, got {_short(peak)}")
-    if not isinstance(provider, str):
-        raise GencompressError(f"provider must be a name such as 'cpu', got {_short(provider)}")
-    if inputs is not None and not isinstance(inputs, (str, os.PathLike, dict)):
-        raise GencompressError(f"inputs must be an .npz path or a dict of arrays, got {type(inputs).__name__}")
-    if features is not None and not isinstance(features, (str, os.PathLike)):
-        raise GencompressError(f"features must be an .onnx path, got {type(features).__name__}")
+    samples, batch, seed, threads, preview = _checked_check_arguments(samples, batch, seed, threads, preview, peak, provider, inputs, features)
     provider = resolve_provider(provider)
     ref_proto, ref_label = _load(reference, "reference", header=True)
     cand_proto, cand_label = _load(candidate, "candidate", header=True)
@@ -176,20 +159,7 @@ def check(
         raise GencompressError(f"{weight_warnings[0]}; refusing to check it (--allow-nonfinite measures it anyway)")
 
     specs = specs_of_model(ref_proto)
-    if inputs is None:
-        feeds = sample_inputs(specs, samples, seed)
-        inputs_source = f"seeded prior draws (seed {seed})"
-    else:
-        if isinstance(inputs, (str, os.PathLike)):
-            feeds = load_npz_inputs(inputs, specs)
-            inputs_source = str(inputs)
-        else:
-            feeds = {k: np.asarray(v) for k, v in dict(inputs).items()}
-            inputs_source = "given arrays"
-        counts = {len(v) for v in feeds.values()}
-        if len(counts) != 1 or 0 in counts:
-            raise GencompressError("inputs must all have the same, non-zero number of samples")
-        samples = counts.pop()
+    feeds, inputs_source, samples = _check_feeds(specs, inputs, samples, seed)
 
     # a path is read by onnxruntime itself (external data and all), an in-memory model as given
     ref_session = make_session(_source(reference, ref_proto), provider=provider, threads=threads, label=f"reference {ref_label}")
@@ -198,21 +168,7 @@ def check(
     ref_out = _run_all(ref_session, feeds, output_names, samples, batch, fixed_batch(ref_proto), f"reference {ref_label}", progress)
     cand_out = _run_all(cand_session, feeds, output_names, samples, batch, fixed_batch(cand_proto), f"candidate {cand_label}", progress)
 
-    if peak is not None:
-        if not (np.isfinite(peak) and peak > 0):
-            raise GencompressError(f"--peak must be a positive number, got {peak}")
-        peak_value, peak_source = float(peak), "given"
-
-    outputs = []
-    for i, name in enumerate(output_names):
-        extractor = None
-        if features is not None and i == 0:
-            from gencompress.runtime_check.features import onnx_extractor
-
-            extractor = onnx_extractor(features, name, ref_out[name])
-        if peak is None:
-            peak_value, peak_source = F.output_peak(ref_proto, ref_out[name])
-        outputs.append(F.compare_output(name, ref_out[name], cand_out[name], peak=peak_value, peak_source=peak_source, extractor=extractor))
+    outputs = _compare_outputs(ref_proto, output_names, ref_out, cand_out, peak, features)
 
     result = {
         "reference": ref_label,
@@ -229,6 +185,126 @@ def check(
     if preview:
         result["preview"] = _preview(feeds, specs, ref_out, cand_out, outputs, preview)
     return result
+
+
+def _timed_rows(data, models, specs, providers, threads, batches, runs, warmup, seed, progress) -> list[dict]:
+    """One row per provider, thread count and batch size: each model's percentiles and samples/s,
+    timed interleaved, and with a reference its ``ratio`` and ``speedup``."""
+    from gencompress.inputs import sample_inputs
+    from gencompress.output import progress as bar
+    from gencompress.runtime_check import latency as L
+    from gencompress.runtime_check.sessions import cast_feeds, make_session
+
+    rows = []
+    total = len(providers) * len(threads) * len(batches) * runs
+    with bar(total=total, desc="bench", unit="run") if progress else _NullBar() as pbar:
+        for provider in providers:
+            for t in threads:
+                sessions = {k: make_session(data[k], provider=provider, threads=t, label=f"{k} {models[k][1]}") for k in models}
+                for b in batches:
+                    feeds = sample_inputs(specs, b, seed)
+                    feeds = {k: cast_feeds(s, feeds) for k, s in sessions.items()}
+                    times = L.time_interleaved(sessions, feeds, runs=runs, warmup=int(warmup), tick=lambda: pbar.update(1))
+                    row = {"provider": provider, "threads": t, "batch": b}
+                    for k in models:
+                        stats = L.percentiles(times[k])
+                        stats["samples_per_s"] = b / (stats["p50_ms"] / 1e3) if stats["p50_ms"] > 0 else None
+                        row[k] = stats
+                    row["reference"] = row.get("reference")
+                    if row["reference"]:
+                        r = row["model"]["p50_ms"] / row["reference"]["p50_ms"] if row["reference"]["p50_ms"] > 0 else None
+                        row["ratio"] = r
+                        row["speedup"] = 1.0 / r if r else None
+                    else:
+                        row["ratio"] = row["speedup"] = None
+                    rows.append(row)
+                del sessions
+    return rows
+
+
+def _memory(data, models, specs, providers, batches, threads: int, seed) -> dict:
+    """Peak memory of each model's session (created, and running a batch), per provider and batch size."""
+    from gencompress.runtime_check import latency as L
+
+    rows = []
+    for provider in providers:
+        for b in batches:
+            entry = {"provider": provider, "batch": b, "threads": threads}
+            for k in models:
+                probe = L.measure_memory(data[k], specs, provider=provider, batch=b, threads=threads, seed=seed)
+                entry[f"{k}_peak_bytes"] = probe["session_peak_bytes"]
+                entry[f"{k}_create_peak_bytes"] = probe["create_peak_bytes"]
+                entry["probe"] = probe["method"]
+            rows.append(entry)
+    return {"method": L.MEMORY_METHOD, "results": rows}
+
+
+def _sizes(data, sources, models) -> dict:
+    """Bytes and deflated bytes of each model, and their ratios with a reference."""
+    from gencompress.runtime_check import latency as L
+
+    rows = {k: L.sizes(data[k], sources[k] if isinstance(sources[k], (str, os.PathLike)) else None) for k in models}
+    sizes = {"model": rows["model"], "reference": rows.get("reference")}
+    if sizes["reference"]:
+        sizes["ratio"] = sizes["model"]["bytes"] / sizes["reference"]["bytes"]
+        sizes["deflate_ratio"] = sizes["model"]["deflate_bytes"] / sizes["reference"]["deflate_bytes"]
+    return sizes
+
+
+def _compare_outputs(ref_proto, output_names, ref_out, cand_out, peak, features) -> list[dict]:
+    """Per output, the metrics of ``fidelity.compare_output``: at the given peak, else the output's
+    nominal range, else the reference's peak-to-peak; ``features`` for the first output's Fréchet distance."""
+    from gencompress.runtime_check import fidelity as F
+
+    if peak is not None and not (np.isfinite(peak) and peak > 0):
+        raise GencompressError(f"--peak must be a positive number, got {peak}")
+    outputs = []
+    for i, name in enumerate(output_names):
+        extractor = None
+        if features is not None and i == 0:
+            from gencompress.runtime_check.features import onnx_extractor
+
+            extractor = onnx_extractor(features, name, ref_out[name])
+        peak_value, peak_source = (float(peak), "given") if peak is not None else F.output_peak(ref_proto, ref_out[name])
+        outputs.append(F.compare_output(name, ref_out[name], cand_out[name], peak=peak_value, peak_source=peak_source, extractor=extractor))
+    return outputs
+
+
+def _checked_check_arguments(samples, batch, seed, threads, preview, peak, provider, inputs, features):
+    """``check``'s counts and argument types checked before any work; (samples, batch, seed, threads, preview)."""
+    if inputs is None:
+        samples = _positive(samples, "--samples (the number of latents)", MAX_SAMPLES)
+    batch = _positive(batch, "--batch", MAX_BATCH)
+    seed = _seed(seed)
+    if threads is not None:
+        threads = _positive(threads, "--threads", MAX_THREADS)
+    preview = 0 if preview is None or preview == 0 else _positive(preview, "preview", 1024)
+    if peak is not None and (isinstance(peak, bool) or not isinstance(peak, (int, float, np.integer, np.floating))):
+        raise GencompressError(f"--peak must be a positive number, got {_short(peak)}")
+    if not isinstance(provider, str):
+        raise GencompressError(f"provider must be a name such as 'cpu', got {_short(provider)}")
+    if inputs is not None and not isinstance(inputs, (str, os.PathLike, dict)):
+        raise GencompressError(f"inputs must be an .npz path or a dict of arrays, got {type(inputs).__name__}")
+    if features is not None and not isinstance(features, (str, os.PathLike)):
+        raise GencompressError(f"features must be an .onnx path, got {type(features).__name__}")
+    return samples, batch, seed, threads, preview
+
+
+def _check_feeds(specs, inputs, samples: int, seed: int) -> tuple[dict, str, int]:
+    """The inputs both models run: ``samples`` seeded prior draws, or the given file or arrays;
+    (feeds, where they came from, how many samples)."""
+    from gencompress.inputs import load_npz_inputs, sample_inputs
+
+    if inputs is None:
+        return sample_inputs(specs, samples, seed), f"seeded prior draws (seed {seed})", samples
+    if isinstance(inputs, (str, os.PathLike)):
+        feeds, source = load_npz_inputs(inputs, specs), str(inputs)
+    else:
+        feeds, source = {k: np.asarray(v) for k, v in dict(inputs).items()}, "given arrays"
+    counts = {len(v) for v in feeds.values()}
+    if len(counts) != 1 or 0 in counts:
+        raise GencompressError("inputs must all have the same, non-zero number of samples")
+    return feeds, source, counts.pop()
 
 
 def _run_all(session, feeds, output_names, n, batch, fixed, label, progress):
@@ -307,12 +383,10 @@ def bench(
     row carries ``ratio`` = model p50 / reference p50. A provider this onnxruntime build does
     not offer is an error, never a CPU fallback. See ``latency`` for what is measured how.
     """
-    from gencompress.inputs import sample_inputs, specs_of_model
-    from gencompress.output import progress as bar
     from gencompress.batches import fixed_batch
+    from gencompress.inputs import specs_of_model
     from gencompress.runtime_check import fidelity as F
-    from gencompress.runtime_check import latency as L
-    from gencompress.runtime_check.sessions import cast_feeds, make_session, model_bytes, resolve_providers
+    from gencompress.runtime_check.sessions import model_bytes, resolve_providers
 
     if isinstance(providers, str):
         providers = (providers,)
@@ -342,50 +416,10 @@ def bench(
             raise GencompressError(f"{key} {lab}: its graph fixes the batch size to {fixed}; use --batch {fixed}")
     specs = specs_of_model(models.get("reference", models["model"])[0])
 
-    rows = []
-    total = len(providers) * len(threads) * len(batches) * runs
-    with bar(total=total, desc="bench", unit="run") if progress else _NullBar() as pbar:
-        for provider in providers:
-            for t in threads:
-                sessions = {k: make_session(data[k], provider=provider, threads=t, label=f"{k} {models[k][1]}") for k in models}
-                for b in batches:
-                    feeds = sample_inputs(specs, b, seed)
-                    feeds = {k: cast_feeds(s, feeds) for k, s in sessions.items()}
-                    times = L.time_interleaved(sessions, feeds, runs=runs, warmup=int(warmup), tick=lambda: pbar.update(1))
-                    row = {"provider": provider, "threads": t, "batch": b}
-                    for k in models:
-                        stats = L.percentiles(times[k])
-                        stats["samples_per_s"] = b / (stats["p50_ms"] / 1e3) if stats["p50_ms"] > 0 else None
-                        row[k] = stats
-                    row["reference"] = row.get("reference")
-                    if row["reference"]:
-                        r = row["model"]["p50_ms"] / row["reference"]["p50_ms"] if row["reference"]["p50_ms"] > 0 else None
-                        row["ratio"] = r
-                        row["speedup"] = 1.0 / r if r else None
-                    else:
-                        row["ratio"] = row["speedup"] = None
-                    rows.append(row)
-                del sessions
+    rows = _timed_rows(data, models, specs, providers, threads, batches, runs, warmup, seed, progress)
 
-    mem = None
-    if memory:
-        mem_rows = []
-        for provider in providers:
-            for b in batches:
-                entry = {"provider": provider, "batch": b, "threads": threads[0]}
-                for k in models:
-                    probe = L.measure_memory(data[k], specs, provider=provider, batch=b, threads=threads[0], seed=seed)
-                    entry[f"{k}_peak_bytes"] = probe["session_peak_bytes"]
-                    entry[f"{k}_create_peak_bytes"] = probe["create_peak_bytes"]
-                    entry["probe"] = probe["method"]
-                mem_rows.append(entry)
-        mem = {"method": L.MEMORY_METHOD, "results": mem_rows}
-
-    size_rows = {k: L.sizes(data[k], sources[k] if isinstance(sources[k], (str, os.PathLike)) else None) for k in models}
-    sizes = {"model": size_rows["model"], "reference": size_rows.get("reference")}
-    if sizes["reference"]:
-        sizes["ratio"] = sizes["model"]["bytes"] / sizes["reference"]["bytes"]
-        sizes["deflate_ratio"] = sizes["model"]["deflate_bytes"] / sizes["reference"]["deflate_bytes"]
+    mem = _memory(data, models, specs, providers, batches, threads[0], seed) if memory else None
+    sizes = _sizes(data, sources, models)
     return {
         "model": label,
         "reference": models["reference"][1] if "reference" in models else None,
