@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from gencompress.errors import GencompressError
+from gencompress.verbs.compress import without_prefix
 
 TIMING_RESOURCE = "gencompress_timing"
 BASE_MEMORY = 768 << 20  # a worker with torch and onnxruntime imported
@@ -109,7 +110,7 @@ def build_trial(trial, time_later: bool) -> dict:
 
             fidelity = gencompress.check(out / "reference.onnx", out / "model.onnx", samples=trial.options["samples"],
                                          seed=held_back_seed(trial.options["seed"]), preview=8)
-            fidelity = _without_prefix(fidelity, f"{out}{os.sep}")
+            fidelity = without_prefix(fidelity, f"{out}{os.sep}")
         return {"files": _files(out), "fidelity": fidelity, "build_seconds": time.perf_counter() - start,
                 "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
@@ -128,18 +129,8 @@ def time_trial(trial, built: dict) -> dict:
         start = time.perf_counter()
         latency = gencompress.bench(Path(tmp) / "model.onnx", reference=Path(tmp) / "reference.onnx", providers=(o["provider"],),
                                     batches=tuple(o["batches"]), threads=tuple(o["threads"]), runs=o["runs"], seed=o["seed"], memory=False)
-        return {"latency": _without_prefix(latency, f"{tmp}{os.sep}"), "time_seconds": time.perf_counter() - start,
+        return {"latency": without_prefix(latency, f"{tmp}{os.sep}"), "time_seconds": time.perf_counter() - start,
                 "node": ray.get_runtime_context().get_node_id()}
-
-
-def _without_prefix(value, prefix: str):
-    if isinstance(value, str):
-        return value.replace(prefix, "")
-    if isinstance(value, dict):
-        return {k: _without_prefix(v, prefix) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_without_prefix(v, prefix) for v in value)
-    return value
 
 
 def run(trials, *, on_done, on_failed, on_progress=lambda done, running, failed: None) -> None:

@@ -423,7 +423,7 @@ def _measure_and_report(reference, candidate, staging, steps, pass_reports, sear
     if _timed(steps):
         report["reproducibility"] = TIMED_NOTE
     report["warnings"] = _result_warnings(load_model(candidate), report, pass_reports)  # printed under the summary
-    return _without_prefix(report, f"{staging}{os.sep}")  # identical runs → identical report.json
+    return without_prefix(report, f"{staging}{os.sep}")  # identical runs → identical report.json
 
 
 TIMED_NOTE = ("The int8 plan chose each layer's precision from timings (measured in this run, or cached from an earlier "
@@ -492,14 +492,14 @@ SIDE_FILES = ("reference.onnx.data", "model.onnx.data")
 MANAGED = (*OUTPUT_FILES, *SIDE_FILES, "sweep", "ship")  # what a run owns in OUT_DIR; anything else there is left alone
 
 
-def _without_prefix(value, prefix: str):
+def without_prefix(value, prefix: str):
     """``value`` with ``prefix`` (the staging folder) cut from every string in it."""
     if isinstance(value, str):
         return value.replace(prefix, "")
     if isinstance(value, dict):
-        return {k: _without_prefix(v, prefix) for k, v in value.items()}
+        return {k: without_prefix(v, prefix) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_without_prefix(v, prefix) for v in value)
+        return type(value)(without_prefix(v, prefix) for v in value)
     return value
 
 
