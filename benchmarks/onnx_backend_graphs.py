@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 
-class Hang(Exception):
+class Hang(BaseException):  # not an Exception: onnx_ir's serde wraps those in SerdeError, which read as a crash
     pass
 
 
