@@ -3,7 +3,7 @@
 The examples are read from the README itself, so a new one is picked up and a broken one fails
 `make test`. They run in README order in one folder, as a user would type them, with the files
 they name made first (``g.onnx`` is the zoo dcgan, ``my_gen.py:Generator`` + ``g.pt`` a small
-user module, ``recipe.yaml`` the README's own recipe). Each gets its verb's fast options
+user module, ``recipe.yaml`` the README's own recipe, ``spec.yaml`` a one-trial sweep). Each gets its verb's fast options
 (``FAST``: few samples, few steps, no timing where the verb has that switch) and ``--json``
 where the verb has it; ``train`` writes into the test folder, not the zoo's checkpoint.
 ``NOT_HERE`` lists the examples that cannot run here, with the reason (none so far).
@@ -34,7 +34,9 @@ FAST = {
 # values of options in the examples that make them long: replaced by small ones
 SMALL = {"--distill": "3", "--steps": "3"}
 STATIC_ONLY = ["--calib-size", "8"]  # refused with --mode weight-only / fp16
-JSON_VERBS = {"compress", "export", "prune", "distill", "quantize", "sensitivity", "check", "bench", "ship", "train"}
+JSON_VERBS = {"compress", "export", "prune", "distill", "quantize", "sensitivity", "check", "bench", "ship", "train", "sweep"}
+# the sweep spec the example reads: one model, one untimed configuration, few samples and runs
+SWEEP_SPEC = "models: [{model: g.onnx, name: g}]\nconfigs: {objective: size}\noptions: {samples: 8, batches: [1], runs: 2}\n"
 # example (as written in the README) -> why it cannot run in the test suite
 NOT_HERE: dict[str, str] = {}
 
@@ -119,6 +121,7 @@ def workdir(tmp_path_factory, zoo_onnx):
         sys.path.remove(str(folder))
         sys.modules.pop("my_gen", None)
     (folder / "recipe.yaml").write_text(readme_recipe())
+    (folder / "spec.yaml").write_text(SWEEP_SPEC)
     # what later examples read before an earlier one in the README writes it
     gencompress.prune(folder / "g.onnx", folder / "g.sparse.onnx", sparsity=0.5)
     gencompress.quantize(folder / "g.onnx", folder / "g.int8.onnx", objective="size", calib_size=8, eval_size=8)
