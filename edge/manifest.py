@@ -19,7 +19,7 @@ FORMAT = "gencompress.ship/1"
 MANIFEST = "manifest.json"
 # InputSpec fields whose meaning sample.py and the web page reproduce. A field added to InputSpec
 # must be taught to prior_of, sample.py and index.html before a model using it ships (a test checks).
-KNOWN_SPEC_FIELDS = ("name", "shape", "dtype", "low", "high", "prior")
+KNOWN_SPEC_FIELDS = ("name", "shape", "dtype", "low", "high", "prior", "recorded")
 # The exporter records the nominal peak-to-peak range only; these are the ranges it stands for.
 DISPLAY_RANGES = {2.0: [-1.0, 1.0], 1.0: [0.0, 1.0]}
 _ELEM = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 9: "bool", 2: "uint8", 3: "int8"}

@@ -28,7 +28,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -75,6 +75,8 @@ class InputSpec:
     low: int = 0  # integer inputs: inclusive range of values
     high: int = 1
     prior: str = ""  # "" = the dtype's default (normal for floats, low..high for ints); see module doc
+    # False: read off the graph, no range recorded (low..high a guess): real data may leave it
+    recorded: bool = field(default=True, compare=False)
 
     def __post_init__(self):
         _validate(self, f"input {_short(self.name)}")
@@ -453,7 +455,7 @@ def specs_of_model(model) -> list[InputSpec]:
             if d.HasField("dim_value") and d.dim_value <= 0:
                 raise GencompressError(f"input {_short(vi.name)}: dimension {d.dim_value} in the graph is not positive")
             dims.append(d.dim_value if d.HasField("dim_value") else 1)
-        specs.append(_build(f"input {_short(vi.name)} of the graph", name=vi.name, shape=tuple(dims) or (1,), dtype=dtype))
+        specs.append(_build(f"input {_short(vi.name)} of the graph", name=vi.name, shape=tuple(dims) or (1,), dtype=dtype, recorded=False))
     return with_default_image_priors(specs, output_range_of_model(proto))
 
 
@@ -541,7 +543,7 @@ def load_npz_inputs(path, specs) -> dict[str, np.ndarray]:
             raise GencompressError(f"{path}: input {name!r} has no samples")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise GencompressError(f"{path}: input {name!r} contains NaN or Inf")
-        if arr.dtype.kind in "iu" and not spec.prior and (arr.min() < spec.low or arr.max() > spec.high):
+        if arr.dtype.kind in "iu" and spec.recorded and not spec.prior and (arr.min() < spec.low or arr.max() > spec.high):
             raise GencompressError(f"{path}: input {name!r} holds values {arr.min()}..{arr.max()}, outside the model's "
                                    f"{spec.low}..{spec.high} (e.g. class labels); an embedding would read out of range")
         counts.add(arr.shape[0])

@@ -147,7 +147,7 @@ def test_int8_block_conv_runs_in_int8(tmp_path):
 
 
 @pytest.mark.parametrize("name,options,message", [
-    ("conv_space_to_depth", {"max_out_channels": -5}, "max_out_channels must be 1 or more"),
+    ("conv_space_to_depth", {"max_out_channels": -5}, "max_out_channels -5 is out of range"),
     ("conv_space_to_depth", {"max_work": float("nan")}, "max_work must be a finite number"),
     ("conv_space_to_depth", {"max_work": 0.5}, "max_work must be a finite number"),
     ("conv_space_to_depth", {"exclude": 3}, "option exclude must be a list of names"),
