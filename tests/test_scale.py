@@ -241,11 +241,11 @@ def test_load_mapped_leaves_the_weights_in_the_file_and_reads_the_same_model(zoo
     half = numpy_helper.from_array(rng.standard_normal((40, 32)).astype(np.float16), "half")
     small = numpy_helper.from_array(np.ones(8, np.float32), "small")
     shape = numpy_helper.from_array(np.arange(300, dtype=np.int64), "ints")  # 2400 bytes, not float
-    inner = helper.make_graph([helper.make_node("Identity", ["big"], ["t"])], "then", [], [helper.make_tensor_value_info("t", onnx.TensorProto.FLOAT, None)],
+    inner = helper.make_graph([helper.make_node("Identity", ["big"], ["t"])], "then", [], [helper.make_tensor_value_info("t", onnx.TensorProto.FLOAT, [64, 32])],
                               [numpy_helper.from_array(rng.standard_normal(1000).astype(np.float32), "sub")])
     nodes = [helper.make_node("MatMul", ["x", "big"], ["y"]), helper.make_node("If", ["c"], ["z"], then_branch=inner, else_branch=inner)]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64]), helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 32]), helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 32]), helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [64, 32])],
                               [big, half, small, shape])
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph), path)
