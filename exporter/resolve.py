@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gencompress.errors import GencompressError
+from gencompress.errors import GencompressError, short
 from gencompress.inputs import InputSpec
 
 
@@ -75,15 +75,10 @@ def user_code(what: str, failed: str = "failed"):
     except (GencompressError, KeyboardInterrupt):
         raise
     except SystemExit as e:
-        raise GencompressError(f"{what}: called sys.exit({_short(e.code)})") from None
+        raise GencompressError(f"{what}: called sys.exit({short(e.code)})") from None
     except BaseException as e:
         msg = " ".join(str(e).split())[:200]
         raise GencompressError(f"{what}: {failed} ({type(e).__name__}: {msg})") from None
-
-
-def _short(value, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _load(module, checkpoint) -> None:

@@ -16,7 +16,7 @@ import numbers
 
 import numpy as np
 
-from gencompress.errors import GencompressError
+from gencompress.errors import GencompressError, short
 
 _SCALARS = {
     "int": (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)), "an integer"),
@@ -33,13 +33,13 @@ SEED_MAX = 2**32 - 1  # numpy takes any seed >= 0, torch.manual_seed at most 2**
 def in_range(value, option: str, low, high):
     """``value`` if ``low <= value <= high`` (NaN fails), else a user error naming ``option``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not low <= value <= high:
-        raise GencompressError(f"{option} {_short(value)}: must be {low}..{high}")
+        raise GencompressError(f"{option} {short(value)}: must be {low}..{high}")
     return value
 
 
 def seed_value(value, option: str = "--seed") -> int:
     if not isinstance(value, numbers.Integral):
-        raise GencompressError(f"{option} {_short(value)}: must be an integer")
+        raise GencompressError(f"{option} {short(value)}: must be an integer")
     return int(in_range(value, option, 0, SEED_MAX))
 
 
@@ -48,7 +48,7 @@ def _names(value, name: str, verb: str) -> None:
     if value is None or isinstance(value, str):
         return
     if not isinstance(value, (list, tuple, set, frozenset)) or not all(isinstance(v, str) for v in value):
-        raise GencompressError(f"gencompress.{verb}: {name} must be a list of node, op type or weight names, got {_short(value)}")
+        raise GencompressError(f"gencompress.{verb}: {name} must be a list of node, op type or weight names, got {short(value)}")
 
 
 def _specs(value, name: str, verb: str) -> None:
@@ -58,12 +58,12 @@ def _specs(value, name: str, verb: str) -> None:
     if value is None or isinstance(value, (str, InputSpec)):
         return
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, InputSpec)) for v in value):
-        raise GencompressError(f"gencompress.{verb}: {name} must be a list of input specs such as 'z=1x100', got {_short(value)}")
+        raise GencompressError(f"gencompress.{verb}: {name} must be a list of input specs such as 'z=1x100', got {short(value)}")
 
 
 def _flags(value, name: str, verb: str) -> None:
     if value is not None and (not isinstance(value, dict) or not all(isinstance(k, str) for k in value)):
-        raise GencompressError(f"gencompress.{verb}: {name} must be a dict of option names to values, got {_short(value)}")
+        raise GencompressError(f"gencompress.{verb}: {name} must be a dict of option names to values, got {short(value)}")
 
 
 def _sweep(value, name: str, verb: str) -> None:
@@ -71,7 +71,7 @@ def _sweep(value, name: str, verb: str) -> None:
         return
     if not (isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], str)
             and isinstance(value[1], (list, tuple)) and value[1]):
-        raise GencompressError(f"gencompress.{verb}: {name} must be (option name, [values...]), e.g. ('bits', [8, 4]); got {_short(value)}")
+        raise GencompressError(f"gencompress.{verb}: {name} must be (option name, [values...]), e.g. ('bits', [8, 4]); got {short(value)}")
 
 
 def _block_size(value, name: str, verb: str) -> None:
@@ -94,11 +94,6 @@ NAMED = {
     "seed": (None, _seed),
     "block_size": (None, _block_size),
 }
-
-
-def _short(value, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _rule(annotation):
@@ -128,7 +123,7 @@ def checked(fn):
         for name, value in bound.arguments.items():
             rule = rules.get(name)
             if rule is not None and not rule[0](value):
-                raise GencompressError(f"gencompress.{fn.__name__}: {name} must be {rule[1]}, got {_short(value)}")
+                raise GencompressError(f"gencompress.{fn.__name__}: {name} must be {rule[1]}, got {short(value)}")
             verbs, check = NAMED.get(name, (set(), None))
             if check is not None and (verbs is None or fn.__name__ in verbs):
                 check(value, name, fn.__name__)

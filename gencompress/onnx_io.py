@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 import zlib
 
-from gencompress.errors import GencompressError
+from gencompress.errors import GencompressError, short
 
 PROTOBUF_LIMIT = 2**31 - 1
 # save_model writes weights to a side file above this many bytes (tests lower it)
@@ -39,17 +39,11 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACC
 def as_path(value, role: str = "model") -> Path:
     """A user-given path (str or os.PathLike) as a Path; anything else is a user error."""
     if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
-        raise GencompressError(f"{role}: expected a file path, got {type(value).__name__} {_short(value)}")
+        raise GencompressError(f"{role}: expected a file path, got {type(value).__name__} {short(value)}")
     text = os.fspath(value)
     if isinstance(text, bytes) or not text or "\0" in text:
-        raise GencompressError(f"{role}: expected a file path, got {_short(value)}")
+        raise GencompressError(f"{role}: expected a file path, got {short(value)}")
     return Path(text)
-
-
-def _short(value, limit: int = 60) -> str:
-    """repr cut to ``limit`` characters: error messages never print a whole hostile value."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def regular_file(path: Path, what: str = "") -> int:
@@ -143,7 +137,7 @@ def lifted_note(lifted: list[str], path) -> str | None:
     if not lifted:
         return None
     return (f"{path}: {len(lifted)} initializer(s) also listed as graph inputs (IR version 3 style), e.g. "
-            f"{_short(lifted[0])}, taken as weights; --keep-initializer-inputs keeps them as inputs")
+            f"{short(lifted[0])}, taken as weights; --keep-initializer-inputs keeps them as inputs")
 
 
 # onnx.checker serializes the model it checks (a transient copy): a model read whole is checked up
@@ -168,7 +162,7 @@ def validate_model(model: onnx.ModelProto, path, *, checker: bool = True) -> Non
         onnx.checker.check_model(_without_external_data(model))
     except Exception as e:  # ValidationError; protobuf errors for a damaged message
         first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise GencompressError(f"{path}: not a valid ONNX model ({_short(first, 240)[1:-1]})") from None
+        raise GencompressError(f"{path}: not a valid ONNX model ({short(first, 240)[1:-1]})") from None
 
 
 def _without_external_data(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -210,7 +204,6 @@ def _non_text_field(message, where: str = "model") -> str | None:
                 if bad:
                     return bad
     return None
-
 
 
 # ---- a self-contained model read with its weights left in the file --------------------------
@@ -392,8 +385,6 @@ def small_external_tensors(model: onnx.ModelProto, limit: int = 1024) -> bool:
     return False
 
 
-
-
 def external_data_entries(model: onnx.ModelProto, path: Path) -> list[tuple[onnx.TensorProto, Path, int, int]]:
     """(tensor, file, offset, length) of every external-data tensor, each entry validated:
     offset/length integers >= 0 inside the file, the file a regular file inside the model's
@@ -406,17 +397,17 @@ def external_data_entries(model: onnx.ModelProto, path: Path) -> list[tuple[onnx
     for tensor in _get_all_tensors(model):
         if not uses_external_data(tensor):
             continue
-        where = f"{path}: tensor {_short(tensor.name)}'s external data"
+        where = f"{path}: tensor {short(tensor.name)}'s external data"
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
         if not location or "\0" in location:
             raise GencompressError(f"{where} has no file location")
         rel = Path(location)
         if rel.is_absolute() or ".." in rel.parts or location.startswith(("/", "\\")) or ":" in rel.parts[0]:
-            raise GencompressError(f"{where} points outside the model's folder ({_short(location)}); refusing to read it")
+            raise GencompressError(f"{where} points outside the model's folder ({short(location)}); refusing to read it")
         target = path.parent / rel
         if not target.resolve().is_relative_to(folder):
-            raise GencompressError(f"{where} ({_short(location)}) resolves outside the model's folder (a symlink?); refusing to read it")
+            raise GencompressError(f"{where} ({short(location)}) resolves outside the model's folder (a symlink?); refusing to read it")
         if not os.path.lexists(target):
             raise GencompressError(f"{path}: its external data file {location!r} is missing (expected beside the model)")
         if target not in sizes:
@@ -427,7 +418,7 @@ def external_data_entries(model: onnx.ModelProto, path: Path) -> list[tuple[onnx
             if text is None:
                 continue
             if not re.fullmatch(r"\d{1,19}", text.strip()):
-                raise GencompressError(f"{where}: {key} {_short(text)} is not an integer >= 0")
+                raise GencompressError(f"{where}: {key} {short(text)} is not an integer >= 0")
             numbers[key] = int(text)
         offset = numbers.get("offset", 0)
         length = numbers.get("length", sizes[target] - offset)
@@ -462,7 +453,7 @@ def load_external_data(model: onnx.ModelProto, path: str | os.PathLike) -> None:
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
         except Exception as e:
-            raise GencompressError(f"{path}: cannot read its external data ({type(e).__name__}: {_short(str(e), 200)})") from None
+            raise GencompressError(f"{path}: cannot read its external data ({type(e).__name__}: {short(str(e), 200)})") from None
 
 
 def external_data_files(path) -> list[Path]:
@@ -527,7 +518,7 @@ def refuse_nonfinite_weights(model, path) -> None:
     bad = nonfinite_weights(model)
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise GencompressError(f"{path}: weight(s) {', '.join(_short(n, 80) for n in bad[:3])}{more} contain NaN or Inf; fix the model first")
+        raise GencompressError(f"{path}: weight(s) {', '.join(short(n, 80) for n in bad[:3])}{more} contain NaN or Inf; fix the model first")
 
 
 def load_ir(path: str | os.PathLike):

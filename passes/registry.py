@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from gencompress.errors import GencompressError
+from gencompress.errors import GencompressError, short
 
 class GencompressPass(ir.passes.InPlacePass):
     """Base of the registered passes: the options it runs with and the report of its last run."""
@@ -56,7 +56,7 @@ def available() -> dict[str, type]:
 def pass_class(name: str) -> type:
     passes = available()
     if name not in passes:
-        raise GencompressError(f"unknown pass {_short(name)}; known passes: {', '.join(passes)}")
+        raise GencompressError(f"unknown pass {short(name)}; known passes: {', '.join(passes)}")
     return passes[name]
 
 
@@ -81,7 +81,7 @@ def make_options(name: str, options: dict[str, Any] | None):
     try:
         return cls.Options(**options)
     except (TypeError, ValueError) as e:
-        raise GencompressError(f"pass {name!r}: {_short(str(e), 300)}") from None
+        raise GencompressError(f"pass {name!r}: {short(str(e), 300)}") from None
 
 
 # Options annotated with one of these scalar types must hold that type (a recipe's
@@ -103,13 +103,13 @@ def _check_scalar(name: str, field: dataclasses.Field, value) -> None:
     kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", None)
     if kind in NAME_LISTS:
         if not (value is None and kind.endswith("None")) and not (isinstance(value, tuple) and all(isinstance(v, str) for v in value)):
-            raise GencompressError(f"pass {name!r}: option {field.name} must be a list of names, got {_short(value)}")
+            raise GencompressError(f"pass {name!r}: option {field.name} must be a list of names, got {short(value)}")
         return
     if kind not in _SCALARS:
         return
     allowed, what = _SCALARS[kind]
     if not isinstance(value, allowed) or (kind != "bool" and isinstance(value, (bool, np.bool_))):
-        raise GencompressError(f"pass {name!r}: option {field.name} must be {what}, got {_short(value)}")
+        raise GencompressError(f"pass {name!r}: option {field.name} must be {what}, got {short(value)}")
 
 
 # Ranges of numeric options, by option name, whichever pass takes them: (low, high, what);
@@ -139,20 +139,19 @@ def _check_range(name: str, key: str, value) -> None:
     above = value > low if key in EXCLUSIVE_LOW else value >= low
     if not (above and value <= high):  # NaN fails too
         span = f"above {low} up to {high}" if key in EXCLUSIVE_LOW else f"{low}..{high}"
-        raise GencompressError(f"pass {name!r}: option {key} {_short(value)} is out of range; {what} is {span}")
-
+        raise GencompressError(f"pass {name!r}: option {key} {short(value)} is out of range; {what} is {span}")
 
 
 def _ranges(name: str, value) -> tuple:
     """``ranges``: a list of [tensor name, low, high] with finite low <= high, as tuples."""
     if not isinstance(value, (list, tuple)):
-        raise GencompressError(f"pass {name!r}: option ranges must be a list of [tensor, low, high], got {_short(value)}")
+        raise GencompressError(f"pass {name!r}: option ranges must be a list of [tensor, low, high], got {short(value)}")
     out = []
     for entry in value:
         ok = isinstance(entry, (list, tuple)) and len(entry) == 3 and isinstance(entry[0], str) and all(
             isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and np.isfinite(v) for v in entry[1:])
         if not ok or entry[1] > entry[2]:
-            raise GencompressError(f"pass {name!r}: ranges entry {_short(entry)} is not [tensor, low, high] with finite low <= high")
+            raise GencompressError(f"pass {name!r}: ranges entry {short(entry)} is not [tensor, low, high] with finite low <= high")
         out.append((entry[0], float(entry[1]), float(entry[2])))
     return tuple(out)
 
@@ -175,7 +174,7 @@ def validate_recipe(recipe: Any) -> list[dict]:
         if not isinstance(step, dict) or "pass" not in step:
             raise GencompressError(f"recipe step {i}: expected a mapping with a 'pass' key")
         if not isinstance(step["pass"], str):
-            raise GencompressError(f"recipe step {i}: 'pass' must be a pass name, got {_short(step['pass'])}")
+            raise GencompressError(f"recipe step {i}: 'pass' must be a pass name, got {short(step['pass'])}")
         extra = sorted(set(step) - {"pass", "options"})
         if extra:
             raise GencompressError(f"recipe step {i}: unknown key(s) {', '.join(extra)}")
@@ -253,7 +252,3 @@ def _count_nodes(data, path) -> None:
             stack.extend(item)
 
 
-def _short(value, limit: int = 80) -> str:
-    """A value's repr cut short: error messages never print a whole (possibly huge) value."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gencompress.errors import GencompressError
+from gencompress.errors import GencompressError, short
 from gencompress.isa import host_isa
 from gencompress.runtime_check.report_html import pareto_front, write_report  # noqa: F401  (re-exported)
 
@@ -76,27 +76,22 @@ MAX_THREADS = max(256, 4 * (os.cpu_count() or 1))
 
 def _positive(value, what: str, limit: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating, str)):
-        raise GencompressError(f"{what} must be a positive integer, got {_short(value)}")
+        raise GencompressError(f"{what} must be a positive integer, got {short(value)}")
     try:
         v = int(value)
     except (TypeError, ValueError, OverflowError):
-        raise GencompressError(f"{what} must be a positive integer, got {_short(value)}") from None
+        raise GencompressError(f"{what} must be a positive integer, got {short(value)}") from None
     if v <= 0 or v != value and str(v) != value:
-        raise GencompressError(f"{what} must be a positive integer, got {_short(value)}")
+        raise GencompressError(f"{what} must be a positive integer, got {short(value)}")
     if limit is not None and v > limit:
         raise GencompressError(f"{what} {v} is above the limit of {limit:,}")
     return v
 
 
-def _short(value, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _seed(value) -> int:
     """A seed for numpy's generator: an integer, 0 or more."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 2**63:
-        raise GencompressError(f"--seed must be an integer in 0..2**63-1, got {_short(value)}")
+        raise GencompressError(f"--seed must be an integer in 0..2**63-1, got {short(value)}")
     return int(value)
 
 
@@ -280,9 +275,9 @@ def _checked_check_arguments(samples, batch, seed, threads, preview, peak, provi
         threads = _positive(threads, "--threads", MAX_THREADS)
     preview = 0 if preview is None or preview == 0 else _positive(preview, "preview", 1024)
     if peak is not None and (isinstance(peak, bool) or not isinstance(peak, (int, float, np.integer, np.floating))):
-        raise GencompressError(f"--peak must be a positive number, got {_short(peak)}")
+        raise GencompressError(f"--peak must be a positive number, got {short(peak)}")
     if not isinstance(provider, str):
-        raise GencompressError(f"provider must be a name such as 'cpu', got {_short(provider)}")
+        raise GencompressError(f"provider must be a name such as 'cpu', got {short(provider)}")
     if inputs is not None and not isinstance(inputs, (str, os.PathLike, dict)):
         raise GencompressError(f"inputs must be an .npz path or a dict of arrays, got {type(inputs).__name__}")
     if features is not None and not isinstance(features, (str, os.PathLike)):
@@ -391,7 +386,7 @@ def bench(
     if isinstance(providers, str):
         providers = (providers,)
     if not isinstance(providers, (list, tuple)) or not all(isinstance(p, str) for p in providers):
-        raise GencompressError(f"providers must be a list of names such as 'cpu', got {_short(providers)}")
+        raise GencompressError(f"providers must be a list of names such as 'cpu', got {short(providers)}")
     batches = [_positive(b, "--batch", MAX_BATCH) for b in _sequence(batches, "batches")] or _fail("give at least one batch size")
     threads = [_positive(t, "--threads", MAX_THREADS) for t in _sequence(threads, "threads")] or _fail("give at least one thread count")
     runs = _positive(runs, "--runs", MAX_RUNS)
@@ -457,7 +452,7 @@ def _weight_warnings(protos: dict) -> list[str]:
     for role, proto in protos.items():
         bad = nonfinite_weights(proto)
         if bad:
-            out.append(f"the {role} has NaN or Inf in {len(bad)} weight(s), e.g. {_short(bad[0])}; its outputs may be NaN")
+            out.append(f"the {role} has NaN or Inf in {len(bad)} weight(s), e.g. {short(bad[0])}; its outputs may be NaN")
     return out
 
 
@@ -472,7 +467,7 @@ def _sequence(values, what: str) -> list:
     if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
         return [values]
     if not isinstance(values, (list, tuple)):
-        raise GencompressError(f"{what} must be a list of positive integers, got {_short(values)}")
+        raise GencompressError(f"{what} must be a list of positive integers, got {short(values)}")
     return list(values)
 
 
