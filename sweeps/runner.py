@@ -45,8 +45,8 @@ def connect(address: str | None, *, num_cpus: int | None = None, object_store_me
     # KeyboardInterrupt that cancels trials and writes the results) is put back after init.
     previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     try:
-        if address is None:
-            ray.init(num_cpus=num_cpus, resources={TIMING_RESOURCE: 1}, object_store_memory=object_store_memory,
+        if address is None:  # "local": a new Ray of our own, even when a `ray start` cluster runs on this machine
+            ray.init(address="local", num_cpus=num_cpus, resources={TIMING_RESOURCE: 1}, object_store_memory=object_store_memory,
                      include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         else:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
