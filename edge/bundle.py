@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from gencompress.errors import GencompressError
+from gencompress.onnx_io import file_sha256
 from gencompress.runtime_check.saturation import portability
 
 TARGETS = ("python", "ort", "web")
@@ -125,7 +126,7 @@ def ship(model, out_dir, *, targets=TARGETS, web_version: str | None = None, web
         "format": M.FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": "model.onnx",
-        "source": {"model": source or str(model_path.resolve()), "sha256": M.sha256(model_path), "bytes": model_path.stat().st_size,
+        "source": {"model": source or str(model_path.resolve()), "sha256": file_sha256(model_path), "bytes": model_path.stat().st_size,
                    "exported_from": {p.key: p.value for p in proto.metadata_props}.get("gencompress.source")},
         "opsets": M.opsets(proto),
         "batch": batch,  # None: any batch size (shape "N")

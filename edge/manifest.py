@@ -8,12 +8,12 @@ the fidelity and latency a compress report measured, and the tool versions.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import platform
 from pathlib import Path
 
 from gencompress.errors import GencompressError
+from gencompress.onnx_io import file_sha256
 
 FORMAT = "gencompress.ship/1"
 MANIFEST = "manifest.json"
@@ -100,16 +100,8 @@ def file_entries(folder: Path) -> dict[str, dict]:
     """sha256 and size of every file under ``folder`` but the manifest, by relative POSIX path."""
     out = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
-        out[path.relative_to(folder).as_posix()] = {"sha256": sha256(path), "bytes": path.stat().st_size}
+        out[path.relative_to(folder).as_posix()] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
     return out
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def report_figures(report_path: Path, model_path: Path) -> dict | None:

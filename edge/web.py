@@ -12,7 +12,6 @@ hands it to onnxruntime-web as ``env.wasm.wasmBinary``, so any static server wil
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from gencompress.cache import cache_root
 from gencompress.errors import GencompressError
+from gencompress.onnx_io import file_sha256
 
 ORT_WEB_VERSION = "1.30.0"
 # What each backend loads (dist/ of the package): ort.wasm.min.js imports the plain multi-threaded SIMD
@@ -63,13 +63,9 @@ def _complete(folder: Path) -> bool:
         return False
     try:
         recorded = json.loads(index.read_text())
-        return all(_digest(folder / name) == recorded[name] for name in KEPT_FILES)
+        return all(file_sha256(folder / name) == recorded[name] for name in KEPT_FILES)
     except (OSError, ValueError, KeyError, TypeError):
         return False
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _fix_hint(version: str) -> str:
@@ -103,7 +99,7 @@ def _fetch(version: str, folder: Path) -> None:
         staged = work / "files"
         staged.mkdir()
         _extract(tarballs[0], staged, version)
-        (staged / "files.json").write_text(json.dumps({n: _digest(staged / n) for n in KEPT_FILES}, indent=1))
+        (staged / "files.json").write_text(json.dumps({n: file_sha256(staged / n) for n in KEPT_FILES}, indent=1))
         if folder.exists():  # an incomplete or corrupted earlier copy
             shutil.rmtree(folder)
         staged.replace(folder)

@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import errno
 import functools
+import hashlib
 import math
 import os
 import re
@@ -876,3 +877,12 @@ def deflate_files(paths, level: int = 9, chunk: int = 16 * 2**20) -> int:
             while block := f.read(chunk):
                 total += len(compressor.compress(block))
     return total + len(compressor.flush())
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file's bytes, read a MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gencompress.errors import GencompressError
+from gencompress.onnx_io import file_sha256
 
 TOP_KEYS = {"models", "configs", "options"}
 MODEL_KEYS = {"model", "name", "checkpoint", "inputs", "batch_size"}
@@ -123,14 +124,6 @@ def _key(name) -> str:
     return str(name).replace("-", "_")  # the CLI's --prune-mode is prune_mode here
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _file(base: Path, value, what: str) -> Path:
     from gencompress.onnx_io import regular_file
 
@@ -158,13 +151,13 @@ def _model(entry, index: int, base: Path) -> dict:
         if any(entry.get(k) for k in ("checkpoint", "inputs", "batch_size")):
             raise GencompressError(f"spec: models[{index}]: checkpoint, inputs and batch_size apply to a torch model, not an .onnx file")
         path = _file(base, source, f"models[{index}]")
-        out["model"], identity["onnx"] = str(path), _sha256(path)
+        out["model"], identity["onnx"] = str(path), file_sha256(path)
         name, size = path.stem, path.stat().st_size
     else:
         file_part, colon, attr = source.rpartition(":")
         if colon and file_part.endswith(".py"):  # file.py:Class: the file's bytes are the model's code
             path = _file(base, file_part, f"models[{index}]")
-            out["model"], identity["code"] = f"{path}:{attr}", _sha256(path)
+            out["model"], identity["code"] = f"{path}:{attr}", file_sha256(path)
             name = attr
         elif colon:  # package.module:attr, importable as installed
             out["model"], identity["code"] = source, source
@@ -175,12 +168,12 @@ def _model(entry, index: int, base: Path) -> dict:
             zoo = get_zoo_entry(source)
             if not zoo.checkpoint.exists():
                 raise GencompressError(f"spec: zoo model {source!r} has no checkpoint; run `gencompress train {source}`")
-            out["model"], identity["zoo"], identity["zoo_checkpoint"] = source, source, _sha256(zoo.checkpoint)
+            out["model"], identity["zoo"], identity["zoo_checkpoint"] = source, source, file_sha256(zoo.checkpoint)
             name = source
         size = 0
         if entry.get("checkpoint") is not None:
             path = _file(base, entry["checkpoint"], f"models[{index}].checkpoint")
-            out["checkpoint"], identity["checkpoint"] = str(path), _sha256(path)
+            out["checkpoint"], identity["checkpoint"] = str(path), file_sha256(path)
             size = path.stat().st_size
         elif "zoo_checkpoint" in identity:
             size = get_zoo_entry(source).checkpoint.stat().st_size

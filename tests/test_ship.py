@@ -30,7 +30,8 @@ from gencompress.inputs import InputSpec, sample_inputs, specs_of_model
 from gencompress.runtime_check.fidelity import mse, psnr
 from gencompress.edge import browser
 from gencompress.edge.bundle import PartialShip, ship
-from gencompress.edge.manifest import KNOWN_SPEC_FIELDS, prior_of, sha256
+from gencompress.edge.manifest import KNOWN_SPEC_FIELDS, prior_of
+from gencompress.onnx_io import file_sha256
 
 ZOO = ("dcgan", "vae", "rvae", "cgan")
 
@@ -100,7 +101,7 @@ def test_compress_ship_writes_a_complete_bundle(bundles):
     on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} - {"manifest.json"}
     assert set(m["files"]) == on_disk
     for name, f in m["files"].items():
-        assert f["sha256"] == sha256(bundle / name) and f["bytes"] == (bundle / name).stat().st_size, name
+        assert f["sha256"] == file_sha256(bundle / name) and f["bytes"] == (bundle / name).stat().st_size, name
     assert [t for t, e in m["targets"].items() if e["built"]] == ["python", "ort", "web"]
     assert m["inputs"] == [{"name": "z", "shape": ["N", 100, 1, 1], "dtype": "float32", "prior": {"kind": "normal", "mean": 0.0, "std": 1.0}}]
     (out,) = m["outputs"]

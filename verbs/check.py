@@ -713,7 +713,8 @@ def build_report(
         "fidelity": fidelity,
         "latency": latency,
         "sweep": sweep,
-        "portability": model_portability(candidate),
+        # check measured the same candidate: its verdict is reused, not computed from the weights again
+        "portability": (fidelity or {}).get("portability") or model_portability(candidate),
     }
     report.update(extra)
     return report
@@ -722,7 +723,8 @@ def build_report(
 def model_portability(model) -> dict:
     """The ISA figures are measured on here and whether ``model`` (path, proto or onnx_ir) is
     saturation-free on x86 CPUs without VNNI (``runtime_check/saturation.py``)."""
-    from gencompress.onnx_io import load_model
+    from gencompress.onnx_io import load_mapped, mapped_ir
     from gencompress.runtime_check.saturation import portability
 
-    return portability(load_model(model) if isinstance(model, (str, os.PathLike)) else model)
+    # a path's large float weights stay in their file (memory-mapped): the verdict reads int8 weights only
+    return portability(mapped_ir(load_mapped(model), model) if isinstance(model, (str, os.PathLike)) else model)
