@@ -72,6 +72,19 @@ def memory_estimate(trial) -> int:
     return BASE_MEMORY + 12 * trial.model_bytes
 
 
+def build_cost(trial) -> tuple:
+    """A trial's build cost, for ordering only: distillation steps dominate, then the model's size.
+    Builds are submitted longest first (Ray starts tasks of one shape in submission order), so the
+    last build to finish is a short one and no core idles long beside it (in the spec's order the
+    last model's distillations, 5-10x a plain build on the zoo, come last)."""
+    from gencompress.verbs.distill import DEFAULTS
+
+    c = trial.config
+    steps = (c.get("distill") or 0) if "recipe" not in c else sum(
+        int((s.get("options") or {}).get("steps", DEFAULTS["steps"])) for s in c["recipe"] if s.get("pass") == "distill")
+    return (int(steps), trial.model_bytes)
+
+
 def _compress_kwargs(trial, out: Path, bench: bool) -> dict:
     c, o = trial.config, trial.options
     kwargs = dict(checkpoint=trial.model["checkpoint"], inputs=trial.model["inputs"], batch_size=trial.model["batch_size"],
@@ -156,7 +169,7 @@ def run(trials, *, on_done, on_failed, on_progress=lambda done, running, failed:
                 pending[timing.options(**opts).remote(trial, built)] = ("timing", trial, built)
         later.clear()
 
-    for trial in trials:
+    for trial in sorted(trials, key=build_cost, reverse=True):  # longest first: no long build left alone at the end
         if trial.times_in_build:
             later.append((trial, None))
         else:

@@ -233,6 +233,7 @@ def _config(raw: dict, base: Path) -> tuple[dict, str]:
         if set(config) - {"recipe"}:
             raise GencompressError(f"spec: configuration {label!r}: a recipe sets every step itself; give no other keys beside it")
         from gencompress.passes.registry import load_recipe
+        from gencompress.verbs import recipe as _steps  # noqa: F401  (registers the steps that run models: distill, plan_int8)
 
         path = _file(base, config["recipe"], "recipe")
         return {"recipe": load_recipe(path)}, f"recipe={path.name}"

@@ -218,3 +218,23 @@ def test_which_trials_time_while_building(tmp_path):
     trials = load_spec({"models": ["dcgan"], "configs": configs}, tmp_path)
     # these go whole into the timing phase (one per node); the others build in parallel first
     assert [t.times_in_build for t in trials] == [True, False, False, True, True, False]
+
+
+def test_builds_are_submitted_longest_first(tmp_path):
+    from gencompress.sweeps.runner import build_cost
+    from gencompress.sweeps.spec import load_spec
+
+    (tmp_path / "long.yaml").write_text("- {pass: magnitude_prune, options: {sparsity: 0.5}}\n- {pass: distill, options: {steps: 500}}\n")
+    configs = [{"objective": "size"}, {"objective": "size", "distill": 200}, {"recipe": "long.yaml"}]
+    trials = load_spec({"models": ["vae", "dcgan"], "configs": configs}, tmp_path)
+    costs = {(t.model["name"], t.label): build_cost(t) for t in trials}
+    assert [c[0] for c in costs.values()] == [0, 200, 500, 0, 200, 500]
+    order = sorted(trials, key=build_cost, reverse=True)
+    assert [build_cost(t)[0] for t in order] == [500, 500, 200, 200, 0, 0]
+    # same steps: the larger model first
+    assert order[0].model_bytes >= order[1].model_bytes
+    # a fresh process knows the recipe steps that run models (distill, plan_int8) when it reads a spec
+    code = "import sys; from gencompress.sweeps.spec import load_spec; print(len(load_spec(sys.argv[1])))"
+    (tmp_path / "spec.yaml").write_text("models: [vae]\nconfigs: [{recipe: long.yaml}]\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "spec.yaml")], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr[-500:]
