@@ -121,6 +121,12 @@ def speedups(report: dict) -> dict:
     return {f"b{r['batch']}": r["speedup"] for r in (report.get("latency") or {}).get("results") or []}
 
 
+def agreement(mine: dict, ref: dict) -> dict:
+    """How far one run's speedups are from another's, per trial and batch: abs(log ratio)."""
+    logs = [abs(math.log(mine[k][b] / ref[k][b])) for k in ref if k in mine for b in ref[k] if b in mine[k]]
+    return {"median_abs_log": statistics.median(logs), "max_abs_log": max(logs), "pairs": len(logs)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--distill", type=int, default=200)
@@ -170,8 +176,7 @@ def main() -> None:
         ref = latency.get(("serial", row["repeat"]))
         mine = latency[(row["variant"], row["repeat"])]
         if ref and row["variant"] != "serial":
-            logs = [abs(math.log(mine[k][b] / ref[k][b])) for k in ref if k in mine for b in ref[k] if b in mine[k]]
-            row["latency_agreement"] = {"median_abs_log": statistics.median(logs), "max_abs_log": max(logs), "pairs": len(logs)}
+            row["latency_agreement"] = agreement(mine, ref)
     print("| variant | trials | wall s | x serial | Ray overhead s/trial | peak MB | speedup vs serial's: median, max abs(log ratio) | load 1-min |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -179,6 +184,10 @@ def main() -> None:
         agree_s = f"{agree['median_abs_log']:.3f}, {agree['max_abs_log']:.3f} ({agree['pairs']} pairs)" if agree else "-"
         print(f"| {r['variant']} (rep {r['repeat']}) | {r['trials']} | {r['wall_s']:.1f} | {r['vs_serial'] or float('nan'):.2f} | "
               f"{r['overhead_s_per_trial']:.2f} | {r['peak_mb']:.0f} | {agree_s} | {r['load']} |")
+    if ("serial", 1) in latency:  # the noise floor: the serial loop against itself
+        floor = agreement(latency[("serial", 1)], latency[("serial", 0)])
+        print(f"\nserial rep 1 vs serial rep 0 (the noise the agreement columns are judged against): median {floor['median_abs_log']:.3f}, "
+              f"max {floor['max_abs_log']:.3f} abs(log ratio) over {floor['pairs']} pairs")
     sweeps = [r for r in rows if r["variant"] != "serial"]
     if sweeps:  # the nightly estimate from the measured per-trial costs
         build = statistics.mean(r["build_s_mean"] for r in sweeps)
