@@ -80,3 +80,17 @@ def assert_user_error(result: CliResult, *fragments: str) -> None:
 def user_error():
     """``user_error(result, *fragments)``: asserts a one-line user error (see assert_user_error)."""
     return assert_user_error
+
+
+def pytest_configure(config):
+    """``GENCOMPRESS_TEST_CPU=Haswell``: onnxruntime runs on that CPU, emulated (tests/emulated_cpu.py)."""
+    import os
+
+    cpu = os.environ.get("GENCOMPRESS_TEST_CPU")
+    if cpu:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("emulated_cpu", Path(__file__).with_name("emulated_cpu.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.install(cpu)
