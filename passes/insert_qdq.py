@@ -48,7 +48,7 @@ import onnx_ir.passes.common as common_passes
 from gencompress.errors import GencompressError
 from gencompress.onnx_io import release
 from gencompress.passes.int8_saturation import METHODS as SATURATION_REMEDIES
-from gencompress.passes.int8_saturation import Layout, saturation_free
+from gencompress.passes.int8_saturation import UINT8_ZERO_POINT, Layout, as_uint8, saturation_free, uint8_layers, unsafe_pairs
 from gencompress.passes.registry import GencompressPass, register
 from gencompress.passes.rewrite import Namer, onnx_opset
 from gencompress.passes.weights import WeightUse, find_weights
@@ -61,6 +61,8 @@ DEFAULT_PERCENTILE = 99.99
 # kernels (AVX2, AVX-512BW); vnni: full 8-bit weights, for targets that all have VNNI / ARM dot
 INT8_KERNELS = ("portable", "vnni")
 SATURATION_REASON = "weight pairs could overflow the int16 sums of x86 int8 kernels without VNNI (AVX2, AVX-512BW)"
+UINT8_REASON = (SATURATION_REASON + "; a cheap layer (int8_saturation.UINT8_SHARE of the multiply-adds) keeps full 8-bit weights "
+                "as uint8, zero point 128: u8×u8 kernels add in int32")
 INT8_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 BINARY_OPS = ("Add", "Mul")
 RECURRENT_OPS = ("GRU", "LSTM", "RNN")
@@ -251,6 +253,24 @@ def channel_block(node: ir.Node, use: WeightUse) -> int:
         return 1
     size = use.value.const_value.shape[use.out_axis]
     return block if 1 < block < size and size % block == 0 else 1
+
+
+def int8_macs(layer: Layer) -> int | None:
+    """Multiply-adds per sample of a Conv / Gemm / MatMul layer's int8 kernel (weight elements times
+    output positions), None when a shape it needs is unknown."""
+    node, w = layer.node, layer.node.inputs[1]
+    if w is None or w.const_value is None:
+        return None
+    size = int(np.prod(w.const_value.shape))
+    if layer.op_type == "Gemm":
+        return size
+    value = node.outputs[0] if layer.op_type == "Conv" else node.inputs[0]
+    if value is None or value.shape is None:
+        return None
+    dims = value.shape[2:] if layer.op_type == "Conv" else value.shape[1:-1]
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    return size * int(np.prod(dims, dtype=np.int64))
 
 
 def select_layers(layers: list[Layer], exclude=(), include=None) -> tuple[list[Layer], list[Layer]]:
@@ -493,7 +513,7 @@ def dequantize_weight(
     qtype: ir.DataType,
     *,
     block_size: int | None = None,
-    zero_point: bool = False,
+    zero_point: bool | int = False,
     half_scales: bool = False,
     compact: bool = False,
 ) -> ir.Value:
@@ -504,6 +524,7 @@ def dequantize_weight(
     already be exactly representable in float16.
     ``compact``: a scale or zero-point vector that repeats a shorter pattern is stored short and
     expanded in the graph (``Builder.constant``).
+    ``zero_point``: True writes zeros, an int (uint8 weights) that value.
     """
     base = use.value.name
 
@@ -521,7 +542,7 @@ def dequantize_weight(
     inputs = [qv, sv]
     if zero_point:
         zp_dtype = np.int8 if qtype == ir.DataType.INT4 else q.dtype
-        inputs.append(store(f"{base}_zero_point", np.zeros(scale.shape, dtype=zp_dtype), qtype))
+        inputs.append(store(f"{base}_zero_point", np.full(scale.shape, 0 if zero_point is True else int(zero_point), dtype=zp_dtype), qtype))
     attributes = {}
     if axis is not None:
         attributes["axis"] = axis
@@ -752,23 +773,26 @@ class InsertQDQPass(GencompressPass):
         # weights and biases
         cache: dict[tuple, tuple[ir.Value, np.ndarray]] = {}
         float_biases: dict[str, ir.Value] = {}
+        uint8 = uint8_layers({l.name: int8_macs(l) for l in layers if any(self._pairing(l, u) for u in l.weights)})
         for layer in layers:
             for use in layer.weights:
                 axis = None if (opts.per_tensor and layer.kind == "int8") else use.out_axis
                 block = channel_block(layer.node, use) if axis is not None else 1
                 layout = self._pairing(layer, use)
-                key = (use.value.name, axis, block, layout)
+                key = (use.value.name, axis, block, layout, layout is not None and layer.name in uint8)
                 if key not in cache:
                     q, scale = quantize_symmetric(use.array(), axis, block=block)
-                    if layout is not None:
+                    # onnxruntime's Gemm fusion wants the weight zero point spelled out
+                    qtype, zero_point = ir.DataType.INT8, layer.op_type == "Gemm"
+                    if layout is not None and key[-1] and unsafe_pairs(q, layout):
+                        q, qtype, zero_point = as_uint8(q), ir.DataType.UINT8, UINT8_ZERO_POINT
+                        layer.saturation = {"weights": "uint8", "reason": UINT8_REASON}
+                    elif layout is not None:
                         q, scale, changed = saturation_free(use.array(), q, scale, axis, layout, block=block, method=opts.saturation_remedy)
                         if changed is not None:
                             layer.saturation = {**changed, "reason": SATURATION_REASON}
                     release(use.value.const_value)  # a streamed weight: unmapped once read
-                    # onnxruntime's Gemm fusion wants the weight zero point spelled out
-                    dq_value = dequantize_weight(
-                        builder, use, q, scale, axis, ir.DataType.INT8, zero_point=layer.op_type == "Gemm", compact=True
-                    )
+                    dq_value = dequantize_weight(builder, use, q, scale, axis, qtype, zero_point=zero_point, compact=True)
                     cache[key] = (dq_value, scale)
                 dq_value, scale = cache[key]
                 layer.node.replace_input_with(use.input_index, dq_value)

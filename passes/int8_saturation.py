@@ -36,7 +36,16 @@ QMAX = 127
 METHODS = ("best", "scale", "nudge")
 # scale factors tried per channel between "no change" and "the scale alone makes it safe"
 GRID = 9
-CHUNK = 1 << 20  # weight elements handled at a time (bounds the float64 temporaries)
+CHUNK = 1 << 20  # weight elements handled at a time (bounds the float32 temporaries)
+# The cheapest int8 layers, together at most this share of the int8 layers' multiply-adds, keep
+# full 8-bit weights stored as uint8 with zero point 128 where they hold an unsafe pair: onnxruntime
+# runs them with its u8×u8 kernels, which widen both operands to int16 and add the products in
+# int32 (VPMADDWD): nothing saturates. They cost speed (a 128-channel 3×3 QLinearConv: 2.2× the
+# u8×s8 time on an AVX-512 VNNI host), so only where little compute runs; there they keep the
+# fidelity the bound costs most often: the first layer (a latent projection) and the last (the
+# few channels that draw the image).
+UINT8_SHARE = 0.05
+UINT8_ZERO_POINT = 128
 
 
 @dataclass(frozen=True)
@@ -76,20 +85,16 @@ class Layout:
         return np.swapaxes(rows.reshape(*shape[:-2], n, k), -1, -2)
 
 
-def _pairs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The two members of each K pair, ``[R, ceil(K/2)]`` each (an odd K pads with a zero, as MLAS does)."""
-    if rows.shape[1] % 2:
-        rows = np.concatenate([rows, np.zeros((rows.shape[0], 1), rows.dtype)], axis=1)
-    return rows[:, 0::2], rows[:, 1::2]
-
-
-def _excess(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """How far each pair's same-sign magnitude sum exceeds ``PAIR_LIMIT`` (<= 0: safe)."""
-    a = a.astype(np.int32)
-    b = b.astype(np.int32)
-    pos = np.maximum(a, 0) + np.maximum(b, 0)
-    neg = -(np.minimum(a, 0) + np.minimum(b, 0))
-    return np.maximum(pos, neg) - PAIR_LIMIT
+def _pair_sums(rows: np.ndarray) -> np.ndarray:
+    """Each K pair's sum ``rows[:, 2j] + rows[:, 2j+1]``, ``[R, ceil(K/2)]`` (an odd K pairs its
+    last entry with a zero, as MLAS pads). A pair is unsafe exactly when ``|sum| > PAIR_LIMIT``:
+    same-sign magnitudes add up, and a pair of opposite signs stays within max(|q1|, |q2|) <= 127."""
+    k = rows.shape[1]
+    dtype = np.int16 if rows.dtype.kind in "iu" else rows.dtype
+    sums = np.add(rows[:, 0 : k - 1 : 2], rows[:, 1::2], dtype=dtype)
+    if k % 2:
+        sums = np.concatenate([sums, rows[:, -1:].astype(dtype)], axis=1)
+    return sums
 
 
 def unsafe_pairs(q: np.ndarray, layout: Layout) -> int:
@@ -97,52 +102,63 @@ def unsafe_pairs(q: np.ndarray, layout: Layout) -> int:
     found = layout.rows(q)
     if found is None:
         return 0
-    return int((_excess(*_pairs(found[0])) > 0).sum())
+    return int(np.count_nonzero(np.abs(_pair_sums(found[0])) > PAIR_LIMIT))
 
 
-def _nudge(t: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """``q`` (rows, int) with each unsafe pair moved to the nearest integer pair on the bound
-    (least squares to the ideal values ``t``); other pairs unchanged."""
-    qa, qb = (x.copy() for x in _pairs(q))
-    ta, tb = _pairs(t)
-    bad = _excess(qa, qb) > 0
-    if bad.any():
-        sign = np.where(qa[bad] + qb[bad] >= 0, 1, -1)  # an unsafe pair has one sign
-        ma, mb = np.abs(ta[bad]), np.abs(tb[bad])
-        a = np.clip(np.rint(ma - (ma + mb - PAIR_LIMIT) / 2), PAIR_LIMIT - QMAX, QMAX)  # the projection, rounded
-        qa[bad] = sign * a
-        qb[bad] = sign * (PAIR_LIMIT - a)
-    out = np.empty((q.shape[0], qa.shape[1] * 2), q.dtype)
-    out[:, 0::2], out[:, 1::2] = qa, qb
-    return out[:, : q.shape[1]]
+def _nudge(s: np.ndarray, q: np.ndarray, bad: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The unsafe pairs ``bad`` (row, pair index) of the rounded rows ``q`` (even K) moved onto the
+    bound: the integer pair with magnitudes summing to ``PAIR_LIMIT`` nearest (least squares) to the
+    ideal values ``s``; in place, returns ``q``."""
+    r, j = bad
+    sa, sb = s[r, 2 * j], s[r, 2 * j + 1]
+    a, b = _on_bound(np.abs(sa), np.abs(sb))
+    sign = np.where(sa + sb >= 0, 1, -1)  # an unsafe pair has one sign
+    q[r, 2 * j], q[r, 2 * j + 1] = sign * a, sign * b
+    return q
 
 
-def _row_worst(t: np.ndarray) -> np.ndarray:
-    """Per row, the largest same-sign magnitude sum of a pair."""
-    ta, tb = _pairs(t)
-    return np.maximum(np.maximum(ta, 0) + np.maximum(tb, 0), -(np.minimum(ta, 0) + np.minimum(tb, 0))).max(axis=1)
+def _on_bound(ma: np.ndarray, mb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer magnitudes ``(a, PAIR_LIMIT - a)`` nearest to ``(ma, mb)`` (the projection onto the
+    bound, rounded)."""
+    a = np.clip(np.rint(ma - (ma + mb - PAIR_LIMIT) / 2), PAIR_LIMIT - QMAX, QMAX)
+    return a, PAIR_LIMIT - a
 
 
-def _quantized(t: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """Rows ``t`` divided by their factor ``f``, rounded, clipped, then nudged where still unsafe."""
-    scaled = t / f[:, None]
-    return _nudge(scaled, np.clip(np.rint(scaled), -QMAX, QMAX))
+def _rounded(t: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(s, q)``: rows ``t`` divided by their factor ``f``, and rounded (clipped to QMAX)."""
+    s = t / f[:, None]
+    q = np.rint(s)
+    np.clip(q, -QMAX, QMAX, out=q)
+    return s, q
 
 
-def _by_group(values: np.ndarray, group: np.ndarray, n: int, reduce) -> np.ndarray:
-    out = np.zeros(n, dtype=np.float64)
-    reduce.at(out, group, values)
-    return out
+def _errors(t: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Per row of ``t`` (even K), the squared weight error (in units of the old scale) of factor
+    ``f``: rounding, then the unsafe pairs moved onto the bound."""
+    s, q = _rounded(t, f)
+    d = q - s
+    err = np.einsum("ij,ij->i", d, d)
+    bad = np.nonzero(np.abs(q[:, 0::2] + q[:, 1::2]) > PAIR_LIMIT)
+    if bad[0].size:
+        r, j = bad
+        sa, sb = s[r, 2 * j], s[r, 2 * j + 1]
+        a, b = _on_bound(np.abs(sa), np.abs(sb))
+        change = (a - np.abs(sa)) ** 2 + (b - np.abs(sb)) ** 2 - d[r, 2 * j] ** 2 - d[r, 2 * j + 1] ** 2
+        err += np.bincount(r, weights=change, minlength=len(err))
+    return err * f.astype(np.float64) ** 2
 
 
 def _factors(t: np.ndarray, group: np.ndarray, n: int, method: str) -> np.ndarray:
     """``[n, C]`` scale factors tried per scale group, ascending, from 1 (keep the scale, nudge) to
     the smallest that makes every pair safe by itself (worst pair / 128, or / 127 where rounding
     still breaks the bound: two roundings add at most 1)."""
-    worst = _by_group(_row_worst(t), group, n, np.maximum)
+    worst_row = np.abs(_pair_sums(t)).max(axis=1)
+    worst = np.zeros(n, dtype=np.float64)
+    np.maximum.at(worst, group, worst_row)
     top = np.maximum(1.0, worst / PAIR_LIMIT)
-    still = _by_group((_excess(*_pairs(np.clip(np.rint(t / top[group][:, None]), -QMAX, QMAX))) > 0).any(axis=1).astype(float), group, n, np.maximum)
-    top = np.where(still > 0, np.maximum(1.0, worst / (PAIR_LIMIT - 1)), top)
+    _, q = _rounded(t, top[group].astype(np.float32))
+    still = np.bincount(group, weights=(np.abs(_pair_sums(q)) > PAIR_LIMIT).any(axis=1), minlength=n) > 0
+    top = np.where(still, np.maximum(1.0, worst / (PAIR_LIMIT - 1)), top)
     if method == "nudge":
         return np.ones((n, 1))
     if method == "scale":
@@ -151,6 +167,21 @@ def _factors(t: np.ndarray, group: np.ndarray, n: int, method: str) -> np.ndarra
     grid = top[:, None] ** np.linspace(0.0, 1.0, GRID)[None, :]
     near = np.clip(worst[:, None] / (PAIR_LIMIT + np.arange(1, GRID))[None, :], 1.0, top[:, None])
     return np.sort(np.concatenate([grid, near], axis=1), axis=1)
+
+
+def _search(t: np.ndarray, local: np.ndarray, n: int, method: str) -> np.ndarray:
+    """Per scale group, the factor of ``_factors`` with the least squared weight error (ties: the
+    smaller). Vectorized over rows: the only loops are over factors and row chunks."""
+    factors = _factors(t, local, n, method)
+    if factors.shape[1] == 1:
+        return factors[:, 0]
+    step = max(1, CHUNK // max(1, t.shape[1]))
+    errors = np.zeros(factors.shape)
+    for i in range(0, len(t), step):
+        part, g = t[i : i + step], local[i : i + step]
+        for c in range(factors.shape[1]):
+            errors[:, c] += np.bincount(g, weights=_errors(part, factors[g, c].astype(np.float32)), minlength=n)
+    return factors[np.arange(n), errors.argmin(axis=1)]
 
 
 def saturation_free(w: np.ndarray, q: np.ndarray, scale: np.ndarray, out_axis: int | None, layout: Layout, *, block: int = 1, method: str = "best"):
@@ -169,7 +200,7 @@ def saturation_free(w: np.ndarray, q: np.ndarray, scale: np.ndarray, out_axis: i
     if found is None:
         return q, scale, None
     q_rows, channel = found
-    bad_rows = (_excess(*_pairs(q_rows)) > 0).any(axis=1)
+    bad_rows = (np.abs(_pair_sums(q_rows)) > PAIR_LIMIT).any(axis=1)
     if not bad_rows.any():
         return q, scale, None
     scale = np.array(scale, dtype=np.float32, copy=True)
@@ -182,23 +213,16 @@ def saturation_free(w: np.ndarray, q: np.ndarray, scale: np.ndarray, out_axis: i
     old_s = flat_scale[0] if per_tensor else flat_scale[groups * block]
     old_s = np.broadcast_to(np.asarray(old_s, dtype=np.float32), groups.shape)
     w_rows = layout.rows(np.asarray(w, dtype=np.float32))[0][rows]
-    t = w_rows / old_s[local][:, None]  # the ideal integer weights at the current scales
-    factors = _factors(t, local, len(groups), method)
-    step = max(1, CHUNK // max(1, t.shape[1]))
-    errors = np.zeros(factors.shape)
-    for c in range(factors.shape[1]):
-        for i in range(0, len(rows), step):
-            part, f = t[i : i + step], factors[local[i : i + step], c]
-            err = ((_quantized(part, f) * f[:, None] - part) ** 2).sum(axis=1)
-            errors[:, c] += _by_group(err, local[i : i + step], len(groups), np.add)
-    chosen = factors[np.arange(len(groups)), errors.argmin(axis=1)]  # ties: the smaller factor
+    k = w_rows.shape[1]
+    if k % 2:  # MLAS pairs an odd K's last entry with a zero
+        w_rows = np.concatenate([w_rows, np.zeros((len(rows), 1), np.float32)], axis=1)
+    chosen = _search(w_rows / old_s[local][:, None], local, len(groups), method)  # ideal integers at the current scales
     new_s = np.where(chosen > 1.0, (old_s * chosen).astype(np.float32), old_s).astype(np.float32)
     # requantized with the float32 scales that are stored
-    t = w_rows / new_s[local][:, None]
-    plain = np.clip(np.rint(t), -QMAX, QMAX)
-    nudged = int((_excess(*_pairs(plain)) > 0).sum())
+    s, plain = _rounded(w_rows, new_s[local])
+    bad = np.nonzero(np.abs(plain[:, 0::2] + plain[:, 1::2]) > PAIR_LIMIT)
     new_rows = q_rows.copy()
-    new_rows[rows] = _nudge(t, plain).astype(q.dtype)
+    new_rows[rows] = _nudge(s, plain, bad)[:, :k].astype(q.dtype)
     if per_tensor:
         flat_scale[:] = new_s[0]
     else:
@@ -208,16 +232,37 @@ def saturation_free(w: np.ndarray, q: np.ndarray, scale: np.ndarray, out_axis: i
         "channels": n if per_tensor else int(len(groups) * block),
         "of": n,
         "rescaled": int((new_s != old_s).sum()) * (1 if per_tensor else block),
-        "nudged_pairs": nudged,
+        "nudged_pairs": int(bad[0].size),
     }
     return np.ascontiguousarray(layout.unrows(new_rows, q.shape).astype(q.dtype)), scale, report
+
+
+def uint8_layers(macs: dict, share: float = UINT8_SHARE) -> set:
+    """The keys of ``macs`` (layer -> multiply-adds per sample, None when unknown) whose weights
+    are kept full 8-bit as uint8: the cheapest layers, in ascending order (ties by key), while
+    their sum stays within ``share`` of the total. None anywhere: no layer (the share is unknown)."""
+    if not macs or any(m is None for m in macs.values()):
+        return set()
+    budget, chosen = share * sum(macs.values()), set()
+    for key, m in sorted(macs.items(), key=lambda kv: (kv[1], str(kv[0]))):
+        if m > budget:
+            break
+        budget -= m
+        chosen.add(key)
+    return chosen
+
+
+def as_uint8(q: np.ndarray) -> np.ndarray:
+    """int8 weights as uint8 with zero point ``UINT8_ZERO_POINT``: the same dequantized values."""
+    return (q.astype(np.int16) + UINT8_ZERO_POINT).astype(np.uint8)
 
 
 def unsafe_layers(graph) -> list[dict]:
     """The int8 layers of a QDQ graph (an ``onnx_ir.Graph``) that can overflow int16 on x86
     without VNNI: a Conv/Gemm/MatMul whose input and weight are both DequantizeLinear outputs
-    (onnxruntime fuses it into an int8 kernel) with an unsafe int8 weight pair. ``[]``: the
-    model is saturation-free by the bound. Each entry: node, op_type, unsafe_pairs."""
+    (onnxruntime fuses it into an int8 kernel) with an unsafe int8 weight pair. uint8 weights run
+    in u8×u8 kernels, which do not saturate. ``[]``: the model is saturation-free by the bound.
+    Each entry: node, op_type, unsafe_pairs."""
     found = []
     for node in graph:
         if node.domain not in ("", "ai.onnx") or node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2:

@@ -23,7 +23,7 @@ from onnx import helper, numpy_helper
 from gencompress.inputs import output_range_of_model, sample_inputs, specs_of_model
 from gencompress.isa import host_isa, saturates
 from gencompress.passes.insert_qdq import InsertQDQPass
-from gencompress.passes.int8_saturation import PAIR_LIMIT, Layout, saturation_free, unsafe_layers, unsafe_pairs
+from gencompress.passes.int8_saturation import PAIR_LIMIT, UINT8_ZERO_POINT, Layout, as_uint8, saturation_free, uint8_layers, unsafe_layers, unsafe_pairs
 
 ZOO = ("dcgan", "vae", "rvae", "cgan")
 # runs each model at optimization level disabled (exact DQ -> float) and all (fused int8 kernels)
@@ -89,7 +89,7 @@ def _qdq_model(op: str, q: np.ndarray, x_shape, attrs: dict, w_axis: int, w_scal
     inits = [
         numpy_helper.from_array(q, "w_q"),
         numpy_helper.from_array(w_scale, "w_s"),
-        numpy_helper.from_array(np.zeros(n_out, np.int8), "w_zp"),
+        numpy_helper.from_array(np.full(n_out, UINT8_ZERO_POINT if q.dtype == np.uint8 else 0, q.dtype), "w_zp"),
         numpy_helper.from_array(np.float32(1 / 255), "x_s"),
         numpy_helper.from_array(np.uint8(0), "x_zp"),
         numpy_helper.from_array(np.float32(6 / 255), "y_s"),
@@ -195,27 +195,39 @@ def test_pairing_order_on_emulated_avx2(tmp_path):
             assert predicted.any() and not predicted.all(), name  # the case tells the orders apart
 
 
+def _with_weights(model: onnx.ModelProto, q: np.ndarray, scale: np.ndarray) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for init in m.graph.initializer:
+        if init.name == "w_q":
+            init.CopyFrom(numpy_helper.from_array(q, "w_q"))
+        if init.name == "w_s":
+            init.CopyFrom(numpy_helper.from_array(scale.astype(np.float32), "w_s"))
+        if init.name == "w_zp":
+            init.CopyFrom(numpy_helper.from_array(np.full(init.dims, UINT8_ZERO_POINT if q.dtype == np.uint8 else 0, q.dtype), "w_zp"))
+    return m
+
+
 def test_saturation_free_weights_are_exact_on_emulated_avx2(tmp_path):
-    """The same crafted weights after ``saturation_free``: no unsafe pair left, and the fused AVX2
-    kernels compute what exact arithmetic does (to one output step)."""
+    """The same crafted weights after ``saturation_free``, and unchanged but stored as uint8 (zero
+    point 128: onnxruntime's u8×u8 kernels): no unsafe pair left, and the fused AVX2 kernels
+    compute what exact arithmetic does (to one output step)."""
     cases = _cases()
-    models, feeds = [], []
+    models, feeds, names = [], [], []
+    for name, (model, q, layout, shape) in cases.items():
+        models.append(_with_weights(model, as_uint8(q), np.full(q.shape[1 if layout.op in ("Gemm", "MatMul") and not layout.trans_b else 0], 1 / 127, np.float32)))
+        feeds.append({"x": np.ones(shape, np.float32)})
+        names.append(f"{name} uint8")
     for model, q, layout, shape in cases.values():
         axis = 1 if layout.op in ("Gemm", "MatMul") and not layout.trans_b else 0
         scale = np.full(q.shape[axis], 1 / 127, np.float32)
         w = q.astype(np.float32) / 127 * 0.999
         q2, s2, _ = saturation_free(w, q, scale, axis, layout)
         assert unsafe_pairs(q2, layout) == 0
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-        for init in m.graph.initializer:
-            if init.name == "w_q":
-                init.CopyFrom(numpy_helper.from_array(q2, "w_q"))
-            if init.name == "w_s":
-                init.CopyFrom(numpy_helper.from_array(s2.astype(np.float32), "w_s"))
-        models.append(m)
+        models.append(_with_weights(model, q2, s2))
         feeds.append({"x": np.ones(shape, np.float32)})
-    for name, (exact, fused) in zip(cases, run_haswell(tmp_path, models, feeds)):
+    names += list(cases)
+    for name, (exact, fused) in zip(names, run_haswell(tmp_path, models, feeds)):
         assert np.abs(exact - fused).max() <= 6 / 255 + 1e-6, name
 
 
@@ -293,6 +305,59 @@ def test_unsafe_channels_only_change():
         others = [c for c in range(8) if c != 3]
         assert np.array_equal(q2[others], q[others]) and np.array_equal(s2[others], s[others])
         assert info["channels"] == 1 and info["of"] == 8
+
+
+def test_uint8_layers_are_the_cheapest_within_the_share():
+    macs = {"big": 1000, "small": 30, "tiny": 10, "mid": 60}
+    assert uint8_layers(macs, share=0.05) == {"tiny", "small"}  # 40 of 1100 ≤ 55; + mid would be 100
+    assert uint8_layers(macs, share=0.005) == set()
+    assert uint8_layers({**macs, "unknown": None}) == set()  # no share without every layer's count
+
+
+def _two_conv_model():
+    """Conv 32 -> 64 (3x3) -> Relu -> Conv 64 -> 1 (3x3) on 8x8: the last conv holds 1/32 of the
+    multiply-adds."""
+    rng = np.random.default_rng(7)
+    w1 = rng.normal(size=(64, 32, 3, 3)).astype(np.float32)
+    w2 = rng.normal(size=(1, 64, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [1, 32, 8, 8])], [helper.make_tensor_value_info("y", TP.FLOAT, [1, 1, 8, 8])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    return onnx.shape_inference.infer_shapes(model)  # the layers' output sizes count their multiply-adds
+
+
+def test_cheap_layer_keeps_full_weights_as_uint8():
+    """The cheap last layer keeps the vnni weights' values, stored uint8 with zero point 128; the
+    costly one gets saturation-free int8; the verdict reads the model as saturation-free."""
+    import onnx_ir as ir
+
+    ranges = (("x", -2.0, 2.0), ("c", -50.0, 50.0), ("r", 0.0, 50.0), ("y", -300.0, 300.0))
+
+    def build(**options):
+        irm = ir.serde.deserialize_model(_two_conv_model())
+        p = InsertQDQPass(InsertQDQPass.Options(ranges=ranges, **options))
+        p(irm)
+        return ir.serde.serialize_model(irm), {r["node"]: r for r in p.report["layers"]}
+
+    portable, rows = build()
+    vnni, _ = build(int8_kernels="vnni")
+    inits = {i.name: numpy_helper.to_array(i) for i in portable.graph.initializer}
+    vnni_inits = {i.name: numpy_helper.to_array(i) for i in vnni.graph.initializer}
+    assert rows["conv2"]["saturation"]["weights"] == "uint8" and "uint8" in rows["conv2"]["saturation"]["reason"]
+    assert inits["w2_quantized"].dtype == np.uint8 and np.all(inits["w2_zero_point"] == UINT8_ZERO_POINT)
+    assert np.array_equal(inits["w2_quantized"].astype(np.int16) - UINT8_ZERO_POINT, vnni_inits["w2_quantized"])
+    assert unsafe_pairs(vnni_inits["w2_quantized"], Layout("Conv")) > 0  # it had an unsafe pair
+    assert inits["w1_quantized"].dtype == np.int8 and rows["conv1"]["saturation"]["channels"] > 0
+    assert unsafe_pairs(inits["w1_quantized"], Layout("Conv")) == 0
+    assert unsafe_layers(ir.serde.deserialize_model(portable).graph) == []
 
 
 # ---- the zoo, fused AVX2 kernels against exact arithmetic ----------------------------------------
