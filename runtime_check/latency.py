@@ -78,10 +78,11 @@ def percentiles(times_s) -> dict:
     }
 
 
-def time_interleaved(sessions: dict, feeds: dict, *, runs: int, warmup: int, tick=None) -> dict:
+def time_interleaved(sessions: dict, feeds: dict, *, runs: int, warmup: int, tick=None, stop=None) -> dict:
     """Warm up, then time ``runs`` calls of each session, interleaved; ``{label: [seconds...]}``.
 
-    ``feeds``: the inputs of every session, or ``{label: inputs}`` per session."""
+    ``feeds``: the inputs of every session, or ``{label: inputs}`` per session. ``stop(times so
+    far)`` true after a round: no more rounds (the comparison is already decided)."""
     labels = list(sessions)
     if set(feeds) != set(labels) or not all(isinstance(v, dict) for v in feeds.values()):
         feeds = {label: feeds for label in labels}
@@ -99,6 +100,8 @@ def time_interleaved(sessions: dict, feeds: dict, *, runs: int, warmup: int, tic
             times[label].append(clock() - t0)
         if tick:
             tick()
+        if stop is not None and stop(times):
+            break
     return times
 
 

@@ -63,8 +63,44 @@ DEFAULT_THREADS = 2
 TARGET_SLOT_SECONDS = 0.25  # timed seconds per model and batch size in one measurement
 STEP_GROUPS = 3  # groups flipped against the same plan in one measurement (1.33 models timed per group instead of 2)
 MIN_RUNS = 5  # timed runs per model and batch size at least (a slow model's runs each average out more noise)
+# a group is decided from its layer timed in isolation (``predict_groups``) when int8 is this much faster at
+# every batch (balanced; speed: on the geometric mean), otherwise timed in context. Never "float" from
+# isolation (CLEAR_SLOWER 1.0): alone, an int8 layer pays Q/DQ and layout Transposes that chained int8
+# layers share in context (the zoo dcgan's first layer: 0.11x alone at batch 1, int8 pays in context).
+# Set from benchmarks/plan_cost.py --agreement (README: what the plan costs).
+CLEAR_FASTER = 0.10
+CLEAR_SLOWER = 1.0
+SIZE_BUDGET = 1.2  # balanced: a chosen model larger than this times the every-layer-int8 one says so in its message
+ISOLATED_SECONDS = 0.15  # timed seconds per form and batch size of an isolated layer
+ISOLATED_MIN_RUNS = 3
+ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "Elu", "Selu", "HardSwish"})
 
 Ratios = dict  # {batch: model p50 / float p50}
+
+
+# peak memory of a timed plan per byte of the model file (float session, one candidate, the prepared
+# model and a build; benchmarks/plan_cost.py) and what the process holds besides
+PLAN_PEAK_PER_FILE_BYTE = 12
+PLAN_PEAK_FIXED = 0.3e9
+
+
+def plan_memory_note(path) -> str | None:
+    """A one-line note when timing a plan of the model at ``path`` would not fit in the memory
+    available now (``/proc/meminfo``; elsewhere never): quantize then builds every layer int8 by
+    the streamed one-build path (``--objective size``) instead. None when it fits."""
+    from gencompress.onnx_io import model_files
+
+    file = sum(f.stat().st_size for f in model_files(path) if f.is_file())
+    need = file * PLAN_PEAK_PER_FILE_BYTE + PLAN_PEAK_FIXED
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    if need <= available * 0.8:
+        return None
+    return (f"note: timing an int8 plan of this {file / 1e6:.0f} MB model would take about {need / 2**30:.1f} GiB of memory"
+            f" ({available / 2**30:.1f} GiB available): every layer int8 instead, streamed and not timed (--objective size)")
 
 
 def check_objective(objective: str) -> str:
@@ -125,8 +161,25 @@ def choose_final(finals: list[frozenset], measured: dict, objective: str, noise:
     return chosen, message
 
 
+def predicted_choice(gain: Ratios | None, objective: str) -> str | None:
+    """"int8" / "float" when a group's isolated gain (``{batch: float time / int8 time}`` of its layer
+    alone) is clear beyond ``CLEAR_FASTER`` / ``CLEAR_SLOWER``, else None (time it in context). An
+    isolated int8 layer pays the Q/DQ (and layout Transposes) at both its edges, which chained int8
+    layers share in context: isolation is close to the worst case for int8, so a layer clearly
+    faster alone is faster in context; the band for "clearly slower" is wider."""
+    if not gain:
+        return None
+    g = geomean(gain) if objective == "speed" else min(gain.values())
+    if g >= 1.0 + CLEAR_FASTER:
+        return "int8"
+    if g <= 1.0 - CLEAR_SLOWER:
+        return "float"
+    return None
+
+
 def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objective: str, noise: float = NOISE,
-                size: Callable[[frozenset], int] | None = None, groups: list[list[str]] | None = None) -> PlanResult:
+                size: Callable[[frozenset], int] | None = None, groups: list[list[str]] | None = None,
+                predicted: list[Ratios | None] | None = None) -> PlanResult:
     """Choose the layers that compute in int8.
 
     ``measure(configs, reference=True, give_up=None)`` times each configuration (a frozenset of int8
@@ -137,14 +190,18 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
     (balanced: int8 already lost at batch 1, the larger, slower batches need no timing).
     ``groups``: layers decided together (``layer_groups``: the same op on the same shapes runs the
     same kernel at the same cost); default one group per layer.
-    Greedy: start from every layer in int8; for ``STEP_GROUPS`` groups at a time in graph order,
-    time the plan as it stands and, beside it, the plan with each of those groups in float (one
-    interleaved run, so load drift hits them alike); keep each group's better form per the
-    objective.
-    Then compare the plan, all-int8 and no-int8 side by side with float and pick per the
-    objective; balanced: of those not slower than float beyond ``noise`` whose ``size(config)``
-    (bytes) is within ``SIZE_SLACK`` of the smallest, the one with the most int8 layers, unless
-    another is faster than it beyond ``noise`` (then the fastest).
+    ``predicted``: per group, its layer's isolated gain (``predict_groups``) or None; a clear one
+    (``predicted_choice``) decides the group without timing it in context.
+    Greedy, over the groups not decided so: start from the plan so far, for ``STEP_GROUPS`` groups
+    at a time in graph order, time the plan as it stands and, beside it, the plan with each of
+    those groups in float (one interleaved run, so load drift hits them alike); keep each group's
+    better form per the objective.
+    Then the plan, all-int8 and no-int8 against float, one at a time (two models alive), and the
+    pick per the objective; balanced: of those not slower than float beyond ``noise`` whose
+    ``size(config)`` (bytes) is within ``SIZE_SLACK`` of the smallest, the one with the most int8
+    layers, unless another is faster than it beyond ``noise`` (then the fastest). No-int8 runs the
+    float model's kernels (its int8 weights are folded into float at load): it is taken as 1.0x
+    float and timed only when the pick would fall on it.
     """
     check_objective(objective)
     full, none = frozenset(layers), frozenset()
@@ -163,27 +220,44 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
         size; the other batch sizes cannot save it."""
         return objective == "balanced" and all(any(f[b] / with_int8[b] < 1.0 - noise for b in with_int8) for f in flips)
 
-    current = full
-    rows = []
     units = groups or [[n] for n in layers]
-    for start in range(0, len(units), STEP_GROUPS):
-        step = units[start:start + STEP_GROUPS]
-        with_int8, *flips = timed(current, *(current - set(g) for g in step), reference=False, give_up=hopeless)
-        for group, without in zip(step, flips):
+    predicted = predicted or [None] * len(units)
+    rows, undecided = [], []
+    for group, gain in zip(units, predicted):
+        verdict = predicted_choice(gain, objective)
+        if verdict is None:
+            undecided.append((group, gain))
+            continue
+        together = f" (with {len(group) - 1} more of its shape)" if len(group) > 1 else ""
+        reason = (f"int8 {'pays' if verdict == 'int8' else 'does not pay'}: the layer alone runs "
+                  + ", ".join(f"b{b} {g:.2f}x" for b, g in sorted(gain.items())) + f" as fast in int8 as in float{together}")
+        for name in group:
+            rows.append({"node": name, "choice": verdict, "reason": reason, "decided": "isolated",
+                         "isolated_gain": {str(b): round(g, 3) for b, g in gain.items()}})
+    current = full - {r["node"] for r in rows if r["choice"] == "float"}
+    for start in range(0, len(undecided), STEP_GROUPS):
+        step = undecided[start:start + STEP_GROUPS]
+        with_int8, *flips = timed(current, *(current - set(g) for g, _ in step), reference=False, give_up=hopeless)
+        for (group, isolated), without in zip(step, flips):
             keep = int8_pays(with_int8, without, objective, noise)
             gain = {b: without[b] / with_int8[b] for b in with_int8}
             together = f" (decided with {len(group) - 1} more of its shape)" if len(group) > 1 else ""
             reason = (f"int8 {'pays' if keep else 'does not pay'}: the model runs "
                       + ", ".join(f"b{b} {g:.2f}x" for b, g in sorted(gain.items())) + f" as fast with it in int8 as in float{together}")
             for name in group:
-                rows.append({"node": name, "choice": "int8" if keep else "float", "reason": reason,
-                             "int8_gain": {str(b): round(g, 3) for b, g in gain.items()}})
+                row = {"node": name, "choice": "int8" if keep else "float", "reason": reason, "decided": "in context",
+                       "int8_gain": {str(b): round(g, 3) for b, g in gain.items()}}
+                if isolated:
+                    row["isolated_gain"] = {str(b): round(g, 3) for b, g in isolated.items()}
+                rows.append(row)
         current = current - {r["node"] for r in rows if r["choice"] == "float"}
     order = {n: i for i, n in enumerate(layers)}
     rows.sort(key=lambda r: order[r["node"]])
-    finals = list(dict.fromkeys([current, full, none]))
-    measured = dict(zip(finals, timed(*finals)))
-    chosen, message = choose_final(finals, measured, objective, noise, size, none)
+    measured = _measure_finals(timed, current, full, none, objective, noise, size)
+    chosen, message = choose_final(list(measured), measured, objective, noise, size, none)
+    if objective == "balanced" and size is not None and chosen != full and size(chosen) > SIZE_BUDGET * size(full):
+        message += (f"; {size(chosen) / size(full):.2f}x the size of every layer in int8 (over the {SIZE_BUDGET:g}x budget),"
+                    " kept because every layer in int8 was slower than float")
     if chosen != current:
         for row in rows:
             choice = "int8" if row["node"] in chosen else "float"
@@ -192,6 +266,19 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
                 row["reason"] += (f"; overridden: the whole plan with {'all' if chosen == full else 'no'} layers in int8 measured"
                                   f" {'faster' if objective == 'speed' else 'not slower and is smaller, or faster'}")
     return PlanResult(chosen, measured[chosen], rows, configs, message)
+
+
+def _measure_finals(timed, current: frozenset, full: frozenset, none: frozenset, objective: str, noise: float, size) -> dict:
+    """{config: ratios to float} of the plan, all-int8 (when it differs) and no-int8 (only when the
+    pick would fall on it taken as 1.0x float), each timed beside float on its own."""
+    measured = {current: timed(current)[0]}
+    if full not in measured:
+        measured[full] = timed(full)[0]
+    if none not in measured:
+        assumed = {**measured, none: {b: 1.0 for b in measured[current]}}
+        if choose_final(list(assumed), assumed, objective, noise, size, none)[0] == none:
+            measured[none] = timed(none)[0]
+    return measured
 
 
 def layer_groups(graph: ir.Graph, names: list[str]) -> list[list[str]]:
@@ -272,7 +359,7 @@ class ConfigBuilder:
     def create(cls, prepared: onnx.ModelProto, *, rewrite: bool, static_options, exclude=(), log=lambda message: None):
         from gencompress.passes.insert_qdq import find_layers, select_layers
 
-        model = ir.serde.deserialize_model(prepared)
+        model = _with_shapes(prepared)
         graph = model.graph
         kept, _ = select_layers(find_layers(graph), exclude)
         decidable = [{"node": l.name, "op_type": l.op_type, "weights": [w.name for w in l.weights]} for l in kept if l.kind == "int8"]
@@ -285,11 +372,9 @@ class ConfigBuilder:
         """(rewritten prepared proto's static quantizer, rewrite report) for this set of float ConvTransposes."""
         key = keep_float if self.rewrite else None
         if key not in self._quantizers:
-            from gencompress.verbs.quantizers import calibrated_ranges, static_quantizer
+            from gencompress.verbs.quantizers import static_quantizer
 
             before = ir.serde.deserialize_model(self.prepared)  # wraps the proto's tensors, no copy
-            if self._calibrated is None:
-                self._calibrated = calibrated_ranges(before, self.static_options, log=self.log)
             model = ir.serde.deserialize_model(self.prepared)
             report = None
             if self.rewrite:
@@ -297,9 +382,18 @@ class ConfigBuilder:
             proto = ir.serde.serialize_model(model)
             quantizer = static_quantizer(
                 proto, self.static_options, log=self.log, exclude=self.exclude, before_rewrites=before if self.rewrite else None,
-                calibrated=self._calibrated)
+                calibrated=self.ranges())
             _keep_last(self._quantizers, key, (quantizer, report))
         return self._quantizers[key]
+
+    def ranges(self) -> tuple[dict, dict]:
+        """``calibrated_ranges`` of ``prepared``: one calibration run for every configuration (and
+        every isolated layer, whose tensors keep their names)."""
+        if self._calibrated is None:
+            from gencompress.verbs.quantizers import calibrated_ranges
+
+            self._calibrated = calibrated_ranges(ir.serde.deserialize_model(self.prepared), self.static_options, log=self.log)
+        return self._calibrated
 
     def calibration(self) -> dict | None:
         """How the configurations were calibrated (the same settings for each)."""
@@ -355,7 +449,7 @@ class ConfigBuilder:
         return self._sizes[int8]
 
 
-KEEP_BUILDS = STEP_GROUPS + 1  # models kept built: one measurement's worth (each a whole copy of the weights)
+KEEP_BUILDS = 1  # models (and rewritten quantizers) kept built: each is a whole copy of the weights; sizes are remembered
 
 
 def _vnni_weights(quantizer):
@@ -375,12 +469,134 @@ def _keep_last(cache: dict, key, value) -> None:
         del cache[next(iter(cache))]
 
 
+# ---- one layer in isolation ---------------------------------------------------------------------
+
+
+def isolated_layer(prepared: onnx.ModelProto, model: ir.Model, name: str, protos: tuple[dict, dict]) -> onnx.ModelProto | None:
+    """A float model of layer ``name`` alone: the layer, a nearest Resize feeding it (the
+    ``resize_nhwc`` rewrite takes both), an activation that alone reads it (fused in int8), its
+    weights; its one activation input a graph input with the layer's own shape, the batch
+    dimension the model's. None when the layer has several activation inputs or shapes that do
+    not follow the batch. ``model``: ``prepared`` wrapped by onnx_ir; ``protos``: its nodes and
+    initializers by name."""
+    node = next((n for n in model.graph if n.name == name), None)
+    if node is None or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
+        return None
+    acts = [v for v in node.inputs if v is not None and v.const_value is None]
+    if len(acts) != 1:
+        return None
+    x, chain = acts[0], [node]
+    constant = lambda n, skip: all(v is None or v.const_value is not None for v in n.inputs[skip:])  # noqa: E731
+    head = x.producer()
+    if head is not None and head.op_type == "Resize" and constant(head, 1) and len(list(x.uses())) == 1:
+        chain.insert(0, head)
+        x = head.inputs[0]
+    out = node.outputs[0]
+    uses = list(out.uses())
+    if len(uses) == 1 and uses[0].node.op_type in ACTIVATIONS and constant(uses[0].node, 1) and not out.is_graph_output():
+        chain.append(uses[0].node)
+        out = uses[0].node.outputs[0]
+    shape = _batch_shape(model, x)
+    if shape is None or x.dtype is None:
+        return None
+    nodes, inits = protos
+    wanted = {i for n in chain for i in nodes[n.name].input if i in inits}
+    graph = onnx.helper.make_graph(
+        [nodes[n.name] for n in chain], f"isolated {name}", [onnx.helper.make_tensor_value_info(x.name, int(x.dtype), shape)],
+        [onnx.helper.make_tensor_value_info(out.name, int(out.dtype or x.dtype), None)], [inits[i] for i in sorted(wanted)])
+    tiny = onnx.helper.make_model(graph, opset_imports=list(prepared.opset_import), ir_version=prepared.ir_version)
+    return onnx.shape_inference.infer_shapes(tiny)
+
+
+def _with_shapes(prepared: onnx.ModelProto) -> ir.Model:
+    """``prepared`` wrapped by onnx_ir (its tensors not copied), shapes inferred where the file has
+    none: layers are grouped and isolated by their shapes."""
+    from onnx_ir.passes.common import ShapeInferencePass
+
+    model = ir.serde.deserialize_model(prepared)
+    ShapeInferencePass(strict_mode=False)(model)  # inferred on a copy without the weights
+    return model
+
+
+def _batch_shape(model: ir.Model, x: ir.Value) -> list | None:
+    """``x``'s shape for an isolated model: every dimension known, except the first when it is the
+    batch dimension of the model's inputs (then "N"). None otherwise."""
+    if x.shape is None or len(x.shape) == 0 or not all(isinstance(d, int) for d in x.shape[1:]):
+        return None
+    firsts = [i.shape[0] for i in model.graph.inputs if i.shape is not None and len(i.shape)]
+    batch_names = {str(d.value) for d in firsts if not isinstance(d, int) and d.value}
+    first = x.shape[0]
+    if batch_names:  # dynamic batch: the layer's first dimension must be the batch itself
+        return ["N", *x.shape[1:]] if not isinstance(first, int) and str(first.value) in batch_names else None
+    return list(x.shape) if isinstance(first, int) else None
+
+
+def isolated_pair(builder: "ConfigBuilder", tiny: onnx.ModelProto, name: str) -> tuple[onnx.ModelProto, onnx.ModelProto] | None:
+    """(float, int8) forms of an isolated layer, built as the whole model's configurations build it
+    (the same rewrites, QDQ and calibrated ranges, weights skipping the saturation search)."""
+    small = ConfigBuilder.create(tiny, rewrite=builder.rewrite, static_options=builder.static_options, log=builder.log)
+    if name not in {l["node"] for l in small.layers}:
+        return None
+    small._calibrated = builder.ranges()
+    return small.build(frozenset(), timing=True)[0], small.build(frozenset({name}), timing=True)[0]
+
+
+def predict_groups(builder: "ConfigBuilder", isolated, batches, kernels=None, log=lambda m: None) -> list[Ratios | None]:
+    """Per group of ``builder.groups``: its first layer's isolated gain ``{batch: float p50 / int8
+    p50}`` (``isolated(float_model, int8_model, feeds_at) -> gains``), or None when it cannot be
+    isolated. ``kernels`` (``plan_cache.KernelCache``): timings by the pair's structure and batch,
+    reused across models and runs on this machine kind."""
+    from gencompress.verbs.plan_cache import structure_digest
+
+    model = _with_shapes(builder.prepared)
+    protos = ({n.name: n for n in builder.prepared.graph.node}, {t.name: t for t in builder.prepared.graph.initializer})
+    ranges = builder.ranges()[0]
+    out, timed = [], 0
+    for group in builder.groups:
+        gains = None
+        try:
+            tiny = isolated_layer(builder.prepared, model, group[0], protos)
+            pair = isolated_pair(builder, tiny, group[0]) if tiny is not None else None
+        except Exception as e:  # an optimisation: a layer the isolation cannot build is timed in context instead
+            log(f"  {group[0]}: not timed alone ({str(e).splitlines()[0][:120]})")
+            pair = None
+        if pair is not None:
+            keys = {b: f"{structure_digest(*pair)}:{b}" for b in batches}
+            cached = {b: kernels.get(k) for b, k in keys.items()} if kernels is not None else {}
+            if cached and all(cached.values()):
+                gains = {b: float(e["gain"]) for b, e in cached.items()}
+            else:
+                x = tiny.graph.input[0]
+                gains = isolated(*pair, _feeds_at(x, ranges.get(x.name, (-1.0, 1.0))))
+                timed += 1
+                for b, g in gains.items():
+                    if kernels is not None:
+                        kernels.put(keys[b], {"gain": g, "op": pair[0].graph.node[0].op_type})
+        out.append(gains)
+    log(f"  {sum(g is not None for g in out)} of {len(out)} group(s) timed alone ({timed} timed, the others from the kernel cache)")
+    return out
+
+
+def _feeds_at(x: onnx.ValueInfoProto, value_range) -> Callable[[int], dict]:
+    """Inputs of an isolated layer at a batch size: uniform over its input's calibrated range."""
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in x.type.tensor_type.shape.dim]
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(x.type.tensor_type.elem_type)
+    lo, hi = (float(v) for v in value_range)
+
+    def feeds(batch: int) -> dict:
+        shape = [batch if d is None else d for d in dims]
+        return {x.name: np.random.default_rng(0).uniform(lo, hi if hi > lo else lo + 1.0, shape).astype(dtype)}
+
+    return feeds
+
+
 # ---- the timer ---------------------------------------------------------------------------------
 
 
 def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provider: str = "CPUExecutionProvider",
                       threads: int = DEFAULT_THREADS, batches=DEFAULT_BATCHES, seed: int = 0) -> Callable[[list[onnx.ModelProto]], list[Ratios]]:
-    """``measure(models, reference=True) -> [{batch: p50 / float p50}]``: each call times the float
+    """``measure(models, reference=True) -> [{batch: p50 / float p50}]`` (a model: a proto, or a
+    function returning one, called when its session is made): each call times the float
     model and the given models interleaved in one process (spinning off), on ``provider`` with
     ``threads`` intra-op threads, each batch size (ascending) for about ``TARGET_SLOT_SECONDS`` per
     model (at least ``MIN_RUNS`` runs); ``reference=False``: without the float model, ratios to the
@@ -413,15 +629,22 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
             float_session = make_session(reference, provider=provider, threads=threads, label="float")
         return float_session
 
+    def clear(times) -> bool:
+        """Every candidate's runs all faster, or all slower, than every float run beyond twice the
+        noise band: more runs cannot change a decision (a slow model's guard stops early)."""
+        f = times["float"]
+        return len(f) >= MIN_RUNS - 2 and all(max(t) < min(f) * (1 - 2 * NOISE) or min(t) > max(f) * (1 + 2 * NOISE)
+                                               for k, t in times.items() if k != "float")
+
     def measure(models, reference=True, give_up=None):
         sessions = {"float": reference_session()} if reference else {}
-        for i, m in enumerate(models):
-            sessions[i] = make_session(model_bytes(m), provider=provider, threads=threads, label=f"candidate {i}")
+        for i, m in enumerate(models):  # a model may come as a function that builds it: built here, one at a time
+            sessions[i] = make_session(model_bytes(m() if callable(m) else m), provider=provider, threads=threads, label=f"candidate {i}")
         out = [{} for _ in models]
         for b in batches:
             inputs, runs, warmup = slot(b)
             feeds = {k: cast_feeds(s, inputs) for k, s in sessions.items()}
-            times = time_interleaved(sessions, feeds, runs=runs, warmup=warmup)
+            times = time_interleaved(sessions, feeds, runs=runs, warmup=warmup, stop=clear if reference and len(models) == 1 else None)
             base = float(np.median(times["float" if reference else 0]))
             for i in range(len(models)):
                 out[i][b] = float(np.median(times[i])) / base
@@ -429,7 +652,23 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
                 break
         return out
 
+    def isolated(float_model, int8_model, feeds_at) -> Ratios:
+        """{batch: float p50 / int8 p50} of one layer's two forms, interleaved, about
+        ``ISOLATED_SECONDS`` each per batch size (at least ``ISOLATED_MIN_RUNS`` runs)."""
+        pair = {"float": make_session(model_bytes(float_model), provider=provider, threads=threads, label="isolated float layer"),
+                "int8": make_session(model_bytes(int8_model), provider=provider, threads=threads, label="isolated int8 layer")}
+        gains = {}
+        for b in batches:
+            feeds = {k: cast_feeds(s, feeds_at(b)) for k, s in pair.items()}
+            probe = time_interleaved(pair, feeds, runs=1, warmup=1)
+            p50 = max(max(t[0] for t in probe.values()), 1e-6)
+            times = time_interleaved(pair, feeds, runs=int(np.clip(ISOLATED_SECONDS / p50, ISOLATED_MIN_RUNS, 400)), warmup=0)
+            gains[b] = float(np.median(times["float"])) / max(float(np.median(times["int8"])), 1e-9)
+        return gains
+
     measure.settings = {"provider": provider, "threads": threads, "batches": list(batches)}  # what the plan cache keys on
+    measure.isolated = isolated
+    measure.lazy = True  # takes functions that build the models
     return measure
 
 
@@ -453,12 +692,21 @@ def plan(builder: ConfigBuilder, objective: str, measure_models, log=lambda m: N
         result.cached = str(cache.path(key))
         log(f"int8 plan reused from {result.cached} (timed on {result.timed_on.get('isa')}, {result.timed_on.get('threads')} thread(s))")
     else:
-        def measure(configs, reference=True, give_up=None):
-            return measure_models([builder.build(c, timing=True)[0] for c in configs], reference=reference, give_up=give_up)
+        def measure(configs, reference=True, give_up=None):  # a timer that takes functions builds each model when it needs it
+            lazy = getattr(measure_models, "lazy", False)
+            models = [(lambda c=c: builder.build(c, timing=True)[0]) if lazy else builder.build(c, timing=True)[0] for c in configs]
+            return measure_models(models, reference=reference, give_up=give_up)
 
+        predicted = None
         if objective != "size" and names:
             log(f"timing {len(names)} layer(s) in {len(builder.groups or names)} group(s) of the same shape, int8 vs float ({objective}) ...")
-        result = plan_layers(names, measure, objective, size=builder.size, groups=builder.groups or None)
+            isolated = getattr(measure_models, "isolated", None)
+            if isolated is not None and builder.groups:
+                from gencompress.verbs.plan_cache import KernelCache
+
+                kernels = KernelCache(settings, cache.folder) if settings and cache is not None else None
+                predicted = predict_groups(builder, isolated, settings["batches"] if settings else [1], kernels, log)
+        result = plan_layers(names, measure, objective, size=builder.size, groups=builder.groups or None, predicted=predicted)
         result.timed_on = timed_on if objective != "size" and names else {}
         op_of = {l["node"]: l["op_type"] for l in builder.layers}
         for row in result.layers:

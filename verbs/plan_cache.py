@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-FORMAT = 1  # bump when what a plan means changes
+FORMAT = 2  # bump when what a plan means changes (2: groups decided from isolated layer timings)
 
 
 def cache_folder() -> Path:
@@ -132,6 +132,80 @@ class PlanCache:
             return self.path(key)
         except (OSError, TypeError, ValueError):
             return None
+        finally:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+# ---- kernel timings: one layer in isolation, float against int8 -----------------------------------
+
+
+def structure_digest(*protos: onnx.ModelProto) -> str:
+    """sha256 of models' structure without weight values: ops, attributes, how tensors connect (names
+    replaced by their order of first use), input types, and each initializer's dtype and dims. Two
+    layers of different models with the same op, shapes, attributes and rewrite form get the same
+    digest (their scales and weight values differ; the kernels they run do not)."""
+    h = hashlib.sha256()
+    for proto in protos:
+        graph = proto.graph
+        ids: dict = {}
+        ref = lambda n: ids.setdefault(n, len(ids)) if n else -1  # noqa: E731
+        inits = {t.name: t for t in graph.initializer}
+        for vi in graph.input:
+            h.update(repr(("input", ref(vi.name), vi.type.SerializeToString(deterministic=True))).encode())
+        for node in graph.node:
+            ins = []
+            for n in node.input:
+                if n in inits and n not in ids:
+                    ins.append(("init", inits[n].data_type, tuple(inits[n].dims)))
+                ins.append(ref(n))
+            attrs = sorted((a.name, a.SerializeToString(deterministic=True)) for a in node.attribute)
+            h.update(repr((node.op_type, node.domain, ins, [ref(o) for o in node.output], attrs)).encode())
+        h.update(repr(("outputs", [ref(o.name) for o in graph.output], sorted((o.domain, o.version) for o in proto.opset_import))).encode())
+    return h.hexdigest()
+
+
+class KernelCache:
+    """Isolated layer timings of one machine kind (``machine_kind``, provider, threads), one JSON file
+    of ``{key: {"gain": float p50 / int8 p50, ...}}`` per kind; keys from ``structure_digest`` and the
+    batch size. Like ``PlanCache``, a miss or an unwritable folder is never an error."""
+
+    def __init__(self, settings: dict, folder: str | os.PathLike | None = None):
+        h = hashlib.sha256()
+        _digest_value({"format": FORMAT, **machine_kind(settings["threads"]), "provider": settings["provider"]}, h)
+        self.path = (Path(folder) if folder is not None else cache_folder()) / f"kernels-{h.hexdigest()[:20]}.json"
+        self._entries: dict | None = None
+
+    def entries(self) -> dict:
+        if self._entries is None:
+            try:
+                loaded = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                loaded = {}
+            self._entries = loaded if isinstance(loaded, dict) else {}
+        return self._entries
+
+    def get(self, key: str) -> dict | None:
+        entry = self.entries().get(key)
+        try:
+            return entry if float(entry["gain"]) > 0 else None
+        except (TypeError, KeyError, ValueError):
+            return None
+
+    def put(self, key: str, entry: dict) -> None:
+        """Store (merged with what another run may have written since), atomically; errors ignored."""
+        self._entries = None
+        merged = {**self.entries(), key: entry}
+        self._entries = merged
+        tmp = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".kernels.", suffix=".tmp", dir=self.path.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(merged, f, sort_keys=True)
+            os.replace(tmp, self.path)
+        except (OSError, TypeError, ValueError):
+            pass
         finally:
             if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)

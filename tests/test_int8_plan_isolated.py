@@ -1,0 +1,139 @@
+"""The int8 plan's cheap first step (verbs/int8_plan.py): layers timed alone, float against int8,
+decide the clear groups; only the others are timed in the whole model. Timings are stubs: what
+is tested is which decisions come from where, what is timed, the kernel timing cache and the
+fallback for models too large to plan. No wall-clock assertions."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from gencompress.verbs import int8_plan
+from gencompress.verbs.int8_plan import PlanInt8Pass, plan_layers, predicted_choice
+
+
+def stub(costs, base={1: 1.0, 64: 1.0}):
+    asked = []
+
+    def measure(configs, reference=True, give_up=None):
+        asked.append(list(configs))
+        return [{b: base[b] + sum(costs[n][b] for n in c) for b in base} for c in configs]
+
+    return measure, asked
+
+
+def test_clear_groups_are_not_timed_in_context():
+    """Two groups clearly faster alone are decided without a greedy step; the one near the band
+    (and the one that could not be isolated) are timed in the model."""
+    costs = {"a": {1: -0.2, 64: -0.3}, "b": {1: -0.1, 64: -0.2}, "near": {1: 0.01, 64: -0.01}, "odd": {1: 0.2, 64: 0.2}}
+    measure, asked = stub(costs)
+    predicted = [{1: 1.5, 64: 2.0}, {1: 1.2, 64: 1.3}, {1: 1.02, 64: 0.98}, None]
+    result = plan_layers(list(costs), measure, "balanced", predicted=predicted)
+    decided = {r["node"]: r["decided"] for r in result.layers}
+    assert decided == {"a": "isolated", "b": "isolated", "near": "in context", "odd": "in context"}
+    assert result.int8 == {"a", "b", "near"}
+    greedy = [configs for configs in asked if len(configs) > 1]
+    assert len(greedy) == 1 and len(greedy[0]) == 3  # one step: the plan and the two undecided groups flipped
+    assert all(len(configs) == 1 for configs in asked[1:])  # finals: one configuration beside float at a time
+
+
+def test_isolation_never_decides_float_and_the_guard_still_applies():
+    """An isolated layer much slower alone is timed in context (its edges' Q/DQ are shared there);
+    a plan of clear groups that is slower than float in the model is still refused."""
+    assert predicted_choice({1: 0.1, 64: 3.0}, "balanced") is None
+    assert predicted_choice({1: 1.2, 64: 1.3}, "balanced") == "int8"
+    assert predicted_choice({1: 1.05, 64: 1.3}, "balanced") is None
+    assert predicted_choice({1: 0.95, 64: 1.3}, "speed") == "int8"  # speed: the geometric mean
+    measure, _ = stub({"a": {1: 0.3, 64: 0.3}})  # alone it looked fast; in the model it is 1.3x slower
+    result = plan_layers(["a"], measure, "balanced", predicted=[{1: 1.5, 64: 1.5}])
+    assert result.int8 == frozenset() and "slower than float" in result.message
+
+
+def test_size_budget_is_stated():
+    """Balanced keeps a model larger than SIZE_BUDGET x the every-layer-int8 one only when every
+    layer in int8 is slower than float, and says so."""
+    measure, _ = stub({"big": {1: 0.3, 64: 0.3}, "small": {1: -0.1, 64: -0.1}})
+    size = lambda c: 100 if c == {"big", "small"} else 140  # noqa: E731
+    result = plan_layers(["big", "small"], measure, "balanced", size=size)
+    assert result.int8 == {"small"} and "budget" in result.message
+
+
+def isolating_timer(threads=2, batches=(1, 64)):
+    """A whole-model stub (each quantized activation 1% faster at batch 64, 1% slower at 1) with an
+    isolated-layer stub (int8 alone 1.5x faster at every batch) that counts its calls."""
+    calls, isolated_calls = [], []
+
+    def measure(models, reference=True, give_up=None):
+        calls.append(len(models))
+        qdq = [sum(n.op_type == "QuantizeLinear" for n in m.graph.node) for m in models]
+        return [{b: 1.0 + (0.01 if b == 1 else -0.01) * q for b in batches} for q in qdq]
+
+    def isolated(float_model, int8_model, feeds_at):
+        isolated_calls.append((float_model, int8_model))
+        for b in batches:
+            feeds = feeds_at(b)
+            assert next(iter(feeds.values())).shape[0] == b
+        return {b: 1.5 for b in batches}
+
+    measure.settings = {"provider": "CPUExecutionProvider", "threads": threads, "batches": list(batches)}
+    measure.isolated = isolated
+    return measure, calls, isolated_calls
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "plans"
+    monkeypatch.setenv("GENCOMPRESS_PLAN_CACHE", str(folder))
+    return folder
+
+
+def run_plan(model_path, timer, **options):
+    p = PlanInt8Pass(PlanInt8Pass.Options(calib_size=16, **options))
+    p.timer = timer
+    out = p(ir.load(model_path)).model
+    return ir.serde.serialize_model(out).SerializeToString(deterministic=True), p.report
+
+
+def test_isolated_forms_run_and_the_kernel_cache_is_reused(zoo_onnx, cache_dir):
+    """dcgan: every group isolated, its float and int8 forms load in onnxruntime with the layer's own
+    shapes; a second plan (another objective, so no plan reuse) times no isolated layer."""
+    from gencompress.runtime_check.sessions import make_session
+
+    timer, calls, isolated_calls = isolating_timer()
+    _, report = run_plan(zoo_onnx("dcgan"), timer)
+    n = len(isolated_calls)
+    assert n == sum("isolated_gain" in r for r in report["layers"]) > 0  # the zoo dcgan: one layer per group
+    assert all(r["decided"] == "isolated" for r in report["layers"] if "isolated_gain" in r)
+    float_model, int8_model = isolated_calls[0]
+    assert {n.op_type for n in int8_model.graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
+    for model in (float_model, int8_model):
+        x = model.graph.input[0]
+        shape = [4 if d.dim_param else d.dim_value for d in x.type.tensor_type.shape.dim]
+        out = make_session(model.SerializeToString()).run(None, {x.name: np.zeros(shape, np.float32)})[0]
+        assert out.shape[0] == 4
+    assert list(cache_dir.glob("kernels-*.json"))
+    run_plan(zoo_onnx("dcgan"), timer, objective="speed")
+    assert len(isolated_calls) == n  # the kernel timings of the first plan, reused
+
+
+def test_cached_plan_with_isolated_groups_writes_the_same_bytes(zoo_onnx, cache_dir):
+    timer, calls, isolated_calls = isolating_timer()
+    first, report = run_plan(zoo_onnx("dcgan"), timer)
+    n, k = len(calls), len(isolated_calls)
+    again, report2 = run_plan(zoo_onnx("dcgan"), timer)
+    assert again == first and len(calls) == n and len(isolated_calls) == k and report2["cached"]
+
+
+def test_model_too_large_to_plan_is_streamed_with_a_note(zoo_onnx, tmp_path, monkeypatch):
+    from gencompress.verbs.quantize import quantize
+
+    monkeypatch.setattr(int8_plan, "PLAN_PEAK_PER_FILE_BYTE", 1e9)  # every file "needs" more than the machine has
+
+    def never(models, reference=True, give_up=None):
+        raise AssertionError("nothing may be timed")
+
+    report = quantize(zoo_onnx("dcgan"), tmp_path / "o.onnx", calib_size=16, check=False, timer=never)
+    assert "speed_plan" not in report and any("every layer int8 instead" in n for n in report["notes"])
+    assert onnx.load(str(tmp_path / "o.onnx")).graph.node
