@@ -132,7 +132,12 @@ def quantize(
     sources = _check_run(in_path, out_path, mode=mode, objective=objective, threads=threads, batches=batches, keep_io_types=keep_io_types,
                          calib_data=calib_data, external_data=external_data, check=check, target_psnr=target_psnr)
     planned = mode == "static" and objective != "size"
+    too_large = int8_plan.plan_memory_note(in_path) if planned and target_psnr is None else None
+    if too_large:  # the streamed one build instead of a timed plan that would not fit in memory
+        planned = False
+        log(too_large)
     run = _Run.load(in_path, planned=planned, stream=not planned and target_psnr is None, objective=objective, log=log)
+    run.notes[:0] = [too_large] if too_large else []
     if check or target_psnr is not None:  # a PSNR needs numeric outputs: refused before any timing or calibration
         from gencompress.runtime_check.fidelity import refuse_uncomparable_outputs
 
