@@ -1,63 +1,82 @@
-"""Run prune and quantize over every graph in the onnx wheel's backend test data (by hand).
+"""Run prune and quantize, with their defaults, over every graph in the onnx wheel's backend test data.
 
-    python benchmarks/onnx_backend_graphs.py [--timeout 60] [--limit N]
+    python benchmarks/onnx_backend_graphs.py [--timeout 120] [--only SUBSTRING ...] [--limit N]
 
-Each verb on each model ends as: ok, refused (GencompressError, one line), crash (any other
-exception: a bug), or hang (over --timeout seconds). Prints the counts and every crash/hang.
+Each verb on each graph runs in a forked child (the imports are paid once; a child that passes
+the timeout is killed, and its peak memory is its own) and ends as: ok, refused
+(GencompressError, one line), crash (any other exception, or a multi-line message: a bug), or
+hang (over --timeout seconds). prune runs with ``sparsity=0.5`` (it has no default sparsity),
+quantize with no option at all (the timed int8 plan, 256 calibration draws, the check).
+
+Prints one row per graph that bears weights (a Conv/ConvTranspose/Gemm/MatMul/GRU/LSTM weight
+computed from constants only: stored, or filled in by ConstantOfShape as in the "light" nets):
+each verb's outcome, wall time of the call (reading the model included), the child's peak RSS,
+and the 1-minute load average when the row started; then the counts, and the distinct refusal
+reasons of the graphs without weights (so that one can read whether each is true).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import signal
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
+
+LAYER_OPS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1), "GRU": (1, 2), "LSTM": (1, 2)}
 
 
 class Hang(BaseException):  # not an Exception: onnx_ir's serde wraps those in SerdeError, which read as a crash
     pass
 
 
+def data_root() -> Path:
+    import onnx
+
+    return Path(onnx.__file__).parent / "backend" / "test" / "data"
+
+
 def backend_models() -> list[Path]:
+    return sorted(data_root().rglob("*.onnx"))
+
+
+def weights_of(path: Path) -> str | None:
+    """"stored" / "filled" (a ConstantOfShape on the way) when some layer reads a weight computed
+    from constants only (initializers, IR 3 ones listed as inputs too, Constant nodes); else None."""
     import onnx
 
-    root = Path(onnx.__file__).parent / "backend" / "test" / "data"
-    return sorted(root.rglob("*.onnx"))
+    model = onnx.load(str(path))
+    inits = {t.name for t in model.graph.initializer}
+    inputs = {i.name for i in model.graph.input} - inits
+    producer = {out: node for node in model.graph.node for out in node.output}
+
+    def constant(name, seen=()) -> str | None:
+        if name in inits:
+            return "stored"
+        if name in inputs or name not in producer or name in seen:
+            return None
+        node = producer[name]
+        kinds = [constant(x, (*seen, name)) for x in node.input if x]
+        if any(k is None for k in kinds):
+            return None
+        return "filled" if node.op_type == "ConstantOfShape" or "filled" in kinds else "stored"
+
+    found = set()
+    for node in model.graph.node:
+        for i in LAYER_OPS.get(node.op_type, ()):
+            if i < len(node.input) and node.input[i]:
+                found.add(constant(node.input[i]))
+    found.discard(None)
+    return "filled" if "filled" in found else ("stored" if found else None)
 
 
-def constant_weights(src: Path, folder: Path) -> Path | None:
-    """The model with its initializers dropped from the graph inputs (old exporters list them as
-    inputs, which makes them overridable, so no pass touches them) and its opset raised to 17
-    where the version converter can; None if no initializer was an input."""
-    import onnx
-
-    model = onnx.load(str(src))
-    names = {i.name for i in model.graph.initializer}
-    if not any(i.name in names for i in model.graph.input):
-        return None
-    try:  # old opsets (6, 9) run nowhere in int8: upgrade where the converter can, to reach the passes
-        model = onnx.version_converter.convert_version(model, 17)
-    except Exception:
-        pass
-    kept = [i for i in model.graph.input if i.name not in names]
-    del model.graph.input[:]
-    model.graph.input.extend(kept)
-    model.ir_version = max(model.ir_version, 8)  # IR >= 4: initializers need not be inputs
-    out = folder / "constant_weights.onnx"
-    onnx.save(model, str(out))
-    return out
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--timeout", type=int, default=60)
-    parser.add_argument("--limit", type=int)
-    args = parser.parse_args()
-
+def run_child(verb: str, src: Path, out: Path, timeout: int, write) -> None:
+    """In the forked child: run the verb, write one JSON line, exit."""
     import gencompress
     from gencompress.errors import GencompressError
 
@@ -65,46 +84,106 @@ def main() -> int:
         raise Hang
 
     signal.signal(signal.SIGALRM, alarm)
-    models = backend_models()[: args.limit]
+    signal.alarm(timeout)
+    started = time.perf_counter()
+    try:
+        if verb == "prune":
+            gencompress.prune(src, out, sparsity=0.5)
+        else:
+            gencompress.quantize(src, out)
+        outcome, detail = "ok", ""
+    except GencompressError as e:
+        outcome, detail = ("crash" if "\n" in str(e) else "refused"), str(e)
+    except Hang:
+        outcome, detail = "hang", f"over {timeout} s"
+    except Exception as e:
+        outcome, detail = "crash", f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+    finally:
+        signal.alarm(0)
+    write(json.dumps({"outcome": outcome, "detail": detail, "seconds": time.perf_counter() - started}))
+
+
+def run_forked(verb: str, src: Path, out: Path, timeout: int) -> dict:
+    """One verb on one graph in a forked child; its peak RSS from wait4."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read_fd)
+        code = 0
+        try:
+            with os.fdopen(write_fd, "w") as f:
+                run_child(verb, src, out, timeout, f.write)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(write_fd)
+    deadline = time.monotonic() + timeout + 60  # the child's own alarm first; this if native code never returns
+    status = usage = None
+    while time.monotonic() < deadline:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        _, status, usage = os.wait4(pid, 0)
+    with os.fdopen(read_fd) as f:
+        text = f.read()
+    row = json.loads(text) if text else {"outcome": "crash", "detail": f"child ended without a result (status {status})", "seconds": None}
+    if not text and time.monotonic() >= deadline:
+        row = {"outcome": "hang", "detail": f"killed after {timeout + 60} s", "seconds": None}
+    row["peak_mb"] = usage.ru_maxrss / 1024 if usage else None
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--timeout", type=int, default=120)
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--only", nargs="*", help="graphs whose path contains one of these")
+    args = parser.parse_args()
+
+    import gencompress
+
+    gencompress.prune, gencompress.quantize  # noqa: B018  (imported once, before the forks)
+    import gencompress.verbs.int8_plan  # noqa: F401
+
+    models = [m for m in backend_models() if not args.only or any(s in str(m) for s in args.only)][: args.limit]
+    root = data_root()
     counts: Counter = Counter()
+    reasons: dict = defaultdict(set)
     problems = []
     started = time.perf_counter()
-    print(f"{len(models)} models, load avg {os.getloadavg()[0]:.2f} at start", flush=True)
+    print(f"{len(models)} graphs, timeout {args.timeout} s, load avg {os.getloadavg()[0]:.2f} at start", flush=True)
+    print("| graph | weights | prune | s | quantize | s | peak MB (p / q) | load |")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        variants = []
-        for i, src in enumerate(models):
-            variants.append((src, src))
-            (Path(tmp) / str(i)).mkdir()
-            lifted = constant_weights(src, Path(tmp) / str(i))
-            if lifted is not None:
-                variants.append((src, lifted))
-        print(f"{len(variants)} variants ({len(variants) - len(models)} with initializers made constant)", flush=True)
-        for label, src in variants:
-            for verb, run in (("prune", lambda: gencompress.prune(src, Path(tmp) / "p.onnx", sparsity=0.5)),
-                              ("quantize", lambda: gencompress.quantize(src, Path(tmp) / "q.onnx", calib_size=4, eval_size=4))):
-                signal.alarm(args.timeout)
-                try:
-                    run()
-                    outcome = "ok"
-                except GencompressError as e:
-                    outcome = "refused"
-                    if "\n" in str(e):
-                        outcome = "crash"
-                        problems.append((verb, label, "multi-line GencompressError"))
-                except Hang:
-                    outcome = "hang"
-                    problems.append((verb, label, f"over {args.timeout} s"))
-                except Exception as e:
-                    outcome = "crash"
-                    problems.append((verb, label, f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"))
-                finally:
-                    signal.alarm(0)
-                counts[(verb, outcome)] += 1
-    print(f"{time.perf_counter() - started:.0f} s, load avg {os.getloadavg()[0]:.2f} at end")
+        for src in models:
+            kind = weights_of(src)
+            load = os.getloadavg()[0]
+            rows = {verb: run_forked(verb, src, Path(tmp) / f"{verb}.onnx", args.timeout) for verb in ("prune", "quantize")}
+            for verb, row in rows.items():
+                counts[(bool(kind), verb, row["outcome"])] += 1
+                if row["outcome"] in ("crash", "hang") or (kind and row["outcome"] != "ok"):
+                    problems.append((verb, src.relative_to(root), row["outcome"], row["detail"][:300]))
+                if not kind and row["outcome"] == "refused":
+                    reasons[verb].add(row["detail"].replace(str(src), "MODEL")[:200])
+            if kind:
+                cells = [f"{row['outcome']} | {row['seconds']:.1f}" if row["seconds"] is not None else f"{row['outcome']} | -" for row in rows.values()]
+                peaks = " / ".join(f"{row['peak_mb']:.0f}" if row["peak_mb"] else "-" for row in rows.values())
+                print(f"| {src.relative_to(root)} | {kind} | {cells[0]} | {cells[1]} | {peaks} | {load:.1f} |", flush=True)
+    print(f"\n{time.perf_counter() - started:.0f} s, load avg {os.getloadavg()[0]:.2f} at end")
+    for weights in (True, False):
+        n = sum(v for (k, verb, _), v in counts.items() if k == weights and verb == "prune")
+        print(f"{'with' if weights else 'without'} weights ({n} graphs):")
+        for verb in ("prune", "quantize"):
+            print(f"  {verb:9s} " + "  ".join(f"{o} {counts[(weights, verb, o)]}" for o in ("ok", "refused", "crash", "hang")))
     for verb in ("prune", "quantize"):
-        print(f"{verb:9s} " + "  ".join(f"{o} {counts[(verb, o)]}" for o in ("ok", "refused", "crash", "hang")))
-    for verb, src, what in dict.fromkeys(problems):
-        print(f"  {verb} {src.relative_to(src.parents[2])}: {what}")
+        print(f"{verb}'s refusals of graphs without weights:")
+        for reason in sorted(reasons[verb]):
+            print(f"  {reason}")
+    for verb, src, outcome, what in problems:
+        print(f"  {verb} {src}: {outcome}: {what}")
     return 1 if problems else 0
 
 

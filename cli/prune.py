@@ -61,6 +61,8 @@ def prune(in_path, out_path, sparsity, mode, scope, nm, criterion, exclude, min_
         )
     if lifted:
         click.echo(f"gencompress prune: note: {lifted_note(lifted, in_path)}", err=True)
+    for note in report.get("notes", []):
+        click.echo(f"gencompress prune: note: {note}", err=True)
     for warning in report["warnings"]:
         click.echo(f"gencompress prune: warning: {warning}", err=True)
     if as_json:

@@ -68,8 +68,8 @@ def export(
     from gencompress.exporter.resolve import ResolvedModel, module_inputs, resolve_model
 
     log = log or (lambda msg: None)
-    if not tolerance > 0:  # also NaN, which would let any parity error pass
-        raise GencompressError(f"--tolerance must be positive, got {tolerance}")
+    if not 0 < tolerance < float("inf"):  # NaN or inf would let any parity error pass
+        raise GencompressError(f"--tolerance must be a positive finite number, got {tolerance}")
     if opset is not None and not 7 <= opset <= onnx.defs.onnx_opset_version():
         raise GencompressError(f"--opset {opset}: supported opsets are 7..{onnx.defs.onnx_opset_version()}")
     if Path(out).suffix != ".onnx":

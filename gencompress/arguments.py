@@ -84,11 +84,63 @@ def _seed(value, name: str, verb: str) -> None:
         seed_value(value, f"gencompress.{verb}: {name}")
 
 
+def _callable(value, name: str, verb: str) -> None:
+    if value is not None and not callable(value):
+        raise GencompressError(f"gencompress.{verb}: {name} must be a function or None, got {short(value)}")
+
+
+def _words(value, name: str, verb: str) -> None:
+    """A choice list (ship targets, web backends): one comma-separated string or a list of strings."""
+    if value is None and name == "ship_targets":
+        return
+    if not isinstance(value, str) and not (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)):
+        raise GencompressError(f"gencompress.{verb}: {name} must be a string or a list of strings, got {short(value)}")
+
+
+def _path(value, name: str, verb: str) -> None:
+    import os
+
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise GencompressError(f"gencompress.{verb}: {name} must be a file path or None, got {short(value)}")
+
+
+def _counts(value, name: str, verb: str) -> None:
+    """Batch sizes or thread counts: one integer or a non-empty list of integers (ranges: the verb's)."""
+    def integer(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+    if not integer(value) and not (isinstance(value, (list, tuple)) and value and all(integer(v) for v in value)):
+        raise GencompressError(f"gencompress.{verb}: {name} must be an integer or a non-empty list of integers, got {short(value)}")
+
+
+def _arrays(value, name: str, verb: str) -> None:
+    """Real inputs: None, an .npz path or folder, or a dict of input name -> numeric array of samples."""
+    import os
+
+    if value is None or isinstance(value, (str, os.PathLike)):
+        return
+    if not isinstance(value, dict) or not value:
+        raise GencompressError(f"gencompress.{verb}: {name} must be an .npz path, a folder or a dict of input name -> array, got {short(value)}")
+    for key, array in value.items():
+        a = np.asarray(array) if isinstance(array, (np.ndarray, list, tuple)) else None
+        if not isinstance(key, str) or a is None or a.ndim < 1 or a.dtype.kind not in "biuf":
+            raise GencompressError(f"gencompress.{verb}: {name}[{short(key)}] must be a numeric array of samples (dim 0), got {short(array)}")
+
+
 # argument name -> check(value, name, verb), for the verbs that take it; (verbs, check)
 NAMED = {
+    "log": (None, _callable),
+    "timer": (None, _callable),
+    "targets": ({"ship"}, _words),
+    "ship_targets": ({"compress"}, _words),
+    "web_backends": ({"ship"}, _words),
+    "checkpoint": (None, _path),
+    "batches": ({"compress", "bench", "quantize", "export"}, _counts),
+    "threads": ({"compress", "bench"}, _counts),
+    "data": ({"distill"}, _arrays),
     "exclude": (None, _names),
     "include": (None, _names),
-    "inputs": ({"export", "compress"}, _specs),  # check/bench: an .npz path or a dict of arrays, checked there
+    "inputs": (None, lambda value, name, verb: (_specs if verb in ("export", "compress") else _arrays)(value, name, verb)),
     "flags": (None, _flags),
     "sweep": ({"compress"}, _sweep),
     "seed": (None, _seed),

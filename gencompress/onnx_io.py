@@ -157,6 +157,10 @@ def validate_model(model: onnx.ModelProto, path, *, checker: bool = True) -> Non
     bad = _non_text_field(model)
     if bad:
         raise GencompressError(f"{path}: damaged ONNX model ({bad} is not valid UTF-8 text)")
+    _refuse_huge_fills(model, path)
+    bad = _tensor_size_mismatch(model)
+    if bad:
+        raise GencompressError(f"{path}: damaged ONNX model ({bad})")
     if not checker:
         return
     try:
@@ -164,6 +168,74 @@ def validate_model(model: onnx.ModelProto, path, *, checker: bool = True) -> Non
     except Exception as e:  # ValidationError; protobuf errors for a damaged message
         first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise GencompressError(f"{path}: not a valid ONNX model ({short(first, 240)[1:-1]})") from None
+
+
+_TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
+
+
+def _tensor_size_mismatch(model: onnx.ModelProto) -> str | None:
+    """The first inline tensor whose stored values do not fill its dims (a flipped bit in a dim or
+    a length; onnx.checker lets it through, and numpy fails on it at first use), or None."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor) or any(d < 0 for d in tensor.dims):
+            continue  # external data: its entries are checked against the tensor (external_data_entries)
+        elements = math.prod(tensor.dims)
+        if tensor.HasField("raw_data"):
+            expected = _tensor_nbytes(tensor)
+            if expected is not None and len(tensor.raw_data) != expected:
+                return f"tensor {short(tensor.name)} holds {len(tensor.raw_data)} bytes, its dims {list(tensor.dims)} need {expected}"
+            continue
+        stored = [f for f in _TYPED_FIELDS if len(getattr(tensor, f))]
+        if not stored:
+            continue  # an empty tensor; or a segment, which the checker judges
+        count = len(getattr(tensor, stored[0]))
+        per_element = 2 if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
+        if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+            continue
+        if count != elements * per_element:
+            return f"tensor {short(tensor.name)} holds {count} values, its dims {list(tensor.dims)} need {elements * per_element}"
+    return None
+
+
+def _refuse_huge_fills(model: onnx.ModelProto, path) -> None:
+    """ConstantOfShape nodes of constant shape (the "light" nets' weights; a damaged shape asks
+    for terabytes) fill in memory what nothing stores: onnxruntime at load, the verbs that store
+    them as weights. More of it than half the free memory is refused before any work."""
+    shapes = {t.name: t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT64 and len(t.dims) == 1}
+    total, largest = 0, None
+    for node in model.graph.node:
+        if node.op_type != "ConstantOfShape" or node.domain not in ("", "ai.onnx") or not node.input or node.input[0] not in shapes:
+            continue
+        try:
+            dims = onnx.numpy_helper.to_array(shapes[node.input[0]])
+        except Exception:
+            continue
+        value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
+        itemsize = 4 if value is None else (_tensor_nbytes(value) or 4) // max(1, math.prod(value.dims))
+        if dims.size and (dims >= 0).all():
+            total += math.prod(int(d) for d in dims) * max(itemsize, 1)
+            largest = node.name or node.output[0]
+    budget = _free_memory() // 2
+    if total > budget:
+        raise GencompressError(f"{path}: its ConstantOfShape nodes (e.g. {short(largest, 80)}) fill in {total / 2**30:,.1f} GiB, more than "
+                               f"half this machine's free memory ({budget / 2**30:.1f} GiB); refusing to read it (a damaged shape?)")
+
+
+def _free_memory() -> int:
+    """Bytes of memory available to a new allocation (MemAvailable: free pages and reclaimable cache)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 16 * 2**30
 
 
 def _without_external_data(model: onnx.ModelProto) -> onnx.ModelProto:

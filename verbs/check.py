@@ -251,7 +251,7 @@ def _compare_outputs(ref_proto, output_names, ref_out, cand_out, peak, features)
     nominal range, else the reference's peak-to-peak; ``features`` for the first output's Fréchet distance."""
     from gencompress.runtime_check import fidelity as F
 
-    if peak is not None and not (np.isfinite(peak) and peak > 0):
+    if peak is not None and not (np.isfinite(float(peak)) and peak > 0):
         raise GencompressError(f"--peak must be a positive number, got {peak}")
     outputs = []
     for i, name in enumerate(output_names):
@@ -274,8 +274,9 @@ def _checked_check_arguments(samples, batch, seed, threads, preview, peak, provi
     if threads is not None:
         threads = _positive(threads, "--threads", MAX_THREADS)
     preview = 0 if preview is None or preview == 0 else _positive(preview, "preview", 1024)
-    if peak is not None and (isinstance(peak, bool) or not isinstance(peak, (int, float, np.integer, np.floating))):
-        raise GencompressError(f"--peak must be a positive number, got {short(peak)}")
+    if peak is not None and (isinstance(peak, bool) or not isinstance(peak, (int, float, np.integer, np.floating))
+                             or not 1e-30 <= peak <= 1e30):  # PSNR squares it: beyond these, inf or 0 and numpy's warnings
+        raise GencompressError(f"--peak must be a positive number in 1e-30..1e30, got {short(peak)}")
     if not isinstance(provider, str):
         raise GencompressError(f"provider must be a name such as 'cpu', got {short(provider)}")
     if inputs is not None and not isinstance(inputs, (str, os.PathLike, dict)):

@@ -65,6 +65,7 @@ def prune(
     proto, densified, sizes_before = _read_input(in_path)
     model = mapped_ir(proto, in_path)  # wraps the proto's tensors, no copy
     del proto
+    notes = _fold_fills(model)
     from gencompress.verbs.quantizers import own_tensors
 
     # large weights load_mapped leaves in memory (densified sparse ones, integer ones, those of
@@ -109,7 +110,19 @@ def prune(
     del out_model
     gc.collect()  # onnx_ir graphs hold reference cycles: the weights go before the output is read back
 
-    return _result(in_path, out_path, mode, report, written, sizes_before, sparse, warnings)
+    return {**_result(in_path, out_path, mode, report, written, sizes_before, sparse, warnings), "notes": notes}
+
+
+def _fold_fills(model) -> list[str]:
+    """Layer weights the graph fills in with ConstantOfShape (nothing stored: the onnx wheel's
+    "light" classic CNNs) made initializers first, so that they are pruned; the note says so."""
+    from gencompress.passes.cleanup import fills_note, fold_weight_fills
+
+    note = fills_note(model)
+    if note is None:
+        return []
+    fold_weight_fills(model)
+    return [note]
 
 
 def _read_input(in_path):

@@ -138,6 +138,10 @@ def quantize(
         log(too_large)
     run = _Run.load(in_path, planned=planned, stream=not planned and target_psnr is None, objective=objective, log=log)
     run.notes[:0] = [too_large] if too_large else []
+    if planned:  # the plan times batches of this size: their samples within the sampling budget, before any work
+        from gencompress.inputs import check_batch_budget, specs_of_model
+
+        check_batch_budget(specs_of_model(run.header), max(int(b) for b in batches), "samples in one timed batch (--batch)")
     if check or target_psnr is not None:  # a PSNR needs numeric outputs: refused before any timing or calibration
         from gencompress.runtime_check.fidelity import refuse_uncomparable_outputs
 
@@ -203,9 +207,11 @@ def _check_run(in_path, out_path, *, mode, objective, threads, batches, keep_io_
     """The run's options that ``validate_options`` does not cover, and the output path; returns the input files."""
     from gencompress.onnx_io import external_data_path, refuse_overwrite
 
+    from gencompress.verbs import check as rc
+
     int8_plan.check_objective(objective)
-    if threads <= 0 or any(b <= 0 for b in batches) or not batches:
-        raise GencompressError(f"--threads and --batch must be positive (got threads {threads}, batch {', '.join(map(str, batches)) or 'none'})")
+    rc._positive(threads, "--threads", rc.MAX_THREADS)  # the limits bench and compress hold them to
+    [rc._positive(b, "--batch", rc.MAX_BATCH) for b in rc._sequence(batches, "batches")] or rc._fail("give at least one batch size")
     if not keep_io_types and mode != "fp16":
         raise GencompressError(f"--fp16-io: only for --mode fp16 (--mode {mode} keeps float32 inputs and outputs)")
     sources = [in_path, *([calib_data] if calib_data else [])]
@@ -292,6 +298,7 @@ class _Run:
         # reference's sessions read the input file itself
         model = mapped_ir(self.reference, self.in_path) if self.mapped else ir.serde.deserialize_model(self.reference)
         self.reference = None
+        self._note_fills(model)
         prepare(model, keep_debug_metadata=keep_debug_metadata)
         # one build, no plan: the weights are streamed (moved to the scratch folder, read back one
         # at a time, memory-mapped), so that the loaded proto, the weights the rewrites replace and
@@ -321,6 +328,15 @@ class _Run:
             release(tensor)  # unmap the pages the rewrites read: the calibration session maps the file itself
         own_tensors(model)
         self.model, self.before_rewrites = model, before_rewrites
+
+    def _note_fills(self, model) -> None:
+        """prepare() stores the layer weights the graph fills in with ConstantOfShape: say so."""
+        from gencompress.passes.cleanup import fills_note
+
+        note = fills_note(model)
+        if note:
+            self.notes.append(f"note: {note}")
+            self.log(f"note: {note}")
 
     def fp16(self, *, keep_io_types: bool, exclude) -> tuple[onnx.ModelProto, dict]:
         import onnx_ir as ir
