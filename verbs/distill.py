@@ -35,13 +35,17 @@ CHECK_SAMPLES = 256
 
 def check_options(*, steps, batch, lr, seed, threads, quantize_aware) -> None:
     """One-line errors naming the CLI flag, for every option a user sets."""
-    for flag, value in (("--steps", steps), ("--batch", batch), ("--threads", threads)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-            raise GencompressError(f"{flag} must be a positive integer, got {value!r}")
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr <= 0):
-        raise GencompressError(f"--lr must be a positive finite number, got {lr!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise GencompressError(f"--seed must be an integer, 0 or more, got {seed!r}")
+    from gencompress.arguments import SEED_MAX
+    from gencompress.models.train import MAX_STEPS
+    from gencompress.verbs.check import MAX_BATCH, MAX_THREADS
+
+    for flag, value, limit in (("--steps", steps, MAX_STEPS), ("--batch", batch, MAX_BATCH), ("--threads", threads, MAX_THREADS)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 < value <= limit:
+            raise GencompressError(f"{flag} must be a positive integer up to {limit:,}, got {value!r}")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 1e-12 <= lr <= 1):
+        raise GencompressError(f"--lr must be a number in 1e-12..1, got {lr!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= SEED_MAX:
+        raise GencompressError(f"--seed must be an integer in 0..{SEED_MAX}, got {seed!r}")
     if quantize_aware not in (None, "int8", "int4"):
         raise GencompressError(f"--quantize-aware {quantize_aware!r}: one of int8, int4")
 
