@@ -50,7 +50,7 @@ from gencompress.onnx_io import release
 from gencompress.passes.int8_saturation import METHODS as SATURATION_REMEDIES
 from gencompress.passes.int8_saturation import UINT8_ZERO_POINT, Layout, as_uint8, saturation_free, uint8_layers, unsafe_pairs
 from gencompress.passes.registry import GencompressPass, register
-from gencompress.passes.rewrite import Namer, onnx_opset
+from gencompress.passes.rewrite import Namer, ShapeLookup, onnx_opset
 from gencompress.passes.weights import WeightUse, find_weights
 
 ACTIVATION_TYPES = ("uint8", "int8")
@@ -255,7 +255,7 @@ def channel_block(node: ir.Node, use: WeightUse) -> int:
     return block if 1 < block < size and size % block == 0 else 1
 
 
-def int8_macs(layer: Layer) -> int | None:
+def int8_macs(layer: Layer, shapes: ShapeLookup) -> int | None:
     """Multiply-adds per sample of a Conv / Gemm / MatMul layer's int8 kernel (weight elements times
     output positions), None when a shape it needs is unknown."""
     node, w = layer.node, layer.node.inputs[1]
@@ -265,12 +265,17 @@ def int8_macs(layer: Layer) -> int | None:
     if layer.op_type == "Gemm":
         return size
     value = node.outputs[0] if layer.op_type == "Conv" else node.inputs[0]
-    if value is None or value.shape is None:
+    if value is None:
         return None
-    dims = value.shape[2:] if layer.op_type == "Conv" else value.shape[1:-1]
-    if not all(isinstance(d, int) for d in dims):
-        return None
-    return size * int(np.prod(dims, dtype=np.int64))
+
+    def positions(dims):  # the output positions (Conv) or rows per sample (MatMul): the batch left out
+        dims = None if dims is None else (dims[2:] if layer.op_type == "Conv" else dims[1:-1])
+        return dims if dims is not None and all(isinstance(d, int) for d in dims) else None
+
+    dims = positions(value.shape)
+    if dims is None:  # shape inference only where the graph has no static shape
+        dims = positions(shapes.dims(value))
+    return None if dims is None else size * int(np.prod(dims, dtype=np.int64))
 
 
 def select_layers(layers: list[Layer], exclude=(), include=None) -> tuple[list[Layer], list[Layer]]:
@@ -716,6 +721,9 @@ class InsertQDQPass(GencompressPass):
         if not layers:
             raise GencompressError("nothing to quantize: every quantizable layer is excluded")
         plan = make_plan(graph, layers)
+        # measured on the graph as it comes (shape inference, where a value has no shape, before any Q/DQ)
+        shapes = ShapeLookup(model)
+        uint8 = uint8_layers({l.name: int8_macs(l, shapes) for l in layers if any(self._pairing(l, u) for u in l.weights)})
         ranges = {name: (lo, hi) for name, lo, hi in opts.ranges}
         missing = [s for s in plan.seeds if s not in ranges]
         if missing:
@@ -773,7 +781,6 @@ class InsertQDQPass(GencompressPass):
         # weights and biases
         cache: dict[tuple, tuple[ir.Value, np.ndarray]] = {}
         float_biases: dict[str, ir.Value] = {}
-        uint8 = uint8_layers({l.name: int8_macs(l) for l in layers if any(self._pairing(l, u) for u in l.weights)})
         for layer in layers:
             for use in layer.weights:
                 axis = None if (opts.per_tensor and layer.kind == "int8") else use.out_axis
