@@ -198,7 +198,7 @@ def _build_web(web: Path, staging: Path, manifest: dict, feeds: dict, version: s
 
     web.mkdir()
     runtime = W.vendor(web, backends, version, log)
-    shutil.copyfile(staging / "model.onnx", web / "model.onnx")
+    form = _write_web_model(web / "model.onnx", staging, manifest["test_vectors"], manifest["outputs"])
     shutil.copyfile(staging / TEST_VECTORS, web / TEST_VECTORS)  # the page is served from web/ alone
     _copy_template("coi-sw.js", web / "coi-sw.js")
     latents = _write_latents(web / LATENTS, feeds)
@@ -213,10 +213,45 @@ def _build_web(web: Path, staging: Path, manifest: dict, feeds: dict, version: s
     (web / "index.html").write_text(page.replace("__CONFIG__", inline).replace("__TITLE__", title))
     return {"built": True, "files": ["web/index.html", "web/coi-sw.js", "web/model.onnx", f"web/{LATENTS}", f"web/{TEST_VECTORS}",
                                      *(f"web/{n}" for n in runtime)],
-            "onnxruntime_web": version, "backends": list(backends), "runtime": builds,
+            "onnxruntime_web": version, "backends": list(backends), "runtime": builds, "model_form": form,
             "threads": "min(4, navigator.hardwareConcurrency) when cross-origin isolated (coi-sw.js or COOP/COEP headers), else 1",
             "latents": latents,
             "run": "python -m http.server -d web 8000, then open http://127.0.0.1:8000/ (any static server on localhost or https; works offline)"}
+
+
+def _write_web_model(dest: Path, staging: Path, test_vectors: dict, outputs: list[dict]) -> dict:
+    """web/model.onnx: model.onnx in the form onnxruntime-web runs fastest (``edge.web_form``), if it
+    computes model.onnx's outputs on the test vectors (onnxruntime CPU, >= the verify bound); else model.onnx."""
+    from gencompress.edge.web_form import web_form
+    from gencompress.onnx_io import load_model, save_model
+
+    form, rewritten = web_form(load_model(staging / "model.onnx"))
+    if not rewritten:
+        shutil.copyfile(staging / "model.onnx", dest)
+        return {"same_as": "model.onnx"}
+    save_model(form, dest)
+    db = _psnr_on_test_vectors(dest, staging / TEST_VECTORS, test_vectors, outputs)
+    if not db >= test_vectors["bound_db"]:  # not expected (the same dequantized values); never ship a worse page
+        shutil.copyfile(staging / "model.onnx", dest)
+        return {"same_as": "model.onnx", "web_form_rejected": f"{db:.1f} dB < {test_vectors['bound_db']} dB on the test vectors"}
+    return {"rewritten": "weight DequantizeLinear of Gemm/MatMul as Cast -> Mul (float product in wasm; edge/web_form.py)",
+            "nodes": rewritten, "psnr_db_vs_model_onnx": None if db == float("inf") else round(db, 2)}
+
+
+def _psnr_on_test_vectors(model: Path, blob_path: Path, test_vectors: dict, outputs: list[dict]) -> float:
+    """The worst output's PSNR of ``model`` (onnxruntime CPU) against the test vectors' outputs."""
+    from gencompress.runtime_check.fidelity import mse, psnr
+    from gencompress.runtime_check.sessions import make_session
+
+    blob = blob_path.read_bytes()
+    arrays = {(e["role"], e["name"]): np.frombuffer(blob, np.dtype(e["dtype"]).newbyteorder("<"), int(np.prod(e["shape"])), e["offset"]).reshape(e["shape"])
+              for e in test_vectors["tensors"]}
+    session = make_session(model, threads=1, label="web/model.onnx")
+    feeds = {name: arr for (role, name), arr in arrays.items() if role == "input"}
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    peaks = {e["name"]: e["peak"] for e in test_vectors["tensors"] if e["role"] == "output"}
+    return min(psnr(mse(arrays[("output", o["name"])].astype(np.float64), np.asarray(got[o["name"]], np.float64)), peaks[o["name"]])
+               for o in outputs)
 
 
 def _pack(blob: bytearray, arrays: dict) -> list[dict]:

@@ -8,7 +8,9 @@
 - test vectors: seeded inputs and onnxruntime CPU's outputs on this machine (ISA named);
   ``sample.py --verify`` passes here and fails (exit 1, one line) on an altered model, and the page
   shows its verdict (green, or red on an altered model);
-- ``sample.py --bench`` reports init, first run, steady state and peak memory.
+- ``sample.py --bench`` reports init, first run, steady state and peak memory;
+- the page's model form (edge/web_form.py): Gemm/MatMul weight DequantizeLinear as Cast -> Mul, the
+  same outputs as model.onnx in onnxruntime CPU, int8 weights kept; anything else left alone.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from gencompress.runtime_check.fidelity import mse, psnr
 from gencompress.edge import browser
 from gencompress.edge.bundle import PartialShip, ship
 from gencompress.edge.web import BACKEND_FILES, shipped_name
+from gencompress.edge.web_form import web_form
 
 ZOO = ("dcgan", "vae", "rvae", "cgan")
 
@@ -234,3 +237,84 @@ def test_page_shows_a_red_verdict_for_an_altered_model(bundles, tmp_path):
     assert "error" not in result, result
     assert not result["verify"]["passed"] and result["verify"]["min_psnr_db"] < result["verify"]["bound_db"]
     assert result["verify_class"] == "bad" and result["verify_line"].startswith("NOT verified: ")
+
+
+# --- the page's model form -------------------------------------------------------------------------------------
+
+
+def qdq_matrix_model(op: str = "Gemm", zero_point=0, axis: int = 1, dtype=np.int8) -> onnx.ModelProto:
+    """x -> Q -> DQ -> OP(DQ(8-bit weight [8, 6], per-channel scale on ``axis``)) -> Q -> DQ -> y."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = (rng.integers(-100, 100, (8, 6)) + (128 if dtype == np.uint8 else 0)).astype(dtype)
+    scale = rng.uniform(0.001, 0.01, w.shape[axis]).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w_q"), numpy_helper.from_array(scale, "w_scale"),
+             numpy_helper.from_array((np.full(w.shape[axis], zero_point) if np.isscalar(zero_point) else np.asarray(zero_point)).astype(dtype), "w_zp"),
+             numpy_helper.from_array(np.float32(0.02), "x_scale"), numpy_helper.from_array(np.uint8(128), "x_zp"),
+             numpy_helper.from_array(np.float32(0.05), "y_scale"), numpy_helper.from_array(np.uint8(128), "y_zp")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w"], axis=axis, name="w_dq"),
+             helper.make_node(op, ["xd", "w"], ["m"]),
+             helper.make_node("QuantizeLinear", ["m", "y_scale", "y_zp"], ["mq"]),
+             helper.make_node("DequantizeLinear", ["mq", "y_scale", "y_zp"], ["y"])]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def run_cpu(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("op, axis, dtype, zero_point", [("Gemm", 1, np.int8, 0), ("MatMul", 1, np.int8, 0), ("MatMul", 0, np.int8, 0),
+                                                        ("Gemm", 1, np.uint8, 128)])
+def test_web_form_computes_the_same_with_the_int8_weights_kept(op, axis, dtype, zero_point):
+    model = qdq_matrix_model(op, axis=axis, dtype=dtype, zero_point=zero_point)
+    form, rewritten = web_form(model)
+    assert rewritten == ["w_dq"]
+    onnx.checker.check_model(form, full_check=True)
+    assert [n.op_type for n in form.graph.node].count("DequantizeLinear") == 2  # the activations' pairs stay
+    assert {t.name: t.data_type for t in form.graph.initializer}["w_q"] == model.graph.initializer[0].data_type  # 8 bits kept
+    assert "w_zp" not in {t.name for t in form.graph.initializer}  # nothing reads it any more
+    x = np.random.default_rng(1).standard_normal((32, 8)).astype(np.float32) * 2
+    want, got = run_cpu(model, x), run_cpu(form, x)
+    step = 0.05  # at most one quantization step apart (int32 sums against float ones), and rarely
+    assert np.abs(got - want).max() <= step * 1.001 and psnr(mse(want, got), float(np.ptp(want))) >= 40
+    assert web_form(model)[0].SerializeToString() == form.SerializeToString()  # deterministic
+    assert [n.op_type for n in model.graph.node].count("DequantizeLinear") == 3  # the input is not changed
+
+
+def test_web_form_leaves_other_weights_alone():
+    for model in (qdq_matrix_model(zero_point=[3, 0, 0, 0, 0, 0]), qdq_matrix_model("Mul")):  # zero points per channel; not a matrix product
+        form, rewritten = web_form(model)
+        assert rewritten == [] and form.SerializeToString() == model.SerializeToString()
+
+
+def test_bundle_ships_the_web_form_where_it_applies(bundles, zoo_onnx, tmp_path):
+    """Every layer int8 (--objective size): dcgan's latent projection is an int8 Gemm, run in float by the
+    page's form; model.onnx is shipped as it is, web/model.onnx computes its outputs (CPU and page)."""
+    import gencompress
+
+    gencompress.quantize(zoo_onnx("dcgan"), tmp_path / "size.onnx", objective="size", check=False)
+    m = ship(tmp_path / "size.onnx", tmp_path / "ship", targets="web") if bundles["dcgan"]["web"] else pytest.skip("no onnxruntime-web here")
+    bundle = tmp_path / "ship"
+    form = m["targets"]["web"]["model_form"]
+    shipped = onnx.load(str(bundle / "model.onnx"))
+    assert form["nodes"] == web_form(shipped)[1] and len(form["nodes"]) == 1
+    assert (bundle / "model.onnx").read_bytes() == (tmp_path / "size.onnx").read_bytes()
+    assert m["files"]["web/model.onnx"]["sha256"] != m["files"]["model.onnx"]["sha256"]
+    feeds = sample_inputs(specs_of_model(shipped), 16, 0)
+    want, got = ort_outputs(bundle / "model.onnx", feeds)["image"], ort_outputs(bundle / "web" / "model.onnx", feeds)["image"]
+    assert psnr(mse(want, got), 2.0) >= 40
+    for name in ZOO:  # the default objective's zoo bundles: shipped as they are where nothing applies
+        entry = manifest_of(bundles[name]["ship"])["targets"].get("web", {})
+        if entry.get("model_form", {}).get("same_as"):
+            assert (bundles[name]["ship"] / "web" / "model.onnx").read_bytes() == (bundles[name]["ship"] / "model.onnx").read_bytes()
+    web_or_skip(bundles["dcgan"])
+    with browser.serve(bundle / "web") as base:
+        result = browser.run_page(base + "index.html?runs=3", tmp_path / "profile")
+    assert "error" not in result and result["verify"]["passed"] and page_psnr(bundle, result) >= 40, result.get("error")
