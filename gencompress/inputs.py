@@ -456,7 +456,25 @@ def specs_of_model(model) -> list[InputSpec]:
                 raise GencompressError(f"input {_short(vi.name)}: dimension {d.dim_value} in the graph is not positive")
             dims.append(d.dim_value if d.HasField("dim_value") else 1)
         specs.append(_build(f"input {_short(vi.name)} of the graph", name=vi.name, shape=tuple(dims) or (1,), dtype=dtype, recorded=False))
+    _refuse_unbatched(graph_inputs)
     return with_default_image_priors(specs, output_range_of_model(proto))
+
+
+def _refuse_unbatched(graph_inputs) -> None:
+    """Samples are drawn, and run, along dim 0 of every input: inputs that fix different sizes
+    there (a matrix product's [2, 3] and [3, 4]) or a scalar input have no common batch axis."""
+    fixed = {}
+    for vi in graph_inputs:
+        dims = vi.type.tensor_type.shape.dim
+        if vi.type.tensor_type.HasField("shape") and not dims:
+            raise GencompressError(f"input {_short(vi.name)} is a scalar: samples are drawn along dim 0 (the batch axis), "
+                                   "which it does not have; give the model a batch axis, or inputs with metadata (gencompress.inputs)")
+        if dims and dims[0].HasField("dim_value"):
+            fixed[vi.name] = dims[0].dim_value
+    if len(set(fixed.values())) > 1:
+        listed = ", ".join(f"{_short(k)} {v}" for k, v in list(fixed.items())[:4])
+        raise GencompressError(f"the inputs fix different sizes at dim 0 ({listed}): samples are drawn and run along dim 0, "
+                               "the batch axis, which these inputs do not share")
 
 
 def output_range_of_model(model) -> float | None:

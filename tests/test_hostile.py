@@ -630,6 +630,27 @@ def test_weights_filled_in_by_constantofshape_are_pruned_and_quantized(tmp_path,
     assert snapshot(tmp_path)["g.onnx"] == before["g.onnx"]
 
 
+def test_a_tensor_whose_bytes_do_not_fill_its_dims_is_one_line(tmp_path, run_cli, user_error):
+    """A flipped bit in a dim (onnx.checker lets it through; numpy failed on it at first use)."""
+    m = tiny(tmp_path / "g.onnx")
+    proto = onnx.load(str(m))
+    proto.graph.initializer[0].dims[0] = LATENT * 3
+    onnx.save(proto, str(m))
+    before = snapshot(tmp_path)
+    for args in (["prune", m, tmp_path / "p.onnx", "--sparsity", "0.5"], ["quantize", m, tmp_path / "q.onnx"], ["check", m, m]):
+        user_error(run_cli(*args), "damaged ONNX model", "'W' holds 2048 bytes")
+    assert_untouched(tmp_path, before)
+
+
+def test_inputs_without_a_common_batch_axis_are_refused(tmp_path, run_cli, user_error):
+    """The onnx wheel's test_operator_mm: inputs [2, 3] and [3, 4]; calibration drew batches of 1
+    along dim 0 and failed in onnxruntime, a reason that was not the model's."""
+    src = Path(onnx.__file__).parent / "backend" / "test" / "data" / "pytorch-operator" / "test_operator_mm" / "model.onnx"
+    for args in (["quantize", src, tmp_path / "q.onnx"], ["check", src, src], ["sensitivity", src]):
+        user_error(run_cli(*args), "different sizes at dim 0")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_fill_larger_than_memory_is_refused(tmp_path, run_cli, user_error):
     m = light(tmp_path / "g.onnx", fill_shape=(LATENT, 2**40))  # a damaged shape: 32 TiB of weights
     before = snapshot(tmp_path)
@@ -714,6 +735,18 @@ def test_recipe_option_ranges(options, fragment, tmp_path, run_cli, user_error):
     (lambda m, o: gencompress.quantize(m, o, seed=-1), "seed"),
     (lambda m, o: gencompress.train("dcgan", o.parent / "d.safetensors", seed=2**70), "seed"),
     (lambda m, o: gencompress.train("dcgan", o.parent / "d.safetensors", steps=10**20), "steps"),
+    (lambda m, o: gencompress.quantize(m, o, log=5), "log"),
+    (lambda m, o: gencompress.quantize(m, o, timer="fast"), "timer"),
+    (lambda m, o: gencompress.compress(m, o.parent / "c", log="x"), "log"),
+    (lambda m, o: gencompress.compress(m, o.parent / "c", checkpoint=()), "checkpoint"),
+    (lambda m, o: gencompress.compress(m, o.parent / "c", threads=None), "threads"),
+    (lambda m, o: gencompress.compress(m, o.parent / "c", ship_targets=5), "ship_targets"),
+    (lambda m, o: gencompress.ship(m, o.parent / "s", targets=[1]), "targets"),
+    (lambda m, o: gencompress.ship(m, o.parent / "s", web_backends=None), "web_backends"),
+    (lambda m, o: gencompress.check(m, m, inputs={"z": 1}), "inputs"),
+    (lambda m, o: gencompress.distill(m, m, o, data=5), "data"),
+    (lambda m, o: gencompress.export("dcgan", o, batches=5.5), "batches"),
+    (lambda m, o: gencompress.bench(m, batches=[]), "batches"),
 ], ids=lambda f: "" if callable(f) else f)
 def test_python_api_argument_checks(call, fragment, tmp_path):
     m = tiny(tmp_path / "g.onnx")
@@ -849,6 +882,13 @@ def test_ir3_note_and_keeping_them_as_inputs(tmp_path, run_cli, user_error):
     (["quantize", "{m}", "{out}/q.onnx", "--seed", "99999999999999999999999"], "--seed"),
     (["quantize", "{m}", "{out}/q.onnx", "--mode", "weight-only", "--block-size", "4611686018427387904"], "--block-size"),
     (["check", "{m}", "{m}", "--seed", "-5"], "--seed"),
+    (["check", "{m}", "{m}", "--peak", "1e-320"], "--peak"),
+    (["quantize", "{m}", "{out}/q.onnx", "--threads", "99999999999999999999999"], "--threads"),
+    (["quantize", "{m}", "{out}/q.onnx", "--batch", "99999999999999999999999"], "--batch"),
+    (["distill", "{m}", "{m}", "{out}/d.onnx", "--threads", "99999999999999999999999"], "--threads"),
+    (["distill", "{m}", "{m}", "{out}/d.onnx", "--steps", "99999999999999999999999"], "--steps"),
+    (["distill", "{m}", "{m}", "{out}/d.onnx", "--lr", "1e308"], "--lr"),
+    (["export", "dcgan", "{out}/e.onnx", "--tolerance", "inf"], "--tolerance"),
 ])
 def test_numeric_option_ranges(args, fragment, tmp_path, run_cli, user_error):
     m = tiny(tmp_path / "g.onnx")

@@ -268,6 +268,7 @@ class _Run:
             load_external_data(reference, in_path)
         refuse_nonfinite_weights(in_path if mapped else reference, in_path)
         _check_float_model(reference, in_path)
+        specs_of_model(reference), output_range_of_model(reference)  # malformed metadata, unbatched inputs: before any note or work
         notes: list[str] = []
         if planned and on_disk > PLAN_NOTE_BYTES:
             note = (f"note: --objective {objective} times several builds of this {on_disk / 1e6:.0f} MB model side by side (peak memory "
@@ -282,7 +283,6 @@ class _Run:
         before = on_disk if upgraded is reference else upgraded.ByteSize()
         del reference
         header = skeleton(upgraded)  # inputs, outputs and metadata, no weights: all the evaluation needs
-        specs_of_model(header), output_range_of_model(header)  # malformed metadata fails now, not after calibrating
         return cls(in_path, upgraded, eval_reference=eval_reference, before=before, header=header, mapped=mapped, stream=stream,
                    planned=planned, notes=notes, log=log)
 
