@@ -73,6 +73,7 @@ CLEAR_SLOWER = 1.0
 SIZE_BUDGET = 1.2  # balanced: a chosen model larger than this times the every-layer-int8 one says so in its message
 ISOLATED_SECONDS = 0.15  # timed seconds per form and batch size of an isolated layer
 ISOLATED_MIN_RUNS = 3
+ISOLATE_BYTES = 20e6  # with fewer groups than a greedy step takes, layers are timed alone only in models larger than this
 ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "Elu", "Selu", "HardSwish"})
 
 Ratios = dict  # {batch: model p50 / float p50}
@@ -541,6 +542,13 @@ def isolated_pair(builder: "ConfigBuilder", tiny: onnx.ModelProto, name: str) ->
     return small.build(frozenset(), timing=True)[0], small.build(frozenset({name}), timing=True)[0]
 
 
+def worth_isolating(builder: "ConfigBuilder") -> bool:
+    """Time layers alone only where that can save whole-model timing: more groups than one greedy
+    step takes, or a model whose every build and session is large (the zoo vae's 3 groups: 2 s
+    more at load 16 for a plan timed in one step either way)."""
+    return len(builder.groups) > STEP_GROUPS or (len(builder.groups) > 0 and builder.prepared.ByteSize() > ISOLATE_BYTES)
+
+
 def predict_groups(builder: "ConfigBuilder", isolated, batches, kernels=None, log=lambda m: None) -> list[Ratios | None]:
     """Per group of ``builder.groups``: its first layer's isolated gain ``{batch: float p50 / int8
     p50}`` (``isolated(float_model, int8_model, feeds_at) -> gains``), or None when it cannot be
@@ -701,7 +709,7 @@ def plan(builder: ConfigBuilder, objective: str, measure_models, log=lambda m: N
         if objective != "size" and names:
             log(f"timing {len(names)} layer(s) in {len(builder.groups or names)} group(s) of the same shape, int8 vs float ({objective}) ...")
             isolated = getattr(measure_models, "isolated", None)
-            if isolated is not None and builder.groups:
+            if isolated is not None and worth_isolating(builder):
                 from gencompress.verbs.plan_cache import KernelCache
 
                 kernels = KernelCache(settings, cache.folder) if settings and cache is not None else None
