@@ -106,6 +106,8 @@ def _read_yaml(path: Path):
         return yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise GencompressError(f"{path}: not valid YAML/JSON ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise GencompressError(f"{path}: nested too deeply to read") from None
 
 
 def _no_unknown(mapping: dict, allowed, where: str) -> None:
@@ -253,7 +255,10 @@ def _config(raw: dict, base: Path) -> tuple[dict, str]:
     target = config.pop("target_psnr", None)
     recipe_flags = {k: tuple(v) if k == "exclude" else v for k, v in config.items()}
     try:
-        default_recipe(**recipe_flags)
+        from gencompress.passes.registry import validate_recipe
+        from gencompress.verbs import recipe as _steps  # noqa: F401  (registers the steps that run models)
+
+        validate_recipe(default_recipe(**recipe_flags))  # each step's options in range: before any trial runs
     except TypeError as e:
         raise GencompressError(f"spec: configuration {label!r}: {e}") from None
     except GencompressError as e:
@@ -283,6 +288,14 @@ def _options(raw) -> dict:
         raise GencompressError("spec: options.bench must be true or false")
     if not isinstance(out["provider"], str):
         raise GencompressError("spec: options.provider must be a provider name")
+    from gencompress.arguments import seed_value
+    from gencompress.verbs.compress import _checked_counts
+
+    try:  # compress's own limits and provider names, before any trial runs
+        seed_value(out["seed"], "seed")
+        _checked_counts(out["samples"], out["batches"], out["threads"], out["runs"], out["provider"], bench=True)
+    except GencompressError as e:
+        raise GencompressError(f"spec: options: {e}") from None
     return out
 
 

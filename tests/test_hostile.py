@@ -972,3 +972,19 @@ def test_compress_ship_never_replaces_a_users_ship_folder(tmp_path, run_cli, use
     before = snapshot(tmp_path)
     user_error(run_cli("compress", m, tmp_path / "out", "--ship", "--no-bench", "--samples", "8"), "not written by gencompress")
     assert_untouched(tmp_path, before)
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ("models: [g.onnx]\nconfigs: {bits: [3], mode: weight-only}\n", "bits must be 8 or 4"),
+    ("models: [g.onnx]\nconfigs: [{calib_size: -3}]\n", "calib_size -3"),
+    ("models: [g.onnx]\nconfigs: [{objective: size}]\noptions: {samples: 99999999999999999999}\n", "--samples"),
+    ("models: [g.onnx]\nconfigs: [{objective: size}]\noptions: {seed: 99999999999999999999}\n", "seed"),
+    ("models: [g.onnx]\nconfigs: [{objective: size}]\noptions: {provider: x}\n", "unknown execution provider"),
+    ("models: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+], ids=["bits", "calib_size", "samples", "seed", "provider", "deep"])
+def test_sweep_spec_values_are_checked_before_any_trial(spec, fragment, tmp_path, run_cli, user_error):
+    """Each was a failed trial (exit 1, Ray started) or a RecursionError traceback: one line now."""
+    tiny(tmp_path / "g.onnx")
+    (tmp_path / "spec.yaml").write_text(spec)
+    user_error(run_cli("sweep", tmp_path / "spec.yaml", tmp_path / "out"), fragment)
+    assert not (tmp_path / "out").exists()
