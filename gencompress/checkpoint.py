@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from gencompress.errors import GencompressError
@@ -21,9 +22,13 @@ def read_state_dict(path) -> dict:
         except Exception as e:
             raise GencompressError(f"checkpoint {path}: not a readable safetensors file ({type(e).__name__})") from None
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's unpickler warns (a second stderr line) about a file it then refuses
+            warnings.simplefilter("ignore")
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if first.startswith("Weights only load failed"):  # torch's advice (weights_only=False) would run the file's code
+            first = "it holds Python objects, not only tensors; save a state_dict of tensors or safetensors"
         raise GencompressError(f"checkpoint {path}: cannot be loaded as weights ({first[:200]})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

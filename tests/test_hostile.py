@@ -988,3 +988,17 @@ def test_sweep_spec_values_are_checked_before_any_trial(spec, fragment, tmp_path
     (tmp_path / "spec.yaml").write_text(spec)
     user_error(run_cli("sweep", tmp_path / "spec.yaml", tmp_path / "out"), fragment)
     assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_of_python_objects_is_one_line(tmp_path, run_cli):
+    """A pickle (protocol 4) of an object: torch warned on stderr before refusing, and its message
+    advised weights_only=False, which would run the file's code."""
+    import pickle
+    from fractions import Fraction
+
+    (tmp_path / "gen.py").write_text(GOOD_MODULE)
+    (tmp_path / "g.pt").write_bytes(pickle.dumps({"fc.weight": Fraction(1, 2)}, protocol=4))
+    r = run_cli("export", f"{tmp_path / 'gen.py'}:G", tmp_path / "g.onnx", "--checkpoint", tmp_path / "g.pt")
+    ours = [line for line in r.stderr.splitlines() if "hello from" not in line and "building G" not in line]
+    assert r.exit_code == 2 and len(ours) == 1 and "Python objects" in ours[0] and "weights_only" not in ours[0], r
+    assert not (tmp_path / "g.onnx").exists()
