@@ -22,6 +22,11 @@ proved by ``tests/test_int8_portable.py`` on crafted weights under ``qemu-x86_64
   multiply (VPMADDWD): no pairs.
 - Gemm / MatMul (QGemm, QLinearMatMul): B is packed in fours along K: pairs (2j, 2j+1) of K.
 
+uint8 weights (zero point 128) run in MLAS's u8×u8 kernels, which widen both operands to int16
+and add products in int32 (VPMADDWD): exact, at about half the u8×s8 speed on a VNNI host. The
+cheapest layers (``uint8_layers``) keep their full 8-bit weights that way; the others get
+int8 weights changed by ``saturation_free``.
+
 Pure numpy: no onnxruntime, torch or click.
 """
 
