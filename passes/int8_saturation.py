@@ -50,6 +50,9 @@ CHUNK = 1 << 20  # weight elements handled at a time (bounds the float32 tempora
 # fidelity the bound costs most often: the first layer (a latent projection) and the last (the
 # few channels that draw the image).
 UINT8_SHARE = 0.05
+# and any layer this small (multiply-adds per sample), whatever its share: the kernel's speed is lost
+# in the op's fixed cost (a latent projection, an LSTM decoder's output head)
+UINT8_MACS = 1 << 14
 UINT8_ZERO_POINT = 128
 
 
@@ -242,14 +245,18 @@ def saturation_free(w: np.ndarray, q: np.ndarray, scale: np.ndarray, out_axis: i
     return np.ascontiguousarray(layout.unrows(new_rows, q.shape).astype(q.dtype)), scale, report
 
 
-def uint8_layers(macs: dict, share: float = UINT8_SHARE) -> set:
+def uint8_layers(macs: dict, share: float = UINT8_SHARE, small: int = UINT8_MACS) -> set:
     """The keys of ``macs`` (layer -> multiply-adds per sample, None when unknown) whose weights
-    are kept full 8-bit as uint8: the cheapest layers, in ascending order (ties by key), while
-    their sum stays within ``share`` of the total. None anywhere: no layer (the share is unknown)."""
+    are kept full 8-bit as uint8: layers of at most ``small`` multiply-adds, and the cheapest
+    others, in ascending order (ties by key), while their sum stays within ``share`` of the total
+    (unknown when any count is None: then only the small ones)."""
+    chosen = {key for key, m in macs.items() if m is not None and m <= small}
     if not macs or any(m is None for m in macs.values()):
-        return set()
-    budget, chosen = share * sum(macs.values()), set()
+        return chosen
+    budget = share * sum(macs.values()) - sum(macs[key] for key in chosen)
     for key, m in sorted(macs.items(), key=lambda kv: (kv[1], str(kv[0]))):
+        if key in chosen:
+            continue
         if m > budget:
             break
         budget -= m

@@ -237,7 +237,7 @@ def test_saturation_free_weights_are_exact_on_emulated_avx2(tmp_path):
 def _random_conv_model():
     rng = np.random.default_rng(3)
     w = rng.normal(size=(16, 8, 3, 3)).astype(np.float32)
-    g = rng.normal(size=(16 * 4 * 4, 10)).astype(np.float32)
+    g = rng.normal(size=(16 * 4 * 4, 80)).astype(np.float32)  # 20480 multiply-adds: above int8_saturation.UINT8_MACS
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c"], ["r"], name="relu"),
@@ -245,7 +245,7 @@ def _random_conv_model():
         helper.make_node("Gemm", ["f", "g"], ["y"], name="gemm"),
     ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [1, 8, 4, 4])], [helper.make_tensor_value_info("y", TP.FLOAT, [1, 10])],
+        nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [1, 8, 4, 4])], [helper.make_tensor_value_info("y", TP.FLOAT, [1, 80])],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(g, "g")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
@@ -309,9 +309,10 @@ def test_unsafe_channels_only_change():
 
 def test_uint8_layers_are_the_cheapest_within_the_share():
     macs = {"big": 1000, "small": 30, "tiny": 10, "mid": 60}
-    assert uint8_layers(macs, share=0.05) == {"tiny", "small"}  # 40 of 1100 ≤ 55; + mid would be 100
-    assert uint8_layers(macs, share=0.005) == set()
-    assert uint8_layers({**macs, "unknown": None}) == set()  # no share without every layer's count
+    assert uint8_layers(macs, share=0.05, small=0) == {"tiny", "small"}  # 40 of 1100 ≤ 55; + mid would be 100
+    assert uint8_layers(macs, share=0.005, small=0) == set()
+    assert uint8_layers(macs, share=0.005, small=30) == {"tiny", "small"}  # small layers whatever the share
+    assert uint8_layers({**macs, "unknown": None}, small=20) == {"tiny"}  # no share without every layer's count
 
 
 def _two_conv_model():
