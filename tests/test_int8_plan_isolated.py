@@ -51,6 +51,16 @@ def test_isolation_never_decides_float_and_the_guard_still_applies():
     assert result.int8 == frozenset() and "slower than float" in result.message
 
 
+def test_a_layer_too_small_to_matter_keeps_int8_untimed():
+    """Balanced: a layer 3x slower alone but negligible in the model is int8 (a tie); speed times it."""
+    measure, asked = stub({"tiny": {1: 0.01, 64: 0.0}, "big": {1: -0.5, 64: -0.5}})
+    result = plan_layers(["tiny", "big"], measure, "balanced", predicted=[{1: 0.33, 64: 1.0}, {1: 2.0, 64: 2.0}], negligible=[True, False])
+    assert result.int8 == {"tiny", "big"} and all(r["decided"] == "isolated" for r in result.layers)
+    assert "too small a part" in result.layers[0]["reason"] and len(asked) == 1  # only the guard
+    result = plan_layers(["tiny", "big"], measure, "speed", predicted=[{1: 0.33, 64: 1.0}, {1: 2.0, 64: 2.0}], negligible=[True, False])
+    assert {r["node"]: r["decided"] for r in result.layers} == {"tiny": "in context", "big": "isolated"}
+
+
 def test_size_budget_is_stated():
     """Balanced keeps a model larger than SIZE_BUDGET x the every-layer-int8 one only when every
     layer in int8 is slower than float, and says so."""
@@ -75,7 +85,7 @@ def isolating_timer(threads=2, batches=(1, 64)):
         for b in batches:
             feeds = feeds_at(b)
             assert next(iter(feeds.values())).shape[0] == b
-        return {b: 1.5 for b in batches}
+        return {b: (0.003, 0.002) for b in batches}
 
     measure.settings = {"provider": "CPUExecutionProvider", "threads": threads, "batches": list(batches)}
     measure.isolated = isolated

@@ -162,16 +162,18 @@ def choose_final(finals: list[frozenset], measured: dict, objective: str, noise:
     return chosen, message
 
 
-def predicted_choice(gain: Ratios | None, objective: str) -> str | None:
+def predicted_choice(gain: Ratios | None, objective: str, negligible: bool = False) -> str | None:
     """"int8" / "float" when a group's isolated gain (``{batch: float time / int8 time}`` of its layer
     alone) is clear beyond ``CLEAR_FASTER`` / ``CLEAR_SLOWER``, else None (time it in context). An
     isolated int8 layer pays the Q/DQ (and layout Transposes) at both its edges, which chained int8
     layers share in context: isolation is close to the worst case for int8, so a layer clearly
-    faster alone is faster in context; the band for "clearly slower" is wider."""
+    faster alone is faster in context; the band for "clearly slower" is wider. ``negligible``
+    (balanced): the group in int8, even as timed alone, costs the model at most half the noise
+    band at every batch (``predict_groups``): a tie, which keeps int8."""
     if not gain:
         return None
     g = geomean(gain) if objective == "speed" else min(gain.values())
-    if g >= 1.0 + CLEAR_FASTER:
+    if g >= 1.0 + CLEAR_FASTER or (negligible and objective == "balanced"):
         return "int8"
     if g <= 1.0 - CLEAR_SLOWER:
         return "float"
@@ -180,7 +182,7 @@ def predicted_choice(gain: Ratios | None, objective: str) -> str | None:
 
 def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objective: str, noise: float = NOISE,
                 size: Callable[[frozenset], int] | None = None, groups: list[list[str]] | None = None,
-                predicted: list[Ratios | None] | None = None) -> PlanResult:
+                predicted: list[Ratios | None] | None = None, negligible: list[bool] | None = None) -> PlanResult:
     """Choose the layers that compute in int8.
 
     ``measure(configs, reference=True, give_up=None)`` times each configuration (a frozenset of int8
@@ -191,7 +193,8 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
     (balanced: int8 already lost at batch 1, the larger, slower batches need no timing).
     ``groups``: layers decided together (``layer_groups``: the same op on the same shapes runs the
     same kernel at the same cost); default one group per layer.
-    ``predicted``: per group, its layer's isolated gain (``predict_groups``) or None; a clear one
+    ``predicted``: per group, its layer's isolated gain (``predict_groups``) or None, and
+    ``negligible``, whether it cannot move the model's time beyond noise; a clear one
     (``predicted_choice``) decides the group without timing it in context.
     Greedy, over the groups not decided so: start from the plan so far, for ``STEP_GROUPS`` groups
     at a time in graph order, time the plan as it stands and, beside it, the plan with each of
@@ -223,15 +226,17 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
 
     units = groups or [[n] for n in layers]
     predicted = predicted or [None] * len(units)
+    negligible = negligible or [False] * len(units)
     rows, undecided = [], []
-    for group, gain in zip(units, predicted):
-        verdict = predicted_choice(gain, objective)
+    for group, gain, small in zip(units, predicted, negligible):
+        verdict = predicted_choice(gain, objective, small)
         if verdict is None:
             undecided.append((group, gain))
             continue
         together = f" (with {len(group) - 1} more of its shape)" if len(group) > 1 else ""
         reason = (f"int8 {'pays' if verdict == 'int8' else 'does not pay'}: the layer alone runs "
-                  + ", ".join(f"b{b} {g:.2f}x" for b, g in sorted(gain.items())) + f" as fast in int8 as in float{together}")
+                  + ", ".join(f"b{b} {g:.2f}x" for b, g in sorted(gain.items())) + f" as fast in int8 as in float{together}"
+                  + ("; too small a part of the model to slow it beyond noise" if small and min(gain.values()) < 1.0 + CLEAR_FASTER else ""))
         for name in group:
             rows.append({"node": name, "choice": verdict, "reason": reason, "decided": "isolated",
                          "isolated_gain": {str(b): round(g, 3) for b, g in gain.items()}})
@@ -549,11 +554,14 @@ def worth_isolating(builder: "ConfigBuilder") -> bool:
     return len(builder.groups) > STEP_GROUPS or (len(builder.groups) > 0 and builder.prepared.ByteSize() > ISOLATE_BYTES)
 
 
-def predict_groups(builder: "ConfigBuilder", isolated, batches, kernels=None, log=lambda m: None) -> list[Ratios | None]:
+def predict_groups(builder: "ConfigBuilder", isolated, batches, kernels=None, log=lambda m: None) -> tuple[list, list[bool]]:
     """Per group of ``builder.groups``: its first layer's isolated gain ``{batch: float p50 / int8
-    p50}`` (``isolated(float_model, int8_model, feeds_at) -> gains``), or None when it cannot be
-    isolated. ``kernels`` (``plan_cache.KernelCache``): timings by the pair's structure and batch,
-    reused across models and runs on this machine kind."""
+    p50}`` (``isolated(float_model, int8_model, feeds_at) -> {batch: (float s, int8 s)}``), or None
+    when it cannot be isolated; and whether the group is negligible: its layers in int8, timed
+    alone (edges included), add at most ``NOISE / 2`` of the model's time at every batch, the
+    model's time taken as the sum of every isolated layer's float time (a lower bound: the share
+    comes out too large, never too small). ``kernels`` (``plan_cache.KernelCache``): timings by
+    the pair's structure and batch, reused across models and runs on this machine kind."""
     from gencompress.verbs.plan_cache import structure_digest
 
     model = _with_shapes(builder.prepared)
@@ -572,17 +580,19 @@ def predict_groups(builder: "ConfigBuilder", isolated, batches, kernels=None, lo
             keys = {b: f"{structure_digest(*pair)}:{b}" for b in batches}
             cached = {b: kernels.get(k) for b, k in keys.items()} if kernels is not None else {}
             if cached and all(cached.values()):
-                gains = {b: float(e["gain"]) for b, e in cached.items()}
+                gains = {b: (float(e["float_s"]), float(e["int8_s"])) for b, e in cached.items()}
             else:
                 x = tiny.graph.input[0]
                 gains = isolated(*pair, _feeds_at(x, ranges.get(x.name, (-1.0, 1.0))))
                 timed += 1
-                for b, g in gains.items():
+                for b, (f, i) in gains.items():
                     if kernels is not None:
-                        kernels.put(keys[b], {"gain": g, "op": pair[0].graph.node[0].op_type})
+                        kernels.put(keys[b], {"gain": f / i, "float_s": f, "int8_s": i, "op": pair[0].graph.node[0].op_type})
         out.append(gains)
     log(f"  {sum(g is not None for g in out)} of {len(out)} group(s) timed alone ({timed} timed, the others from the kernel cache)")
-    return out
+    total = {b: sum(len(g) * t[b][0] for g, t in zip(builder.groups, out) if t) for b in batches}
+    negligible = [bool(t) and all(len(g) * (t[b][1] - t[b][0]) <= NOISE / 2 * total[b] for b in batches) for g, t in zip(builder.groups, out)]
+    return [{b: f / max(i, 1e-12) for b, (f, i) in t.items()} if t else None for t in out], negligible
 
 
 def _feeds_at(x: onnx.ValueInfoProto, value_range) -> Callable[[int], dict]:
@@ -660,8 +670,8 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
                 break
         return out
 
-    def isolated(float_model, int8_model, feeds_at) -> Ratios:
-        """{batch: float p50 / int8 p50} of one layer's two forms, interleaved, about
+    def isolated(float_model, int8_model, feeds_at) -> dict:
+        """{batch: (float p50, int8 p50)} in seconds of one layer's two forms, interleaved, about
         ``ISOLATED_SECONDS`` each per batch size (at least ``ISOLATED_MIN_RUNS`` runs)."""
         pair = {"float": make_session(model_bytes(float_model), provider=provider, threads=threads, label="isolated float layer"),
                 "int8": make_session(model_bytes(int8_model), provider=provider, threads=threads, label="isolated int8 layer")}
@@ -671,7 +681,7 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
             probe = time_interleaved(pair, feeds, runs=1, warmup=1)
             p50 = max(max(t[0] for t in probe.values()), 1e-6)
             times = time_interleaved(pair, feeds, runs=int(np.clip(ISOLATED_SECONDS / p50, ISOLATED_MIN_RUNS, 400)), warmup=0)
-            gains[b] = float(np.median(times["float"])) / max(float(np.median(times["int8"])), 1e-9)
+            gains[b] = (float(np.median(times["float"])), max(float(np.median(times["int8"])), 1e-9))
         return gains
 
     measure.settings = {"provider": provider, "threads": threads, "batches": list(batches)}  # what the plan cache keys on
@@ -714,7 +724,8 @@ def plan(builder: ConfigBuilder, objective: str, measure_models, log=lambda m: N
 
                 kernels = KernelCache(settings, cache.folder) if settings and cache is not None else None
                 predicted = predict_groups(builder, isolated, settings["batches"] if settings else [1], kernels, log)
-        result = plan_layers(names, measure, objective, size=builder.size, groups=builder.groups or None, predicted=predicted)
+        result = plan_layers(names, measure, objective, size=builder.size, groups=builder.groups or None,
+                             predicted=predicted[0] if predicted else None, negligible=predicted[1] if predicted else None)
         result.timed_on = timed_on if objective != "size" and names else {}
         op_of = {l["node"]: l["op_type"] for l in builder.layers}
         for row in result.layers:

@@ -167,7 +167,7 @@ def structure_digest(*protos: onnx.ModelProto) -> str:
 
 class KernelCache:
     """Isolated layer timings of one machine kind (``machine_kind``, provider, threads), one JSON file
-    of ``{key: {"gain": float p50 / int8 p50, ...}}`` per kind; keys from ``structure_digest`` and the
+    of ``{key: {"gain": float p50 / int8 p50, "float_s": ..., "int8_s": ...}}`` per kind; keys from ``structure_digest`` and the
     batch size. Like ``PlanCache``, a miss or an unwritable folder is never an error."""
 
     def __init__(self, settings: dict, folder: str | os.PathLike | None = None):
@@ -188,7 +188,7 @@ class KernelCache:
     def get(self, key: str) -> dict | None:
         entry = self.entries().get(key)
         try:
-            return entry if float(entry["gain"]) > 0 else None
+            return entry if min(float(entry["gain"]), float(entry["float_s"]), float(entry["int8_s"])) > 0 else None
         except (TypeError, KeyError, ValueError):
             return None
 
