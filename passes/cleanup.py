@@ -183,7 +183,7 @@ class CleanupPass(GencompressPass):
         steps = [common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)]
         if self.options.fold_constants:
             note = fills_note(model)  # said before they are folded, in the step's report
-            self.report = {"notes": [note]} if note else None
+            self.report = {"note": note} if note else None
             steps.append(_FoldConstants())
         steps += [
             common.RemoveUnusedNodesPass(),

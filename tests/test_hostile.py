@@ -627,6 +627,8 @@ def test_weights_filled_in_by_constantofshape_are_pruned_and_quantized(tmp_path,
     assert any("fills in with ConstantOfShape" in n for n in report["notes"])
     assert [l["weights"] for l in report["layers"] if l.get("weights")] and not report["float_layers"], report["layers"]
     assert report["psnr_db"] > 30
+    report = gencompress.compress(m, tmp_path / "c", flags={"objective": "size", "calib_size": 8}, samples=8, bench=False)
+    assert "fills in with ConstantOfShape" in report["passes"][0]["summary"]["note"]
     assert snapshot(tmp_path)["g.onnx"] == before["g.onnx"]
 
 
