@@ -11,9 +11,11 @@ figure):
    (every layer int8), ``no-rewrite`` (every layer int8, ConvTranspose left as it is: float in
    onnxruntime), ``float``, ``fp16``;
 3. per operator type, onnxruntime-web's own profiler against onnxruntime CPU's (``--profile``): both
-   profilers add their own cost, so compare the columns, not the totals with (2).
+   profilers add their own cost, so compare the columns, not the totals with (2);
+4. the page's form under other session options (``--options``: memory arena and pattern, the batch
+   dimension fixed, spinning off, lower optimization levels).
 
-    python benchmarks/web_breakdown.py [--models dcgan,vae,rvae,cgan] [--threads 1,2] [--runs 300] [--rounds 5] [--profile]
+    python benchmarks/web_breakdown.py [--models dcgan,vae,rvae,cgan] [--threads 1,2] [--runs 300] [--rounds 5] [--profile] [--options]
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ async function main() {
   ort.env.wasm.numThreads = cfg.threads;
   const all = [];
   for (const m of cfg.models) {
-    const s = await ort.InferenceSession.create(m.file, {executionProviders: ["wasm"], graphOptimizationLevel: "all", enableProfiling: !!cfg.profile});
+    const s = await ort.InferenceSession.create(m.file, {executionProviders: ["wasm"], graphOptimizationLevel: "all", enableProfiling: !!cfg.profile, ...(m.options || {})});
     const feeds = {};
     for (const i of m.inputs) feeds[i.name] = new ort.Tensor(i.dtype, new ARRAYS[i.dtype](i.values), i.shape);
     for (let k = 0; k < 10; k++) await s.run(feeds);
@@ -69,6 +71,10 @@ main().catch(e => { document.getElementById("result").textContent = JSON.stringi
 </script></body></html>
 """
 FORMS = ("shipped", "web", "size", "no-rewrite", "float", "fp16")
+# session options tried on the page's form (--options); the page itself uses graphOptimizationLevel "all" and the defaults
+OPTIONS = {"arena+mem pattern": {"enableCpuMemArena": True, "enableMemPattern": True}, "batch fixed to 1": {"freeDimensionOverrides": {"batch": 1}},
+           "spinning off": {"extra": {"session": {"intra_op.allow_spinning": "0"}}}, "level extended": {"graphOptimizationLevel": "extended"},
+           "level basic": {"graphOptimizationLevel": "basic"}}
 
 
 def build(name: str, folder: Path) -> dict:
@@ -110,12 +116,11 @@ def batch1_feeds(path: Path) -> dict:
     return {i.name: np.random.default_rng(0).standard_normal([d.dim_value or 1 for d in i.type.tensor_type.shape.dim]).astype(np.float32)}
 
 
-def page_times(models: dict, feeds: dict, threads: int, runs: int, rounds: int, profile: bool, folder: Path) -> dict:
+def page_times(models: dict, feeds: dict, threads: int, runs: int, rounds: int, profile: bool, folder: Path, options=None) -> dict:
     from gencompress.edge import browser
     from gencompress.edge.web import BACKEND_FILES, runtime_files, shipped_name
 
-    site = folder / f"site-{threads}-{int(profile)}"
-    site.mkdir()
+    site = Path(tempfile.mkdtemp(prefix=f"site-{threads}-", dir=folder))
     src = runtime_files()
     for n in BACKEND_FILES["wasm"]:
         shutil.copyfile(src / shipped_name(n), site / shipped_name(n))
@@ -125,14 +130,14 @@ def page_times(models: dict, feeds: dict, threads: int, runs: int, rounds: int, 
         shutil.copyfile(path, site / f"m{k}.onnx")
         entries.append({"label": label, "file": f"m{k}.onnx", "inputs": [
             {"name": n, "dtype": str(a.dtype), "shape": list(a.shape), "values": a.ravel().tolist() if a.dtype != np.int64 else None}
-            for n, a in feeds[label].items()]})
+            for n, a in feeds[label].items()], "options": (options or {}).get(label)})
     for e in entries:  # BigInt64Array takes BigInts: int64 inputs are fed as zeros (class 0)
         for i in e["inputs"]:
             if i["values"] is None:
                 i["values"] = int(np.prod(i["shape"]))
     (site / "bench.json").write_text(json.dumps({"threads": threads, "runs": runs, "rounds": rounds, "profile": profile, "models": entries}))
     with browser.serve(site, isolate=True) as base:
-        result = browser.run_page(base + "index.html", folder / f"profile-{threads}-{int(profile)}", timeout=1800)
+        result = browser.run_page(base + "index.html", site / "chromium-profile", timeout=1800)
     if "error" in result:
         raise SystemExit(f"the bench page failed: {result['error']}")
     return result
@@ -188,6 +193,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--forms", default=",".join(FORMS))
     parser.add_argument("--profile", action="store_true", help="also per operator type, both profilers, 1 thread")
+    parser.add_argument("--options", action="store_true", help="also the page's form under other session options, 1 thread")
     args = parser.parse_args(argv)
 
     import onnxruntime
@@ -215,6 +221,14 @@ def main(argv=None) -> int:
                          f"{page['models'][label]['p10_ms'] / cpu[label]['p10_ms']:.2f}x"] for label in models]
                 print(f"\n{name}, {t} thread{'s' if t > 1 else ''} (page ran {page['threads']}; load {open('/proc/loadavg').read().split()[0]}): ms per run")
                 print(table(["form", "CPU median", "page median", "page/CPU", "CPU p10", "page p10", "page/CPU p10"], rows))
+            if args.options:
+                variants = {"web": models["web"], **{f"web, {k}": models["web"] for k in OPTIONS}}
+                page = page_times(variants, {k: feeds["web"] for k in variants}, 1, args.runs, args.rounds, False, tmp / name,
+                                  options={f"web, {k}": v for k, v in OPTIONS.items()})
+                rows = [[k, f"{v['median_ms']:.4f}", f"{v['p10_ms']:.4f}", f"{v['median_ms'] / page['models']['web']['median_ms']:.2f}x"]
+                        for k, v in page["models"].items()]
+                print(f"\n{name}: the page's form under session options, 1 thread (load {open('/proc/loadavg').read().split()[0]}): ms per run")
+                print(table(["page", "median", "p10", "vs defaults"], rows))
             if args.profile:
                 profiled = {k: v for k, v in models.items() if k in ("shipped", "web")}
                 page = page_times(profiled, feeds, 1, 100, 1, True, tmp / name)
