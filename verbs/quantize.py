@@ -271,8 +271,8 @@ class _Run:
         specs_of_model(reference), output_range_of_model(reference)  # malformed metadata, unbatched inputs: before any note or work
         notes: list[str] = []
         if planned and on_disk > PLAN_NOTE_BYTES:
-            note = (f"note: --objective {objective} times several builds of this {on_disk / 1e6:.0f} MB model side by side (peak memory "
-                    "18-23x the file on a 190 MB generator) unless a plan cached by an earlier run with these options is reused; "
+            note = (f"note: --objective {objective} times this {on_disk / 1e6:.0f} MB model in float beside its int8 plan (peak memory "
+                    "16x the file on a 190 MB generator) unless a plan cached by an earlier run with these options is reused; "
                     "--objective size reads it a weight at a time (under 3x)")
             notes.append(note)
             log(note)
