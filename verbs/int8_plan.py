@@ -30,11 +30,19 @@ Objectives (``OBJECTIVES``):
 The timer is injected (``plan_layers(measure=...)``), so the decision logic is tested with
 stubbed measurements.
 
+Cheap first (``predict_groups``): each group's layer is timed alone, float against its int8
+form as the whole build makes it, on its own shapes; a group clearly faster in int8 alone, or
+too small a part of the model to slow it beyond noise (balanced), is decided without timing the
+whole model; only the others go through the greedy steps. Kernel timings are kept per machine
+kind (``plan_cache.KernelCache``), so layers seen before are not timed alone again. Then the
+plan is timed beside float, one configuration at a time (``plan_layers``).
+
 What planning costs besides the timing: a configuration built only to be timed skips the
 search for int8 weight values safe on kernels without VNNI (the same graph and shapes run the
 same kernels at the same cost; the chosen model is built once more with it); at most
 ``KEEP_BUILDS`` configurations stay built (each holds the weights once more), the others are
-remembered by size. A plan is kept on disk (``plan_cache``) by model content, options and machine
+remembered by size; the interleaved timer builds each model when it makes its session. A model
+whose plan would not fit in memory (``plan_memory_note``) is not planned. A plan is kept on disk (``plan_cache``) by model content, options and machine
 kind (int8 kernel path, onnxruntime version, threads): a second run reuses it without timing and
 writes the same bytes. The plan says what it was timed on (``PlanResult.timed_on``).
 """
