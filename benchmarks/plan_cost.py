@@ -18,7 +18,9 @@ quality one; the real ImageNet weights are not in the wheel).
 Tools, each in a fresh process (wall time of the call alone, peak RSS from VmHWM; imports and
 model building excluded): ``ort`` quantize_static (QDQ, per-channel, uint8 activations, MinMax);
 ``balanced`` / ``speed`` / ``size``: gencompress.quantize with that objective and an empty plan
-cache, ``--no-check``; ``cached``: balanced again with the cache balanced left; ``before``:
+cache, ``--no-check``; ``cached``: balanced again with the cache balanced left; ``agree``: balanced
+with every group also timed in the whole model (prints each group's isolated gain beside its
+in-context gain and decision: how well isolation predicts); ``before``:
 balanced with the package at ``--before REV`` (its files from git archive, no plan cache). Every tool gets the
 same calibration set (``--calib`` seeded draws).
 
@@ -50,7 +52,7 @@ GEN_FAMILIES = ("equalized_lr", "stylegan2_fused", "stylegan2_nonfused", "lstm_d
 DCGANS = {"dcgan-12M": 128, "dcgan-47M": 256, "dcgan-200M": 540}
 CLASSIC = ("resnet50", "vgg19")
 SMALL = (*(f"zoo-{n}" for n in ZOO), *CONV_FAMILIES, *GEN_FAMILIES)
-TOOLS = ("ort", "size", "speed", "balanced", "cached", "before")
+TOOLS = ("ort", "size", "speed", "balanced", "cached", "before", "agree")
 
 
 def load() -> str:
@@ -87,8 +89,6 @@ def classic(name: str, out: Path) -> None:
     import onnx
     import onnxruntime as ort
 
-    from onnx_backend_graphs import constant_weights
-
     light = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
     src = constant_weights(light, out.parent)  # weights no longer overridable inputs, opset 17: foldable
     so = ort.SessionOptions()
@@ -101,6 +101,26 @@ def classic(name: str, out: Path) -> None:
     model.metadata_props.add(key="gencompress.inputs", value=json.dumps([{"name": x.name, "shape": shape, "dtype": "float32", "low": 0, "high": 1}]))
     model.metadata_props.add(key="gencompress.output_range", value="1.0")
     onnx.save(model, str(out))
+
+
+def constant_weights(src: Path, folder: Path) -> Path:
+    """The model with its initializers dropped from the graph inputs (old exporters list them as
+    inputs, which makes them overridable) and its opset raised to 17 where the converter can."""
+    import onnx
+
+    model = onnx.load(str(src))
+    names = {i.name for i in model.graph.initializer}
+    try:
+        model = onnx.version_converter.convert_version(model, 17)
+    except Exception:
+        pass
+    kept = [i for i in model.graph.input if i.name not in names]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    model.ir_version = max(model.ir_version, 8)
+    out = folder / "constant_weights.onnx"
+    onnx.save(model, str(out))
+    return out
 
 
 # ---- one tool, in a fresh process ----------------------------------------------------------------
@@ -121,13 +141,20 @@ def child(tool: str, src: str, out: str, calib: int, cache: str) -> dict:
     if tool == "ort":
         scale.ort_quantize(src, out, batch=batch)
     else:
+        if tool == "agree":  # every group timed in context too, beside its isolated timing: how well isolation predicts
+            from gencompress.verbs import int8_plan
+
+            int8_plan.CLEAR_FASTER = float("inf")
         objective = tool if tool in ("size", "speed") else "balanced"
         report = Q.quantize(src, out, calib_size=calib, check=False, objective=objective)
     seconds = time.perf_counter() - start
     plan = report.get("speed_plan") or {}
     return {"tool": tool, "seconds": seconds, "peak_bytes": scale.vm_hwm(), "float_layers": [r["node"] for r in plan.get("layers", []) if r["choice"] == "float"],
             "int8_layers": sum(r["choice"] == "int8" for r in plan.get("layers", [])), "cached": plan.get("cached"), "timed_on": plan.get("timed_on"),
-            "configs_measured": plan.get("configs_measured"), "load": load()}
+            "configs_measured": plan.get("configs_measured"), "load": load(),
+            "decided": {k: sum(r.get("decided") == k for r in plan.get("layers", [])) for k in ("isolated", "in context")},
+            "agreement": [{"node": r["node"], "isolated": r.get("isolated_gain"), "context": r.get("int8_gain"), "choice": r["choice"]}
+                          for r in plan.get("layers", []) if tool == "agree"]}
 
 
 def run_child(tool: str, src: Path, out: Path, calib: int, cache: Path, before: Path | None) -> dict:
@@ -219,12 +246,18 @@ def main() -> int:
                 r = run_child(tool, src, folder / f"{tool}.onnx", args.calib, cache, before)
                 row["tools"][tool] = r
                 print(f"{name:20s} {tool:9s} {r['seconds']:7.1f} s  peak {r['peak_bytes'] / 2**20:7.0f} MiB ({r['peak_bytes'] / size:5.1f}x file)"
-                      f"  float layers {len(r.get('float_layers') or [])}  load {r.get('load')}", flush=True)
+                      f"  float layers {len(r.get('float_layers') or [])}  decided {r.get('decided')}  configs {r.get('configs_measured')}"
+                      f"  load {r.get('load')}", flush=True)
+                for a in r.get("agreement") or []:  # isolated gain against the in-context gain and decision
+                    print(f"{'':20s}   {a['node']:32s} alone {a['isolated']}  in context {a['context']}  -> {a['choice']}", flush=True)
             if "before" in row["tools"] and "balanced" in row["tools"]:  # the same plan builds the same bytes
                 row["before_same_bytes"] = (folder / "before.onnx").read_bytes() == (folder / "balanced.onnx").read_bytes()
                 print(f"{name:20s} balanced before/after byte-identical: {row['before_same_bytes']}", flush=True)
             if args.rounds:
                 paths = {"float": src, **{t: folder / f"{t}.onnx" for t in ("ort", "before", "balanced") if t in row["tools"] and not row["tools"][t].get("failed")}}
+                if len(paths) == 1:
+                    results.append(row)
+                    continue
                 row["speed"] = speeds(paths, args.rounds)
                 print(f"{name:20s} speed vs float " + "  ".join(
                     f"{t}: " + " ".join(f"{b} {v[b]:.2f}x" for b in ("b1", "b64") if b in v) + f" psnr {v['psnr_db'] if v['psnr_db'] is None else round(v['psnr_db'], 1)}"
