@@ -58,17 +58,25 @@ def _weight_dq(dq, inits: dict, producer: dict) -> bool:
         return False
     if inits[dq.input[0]].data_type not in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
         return False
+    scale = _constant_root(dq.input[1], inits, producer)
+    if scale is None or inits[scale].data_type != onnx.TensorProto.FLOAT:  # Cast -> float: a float16 scale would not multiply
+        return False
     return _zero_point(dq, inits, producer) is not None
+
+
+def _constant_root(name: str, inits: dict, producer: dict) -> str | None:
+    """The initializer ``name`` is, or is broadcast/reshaped from; None if it is computed otherwise."""
+    while name and name not in inits and name in producer and producer[name].op_type in ("Expand", "Reshape", "Unsqueeze", "Identity"):
+        name = producer[name].input[0]
+    return name if name in inits else None
 
 
 def _zero_point(dq, inits: dict, producer: dict) -> float | None:
     """The zero point as one number (0 when absent), or None when it is not one constant value."""
-    zp = dq.input[2] if len(dq.input) > 2 else ""
-    while zp and zp not in inits and zp in producer and producer[zp].op_type in ("Expand", "Reshape", "Unsqueeze", "Identity"):
-        zp = producer[zp].input[0]  # a constant broadcast to the scale's shape: the same value
-    if not zp:
+    if len(dq.input) < 3 or not dq.input[2]:
         return 0.0
-    if zp not in inits:
+    zp = _constant_root(dq.input[2], inits, producer)  # a constant broadcast to the scale's shape: the same value
+    if zp is None:
         return None
     values = numpy_helper.to_array(inits[zp])
     return float(values.flat[0]) if values.size and (values == values.flat[0]).all() else None

@@ -289,7 +289,10 @@ def test_web_form_computes_the_same_with_the_int8_weights_kept(op, axis, dtype, 
 
 
 def test_web_form_leaves_other_weights_alone():
-    for model in (qdq_matrix_model(zero_point=[3, 0, 0, 0, 0, 0]), qdq_matrix_model("Mul")):  # zero points per channel; not a matrix product
+    half = qdq_matrix_model()  # a float16 scale: Cast to float would not multiply with it
+    scale = next(t for t in half.graph.initializer if t.name == "w_scale")
+    scale.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(scale).astype(np.float16), "w_scale"))
+    for model in (qdq_matrix_model(zero_point=[3, 0, 0, 0, 0, 0]), qdq_matrix_model("Mul"), half):  # zero points per channel; not a matrix product
         form, rewritten = web_form(model)
         assert rewritten == [] and form.SerializeToString() == model.SerializeToString()
 
