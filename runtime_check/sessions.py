@@ -87,7 +87,7 @@ def session_options(
     threads: int | None = None,
     *,
     spinning: bool = False,
-    log_level: int = 3,
+    log_level: int = 4,  # fatal only: a failing run raises, with the message; its ERROR log would be extra stderr lines
     optimization: str = "all",
     profile_prefix: str | None = None,
     lean: bool = False,
