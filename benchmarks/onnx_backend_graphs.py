@@ -1,12 +1,13 @@
 """Run prune and quantize, with their defaults, over every graph in the onnx wheel's backend test data.
 
-    python benchmarks/onnx_backend_graphs.py [--timeout 120] [--only SUBSTRING ...] [--limit N]
+    python benchmarks/onnx_backend_graphs.py [--timeout 120] [--only SUBSTRING ...] [--limit N] [--objective size]
 
 Each verb on each graph runs in a forked child (the imports are paid once; a child that passes
 the timeout is killed, and its peak memory is its own) and ends as: ok, refused
 (GencompressError, one line), crash (any other exception, or a multi-line message: a bug), or
 hang (over --timeout seconds). prune runs with ``sparsity=0.5`` (it has no default sparsity),
-quantize with no option at all (the timed int8 plan, 256 calibration draws, the check).
+quantize with no option at all (the timed int8 plan, 256 calibration draws, the check), or
+with ``--objective`` only.
 
 Prints one row per graph that bears weights (a Conv/ConvTranspose/Gemm/MatMul/GRU/LSTM weight
 computed from constants only: stored, or filled in by ConstantOfShape as in the "light" nets):
@@ -75,7 +76,7 @@ def weights_of(path: Path) -> str | None:
     return "filled" if "filled" in found else ("stored" if found else None)
 
 
-def run_child(verb: str, src: Path, out: Path, timeout: int, write) -> None:
+def run_child(verb: str, src: Path, out: Path, timeout: int, write, objective: str | None = None) -> None:
     """In the forked child: run the verb, write one JSON line, exit."""
     import gencompress
     from gencompress.errors import GencompressError
@@ -90,7 +91,7 @@ def run_child(verb: str, src: Path, out: Path, timeout: int, write) -> None:
         if verb == "prune":
             gencompress.prune(src, out, sparsity=0.5)
         else:
-            gencompress.quantize(src, out)
+            gencompress.quantize(src, out, **({"objective": objective} if objective else {}))
         outcome, detail = "ok", ""
     except GencompressError as e:
         outcome, detail = ("crash" if "\n" in str(e) else "refused"), str(e)
@@ -103,7 +104,7 @@ def run_child(verb: str, src: Path, out: Path, timeout: int, write) -> None:
     write(json.dumps({"outcome": outcome, "detail": detail, "seconds": time.perf_counter() - started}))
 
 
-def run_forked(verb: str, src: Path, out: Path, timeout: int) -> dict:
+def run_forked(verb: str, src: Path, out: Path, timeout: int, objective: str | None = None) -> dict:
     """One verb on one graph in a forked child; its peak RSS from wait4."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -112,7 +113,7 @@ def run_forked(verb: str, src: Path, out: Path, timeout: int) -> dict:
         code = 0
         try:
             with os.fdopen(write_fd, "w") as f:
-                run_child(verb, src, out, timeout, f.write)
+                run_child(verb, src, out, timeout, f.write, objective)
         except BaseException:
             code = 1
         os._exit(code)
@@ -141,6 +142,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=120)
     parser.add_argument("--limit", type=int)
     parser.add_argument("--only", nargs="*", help="graphs whose path contains one of these")
+    parser.add_argument("--objective", choices=("balanced", "speed", "size"), help="quantize's --objective (default: its default)")
     args = parser.parse_args()
 
     import gencompress
@@ -161,7 +163,7 @@ def main() -> int:
         for src in models:
             kind = weights_of(src)
             load = os.getloadavg()[0]
-            rows = {verb: run_forked(verb, src, Path(tmp) / f"{verb}.onnx", args.timeout) for verb in ("prune", "quantize")}
+            rows = {verb: run_forked(verb, src, Path(tmp) / f"{verb}.onnx", args.timeout, args.objective) for verb in ("prune", "quantize")}
             for verb, row in rows.items():
                 counts[(bool(kind), verb, row["outcome"])] += 1
                 if row["outcome"] in ("crash", "hang") or (kind and row["outcome"] != "ok"):
