@@ -15,6 +15,8 @@ rewrites + static int8 QDQ, or int4 weight-only, or nothing. Columns:
   evaluation on its held-out set).
 
     python benchmarks/distill.py --families [--steps 2000]   (the families: benchmarks/distill_families.py)
+    python benchmarks/distill.py --step-cost [--batches 64,128] [--steps 100] [--rounds 3]
+                                 (ms per training step of dcgan unstructured 50%, batches interleaved)
     python benchmarks/distill.py [--models dcgan,vae,rvae,cgan] [--settings u50,u75,nm,ch25,ch50]
                                  [--quant none,int8] [--steps 2000] [--runs 50] [--objective balanced] [--json]
 
@@ -74,8 +76,51 @@ def run_one(model: Path, setting: str, quant: str, steps: int, runs: int, folder
     }
 
 
+def step_cost(argv) -> int:
+    """Milliseconds per distillation step (int8-aware, as compress trains) of the zoo dcgan pruned 50%
+    with one global threshold, per batch size: rounds of ``--steps`` steps, the batch sizes interleaved
+    in one process, the median round per batch and its ratio to the first."""
+    import statistics
+
+    from gencompress.distillation.train import Batches, train
+    from gencompress.exporter.export import export
+    from gencompress.inputs import specs_of_model
+    from gencompress.onnx_io import load_ir, load_model
+    from gencompress.verbs.recipe import run_recipe
+
+    parser = argparse.ArgumentParser(description=step_cost.__doc__.splitlines()[0])
+    parser.add_argument("--batches", default="64,128")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "dcgan.onnx"
+        export("dcgan", path)
+        teacher = load_model(path)
+        pruned, _ = run_recipe(load_ir(path), [{"pass": "cleanup"}, {"pass": "magnitude_prune", "options": {"sparsity": 0.5, "scope": "global"}}])
+    specs = specs_of_model(teacher)
+    times = {b: [] for b in batches}
+    load_start = os.getloadavg()[0]
+    for r in range(args.rounds):
+        for b in batches:
+            student = pruned.clone()
+            info = train(teacher, student, Batches(specs, b, r), steps=args.steps, lr=2e-3, seed=r, threads=1, quantize="int8", keep_best=False)
+            times[b].append(1000 * info["wall_s"] / args.steps)
+    base = statistics.median(times[batches[0]])
+    for b in batches:
+        ms = statistics.median(times[b])
+        print(f"batch {b}: {ms:.1f} ms/step (rounds {', '.join(f'{t:.1f}' for t in times[b])}), {ms / base:.2f}x batch {batches[0]}; "
+              f"2000 steps ~ {2 * ms:.0f} s")
+    print(f"load average {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end (2 cores, shared); 1 torch thread, "
+          "the teacher in onnxruntime on a second thread")
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--step-cost" in argv:
+        return step_cost([a for a in argv if a != "--step-cost"])
     if "--families" in argv:  # the generator families users bring: benchmarks/distill_families.py
         sys.path.insert(0, str(Path(__file__).parent))
         from distill_families import main as families_main

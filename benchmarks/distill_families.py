@@ -7,7 +7,7 @@ float in onnxruntime on held-back inputs: seeded latents, or natural-image crops
 as ``gencompress.inputs`` draws them), the distill wall time and the load average around the row.
 A prune that finds nothing to remove is said so (no row to distill).
 
-    python benchmarks/distill_families.py [--families unet,rrdb] [--settings ch50,u50] [--steps 2000] [--batch 32]
+    python benchmarks/distill_families.py [--families unet,rrdb] [--settings ch50,u50] [--steps 2000] [--batch N] [--lr X]
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def all_families() -> list[str]:
 def main(argv=None) -> int:
     import gencompress
     from gencompress.errors import GencompressError
+    from gencompress.verbs.distill import DEFAULTS
     from gencompress.inputs import specs_of_model
     from gencompress.onnx_io import load_model
     from gencompress.output import table
@@ -62,8 +63,10 @@ def main(argv=None) -> int:
     parser.add_argument("--families", default=",".join(all_families()))
     parser.add_argument("--settings", default="ch50,u50")
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=None, help="inputs per step (default: distill's)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: distill's choice)")
     args = parser.parse_args(argv)
+    args.batch = args.batch or DEFAULTS["batch"]
     rows = []
     with tempfile.TemporaryDirectory(prefix="gencompress-distill-families-") as tmp:
         tmp = Path(tmp)
@@ -84,7 +87,7 @@ def main(argv=None) -> int:
                     continue
                 start = time.perf_counter()
                 try:
-                    r = gencompress.distill(src, student, tmp / f"{src.stem}.{setting}.d.onnx", steps=args.steps, batch=batch)
+                    r = gencompress.distill(src, student, tmp / f"{src.stem}.{setting}.d.onnx", steps=args.steps, batch=batch, lr=args.lr)
                 except GencompressError as e:
                     rows.append((name, setting, "-", "-", "-", "-", f"{load0:.2f}", f"distill: {e}"))
                     print(" | ".join(rows[-1]), flush=True)

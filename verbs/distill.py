@@ -20,7 +20,9 @@ import numpy as np
 
 from gencompress.errors import GencompressError
 
-DEFAULTS = {"steps": 2000, "batch": 64, "lr": None, "seed": 0, "threads": 1}
+# batch 128: the gradient noise of 64 held dcgan at unstructured 50% (global) + 2000 steps to 40.19 dB
+# float / 39.51 after int8 (simulated), 128 reached 40.64 / 39.93 (each step about twice the work)
+DEFAULTS = {"steps": 2000, "batch": 128, "lr": None, "seed": 0, "threads": 1}
 # lr None picks one: a student that must win back pruning damage needs large steps; a student that
 # already matches its teacher and only learns around int8/int4 rounding needs steps far below one
 # rounding step
