@@ -39,9 +39,10 @@ def check_options(*, steps, batch, lr, seed, threads, quantize_aware) -> None:
     """One-line errors naming the CLI flag, for every option a user sets."""
     from gencompress.arguments import SEED_MAX
     from gencompress.models.train import MAX_STEPS
-    from gencompress.verbs.check import MAX_BATCH, MAX_THREADS
+    from gencompress.verbs.check import MAX_THREADS
 
-    for flag, value, limit in (("--steps", steps, MAX_STEPS), ("--batch", batch, MAX_BATCH), ("--threads", threads, MAX_THREADS)):
+    # --batch: held to the sampling budget once the inputs are known (_checked_pair)
+    for flag, value, limit in (("--steps", steps, MAX_STEPS), ("--batch", batch, 2**62), ("--threads", threads, MAX_THREADS)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 < value <= limit:
             raise GencompressError(f"{flag} must be a positive integer up to {limit:,}, got {value!r}")
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 1e-12 <= lr <= 1):
