@@ -211,7 +211,11 @@ def _check_run(in_path, out_path, *, mode, objective, threads, batches, keep_io_
 
     int8_plan.check_objective(objective)
     rc._positive(threads, "--threads", rc.MAX_THREADS)  # the limits bench and compress hold them to
-    [rc._positive(b, "--batch", rc.MAX_BATCH) for b in rc._sequence(batches, "batches")] or rc._fail("give at least one batch size")
+    sizes = rc._sequence(batches, "batches")
+    if not sizes:
+        raise GencompressError("give at least one batch size")
+    for b in sizes:
+        rc._positive(b, "--batch", rc.MAX_BATCH)
     if not keep_io_types and mode != "fp16":
         raise GencompressError(f"--fp16-io: only for --mode fp16 (--mode {mode} keeps float32 inputs and outputs)")
     sources = [in_path, *([calib_data] if calib_data else [])]
