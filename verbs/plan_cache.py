@@ -121,20 +121,26 @@ class PlanCache:
         return entry if isinstance(entry, dict) and entry.get("format") == FORMAT and entry.get("key") == key else None
 
     def store(self, key: str, entry: dict) -> Path | None:
-        """Write ``entry`` atomically (temp file in the folder, then rename); None when it cannot be written."""
-        tmp = None
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=self.folder)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({**entry, "format": FORMAT, "key": key}, f, sort_keys=True)
-            os.replace(tmp, self.path(key))
-            return self.path(key)
-        except (OSError, TypeError, ValueError):
-            return None
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
+        """Write ``entry`` atomically; None when it cannot be written."""
+        return self.path(key) if _write_json(self.path(key), {**entry, "format": FORMAT, "key": key}) else None
+
+
+def _write_json(path: Path, value) -> bool:
+    """``value`` as JSON at ``path``, atomically (temp file in the folder, then rename); False when it
+    cannot be written (a cache is an optimisation: never an error)."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem[:16]}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(value, f, sort_keys=True)
+        os.replace(tmp, path)
+        return True
+    except (OSError, TypeError, ValueError):
+        return False
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 # ---- kernel timings: one layer in isolation, float against int8 -----------------------------------
@@ -197,15 +203,4 @@ class KernelCache:
         self._entries = None
         merged = {**self.entries(), key: entry}
         self._entries = merged
-        tmp = None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".kernels.", suffix=".tmp", dir=self.path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(merged, f, sort_keys=True)
-            os.replace(tmp, self.path)
-        except (OSError, TypeError, ValueError):
-            pass
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
+        _write_json(self.path, merged)
