@@ -46,9 +46,8 @@ def fold_computed_weights(model: ir.Model) -> bool:
             return False
         return None  # the folder's own decision
 
-    limit = max([FOLD_SIZE_LIMIT, *(_fill_size(node) for node in fills)])  # a fill is stored whatever its size (weight_fills bounds it)
     try:
-        result = fold_constants(model, input_size_limit=FOLD_SIZE_LIMIT, output_size_limit=limit, should_fold=should_fold)
+        result = fold_constants(model, input_size_limit=FOLD_SIZE_LIMIT, output_size_limit=_output_limit(fills), should_fold=should_fold)
     except Exception:  # the folder is an optimisation: without it weights behind reshuffles stay float
         return False
     return bool(getattr(result, "modified", True))
@@ -113,6 +112,12 @@ def _fill_size(node: ir.Node) -> int | None:
     return math.prod(int(d) for d in dims)
 
 
+def _output_limit(fills) -> int:
+    """The folder's output size limit: a fill is stored whatever its size (``weight_fills`` was
+    held to the machine's memory when the model was read)."""
+    return max([FOLD_SIZE_LIMIT, *(_fill_size(node) for node in fills)])
+
+
 def fold_weight_fills(model: ir.Model) -> int:
     """Fold only the ``weight_fills`` of ``model`` into initializers, in place (the values the
     graph computes, bit for bit: onnxscript's folder evaluates them); returns how many. What
@@ -121,8 +126,7 @@ def fold_weight_fills(model: ir.Model) -> int:
 
     fills = set(weight_fills(model.graph))
     if fills:
-        limit = max([FOLD_SIZE_LIMIT, *(_fill_size(node) for node in fills)])
-        fold_constants(model, input_size_limit=FOLD_SIZE_LIMIT, output_size_limit=limit, should_fold=lambda node: node in fills)
+        fold_constants(model, input_size_limit=FOLD_SIZE_LIMIT, output_size_limit=_output_limit(fills), should_fold=lambda node: node in fills)
     return len(fills) - len(set(weight_fills(model.graph)) & fills)
 
 
