@@ -217,14 +217,15 @@ def _refuse_huge_fills(model: onnx.ModelProto, path) -> None:
         if dims.size and (dims >= 0).all():
             total += math.prod(int(d) for d in dims) * max(itemsize, 1)
             largest = node.name or node.output[0]
-    budget = _free_memory() // 2
+    budget = (free_memory() or 16 * 2**30) // 2  # unknown: as if 16 GiB were free
     if total > budget:
         raise GencompressError(f"{path}: its ConstantOfShape nodes (e.g. {short(largest, 80)}) fill in {total / 2**30:,.1f} GiB, more than "
                                f"half this machine's free memory ({budget / 2**30:.1f} GiB); refusing to read it (a damaged shape?)")
 
 
-def _free_memory() -> int:
-    """Bytes of memory available to a new allocation (MemAvailable: free pages and reclaimable cache)."""
+def free_memory() -> int | None:
+    """Bytes of memory available to a new allocation (MemAvailable: free pages and reclaimable
+    cache; else the free pages), None where neither can be read."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -234,8 +235,8 @@ def _free_memory() -> int:
         pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return 16 * 2**30
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _without_external_data(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -95,18 +95,14 @@ PLAN_PEAK_FIXED = 0.3e9
 
 def plan_memory_note(path) -> str | None:
     """A one-line note when timing a plan of the model at ``path`` would not fit in the memory
-    available now (``/proc/meminfo``; elsewhere never): quantize then builds every layer int8 by
+    available now (``onnx_io.free_memory``; unknown: never): quantize then builds every layer int8 by
     the streamed one-build path (``--objective size``) instead. None when it fits."""
-    from gencompress.onnx_io import model_files
+    from gencompress.onnx_io import free_memory, model_files
 
     file = sum(f.stat().st_size for f in model_files(path) if f.is_file())
     need = file * PLAN_PEAK_PER_FILE_BYTE + PLAN_PEAK_FIXED
-    try:
-        with open("/proc/meminfo") as f:
-            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return None
-    if need <= available * 0.8:
+    available = free_memory()
+    if available is None or need <= available * 0.8:
         return None
     return (f"note: timing an int8 plan of this {file / 1e6:.0f} MB model would take about {need / 2**30:.1f} GiB of memory"
             f" ({available / 2**30:.1f} GiB available): every layer int8 instead, streamed and not timed (--objective size)")
