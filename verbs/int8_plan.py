@@ -73,11 +73,10 @@ STEP_GROUPS = 3  # groups flipped against the same plan in one measurement (1.33
 MIN_RUNS = 5  # timed runs per model and batch size at least (a slow model's runs each average out more noise)
 # a group is decided from its layer timed in isolation (``predict_groups``) when int8 is this much faster at
 # every batch (balanced; speed: on the geometric mean), otherwise timed in context. Never "float" from
-# isolation (CLEAR_SLOWER 1.0): alone, an int8 layer pays Q/DQ and layout Transposes that chained int8
-# layers share in context (the zoo dcgan's first layer: 0.11x alone at batch 1, int8 pays in context).
+# isolation: alone, an int8 layer pays Q/DQ and layout Transposes that chained int8 layers share in
+# context (the zoo dcgan's first layer: 0.11x alone at batch 1, int8 pays in context).
 # Set from benchmarks/plan_cost.py --agreement (README: what the plan costs).
 CLEAR_FASTER = 0.10
-CLEAR_SLOWER = 1.0
 SIZE_BUDGET = 1.2  # balanced: a chosen model larger than this times the every-layer-int8 one says so in its message
 ISOLATED_SECONDS = 0.15  # timed seconds per form and batch size of an isolated layer
 ISOLATED_MIN_RUNS = 3
@@ -167,11 +166,11 @@ def choose_final(finals: list[frozenset], measured: dict, objective: str, noise:
 
 
 def predicted_choice(gain: Ratios | None, objective: str, negligible: bool = False) -> str | None:
-    """"int8" / "float" when a group's isolated gain (``{batch: float time / int8 time}`` of its layer
-    alone) is clear beyond ``CLEAR_FASTER`` / ``CLEAR_SLOWER``, else None (time it in context). An
-    isolated int8 layer pays the Q/DQ (and layout Transposes) at both its edges, which chained int8
-    layers share in context: isolation is close to the worst case for int8, so a layer clearly
-    faster alone is faster in context; the band for "clearly slower" is wider. ``negligible``
+    """"int8" when a group's isolated gain (``{batch: float time / int8 time}`` of its layer alone)
+    is clear beyond ``CLEAR_FASTER``, else None (time it in context). An isolated int8 layer pays
+    the Q/DQ (and layout Transposes) at both its edges, which chained int8 layers share in context:
+    isolation is close to the worst case for int8, so a layer clearly faster alone is faster in
+    context, while one slower alone may still pay in context (never "float" from here). ``negligible``
     (balanced): the group in int8, even as timed alone, costs the model at most half the noise
     band at every batch (``predict_groups``): a tie, which keeps int8."""
     if not gain:
@@ -179,8 +178,6 @@ def predicted_choice(gain: Ratios | None, objective: str, negligible: bool = Fal
     g = geomean(gain) if objective == "speed" else min(gain.values())
     if g >= 1.0 + CLEAR_FASTER or (negligible and objective == "balanced"):
         return "int8"
-    if g <= 1.0 - CLEAR_SLOWER:
-        return "float"
     return None
 
 
@@ -238,13 +235,13 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
             undecided.append((group, gain))
             continue
         together = f" (with {len(group) - 1} more of its shape)" if len(group) > 1 else ""
-        reason = (f"int8 {'pays' if verdict == 'int8' else 'does not pay'}: the layer alone runs "
+        reason = ("int8 pays: the layer alone runs "
                   + ", ".join(f"b{b} {g:.2f}x" for b, g in sorted(gain.items())) + f" as fast in int8 as in float{together}"
                   + ("; too small a part of the model to slow it beyond noise" if small and min(gain.values()) < 1.0 + CLEAR_FASTER else ""))
         for name in group:
             rows.append({"node": name, "choice": verdict, "reason": reason, "decided": "isolated",
                          "isolated_gain": {str(b): round(g, 3) for b, g in gain.items()}})
-    current = full - {r["node"] for r in rows if r["choice"] == "float"}
+    current = full
     for start in range(0, len(undecided), STEP_GROUPS):
         step = undecided[start:start + STEP_GROUPS]
         with_int8, *flips = timed(current, *(current - set(g) for g, _ in step), reference=False, give_up=hopeless)
