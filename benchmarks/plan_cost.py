@@ -108,15 +108,14 @@ def constant_weights(src: Path, folder: Path) -> Path:
     inputs, which makes them overridable) and its opset raised to 17 where the converter can."""
     import onnx
 
+    from gencompress.onnx_io import weights_from_inputs
+
     model = onnx.load(str(src))
-    names = {i.name for i in model.graph.initializer}
     try:
         model = onnx.version_converter.convert_version(model, 17)
     except Exception:
         pass
-    kept = [i for i in model.graph.input if i.name not in names]
-    del model.graph.input[:]
-    model.graph.input.extend(kept)
+    weights_from_inputs(model)
     model.ir_version = max(model.ir_version, 8)
     out = folder / "constant_weights.onnx"
     onnx.save(model, str(out))
