@@ -69,8 +69,8 @@ def write_trial(out: Path, trial, built: dict, timed: dict | None) -> dict:
 
 def _merge_latency(folder: Path, built: dict, timed: dict) -> None:
     """The report compress would have written with bench on: its latency and the slow-model warning.
-    The fidelity is the build's own check run again with its sample previews (same seed, same
-    numbers), so report.html shows the samples as compress's does."""
+    The fidelity is the build's own, with its sample previews, so report.html shows the samples
+    as compress's does."""
     import onnx
 
     from gencompress.result_warnings import compression_warnings

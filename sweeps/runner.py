@@ -106,9 +106,9 @@ def _files(folder: Path) -> dict:
 def build_trial(trial, time_later: bool) -> dict:
     """One compress run in a scratch folder; its files come back as bytes.
 
-    ``time_later``: built with ``bench=False``; the fidelity check is run again here with its
-    sample previews kept in memory (report.json has only their shapes) so that the report can be
-    rendered whole once the latency is merged in."""
+    ``time_later``: built with ``bench=False``; the fidelity comes back with its sample previews
+    (report.json has only their shapes) so that the report can be rendered whole once the
+    latency is merged in."""
     import ray
 
     import gencompress
@@ -116,16 +116,10 @@ def build_trial(trial, time_later: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="gencompress-trial-") as tmp:
         out = Path(tmp) / "out"
         start = time.perf_counter()
-        gencompress.compress(**_compress_kwargs(trial, out, bench=trial.options["bench"] and not time_later))
-        fidelity = None
-        if time_later:
-            from gencompress.runtime_check.fidelity import held_back_seed
-
-            fidelity = gencompress.check(out / "reference.onnx", out / "model.onnx", samples=trial.options["samples"],
-                                         seed=held_back_seed(trial.options["seed"]), preview=8)
-            fidelity = without_prefix(fidelity, f"{out}{os.sep}")
-        return {"files": _files(out), "fidelity": fidelity, "build_seconds": time.perf_counter() - start,
-                "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+        report = gencompress.compress(**_compress_kwargs(trial, out, bench=trial.options["bench"] and not time_later),
+                                      keep_previews=time_later)
+        return {"files": _files(out), "fidelity": report["fidelity"] if time_later else None,
+                "build_seconds": time.perf_counter() - start, "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
 
 def time_trial(trial, built: dict) -> dict:

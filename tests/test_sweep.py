@@ -107,7 +107,8 @@ def test_local_sweep_completes_and_records_failures(local_sweep):
         latency = report["latency"]["results"]  # timed after the builds and merged into compress's report
         assert [(x["batch"], x["threads"]) for x in latency] == [(1, 2)]
         assert r["b1_t2.speedup"] == latency[0]["speedup"] > 0
-        assert "Latency" in (folder / "report.html").read_text()
+        page = (folder / "report.html").read_text()
+        assert "Latency" in page and "<h2>Samples</h2>" in page and "data:image/png" in page  # the build's previews kept
     csv_lines = (local_sweep["out"] / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + len(rows)
     assert not list(local_sweep["out"].glob("trials/*/.partial-*"))

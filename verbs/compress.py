@@ -182,11 +182,13 @@ def compress(
     flags: dict | None = None,
     target_psnr: float | None = None,
     ship_targets=None,
+    keep_previews: bool = False,
     log=None,
     progress: bool = False,
 ) -> dict:
-    """Run the whole job; returns the report dict (as written to report.json). The parameters:
-    the module docstring."""
+    """Run the whole job; returns the report dict (as written to report.json; with
+    ``keep_previews`` its ``fidelity.preview`` keeps the sample arrays report.html shows, which
+    report.json has only the shapes of). The other parameters: the module docstring."""
     from gencompress.verbs import check as rc
 
     from gencompress.arguments import seed_value
@@ -241,7 +243,10 @@ def compress(
             shutil.rmtree(out, ignore_errors=True)  # this run made it: leave nothing behind
     if partial is not None:
         raise partial
-    return json.loads((out / "report.json").read_text())
+    written = json.loads((out / "report.json").read_text())
+    if keep_previews and (report.get("fidelity") or {}).get("preview") is not None:
+        written["fidelity"]["preview"] = report["fidelity"]["preview"]
+    return written
 
 
 def _run_steps(reference, candidate, steps, log) -> list[dict]:
