@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from gencompress.arguments import SEED_MAX
+from gencompress.arguments import SEED_MAX, positive_int
 from gencompress.errors import GencompressError
 from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES, HELD_BACK_SEED
 
@@ -14,13 +14,7 @@ def _ints(values, option: str) -> list[int]:
     out = []
     for v in values:
         for part in str(v).replace(",", " ").split():
-            try:
-                n = int(part)
-            except ValueError:
-                raise GencompressError(f"{option} {part!r}: expected a positive integer") from None
-            if n <= 0:
-                raise GencompressError(f"{option} must be a positive integer, got {n}")
-            out.append(n)
+            out.append(positive_int(part, option))  # the limit: the verb's
     if not out:
         raise GencompressError(f"{option}: give at least one value")
     return list(dict.fromkeys(out))

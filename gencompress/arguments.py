@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import numbers
+import os
 
 import numpy as np
 
@@ -41,6 +42,45 @@ def seed_value(value, option: str = "--seed") -> int:
     if not isinstance(value, numbers.Integral):
         raise GencompressError(f"{option} {short(value)}: must be an integer")
     return int(in_range(value, option, 0, SEED_MAX))
+
+
+# Limits on counts a user gives: beyond them a run would hang for hours or exhaust memory.
+MAX_RUNS = 100_000
+MAX_WARMUP = 10_000
+MAX_SAMPLES = 1_000_000
+MAX_BATCH = 1_000_000
+MAX_THREADS = max(256, 4 * (os.cpu_count() or 1))
+
+
+def positive_int(value, option: str, limit: int | None = None) -> int:
+    """``value`` as an int when it is a whole number in 1..``limit`` (an integral float or a
+    numeric string too, as a CLI or a YAML file may give it), else a user error naming ``option``."""
+    wrong = GencompressError(f"{option} must be a positive integer, got {short(value)}")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, str)):
+        raise wrong
+    try:
+        v = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise wrong from None
+    if v <= 0 or v != value and str(v) != value:
+        raise wrong
+    if limit is not None and v > limit:
+        raise GencompressError(f"{option} {v} is above the limit of {limit:,}")
+    return v
+
+
+def positive_ints(values, option: str, limit: int | None = None, *, what: str | None = None) -> list[int]:
+    """One positive integer or a list/tuple of them (the API's ``batches=64`` or ``batches=(1, 64)``;
+    None is none), each checked by ``positive_int``; with ``what``, at least one is required."""
+    if values is None:
+        values = []
+    elif isinstance(values, numbers.Integral) and not isinstance(values, (bool, np.bool_)):
+        values = [values]
+    elif not isinstance(values, (list, tuple)):
+        raise GencompressError(f"{option} must be a list of positive integers, got {short(values)}")
+    if not values and what:
+        raise GencompressError(f"give at least one {what}")
+    return [positive_int(v, option, limit) for v in values]
 
 
 def _names(value, name: str, verb: str) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gencompress.arguments import MAX_BATCH, MAX_RUNS, MAX_SAMPLES, MAX_THREADS, MAX_WARMUP, positive_int, positive_ints, seed_value
 from gencompress.errors import GencompressError, short
 from gencompress.isa import host_isa
 from gencompress.runtime_check.report_html import pareto_front, write_report  # noqa: F401  (re-exported)
@@ -64,35 +65,6 @@ def _weights_in_files(model, proto) -> bool:
 def _source(model, proto):
     """What to build a session from: the path a model was read from, else the loaded model."""
     return model if isinstance(model, (str, os.PathLike)) else proto
-
-
-# Limits on counts a user gives: beyond them a run would hang for hours or exhaust memory.
-MAX_RUNS = 100_000
-MAX_WARMUP = 10_000
-MAX_SAMPLES = 1_000_000
-MAX_BATCH = 1_000_000
-MAX_THREADS = max(256, 4 * (os.cpu_count() or 1))
-
-
-def _positive(value, what: str, limit: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating, str)):
-        raise GencompressError(f"{what} must be a positive integer, got {short(value)}")
-    try:
-        v = int(value)
-    except (TypeError, ValueError, OverflowError):
-        raise GencompressError(f"{what} must be a positive integer, got {short(value)}") from None
-    if v <= 0 or v != value and str(v) != value:
-        raise GencompressError(f"{what} must be a positive integer, got {short(value)}")
-    if limit is not None and v > limit:
-        raise GencompressError(f"{what} {v} is above the limit of {limit:,}")
-    return v
-
-
-def _seed(value) -> int:
-    """A seed for numpy's generator: an integer, 0 or more."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 2**63:
-        raise GencompressError(f"--seed must be an integer in 0..2**63-1, got {short(value)}")
-    return int(value)
 
 
 def _describe_specs(specs) -> list[dict]:
@@ -268,12 +240,12 @@ def _compare_outputs(ref_proto, output_names, ref_out, cand_out, peak, features)
 def _checked_check_arguments(samples, batch, seed, threads, preview, peak, provider, inputs, features):
     """``check``'s counts and argument types checked before any work; (samples, batch, seed, threads, preview)."""
     if inputs is None:
-        samples = _positive(samples, "--samples (the number of latents)", MAX_SAMPLES)
-    batch = _positive(batch, "--batch", MAX_BATCH)
-    seed = _seed(seed)
+        samples = positive_int(samples, "--samples (the number of latents)", MAX_SAMPLES)
+    batch = positive_int(batch, "--batch", MAX_BATCH)
+    seed = seed_value(seed)
     if threads is not None:
-        threads = _positive(threads, "--threads", MAX_THREADS)
-    preview = 0 if preview is None or preview == 0 else _positive(preview, "preview", 1024)
+        threads = positive_int(threads, "--threads", MAX_THREADS)
+    preview = 0 if preview is None or preview == 0 else positive_int(preview, "preview", 1024)
     if peak is not None and (isinstance(peak, bool) or not isinstance(peak, (int, float, np.integer, np.floating))
                              or not 1e-30 <= peak <= 1e30):  # PSNR squares it: beyond these, inf or 0 and numpy's warnings
         raise GencompressError(f"--peak must be a positive number in 1e-30..1e30, got {short(peak)}")
@@ -388,11 +360,11 @@ def bench(
         providers = (providers,)
     if not isinstance(providers, (list, tuple)) or not all(isinstance(p, str) for p in providers):
         raise GencompressError(f"providers must be a list of names such as 'cpu', got {short(providers)}")
-    batches = [_positive(b, "--batch", MAX_BATCH) for b in _sequence(batches, "batches")] or _fail("give at least one batch size")
-    threads = [_positive(t, "--threads", MAX_THREADS) for t in _sequence(threads, "threads")] or _fail("give at least one thread count")
-    runs = _positive(runs, "--runs", MAX_RUNS)
-    seed = _seed(seed)
-    warmup = 0 if warmup == 0 else _positive(warmup, "--warmup", MAX_WARMUP)
+    batches = positive_ints(batches, "--batch", MAX_BATCH, what="batch size")
+    threads = positive_ints(threads, "--threads", MAX_THREADS, what="thread count")
+    runs = positive_int(runs, "--runs", MAX_RUNS)
+    seed = seed_value(seed)
+    warmup = 0 if warmup == 0 else positive_int(warmup, "--warmup", MAX_WARMUP)
     providers = resolve_providers(providers)
     sources = {"model": model, "reference": reference}
     # each path read once: its header, which for a self-contained file is the whole model
@@ -455,21 +427,6 @@ def _weight_warnings(protos: dict) -> list[str]:
         if bad:
             out.append(f"the {role} has NaN or Inf in {len(bad)} weight(s), e.g. {short(bad[0])}; its outputs may be NaN")
     return out
-
-
-def _fail(message):
-    raise GencompressError(message)
-
-
-def _sequence(values, what: str) -> list:
-    """An int or a list/tuple of them (the API's ``batches=64`` or ``batches=(1, 64)``)."""
-    if values is None:
-        return []
-    if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
-        return [values]
-    if not isinstance(values, (list, tuple)):
-        raise GencompressError(f"{what} must be a list of positive integers, got {short(values)}")
-    return list(values)
 
 
 # --- per-layer statistics ----------------------------------------------------------------------------

@@ -275,12 +275,12 @@ def _ship_into(candidate, folder, out, targets, log):
 def _checked_counts(samples, batches, threads, runs, provider, bench: bool):
     """The measurement's counts checked before any work (the limits keep a typo from hanging the
     run for hours) and the provider resolved (an unavailable one fails now, not after export)."""
-    from gencompress.verbs import check as rc
+    from gencompress.arguments import MAX_BATCH, MAX_RUNS, MAX_SAMPLES, MAX_THREADS, positive_int, positive_ints
 
-    samples = rc._positive(samples, "--samples", rc.MAX_SAMPLES)
-    batches = [rc._positive(b, "--batch", rc.MAX_BATCH) for b in rc._sequence(batches, "batches")]
-    threads = [rc._positive(t, "--threads", rc.MAX_THREADS) for t in rc._sequence(threads, "threads")]
-    runs = rc._positive(runs, "--runs", rc.MAX_RUNS)
+    samples = positive_int(samples, "--samples", MAX_SAMPLES)
+    batches = positive_ints(batches, "--batch", MAX_BATCH)
+    threads = positive_ints(threads, "--threads", MAX_THREADS)
+    runs = positive_int(runs, "--runs", MAX_RUNS)
     if bench:
         from gencompress.runtime_check.sessions import resolve_providers
 

@@ -13,7 +13,6 @@ teacher in onnxruntime on held-back seeded latents (the training draws use ``see
 from __future__ import annotations
 
 import math
-import numbers
 import os
 
 import numpy as np
@@ -37,18 +36,15 @@ CHECK_SAMPLES = 256
 
 def check_options(*, steps, batch, lr, seed, threads, quantize_aware) -> None:
     """One-line errors naming the CLI flag, for every option a user sets."""
-    from gencompress.arguments import SEED_MAX
+    from gencompress.arguments import MAX_THREADS, in_range, positive_int, seed_value
     from gencompress.models.train import MAX_STEPS
-    from gencompress.verbs.check import MAX_THREADS
 
     # --batch: held to the sampling budget once the inputs are known (_checked_pair)
     for flag, value, limit in (("--steps", steps, MAX_STEPS), ("--batch", batch, 2**62), ("--threads", threads, MAX_THREADS)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 < value <= limit:
-            raise GencompressError(f"{flag} must be a positive integer up to {limit:,}, got {value!r}")
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 1e-12 <= lr <= 1):
-        raise GencompressError(f"--lr must be a number in 1e-12..1, got {lr!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= SEED_MAX:
-        raise GencompressError(f"--seed must be an integer in 0..{SEED_MAX}, got {seed!r}")
+        positive_int(value, flag, limit)
+    if lr is not None:
+        in_range(lr, "--lr", 1e-12, 1)
+    seed_value(seed)
     if quantize_aware not in (None, "int8", "int4"):
         raise GencompressError(f"--quantize-aware {quantize_aware!r}: one of int8, int4")
 

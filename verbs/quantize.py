@@ -207,15 +207,11 @@ def _check_run(in_path, out_path, *, mode, objective, threads, batches, keep_io_
     """The run's options that ``validate_options`` does not cover, and the output path; returns the input files."""
     from gencompress.onnx_io import external_data_path, refuse_overwrite
 
-    from gencompress.verbs import check as rc
+    from gencompress.arguments import MAX_BATCH, MAX_THREADS, positive_int, positive_ints
 
     int8_plan.check_objective(objective)
-    rc._positive(threads, "--threads", rc.MAX_THREADS)  # the limits bench and compress hold them to
-    sizes = rc._sequence(batches, "batches")
-    if not sizes:
-        raise GencompressError("give at least one batch size")
-    for b in sizes:
-        rc._positive(b, "--batch", rc.MAX_BATCH)
+    positive_int(threads, "--threads", MAX_THREADS)  # the limits bench and compress hold them to
+    positive_ints(batches, "--batch", MAX_BATCH, what="batch size")
     if not keep_io_types and mode != "fp16":
         raise GencompressError(f"--fp16-io: only for --mode fp16 (--mode {mode} keeps float32 inputs and outputs)")
     sources = [in_path, *([calib_data] if calib_data else [])]
