@@ -103,12 +103,26 @@ def _files(folder: Path) -> dict:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def build_trial(trial, time_later: bool) -> dict:
+def export_model(trial) -> bytes | None:
+    """The trial's torch model exported once for all its trials, as compress would export it: the
+    file's bytes, or None when the export has a side file (each trial then exports it itself)."""
+    from gencompress.exporter.export import export
+
+    m = trial.model
+    with tempfile.TemporaryDirectory(prefix="gencompress-export-") as tmp:
+        export(m["model"], Path(tmp) / "reference.onnx", checkpoint=m["checkpoint"], inputs=m["inputs"], seed=trial.options["seed"],
+               batch_size=m["batch_size"])
+        files = _files(Path(tmp))
+    return files["reference.onnx"] if len(files) == 1 else None
+
+
+def build_trial(trial, time_later: bool, exported: bytes | None = None) -> dict:
     """One compress run in a scratch folder; its files come back as bytes.
 
-    ``time_later``: built with ``bench=False``; the fidelity comes back with its sample previews
-    (report.json has only their shapes) so that the report can be rendered whole once the
-    latency is merged in."""
+    ``exported``: the torch model's export (``export_model``), used as the reference instead of
+    exporting it again. ``time_later``: built with ``bench=False``; the fidelity comes back with
+    its sample previews (report.json has only their shapes) so that the report can be rendered
+    whole once the latency is merged in."""
     import ray
 
     import gencompress
@@ -116,8 +130,11 @@ def build_trial(trial, time_later: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="gencompress-trial-") as tmp:
         out = Path(tmp) / "out"
         start = time.perf_counter()
-        report = gencompress.compress(**_compress_kwargs(trial, out, bench=trial.options["bench"] and not time_later),
-                                      keep_previews=time_later)
+        kwargs = _compress_kwargs(trial, out, bench=trial.options["bench"] and not time_later)
+        if exported is not None:
+            kwargs["exported"] = Path(tmp) / "exported.onnx"
+            kwargs["exported"].write_bytes(exported)
+        report = gencompress.compress(**kwargs, keep_previews=time_later)
         return {"files": _files(out), "fidelity": report["fidelity"] if time_later else None,
                 "build_seconds": time.perf_counter() - start, "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
@@ -143,40 +160,61 @@ def time_trial(trial, built: dict) -> dict:
 def run(trials, *, on_done, on_failed, on_progress=lambda done, running, failed: None) -> None:
     """Run ``trials``; ``on_done(trial, built, timed|None)`` and ``on_failed(trial, message)`` are
     called in the driver as each finishes. Ctrl-C/SIGTERM (KeyboardInterrupt) cancels what is
-    still running and re-raises; finished trials have been handed over already."""
+    still running and re-raises; finished trials have been handed over already.
+
+    Each torch model is exported once, in the build phase, and its trials' builds take that
+    export (Ray passes it when it is ready): a model's 6 configurations export it once, not 6
+    times (the export is most of a plain int8 build of a zoo model)."""
     import ray
 
     build = ray.remote(build_trial)
     timing = ray.remote(time_trial)
+    export = ray.remote(export_model)
     common = dict(max_retries=MAX_RETRIES, retry_exceptions=False, num_cpus=1)
     timed_phase = {TIMING_RESOURCE: 1}
-    pending: dict = {}  # ObjectRef -> (phase, trial, built)
+    pending: dict = {}  # ObjectRef -> (phase, trial, built); phase: export, build, whole or timing
     later = []  # what the timing phase runs once the builds are done
     counts = {"done": 0, "failed": 0}
+    exports: dict = {}  # model name -> ObjectRef of its export
+
+    def exported(trial):
+        if str(trial.model["model"]).endswith(".onnx"):
+            return None
+        name = trial.model["name"]
+        if name not in exports:
+            exports[name] = export.options(**common, memory=memory_estimate(trial)).remote(trial)
+            pending[exports[name]] = ("export", trial, None)
+        return exports[name]
+
+    def building() -> bool:
+        return any(phase in ("export", "build") for phase, _, _ in pending.values())
 
     def submit_timing():
         for trial, built in later:
             opts = dict(common, memory=memory_estimate(trial), resources=timed_phase)
             if built is None:  # times inside its build: the whole compress run holds the node's timing slot
-                pending[build.options(**opts).remote(trial, False)] = ("whole", trial, None)
+                pending[build.options(**opts).remote(trial, False, exports.get(trial.model["name"]))] = ("whole", trial, None)
             else:
                 pending[timing.options(**opts).remote(trial, built)] = ("timing", trial, built)
         later.clear()
 
     for trial in sorted(trials, key=build_cost, reverse=True):  # longest first: no long build left alone at the end
+        ref = exported(trial)  # every export belongs to the build phase, a timed-in-build trial's too
         if trial.times_in_build:
             later.append((trial, None))
         else:
             time_later = trial.options["bench"]
-            pending[build.options(**common, memory=memory_estimate(trial)).remote(trial, time_later)] = ("build", trial, None)
+            pending[build.options(**common, memory=memory_estimate(trial)).remote(trial, time_later, ref)] = ("build", trial, None)
     try:
-        if not any(phase == "build" for phase, _, _ in pending.values()):
+        if not building():
             submit_timing()
         while pending:
-            on_progress(counts["done"], len(pending), counts["failed"])
+            on_progress(counts["done"], sum(phase != "export" for phase, _, _ in pending.values()), counts["failed"])
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in ready:
                 phase, trial, built = pending.pop(ref)
+                if phase == "export":  # its trials' builds take it (a failed export fails them, with its message)
+                    continue
                 try:
                     value = ray.get(ref)
                 except Exception as e:  # noqa: BLE001 - the trial failed; the sweep goes on
@@ -188,7 +226,7 @@ def run(trials, *, on_done, on_failed, on_progress=lambda done, running, failed:
                 else:
                     counts["done"] += 1
                     on_done(trial, built if phase == "timing" else value, value if phase == "timing" else None)
-            if later and not any(phase == "build" for phase, _, _ in pending.values()):
+            if later and not building():
                 submit_timing()  # the last build is done: nothing else runs beside a timing now
         on_progress(counts["done"], 0, counts["failed"])
     except BaseException:

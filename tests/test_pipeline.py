@@ -181,3 +181,28 @@ def test_recipe_flags_with_a_recipe_file(zoo_onnx, tmp_path, run_cli, user_error
     out = tmp_path / "out"
     user_error(run_cli("compress", zoo_onnx("vae"), out, "--recipe", recipe, "--mode", "fp16", "--sparsity", "0.5"), "--mode, --sparsity")
     assert not out.exists()
+
+
+def test_compress_with_an_earlier_export(zoo_onnx, tmp_path):
+    """``exported``: a torch model's export made earlier is the reference, byte for byte (a sweep
+    exports each model once for its trials); anything else is one line."""
+    import shutil
+
+    import gencompress
+    from gencompress.errors import GencompressError
+
+    exported = tmp_path / "dcgan.onnx"
+    shutil.copyfile(zoo_onnx("dcgan"), exported)
+    before = exported.read_bytes()
+    report = gencompress.compress("dcgan", tmp_path / "out", exported=exported, flags={"objective": "size"}, samples=16, bench=False)
+    assert (tmp_path / "out" / "reference.onnx").read_bytes() == before == exported.read_bytes()
+    assert report["source"] == "zoo:dcgan"
+    with pytest.raises(GencompressError, match="only with a torch model"):
+        gencompress.compress(exported, tmp_path / "o2", exported=exported, bench=False)
+    plain = tmp_path / "plain.onnx"
+    model = onnx.load(exported)
+    del model.metadata_props[:]
+    onnx.save(model, plain)
+    with pytest.raises(GencompressError, match="not written by gencompress export"):
+        gencompress.compress("dcgan", tmp_path / "o3", exported=plain, bench=False)
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()

@@ -84,8 +84,10 @@ def test_trial_key_is_content_addressed(tmp_path):
 def local_sweep(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sweep")
     (folder / "broken.onnx").write_bytes(b"not an onnx model")
-    spec = _write(folder / "spec.yaml", {"models": ["dcgan", {"model": "broken.onnx", "name": "broken"}], "configs": CONFIGS,
-                                         "options": OPTIONS})
+    (folder / "bad.py").write_text("import torch\n\nclass G(torch.nn.Module):\n    def forward(self, z):\n"
+                                   "        raise ValueError('this generator cannot be traced')\n")
+    models = ["dcgan", {"model": "broken.onnx", "name": "broken"}, {"model": "bad.py:G", "name": "unexportable", "inputs": ["z=1x4"]}]
+    spec = _write(folder / "spec.yaml", {"models": models, "configs": CONFIGS, "options": OPTIONS})
     summary = gencompress.sweep(spec, folder / "out", **RAY)
     return {"spec": spec, "out": folder / "out", "summary": summary,
             "results": json.loads((folder / "out" / "results.json").read_text())}
@@ -93,9 +95,9 @@ def local_sweep(tmp_path_factory):
 
 def test_local_sweep_completes_and_records_failures(local_sweep):
     s, rows = local_sweep["summary"], local_sweep["results"]["trials"]
-    assert (s["trials"], s["done"], s["failed"], s["resumed"]) == (4, 2, 2, 0)
+    assert (s["trials"], s["done"], s["failed"], s["resumed"]) == (6, 2, 4, 0)
     for r in rows:
-        if r["model"] == "broken":  # a trial that fails is a row with its one-line reason; the others go on
+        if r["model"] in ("broken", "unexportable"):  # a trial that fails is a row with its one-line reason; the others go on
             assert r["status"] == "failed" and "\n" not in r["error"] and r["folder"] is None
             continue
         assert r["status"] == "done"
@@ -109,6 +111,9 @@ def test_local_sweep_completes_and_records_failures(local_sweep):
         assert r["b1_t2.speedup"] == latency[0]["speedup"] > 0
         page = (folder / "report.html").read_text()
         assert "Latency" in page and "<h2>Samples</h2>" in page and "data:image/png" in page  # the build's previews kept
+    # the model is exported once for its trials: its failure is each trial's, in the exporter's words
+    unexportable = {r["error"] for r in rows if r["model"] == "unexportable"}
+    assert len(unexportable) == 1 and "cannot be traced" in unexportable.pop()
     csv_lines = (local_sweep["out"] / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + len(rows)
     assert not list(local_sweep["out"].glob("trials/*/.partial-*"))
@@ -156,7 +161,7 @@ def test_sweep_page_in_chromium(local_sweep, tmp_path):
     result = run_page(probed.as_uri(), tmp_path / "profile", chromium=chromium, screenshot=shot, clip=".charts", size=(1100, 900))
     probed.unlink()
     charts = {c["id"]: c for c in result["charts"]}
-    assert set(charts) == {"size-dcgan", "speed-dcgan"}  # the broken model has no chart, only its failed rows
+    assert set(charts) == {"size-dcgan", "speed-dcgan"}  # the broken models have no chart, only their failed rows
     for c in charts.values():
         assert c["points"] == 2 and c["front"] >= 1 and c["w"] > 100 and c["h"] > 100
     for href in result["links"]:

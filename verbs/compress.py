@@ -182,6 +182,7 @@ def compress(
     flags: dict | None = None,
     target_psnr: float | None = None,
     ship_targets=None,
+    exported=None,
     keep_previews: bool = False,
     log=None,
     progress: bool = False,
@@ -205,11 +206,14 @@ def compress(
     steps, recipe_source = _steps_of(recipe, flags, timing, target_psnr, sweep)
     sweep_recipes = _sweep_recipes(sweep, recipe, flags)
     is_onnx = _check_model_argument(model, checkpoint, inputs, batch_size)
+    if exported is not None and (is_onnx or not isinstance(exported, (str, os.PathLike))):
+        raise GencompressError("exported: the path of a torch model's earlier export, with a torch model only"
+                               if not is_onnx else "exported: an .onnx model is its own reference; give exported only with a torch model")
     if ship_targets:
         from gencompress.edge.bundle import parse_targets
 
         ship_targets = parse_targets(ship_targets)
-    _refuse_overwrite_inputs(out, [model if is_onnx else None, checkpoint, recipe if isinstance(recipe, (str, Path)) else None],
+    _refuse_overwrite_inputs(out, [model if is_onnx else None, checkpoint, exported, recipe if isinstance(recipe, (str, Path)) else None],
                              sweep=bool(sweep_recipes), ship=bool(ship_targets))
 
     created_out = not out.exists()
@@ -222,7 +226,7 @@ def compress(
     partial = None
     try:
         reference = staging / "reference.onnx"
-        source = _write_reference(model, reference, is_onnx, checkpoint=checkpoint, inputs=inputs, seed=seed,
+        source = _write_reference(model, reference, is_onnx, exported=exported, checkpoint=checkpoint, inputs=inputs, seed=seed,
                                   batch_size=batch_size, samples=samples, log=log)
         candidate = staging / "model.onnx"
         if target_psnr is not None:
@@ -352,9 +356,11 @@ def _check_model_argument(model, checkpoint, inputs, batch_size) -> bool:
     return is_onnx
 
 
-def _write_reference(model, reference: Path, is_onnx: bool, *, checkpoint, inputs, seed, batch_size, samples, log) -> str:
-    """The float reference at ``reference``: the .onnx file checked and upgraded, or the torch model
-    exported. Returns the model's source for the report."""
+def _write_reference(model, reference: Path, is_onnx: bool, *, exported, checkpoint, inputs, seed, batch_size, samples, log) -> str:
+    """The float reference at ``reference``: the .onnx file checked and upgraded, the torch model
+    exported, or its earlier export ``exported`` copied. Returns the model's source for the report."""
+    if exported is not None:
+        return _copy_export(exported, reference, samples)
     if not is_onnx:
         from gencompress.exporter.export import export
 
@@ -373,6 +379,25 @@ def _write_reference(model, reference: Path, is_onnx: bool, *, checkpoint, input
     output_range_of_model(proto)
     save_model(upgrade_opset(proto, model, log), reference)
     return str(model)
+
+
+def _copy_export(exported, reference: Path, samples: int) -> str:
+    """``exported`` (what ``export`` wrote for this torch model) copied byte for byte, as the
+    export would have written it; its recorded source is the report's."""
+    import onnx
+
+    from gencompress.inputs import check_batch_budget, specs_of_model
+    from gencompress.onnx_io import load_header
+
+    proto = load_header(exported)
+    source = next((p.value for p in proto.metadata_props if p.key == "gencompress.source"), None)
+    if source is None:
+        raise GencompressError(f"{exported}: not written by gencompress export (no gencompress.source metadata)")
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        raise GencompressError(f"{exported}: an export with its weights in a side file; give only the model to export it again")
+    check_batch_budget(specs_of_model(proto), samples)
+    shutil.copyfile(exported, reference)
+    return source
 
 
 def _search_target(reference, candidate, steps, target_psnr, flags, seed, timing, log) -> tuple[dict, list[dict]]:
