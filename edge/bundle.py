@@ -112,7 +112,7 @@ def ship(model, out_dir, *, targets=TARGETS, web_version: str | None = None, web
     log = log or (lambda msg: None)
     targets = parse_targets(targets)
     web_backends = W.parse_backends(web_backends)
-    web_version = web_version or W.ORT_WEB_VERSION
+    web_version = W.checked_version(web_version or W.ORT_WEB_VERSION)
     model_path = resolve_model(model)
     out = Path(out_dir)
     check_out_dir(out, model_path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 import subprocess
 import tarfile
@@ -20,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from gencompress.cache import cache_root
-from gencompress.errors import GencompressError
+from gencompress.errors import GencompressError, short
 from gencompress.onnx_io import file_sha256
 
 ORT_WEB_VERSION = "1.30.0"
@@ -43,7 +44,15 @@ class WebRuntimeUnavailable(GencompressError):
 
 
 def cache_dir(version: str = ORT_WEB_VERSION) -> Path:
-    return cache_root() / "onnxruntime-web" / version
+    return cache_root() / "onnxruntime-web" / checked_version(version)
+
+
+def checked_version(version) -> str:
+    """An npm version of onnxruntime-web (``1.30.0``, ``1.23.0-dev.20250101-abc``): it names a cache
+    folder and an npm package spec, so nothing else (``../..``, a URL, a path) gets that far."""
+    if not isinstance(version, str) or not re.fullmatch(r"\d{1,4}\.\d{1,4}\.\d{1,4}(-[0-9A-Za-z][0-9A-Za-z.-]{0,63})?", version):
+        raise GencompressError(f"--web-version {short(version)}: expected an onnxruntime-web version such as {ORT_WEB_VERSION}")
+    return version
 
 
 def runtime_files(version: str = ORT_WEB_VERSION, log=None) -> Path:

@@ -144,6 +144,13 @@ def _path(value, name: str, verb: str) -> None:
         raise GencompressError(f"gencompress.{verb}: {name} must be a file path or None, got {short(value)}")
 
 
+def _required_path(value, name: str, verb: str) -> None:
+    import os
+
+    if not isinstance(value, (str, os.PathLike)):
+        raise GencompressError(f"gencompress.{verb}: {name} must be a file path, got {short(value)}")
+
+
 def _counts(value, name: str, verb: str) -> None:
     """Batch sizes or thread counts: one integer or a non-empty list of integers (ranges: the verb's)."""
     def integer(v):
@@ -175,6 +182,11 @@ NAMED = {
     "ship_targets": ({"compress"}, _words),
     "web_backends": ({"ship"}, _words),
     "checkpoint": (None, _path),
+    "in_path": (None, _required_path),
+    "out_path": (None, _required_path),
+    "out_dir": (None, _required_path),
+    "out": (None, lambda value, name, verb: (_path if verb == "train" else _required_path)(value, name, verb)),
+    "model": ({"ship"}, _required_path),
     "batches": ({"compress", "bench", "quantize", "export"}, _counts),
     "threads": ({"compress", "bench"}, _counts),
     "data": ({"distill"}, _arrays),
@@ -199,6 +211,30 @@ def _rule(annotation):
         return None
     tests = [_SCALARS[a] for a in atoms]
     return (lambda v: any(test(v) for test, _ in tests)), " or ".join(d for _, d in tests)
+
+
+def check_types(fn, arguments: dict, where: str) -> None:
+    """Each of ``arguments`` (name -> value) has the scalar type ``fn`` annotates that parameter
+    with, else a user error such as ``gencompress.compress: flags: sparsity must be a number, got
+    'half'``; the names every verb checks alike (``NAMED``, e.g. ``exclude``) are checked too."""
+    for name, value in arguments.items():
+        parameter = inspect.signature(fn).parameters.get(name)
+        rule = _rule(parameter.annotation) if parameter is not None and parameter.annotation is not parameter.empty else None
+        if rule is not None and not rule[0](value):
+            raise GencompressError(f"gencompress.{where}: {name} must be {rule[1]}, got {short(value)}")
+        verbs, check = NAMED.get(name, (set(), None))
+        if check is not None and verbs is None:
+            check(value, name, where)
+
+
+MAX_TARGET_PSNR = 200.0  # dB; float32's own rounding is about 140 dB from exact
+
+
+def target_psnr_value(value, option: str = "--target-psnr") -> float:
+    """A target PSNR in (0, 200] dB: beyond, no compressed model can meet it (nor can float32)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not 0 < value <= MAX_TARGET_PSNR:
+        raise GencompressError(f"{option} {short(value)}: must be a number of dB in (0, {MAX_TARGET_PSNR:g}]")
+    return float(value)
 
 
 def checked(fn):

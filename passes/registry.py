@@ -105,11 +105,13 @@ def _check_scalar(name: str, field: dataclasses.Field, value) -> None:
         if not (value is None and kind.endswith("None")) and not (isinstance(value, tuple) and all(isinstance(v, str) for v in value)):
             raise GencompressError(f"pass {name!r}: option {field.name} must be a list of names, got {short(value)}")
         return
-    if kind not in _SCALARS:
+    optional = isinstance(kind, str) and kind.endswith(" | None")
+    kind = kind[: -len(" | None")] if optional else kind
+    if kind not in _SCALARS or (optional and value is None):
         return
     allowed, what = _SCALARS[kind]
     if not isinstance(value, allowed) or (kind != "bool" and isinstance(value, (bool, np.bool_))):
-        raise GencompressError(f"pass {name!r}: option {field.name} must be {what}, got {short(value)}")
+        raise GencompressError(f"pass {name!r}: option {field.name} must be {what}{' or null' if optional else ''}, got {short(value)}")
 
 
 # Ranges of numeric options, by option name, whichever pass takes them: (low, high, what);
@@ -225,16 +227,48 @@ def load_recipe(path) -> list[dict]:
     try:
         text = raw.decode("utf-8")
         if path.suffix == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
         else:
             import yaml
 
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_recipe_loader())  # noqa: S506  (a SafeLoader)
     except Exception as e:
         first = (str(e).splitlines() or [""])[0][:200]
         raise GencompressError(f"recipe {path}: malformed ({type(e).__name__}: {first})") from None
     _count_nodes(data, path)
     return validate_recipe(data)
+
+
+def _unique_keys(pairs) -> dict:
+    """A mapping from JSON or YAML that names a key twice is refused (a later one would silently win)."""
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"the key {short(key)} appears twice in one mapping")
+        seen[key] = value
+    return seen
+
+
+def _recipe_loader():
+    """yaml's SafeLoader (no Python tags) that refuses a mapping naming one of its own keys twice
+    (a key a ``<<: *anchor`` merge brings in may still be overridden, as YAML intends)."""
+    import yaml
+
+    class RecipeLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen = set()
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                        continue  # merges: YAML's override rule; unhashable keys: the base loader's error
+                    key = self.construct_object(key_node)
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(None, None, f"the key {short(key)} appears twice in one mapping",
+                                                                key_node.start_mark)
+                    seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return RecipeLoader
 
 
 def _count_nodes(data, path) -> None:

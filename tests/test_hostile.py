@@ -713,6 +713,7 @@ def test_newer_op_than_the_models_opset_is_refused(tmp_path, run_cli, user_error
     ("{pass: insert_qdq, options: {ranges: h}}", "ranges"),
     ("{pass: weight_only_quantize, options: {block_size: 4611686018427387904}}", "block_size"),
     ("{pass: insert_qdq}, {pass: magnitude_prune, options: {sparsity: 0.5}}", "quantize last"),
+    ("{pass: insert_qdq, options: {calib_size: 8.5}}", "calib_size must be an integer"),
 ])
 def test_recipe_option_ranges(options, fragment, tmp_path, run_cli, user_error):
     m = tiny(tmp_path / "g.onnx")
@@ -749,6 +750,11 @@ def test_recipe_option_ranges(options, fragment, tmp_path, run_cli, user_error):
     (lambda m, o: gencompress.distill(m, m, o, data=5), "data"),
     (lambda m, o: gencompress.export("dcgan", o, batches=5.5), "batches"),
     (lambda m, o: gencompress.bench(m, batches=[]), "batches"),
+    (lambda m, o: gencompress.train("dcgan", out=5, steps=1), "out"),
+    (lambda m, o: gencompress.export("dcgan", object()), "out"),
+    (lambda m, o: gencompress.ship(None, o.parent / "s"), "model"),
+    (lambda m, o: gencompress.quantize(m, o, target_psnr=1e30), "target-psnr"),
+    (lambda m, o: gencompress.ship(m, o.parent / "s", targets="web", web_version="../../x"), "web-version"),
 ], ids=lambda f: "" if callable(f) else f)
 def test_python_api_argument_checks(call, fragment, tmp_path):
     m = tiny(tmp_path / "g.onnx")
@@ -903,7 +909,11 @@ def test_numeric_option_ranges(args, fragment, tmp_path, run_cli, user_error):
     (lambda m, o: gencompress.compress(m, o, flags={"bogus": 1}, bench=False, samples=8), "bogus"),
     (lambda m, o: gencompress.compress(m, o, flags={"mode": "weight-only"}, sweep=("nope", [3]), bench=False, samples=8), "nope"),
     (lambda m, o: gencompress.compress(m, o, seed=-1, bench=False, samples=8), "seed"),
-], ids=["flags", "sweep", "seed"])
+    (lambda m, o: gencompress.compress(m, o, flags={"sparsity": "half"}, bench=False, samples=8), "sparsity"),
+    (lambda m, o: gencompress.compress(m, o, sweep=("sparsity", ["half"]), bench=False, samples=8), "sparsity"),
+    (lambda m, o: gencompress.compress(m, o, target_psnr=1e30, bench=False, samples=8), "target-psnr"),
+    (lambda m, o: gencompress.compress(m, o, flags={"exclude": object()}, bench=False, samples=8), "exclude"),
+], ids=["flags", "sweep", "seed", "flag type", "sweep type", "target", "exclude"])
 def test_compress_api_flags_and_sweep(call, fragment, tmp_path):
     m = tiny(tmp_path / "g.onnx")
     before = snapshot(tmp_path)
@@ -1004,3 +1014,66 @@ def test_checkpoint_of_python_objects_is_one_line(tmp_path, run_cli):
     ours = [line for line in r.stderr.splitlines() if "hello from" not in line and "building G" not in line]
     assert r.exit_code == 2 and len(ours) == 1 and "Python objects" in ours[0] and "weights_only" not in ours[0], r
     assert not (tmp_path / "g.onnx").exists()
+
+
+@pytest.mark.parametrize("text, suffix", [
+    ("- pass: cleanup\n  pass: magnitude_prune\n  options: {sparsity: 0.5}\n", ".yaml"),
+    ("- pass: magnitude_prune\n  options: {sparsity: 0.5, sparsity: 0.9}\n", ".yaml"),
+    ('[{"pass": "cleanup", "pass": "magnitude_prune"}]', ".json"),
+], ids=["yaml step", "yaml option", "json"])
+def test_recipe_naming_a_key_twice_is_refused(text, suffix, tmp_path, run_cli, user_error):
+    """YAML and JSON let the later key win: the first pass or value was silently dropped."""
+    m = tiny(tmp_path / "g.onnx")
+    (tmp_path / f"r{suffix}").write_text(text)
+    before = snapshot(tmp_path)
+    user_error(run_cli("compress", m, tmp_path / "out", "--recipe", tmp_path / f"r{suffix}", "--no-bench", "--samples", "8"), "twice")
+    assert_untouched(tmp_path, before)
+
+
+def test_recipe_yaml_merge_may_override(tmp_path):
+    """A ``<<: *anchor`` merge's keys may be overridden (YAML's rule), so that is not a duplicate."""
+    from gencompress.passes.registry import load_recipe
+
+    (tmp_path / "r.yaml").write_text("- pass: nm_prune\n  options:\n    <<: {n: 2, m: 4}\n    n: 1\n")
+    assert load_recipe(tmp_path / "r.yaml") == [{"pass": "nm_prune", "options": {"n": 1, "m": 4}}]
+
+
+def test_plan_that_would_not_fit_in_memory_falls_back_to_one_streamed_build(tmp_path, monkeypatch):
+    """quantize and compress with default options: the timed plan is replaced by every layer int8
+    (the streamed one build) with a note, when the memory available is too small for it."""
+    import gencompress.onnx_io
+
+    m = tiny(tmp_path / "g.onnx")
+    monkeypatch.setattr(gencompress.onnx_io, "free_memory", lambda: 1 << 20)  # 1 MiB available
+    notes = []
+    report = gencompress.quantize(m, tmp_path / "q.onnx", calib_size=8, eval_size=8, log=notes.append)
+    assert any("would take about" in n for n in notes) and any("would take about" in n for n in report["notes"])
+    assert report["objective"] == "balanced" and report["psnr_db"] > 20
+    notes.clear()
+    written = gencompress.compress(m, tmp_path / "c", samples=8, bench=False, flags={"calib_size": 8}, log=notes.append)
+    assert any("would take about" in n for n in notes)
+    passes = [s["pass"] for s in written["passes"]]
+    assert "plan_int8" not in passes and passes[-1] == "insert_qdq", passes
+
+
+def test_free_memory_without_memavailable(monkeypatch):
+    """Old kernels have no MemAvailable line: the free pages count instead; neither: None (the
+    plan then runs as if memory were plenty, and the fill check assumes 16 GiB)."""
+    import io
+
+    import gencompress.onnx_io as io_
+
+    monkeypatch.setattr(io_, "open", lambda *a, **k: io.StringIO("MemTotal: 100 kB\nMemFree: 50 kB\n"), raising=False)
+    free = io_.free_memory()
+    assert isinstance(free, int) and free > 0
+    monkeypatch.setattr(io_.os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)))
+    assert io_.free_memory() is None
+
+
+def test_compress_exclude_given_as_one_string_names_layers_not_letters():
+    """flags={"exclude": "conv1,conv2"} (quantize's form) excluded the layers 'c', 'o', 'n', ..."""
+    from gencompress.verbs.compress import default_recipe
+
+    for mode in ("static", "fp16"):
+        steps = default_recipe(mode=mode, exclude="conv1, conv2", objective="size")
+        assert [s["options"]["exclude"] for s in steps if "exclude" in s["options"]][-1] == ["conv1", "conv2"]

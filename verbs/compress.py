@@ -25,12 +25,12 @@ fetched, everything else is still written and ``PartialShip`` is raised after th
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from gencompress.arguments import check_types, target_psnr_value
 from gencompress.errors import GencompressError
 from gencompress.verbs.prune import PASS_OF_MODE
 from gencompress.verbs.quantizers import MODES
@@ -42,6 +42,8 @@ OUTPUT_FILES = ("reference.onnx", "model.onnx", "report.json", "report.html")
 
 def options_exclude(exclude) -> dict:
     """A recipe step's ``exclude`` option: absent when nothing is excluded (the step's default)."""
+    if isinstance(exclude, str):  # the API's exclude="conv1,conv2", as quantize takes it (not one letter each)
+        exclude = [name.strip() for name in exclude.split(",") if name.strip()]
     return {"exclude": list(exclude)} if exclude else {}
 
 
@@ -118,7 +120,7 @@ def default_recipe(
         if objective != "size" and bits == 8:  # float compute: int8 weights folded at load, not dequantized per call
             steps.append({"pass": "fold_weights", "options": {}})
     elif mode == "fp16":
-        steps.append({"pass": "fp16_convert", "options": {"exclude": list(exclude)} if exclude else {}})
+        steps.append({"pass": "fp16_convert", "options": options_exclude(exclude)})
     return steps
 
 
@@ -228,6 +230,7 @@ def compress(
         reference = staging / "reference.onnx"
         source = _write_reference(model, reference, is_onnx, exported=exported, checkpoint=checkpoint, inputs=inputs, seed=seed,
                                   batch_size=batch_size, samples=samples, log=log)
+        steps = _plan_that_fits(reference, steps, recipe_source, flags, log)
         candidate = staging / "model.onnx"
         if target_psnr is not None:
             search, pass_reports = _search_target(reference, candidate, steps, target_psnr, flags, seed, timing, log)
@@ -251,6 +254,21 @@ def compress(
     if keep_previews and (report.get("fidelity") or {}).get("preview") is not None:
         written["fidelity"]["preview"] = report["fidelity"]["preview"]
     return written
+
+
+def _plan_that_fits(reference, steps, recipe_source, flags, log) -> list[dict]:
+    """The flag recipe with every layer int8 by one streamed build (``objective: size``) when its
+    timed int8 plan would not fit in memory (quantize's fallback, with its note); else ``steps``."""
+    from gencompress.passes.registry import validate_recipe
+    from gencompress.verbs.int8_plan import plan_memory_note
+
+    if recipe_source != "flags" or not any(step["pass"] == "plan_int8" for step in steps):
+        return steps
+    note = plan_memory_note(reference)
+    if note is None:
+        return steps
+    log(note)
+    return validate_recipe(default_recipe(**{**flags, "objective": "size", "timing": None}))
 
 
 def _run_steps(reference, candidate, steps, log) -> list[dict]:
@@ -300,6 +318,7 @@ def _checked_flags(flags) -> dict:
     unknown = sorted(set(flags) - set(inspect.signature(default_recipe).parameters))
     if unknown:
         raise GencompressError(f"flags: unknown option(s) {', '.join(map(repr, unknown))}; known: {', '.join(inspect.signature(default_recipe).parameters)}")
+    check_types(default_recipe, flags, "compress: flags")
     return flags
 
 
@@ -321,8 +340,7 @@ def _steps_of(recipe, flags: dict, timing: dict, target_psnr, sweep) -> tuple[li
     # the target search tries the configurations itself (verbs/target_search.py)
     if recipe is not None or sweep:
         raise GencompressError("--target-psnr searches configurations itself; it cannot be combined with --recipe or --sweep")
-    if not math.isfinite(target_psnr) or target_psnr <= 0:
-        raise GencompressError(f"--target-psnr {target_psnr}: must be a positive number of dB")
+    target_psnr = target_psnr_value(target_psnr)
     if flags.get("mode", "static") != "static" or flags.get("sparsity") or flags.get("prune_mode", "unstructured") != "unstructured":
         raise GencompressError("--target-psnr chooses the quantization itself: drop --mode, --sparsity and --prune-mode")
     return [{"pass": "target_search", "options": {"target_psnr": target_psnr, "objective": flags.get("objective", "balanced")}}], source
@@ -343,6 +361,8 @@ def _sweep_recipes(sweep, recipe, flags: dict) -> list[tuple[str, list[dict]]]:
     if (key == "bits" and mode != "weight-only") or (key == "calib" and mode != "static"):
         needed = "weight-only" if key == "bits" else "static"
         raise GencompressError(f"--sweep {key}=...: {key} applies to --mode {needed} only (this run is --mode {mode})")
+    for value in values:
+        check_types(default_recipe, {key: value}, "compress: sweep")
     return [(f"{key}={value}", validate_recipe(default_recipe(**{**flags, key: value}))) for value in values]
 
 

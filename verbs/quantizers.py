@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
+from gencompress.arguments import target_psnr_value
 from gencompress.errors import GencompressError
 from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES as DEFAULT_EVAL_SIZE
 
@@ -304,8 +305,8 @@ def validate_options(
         raise GencompressError(f"--percentile {percentile}: must be in (50, 100]")
     if block_size < 16 or block_size & (block_size - 1):
         raise GencompressError(f"--block-size {block_size}: must be a power of two, 16 or more")
-    if target_psnr is not None and (not math.isfinite(target_psnr) or target_psnr <= 0):
-        raise GencompressError(f"--target-psnr {target_psnr}: must be a positive number of dB")
+    if target_psnr is not None:
+        target_psnr_value(target_psnr)
     if target_psnr is not None and mode == "fp16":
         raise GencompressError("--target-psnr works with --mode static or weight-only")
     if eval_size <= 0:

@@ -1,0 +1,415 @@
+"""Count tracebacks and silent acceptances per class of hostile input, across the verbs and the API.
+
+    python benchmarks/hostile_fuzz.py [--classes flips truncate options api recipes npz modules]
+                                      [--cases 24] [--seed 0] [--timeout 60]
+
+Every case runs in a forked child (imports paid once; a segfault, a hang or a multi-line message
+is seen as such) and ends as one of:
+
+- ``refused``: one line of ``GencompressError`` (exit 2 from the CLI),
+- ``ok``: the call returned (exit 0),
+- ``crash``: any other exception, a multi-line message, or a child that died (a bug),
+- ``hang``: over ``--timeout`` seconds.
+
+A case says what it expects: ``refuse`` (the input is wrong: ``ok`` is a *silent acceptance*) or
+``either`` (a damaged file may still be a valid model: only crashes and hangs count). Classes:
+
+- flips / truncate: a small DCGAN (ConvTranspose, BatchNorm, external metadata as the exporter
+  writes it) with one random byte changed, or cut at a random length, through prune, quantize
+  (``--objective size`` and the default), check, bench, sensitivity, compress and ship;
+- options: every numeric CLI option of every verb at hostile values (-1, 0.5, 1e30, nan, inf,
+  2**70, text);
+- api: every argument of every ``gencompress.<verb>`` given a value of no sensible type;
+- recipes: YAML with Python tags, aliases, duplicate keys, huge ints, deep nesting, bad steps;
+- npz: ``--calib-data`` / ``--inputs`` files with pickles, object arrays, NaN, wrong dtypes;
+- modules: user ``file.py:Class`` generators that misbehave (raise, exit, print, return junk).
+
+Prints each non-passing case and a table of counts per class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+class Hang(BaseException):  # not an Exception: a library's `except Exception` must not swallow it
+    pass
+
+
+def _child(call, timeout: int, write) -> None:
+    from gencompress.errors import GencompressError
+
+    def alarm(signum, frame):
+        raise Hang
+
+    signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(timeout)
+    try:
+        result = call()
+        outcome, detail = "ok", "" if result in (None, 0) else str(result)[:200]
+        if isinstance(result, tuple):  # (exit code, stderr) from the CLI
+            code, err = result
+            errors = [line for line in err.splitlines() if re.match(r"\S+( \S+)?: error: ", line)]  # "gencompress VERB: error: ..."
+            one_line = len(errors) == 1 and "Traceback" not in err and not errors[0].endswith(":")
+            outcome = "ok" if code == 0 else ("refused" if code == 2 and one_line else "crash")
+            detail = (errors[0] if code == 2 and one_line else " ".join(err.split()))[:300]
+    except GencompressError as e:
+        outcome, detail = ("crash" if "\n" in str(e) else "refused"), str(e)[:300]
+    except Hang:
+        outcome, detail = "hang", f"over {timeout} s"
+    except BaseException as e:  # noqa: BLE001  (SystemExit from a user module included: a bug if it escapes)
+        outcome, detail = "crash", f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+    finally:
+        signal.alarm(0)
+    write(json.dumps({"outcome": outcome, "detail": detail}))
+
+
+def forked(call, timeout: int) -> dict:
+    """``call()`` in a forked child: {"outcome", "detail"} (see the module doc)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)  # the verbs' output tables
+        try:
+            with os.fdopen(write_fd, "w") as f:
+                _child(call, timeout, f.write)
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    deadline = time.monotonic() + timeout + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        status = None
+    with os.fdopen(read_fd) as f:
+        text = f.read()
+    if text:
+        return json.loads(text)
+    return {"outcome": "hang" if status is None else "crash", "detail": f"child ended without a result (status {status})"}
+
+
+def cli(*args):
+    """``gencompress ARGS`` in this process: (exit code, stderr)."""
+    from click.testing import CliRunner
+
+    from gencompress.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stderr
+
+
+# ---- the cases: (class, label, call, expect) -------------------------------------------------------
+
+
+def small_model(folder: Path) -> Path:
+    import scale
+
+    path = scale.build_generator(4, folder / "g.onnx", external=False)
+    return path
+
+
+def verb_calls(m: Path, out: Path) -> dict:
+    import gencompress
+
+    return {
+        "prune": lambda: gencompress.prune(m, out / "p.onnx", sparsity=0.5),
+        "quantize size": lambda: gencompress.quantize(m, out / "q.onnx", objective="size", calib_size=16, eval_size=16),
+        "quantize": lambda: gencompress.quantize(m, out / "q2.onnx", calib_size=16, eval_size=16, batches=(1,)),
+        "check": lambda: gencompress.check(m, m, samples=8),
+        "bench": lambda: gencompress.bench(m, batches=1, runs=2, warmup=0, memory=False),
+        "sensitivity": lambda: gencompress.sensitivity(m, calib_size=16, eval_size=16),
+        "compress": lambda: gencompress.compress(m, out / "c", samples=8, bench=False, flags={"objective": "size", "calib_size": 16}),
+        "ship": lambda: gencompress.ship(m, out / "s", targets="python"),
+    }
+
+
+def damaged_cases(good: Path, folder: Path, rng: random.Random, n: int, kind: str) -> list:
+    data = good.read_bytes()
+    cases = []
+    verbs = list(verb_calls(good, folder))
+    for i in range(n):
+        bad = bytearray(data)
+        if kind == "flips":
+            at = rng.randrange(len(bad))
+            bad[at] ^= 1 << rng.randrange(8)
+            what = f"bit {at}"
+        else:
+            at = rng.randrange(1, len(bad))
+            bad = bad[:at]
+            what = f"cut at {at}"
+        path = folder / f"{kind}{i}.onnx"
+        path.write_bytes(bytes(bad))
+        verb = verbs[i % len(verbs)]
+        out = folder / f"{kind}{i}.out"
+        out.mkdir()
+        cases.append((kind, f"{verb} ({what})", verb_calls(path, out)[verb], "either"))
+    return cases
+
+
+HOSTILE_NUMBERS = ("-1", "0.5", "1e30", "nan", "inf", str(2**70), "abc")
+# option -> (verb args before it, values that are valid for it)
+NUMERIC_OPTIONS = {
+    "prune": ("{m} {o}/p.onnx --sparsity 0.5", {"--sparsity": (), "--min-size": ()}),
+    "quantize": ("{m} {o}/q.onnx --objective size --calib-size 8 --eval-size 8",
+                 {"--calib-size": (), "--eval-size": (), "--seed": (), "--percentile": (), "--block-size": (), "--target-psnr": (),
+                  "--threads": (), "--batch": ()}),
+    "check": ("{m} {m} --samples 8", {"--samples": (), "--seed": (), "--batch": (), "--peak": ("1e30", str(2**70))}),
+    "bench": ("{m} --runs 2 --warmup 0 --batch 1 --no-memory", {"--runs": (), "--warmup": (), "--batch": (), "--threads": (), "--seed": ()}),
+    "sensitivity": ("{m} --calib-size 8 --eval-size 8", {"--calib-size": (), "--eval-size": (), "--seed": (), "--percentile": (),
+                                                         "--block-size": ()}),
+    "compress": ("{m} {o}/c --no-bench --samples 8 --calib-size 8 --objective size",
+                 {"--samples": (), "--seed": (), "--sparsity": (), "--batch": (), "--threads": (), "--calib-size": (), "--target-psnr": (),
+                  "--distill": ()}),
+    "distill": ("{m} {m} {o}/d.onnx --steps 2", {"--steps": (), "--batch": (), "--lr": (), "--seed": (), "--threads": ()}),
+    "export": ("dcgan {o}/e.onnx", {"--opset": (), "--tolerance": ("1e30", str(2**70)), "--batch-size": ()}),
+    "train": ("dcgan --out {o}/t.safetensors", {"--seed": (), "--steps": ()}),
+}
+
+
+def option_cases(m: Path, folder: Path) -> list:
+    cases = []
+    for verb, (base, options) in NUMERIC_OPTIONS.items():
+        for option, valid in options.items():
+            for value in HOSTILE_NUMBERS:
+                if value == "0.5" and option in ("--sparsity", "--lr", "--peak", "--target-psnr", "--tolerance"):
+                    continue  # a valid value there
+                out = folder / f"opt-{verb}{option}{value}"[:80].replace("/", "_")
+                args = [verb, *base.format(m=m, o=out).split(), option, value]
+                if verb == "compress" and option in ("--target-psnr", "--distill"):
+                    args.remove("--objective"), args.remove("size")
+                cases.append(("options", f"{verb} {option} {value}", lambda args=args: cli(*args), "either" if value in valid else "refuse"))
+    return cases
+
+
+class Junk:
+    """No verb takes one of these."""
+
+    def __repr__(self):
+        return "Junk()"
+
+
+def api_cases(m: Path, folder: Path) -> list:
+    import inspect
+
+    import gencompress
+
+    base = {
+        "export": dict(model="dcgan", out=folder / "e.onnx", batches=(1,)),
+        "train": dict(name="dcgan", out=folder / "t.safetensors", steps=1, progress=False),
+        "prune": dict(in_path=m, out_path=folder / "p.onnx", sparsity=0.5),
+        "quantize": dict(in_path=m, out_path=folder / "q.onnx", objective="size", calib_size=8, eval_size=8),
+        "sensitivity": dict(in_path=m, calib_size=8, eval_size=8),
+        "check": dict(reference=m, candidate=m, samples=8),
+        "bench": dict(model=m, batches=1, runs=2, warmup=0, memory=False),
+        "compress": dict(model=m, out_dir=folder / "c", samples=8, bench=False, flags={"objective": "size"}),
+        "distill": dict(teacher=m, student=m, out=folder / "d.onnx", steps=2, batch=8),
+        "ship": dict(model=m, out_dir=folder / "s", targets="python"),
+        "sweep": dict(spec=folder / "no-such-spec.yaml", out_dir=folder / "sw"),
+    }
+    cases = []
+    for verb, kwargs in base.items():
+        fn = getattr(gencompress, verb)
+        for name in inspect.signature(fn.__wrapped__).parameters:
+            if verb == "sweep" and name not in ("spec", "out_dir"):
+                continue  # the others reach Ray only after the spec is read
+            for value in (Junk(), float("nan")):
+                call = {**kwargs, name: value}
+                cases.append(("api", f"{verb}({name}={value!r})", lambda fn=fn, call=call: fn(**call), "refuse"))
+    # values inside the richer arguments: compress's flags and sweep, ship's web version
+    from gencompress.verbs.compress import SWEEP_KEYS, default_recipe
+
+    compress = dict(base["compress"], flags={})
+    for flag in inspect.signature(default_recipe).parameters:
+        if flag != "timing":
+            cases.append(("api", f"compress(flags={{{flag!r}: Junk()}})", lambda f=flag: gencompress.compress(**{**compress, "flags": {f: Junk()}}), "refuse"))
+    for key in SWEEP_KEYS:
+        cases.append(("api", f"compress(sweep=({key!r}, [Junk()]))", lambda k=key: gencompress.compress(**{**compress, "sweep": (k, [Junk()])}), "refuse"))
+    cases.append(("api", "ship(web_version='../../x')", lambda: gencompress.ship(m, folder / "s", targets="web", web_version="../../x"), "refuse"))
+    return cases
+
+
+RECIPES = {
+    "python tag": "- pass: !!python/object/apply:os.system ['echo pwned']\n",
+    "python name tag": "- pass: cleanup\n  options: !!python/name:os.system\n",
+    "alias bomb": "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
+                  "d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n",
+    "duplicate keys": "- pass: cleanup\n  pass: magnitude_prune\n  options: {sparsity: 0.5}\n",
+    "huge int": "- pass: magnitude_prune\n  options: {sparsity: 0.5, min_size: 99999999999999999999999999999}\n",
+    "float as int": "- pass: insert_qdq\n  options: {calib_size: 8.5}\n",
+    "bool as number": "- pass: magnitude_prune\n  options: {sparsity: true}\n",
+    "nan": "- pass: magnitude_prune\n  options: {sparsity: .nan}\n",
+    "deep nesting": "- pass: cleanup\n  options: " + "[" * 5000 + "]" * 5000 + "\n",
+    "not utf-8": "- pass: cl\xe9anup\n",
+    "tabs": "- pass: cleanup\n\toptions: {}\n",
+    "a mapping": "pass: cleanup\n",
+    "empty": "",
+    "null step": "- null\n",
+    "unknown pass": "- pass: rm_rf\n",
+    "option of another pass": "- pass: cleanup\n  options: {sparsity: 0.5}\n",
+    "list as options": "- pass: magnitude_prune\n  options: [0.5]\n",
+    "prune after qdq": "- pass: insert_qdq\n  options: {calib_size: 8}\n- pass: magnitude_prune\n  options: {sparsity: 0.5}\n",
+    "exclude not names": "- pass: insert_qdq\n  options: {calib_size: 8, exclude: [1, 2]}\n",
+    "ranges malformed": "- pass: insert_qdq\n  options: {calib_size: 8, ranges: [[a, b]]}\n",
+    "date value": "- pass: magnitude_prune\n  options: {sparsity: 2001-12-14}\n",
+    "binary value": "- pass: magnitude_prune\n  options: {sparsity: !!binary aGVsbG8=}\n",
+    "set value": "- pass: insert_qdq\n  options: {calib_size: 8, exclude: !!set {a, b}}\n",
+    "json nan": '[{"pass": "magnitude_prune", "options": {"sparsity": NaN}}]',
+}
+
+
+def recipe_cases(m: Path, folder: Path) -> list:
+    cases = []
+    for i, (label, text) in enumerate(RECIPES.items()):
+        path = folder / f"r{i}.{'json' if label.startswith('json') else 'yaml'}"
+        path.write_bytes(text.encode("latin-1") if label == "not utf-8" else text.encode())
+        args = ["compress", m, folder / f"rc{i}", "--recipe", path, "--no-bench", "--samples", "8"]
+        cases.append(("recipes", label, lambda args=args: cli(*args), "refuse"))
+    return cases
+
+
+def npz_cases(m: Path, folder: Path) -> list:
+    import pickle
+
+    import numpy as np
+
+    files = {
+        "object array": dict(z=np.array([object()] * 4)),
+        "NaN": dict(z=np.full((4, 100, 1, 1), np.nan, np.float32)),
+        "Inf": dict(z=np.full((4, 100, 1, 1), np.inf, np.float32)),
+        "float64": dict(z=np.zeros((4, 100, 1, 1))),
+        "complex": dict(z=np.zeros((4, 100, 1, 1), np.complex64)),
+        "strings": dict(z=np.array(["a"] * 4)),
+        "no samples": dict(z=np.zeros((0, 100, 1, 1), np.float32)),
+        "scalar": dict(z=np.float32(1)),
+        "wrong shape": dict(z=np.zeros((4, 3), np.float32)),
+        "unknown name": dict(q=np.zeros((4, 100, 1, 1), np.float32)),
+    }
+    cases = []
+    for i, (label, arrays) in enumerate(files.items()):
+        path = folder / f"n{i}.npz"
+        np.savez(path, **arrays)
+        cases.append(("npz", f"quantize --calib-data {label}", lambda p=path, i=i: cli("quantize", m, folder / f"nq{i}.onnx", "--calib-data", p, "--objective", "size"), "refuse"))
+        cases.append(("npz", f"check --inputs {label}", lambda p=path: cli("check", m, m, "--inputs", p), "refuse"))
+    pickled = folder / "pickle.npz"
+    pickled.write_bytes(pickle.dumps({"z": np.zeros((4, 100, 1, 1), np.float32)}))
+    cases.append(("npz", "check --inputs a pickle", lambda: cli("check", m, m, "--inputs", pickled), "refuse"))
+    evil = folder / "evil.npy"
+    evil.write_bytes(pickle.dumps(Junk))
+    cases.append(("npz", "check --inputs a pickled class (.npy)", lambda: cli("check", m, m, "--inputs", evil), "refuse"))
+    return cases
+
+
+MODULE_HEAD = "import torch\nfrom torch import nn\n"
+GOOD_CLASS = ("class G(nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.l = nn.Linear(8, 16)\n"
+              "    def forward(self, z):\n        return torch.tanh(self.l(z))\n")
+MODULES = {
+    "raises at import": "raise RuntimeError('boom')\n",
+    "sys.exit at import": "import sys\nsys.exit(3)\n",
+    "KeyboardInterrupt-like": "raise SystemExit('bye')\n",
+    "syntax error": "def (:\n",
+    "no such class": "x = 1\n",
+    "class needs arguments": "class G(nn.Module):\n    def __init__(self, width):\n        super().__init__()\n",
+    "not a module": "class G:\n    pass\n",
+    "forward raises": "class G(nn.Module):\n    def forward(self, z):\n        raise ValueError('nope')\n",
+    "forward returns a string": "class G(nn.Module):\n    def forward(self, z):\n        return 'image'\n",
+    "forward returns None": "class G(nn.Module):\n    def forward(self, z):\n        return None\n",
+    "forward returns NaN": "class G(nn.Module):\n    def forward(self, z):\n        return z * float('nan')\n",
+    "forward returns a dict": "class G(nn.Module):\n    def forward(self, z):\n        return {'a': z}\n",
+    "input spec an int": GOOD_CLASS + "gencompress_inputs = 5\n",
+    "input spec junk": GOOD_CLASS + "gencompress_inputs = ['z=axb']\n",
+    "batch size junk": GOOD_CLASS + "gencompress_inputs = ['z=1x8']\ngencompress_batch_size = 'many'\n",
+    "batch size huge": GOOD_CLASS + "gencompress_inputs = ['z=1x8']\ngencompress_batch_size = 10**12\n",
+    "prints to stdout": GOOD_CLASS.replace("return", "print('hello')\n        return") + "gencompress_inputs = ['z=1x8']\n",
+}
+
+
+def module_cases(folder: Path) -> list:
+    cases = []
+    for i, (label, body) in enumerate(MODULES.items()):
+        path = folder / f"user{i}.py"
+        path.write_text(MODULE_HEAD + body)
+        spec = f"{path}:G"
+        extra = [] if "gencompress_inputs" in body else ["--input", "z=1x8"]
+        expect = "either" if label == "prints to stdout" else "refuse"
+        cases.append(("modules", label, lambda spec=spec, i=i, extra=extra: cli("export", spec, folder / f"ue{i}.onnx", *extra), expect))
+    return cases
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--classes", nargs="*", default=["flips", "truncate", "options", "api", "recipes", "npz", "modules"])
+    parser.add_argument("--cases", type=int, default=24, help="damaged files per class (flips, truncate)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=int, default=60)
+    parser.add_argument("--tree", type=Path, help="run the package of another checkout (e.g. `git archive COMMIT | tar -x -C DIR`), "
+                                                  "for a before/after count")
+    args = parser.parse_args()
+    if args.tree:  # the editable install maps gencompress.* to this checkout's folders: point them at the other one
+        import __editable___gencompress_0_1_0_finder as finder
+
+        here = str(Path(__file__).resolve().parent.parent)
+        for name, path in finder.MAPPING.items():
+            finder.MAPPING[name] = path.replace(here, str(args.tree.resolve()))
+
+    import gencompress
+    import gencompress.cli  # noqa: F401
+    import gencompress.verbs.compress  # noqa: F401  (imported once, before the forks)
+
+    for verb in ("prune", "quantize", "check", "bench", "sensitivity", "compress", "ship", "export", "distill", "train", "sweep"):
+        getattr(gencompress, verb)
+    rng = random.Random(args.seed)
+    started = time.perf_counter()
+    print(f"gencompress from {Path(gencompress.__file__).parent.parent}, load avg {os.getloadavg()[0]:.2f} at start", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        m = small_model(folder)
+        cases = []
+        for kind in ("flips", "truncate"):
+            if kind in args.classes:
+                cases += damaged_cases(m, folder, rng, args.cases, kind)
+        makers = {"options": lambda: option_cases(m, folder), "api": lambda: api_cases(m, folder), "recipes": lambda: recipe_cases(m, folder),
+                  "npz": lambda: npz_cases(m, folder), "modules": lambda: module_cases(folder)}
+        for kind, make in makers.items():
+            if kind in args.classes:
+                cases += make()
+        counts: Counter = Counter()
+        for kind, label, call, expect in cases:
+            row = forked(call, args.timeout)
+            outcome = row["outcome"]
+            verdict = {"crash": "traceback", "hang": "hang"}.get(outcome) or ("silent" if outcome == "ok" and expect == "refuse" else "pass")
+            counts[(kind, verdict)] += 1
+            if verdict != "pass":
+                print(f"  {verdict:9s} [{kind}] {label}: {outcome} {row['detail'][:240]}", flush=True)
+    classes = list(dict.fromkeys(k for k, _ in counts))
+    print(f"\n{time.perf_counter() - started:.0f} s, load avg {os.getloadavg()[0]:.2f} at end")
+    print("| class | cases | tracebacks | hangs | silent acceptances |")
+    print("|---|---|---|---|---|")
+    for kind in classes:
+        total = sum(v for (k, _), v in counts.items() if k == kind)
+        print(f"| {kind} | {total} | {counts[(kind, 'traceback')]} | {counts[(kind, 'hang')]} | {counts[(kind, 'silent')]} |")
+    return 1 if any(v for (_, verdict), v in counts.items() if verdict != "pass") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
