@@ -147,3 +147,83 @@ def test_model_too_large_to_plan_is_streamed_with_a_note(zoo_onnx, tmp_path, mon
     report = quantize(zoo_onnx("dcgan"), tmp_path / "o.onnx", calib_size=16, check=False, timer=never)
     assert "speed_plan" not in report and any("every layer int8 instead" in n for n in report["notes"])
     assert onnx.load(str(tmp_path / "o.onnx")).graph.node
+
+
+def test_large_model_decided_alone_is_built_streamed_untimed(zoo_onnx, cache_dir, tmp_path, monkeypatch):
+    """A model above ISOLATE_BYTES whose every group is clearly faster alone: no whole-model timing
+    (no float session), every layer int8 by the streamed one build; a second run times nothing
+    (kernel cache) and writes the same bytes."""
+    from gencompress.verbs.quantize import quantize
+
+    monkeypatch.setattr(int8_plan, "ISOLATE_BYTES", 0)
+    timer, calls, isolated_calls = isolating_timer()
+    first = quantize(zoo_onnx("dcgan"), tmp_path / "a.onnx", calib_size=16, check=False, timer=timer)
+    plan = first["speed_plan"]
+    assert calls == [] and isolated_calls and plan["chosen_speed"] == {}
+    assert all(r["decided"] == "isolated" and r["choice"] == "int8" for r in plan["layers"])
+    assert "not timed in the whole model" in plan["message"] and plan["timed_on"]["threads"] == 2
+    n = len(isolated_calls)
+    quantize(zoo_onnx("dcgan"), tmp_path / "b.onnx", calib_size=16, check=False, timer=timer)
+    assert len(isolated_calls) == n and calls == []
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_large_model_near_the_band_is_timed_in_the_model(zoo_onnx, cache_dir, tmp_path, monkeypatch):
+    """The same model with one group not clearly faster alone: the plan is timed in the whole model
+    (the guard kept), from the same calibration, and says so in a note."""
+    from gencompress.verbs.quantize import quantize
+
+    monkeypatch.setattr(int8_plan, "ISOLATE_BYTES", 0)
+    timer, calls, isolated_calls = isolating_timer()
+    inner = timer.isolated
+
+    def isolated(float_model, int8_model, feeds_at):  # the first group: 2x slower alone, not negligible
+        times = inner(float_model, int8_model, feeds_at)
+        return {b: (0.003, 0.006) for b in times} if len(isolated_calls) == 1 else times
+
+    timer.isolated = isolated
+    report = quantize(zoo_onnx("dcgan"), tmp_path / "a.onnx", calib_size=16, check=False, timer=timer)
+    assert calls and report["speed_plan"]["chosen_speed"]  # timed beside float
+    assert any("in the whole model" in n for n in report["notes"])
+    assert sum(r["decided"] == "in context" for r in report["speed_plan"]["layers"]) >= 1
+
+
+def test_untimed_plan_needs_every_group_decided():
+    """plan_layers(untimed=...): nothing timed when isolation decides every group; otherwise the
+    greedy step and the guard run as before."""
+    measure, asked = stub({"a": {1: -0.2, 64: -0.2}, "b": {1: 0.0, 64: 0.0}})
+    result = plan_layers(["a", "b"], measure, "balanced", predicted=[{1: 2.0, 64: 2.0}, {1: 1.5, 64: 1.5}], untimed="why")
+    assert asked == [] and result.int8 == {"a", "b"} and result.message == "why"
+    result = plan_layers(["a", "b"], measure, "balanced", predicted=[{1: 2.0, 64: 2.0}, {1: 1.0, 64: 1.0}], untimed="why")
+    assert asked and result.message != "why"
+
+
+def test_isolated_forms_quantize_an_output_an_int8_layer_reads(zoo_onnx):
+    """The zoo dcgan's first layer feeds an int8 layer: both isolated forms end with its input
+    quantization (without it onnxruntime leaves an int8 Gemm unfused); the last layer's output is
+    the model's, left as it is. The isolated timer times a large layer at a smaller batch and
+    scales its times to the batch asked for."""
+    import onnx_ir as ir
+
+    from gencompress.passes.insert_qdq import StaticOptions
+    from gencompress.verbs.quantizers import calibrated_ranges, fold_into_layers, prepare
+
+    model = ir.load(zoo_onnx("dcgan"))
+    prepare(model)
+    fold_into_layers(model)
+    static = StaticOptions(calib_size=8)
+    iso = int8_plan.isolation_of(model, rewrite=True, static_options=static, exclude=(), ranges=calibrated_ranges(model, static, log=print))
+    first, last = iso.groups[0][0], iso.groups[-1][0]
+    for name, quantized in ((first, True), (last, False)):
+        tiny = int8_plan.isolated_layer(iso.model, name)
+        pair = int8_plan.isolated_pair(iso, tiny, name)
+        assert all((m.graph.node[-1].op_type == "DequantizeLinear") == quantized for m in pair)
+    asked = []
+    timer = int8_plan.interleaved_timer(zoo_onnx("dcgan"), header=onnx.load(str(zoo_onnx("dcgan"))), batches=(1, 64))
+    feeds_at = int8_plan._feeds_at(tiny.graph.input[0], (0.0, 1.0))
+    int8_plan.ISOLATED_RUN_SECONDS, saved = 1e-9, int8_plan.ISOLATED_RUN_SECONDS
+    try:
+        times = timer.isolated(*pair, lambda b: (asked.append(b), feeds_at(b))[1])
+    finally:
+        int8_plan.ISOLATED_RUN_SECONDS = saved
+    assert set(asked) == {1} and set(times) == {1, 64}  # batch 64 timed at batch 1, scaled

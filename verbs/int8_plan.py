@@ -80,6 +80,10 @@ CLEAR_FASTER = 0.10
 SIZE_BUDGET = 1.2  # balanced: a chosen model larger than this times the every-layer-int8 one says so in its message
 ISOLATED_SECONDS = 0.15  # timed seconds per form and batch size of an isolated layer
 ISOLATED_MIN_RUNS = 3
+# above this estimated cost of timing the plan beside float in the whole model (``guard_seconds``), a
+# plan every group of which isolation decides is not timed in the model (benchmarks/plan_cost.py)
+GUARD_SECONDS = 10.0
+ISOLATED_RUN_SECONDS = 0.05  # an isolated layer at a larger batch is timed at the batch whose float run takes about this
 ISOLATE_BYTES = 20e6  # with fewer groups than a greedy step takes, layers are timed alone only in models larger than this
 ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "Elu", "Selu", "HardSwish"})
 
@@ -183,7 +187,8 @@ def predicted_choice(gain: Ratios | None, objective: str, negligible: bool = Fal
 
 def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objective: str, noise: float = NOISE,
                 size: Callable[[frozenset], int] | None = None, groups: list[list[str]] | None = None,
-                predicted: list[Ratios | None] | None = None, negligible: list[bool] | None = None) -> PlanResult:
+                predicted: list[Ratios | None] | None = None, negligible: list[bool] | None = None,
+                untimed: str | None = None) -> PlanResult:
     """Choose the layers that compute in int8.
 
     ``measure(configs, reference=True, give_up=None)`` times each configuration (a frozenset of int8
@@ -207,6 +212,9 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
     layers, unless another is faster than it beyond ``noise`` (then the fastest). No-int8 runs the
     float model's kernels (its int8 weights are folded into float at load): it is taken as 1.0x
     float and timed only when the pick would fall on it.
+    ``untimed``: when every group is decided from isolation, nothing is timed in the model: every
+    layer int8, with this said in the message (the whole model's timing would cost more than the
+    plan may: ``guard_seconds``).
     """
     check_objective(objective)
     full, none = frozenset(layers), frozenset()
@@ -226,21 +234,11 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
         return objective == "balanced" and all(any(f[b] / with_int8[b] < 1.0 - noise for b in with_int8) for f in flips)
 
     units = groups or [[n] for n in layers]
-    predicted = predicted or [None] * len(units)
-    negligible = negligible or [False] * len(units)
-    rows, undecided = [], []
-    for group, gain, small in zip(units, predicted, negligible):
-        verdict = predicted_choice(gain, objective, small)
-        if verdict is None:
-            undecided.append((group, gain))
-            continue
-        together = f" (with {len(group) - 1} more of its shape)" if len(group) > 1 else ""
-        reason = ("int8 pays: the layer alone runs "
-                  + ", ".join(f"b{b} {g:.2f}x" for b, g in sorted(gain.items())) + f" as fast in int8 as in float{together}"
-                  + ("; too small a part of the model to slow it beyond noise" if small and min(gain.values()) < 1.0 + CLEAR_FASTER else ""))
-        for name in group:
-            rows.append({"node": name, "choice": verdict, "reason": reason, "decided": "isolated",
-                         "isolated_gain": {str(b): round(g, 3) for b, g in gain.items()}})
+    rows, undecided = isolated_rows(units, predicted, negligible, objective)
+    order = {n: i for i, n in enumerate(layers)}
+    if untimed and not undecided:
+        rows.sort(key=lambda r: order[r["node"]])
+        return PlanResult(full, {}, rows, configs, untimed)
     current = full
     for start in range(0, len(undecided), STEP_GROUPS):
         step = undecided[start:start + STEP_GROUPS]
@@ -258,7 +256,6 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
                     row["isolated_gain"] = {str(b): round(g, 3) for b, g in isolated.items()}
                 rows.append(row)
         current = current - {r["node"] for r in rows if r["choice"] == "float"}
-    order = {n: i for i, n in enumerate(layers)}
     rows.sort(key=lambda r: order[r["node"]])
     measured = _measure_finals(timed, current, full, none, objective, noise, size)
     chosen, message = choose_final(list(measured), measured, objective, noise, size, none)
@@ -273,6 +270,42 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
                 row["reason"] += (f"; overridden: the whole plan with {'all' if chosen == full else 'no'} layers in int8 measured"
                                   f" {'faster' if objective == 'speed' else 'not slower and is smaller, or faster'}")
     return PlanResult(chosen, measured[chosen], rows, configs, message)
+
+
+def isolated_rows(units: list[list[str]], predicted, negligible, objective: str) -> tuple[list[dict], list[tuple]]:
+    """(report rows of the groups their isolated gains decide, [(group, gain)] of the others)."""
+    predicted = predicted or [None] * len(units)
+    negligible = negligible or [False] * len(units)
+    rows, undecided = [], []
+    for group, gain, small in zip(units, predicted, negligible):
+        verdict = predicted_choice(gain, objective, small)
+        if verdict is None:
+            undecided.append((group, gain))
+            continue
+        together = f" (with {len(group) - 1} more of its shape)" if len(group) > 1 else ""
+        reason = ("int8 pays: the layer alone runs "
+                  + ", ".join(f"b{b} {g:.2f}x" for b, g in sorted(gain.items())) + f" as fast in int8 as in float{together}"
+                  + ("; too small a part of the model to slow it beyond noise" if small and min(gain.values()) < 1.0 + CLEAR_FASTER else ""))
+        for name in group:
+            rows.append({"node": name, "choice": verdict, "reason": reason, "decided": "isolated",
+                         "isolated_gain": {str(b): round(g, 3) for b, g in gain.items()}})
+    return rows, undecided
+
+
+def guard_seconds(total: dict) -> float:
+    """About what timing a plan beside float in the whole model costs (seconds), from the summed
+    float times of its layers alone per batch (``predict_groups``): two models, each batch at least
+    ``TARGET_SLOT_SECONDS`` or ``MIN_RUNS`` runs, and the probe and warm-up runs."""
+    return sum(2 * max(TARGET_SLOT_SECONDS, (MIN_RUNS + 2) * t) for t in total.values())
+
+
+def untimed_message(total: dict, why: str) -> str:
+    return (f"every layer group faster in int8 alone or too small to matter: every layer int8, not timed in the whole model"
+            f" ({why}; float alone sums to {fmt_seconds(total)})")
+
+
+def fmt_seconds(total: dict) -> str:
+    return ", ".join(f"b{b} {t * 1e3:.1f} ms" for b, t in sorted(total.items()))
 
 
 def _measure_finals(timed, current: frozenset, full: frozenset, none: frozenset, objective: str, noise: float, size) -> dict:
@@ -366,14 +399,13 @@ class ConfigBuilder:
     def create(cls, prepared: onnx.ModelProto, *, rewrite: bool, static_options, exclude=(), log=lambda message: None):
         from gencompress.passes.insert_qdq import find_layers, select_layers
 
-        model = _with_shapes(prepared)
-        graph = model.graph
-        kept, _ = select_layers(find_layers(graph), exclude)
-        decidable = [{"node": l.name, "op_type": l.op_type, "weights": [w.name for w in l.weights]} for l in kept if l.kind == "int8"]
-        storage = [l.name for l in kept if l.kind == "weights"]
-        groups = layer_groups(graph, [l["node"] for l in decidable])
-        rewritten = rewritable_layers(model)
+        decidable, storage, groups, rewritten = _decidable(_with_shapes(prepared), exclude)
         return cls(prepared, rewrite and bool(rewritten), static_options, log, tuple(exclude), decidable, storage, groups, rewritten)
+
+    def isolation(self) -> "Isolation":
+        """What timing this model's layers alone needs (``predict_groups``)."""
+        return Isolation(_with_shapes(self.prepared), [l["node"] for l in self.layers], self.groups, self.rewrite,
+                         self.static_options, self.ranges(), self.log)
 
     def _quantizer(self, keep_float: frozenset):
         """(rewritten prepared proto's static quantizer, rewrite report) for this set of float ConvTransposes."""
@@ -456,6 +488,43 @@ class ConfigBuilder:
         return self._sizes[int8]
 
 
+def _decidable(model: ir.Model, exclude) -> tuple[list[dict], list[str], list[list[str]], frozenset]:
+    """(decidable int8 layers, float-compute layers with weights, groups, layers the rewrites change)
+    of a model with shapes."""
+    from gencompress.passes.insert_qdq import find_layers, select_layers
+
+    kept, _ = select_layers(find_layers(model.graph), exclude)
+    decidable = [{"node": l.name, "op_type": l.op_type, "weights": [w.name for w in l.weights]} for l in kept if l.kind == "int8"]
+    storage = [l.name for l in kept if l.kind == "weights"]
+    return decidable, storage, layer_groups(model.graph, [l["node"] for l in decidable]), rewritable_layers(model)
+
+
+@dataclass
+class Isolation:
+    """What timing a model's layers alone needs: its graph (onnx_ir, shapes inferred; weights read
+    one layer at a time, so a memory-mapped model stays mapped), its decidable layers and their
+    groups, how int8 layers are built, and its calibrated ranges (``calibrated_ranges``)."""
+
+    model: ir.Model
+    layers: list[str]
+    groups: list[list[str]]
+    rewrite: bool
+    static_options: object
+    ranges: tuple
+    log: Callable = lambda message: None
+
+
+def isolation_of(model: ir.Model, *, rewrite: bool, static_options, exclude, ranges, log=lambda m: None) -> Isolation:
+    """``Isolation`` of a prepared onnx_ir model (before the int8 rewrites), without copying its
+    weights (shapes are inferred on a clone sharing them)."""
+    from onnx_ir.passes.common import ShapeInferencePass
+
+    shaped = model.clone()
+    ShapeInferencePass(strict_mode=False)(shaped)
+    decidable, _, groups, rewritten = _decidable(shaped, exclude)
+    return Isolation(shaped, [l["node"] for l in decidable], groups, rewrite and bool(rewritten), static_options, ranges, log)
+
+
 KEEP_BUILDS = 1  # models (and rewritten quantizers) kept built: each is a whole copy of the weights; sizes are remembered
 
 
@@ -479,13 +548,12 @@ def _keep_last(cache: dict, key, value) -> None:
 # ---- one layer in isolation ---------------------------------------------------------------------
 
 
-def isolated_layer(prepared: onnx.ModelProto, model: ir.Model, name: str, protos: tuple[dict, dict]) -> onnx.ModelProto | None:
+def isolated_layer(model: ir.Model, name: str) -> onnx.ModelProto | None:
     """A float model of layer ``name`` alone: the layer, a nearest Resize feeding it (the
     ``resize_nhwc`` rewrite takes both), an activation that alone reads it (fused in int8), its
     weights; its one activation input a graph input with the layer's own shape, the batch
     dimension the model's. None when the layer has several activation inputs or shapes that do
-    not follow the batch. ``model``: ``prepared`` wrapped by onnx_ir; ``protos``: its nodes and
-    initializers by name."""
+    not follow the batch. ``model``: onnx_ir, shapes inferred; only these nodes' weights are read."""
     node = next((n for n in model.graph if n.name == name), None)
     if node is None or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
         return None
@@ -506,13 +574,24 @@ def isolated_layer(prepared: onnx.ModelProto, model: ir.Model, name: str, protos
     shape = _batch_shape(model, x)
     if shape is None or x.dtype is None:
         return None
-    nodes, inits = protos
-    wanted = {i for n in chain for i in nodes[n.name].input if i in inits}
-    graph = onnx.helper.make_graph(
-        [nodes[n.name] for n in chain], f"isolated {name}", [onnx.helper.make_tensor_value_info(x.name, int(x.dtype), shape)],
-        [onnx.helper.make_tensor_value_info(out.name, int(out.dtype or x.dtype), None)], [inits[i] for i in sorted(wanted)])
-    tiny = onnx.helper.make_model(graph, opset_imports=list(prepared.opset_import), ir_version=prepared.ir_version)
-    return onnx.shape_inference.infer_shapes(tiny)
+    weights = {v.name: v.const_value for n in chain for v in n.inputs if v is not None and v.const_value is not None}
+    nodes, x_info = [ir.serde.serialize_node(n) for n in chain], onnx.helper.make_tensor_value_info(x.name, int(x.dtype), shape)
+    y_info = onnx.helper.make_tensor_value_info(out.name, int(out.dtype or x.dtype), None)
+    opsets = [onnx.helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()]
+    # shapes inferred with the weights as typed inputs: inferring them on the model with its weights serializes them
+    typed = [onnx.helper.make_tensor_value_info(k, int(w.dtype), list(w.shape)) for k, w in sorted(weights.items())]
+    shapes = onnx.shape_inference.infer_shapes(onnx.helper.make_model(
+        onnx.helper.make_graph(nodes, "shapes", [x_info, *typed], [y_info]), opset_imports=opsets, ir_version=model.ir_version))
+    graph = onnx.helper.make_graph(nodes, f"isolated {name}", [x_info], [shapes.graph.output[0]],
+                                   [_in_memory(weights[k]) for k in sorted(weights)], value_info=shapes.graph.value_info)
+    return onnx.helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version)
+
+
+def _in_memory(tensor) -> onnx.TensorProto:
+    """A weight as a self-contained TensorProto (a memory-mapped or external one read)."""
+    if isinstance(tensor, (ir.serde.TensorProtoTensor, ir.Tensor)):
+        return ir.serde.serialize_tensor(tensor)
+    return ir.serde.serialize_tensor(ir.Tensor(tensor.numpy(), name=tensor.name))
 
 
 def _with_shapes(prepared: onnx.ModelProto) -> ir.Model:
@@ -538,14 +617,65 @@ def _batch_shape(model: ir.Model, x: ir.Value) -> list | None:
     return list(x.shape) if isinstance(first, int) else None
 
 
-def isolated_pair(builder: "ConfigBuilder", tiny: onnx.ModelProto, name: str) -> tuple[onnx.ModelProto, onnx.ModelProto] | None:
-    """(float, int8) forms of an isolated layer, built as the whole model's configurations build it
-    (the same rewrites, QDQ and calibrated ranges, weights skipping the saturation search)."""
-    small = ConfigBuilder.create(tiny, rewrite=builder.rewrite, static_options=builder.static_options, log=builder.log)
+def isolated_pair(iso: Isolation, tiny: onnx.ModelProto, name: str) -> tuple[onnx.ModelProto, onnx.ModelProto] | None:
+    """(float, int8) forms of an isolated layer: the layer as it is (a float layer's int8 weights,
+    ``Cast * scale``, are folded into float at load: the same kernel), and its int8 form built as
+    the whole model's configurations build it (the same rewrites, QDQ and calibrated ranges,
+    weights skipping the saturation search); when an int8 layer of the model reads its output,
+    both end with that layer's input quantization (``reads_int8``)."""
+    small = ConfigBuilder.create(tiny, rewrite=iso.rewrite, static_options=iso.static_options, log=iso.log)
     if name not in {l["node"] for l in small.layers}:
         return None
-    small._calibrated = builder.ranges()
-    return small.build(frozenset(), timing=True)[0], small.build(frozenset({name}), timing=True)[0]
+    small._calibrated = iso.ranges
+    pair = onnx.ModelProto(), small.build(frozenset({name}), timing=True)[0]
+    pair[0].CopyFrom(tiny)
+    out = tiny.graph.output[0].name
+    if reads_int8(iso, out):
+        lo, hi = iso.ranges[0].get(out, (-1.0, 1.0))
+        pair = tuple(_with_output_qdq(m, lo, hi, iso.static_options.activations == "int8") for m in pair)
+    return pair
+
+
+def reads_int8(iso: Isolation, tensor: str) -> bool:
+    """A decidable layer of the model reads ``tensor``."""
+    value = next((v for n in iso.model.graph for v in n.outputs if v.name == tensor), None)
+    layers = set(iso.layers)
+    return value is not None and any(u.node.name in layers for u in value.uses())
+
+
+def kernel_key(iso: Isolation, tiny: onnx.ModelProto, batch: int) -> str:
+    """The kernel cache's key of an isolated layer at a batch size: its float structure (``structure_digest``,
+    no weight values) and what decides its int8 form's structure."""
+    from gencompress.verbs.plan_cache import structure_digest
+
+    o = iso.static_options
+    form = (iso.rewrite, o.activations, o.per_tensor, reads_int8(iso, tiny.graph.output[0].name))
+    return f"{structure_digest(tiny)}:{form}:{batch}"
+
+
+def _with_output_qdq(model: onnx.ModelProto, lo: float, hi: float, signed: bool) -> onnx.ModelProto:
+    """``model`` with its one output quantized and dequantized, as the int8 layer reading it in the
+    model quantizes it: without it onnxruntime does not fuse an int8 Gemm whose output is not
+    quantized, and its weights' DequantizeLinear runs on every call (the 47M DCGAN's first
+    layer: 7.4 ms of 8.6 at batch 1 alone; in the model it is fused). The same in both forms."""
+    from onnx import helper, numpy_helper
+
+    out = model.graph.output[0]
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if signed:
+        scale, zero = max(abs(lo), abs(hi)) / 127.0 or 1.0, np.array(0, np.int8)
+    else:
+        scale = (hi - lo) / 255.0 or 1.0
+        zero = np.array(int(np.clip(round(-lo / scale), 0, 255)), np.uint8)
+    inner, tag = out.name + "/before_qdq", out.name + "/qdq"
+    for node in model.graph.node:
+        node.output[:] = [inner if o == out.name else o for o in node.output]
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), tag + "_scale"),
+                                    numpy_helper.from_array(zero, tag + "_zero")])
+    model.graph.node.extend([
+        helper.make_node("QuantizeLinear", [inner, tag + "_scale", tag + "_zero"], [tag + "_q"], name=tag + "/Q"),
+        helper.make_node("DequantizeLinear", [tag + "_q", tag + "_scale", tag + "_zero"], [out.name], name=tag + "/DQ")])
+    return model
 
 
 def worth_isolating(builder: "ConfigBuilder") -> bool:
@@ -555,45 +685,70 @@ def worth_isolating(builder: "ConfigBuilder") -> bool:
     return len(builder.groups) > STEP_GROUPS or (len(builder.groups) > 0 and builder.prepared.ByteSize() > ISOLATE_BYTES)
 
 
-def predict_groups(builder: "ConfigBuilder", isolated, batches, kernels=None, log=lambda m: None) -> tuple[list, list[bool]]:
-    """Per group of ``builder.groups``: its first layer's isolated gain ``{batch: float p50 / int8
+def predict_groups(iso: Isolation, isolated, batches, kernels=None, log=lambda m: None) -> tuple[list, list[bool], dict]:
+    """Per group of ``iso.groups``: its first layer's isolated gain ``{batch: float p50 / int8
     p50}`` (``isolated(float_model, int8_model, feeds_at) -> {batch: (float s, int8 s)}``), or None
-    when it cannot be isolated; and whether the group is negligible: its layers in int8, timed
+    when it cannot be isolated; whether the group is negligible: its layers in int8, timed
     alone (edges included), add at most ``NOISE / 2`` of the model's time at every batch, the
     model's time taken as the sum of every isolated layer's float time (a lower bound: the share
-    comes out too large, never too small). ``kernels`` (``plan_cache.KernelCache``): timings by
-    the pair's structure and batch, reused across models and runs on this machine kind."""
-    from gencompress.verbs.plan_cache import structure_digest
-
-    model = _with_shapes(builder.prepared)
-    protos = ({n.name: n for n in builder.prepared.graph.node}, {t.name: t for t in builder.prepared.graph.initializer})
-    ranges = builder.ranges()[0]
+    comes out too large, never too small); and that sum per batch (seconds). ``kernels``
+    (``plan_cache.KernelCache``): timings by the pair's structure and batch, reused across models
+    and runs on this machine kind."""
     out, timed = [], 0
-    for group in builder.groups:
+    for group in iso.groups:
         gains = None
         try:
-            tiny = isolated_layer(builder.prepared, model, group[0], protos)
-            pair = isolated_pair(builder, tiny, group[0]) if tiny is not None else None
+            tiny = isolated_layer(iso.model, group[0])
+            keys = {b: kernel_key(iso, tiny, b) for b in batches} if tiny is not None else {}
+            cached = {b: kernels.get(k) for b, k in keys.items()} if kernels is not None else {}
+            if cached and all(cached.values()):  # timed before on this machine kind: not even built
+                gains = {b: (float(e["float_s"]), float(e["int8_s"])) for b, e in cached.items()}
+            pair = isolated_pair(iso, tiny, group[0]) if tiny is not None and gains is None else None
         except Exception as e:  # an optimisation: a layer the isolation cannot build is timed in context instead
             log(f"  {group[0]}: not timed alone ({str(e).splitlines()[0][:120]})")
             pair = None
         if pair is not None:
-            keys = {b: f"{structure_digest(*pair)}:{b}" for b in batches}
-            cached = {b: kernels.get(k) for b, k in keys.items()} if kernels is not None else {}
-            if cached and all(cached.values()):
-                gains = {b: (float(e["float_s"]), float(e["int8_s"])) for b, e in cached.items()}
-            else:
-                x = tiny.graph.input[0]
-                gains = isolated(*pair, _feeds_at(x, ranges.get(x.name, (-1.0, 1.0))))
-                timed += 1
-                for b, (f, i) in gains.items():
-                    if kernels is not None:
-                        kernels.put(keys[b], {"gain": f / i, "float_s": f, "int8_s": i, "op": pair[0].graph.node[0].op_type})
+            x = tiny.graph.input[0]
+            gains = isolated(*pair, _feeds_at(x, iso.ranges[0].get(x.name, (-1.0, 1.0))))
+            timed += 1
+            for b, (f, i) in gains.items():
+                if kernels is not None:
+                    kernels.put(keys[b], {"gain": f / i, "float_s": f, "int8_s": i, "op": tiny.graph.node[0].op_type})
         out.append(gains)
     log(f"  {sum(g is not None for g in out)} of {len(out)} group(s) timed alone ({timed} timed, the others from the kernel cache)")
-    total = {b: sum(len(g) * t[b][0] for g, t in zip(builder.groups, out) if t) for b in batches}
-    negligible = [bool(t) and all(len(g) * (t[b][1] - t[b][0]) <= NOISE / 2 * total[b] for b in batches) for g, t in zip(builder.groups, out)]
-    return [{b: f / max(i, 1e-12) for b, (f, i) in t.items()} if t else None for t in out], negligible
+    total = {b: sum(len(g) * t[b][0] for g, t in zip(iso.groups, out) if t) for b in batches}
+    negligible = [bool(t) and all(len(g) * (t[b][1] - t[b][0]) <= NOISE / 2 * total[b] for b in batches) for g, t in zip(iso.groups, out)]
+    return [{b: f / max(i, 1e-12) for b, (f, i) in t.items()} if t else None for t in out], negligible, total
+
+
+def predicted_plan(iso: Isolation, timer, objective: str, why: str, log=lambda m: None) -> PlanResult | None:
+    """The plan of a model too large to time cheaply in the whole: when its layers timed alone
+    (``predict_groups``, kernel timings cached per machine kind) decide every group, every layer
+    int8, nothing timed in the model (no float session of it is made); None when some group is
+    near the band (it must be timed in the model: ``plan``). ``timer``: ``interleaved_timer``'s."""
+    from gencompress.verbs import plan_cache
+
+    settings = timer.settings
+    if objective == "size" or not iso.groups:
+        return None
+    log(f"timing {len(iso.layers)} layer(s) in {len(iso.groups)} group(s) of the same shape alone, int8 vs float ({objective}) ...")
+    gains, negligible, total = predict_groups(iso, timer.isolated, settings["batches"], plan_cache.KernelCache(settings), log)
+    rows, undecided = isolated_rows(iso.groups, gains, negligible, objective)
+    if undecided:
+        log(f"  {len(undecided)} group(s) not decided alone ({', '.join(g[0] for g, _ in undecided[:3])}{', ...' if len(undecided) > 3 else ''})")
+        return None
+    order = {n: i for i, n in enumerate(iso.layers)}
+    rows.sort(key=lambda r: order[r["node"]])
+    return PlanResult(frozenset(iso.layers), {}, rows, [], untimed_message(total, why),
+                      timed_on={**plan_cache.machine_kind(settings["threads"]), **settings})
+
+
+def predicts_first(path) -> bool:
+    """A model large enough (``ISOLATE_BYTES``) that quantize first tries to plan it from its layers
+    timed alone on the streamed model (``predicted_plan``) before timing it whole."""
+    from gencompress.onnx_io import model_files
+
+    return sum(f.stat().st_size for f in model_files(path) if f.is_file()) > ISOLATE_BYTES
 
 
 def _feeds_at(x: onnx.ValueInfoProto, value_range) -> Callable[[int], dict]:
@@ -673,16 +828,23 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
 
     def isolated(float_model, int8_model, feeds_at) -> dict:
         """{batch: (float p50, int8 p50)} in seconds of one layer's two forms, interleaved, about
-        ``ISOLATED_SECONDS`` each per batch size (at least ``ISOLATED_MIN_RUNS`` runs)."""
+        ``ISOLATED_SECONDS`` each per batch size (at least ``ISOLATED_MIN_RUNS`` runs). A layer whose
+        float run at a batch would take over ``ISOLATED_RUN_SECONDS`` is timed at the batch that
+        takes about that (at least the smallest batch), its times scaled by the batch ratio: a
+        layer that large already fills the int8 and float kernels (the 47M DCGAN's three large
+        layers: int8 1.5-9.9x as fast at batch 1, 1.9-5.4x at 64: the decision is the same)."""
         pair = {"float": make_session(model_bytes(float_model), provider=provider, threads=threads, label="isolated float layer"),
                 "int8": make_session(model_bytes(int8_model), provider=provider, threads=threads, label="isolated int8 layer")}
-        gains = {}
+        gains, per_sample = {}, None
         for b in batches:
-            feeds = {k: cast_feeds(s, feeds_at(b)) for k, s in pair.items()}
+            timed = b if per_sample is None else int(np.clip(ISOLATED_RUN_SECONDS / per_sample, min(batches), b))
+            feeds = {k: cast_feeds(s, feeds_at(timed)) for k, s in pair.items()}
             probe = time_interleaved(pair, feeds, runs=1, warmup=1)
             p50 = max(max(t[0] for t in probe.values()), 1e-6)
             times = time_interleaved(pair, feeds, runs=int(np.clip(ISOLATED_SECONDS / p50, ISOLATED_MIN_RUNS, 400)), warmup=0)
-            gains[b] = (float(np.median(times["float"])), max(float(np.median(times["int8"])), 1e-9))
+            f, i = float(np.median(times["float"])), max(float(np.median(times["int8"])), 1e-9)
+            per_sample = per_sample or f / timed
+            gains[b] = (f * b / timed, i * b / timed)
         return gains
 
     measure.settings = {"provider": provider, "threads": threads, "batches": list(batches)}  # what the plan cache keys on
@@ -724,9 +886,13 @@ def plan(builder: ConfigBuilder, objective: str, measure_models, log=lambda m: N
                 from gencompress.verbs.plan_cache import KernelCache
 
                 kernels = KernelCache(settings, cache.folder) if settings and cache is not None else None
-                predicted = predict_groups(builder, isolated, settings["batches"] if settings else [1], kernels, log)
+                predicted = predict_groups(builder.isolation(), isolated, settings["batches"] if settings else [1], kernels, log)
+        untimed = None
+        if predicted and guard_seconds(predicted[2]) > GUARD_SECONDS:
+            untimed = untimed_message(predicted[2], f"timing it would take about {guard_seconds(predicted[2]):.0f} s")
         result = plan_layers(names, measure, objective, size=builder.size, groups=builder.groups or None,
-                             predicted=predicted[0] if predicted else None, negligible=predicted[1] if predicted else None)
+                             predicted=predicted[0] if predicted else None, negligible=predicted[1] if predicted else None,
+                             untimed=untimed)
         result.timed_on = timed_on if objective != "size" and names else {}
         op_of = {l["node"]: l["op_type"] for l in builder.layers}
         for row in result.layers:

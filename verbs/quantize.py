@@ -136,7 +136,9 @@ def quantize(
     if too_large:  # the streamed one build instead of a timed plan that would not fit in memory
         planned = False
         log(too_large)
-    run = _Run.load(in_path, planned=planned, stream=not planned and target_psnr is None, objective=objective, log=log)
+    # a large model is first planned from its layers timed alone, streamed like --objective size
+    predict = planned and target_psnr is None and int8_plan.predicts_first(in_path)
+    run = _Run.load(in_path, planned=planned and not predict, stream=(predict or not planned) and target_psnr is None, objective=objective, log=log)
     run.notes[:0] = [too_large] if too_large else []
     if planned:  # the plan times batches of this size: their samples within the sampling budget, before any work
         from gencompress.inputs import check_batch_budget, specs_of_model
@@ -152,7 +154,7 @@ def quantize(
     report: dict = {"input": str(in_path), "output": str(out_path), "mode": mode, "objective": objective}
     proto, pass_report, target, psnr, evaluator = _quantized(
         run, report, mode=mode, static=static, exclude=exclude, bits=bits, block_size=block_size, keep_io_types=keep_io_types,
-        planned=planned, objective=objective, calib_feeds=calib_feeds, target_psnr=target_psnr, strict=strict,
+        planned=planned, predict=predict, objective=objective, calib_feeds=calib_feeds, target_psnr=target_psnr, strict=strict,
         timer=timer, timing=dict(provider=provider, threads=threads, batches=batches, seed=seed), evaluation=(eval_feeds, eval_source))
     run.model = None
     if check and psnr is None:
@@ -172,7 +174,7 @@ def quantize(
     return report
 
 
-def _quantized(run: "_Run", report: dict, *, mode, static, exclude, bits, block_size, keep_io_types, planned, objective, calib_feeds,
+def _quantized(run: "_Run", report: dict, *, mode, static, exclude, bits, block_size, keep_io_types, planned, predict, objective, calib_feeds,
                target_psnr, strict, timer, timing: dict, evaluation: tuple):
     """The quantized proto of the prepared model, by mode: fp16, the one build, or the timed plan;
     then the target search. Returns (proto, pass report, target report, PSNR, evaluator): the
@@ -186,8 +188,13 @@ def _quantized(run: "_Run", report: dict, *, mode, static, exclude, bits, block_
             report.update(bits=8, activations=static.activations, weights="per-tensor" if static.per_tensor else "per-channel")
         else:
             report.update(bits=bits, block_size=block_size if bits == 4 else None)
-        if planned:  # measure, then decide which layers compute in int8
+        if planned:
             timer = timer or int8_plan.interleaved_timer(run.eval_reference, header=run.header, **timing)
+        predicted = run.predicted(exclude, objective, timer, static, calib_feeds) if predict else None  # a large model: one streamed build?
+        if predicted is not None:
+            quantizer, proto, pass_report, report["speed_plan"] = predicted
+            report["calibration"] = quantizer.calibration
+        elif planned:  # measure, then decide which layers compute in int8
             quantizer, proto, pass_report, report["speed_plan"] = run.plan(exclude, objective, timer, static)
             report["calibration"] = quantizer.builder.calibration()
         else:
@@ -251,6 +258,7 @@ class _Run:
         self.header, self.mapped, self.stream, self.planned, self.notes = header, mapped, stream, planned, notes
         self.model = self.unrewritten = self.before_rewrites = self.rewrite_report = None
         self.streamed = False
+        self.calibrated = None  # calibrated_ranges, when the prediction ran them before the plan
 
     @classmethod
     def load(cls, in_path, *, planned: bool, stream: bool, objective: str, log) -> "_Run":
@@ -348,12 +356,13 @@ class _Run:
         proto = finalize(ir.serde.serialize_model(materialize(p(self.model).model)))  # weights kept float read back from the scratch folder
         return proto, p.report
 
-    def built(self, mode, static, *, exclude, bits, block_size, feeds, objective, keep_model: bool):
+    def built(self, mode, static, *, exclude, bits, block_size, feeds, objective, keep_model: bool, calibrated=None):
         """(quantizer, proto, pass report) of the one build without a plan; ``keep_model``: the
-        quantizer keeps the prepared model for more builds (the target search)."""
+        quantizer keeps the prepared model for more builds (the target search); ``calibrated``:
+        the calibration already run (``calibrated_ranges``)."""
         if mode == "static":
             quantizer = static_quantizer(self.model, static, log=self.log, exclude=exclude, feeds=feeds,
-                                         before_rewrites=self.before_rewrites)
+                                         before_rewrites=self.before_rewrites, calibrated=calibrated)
             self.before_rewrites = None
         else:
             quantizer = weight_only_quantizer(self.model, bits=bits, block_size=block_size)
@@ -368,9 +377,37 @@ class _Run:
 
     def plan(self, exclude, objective, timer, static):
         """Plan which layers compute in int8 (``int8_plan``): (quantizer, proto, pass report, plan report)."""
-        self.model = None  # the plan builds from ``unrewritten``: the loaded weights and their rewrites go
+        self.model = self.before_rewrites = None  # the plan builds from ``unrewritten``: the loaded weights and their rewrites go
         gc.collect()
-        return _planned_quantizer(self.unrewritten, self.rewrite_report, exclude, objective, timer, static, self.log)
+        return _planned_quantizer(self.unrewritten, self.rewrite_report, exclude, objective, timer, static, self.log, self.calibrated)
+
+    def predicted(self, exclude, objective, timer, static, feeds):
+        """The plan from layers timed alone on the streamed model (``int8_plan.predicted_plan``: no
+        float session, no copy of the model): (quantizer, proto, pass report, plan report) of the one
+        streamed build, every layer int8, when isolation decides every group; else None, and
+        ``unrewritten`` holds the prepared model for ``plan`` (calibrated once for both)."""
+        import onnx_ir as ir
+
+        from gencompress.onnx_io import materialize
+        from gencompress.verbs.quantizers import calibrated_ranges
+
+        source = self.before_rewrites or self.model
+        ranges = calibrated_ranges(source, static, log=self.log, feeds=feeds)
+        iso = int8_plan.isolation_of(source, rewrite=bool(self.rewrite_report.get("applied")), static_options=static, exclude=exclude,
+                                     ranges=ranges, log=self.log)
+        why = f"a {self.before / 1e6:.0f} MB model: timed whole, it would hold a float session of it beside each configuration"
+        result = int8_plan.predicted_plan(iso, timer, objective, why, self.log) if getattr(timer, "isolated", None) else None
+        del iso
+        if result is None:
+            note = (f"note: timing the int8 plan of this {self.before / 1e6:.0f} MB model in the whole model (peak memory about"
+                    f" {int8_plan.PLAN_PEAK_PER_FILE_BYTE}x the file); --objective size reads it a weight at a time (under 3x)")
+            self.notes.append(note)
+            self.log(note)
+            self.unrewritten, self.calibrated = ir.serde.serialize_model(materialize(source)), ranges
+            return None
+        quantizer, proto, pass_report = self.built("static", static, exclude=exclude, bits=8, block_size=DEFAULT_BLOCK_SIZE, feeds=feeds,
+                                                   objective=objective, keep_model=False, calibrated=ranges)
+        return quantizer, proto, pass_report, _plan_info(result, pass_report, objective)
 
 
 def _fold_weights(proto):
@@ -399,18 +436,25 @@ class _PlannedQuantizer:
         return self.builder.build(self.int8 - keep)
 
 
-def _planned_quantizer(unrewritten, rewrite_report, exclude, objective, timer, static, log):
-    """Plan which layers compute in int8 (``int8_plan``); return (quantizer, model, pass report, plan report)."""
+def _plan_info(result, pass_report: dict, objective: str) -> dict:
+    """The report's ``speed_plan`` of a plan."""
+    return {"objective": objective, "layers": result.layers, "chosen_speed": {str(b): round(1 / r, 3) for b, r in result.ratios.items()},
+            "message": result.message, "configs_measured": len(result.configs), "noise": int8_plan.NOISE,
+            "weights_folded_at_load": pass_report.get("folded_weights", 0), "timed_on": result.timed_on, "cached": result.cached}
+
+
+def _planned_quantizer(unrewritten, rewrite_report, exclude, objective, timer, static, log, calibrated=None):
+    """Plan which layers compute in int8 (``int8_plan``); return (quantizer, model, pass report, plan report).
+    ``calibrated``: ``calibrated_ranges`` of ``unrewritten``, when already run."""
     from gencompress.verbs.plan_cache import PlanCache
 
     builder = int8_plan.ConfigBuilder.create(
         unrewritten, rewrite=bool(rewrite_report.get("applied")), static_options=static, exclude=exclude, log=log,
     )
+    builder._calibrated = calibrated
     proto, pass_report, result = int8_plan.plan(builder, objective, timer, log, cache=PlanCache())
     quantizer = _PlannedQuantizer(builder, result.int8, [l for l in builder.layers if l["node"] in result.int8])
-    info = {"objective": objective, "layers": result.layers, "chosen_speed": {str(b): round(1 / r, 3) for b, r in result.ratios.items()},
-            "message": result.message, "configs_measured": len(result.configs), "noise": int8_plan.NOISE,
-            "weights_folded_at_load": pass_report.get("folded_weights", 0), "timed_on": result.timed_on, "cached": result.cached}
+    info = _plan_info(result, pass_report, objective)
     rows = {r["node"]: r for r in result.layers}
     folded = [{"node": l["node"], "op_type": l["op_type"], "kind": "weights", "weights": l["weights"], "folded_at_load": True}
               for l in builder.layers if rows.get(l["node"], {}).get("choice") == "float"]
