@@ -459,6 +459,9 @@ def small_external_tensors(model: onnx.ModelProto, limit: int = 1024) -> bool:
     return False
 
 
+EXTERNAL_DATA_KEYS = {"location", "offset", "length", "checksum", "basepath"}
+
+
 def external_data_entries(model: onnx.ModelProto, path: Path) -> list[tuple[onnx.TensorProto, Path, int, int]]:
     """(tensor, file, offset, length) of every external-data tensor, each entry validated:
     offset/length integers >= 0 inside the file, the file a regular file inside the model's
@@ -473,10 +476,14 @@ def external_data_entries(model: onnx.ModelProto, path: Path) -> list[tuple[onnx
             continue
         where = f"{path}: tensor {short(tensor.name)}'s external data"
         info = {e.key: e.value for e in tensor.external_data}
+        unknown = sorted(set(info) - EXTERNAL_DATA_KEYS)
+        if unknown:  # onnx and onnx_ir warn and go on; the ONNX spec allows no others
+            raise GencompressError(f"{where} has unknown key(s) {', '.join(map(short, unknown))}; the ONNX format allows "
+                                   f"{', '.join(sorted(EXTERNAL_DATA_KEYS))}")
         location = info.get("location", "")
-        if not location or "\0" in location:
-            raise GencompressError(f"{where} has no file location")
         rel = Path(location)
+        if not location or "\0" in location or not rel.parts:  # "" and "." name no file
+            raise GencompressError(f"{where} has no file location")
         if rel.is_absolute() or ".." in rel.parts or location.startswith(("/", "\\")) or ":" in rel.parts[0]:
             raise GencompressError(f"{where} points outside the model's folder ({short(location)}); refusing to read it")
         target = path.parent / rel

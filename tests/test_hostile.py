@@ -102,6 +102,8 @@ BAD_MODELS = {
     "ext absolute path": dict(external={"location": "/etc/passwd"}),
     "ext parent folder": dict(external={"location": "../w.bin"}),
     "ext device": dict(external={"location": "dev"}),
+    "ext the folder itself": dict(external={"location": "."}),
+    "ext unknown key": dict(external={"location": "w.bin", "evil": "1"}),
 }
 # what each verb needs from the model: weights (prune, quantize), samples (check, bench)
 WEIGHT_ONLY_CLASSES = {"nan weight", "inf weight"}
