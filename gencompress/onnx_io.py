@@ -157,6 +157,8 @@ def validate_model(model: onnx.ModelProto, path, *, checker: bool = True) -> Non
     bad = _non_text_field(model)
     if bad:
         raise GencompressError(f"{path}: damaged ONNX model ({bad} is not valid UTF-8 text)")
+    if not model.graph.output:  # onnx.checker lets it through; onnxruntime has nothing to run
+        raise GencompressError(f"{path}: the graph has no outputs, so there is nothing to compute or compare")
     _refuse_huge_fills(model, path)
     bad = _tensor_size_mismatch(model)
     if bad:

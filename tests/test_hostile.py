@@ -1079,3 +1079,16 @@ def test_compress_exclude_given_as_one_string_names_layers_not_letters():
     for mode in ("static", "fp16"):
         steps = default_recipe(mode=mode, exclude="conv1, conv2", objective="size")
         assert [s["options"]["exclude"] for s in steps if "exclude" in s["options"]][-1] == ["conv1", "conv2"]
+
+
+@pytest.mark.parametrize("verb", list(VERBS))
+def test_graph_without_outputs(verb, tmp_path, run_cli, user_error):
+    """bench ended in onnxruntime's InvalidArgument traceback; prune wrote a model computing nothing."""
+    m = tiny(tmp_path / "g.onnx")
+    proto = onnx.load(str(m))
+    del proto.graph.output[:]
+    onnx.save(proto, str(m))
+    (tmp_path / "out").mkdir()
+    before = snapshot(tmp_path)
+    user_error(run_cli(*VERBS[verb](m, tmp_path / "out")), "no outputs")
+    assert_untouched(tmp_path, before)
