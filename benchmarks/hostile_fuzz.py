@@ -3,13 +3,8 @@
     python benchmarks/hostile_fuzz.py [--classes flips truncate options api recipes npz modules]
                                       [--cases 24] [--seed 0] [--timeout 60]
 
-Every case runs in a forked child (imports paid once; a segfault, a hang or a multi-line message
-is seen as such) and ends as one of:
-
-- ``refused``: one line of ``GencompressError`` (exit 2 from the CLI),
-- ``ok``: the call returned (exit 0),
-- ``crash``: any other exception, a multi-line message, or a child that died (a bug),
-- ``hang``: over ``--timeout`` seconds.
+Every case runs in a forked child (benchmarks/forked.py: imports paid once; a segfault, a hang or
+a multi-line message is seen as such) and ends as refused (one line), ok, crash (a bug) or hang.
 
 A case says what it expects: ``refuse`` (the input is wrong: ``ok`` is a *silent acceptance*) or
 ``either`` (a damaged file may still be a valid model: only crashes and hangs count). Classes:
@@ -30,11 +25,8 @@ Prints each non-passing case and a table of counts per class.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import re
-import signal
 import sys
 import tempfile
 import time
@@ -43,68 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-
-class Hang(BaseException):  # not an Exception: a library's `except Exception` must not swallow it
-    pass
-
-
-def _child(call, timeout: int, write) -> None:
-    from gencompress.errors import GencompressError
-
-    def alarm(signum, frame):
-        raise Hang
-
-    signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(timeout)
-    try:
-        result = call()
-        outcome, detail = "ok", "" if result in (None, 0) else str(result)[:200]
-        if isinstance(result, tuple):  # (exit code, stderr) from the CLI
-            code, err = result
-            errors = [line for line in err.splitlines() if re.match(r"\S+( \S+)?: error: ", line)]  # "gencompress VERB: error: ..."
-            one_line = len(errors) == 1 and "Traceback" not in err and not errors[0].endswith(":")
-            outcome = "ok" if code == 0 else ("refused" if code == 2 and one_line else "crash")
-            detail = (errors[0] if code == 2 and one_line else " ".join(err.split()))[:300]
-    except GencompressError as e:
-        outcome, detail = ("crash" if "\n" in str(e) else "refused"), str(e)[:300]
-    except Hang:
-        outcome, detail = "hang", f"over {timeout} s"
-    except BaseException as e:  # noqa: BLE001  (SystemExit from a user module included: a bug if it escapes)
-        outcome, detail = "crash", f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
-    finally:
-        signal.alarm(0)
-    write(json.dumps({"outcome": outcome, "detail": detail}))
-
-
-def forked(call, timeout: int) -> dict:
-    """``call()`` in a forked child: {"outcome", "detail"} (see the module doc)."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)  # the verbs' output tables
-        try:
-            with os.fdopen(write_fd, "w") as f:
-                _child(call, timeout, f.write)
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    deadline = time.monotonic() + timeout + 30
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.05)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        status = None
-    with os.fdopen(read_fd) as f:
-        text = f.read()
-    if text:
-        return json.loads(text)
-    return {"outcome": "hang" if status is None else "crash", "detail": f"child ended without a result (status {status})"}
+from forked import forked  # noqa: E402
 
 
 def cli(*args):

@@ -19,21 +19,18 @@ reasons of the graphs without weights (so that one can read whether each is true
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import signal
 import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+from forked import forked  # noqa: E402
+
 LAYER_OPS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1), "GRU": (1, 2), "LSTM": (1, 2)}
-
-
-class Hang(BaseException):  # not an Exception: onnx_ir's serde wraps those in SerdeError, which read as a crash
-    pass
 
 
 def data_root() -> Path:
@@ -76,65 +73,16 @@ def weights_of(path: Path) -> str | None:
     return "filled" if "filled" in found else ("stored" if found else None)
 
 
-def run_child(verb: str, src: Path, out: Path, timeout: int, write, objective: str | None = None) -> None:
-    """In the forked child: run the verb, write one JSON line, exit."""
-    import gencompress
-    from gencompress.errors import GencompressError
-
-    def alarm(signum, frame):
-        raise Hang
-
-    signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(timeout)
-    started = time.perf_counter()
-    try:
-        if verb == "prune":
-            gencompress.prune(src, out, sparsity=0.5)
-        else:
-            gencompress.quantize(src, out, **({"objective": objective} if objective else {}))
-        outcome, detail = "ok", ""
-    except GencompressError as e:
-        outcome, detail = ("crash" if "\n" in str(e) else "refused"), str(e)
-    except Hang:
-        outcome, detail = "hang", f"over {timeout} s"
-    except Exception as e:
-        outcome, detail = "crash", f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
-    finally:
-        signal.alarm(0)
-    write(json.dumps({"outcome": outcome, "detail": detail, "seconds": time.perf_counter() - started}))
-
-
 def run_forked(verb: str, src: Path, out: Path, timeout: int, objective: str | None = None) -> dict:
-    """One verb on one graph in a forked child; its peak RSS from wait4."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        os.close(read_fd)
-        code = 0
-        try:
-            with os.fdopen(write_fd, "w") as f:
-                run_child(verb, src, out, timeout, f.write, objective)
-        except BaseException:
-            code = 1
-        os._exit(code)
-    os.close(write_fd)
-    deadline = time.monotonic() + timeout + 60  # the child's own alarm first; this if native code never returns
-    status = usage = None
-    while time.monotonic() < deadline:
-        done, status, usage = os.wait4(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.2)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        _, status, usage = os.wait4(pid, 0)
-    with os.fdopen(read_fd) as f:
-        text = f.read()
-    row = json.loads(text) if text else {"outcome": "crash", "detail": f"child ended without a result (status {status})", "seconds": None}
-    if not text and time.monotonic() >= deadline:
-        row = {"outcome": "hang", "detail": f"killed after {timeout + 60} s", "seconds": None}
-    row["peak_mb"] = usage.ru_maxrss / 1024 if usage else None
-    return row
+    """One verb on one graph in a forked child (benchmarks/forked.py): outcome, seconds, peak RSS."""
+    import gencompress
+
+    def call():
+        if verb == "prune":
+            return gencompress.prune(src, out, sparsity=0.5)
+        return gencompress.quantize(src, out, **({"objective": objective} if objective else {}))
+
+    return forked(call, timeout, quiet=False)
 
 
 def main() -> int:
