@@ -6,8 +6,10 @@ Run by hand (not part of the tests):
     .venv/bin/python benchmarks/saturation_search.py --sizes 1M 47M --rounds 2
 
 Per size: ``quantize(objective="size", check=False)`` with ``int8_kernels`` portable (the search
-runs) and vnni (no search) interleaved, ``--rounds`` times; the time inside
-``int8_saturation.saturation_free`` is summed separately. Prints the load average.
+and the error feedback run), portable without the input moments (``runtime_check.saturation.
+input_moments`` off: the search alone, as before the error feedback) and vnni (no search)
+interleaved, ``--rounds`` times; the time inside ``int8_saturation.saturation_free`` and inside
+``input_moments`` is summed separately. Prints the load average.
 """
 
 from __future__ import annotations
@@ -32,42 +34,49 @@ def main(argv=None) -> int:
     import numpy as np
 
     import gencompress.passes.insert_qdq as insert_qdq
+    import gencompress.runtime_check.saturation as saturation
     from gencompress import quantize
 
-    searched = []
-    search = insert_qdq.saturation_free
+    spent = {"search": [], "moments": []}
 
-    def timed(*a, **k):
-        started = time.perf_counter()
-        try:
-            return search(*a, **k)
-        finally:
-            searched[-1] += time.perf_counter() - started
+    def timed(function, into):
+        def run(*a, **k):
+            started = time.perf_counter()
+            try:
+                return function(*a, **k)
+            finally:
+                spent[into][-1] += time.perf_counter() - started
 
-    insert_qdq.saturation_free = timed
+        return run
+
+    insert_qdq.saturation_free = timed(insert_qdq.saturation_free, "search")
+    with_moments = timed(saturation.input_moments, "moments")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             src = Path(tmp) / f"{size}.onnx"
             build_generator(SIZES[size], src)
-            times = {"portable": [], "vnni": []}
-            search_s = []
+            times = {"portable": [], "portable, no moments": [], "vnni": []}
+            inside = {("portable", "search"): [], ("portable", "moments"): [], ("portable, no moments", "search"): []}
             for _ in range(args.rounds):
-                for kernels in times:
-                    searched.append(0.0)
+                for variant in times:
+                    for into in spent:
+                        spent[into].append(0.0)
+                    saturation.input_moments = with_moments if variant == "portable" else None
                     started = time.perf_counter()
-                    quantize(src, Path(tmp) / f"{size}_{kernels}.onnx", objective="size", int8_kernels=kernels, check=False)
-                    times[kernels].append(time.perf_counter() - started)
-                    if kernels == "portable":
-                        search_s.append(searched[-1])
-            rows.append((size, np.median(times["portable"]), np.median(times["vnni"]), np.median(search_s)))
+                    quantize(src, Path(tmp) / f"{size}_int8.onnx", objective="size", int8_kernels=variant.split(",")[0], check=False)
+                    times[variant].append(time.perf_counter() - started)
+                    for v, into in inside:
+                        if v == variant:
+                            inside[v, into].append(spent[into][-1])
+            rows.append((size, *(np.median(t) for t in times.values()), *(np.median(t) for t in inside.values())))
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
     print(f"quantize --objective size, median of {args.rounds} interleaved rounds; load average {load}")
-    print("| model | portable | vnni (no search) | inside saturation_free |")
-    print("|---|---|---|---|")
-    for size, portable, vnni, inside in rows:
-        print(f"| {size} DCGAN | {portable:.1f} s | {vnni:.1f} s | {inside:.1f} s |")
+    print("| model | portable | portable, no moments | vnni (no search) | portable: saturation_free / input_moments | no moments: saturation_free |")
+    print("|---|---|---|---|---|---|")
+    for size, portable, plain, vnni, search, moments, plain_search in rows:
+        print(f"| {size} DCGAN | {portable:.1f} s | {plain:.1f} s | {vnni:.1f} s | {search:.1f} / {moments:.1f} s | {plain_search:.1f} s |")
     return 0
 
 

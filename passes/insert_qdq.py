@@ -32,7 +32,9 @@ What the pass writes (the conventions of DESIGN.md):
 
 Ranges come from ``Options.ranges`` (name, lo, hi); any the plan needs that are missing are
 measured by the calibrator the pass is given (``runtime_check/calibration.calibrate_ranges``; quantize and
-recipes give it), never by the pass itself: passes run no model.
+recipes give it), never by the pass itself: passes run no model. So are the input moments
+portable int8 uses to keep the output error of the weights the int16 pair bound changes small
+(``runtime_check/saturation.input_moments``, the pass's ``moments``; ``passes/int8_saturation.py``).
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ import onnx_ir.passes.common as common_passes
 from gencompress.errors import GencompressError
 from gencompress.onnx_io import release
 from gencompress.passes.int8_saturation import METHODS as SATURATION_REMEDIES
-from gencompress.passes.int8_saturation import UINT8_ZERO_POINT, Layout, as_uint8, saturation_free, uint8_layers, unsafe_pairs
+from gencompress.passes.int8_saturation import (
+    FEEDBACK_MACS, UINT8_ZERO_POINT, Layout, Unfold, as_uint8, feedback_cost, saturation_free, uint8_layers, unsafe_pairs,
+)
 from gencompress.passes.registry import GencompressPass, register
 from gencompress.passes.rewrite import Namer, ShapeLookup, onnx_opset
 from gencompress.passes.weights import WeightUse, find_weights
@@ -650,6 +654,29 @@ def store_other_weights_int8(builder: Builder, graph: ir.Graph, all_layers: list
 # ---- the pass ---------------------------------------------------------------------------------
 
 
+def _moment_ask(layer: Layer, shape: tuple) -> tuple | None:
+    """``(input name, Unfold, K)``: how the input of an int8 layer with weight ``shape`` becomes the
+    kernel's K rows, or None where it is not known (grouped Conv, auto_pad, transposed or batched
+    operands): those layers' weights are changed without moments."""
+    node, x = layer.node, layer.node.inputs[0]
+    if x is None or not x.name:
+        return None
+    attr = node.attributes
+    if layer.op_type == "Conv":
+        if attr.get_int("group", 1) != 1 or attr.get_string("auto_pad", "NOTSET") != "NOTSET":
+            return None
+        d = len(shape) - 2
+        kernel = tuple(int(k) for k in shape[2:])
+        pads = tuple(attr.get_ints("pads", [0] * 2 * d))
+        unfold = Unfold(kernel, pads, tuple(attr.get_ints("strides", [1] * d)), tuple(attr.get_ints("dilations", [1] * d)))
+        return x.name, unfold, int(np.prod(shape[1:]))
+    if layer.op_type == "Gemm" and not attr.get_int("transA", 0):
+        return x.name, Unfold(), int(shape[1] if attr.get_int("transB", 0) else shape[0])
+    if layer.op_type == "MatMul" and len(shape) == 2:
+        return x.name, Unfold(), int(shape[0])
+    return None
+
+
 @dataclass(frozen=True)
 class StaticOptions:
     """How static int8 is calibrated and stored: the one type the pass, the verbs, recipes and the
@@ -701,11 +728,15 @@ class InsertQDQPass(GencompressPass):
             if self.saturation_remedy not in SATURATION_REMEDIES:
                 raise ValueError(f"saturation_remedy must be one of {', '.join(SATURATION_REMEDIES)}, not {self.saturation_remedy!r}")
 
-    def __init__(self, options=None, calibrate=None):
+    def __init__(self, options=None, calibrate=None, moments=None):
         super().__init__(options)
         # (model, tensor names, options) -> {name: (lo, hi)}: measures the ranges ``Options.ranges``
         # lacks by running the model; given by the layer that runs models (runtime_check.calibration)
         self.calibrate = calibrate
+        # (model, {key: (input name, Unfold, K)}, options) -> {key: blocks of E[x xᵀ]}: lets portable
+        # int8 keep the output error of the weights it changes small (runtime_check.saturation);
+        # without it the change minimizes the weights' own error
+        self.moments = moments
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         opts = self.options
@@ -724,6 +755,7 @@ class InsertQDQPass(GencompressPass):
         # measured on the graph as it comes (shape inference, where a value has no shape, before any Q/DQ)
         shapes = ShapeLookup(model)
         uint8 = uint8_layers({l.name: int8_macs(l, shapes) for l in layers if any(self._pairing(l, u) for u in l.weights)})
+        quantized, moments = self._unsafe_weights(model, layers, uint8)
         ranges = {name: (lo, hi) for name, lo, hi in opts.ranges}
         missing = [s for s in plan.seeds if s not in ranges]
         if missing:
@@ -786,16 +818,17 @@ class InsertQDQPass(GencompressPass):
                 axis = None if (opts.per_tensor and layer.kind == "int8") else use.out_axis
                 block = channel_block(layer.node, use) if axis is not None else 1
                 layout = self._pairing(layer, use)
-                key = (use.value.name, axis, block, layout, layout is not None and layer.name in uint8)
+                key = self._weight_key(layer, use, uint8)
                 if key not in cache:
-                    q, scale = quantize_symmetric(use.array(), axis, block=block)
+                    q, scale = quantized.pop(key) if key in quantized else quantize_symmetric(use.array(), axis, block=block)
                     # onnxruntime's Gemm fusion wants the weight zero point spelled out
                     qtype, zero_point = ir.DataType.INT8, layer.op_type == "Gemm"
                     if layout is not None and key[-1] and unsafe_pairs(q, layout):
                         q, qtype, zero_point = as_uint8(q), ir.DataType.UINT8, UINT8_ZERO_POINT
                         layer.saturation = {"weights": "uint8", "reason": UINT8_REASON}
                     elif layout is not None:
-                        q, scale, changed = saturation_free(use.array(), q, scale, axis, layout, block=block, method=opts.saturation_remedy)
+                        q, scale, changed = saturation_free(use.array(), q, scale, axis, layout, block=block, method=opts.saturation_remedy,
+                                                            moments=moments.get(key))
                         if changed is not None:
                             layer.saturation = {**changed, "reason": SATURATION_REASON}
                     release(use.value.const_value)  # a streamed weight: unmapped once read
@@ -826,6 +859,36 @@ class InsertQDQPass(GencompressPass):
             "activation_scales": len(params),
         }
         return ir.passes.PassResult(model, True)
+
+    def _weight_key(self, layer: Layer, use: WeightUse, uint8: set) -> tuple:
+        """What makes two uses of a weight get the same int8 weights (they then share them)."""
+        axis = None if (self.options.per_tensor and layer.kind == "int8") else use.out_axis
+        block = channel_block(layer.node, use) if axis is not None else 1
+        layout = self._pairing(layer, use)
+        return (use.value.name, axis, block, layout, layout is not None and layer.name in uint8)
+
+    def _unsafe_weights(self, model: ir.Model, layers: list[Layer], uint8: set) -> tuple[dict, dict]:
+        """``(quantized, moments)``: the int8 weights (``{key: (q, scale)}``) of the layers whose
+        saturation-free weights will be searched (an unsafe pair, not kept uint8), and their input
+        moments (``{key: blocks}``) from ``self.moments``, measured in one run of the float model
+        before the pass changes it, for those whose error feedback fits ``FEEDBACK_MACS`` (none
+        when no moments callable was given)."""
+        quantized, asks = {}, {}
+        for layer in layers:
+            for use in layer.weights:
+                key = self._weight_key(layer, use, uint8)
+                _, axis, block, layout, keep_uint8 = key
+                if layout is None or keep_uint8 or key in quantized:
+                    continue
+                q, scale = quantize_symmetric(use.array(), axis, block=block)
+                if unsafe_pairs(q, layout):
+                    quantized[key] = (q, scale)
+                    ask = _moment_ask(layer, q.shape)
+                    if ask is not None and feedback_cost(q, layout) <= FEEDBACK_MACS:
+                        asks[key] = ask
+        if not asks or self.moments is None:
+            return quantized, {}
+        return quantized, self.moments(model, asks, self.options)
 
     def _pairing(self, layer: Layer, use: WeightUse) -> Layout | None:
         """How a non-VNNI x86 int8 kernel pairs this weight, when the bound applies to it

@@ -22,6 +22,13 @@ proved by ``tests/test_int8_portable.py`` on crafted weights under ``qemu-x86_64
   multiply (VPMADDWD): no pairs.
 - Gemm / MatMul (QGemm, QLinearMatMul): B is packed in fours along K: pairs (2j, 2j+1) of K.
 
+With the layer input's second moments ``H = E[x xᵀ]`` over K (``Unfold`` says how a layer's input
+becomes K rows; the layer that runs models measures them: ``runtime_check/saturation.input_moments``),
+the rows ``saturation_free`` changes are rounded again with error feedback (GPTQ's update, the pairs
+kept on the bound): the error one pair's rounding leaves is carried onto the weights not yet rounded
+so that the layer's *output* error ``(w - s q) H (w - s q)ᵀ`` stays small; each row keeps whichever
+rounding gives the smaller output error. Only layers whose feedback fits ``FEEDBACK_MACS``.
+
 uint8 weights (zero point 128) run in MLAS's u8×u8 kernels, which widen both operands to int16
 and add products in int32 (VPMADDWD): exact, at about half the u8×s8 speed on a VNNI host. The
 cheapest layers (``uint8_layers``) keep their full 8-bit weights that way; the others get
@@ -54,6 +61,18 @@ UINT8_SHARE = 0.05
 # in the op's fixed cost (a latent projection, an LSTM decoder's output head)
 UINT8_MACS = 1 << 14
 UINT8_ZERO_POINT = 128
+# error feedback: H's damping (share of its mean diagonal, as GPTQ), the K entries handled as one
+# block of H (larger K: H is kept block-diagonal, feedback stays within a block; bounds H's memory
+# and cost on wide layers), and the columns updated at once inside a block (GPTQ's lazy batch)
+DAMP = 0.01
+MOMENT_BLOCK = 1152
+FEEDBACK_COLUMNS = 128
+# a layer gets error feedback when its unsafe rows × K × block width stay within this (about the
+# multiply-adds of the feedback and of H's factorizations): every layer of the zoo and the seeded
+# families (at most 1.7e8: conv:gan's 128-channel 3×3 Conv) but not the wide layers of the large
+# DCGANs (12M: 5.3e8), whose build time stays what the search alone costs (they keep the search's
+# weights, and no moments are measured for them)
+FEEDBACK_MACS = 1 << 28
 
 
 @dataclass(frozen=True)
@@ -103,6 +122,18 @@ def _pair_sums(rows: np.ndarray) -> np.ndarray:
     if k % 2:
         sums = np.concatenate([sums, rows[:, -1:].astype(dtype)], axis=1)
     return sums
+
+
+def feedback_cost(q: np.ndarray, layout: Layout) -> int:
+    """What error feedback on the int8 weights ``q`` would cost (compared with ``FEEDBACK_MACS``):
+    rows holding an unsafe pair × K × the width of H's blocks."""
+    found = layout.rows(q)
+    if found is None:
+        return 0
+    rows = found[0]
+    unsafe = int(np.count_nonzero((np.abs(_pair_sums(rows)) > PAIR_LIMIT).any(axis=1)))
+    k = rows.shape[1] + rows.shape[1] % 2
+    return unsafe * k * min(k, MOMENT_BLOCK)
 
 
 def unsafe_pairs(q: np.ndarray, layout: Layout) -> int:
@@ -192,7 +223,8 @@ def _search(t: np.ndarray, local: np.ndarray, n: int, method: str) -> np.ndarray
     return factors[np.arange(n), errors.argmin(axis=1)]
 
 
-def saturation_free(w: np.ndarray, q: np.ndarray, scale: np.ndarray, out_axis: int | None, layout: Layout, *, block: int = 1, method: str = "best"):
+def saturation_free(w: np.ndarray, q: np.ndarray, scale: np.ndarray, out_axis: int | None, layout: Layout, *, block: int = 1, method: str = "best",
+                    moments: list | None = None):
     """``(q, scale, report)``: the int8 weights ``q`` of float weights ``w`` (``q ~ w / scale``,
     one scale per slice of ``out_axis``, shared by ``block`` consecutive slices, or one scale for
     all with None) changed so that no weight pair can overflow int16.
@@ -201,7 +233,9 @@ def saturation_free(w: np.ndarray, q: np.ndarray, scale: np.ndarray, out_axis: i
     gives such a group the smallest larger scale that makes it safe; "nudge" keeps its scale and
     moves each unsafe pair onto the bound; "best" (default) tries scale factors between the two
     (each followed by nudging what is still unsafe) and keeps the one with the least squared
-    weight error. Deterministic. ``report``: None when nothing changed, else what changed."""
+    weight error. ``moments`` (``[(start, stop, H)]``, ``moment_blocks`` of the layer input's K): the
+    changed rows are then rounded again with error feedback (``_feedback``) where that lowers their
+    output error. Deterministic. ``report``: None when nothing changed, else what changed."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     found = layout.rows(q)
@@ -229,8 +263,12 @@ def saturation_free(w: np.ndarray, q: np.ndarray, scale: np.ndarray, out_axis: i
     # requantized with the float32 scales that are stored
     s, plain = _rounded(w_rows, new_s[local])
     bad = np.nonzero(np.abs(plain[:, 0::2] + plain[:, 1::2]) > PAIR_LIMIT)
+    nudged = _nudge(s, plain, bad)
+    fed = 0
+    if moments is not None:
+        nudged, fed = _feedback(s, nudged, moments)
     new_rows = q_rows.copy()
-    new_rows[rows] = _nudge(s, plain, bad)[:, :k].astype(q.dtype)
+    new_rows[rows] = nudged[:, :k].astype(q.dtype)
     if per_tensor:
         flat_scale[:] = new_s[0]
     else:
@@ -242,7 +280,108 @@ def saturation_free(w: np.ndarray, q: np.ndarray, scale: np.ndarray, out_axis: i
         "rescaled": int((new_s != old_s).sum()) * (1 if per_tensor else block),
         "nudged_pairs": int(bad[0].size),
     }
+    if moments is not None:
+        report["error_feedback_channels"] = fed
     return np.ascontiguousarray(layout.unrows(new_rows, q.shape).astype(q.dtype)), scale, report
+
+
+def _damped_upper(h: np.ndarray) -> np.ndarray:
+    """The upper Cholesky factor ``U`` of ``H⁻¹`` (``H⁻¹ = UᵀU``), ``H`` damped as GPTQ does; inputs
+    that are always 0 (a zero diagonal) get 1 (their weights' errors cost nothing)."""
+    h = np.array(h, dtype=np.float64, copy=True)
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    h[np.diag_indices_from(h)] += DAMP * float(np.mean(np.diag(h)))
+    return np.linalg.cholesky(np.linalg.inv(h)).T
+
+
+def _feedback_block(t: np.ndarray, q0: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """GPTQ over one block of K (even width): the ideal integers ``t`` [R, B] rounded pair by pair in
+    K order, each pair's rounding error carried onto the columns after it through ``H⁻¹``'s
+    Cholesky factor, a pair whose rounding breaks the bound moved onto it (least squares, as
+    ``_nudge``; the second weight of a pair then rounded within what the first leaves). ``q0``: the
+    rounding without feedback, kept for rows where feedback does not lower ``e H eᵀ``."""
+    u = _damped_upper(h)
+    w = t.astype(np.float64, copy=True)
+    q = np.empty_like(w)
+    width = w.shape[1]
+    for c0 in range(0, width, FEEDBACK_COLUMNS):
+        c1 = min(c0 + FEEDBACK_COLUMNS, width)
+        err = np.empty((len(w), c1 - c0))
+        for a in range(c0, c1, 2):
+            b = a + 1
+            wa = w[:, a]
+            qa = np.clip(np.rint(wa), -QMAX, QMAX)
+            wb = w[:, b] - (wa - qa) * (u[a, b] / u[a, a])
+            over = np.abs(qa + np.clip(np.rint(wb), -QMAX, QMAX)) > PAIR_LIMIT
+            if over.any():
+                pa, _ = _on_bound(np.abs(wa[over]), np.abs(wb[over]))
+                qa[over] = np.where(wa[over] + wb[over] >= 0, pa, -pa)
+            err[:, a - c0] = (wa - qa) / u[a, a]
+            w[:, a + 1 : c1] -= np.outer(err[:, a - c0], u[a, a + 1 : c1])
+            wb = w[:, b]
+            qb = np.clip(np.clip(np.rint(wb), -QMAX, QMAX), -PAIR_LIMIT - qa, PAIR_LIMIT - qa)
+            err[:, b - c0] = (wb - qb) / u[b, b]
+            w[:, b + 1 : c1] -= np.outer(err[:, b - c0], u[b, b + 1 : c1])
+            q[:, a], q[:, b] = qa, qb
+        w[:, c1:] -= err @ u[c0:c1, c1:]
+    better = _output_error(t - q, h) < _output_error(t - q0, h)
+    return np.where(better[:, None], q, q0), better
+
+
+def _output_error(e: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Per row of the weight errors ``e``, ``e H eᵀ`` (one matrix product)."""
+    return np.einsum("ij,ij->i", e @ h, e)
+
+
+def _feedback(s: np.ndarray, q: np.ndarray, moments: list) -> tuple[np.ndarray, int]:
+    """``(q, rows changed)``: the rows ``q`` (ideal integers ``s``, even K) rounded again with error
+    feedback within each block ``(start, stop, H)`` of ``moments`` (``_feedback_block``)."""
+    out = q.copy()
+    changed = np.zeros(len(q), dtype=bool)
+    for start, stop, h in moments:
+        out[:, start:stop], better = _feedback_block(s[:, start:stop], q[:, start:stop], h)
+        changed |= better
+    return out, int(changed.sum())
+
+
+@dataclass(frozen=True)
+class Unfold:
+    """How a layer's input ``x`` becomes the rows its int8 kernel multiplies with the weight rows,
+    in the kernel's K order (``Layout.rows``): a Conv's windows (``kernel``, ``pads`` begin+end,
+    ``strides``, ``dilations``; input channels fastest), or the last axis (Gemm, MatMul: empty
+    ``kernel``)."""
+
+    kernel: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    dilations: tuple[int, ...] = ()
+
+    def rows(self, x: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+        """``count`` rows of ``x`` (or all, if fewer), drawn with ``rng``, ``[n, K]`` float32."""
+        if not self.kernel:
+            flat = x.reshape(-1, x.shape[-1])
+            if len(flat) > count:
+                flat = flat[np.sort(rng.choice(len(flat), count, replace=False))]
+            return np.asarray(flat, dtype=np.float32)
+        d = len(self.kernel)
+        x = np.pad(x, [(0, 0), (0, 0)] + [(self.pads[i], self.pads[i + d]) for i in range(d)])
+        span = tuple((k - 1) * dl + 1 for k, dl in zip(self.kernel, self.dilations))
+        win = np.lib.stride_tricks.sliding_window_view(x, span, axis=tuple(range(2, 2 + d)))
+        win = win[(slice(None), slice(None), *(slice(None, None, st) for st in self.strides), *(slice(None, None, dl) for dl in self.dilations))]
+        grid = (win.shape[0], *win.shape[2 : 2 + d])  # sample, output positions
+        total = int(np.prod(grid))
+        picked = np.sort(rng.choice(total, count, replace=False)) if total > count else np.arange(total)
+        index = np.unravel_index(picked, grid)
+        windows = win[index[0], :, *index[1:]]  # [n, C, *kernel]
+        return np.ascontiguousarray(np.moveaxis(windows, 1, -1).reshape(len(picked), -1), dtype=np.float32)
+
+
+def moment_blocks(k: int) -> list[tuple[int, int]]:
+    """The diagonal blocks ``(start, stop)`` of ``H`` kept for K = ``k`` (an odd K padded by one, as
+    MLAS pairs it): even widths of at most ``MOMENT_BLOCK``, so that no pair is split."""
+    k += k % 2
+    return [(i, min(i + MOMENT_BLOCK, k)) for i in range(0, k, MOMENT_BLOCK)]
 
 
 def uint8_layers(macs: dict, share: float = UINT8_SHARE, small: int = UINT8_MACS) -> set:

@@ -256,10 +256,12 @@ def collect_stats(
     histogram: bool = True,
     batch_size: int = BATCH_SIZE,
     desc: str = "calibrating",
+    stats=None,
 ) -> dict[str, TensorStats]:
     """Run ``model`` (float; onnx_ir or proto) over ``feeds`` once per batch; statistics of each
     tensor in ``names``. The tensors are made graph outputs of the model for the run and the
-    model is restored after (no copy of its weights is made)."""
+    model is restored after (no copy of its weights is made). ``stats``: other statistics to
+    keep, ``{name: object with update(batch of the tensor)}`` (then ``names`` are its keys)."""
     import onnx_ir as ir
 
     from gencompress.output import progress
@@ -296,7 +298,7 @@ def collect_stats(
             value.type = None
     out_names = [o.name for o in session.get_outputs()]
     wanted = [out_names.index(n) for n in names]
-    stats = {n: TensorStats(n, histogram=histogram) for n in names}
+    stats = stats if stats is not None else {n: TensorStats(n, histogram=histogram) for n in names}
     n = num_samples(feeds)
     fixed = fixed_batch(model)
 

@@ -3,14 +3,87 @@ pair bound of onnxruntime's x86 kernels without VNNI (``passes/int8_saturation.p
 
 A layer counts when onnxruntime runs it as an int8 kernel (``int8_saturation.unsafe_layers``):
 its weight pairs, in the kernel's K order, must keep same-sign magnitudes within 128.
+
+``input_moments`` measures what the saturation-free rounding needs to keep a layer's output error
+small: the second moments of the layer's input over the kernel's K, on the calibration set.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 from gencompress.isa import host_isa, saturates
-from gencompress.passes.int8_saturation import unsafe_layers
+from gencompress.passes.int8_saturation import Unfold, moment_blocks, unsafe_layers
+
+# K rows (im2col windows, tokens, samples) kept per layer, and the calibration samples run to find
+# them: as many as the layer with the fewest rows per sample needs (a Gemm on a latent: one row
+# per sample), within these bounds. Measured on the seeded families (16 held-back inputs): 2048
+# rows or 16 samples lost up to 0.17 dB of what 4096 rows gave; attention's Gemm/MatMul layers
+# lost 0.4 dB with 32 samples instead of 128
+MOMENT_ROWS = 4096
+MOMENT_SAMPLES = (32, 256)
+ROW_CHUNK = 1 << 24  # floats of unfolded rows held at a time
+
+
+class _Moments:
+    """Running ``Σ x xᵀ`` over sampled rows of one tensor, for each ``(key, Unfold, K)`` asked of it."""
+
+    def __init__(self, asks: list[tuple], seed: int):
+        self.asks = [(key, unfold, moment_blocks(k)) for key, unfold, k in asks]
+        self.spans = {key: blocks for key, _, blocks in self.asks}
+        self.sums = {key: [np.zeros((b - a, b - a)) for a, b in blocks] for key, blocks in self.spans.items()}
+        self.rows = dict.fromkeys(self.sums, 0)
+        self.rng = np.random.default_rng(seed)
+
+    def update(self, x: np.ndarray) -> None:
+        for key, unfold, blocks in self.asks:
+            while self.rows[key] < MOMENT_ROWS:
+                want = min(MOMENT_ROWS - self.rows[key], max(64, ROW_CHUNK // blocks[-1][1]))
+                rows = unfold.rows(np.asarray(x), want, self.rng)
+                for total, (a, b) in zip(self.sums[key], blocks):
+                    part = rows[:, a:b]
+                    total[: part.shape[1], : part.shape[1]] += (part.T @ part).astype(np.float64)
+                self.rows[key] += len(rows)
+                if len(rows) < want:  # the batch holds fewer rows than asked: all taken
+                    break
+
+    def blocks(self, key) -> list:
+        n = max(self.rows[key], 1)
+        return [(a, b, total / n) for total, (a, b) in zip(self.sums[key], self.spans[key])]
+
+
+def _rows_per_sample(model, name: str, unfold: Unfold) -> int:
+    """About how many K rows one sample gives of the tensor ``name`` (its positions: the spatial
+    size for a Conv's input, the dims between batch and the last for Gemm/MatMul); 1 if unknown."""
+    value = next((v for v in (*model.graph.inputs, *(o for node in model.graph for o in node.outputs)) if v.name == name), None)
+    dims = list(value.shape) if value is not None and value.shape is not None else []
+    inner = dims[2:] if unfold.kernel else dims[1:-1]
+    return int(np.prod(inner)) if inner and all(isinstance(d, int) and d > 0 for d in inner) else 1
+
+
+def input_moments(model, asks: dict, options) -> dict:
+    """``{key: [(start, stop, H)]}`` for ``asks`` ``{key: (input tensor name, Unfold, K)}``: the
+    diagonal blocks (``int8_saturation.moment_blocks``) of ``H = E[x xᵀ]`` over the K rows the
+    layer's kernel reads, from the first calibration inputs (``MOMENT_SAMPLES``) that ``options``
+    (``InsertQDQPass.Options``) describes, ``MOMENT_ROWS`` rows drawn per layer (seeded). What
+    ``InsertQDQPass`` is given as ``moments``."""
+    from gencompress.batches import fixed_batch
+    from gencompress.runtime_check.calibration import calibration_inputs, collect_stats
+
+    by_tensor: dict[str, list] = {}
+    for key, (name, unfold, k) in asks.items():
+        by_tensor.setdefault(name, []).append((key, unfold, k))
+    per_sample = min(_rows_per_sample(model, name, unfold) for name, unfold, _ in asks.values())
+    size = int(np.clip(-(-MOMENT_ROWS // per_sample), *MOMENT_SAMPLES))
+    size = min(options.calib_size or size, size)
+    fixed = fixed_batch(model)
+    if fixed:  # whole batches only
+        size = max(fixed, size - size % fixed)
+    feeds = calibration_inputs(model, size=size, seed=options.seed, data=options.calib_data)
+    stats = {name: _Moments(tensor_asks, options.seed) for name, tensor_asks in by_tensor.items()}
+    collect_stats(model, list(stats), feeds, stats=stats, desc="input moments")
+    return {key: stats[name].blocks(key) for name, tensor_asks in by_tensor.items() for key, _, _ in tensor_asks}
 
 
 def portability(model) -> dict:

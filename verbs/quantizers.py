@@ -233,6 +233,7 @@ def static_quantizer(prepared, static, *, log, exclude=(), feeds=None, before_re
     from gencompress.passes.carry_ranges import carry_ranges
     from gencompress.passes.insert_qdq import InsertQDQPass, find_layers, select_layers
     from gencompress.runtime_check.calibration import calibrate_ranges
+    from gencompress.runtime_check.saturation import input_moments
 
     if isinstance(prepared, onnx.ModelProto):
         prepared = ir.serde.deserialize_model(prepared)
@@ -251,7 +252,7 @@ def static_quantizer(prepared, static, *, log, exclude=(), feeds=None, before_re
     def make_pass(exclude, include):
         # the calibration settings too: a range the run above lacks (a tensor shape inference
         # could not type) is then calibrated the way the user asked, not with the pass defaults
-        return InsertQDQPass(InsertQDQPass.Options(**fields, exclude=exclude, include=include, ranges=ranges), calibrate=calibrate_ranges)
+        return InsertQDQPass(InsertQDQPass.Options(**fields, exclude=exclude, include=include, ranges=ranges), calibrate=calibrate_ranges, moments=input_moments)
 
     return Quantizer(prepared, make_pass, [_layer_info(layer) for layer in layers], calibration)
 

@@ -13,6 +13,7 @@ from gencompress.verbs import distill_step as _distill_step  # noqa: F401  (regi
 from gencompress.passes.insert_qdq import InsertQDQPass
 from gencompress.passes.registry import make_options, pass_class, validate_recipe
 from gencompress.runtime_check.calibration import calibrate_ranges, calibrating_in_place_of
+from gencompress.runtime_check.saturation import input_moments
 from gencompress.verbs import int8_plan as _int8_plan  # noqa: F401  (registers "plan_int8")
 
 
@@ -23,7 +24,8 @@ def make_step(name: str, options: dict | None = None, *, before_rewrites=None):
     cls = pass_class(name)
     opts = make_options(name, options)
     if cls is InsertQDQPass:
-        return cls(opts, calibrate=calibrate_ranges if before_rewrites is None else calibrating_in_place_of(before_rewrites))
+        calibrate = calibrate_ranges if before_rewrites is None else calibrating_in_place_of(before_rewrites)
+        return cls(opts, calibrate=calibrate, moments=input_moments)
     return cls(opts)
 
 
