@@ -20,6 +20,8 @@ enlarged: an image smaller than the input is refused), then mapped from 0..255 t
 from __future__ import annotations
 
 import os
+import warnings
+from contextlib import contextmanager
 from functools import lru_cache
 from importlib.util import find_spec
 from pathlib import Path
@@ -73,6 +75,15 @@ def image_files(folder) -> list[Path]:
     return files
 
 
+@contextmanager
+def _bomb_is_an_error(Image):
+    """Pillow's DecompressionBombWarning raised (it warns on stderr and decodes up to twice its pixel
+    limit, then raises DecompressionBombError): every image over the limit is one refusal."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
 def load_image_folder(folder, shape, low: float, high: float, budget_bytes: int, name: str) -> np.ndarray:
     """``[N, C, H, W]`` float32 in ``[low, high]`` from every image of ``folder``, for input ``name`` of ``shape``."""
     Image, Unidentified = _image_module()
@@ -86,7 +97,7 @@ def load_image_folder(folder, shape, low: float, high: float, budget_bytes: int,
     for i, path in enumerate(files):
         where = f"{path} (input {name!r})"
         try:
-            with Image.open(path) as img:
+            with _bomb_is_an_error(Image), Image.open(path) as img:
                 if img.format not in ("PNG", "JPEG"):
                     raise GencompressError(f"{where}: a {img.format} file, expected PNG or JPEG")
                 if img.mode not in _MODES[channels]:
@@ -97,6 +108,8 @@ def load_image_folder(folder, shape, low: float, high: float, budget_bytes: int,
                 pixels = np.asarray(_fit(img, height, width))
         except GencompressError:
             raise
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+            raise GencompressError(f"{where}: more than {Image.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?); resize it") from None
         except (Unidentified, OSError, ValueError, SyntaxError) as e:
             raise GencompressError(f"{where}: not a readable PNG/JPEG image ({type(e).__name__})") from None
         out[i] = _to_range(pixels.reshape(height, width, channels).transpose(2, 0, 1), low, high)

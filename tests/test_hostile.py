@@ -1092,3 +1092,21 @@ def test_graph_without_outputs(verb, tmp_path, run_cli, user_error):
     before = snapshot(tmp_path)
     user_error(run_cli(*VERBS[verb](m, tmp_path / "out")), "no outputs")
     assert_untouched(tmp_path, before)
+
+
+@pytest.mark.parametrize("side", [12, 20])
+def test_image_larger_than_pillows_limit_is_one_line(side, tmp_path, monkeypatch):
+    """Pillow warned on stderr (and decoded) up to twice its pixel limit and raised its own
+    DecompressionBombError (a traceback) above it; the limit is scaled down here to 100 pixels."""
+    import warnings
+
+    from PIL import Image
+
+    from gencompress.images import load_image_folder
+
+    Image.new("L", (side, side)).save(tmp_path / "a.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning on the way
+        with pytest.raises(GencompressError, match="decompression bomb"):
+            load_image_folder(tmp_path, (1, 1, 8, 8), -1.0, 1.0, 2**20, "image")
