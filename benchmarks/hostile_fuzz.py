@@ -9,6 +9,8 @@ a multi-line message is seen as such) and ends as refused (one line), ok, crash 
 A case says what it expects: ``refuse`` (the input is wrong: ``ok`` is a *silent acceptance*) or
 ``either`` (a damaged file may still be a valid model: only crashes and hangs count). Classes:
 
+- crafted: invalid models made by hand (external-data tricks, no graph outputs, bad dims and
+  tensor sizes) through prune, quantize, check and bench;
 - flips / truncate: a small DCGAN (ConvTranspose, BatchNorm, external metadata as the exporter
   writes it) with one random byte changed, or cut at a random length, through prune, quantize
   (``--objective size`` and the default), check, bench, sensitivity, compress and ship;
@@ -287,9 +289,64 @@ def module_cases(folder: Path) -> list:
     return cases
 
 
+def crafted_cases(folder: Path) -> list:
+    """Hand-made invalid models (external-data tricks, a graph without outputs, bad dims and
+    tensors), each through prune, quantize, check and bench: every one is refused."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+
+    def save(name, *, external=None, outputs=True, dims=("N", 8), raw_extra=b""):
+        sub = folder / f"crafted-{name}"
+        sub.mkdir()
+        w = numpy_helper.from_array(weight, "W")
+        w.raw_data = w.raw_data + raw_extra
+        graph = helper.make_graph([helper.make_node("Gemm", ["z", "W"], ["out"])], "g",
+                                  [helper.make_tensor_value_info("z", TensorProto.FLOAT, list(dims))],
+                                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 16])] if outputs else [], [w])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        if external is not None:
+            (sub / "w.bin").write_bytes(weight.tobytes())
+            t = model.graph.initializer[0]
+            t.ClearField("raw_data")
+            t.data_location = TensorProto.EXTERNAL
+            for k, v in external.items():
+                t.external_data.add(key=k, value=v)
+        onnx.save(model, str(sub / "g.onnx"))
+        return sub / "g.onnx"
+
+    models = {
+        "external data: the folder itself": save("dot", external={"location": "."}),
+        "external data: unknown key": save("key", external={"location": "w.bin", "evil": "1"}),
+        "external data: outside the folder": save("out", external={"location": "../w.bin"}),
+        "external data: past the end": save("end", external={"location": "w.bin", "offset": "4096"}),
+        "no graph outputs": save("noout", outputs=False),
+        "dimension 0": save("dim0", dims=(0, 8)),
+        "dimension 2**62": save("huge", dims=(2**62, 8)),
+        "raw data one byte long": save("raw", raw_extra=b"\0"),
+    }
+    import gencompress
+
+    cases = []
+    for label, m in models.items():
+        out = m.parent
+        calls = {"prune": lambda m=m, out=out: gencompress.prune(m, out / "p.onnx", sparsity=0.5),
+                 "quantize": lambda m=m, out=out: gencompress.quantize(m, out / "q.onnx", objective="size", calib_size=8, eval_size=8),
+                 "check": lambda m=m: gencompress.check(m, m, samples=4),
+                 "bench": lambda m=m: gencompress.bench(m, batches=1, runs=1, warmup=0, memory=False)}
+        for verb, call in calls.items():
+            if label.startswith("dimension") and verb == "prune":
+                continue  # prune draws no inputs: the dims are not its business
+            cases.append(("crafted", f"{verb} {label}", call, "refuse"))
+    return cases
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--classes", nargs="*", default=["flips", "truncate", "options", "api", "recipes", "npz", "modules"])
+    parser.add_argument("--classes", nargs="*", default=["flips", "truncate", "crafted", "options", "api", "recipes", "npz", "modules"])
     parser.add_argument("--cases", type=int, default=24, help="damaged files per class (flips, truncate)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=int, default=60)
@@ -319,7 +376,7 @@ def main() -> int:
         for kind in ("flips", "truncate"):
             if kind in args.classes:
                 cases += damaged_cases(m, folder, rng, args.cases, kind)
-        makers = {"options": lambda: option_cases(m, folder), "api": lambda: api_cases(m, folder), "recipes": lambda: recipe_cases(m, folder),
+        makers = {"crafted": lambda: crafted_cases(folder), "options": lambda: option_cases(m, folder), "api": lambda: api_cases(m, folder), "recipes": lambda: recipe_cases(m, folder),
                   "npz": lambda: npz_cases(m, folder), "modules": lambda: module_cases(folder)}
         for kind, make in makers.items():
             if kind in args.classes:
