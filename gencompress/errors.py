@@ -6,7 +6,10 @@ class GencompressError(Exception):
 
 
 def short(value, limit: int = 60) -> str:
-    """A value's repr cut to ``limit`` characters: error messages never print a whole (possibly
-    huge, possibly hostile) value."""
-    text = repr(value)
+    """A value's repr on one line, cut to ``limit`` characters: error messages never print a whole
+    (possibly huge, possibly hostile) value."""
+    try:
+        text = " ".join(repr(value).split())  # one line: a numpy array's repr spans several
+    except Exception:  # a user object whose __repr__ fails
+        text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."

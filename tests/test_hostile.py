@@ -1110,3 +1110,18 @@ def test_image_larger_than_pillows_limit_is_one_line(side, tmp_path, monkeypatch
         warnings.simplefilter("error")  # no warning on the way
         with pytest.raises(GencompressError, match="decompression bomb"):
             load_image_folder(tmp_path, (1, 1, 8, 8), -1.0, 1.0, 2**20, "image")
+
+
+def test_error_messages_quote_values_on_one_line(tmp_path):
+    """A value's repr in a message: numpy's spans lines (a two-line error), a hostile __repr__
+    raised inside the error path (a traceback)."""
+    class Evil:
+        def __repr__(self):
+            raise RuntimeError("no repr for you")
+
+    m = tiny(tmp_path / "g.onnx")
+    with pytest.raises(GencompressError) as e:
+        gencompress.sensitivity(m, calib_data={"z": np.zeros((4, LATENT), np.float32)}, eval_size=8)
+    assert "\n" not in str(e.value)
+    with pytest.raises(GencompressError, match="exclude must be"):
+        gencompress.quantize(m, tmp_path / "q.onnx", exclude=[Evil()])
