@@ -186,6 +186,12 @@ def test_large_model_near_the_band_is_timed_in_the_model(zoo_onnx, cache_dir, tm
     assert calls and report["speed_plan"]["chosen_speed"]  # timed beside float
     assert any("in the whole model" in n for n in report["notes"])
     assert sum(r["decided"] == "in context" for r in report["speed_plan"]["layers"]) >= 1
+    # the same, on a machine where the timed plan would not fit in memory: the streamed one build, untimed
+    monkeypatch.setattr(int8_plan, "PLAN_PEAK_PER_FILE_BYTE", 1e9)
+    calls.clear()
+    isolated_calls.clear()
+    report = quantize(zoo_onnx("dcgan"), tmp_path / "b.onnx", calib_size=16, check=False, timer=timer)
+    assert calls == [] and "speed_plan" not in report and any("every layer int8 instead" in n for n in report["notes"])
 
 
 def test_untimed_plan_needs_every_group_decided():

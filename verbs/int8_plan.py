@@ -759,7 +759,8 @@ def _feeds_at(x: onnx.ValueInfoProto, value_range) -> Callable[[int], dict]:
 
     def feeds(batch: int) -> dict:
         shape = [batch if d is None else d for d in dims]
-        return {x.name: np.random.default_rng(0).uniform(lo, hi if hi > lo else lo + 1.0, shape).astype(dtype)}
+        values = np.random.default_rng(0).random(shape, dtype=np.float32) * np.float32((hi if hi > lo else lo + 1.0) - lo) + np.float32(lo)
+        return {x.name: values.astype(dtype, copy=False)}
 
     return feeds
 
@@ -838,7 +839,8 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
         gains, per_sample = {}, None
         for b in batches:
             timed = b if per_sample is None else int(np.clip(ISOLATED_RUN_SECONDS / per_sample, min(batches), b))
-            feeds = {k: cast_feeds(s, feeds_at(timed)) for k, s in pair.items()}
+            inputs = feeds_at(timed)  # one draw for both forms
+            feeds = {k: cast_feeds(s, inputs) for k, s in pair.items()}
             probe = time_interleaved(pair, feeds, runs=1, warmup=1)
             p50 = max(max(t[0] for t in probe.values()), 1e-6)
             times = time_interleaved(pair, feeds, runs=int(np.clip(ISOLATED_SECONDS / p50, ISOLATED_MIN_RUNS, 400)), warmup=0)

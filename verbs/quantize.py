@@ -132,12 +132,12 @@ def quantize(
     sources = _check_run(in_path, out_path, mode=mode, objective=objective, threads=threads, batches=batches, keep_io_types=keep_io_types,
                          calib_data=calib_data, external_data=external_data, check=check, target_psnr=target_psnr)
     planned = mode == "static" and objective != "size"
-    too_large = int8_plan.plan_memory_note(in_path) if planned and target_psnr is None else None
+    # a large model is first planned from its layers timed alone, streamed like --objective size (memory: see _Run.predicted)
+    predict = planned and target_psnr is None and int8_plan.predicts_first(in_path)
+    too_large = int8_plan.plan_memory_note(in_path) if planned and target_psnr is None and not predict else None
     if too_large:  # the streamed one build instead of a timed plan that would not fit in memory
         planned = False
         log(too_large)
-    # a large model is first planned from its layers timed alone, streamed like --objective size
-    predict = planned and target_psnr is None and int8_plan.predicts_first(in_path)
     run = _Run.load(in_path, planned=planned and not predict, stream=(predict or not planned) and target_psnr is None, objective=objective, log=log)
     run.notes[:0] = [too_large] if too_large else []
     if planned:  # the plan times batches of this size: their samples within the sampling budget, before any work
@@ -192,8 +192,10 @@ def _quantized(run: "_Run", report: dict, *, mode, static, exclude, bits, block_
             timer = timer or int8_plan.interleaved_timer(run.eval_reference, header=run.header, **timing)
         predicted = run.predicted(exclude, objective, timer, static, calib_feeds) if predict else None  # a large model: one streamed build?
         if predicted is not None:
-            quantizer, proto, pass_report, report["speed_plan"] = predicted
+            quantizer, proto, pass_report, plan_report = predicted
             report["calibration"] = quantizer.calibration
+            if plan_report is not None:  # None: not planned (memory), every layer int8
+                report["speed_plan"] = plan_report
         elif planned:  # measure, then decide which layers compute in int8
             quantizer, proto, pass_report, report["speed_plan"] = run.plan(exclude, objective, timer, static)
             report["calibration"] = quantizer.builder.calibration()
@@ -384,7 +386,8 @@ class _Run:
     def predicted(self, exclude, objective, timer, static, feeds):
         """The plan from layers timed alone on the streamed model (``int8_plan.predicted_plan``: no
         float session, no copy of the model): (quantizer, proto, pass report, plan report) of the one
-        streamed build, every layer int8, when isolation decides every group; else None, and
+        streamed build, every layer int8, when isolation decides every group (plan report None when
+        it does not but a timed plan would not fit in memory: ``plan_memory_note``); else None, and
         ``unrewritten`` holds the prepared model for ``plan`` (calibrated once for both)."""
         import onnx_ir as ir
 
@@ -398,7 +401,11 @@ class _Run:
         why = f"a {self.before / 1e6:.0f} MB model: timed whole, it would hold a float session of it beside each configuration"
         result = int8_plan.predicted_plan(iso, timer, objective, why, self.log) if getattr(timer, "isolated", None) else None
         del iso
-        if result is None:
+        too_large = int8_plan.plan_memory_note(self.in_path) if result is None else None
+        if too_large:  # not decided alone, and a timed plan would not fit in memory: every layer int8, the same one build
+            self.notes.append(too_large)
+            self.log(too_large)
+        elif result is None:
             note = (f"note: timing the int8 plan of this {self.before / 1e6:.0f} MB model in the whole model (peak memory about"
                     f" {int8_plan.PLAN_PEAK_PER_FILE_BYTE}x the file); --objective size reads it a weight at a time (under 3x)")
             self.notes.append(note)
@@ -407,7 +414,7 @@ class _Run:
             return None
         quantizer, proto, pass_report = self.built("static", static, exclude=exclude, bits=8, block_size=DEFAULT_BLOCK_SIZE, feeds=feeds,
                                                    objective=objective, keep_model=False, calibrated=ranges)
-        return quantizer, proto, pass_report, _plan_info(result, pass_report, objective)
+        return quantizer, proto, pass_report, _plan_info(result, pass_report, objective) if result is not None else None
 
 
 def _fold_weights(proto):
