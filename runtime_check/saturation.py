@@ -43,7 +43,8 @@ class _Moments:
                 rows = unfold.rows(np.asarray(x), want, self.rng)
                 for total, (a, b) in zip(self.sums[key], blocks):
                     part = rows[:, a:b]
-                    total[: part.shape[1], : part.shape[1]] += (part.T @ part).astype(np.float64)
+                    with np.errstate(over="ignore", invalid="ignore"):  # Inf from a huge activation: see input_moments
+                        total[: part.shape[1], : part.shape[1]] += (part.T @ part).astype(np.float64)
                 self.rows[key] += len(rows)
                 if len(rows) < want:  # the batch holds fewer rows than asked: all taken
                     break
@@ -83,7 +84,13 @@ def input_moments(model, asks: dict, options) -> dict:
     feeds = calibration_inputs(model, size=size, seed=options.seed, data=options.calib_data)
     stats = {name: _Moments(tensor_asks, options.seed) for name, tensor_asks in by_tensor.items()}
     collect_stats(model, list(stats), feeds, stats=stats, desc="input moments")
-    return {key: stats[name].blocks(key) for name, tensor_asks in by_tensor.items() for key, _, _ in tensor_asks}
+    out = {}
+    for name, tensor_asks in by_tensor.items():
+        for key, _, _ in tensor_asks:
+            blocks = stats[name].blocks(key)
+            if all(np.isfinite(h).all() for _, _, h in blocks):  # else activations whose squares overflow float32 (a damaged
+                out[key] = blocks                                  # weight): that layer's weights are changed without moments
+    return out
 
 
 def portability(model) -> dict:

@@ -1125,3 +1125,25 @@ def test_error_messages_quote_values_on_one_line(tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(GencompressError, match="exclude must be"):
         gencompress.quantize(m, tmp_path / "q.onnx", exclude=[Evil()])
+
+
+def test_a_weight_whose_activations_square_past_float32(tmp_path):
+    """A flipped exponent bit (one ConvTranspose weight 0.064 -> 2.2e37, found by
+    benchmarks/hostile_fuzz.py): activations stay finite, their squares do not, and the portable
+    int8 search's input moments ended in numpy's LinAlgError. That layer now goes without moments."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scale", Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py")
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    m = scale.build_generator(4, tmp_path / "g.onnx", external=False)
+    proto = onnx.load(str(m))
+    w0 = next(t for t in proto.graph.initializer if t.name == "w0")
+    array = numpy_helper.to_array(w0).copy()
+    array[96, 13, 1, 0] = 2.1666824e37
+    w0.CopyFrom(numpy_helper.from_array(array, "w0"))
+    onnx.save(proto, str(m))
+    try:
+        gencompress.quantize(m, tmp_path / "q.onnx", objective="size", calib_size=16, eval_size=16)
+    except GencompressError:
+        pass  # a one-line refusal would do too
