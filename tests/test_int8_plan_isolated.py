@@ -233,3 +233,25 @@ def test_isolated_forms_quantize_an_output_an_int8_layer_reads(zoo_onnx):
     finally:
         int8_plan.ISOLATED_RUN_SECONDS = saved
     assert set(asked) == {1} and set(times) == {1, 64}  # batch 64 timed at batch 1, scaled
+
+
+def test_large_layer_is_timed_on_a_slice_of_its_output_channels(zoo_onnx, monkeypatch):
+    """A Conv/ConvTranspose over ISOLATE_WEIGHTS keeps at least 64 of its output channels alone,
+    and says by how much its times scale back; below, or asked not to, it is whole."""
+    import onnx_ir as ir
+
+    from gencompress.verbs.quantizers import fold_into_layers, prepare
+
+    model = ir.load(zoo_onnx("dcgan"))
+    prepare(model)
+    fold_into_layers(model)
+    shaped = int8_plan.isolation_of(model, rewrite=True, static_options=None, exclude=(), ranges=({}, {})).model
+    name = next(n.name for n in shaped.graph if n.op_type == "ConvTranspose" and n.inputs[1].const_value.shape[1] >= 128)
+    whole = int8_plan.isolated_layer(shaped, name)
+    monkeypatch.setattr(int8_plan, "ISOLATE_WEIGHTS", 1000)
+    sliced = int8_plan.isolated_layer(shaped, name)
+    kept = {t.name: t.dims[1] for t in sliced.graph.initializer if len(t.dims) == 4}
+    full = {t.name: t.dims[1] for t in whole.graph.initializer if len(t.dims) == 4}
+    scale = float(next(m.value for m in sliced.metadata_props if m.key == int8_plan.SLICED_KEY))
+    assert all(kept[k] == 64 and full[k] / 64 == scale for k in kept) and not whole.metadata_props
+    assert not int8_plan.isolated_layer(shaped, name, slice_large=False).metadata_props

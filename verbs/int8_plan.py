@@ -548,7 +548,7 @@ def _keep_last(cache: dict, key, value) -> None:
 # ---- one layer in isolation ---------------------------------------------------------------------
 
 
-def isolated_layer(model: ir.Model, name: str) -> onnx.ModelProto | None:
+def isolated_layer(model: ir.Model, name: str, slice_large: bool = True) -> onnx.ModelProto | None:
     """A float model of layer ``name`` alone: the layer, a nearest Resize feeding it (the
     ``resize_nhwc`` rewrite takes both), an activation that alone reads it (fused in int8), its
     weights; its one activation input a graph input with the layer's own shape, the batch
@@ -575,6 +575,7 @@ def isolated_layer(model: ir.Model, name: str) -> onnx.ModelProto | None:
     if shape is None or x.dtype is None:
         return None
     weights = {v.name: v.const_value for n in chain for v in n.inputs if v is not None and v.const_value is not None}
+    weights, scale = _sliced(node, weights) if slice_large else (weights, 1.0)
     nodes, x_info = [ir.serde.serialize_node(n) for n in chain], onnx.helper.make_tensor_value_info(x.name, int(x.dtype), shape)
     y_info = onnx.helper.make_tensor_value_info(out.name, int(out.dtype or x.dtype), None)
     opsets = [onnx.helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()]
@@ -584,7 +585,37 @@ def isolated_layer(model: ir.Model, name: str) -> onnx.ModelProto | None:
         onnx.helper.make_graph(nodes, "shapes", [x_info, *typed], [y_info]), opset_imports=opsets, ir_version=model.ir_version))
     graph = onnx.helper.make_graph(nodes, f"isolated {name}", [x_info], [shapes.graph.output[0]],
                                    [_in_memory(weights[k]) for k in sorted(weights)], value_info=shapes.graph.value_info)
-    return onnx.helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version)
+    tiny = onnx.helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version)
+    if scale != 1.0:
+        tiny.metadata_props.add(key=SLICED_KEY, value=repr(scale))
+    return tiny
+
+
+SLICED_KEY = "gencompress.isolated_scale"  # an isolated layer timed on a slice of its output channels: times scale by this
+ISOLATE_WEIGHTS = 1 << 20  # a Conv/ConvTranspose with more weights is timed alone on a slice of its output channels (at least 64)
+
+
+def _sliced(node: ir.Node, weights: dict) -> tuple[dict, float]:
+    """A large Conv or ConvTranspose (group 1, over ``ISOLATE_WEIGHTS`` weights) keeps a slice of its
+    output channels (and bias), at least 64: its int8 and float kernels stay full (the same GEMM
+    depth and rows, fewer columns) while building and loading it costs a fraction (the 47M
+    DCGAN's 33.5M-weight layer: 2.4 s of rewrites and 1.6 s of serializing alone). Returns the
+    weights (numpy-backed where sliced) and the factor that scales its times back."""
+    w = node.inputs[1].const_value if node.op_type in ("Conv", "ConvTranspose") and len(node.inputs) > 1 and node.inputs[1] is not None else None
+    group = node.attributes.get("group")
+    if w is None or (group is not None and group.value != 1) or w.size <= ISOLATE_WEIGHTS or len(w.shape) < 3:
+        return weights, 1.0
+    axis = 0 if node.op_type == "Conv" else 1
+    channels = w.shape[axis]
+    keep = max(64, int(np.ceil(channels * ISOLATE_WEIGHTS / w.size / 16)) * 16)
+    if keep >= channels:
+        return weights, 1.0
+    out = dict(weights)
+    out[node.inputs[1].name] = ir.Tensor(np.ascontiguousarray(np.take(w.numpy(), np.arange(keep), axis=axis)), name=node.inputs[1].name)
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    if bias is not None and bias.const_value is not None:
+        out[bias.name] = ir.Tensor(np.ascontiguousarray(bias.const_value.numpy()[:keep]), name=bias.name)
+    return out, channels / keep
 
 
 def _in_memory(tensor) -> onnx.TensorProto:
@@ -696,29 +727,47 @@ def predict_groups(iso: Isolation, isolated, batches, kernels=None, log=lambda m
     and runs on this machine kind."""
     out, timed = [], 0
     for group in iso.groups:
-        gains = None
-        try:
-            tiny = isolated_layer(iso.model, group[0])
-            keys = {b: kernel_key(iso, tiny, b) for b in batches} if tiny is not None else {}
-            cached = {b: kernels.get(k) for b, k in keys.items()} if kernels is not None else {}
-            if cached and all(cached.values()):  # timed before on this machine kind: not even built
-                gains = {b: (float(e["float_s"]), float(e["int8_s"])) for b, e in cached.items()}
-            pair = isolated_pair(iso, tiny, group[0]) if tiny is not None and gains is None else None
-        except Exception as e:  # an optimisation: a layer the isolation cannot build is timed in context instead
-            log(f"  {group[0]}: not timed alone ({str(e).splitlines()[0][:120]})")
-            pair = None
-        if pair is not None:
-            x = tiny.graph.input[0]
-            gains = isolated(*pair, _feeds_at(x, iso.ranges[0].get(x.name, (-1.0, 1.0))))
-            timed += 1
-            for b, (f, i) in gains.items():
-                if kernels is not None:
-                    kernels.put(keys[b], {"gain": f / i, "float_s": f, "int8_s": i, "op": tiny.graph.node[0].op_type})
-        out.append(gains)
+        gains = _isolated_gains(iso, group[0], isolated, batches, kernels, log)
+        if gains is not None and gains[1] and min(f / i for f, i in gains[0].values()) < SLICED_CLEAR:
+            gains = _isolated_gains(iso, group[0], isolated, batches, kernels, log, slice_large=False)  # near: the whole layer
+        timed += bool(gains and gains[2])
+        out.append(gains[0] if gains else None)
     log(f"  {sum(g is not None for g in out)} of {len(out)} group(s) timed alone ({timed} timed, the others from the kernel cache)")
     total = {b: sum(len(g) * t[b][0] for g, t in zip(iso.groups, out) if t) for b in batches}
     negligible = [bool(t) and all(len(g) * (t[b][1] - t[b][0]) <= NOISE / 2 * total[b] for b in batches) for g, t in zip(iso.groups, out)]
     return [{b: f / max(i, 1e-12) for b, (f, i) in t.items()} if t else None for t in out], negligible, total
+
+
+# a layer timed on a slice of its output channels is decided from it only when int8 is at least this much
+# faster at every batch, else timed whole: on the 47M DCGAN's four large layers the slice's gain was 0.36-2.0x
+# the whole layer's (load 6; benchmarks/plan_cost.py)
+SLICED_CLEAR = 2.2
+
+
+def _isolated_gains(iso: Isolation, name: str, isolated, batches, kernels, log, slice_large: bool = True):
+    """({batch: (float s, int8 s)}, sliced, timed now) of one layer alone, or None."""
+    gains = None
+    try:
+        tiny = isolated_layer(iso.model, name, slice_large)
+        keys = {b: kernel_key(iso, tiny, b) for b in batches} if tiny is not None else {}
+        cached = {b: kernels.get(k) for b, k in keys.items()} if kernels is not None else {}
+        if cached and all(cached.values()):  # timed before on this machine kind: not even built
+            gains = {b: (float(e["float_s"]), float(e["int8_s"])) for b, e in cached.items()}
+        pair = isolated_pair(iso, tiny, name) if tiny is not None and gains is None else None
+    except Exception as e:  # an optimisation: a layer the isolation cannot build is timed in context instead
+        log(f"  {name}: not timed alone ({str(e).splitlines()[0][:120]})")
+        return None
+    sliced = tiny is not None and any(m.key == SLICED_KEY for m in tiny.metadata_props)
+    if gains is not None or pair is None:
+        return (gains, sliced, False) if gains is not None else None
+    x = tiny.graph.input[0]
+    gains = isolated(*pair, _feeds_at(x, iso.ranges[0].get(x.name, (-1.0, 1.0))))
+    scale = float(next((m.value for m in tiny.metadata_props if m.key == SLICED_KEY), 1.0))
+    gains = {b: (f * scale, i * scale) for b, (f, i) in gains.items()}  # a slice of the layer: its whole time
+    for b, (f, i) in gains.items():
+        if kernels is not None:
+            kernels.put(keys[b], {"gain": f / i, "float_s": f, "int8_s": i, "op": tiny.graph.node[0].op_type})
+    return gains, sliced, True
 
 
 def predicted_plan(iso: Isolation, timer, objective: str, why: str, log=lambda m: None) -> PlanResult | None:
