@@ -35,7 +35,10 @@ form as the whole build makes it, on its own shapes; a group clearly faster in i
 too small a part of the model to slow it beyond noise (balanced), is decided without timing the
 whole model; only the others go through the greedy steps. Kernel timings are kept per machine
 kind (``plan_cache.KernelCache``), so layers seen before are not timed alone again. Then the
-plan is timed beside float, one configuration at a time (``plan_layers``).
+plan is timed beside float, one configuration at a time (``plan_layers``), unless isolation
+decided every group and that timing would cost more than ``GUARD_SECONDS``. A model file over
+``ISOLATE_BYTES`` is first planned on its streamed form (``predicted_plan``, called by quantize):
+decided alone, it is built by the one streamed build, never timed whole (no float session).
 
 What planning costs besides the timing: a configuration built only to be timed skips the
 search for int8 weight values safe on kernels without VNNI (the same graph and shapes run the
