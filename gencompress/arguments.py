@@ -50,6 +50,7 @@ MAX_WARMUP = 10_000
 MAX_SAMPLES = 1_000_000
 MAX_BATCH = 1_000_000
 MAX_THREADS = max(256, 4 * (os.cpu_count() or 1))
+MAX_STEPS = 10_000_000  # training steps (train, distill): ~50x the longest default, a typo above this
 
 
 def positive_int(value, option: str, limit: int | None = None) -> int:

@@ -23,14 +23,13 @@ from gencompress.output import progress as progress_bar
 
 # Enough for clean samples from every model; each run stays under ~3 min on 2 cores.
 DEFAULT_STEPS = {"dcgan": 3000, "vae": 8000, "rvae": 10000, "cgan": 3000}
-MAX_STEPS = 10_000_000  # ~50x the longest default: a typo, not a plan, above this
 BATCH = 64
 THREADS = 2  # fixed: CPU kernels may split reductions by thread count
 
 
 def train(name: str, out=None, seed: int = 0, steps: int | None = None, progress: bool = True) -> dict:
     """Train zoo model ``name`` and write its generator weights to ``out`` (default: the zoo checkpoint)."""
-    from gencompress.arguments import in_range, seed_value
+    from gencompress.arguments import MAX_STEPS, in_range, seed_value
 
     entry = get_zoo_entry(name)
     seed = seed_value(seed)

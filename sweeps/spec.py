@@ -264,9 +264,9 @@ def _config(raw: dict, base: Path) -> tuple[dict, str]:
     except GencompressError as e:
         raise GencompressError(f"spec: configuration {label!r}: {e}") from None
     if target is not None:
-        if isinstance(target, bool) or not isinstance(target, (int, float)) or not target > 0:
-            raise GencompressError(f"spec: configuration {label!r}: target_psnr must be a positive number of dB")
-        config["target_psnr"] = float(target)
+        from gencompress.arguments import target_psnr_value
+
+        config["target_psnr"] = target_psnr_value(target, f"spec: configuration {label!r}: target_psnr")
     # the defaults filled in: {} and {mode: static} are one configuration, with one key
     return {**{k: v for k, v in flags.items() if k != "exclude"}, "exclude": [], **config}, label
 

@@ -332,6 +332,7 @@ def test_recipe_step_trains_against_the_input_model_quantization_aware(zoo_onnx)
 def test_recipe_step_bad_options():
     from gencompress.errors import GencompressError
     from gencompress.passes.registry import validate_recipe
+    from gencompress.verbs import recipe  # noqa: F401  (registers the distill step, as every verb that runs recipes does)
 
     for options, fragment in [({"steps": 0}, "steps"), ({"lr": -1.0}, "lr"), ({"quantize_aware": "int2"}, "quantize_aware"),
                               ({"epochs": 3}, "unknown option")]:

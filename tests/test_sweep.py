@@ -49,6 +49,8 @@ def _write(path: Path, spec: dict) -> Path:
         ({"models": [], "configs": [{}]}, "non-empty list"),
         ({"configs": [{}]}, "'models' is missing"),
         ({"models": ["dcgan", "dcgan"], "configs": [{}]}, "two models named"),
+        ({"models": ["dcgan"], "configs": [{"target_psnr": 1e30}]}, "target_psnr"),
+        ({"models": ["dcgan"], "configs": [{"target_psnr": float("inf")}]}, "target_psnr"),
     ],
 )
 def test_bad_spec_is_one_line_exit_2(tmp_path, run_cli, user_error, spec, fragment):

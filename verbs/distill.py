@@ -36,8 +36,7 @@ CHECK_SAMPLES = 256
 
 def check_options(*, steps, batch, lr, seed, threads, quantize_aware) -> None:
     """One-line errors naming the CLI flag, for every option a user sets."""
-    from gencompress.arguments import MAX_THREADS, in_range, positive_int, seed_value
-    from gencompress.models.train import MAX_STEPS
+    from gencompress.arguments import MAX_STEPS, MAX_THREADS, in_range, positive_int, seed_value
 
     # --batch: held to the sampling budget once the inputs are known (_checked_pair)
     for flag, value, limit in (("--steps", steps, MAX_STEPS), ("--batch", batch, 2**62), ("--threads", threads, MAX_THREADS)):
