@@ -205,4 +205,15 @@ def test_compress_with_an_earlier_export(zoo_onnx, tmp_path):
     onnx.save(model, plain)
     with pytest.raises(GencompressError, match="not written by gencompress export"):
         gencompress.compress("dcgan", tmp_path / "o3", exported=plain, bench=False)
-    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+    nonfinite = tmp_path / "nan.onnx"
+    model = onnx.load(exported)
+    weight = model.graph.initializer[0]
+    array = onnx.numpy_helper.to_array(weight).copy()
+    array.flat[0] = np.nan
+    weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
+    onnx.save(model, nonfinite)
+    with pytest.raises(GencompressError, match="NaN|non-finite|Inf"):
+        gencompress.compress("dcgan", tmp_path / "o4", exported=nonfinite, bench=False)  # the checks an .onnx model gets
+    with pytest.raises(GencompressError, match="earlier export, got int"):
+        gencompress.compress("dcgan", tmp_path / "o5", exported=5, bench=False)
+    assert not any((tmp_path / f"o{i}").exists() for i in range(2, 6))

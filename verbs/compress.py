@@ -208,9 +208,10 @@ def compress(
     steps, recipe_source = _steps_of(recipe, flags, timing, target_psnr, sweep)
     sweep_recipes = _sweep_recipes(sweep, recipe, flags)
     is_onnx = _check_model_argument(model, checkpoint, inputs, batch_size)
-    if exported is not None and (is_onnx or not isinstance(exported, (str, os.PathLike))):
-        raise GencompressError("exported: the path of a torch model's earlier export, with a torch model only"
-                               if not is_onnx else "exported: an .onnx model is its own reference; give exported only with a torch model")
+    if exported is not None and is_onnx:
+        raise GencompressError("exported: an .onnx model is its own reference; give exported only with a torch model")
+    if exported is not None and not isinstance(exported, (str, os.PathLike)):
+        raise GencompressError(f"exported: the path of a torch model's earlier export, got {type(exported).__name__}")
     if ship_targets:
         from gencompress.edge.bundle import parse_targets
 
@@ -387,18 +388,26 @@ def _write_reference(model, reference: Path, is_onnx: bool, *, exported, checkpo
         log(f"exporting {model} ...")
         return export(model, reference, checkpoint=checkpoint, inputs=inputs, seed=seed, batch_size=batch_size, log=log)["model"]
     from gencompress.exporter.upgrade import upgrade_opset
+    from gencompress.onnx_io import load_model, save_model
+
+    proto = _checked_reference(load_model(model), model, samples)
+    save_model(upgrade_opset(proto, model, log), reference)
+    return str(model)
+
+
+def _checked_reference(proto, path, samples: int):
+    """``proto`` (read from ``path``) if it can be a reference: outputs the checks can compare,
+    finite weights, input priors and output range in its metadata, ``samples`` within budget."""
     from gencompress.inputs import check_batch_budget, output_range_of_model, specs_of_model
-    from gencompress.onnx_io import load_model, refuse_nonfinite_weights, save_model
+    from gencompress.onnx_io import refuse_nonfinite_weights
 
     from gencompress.runtime_check.fidelity import refuse_uncomparable_outputs
 
-    proto = load_model(model)
-    refuse_uncomparable_outputs(proto, str(model))
-    refuse_nonfinite_weights(proto, model)
+    refuse_uncomparable_outputs(proto, str(path))
+    refuse_nonfinite_weights(proto, path)
     check_batch_budget(specs_of_model(proto), samples)  # the model's metadata, checked before any work
     output_range_of_model(proto)
-    save_model(upgrade_opset(proto, model, log), reference)
-    return str(model)
+    return proto
 
 
 def _copy_export(exported, reference: Path, samples: int) -> str:
@@ -406,16 +415,15 @@ def _copy_export(exported, reference: Path, samples: int) -> str:
     export would have written it; its recorded source is the report's."""
     import onnx
 
-    from gencompress.inputs import check_batch_budget, specs_of_model
     from gencompress.onnx_io import load_header
 
-    proto = load_header(exported)
+    proto = load_header(exported)  # all of it: an export without a side file holds its weights inline
     source = next((p.value for p in proto.metadata_props if p.key == "gencompress.source"), None)
     if source is None:
         raise GencompressError(f"{exported}: not written by gencompress export (no gencompress.source metadata)")
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
         raise GencompressError(f"{exported}: an export with its weights in a side file; give only the model to export it again")
-    check_batch_budget(specs_of_model(proto), samples)
+    _checked_reference(proto, exported, samples)  # the checks an .onnx model gets
     shutil.copyfile(exported, reference)
     return source
 
