@@ -38,7 +38,7 @@ from gencompress.passes.insert_qdq import (
 )
 from gencompress.passes.registry import GencompressPass, register
 from gencompress.passes.rewrite import onnx_opset
-from gencompress.passes.weights import WeightUse, find_weights
+from gencompress.passes.weights import WeightUse, find_weights, no_float_weights_reason
 
 BITS = (8, 4)
 INT4_OPSET = 21
@@ -114,7 +114,7 @@ class WeightOnlyQuantizePass(GencompressPass):
         graph = model.graph
         all_layers = weight_layers(graph)
         if not all_layers:
-            raise GencompressError("nothing to quantize: the model has no Conv, ConvTranspose, Gemm, MatMul, GRU/LSTM or embedding weights")
+            raise GencompressError(f"nothing to quantize: {no_float_weights_reason(graph)}")
         layers, dropped = select_layers(all_layers, opts.exclude, opts.include)
         if not layers:
             raise GencompressError("nothing to quantize: every layer with weights is excluded")

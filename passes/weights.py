@@ -81,3 +81,22 @@ def find_weights(graph: ir.Graph) -> list[WeightUse]:
             if axes is not None:
                 uses.append(WeightUse(node, index, init, *axes))
     return uses
+
+
+def no_float_weights_reason(graph: ir.Graph) -> str:
+    """Why ``graph`` has no float32 layer weights to quantize, said truly: its layers' weights
+    are float16/bfloat16/double (a model already converted), or graph inputs (overridable
+    initializers: a feed may replace them), or there are none."""
+    use = next((u for u in find_weights(graph) if u.value.dtype != ir.DataType.FLOAT), None)
+    if use is not None:
+        dtype = use.value.dtype.name.lower() if use.value.dtype is not None else "untyped"
+        return (f"the model's layer weights are {dtype}, not float32 (e.g. {use.op_type} {use.node.name or '<unnamed>'!r} reads "
+                f"{use.name!r}): it is already converted; give the float32 model it was made from")
+    inputs = {v.name for v in graph.inputs}
+    for node in graph:
+        if node.domain in ("", "ai.onnx") and node.op_type in WEIGHT_OPS:
+            fed = next((v.name for v in node.inputs[1:] if v is not None and v.name in inputs and v.name in graph.initializers), None)
+            if fed:
+                return (f"the layers' weights are graph inputs a feed may replace (e.g. {fed!r} of {node.op_type} "
+                        f"{node.name or '<unnamed>'!r}), not constants; read without --keep-initializer-inputs")
+    return "the model has no Conv, ConvTranspose, Gemm, MatMul, GRU/LSTM or embedding weights"

@@ -265,7 +265,7 @@ def collect_stats(
     import onnx_ir as ir
 
     from gencompress.output import progress
-    from gencompress.runtime_check.sessions import make_session
+    from gencompress.runtime_check.sessions import cast_feeds, make_session
 
     if isinstance(model, onnx.ModelProto):
         model = ir.serde.deserialize_model(model)  # wraps the proto's tensors, no copy
@@ -304,7 +304,7 @@ def collect_stats(
 
     def run(batch):
         try:
-            return session.run(None, batch)
+            return session.run(None, cast_feeds(session, batch))  # float32 draws for float16 inputs
         except Exception as e:
             msg = " ".join(str(e).split())[:300]
             raise GencompressError(f"calibration: the model fails on the calibration inputs ({type(e).__name__}: {msg})") from None
@@ -347,11 +347,10 @@ def calibrate_ranges(model, names: list[str], options) -> dict[str, tuple[float,
     """The activation ranges of ``names`` in ``model`` (onnx_ir), measured on the calibration set
     ``options`` (``InsertQDQPass.Options``) describes: what ``InsertQDQPass`` asks for when its
     ``ranges`` lack some."""
-    import onnx_ir as ir
-
-    proto = ir.serde.serialize_model(model)
-    feeds = calibration_inputs(proto, size=options.calib_size, seed=options.seed, data=options.calib_data)
-    stats = collect_stats(proto, names, feeds, histogram=options.calib != "minmax")
+    # the model itself, not a serialized copy: its weights may be memory-mapped from the scratch
+    # folder (onnx_io.spill), references a proto would carry without their folder
+    feeds = calibration_inputs(model, size=options.calib_size, seed=options.seed, data=options.calib_data)
+    stats = collect_stats(model, names, feeds, histogram=options.calib != "minmax")
     symmetric = options.activations == "int8"
     return {n: stats[n].range(options.calib, symmetric=symmetric, percentile=options.percentile) for n in names}
 

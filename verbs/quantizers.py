@@ -239,7 +239,9 @@ def static_quantizer(prepared, static, *, log, exclude=(), feeds=None, before_re
         prepared = ir.serde.deserialize_model(prepared)
     layers = find_layers(prepared.graph)
     if not layers:
-        raise GencompressError("nothing to quantize: the model has no Conv, ConvTranspose, Gemm, MatMul, GRU/LSTM or embedding weights")
+        from gencompress.passes.weights import no_float_weights_reason
+
+        raise GencompressError(f"nothing to quantize: {no_float_weights_reason(prepared.graph)}")
     select_layers(layers, exclude)  # unknown names fail before the calibration run
     if calibrated is None:
         calibrated = calibrated_ranges(before_rewrites or prepared, static, log=log, feeds=feeds)
@@ -266,7 +268,9 @@ def weight_only_quantizer(prepared, *, bits: int, block_size: int) -> Quantizer:
         prepared = ir.serde.deserialize_model(prepared)
     layers = weight_layers(prepared.graph)
     if not layers:
-        raise GencompressError("nothing to quantize: the model has no Conv, ConvTranspose, Gemm, MatMul, GRU/LSTM or embedding weights")
+        from gencompress.passes.weights import no_float_weights_reason
+
+        raise GencompressError(f"nothing to quantize: {no_float_weights_reason(prepared.graph)}")
 
     def make_pass(exclude, include):
         return WeightOnlyQuantizePass(WeightOnlyQuantizePass.Options(bits=bits, block_size=block_size, exclude=exclude, include=include))
@@ -336,6 +340,22 @@ def _check_float_model(proto, path) -> None:
             ops.add("DequantizeLinear")  # int8 weights behind Cast * scale (passes/fold_weights.py)
     if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger"}:
         raise GencompressError(f"{path}: the model is already quantized; give the float model")
+    _refuse_converted_weights(proto, path)
+
+
+def _refuse_converted_weights(proto, path) -> None:
+    """A model whose layer weights are all float16 (bfloat16, double) is refused with that reason
+    before any work: int8 and weight-only quantization read float32 weights (they would find
+    "nothing to quantize", and calibration would feed float32 to float16 inputs), and fp16 has
+    nothing left to convert."""
+    import onnx_ir as ir
+
+    from gencompress.passes.weights import find_weights, no_float_weights_reason
+
+    graph = (ir.serde.deserialize_model(proto) if isinstance(proto, onnx.ModelProto) else proto).graph
+    dtypes = {use.value.dtype for use in find_weights(graph)}
+    if dtypes and ir.DataType.FLOAT not in dtypes:
+        raise GencompressError(f"{path}: {no_float_weights_reason(graph)}")
 
 
 def own_tensors(model) -> None:
