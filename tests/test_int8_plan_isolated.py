@@ -255,3 +255,30 @@ def test_large_layer_is_timed_on_a_slice_of_its_output_channels(zoo_onnx, monkey
     scale = float(next(m.value for m in sliced.metadata_props if m.key == int8_plan.SLICED_KEY))
     assert all(kept[k] == 64 and full[k] / 64 == scale for k in kept) and not whole.metadata_props
     assert not int8_plan.isolated_layer(shaped, name, slice_large=False).metadata_props
+
+
+def test_compress_takes_quantizes_route(zoo_onnx, cache_dir, tmp_path, monkeypatch):
+    """The plan_int8 step (compress's default) plans as quantize does: a large model first from its
+    layers alone (decided: every layer int8, no whole-model timing, even where a timed plan would
+    not fit in memory); one group left undecided: the memory check, then the untimed fallback."""
+    from gencompress.verbs.compress import compress
+
+    monkeypatch.setattr(int8_plan, "ISOLATE_BYTES", 0)
+    monkeypatch.setattr(int8_plan, "PLAN_PEAK_PER_FILE_BYTE", 1e9)  # a timed plan never fits
+    timer, calls, isolated_calls = isolating_timer()
+    monkeypatch.setattr(PlanInt8Pass, "timer", staticmethod(timer))
+
+    def step(out):
+        written = compress(zoo_onnx("dcgan"), tmp_path / out, samples=8, bench=False, flags={"calib_size": 16})
+        return next(s for s in written["passes"] if s["pass"] == "plan_int8")["summary"]
+
+    alone = step("a")
+    assert alone["route"] == int8_plan.ROUTE_ALONE and calls == [] and isolated_calls
+    inner = timer.isolated
+    timer.isolated = lambda f, i, feeds_at: {b: (0.003, 0.006) for b in inner(f, i, feeds_at)}  # every group 2x slower alone
+    for kernels in cache_dir.glob("kernels-*.json"):
+        kernels.unlink()  # timed alone again, with the new stub
+    fallback = step("b")
+    assert fallback["route"] == int8_plan.ROUTE_MEMORY and calls == [] and "would take about" in fallback["message"]
+    monkeypatch.setattr(int8_plan, "PLAN_PEAK_PER_FILE_BYTE", 12)  # fits: timed in the model
+    assert step("c")["route"] == "timed in the model" and calls

@@ -231,7 +231,6 @@ def compress(
         reference = staging / "reference.onnx"
         source = _write_reference(model, reference, is_onnx, exported=exported, checkpoint=checkpoint, inputs=inputs, seed=seed,
                                   batch_size=batch_size, samples=samples, log=log)
-        steps = _plan_that_fits(reference, steps, recipe_source, flags, log)
         candidate = staging / "model.onnx"
         if target_psnr is not None:
             search, pass_reports = _search_target(reference, candidate, steps, target_psnr, flags, seed, timing, log)
@@ -257,27 +256,14 @@ def compress(
     return written
 
 
-def _plan_that_fits(reference, steps, recipe_source, flags, log) -> list[dict]:
-    """The flag recipe with every layer int8 by one streamed build (``objective: size``) when its
-    timed int8 plan would not fit in memory (quantize's fallback, with its note); else ``steps``."""
-    from gencompress.passes.registry import validate_recipe
-    from gencompress.verbs.int8_plan import plan_memory_note
-
-    if recipe_source != "flags" or not any(step["pass"] == "plan_int8" for step in steps):
-        return steps
-    note = plan_memory_note(reference)
-    if note is None:
-        return steps
-    log(note)
-    return validate_recipe(default_recipe(**{**flags, "objective": "size", "timing": None}))
-
-
 def _run_steps(reference, candidate, steps, log) -> list[dict]:
     """The recipe run on the reference, the result written to ``candidate``; the step reports."""
     from gencompress.onnx_io import save_model
 
     log(f"running {len(steps)} passes: {' → '.join(s['pass'] for s in steps)}")
     compressed, pass_reports = run_recipe_on(reference, steps)
+    for note in (n for entry in pass_reports for n in (entry.get("report") or {}).get("notes") or ()):
+        log(note)  # a step's route said aloud (the int8 plan's memory fallback)
     save_model(compressed, candidate)
     return pass_reports
 

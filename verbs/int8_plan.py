@@ -99,19 +99,33 @@ PLAN_PEAK_PER_FILE_BYTE = 12
 PLAN_PEAK_FIXED = 0.3e9
 
 
-def plan_memory_note(path) -> str | None:
-    """A one-line note when timing a plan of the model at ``path`` would not fit in the memory
-    available now (``onnx_io.free_memory``; unknown: never): quantize then builds every layer int8 by
-    the streamed one-build path (``--objective size``) instead. None when it fits."""
-    from gencompress.onnx_io import free_memory, model_files
+def model_bytes(model) -> int:
+    """A model's size: its files on disk (a path), its tensors (an onnx_ir model or a proto), or
+    the bytes themselves (an int)."""
+    import os
 
-    file = sum(f.stat().st_size for f in model_files(path) if f.is_file())
+    from gencompress.onnx_io import model_files, tensor_bytes
+
+    if isinstance(model, int):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return sum(f.stat().st_size for f in model_files(model) if f.is_file())
+    return tensor_bytes(model)
+
+
+def plan_memory_note(model) -> str | None:
+    """A one-line note when timing a plan of ``model`` (a path or a model: ``model_bytes``) would
+    not fit in the memory available now (``onnx_io.free_memory``; unknown: never): quantize and
+    the plan_int8 step then build every layer int8 untimed instead. None when it fits."""
+    from gencompress.onnx_io import free_memory
+
+    file = model_bytes(model)
     need = file * PLAN_PEAK_PER_FILE_BYTE + PLAN_PEAK_FIXED
     available = free_memory()
     if available is None or need <= available * 0.8:
         return None
     return (f"note: timing an int8 plan of this {file / 1e6:.0f} MB model would take about {need / 2**30:.1f} GiB of memory"
-            f" ({available / 2**30:.1f} GiB available): every layer int8 instead, streamed and not timed (--objective size)")
+            f" ({available / 2**30:.1f} GiB available): every layer int8 instead, not timed (as --objective size)")
 
 
 def check_objective(objective: str) -> str:
@@ -149,6 +163,12 @@ class PlanResult:
     message: str = ""
     timed_on: dict = field(default_factory=dict)  # machine kind and settings of the timing (ISA, onnxruntime, threads, ...)
     cached: str | None = None  # the plan cache entry it was read from, when it was not timed in this run
+    route: str = "timed in the model"  # or ROUTE_ALONE, ROUTE_MEMORY, ROUTE_SIZE: how the plan was reached
+
+
+ROUTE_ALONE = "decided alone"  # every group decided from its layer timed alone; the model not timed whole
+ROUTE_MEMORY = "untimed: memory"  # a timed plan would not fit in memory: every layer int8 (plan_memory_note)
+ROUTE_SIZE = "untimed: objective size"
 
 
 def choose_final(finals: list[frozenset], measured: dict, objective: str, noise: float, size, none: frozenset) -> tuple[frozenset, str]:
@@ -222,7 +242,8 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
     check_objective(objective)
     full, none = frozenset(layers), frozenset()
     if objective == "size" or not layers:
-        return PlanResult(full, {}, [{"node": n, "choice": "int8", "reason": "objective size: every layer int8 (not timed)"} for n in layers])
+        return PlanResult(full, {}, [{"node": n, "choice": "int8", "reason": "objective size: every layer int8 (not timed)"} for n in layers],
+                          route=ROUTE_SIZE)
     configs: list[dict] = []
 
     def timed(*candidates, reference=True, **kwargs):
@@ -241,7 +262,7 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
     order = {n: i for i, n in enumerate(layers)}
     if untimed and not undecided:
         rows.sort(key=lambda r: order[r["node"]])
-        return PlanResult(full, {}, rows, configs, untimed)
+        return PlanResult(full, {}, rows, configs, untimed, route=ROUTE_ALONE)
     current = full
     for start in range(0, len(undecided), STEP_GROUPS):
         step = undecided[start:start + STEP_GROUPS]
@@ -716,7 +737,7 @@ def worth_isolating(builder: "ConfigBuilder") -> bool:
     """Time layers alone only where that can save whole-model timing: more groups than one greedy
     step takes, or a model whose every build and session is large (the zoo vae's 3 groups: 2 s
     more at load 16 for a plan timed in one step either way)."""
-    return len(builder.groups) > STEP_GROUPS or (len(builder.groups) > 0 and builder.prepared.ByteSize() > ISOLATE_BYTES)
+    return len(builder.groups) > STEP_GROUPS or (len(builder.groups) > 0 and model_bytes(builder.prepared) > ISOLATE_BYTES)
 
 
 def predict_groups(iso: Isolation, isolated, batches, kernels=None, log=lambda m: None) -> tuple[list, list[bool], dict]:
@@ -792,15 +813,15 @@ def predicted_plan(iso: Isolation, timer, objective: str, why: str, log=lambda m
     order = {n: i for i, n in enumerate(iso.layers)}
     rows.sort(key=lambda r: order[r["node"]])
     return PlanResult(frozenset(iso.layers), {}, rows, [], untimed_message(total, why),
-                      timed_on={**plan_cache.machine_kind(settings["threads"]), **settings})
+                      timed_on={**plan_cache.machine_kind(settings["threads"]), **settings}, route=ROUTE_ALONE)
 
 
-def predicts_first(path) -> bool:
-    """A model large enough (``ISOLATE_BYTES``) that quantize first tries to plan it from its layers
-    timed alone on the streamed model (``predicted_plan``) before timing it whole."""
-    from gencompress.onnx_io import model_files
-
-    return sum(f.stat().st_size for f in model_files(path) if f.is_file()) > ISOLATE_BYTES
+def predicts_first(model) -> bool:
+    """A model (a path or a model: ``model_bytes``) large enough (``ISOLATE_BYTES``) that quantize
+    and the plan_int8 step first try to plan it from its layers timed alone (``predicted_plan``)
+    before timing it whole; the memory check (``plan_memory_note``) comes only when they do not
+    decide every group."""
+    return model_bytes(model) > ISOLATE_BYTES
 
 
 def _feeds_at(x: onnx.ValueInfoProto, value_range) -> Callable[[int], dict]:
@@ -953,7 +974,8 @@ def plan(builder: ConfigBuilder, objective: str, measure_models, log=lambda m: N
             row["op_type"] = op_of.get(row["node"])
         if key:
             cache.store(key, {"int8": sorted(result.int8), "ratios": {str(b): r for b, r in result.ratios.items()}, "layers": result.layers,
-                              "configs": result.configs, "message": result.message, "timed_on": result.timed_on})
+                              "configs": result.configs, "message": result.message, "timed_on": result.timed_on,
+                              "route": result.route})
     proto, report = builder.build(result.int8)
     return proto, report, result
 
@@ -966,7 +988,8 @@ def _from_entry(entry: dict | None, names: list[str]) -> PlanResult | None:
         layers = list(entry["layers"])
         if not int8 <= set(names) or sorted(r["node"] for r in layers) != sorted(names) or not all(r > 0 for r in ratios.values()):
             return None
-        return PlanResult(int8, ratios, layers, list(entry["configs"]), str(entry["message"]), dict(entry["timed_on"]))
+        return PlanResult(int8, ratios, layers, list(entry["configs"]), str(entry["message"]), dict(entry["timed_on"]),
+                          route=str(entry.get("route", PlanResult.route)))
     except (TypeError, KeyError, ValueError, AttributeError):
         return None
 
@@ -1008,6 +1031,7 @@ class PlanInt8Pass(GencompressPass):
         from gencompress.verbs.quantizers import fold_into_layers, prepare
 
         o = self.options
+        notes: list[str] = []
         reference = ir.serde.serialize_model(model)
         work = ir.serde.deserialize_model(reference)
         prepare(work)
@@ -1015,14 +1039,39 @@ class PlanInt8Pass(GencompressPass):
             fold_into_layers(work)
         builder = ConfigBuilder.create(
             ir.serde.serialize_model(work), rewrite=o.rewrite, exclude=tuple(o.exclude),
-            static_options=StaticOptions(**o.static_fields()),
+            static_options=StaticOptions(**o.static_fields()), log=notes.append,
         )
+        del work
         timer = self.timer or interleaved_timer(reference, provider=o.provider, threads=o.threads, batches=o.batches, seed=o.seed)
-        from gencompress.verbs.plan_cache import PlanCache
-
-        proto, report, result = plan(builder, o.objective, timer, cache=PlanCache())
-        self.report = {"layers": result.layers, "objective": o.objective, "message": result.message,
+        proto, report, result = planned_route(builder, o.objective, timer, model_bytes(reference), notes.append)
+        self.report = {"layers": result.layers, "objective": o.objective, "message": result.message, "route": result.route,
                        "speed": {str(b): round(1 / r, 3) for b, r in result.ratios.items()},
                        "configs_measured": len(result.configs), "folded_weights": report.get("folded_weights", 0),
-                       "timed_on": result.timed_on, "cached": result.cached}
+                       "timed_on": result.timed_on, "cached": result.cached, "notes": [n for n in notes if n.startswith("note:")]}
         return ir.passes.PassResult(ir.serde.deserialize_model(proto), True)
+
+
+def planned_route(builder: ConfigBuilder, objective: str, timer, file_bytes: int, log=lambda m: None) -> tuple[onnx.ModelProto, dict, PlanResult]:
+    """(model, quantizer report, plan) of the plan_int8 step, by quantize's route: a model over
+    ``ISOLATE_BYTES`` is first planned from its layers timed alone (``predicted_plan``: decided, it
+    is built every layer int8 and never timed whole); then, when a timed plan would not fit in memory
+    (``plan_memory_note``), every layer int8 untimed, with the note; else the timed plan (``plan``)."""
+    from gencompress.verbs.plan_cache import PlanCache
+
+    result = None
+    if objective != "size" and builder.layers and predicts_first(file_bytes) and getattr(timer, "isolated", None):
+        why = f"a {file_bytes / 1e6:.0f} MB model: timed whole, it would hold a float session of it beside each configuration"
+        result = predicted_plan(builder.isolation(), timer, objective, why, log)
+    note = plan_memory_note(file_bytes) if result is None and objective != "size" and builder.layers else None
+    if note:
+        log(note)
+        result = PlanResult(frozenset(l["node"] for l in builder.layers), {},
+                            [{"node": l["node"], "choice": "int8", "reason": note[len("note: "):], "decided": "untimed"} for l in builder.layers],
+                            message=note[len("note: "):], route=ROUTE_MEMORY)
+    if result is None:
+        return plan(builder, objective, timer, log, cache=PlanCache())
+    op_of = {l["node"]: l["op_type"] for l in builder.layers}
+    for row in result.layers:
+        row["op_type"] = op_of.get(row["node"])
+    proto, report = builder.build(result.int8)
+    return proto, report, result

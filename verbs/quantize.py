@@ -447,7 +447,8 @@ def _plan_info(result, pass_report: dict, objective: str) -> dict:
     """The report's ``speed_plan`` of a plan."""
     return {"objective": objective, "layers": result.layers, "chosen_speed": {str(b): round(1 / r, 3) for b, r in result.ratios.items()},
             "message": result.message, "configs_measured": len(result.configs), "noise": int8_plan.NOISE,
-            "weights_folded_at_load": pass_report.get("folded_weights", 0), "timed_on": result.timed_on, "cached": result.cached}
+            "weights_folded_at_load": pass_report.get("folded_weights", 0), "timed_on": result.timed_on, "cached": result.cached,
+            "route": result.route}
 
 
 def _planned_quantizer(unrewritten, rewrite_report, exclude, objective, timer, static, log, calibrated=None):
