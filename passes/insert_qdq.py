@@ -881,6 +881,7 @@ class InsertQDQPass(GencompressPass):
                 if layout is None or keep_uint8 or key in quantized:
                     continue
                 q, scale = quantize_symmetric(use.array(), axis, block=block)
+                release(use.value.const_value)  # a streamed weight: unmapped until its turn below
                 if unsafe_pairs(q, layout):
                     quantized[key] = (q, scale)
                     ask = _moment_ask(layer, q.shape)

@@ -111,6 +111,47 @@ class Layout:
         k, n = shape[-2:]
         return np.swapaxes(rows.reshape(*shape[:-2], n, k), -1, -2)
 
+    def count(self, shape: tuple[int, ...]) -> int | None:
+        """How many rows ``rows`` gives for an array of ``shape`` (None: no pairs)."""
+        if self.op == "Conv":
+            return None if shape[1] == 1 and shape[0] == self.group else int(shape[0])
+        if self.op == "Gemm":
+            return int(shape[0] if self.trans_b else shape[1])
+        if self.op == "MatMul":
+            return int(np.prod(shape[:-2], dtype=np.int64)) * int(shape[-1])
+        raise ValueError(f"no int8 pairing known for {self.op}")
+
+    def ranged(self, ndim: int) -> bool:
+        """Row r is output channel r and ``row_range`` reads only its rows' weights (Conv, Gemm,
+        2-D MatMul; not a batched MatMul)."""
+        return self.op != "MatMul" or ndim == 2
+
+    def row_range(self, a: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """``rows(a)[0][start:stop]``, reading only those rows of a Conv/Gemm/2-D MatMul weight."""
+        if self.op == "Conv":
+            return np.moveaxis(a[start:stop], 1, -1).reshape(stop - start, -1)
+        return self.rows(a)[0][start:stop]
+
+    def put_rows(self, out: np.ndarray, start: int, stop: int, rows: np.ndarray) -> None:
+        """Writes ``rows`` (rows start:stop, in K order) into the weight array ``out`` (a batched
+        MatMul: all rows at once)."""
+        if self.op == "Conv":
+            out[start:stop] = self.unrows(rows, (stop - start, *out.shape[1:]))
+        elif self.ranged(out.ndim):
+            self.rows(out)[0][start:stop] = rows  # a view of ``out``
+        else:
+            out[...] = self.unrows(rows, out.shape)
+
+    def spans(self, shape: tuple[int, ...], block: int = 1, whole: bool = False) -> list[tuple[int, int]]:
+        """Row ranges of about ``CHUNK`` weights (a multiple of ``block`` rows each) covering the rows
+        of an array of ``shape``; one range for all when ``whole`` or the layout cannot read a range."""
+        count = self.count(shape) or 0
+        if whole or not self.ranged(len(shape)) or not count:
+            return [(0, count)]
+        k = int(np.prod(shape, dtype=np.int64)) // count
+        step = max(block, CHUNK // max(k, 1) // block * block)
+        return [(i, min(i + step, count)) for i in range(0, count, step)]
+
 
 def _pair_sums(rows: np.ndarray) -> np.ndarray:
     """Each K pair's sum ``rows[:, 2j] + rows[:, 2j+1]``, ``[R, ceil(K/2)]`` (an odd K pairs its
@@ -124,24 +165,33 @@ def _pair_sums(rows: np.ndarray) -> np.ndarray:
     return sums
 
 
+def _unsafe_per_row(q: np.ndarray, layout: Layout) -> np.ndarray | None:
+    """How many unsafe pairs each row of ``q`` holds (``CHUNK`` weights at a time), or None when the
+    kernel forms no pairs."""
+    count = layout.count(q.shape)
+    if count is None:
+        return None
+    out = np.empty(count, dtype=np.int64)
+    for start, stop in layout.spans(q.shape):
+        out[start:stop] = np.count_nonzero(np.abs(_pair_sums(layout.row_range(q, start, stop))) > PAIR_LIMIT, axis=1)
+    return out
+
+
 def feedback_cost(q: np.ndarray, layout: Layout) -> int:
     """What error feedback on the int8 weights ``q`` would cost (compared with ``FEEDBACK_MACS``):
     rows holding an unsafe pair × K × the width of H's blocks."""
-    found = layout.rows(q)
-    if found is None:
+    per_row = _unsafe_per_row(q, layout)
+    if per_row is None or not per_row.size:
         return 0
-    rows = found[0]
-    unsafe = int(np.count_nonzero((np.abs(_pair_sums(rows)) > PAIR_LIMIT).any(axis=1)))
-    k = rows.shape[1] + rows.shape[1] % 2
-    return unsafe * k * min(k, MOMENT_BLOCK)
+    k = q.size // per_row.size
+    k += k % 2
+    return int(np.count_nonzero(per_row)) * k * min(k, MOMENT_BLOCK)
 
 
 def unsafe_pairs(q: np.ndarray, layout: Layout) -> int:
     """How many weight pairs of ``q`` can overflow int16 in a non-VNNI x86 kernel."""
-    found = layout.rows(q)
-    if found is None:
-        return 0
-    return int(np.count_nonzero(np.abs(_pair_sums(found[0])) > PAIR_LIMIT))
+    per_row = _unsafe_per_row(q, layout)
+    return 0 if per_row is None else int(per_row.sum())
 
 
 def _nudge(s: np.ndarray, q: np.ndarray, bad: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -171,15 +221,35 @@ def _rounded(t: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return s, q
 
 
-def _errors(t: np.ndarray, f: np.ndarray) -> np.ndarray:
+def _candidates(t: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """``(|pair sums|, (row, pair index))`` of the rows ``t`` (even K): the pairs that can be unsafe
+    once divided by a factor f >= 1 and rounded. Such a pair has one sign and ``|q1| + |q2| >= 129``
+    with ``|q| <= |t / f| + 1/2 <= |t| + 1/2``, so ``|t1 + t2| >= 128``; every other pair is safe
+    for every factor the search tries (all >= 1) and for the stored scales (never below the old)."""
+    sums = np.abs(_pair_sums(t))
+    return sums, np.nonzero(sums >= PAIR_LIMIT - 1)
+
+
+def _over(q: np.ndarray, pairs: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The ``pairs`` (row, pair index) of the rounded rows ``q`` that break the bound, in order."""
+    r, j = pairs
+    over = np.abs(q[r, 2 * j] + q[r, 2 * j + 1]) > PAIR_LIMIT
+    return r[over], j[over]
+
+
+def _errors(t: np.ndarray, f: np.ndarray, pairs: tuple, buf: np.ndarray, clip: bool) -> np.ndarray:
     """Per row of ``t`` (even K), the squared weight error (in units of the old scale) of factor
-    ``f``: rounding, then the unsafe pairs moved onto the bound."""
-    s, q = _rounded(t, f)
-    d = q - s
+    ``f``: rounding, then the unsafe pairs moved onto the bound. ``pairs``: ``_candidates`` of ``t``
+    (no other pair can break the bound); ``buf``: two scratch arrays of at least ``t``'s rows;
+    ``clip``: whether rounding can pass QMAX."""
+    s = np.divide(t, f[:, None], out=buf[0, : len(t)])
+    d = np.rint(s, out=buf[1, : len(t)])
+    if clip:
+        np.clip(d, -QMAX, QMAX, out=d)
+    r, j = _over(d, pairs)
+    np.subtract(d, s, out=d)
     err = np.einsum("ij,ij->i", d, d)
-    bad = np.nonzero(np.abs(q[:, 0::2] + q[:, 1::2]) > PAIR_LIMIT)
-    if bad[0].size:
-        r, j = bad
+    if r.size:
         sa, sb = s[r, 2 * j], s[r, 2 * j + 1]
         a, b = _on_bound(np.abs(sa), np.abs(sb))
         change = (a - np.abs(sa)) ** 2 + (b - np.abs(sb)) ** 2 - d[r, 2 * j] ** 2 - d[r, 2 * j + 1] ** 2
@@ -187,19 +257,21 @@ def _errors(t: np.ndarray, f: np.ndarray) -> np.ndarray:
     return err * f.astype(np.float64) ** 2
 
 
-def _factors(t: np.ndarray, group: np.ndarray, n: int, method: str) -> np.ndarray:
+def _factors(t: np.ndarray, sums: np.ndarray, pairs: tuple, group: np.ndarray, n: int, method: str) -> np.ndarray:
     """``[n, C]`` scale factors tried per scale group, ascending, from 1 (keep the scale, nudge) to
     the smallest that makes every pair safe by itself (worst pair / 128, or / 127 where rounding
-    still breaks the bound: two roundings add at most 1)."""
-    worst_row = np.abs(_pair_sums(t)).max(axis=1)
-    worst = np.zeros(n, dtype=np.float64)
-    np.maximum.at(worst, group, worst_row)
-    top = np.maximum(1.0, worst / PAIR_LIMIT)
-    _, q = _rounded(t, top[group].astype(np.float32))
-    still = np.bincount(group, weights=(np.abs(_pair_sums(q)) > PAIR_LIMIT).any(axis=1), minlength=n) > 0
-    top = np.where(still, np.maximum(1.0, worst / (PAIR_LIMIT - 1)), top)
+    still breaks the bound: two roundings add at most 1). ``sums``, ``pairs``: ``_candidates``."""
     if method == "nudge":
         return np.ones((n, 1))
+    worst = np.zeros(n, dtype=np.float64)
+    np.maximum.at(worst, group, sums.max(axis=1))
+    top = np.maximum(1.0, worst / PAIR_LIMIT)
+    r, j = pairs
+    f = top[group].astype(np.float32)[r]
+    qa, qb = (np.clip(np.rint(t[r, 2 * j + i] / f), -QMAX, QMAX) for i in (0, 1))
+    still = np.zeros(n, dtype=bool)
+    still[group[r[np.abs(qa + qb) > PAIR_LIMIT]]] = True
+    top = np.where(still, np.maximum(1.0, worst / (PAIR_LIMIT - 1)), top)
     if method == "scale":
         return top[:, None]
     # a geometric grid, and factors just under the safe one (a few pairs then nudged a step or two)
@@ -208,18 +280,24 @@ def _factors(t: np.ndarray, group: np.ndarray, n: int, method: str) -> np.ndarra
     return np.sort(np.concatenate([grid, near], axis=1), axis=1)
 
 
-def _search(t: np.ndarray, local: np.ndarray, n: int, method: str) -> np.ndarray:
+def _search(t: np.ndarray, sums: np.ndarray, pairs: tuple, local: np.ndarray, n: int, method: str) -> np.ndarray:
     """Per scale group, the factor of ``_factors`` with the least squared weight error (ties: the
-    smaller). Vectorized over rows: the only loops are over factors and row chunks."""
-    factors = _factors(t, local, n, method)
+    smaller). Vectorized over rows: the only loops are over factors and row chunks; two scratch
+    arrays of a chunk are reused for every factor."""
+    factors = _factors(t, sums, pairs, local, n, method)
     if factors.shape[1] == 1:
         return factors[:, 0]
     step = max(1, CHUNK // max(1, t.shape[1]))
     errors = np.zeros(factors.shape)
+    clip = max(t.max(initial=0.0), -t.min(initial=0.0)) >= QMAX + 0.5  # else rounding stays within QMAX
+    buf = np.empty((2, min(step, len(t)), t.shape[1]), dtype=np.float32)
+    r, j = pairs
     for i in range(0, len(t), step):
         part, g = t[i : i + step], local[i : i + step]
+        lo, hi = np.searchsorted(r, [i, i + step])  # the candidates of these rows (row-major order)
+        here = (r[lo:hi] - i, j[lo:hi])
         for c in range(factors.shape[1]):
-            errors[:, c] += np.bincount(g, weights=_errors(part, factors[g, c].astype(np.float32)), minlength=n)
+            errors[:, c] += np.bincount(g, weights=_errors(part, factors[g, c].astype(np.float32), here, buf, clip), minlength=n)
     return factors[np.arange(n), errors.argmin(axis=1)]
 
 
@@ -235,54 +313,73 @@ def saturation_free(w: np.ndarray, q: np.ndarray, scale: np.ndarray, out_axis: i
     (each followed by nudging what is still unsafe) and keeps the one with the least squared
     weight error. ``moments`` (``[(start, stop, H)]``, ``moment_blocks`` of the layer input's K): the
     changed rows are then rounded again with error feedback (``_feedback``) where that lowers their
-    output error. Deterministic. ``report``: None when nothing changed, else what changed."""
+    output error. Deterministic. ``report``: None when nothing changed, else what changed.
+
+    Streamed: output channels of about ``CHUNK`` weights at a time (``Layout.spans``), their float
+    weights read only where a group changes, so the temporaries stay a few chunks whatever the
+    layer's size; all rows at once for one scale over all rows, a batched MatMul or error feedback
+    (small layers: ``FEEDBACK_MACS``). The chunks change nothing: every group's error sums its rows
+    in order, and each row is computed alone."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
-    found = layout.rows(q)
-    if found is None:
+    if layout.count(q.shape) is None:
         return q, scale, None
-    q_rows, channel = found
-    bad_rows = (np.abs(_pair_sums(q_rows)) > PAIR_LIMIT).any(axis=1)
-    if not bad_rows.any():
+    per_tensor = out_axis is None or np.size(scale) == 1
+    old = np.asarray(scale, dtype=np.float32).reshape(-1)
+    n_out = q.shape[-1] if layout.op == "MatMul" else layout.count(q.shape)
+    new_q = new_scale = None
+    report = {"channels": 0, "of": int(q.shape[out_axis] if out_axis is not None else q.shape[0]), "rescaled": 0, "nudged_pairs": 0}
+    fed = 0
+    for start, stop in layout.spans(q.shape, 1 if per_tensor else block, whole=per_tensor or moments is not None):
+        q_rows = layout.row_range(q, start, stop)
+        bad_rows = (np.abs(_pair_sums(q_rows)) > PAIR_LIMIT).any(axis=1)
+        if not bad_rows.any():
+            continue
+        group_of_row = np.zeros(len(q_rows), dtype=np.int64) if per_tensor else np.arange(start, stop) % n_out // block
+        groups = np.unique(group_of_row[bad_rows])  # the scale groups that change
+        rows = np.flatnonzero(np.isin(group_of_row, groups))
+        local = np.searchsorted(groups, group_of_row[rows])
+        old_s = np.broadcast_to(old[0] if per_tensor else old[groups * block], groups.shape)
+        new_s, changed, nudged, f = _changed_rows(np.asarray(layout.row_range(w, start, stop)[rows], dtype=np.float32), local, old_s, method, moments)
+        if new_q is None:
+            new_q, new_scale = q.copy(), np.array(scale, dtype=np.float32, copy=True)
+        q_rows = q_rows.copy()
+        q_rows[rows] = changed.astype(q.dtype)
+        layout.put_rows(new_q, start, stop, q_rows)
+        if per_tensor:
+            new_scale.reshape(-1)[:] = new_s[0]
+        else:
+            new_scale.reshape(-1, block)[groups] = new_s[:, None]
+        report["channels"] += report["of"] if per_tensor else int(len(groups) * block)
+        report["rescaled"] += int((new_s != old_s).sum()) * (1 if per_tensor else block)
+        report["nudged_pairs"] += nudged
+        fed += f
+    if new_q is None:
         return q, scale, None
-    scale = np.array(scale, dtype=np.float32, copy=True)
-    flat_scale = scale.reshape(-1)
-    per_tensor = out_axis is None or scale.size == 1
-    group_of_row = np.zeros(len(channel), dtype=np.int64) if per_tensor else channel // block
-    groups = np.unique(group_of_row[bad_rows])  # the scale groups that change
-    rows = np.flatnonzero(np.isin(group_of_row, groups))
-    local = np.searchsorted(groups, group_of_row[rows])
-    old_s = flat_scale[0] if per_tensor else flat_scale[groups * block]
-    old_s = np.broadcast_to(np.asarray(old_s, dtype=np.float32), groups.shape)
-    w_rows = layout.rows(np.asarray(w, dtype=np.float32))[0][rows]
+    if moments is not None:
+        report["error_feedback_channels"] = fed
+    return new_q, new_scale, report
+
+
+def _changed_rows(w_rows: np.ndarray, local: np.ndarray, old_s: np.ndarray, method: str, moments: list | None) -> tuple:
+    """``(new scales, rows, nudged pairs, rows fed back)`` for the float rows ``w_rows`` of the
+    changing scale groups (row i in group ``local[i]``, whose scale was ``old_s``): the search,
+    requantization with the float32 scales that are stored, nudging, error feedback."""
     k = w_rows.shape[1]
     if k % 2:  # MLAS pairs an odd K's last entry with a zero
-        w_rows = np.concatenate([w_rows, np.zeros((len(rows), 1), np.float32)], axis=1)
-    chosen = _search(w_rows / old_s[local][:, None], local, len(groups), method)  # ideal integers at the current scales
+        w_rows = np.concatenate([w_rows, np.zeros((len(w_rows), 1), np.float32)], axis=1)
+    t = w_rows / old_s[local][:, None]  # ideal integers at the current scales
+    sums, pairs = _candidates(t)
+    chosen = _search(t, sums, pairs, local, len(old_s), method)
+    del t, sums
     new_s = np.where(chosen > 1.0, (old_s * chosen).astype(np.float32), old_s).astype(np.float32)
-    # requantized with the float32 scales that are stored
     s, plain = _rounded(w_rows, new_s[local])
-    bad = np.nonzero(np.abs(plain[:, 0::2] + plain[:, 1::2]) > PAIR_LIMIT)
+    bad = _over(plain, pairs)
     nudged = _nudge(s, plain, bad)
     fed = 0
     if moments is not None:
         nudged, fed = _feedback(s, nudged, moments)
-    new_rows = q_rows.copy()
-    new_rows[rows] = nudged[:, :k].astype(q.dtype)
-    if per_tensor:
-        flat_scale[:] = new_s[0]
-    else:
-        flat_scale.reshape(-1, block)[groups] = new_s[:, None]
-    n = int(q.shape[out_axis] if out_axis is not None else q.shape[0])
-    report = {
-        "channels": n if per_tensor else int(len(groups) * block),
-        "of": n,
-        "rescaled": int((new_s != old_s).sum()) * (1 if per_tensor else block),
-        "nudged_pairs": int(bad[0].size),
-    }
-    if moments is not None:
-        report["error_feedback_channels"] = fed
-    return np.ascontiguousarray(layout.unrows(new_rows, q.shape).astype(q.dtype)), scale, report
+    return new_s, nudged[:, :k], int(bad[0].size), fed
 
 
 def _damped_upper(h: np.ndarray) -> np.ndarray:

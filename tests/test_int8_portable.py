@@ -309,6 +309,52 @@ def test_unsafe_channels_only_change():
         assert info["channels"] == 1 and info["of"] == 8
 
 
+@pytest.mark.parametrize("shape, axis, layout, block", [
+    ((48, 17, 3, 3), 0, Layout("Conv"), 1),  # odd K: the last entry pairs with a zero
+    ((48, 16, 3, 3), 0, Layout("Conv"), 4),  # a channel block shares one scale
+    ((200, 40), 1, Layout("Gemm"), 1),  # rows are columns of B
+    ((40, 201), 0, Layout("Gemm", trans_b=True), 2),
+    ((201, 40), 1, Layout("MatMul"), 1),
+])
+def test_search_in_chunks_changes_nothing(monkeypatch, shape, axis, layout, block):
+    """The search streams output channels a chunk at a time: any chunk size gives the same weights,
+    scales and report, saturation-free."""
+    import gencompress.passes.int8_saturation as sat
+    from gencompress.passes.insert_qdq import quantize_symmetric
+
+    w = np.random.default_rng(3).standard_t(3, size=shape).astype(np.float32)  # heavy tails: many unsafe channels
+    q, s = quantize_symmetric(w, axis, block=block)
+    assert unsafe_pairs(q, layout)
+    results = []
+    for chunk in (1 << 24, 1 << 10, 1):  # all rows at once, a few rows, one scale group at a time
+        monkeypatch.setattr(sat, "CHUNK", chunk)
+        results.append(saturation_free(w, q, s, axis, layout, block=block))
+        assert unsafe_pairs(results[-1][0], layout) == 0
+    for q2, s2, info in results[1:]:
+        assert np.array_equal(q2, results[0][0]) and np.array_equal(s2, results[0][1]) and info == results[0][2]
+
+
+def test_search_holds_no_float_copy_of_a_large_layer(monkeypatch):
+    """Temporaries of the search stay a few chunks (``CHUNK`` weights): here below half the layer's
+    float weights (it held about five float copies of them before it streamed)."""
+    import tracemalloc
+
+    import gencompress.passes.int8_saturation as sat
+    from gencompress.passes.insert_qdq import quantize_symmetric
+
+    monkeypatch.setattr(sat, "CHUNK", 1 << 16)  # a layer of 32 chunks
+    w = np.random.default_rng(4).standard_normal((1024, 512, 2, 2), dtype=np.float32)  # 2 MiB of int8, 8 MiB of float
+    q, s = quantize_symmetric(w, 0)
+    tracemalloc.start()
+    try:
+        q2, _, info = saturation_free(w, q, s, 0, Layout("Conv"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info["channels"] > 900 and unsafe_pairs(q2, Layout("Conv")) == 0  # nearly every channel changed
+    assert peak < q.nbytes + w.nbytes // 2
+
+
 def test_unfold_rows_are_the_kernels_k_order():
     """``Unfold.rows`` times ``Layout.rows`` of the weight is the Conv's output (strides, dilations,
     uneven pads), and the last axis for Gemm/MatMul: the moments are over the K the pairs follow."""
