@@ -137,12 +137,25 @@ def child(tool: str, src: str, out: str, calib: int, cache: str) -> dict:
     batch = fixed_batch(onnx.load(src, load_external_data=False)) or 64  # calibration batches quantize_static is fed
     start = time.perf_counter()
     report = {}
+    follows: set = set()
     if tool == "ort":
         scale.ort_quantize(src, out, batch=batch)
     else:
         if tool == "agree":  # every group timed in context too, beside its isolated timing: how well isolation predicts
             from gencompress.verbs import int8_plan
 
+            clear, real = int8_plan.CLEAR_FASTER, int8_plan.followers
+
+            def recorded(iso, predicted, negligible, objective):  # what the neighbour rule would decide, not applied
+                int8_plan.CLEAR_FASTER = clear
+                try:
+                    chosen = real(iso, predicted, negligible, objective)
+                finally:
+                    int8_plan.CLEAR_FASTER = float("inf")
+                follows.update(n for g, f in zip(iso.groups, chosen) if f for n in g)
+                return [False] * len(chosen)
+
+            int8_plan.followers = recorded
             int8_plan.CLEAR_FASTER = float("inf")
         objective = tool if tool in ("size", "speed") else "balanced"
         report = Q.quantize(src, out, calib_size=calib, check=False, objective=objective)
@@ -151,9 +164,10 @@ def child(tool: str, src: str, out: str, calib: int, cache: str) -> dict:
     return {"tool": tool, "seconds": seconds, "peak_bytes": scale.vm_hwm(), "float_layers": [r["node"] for r in plan.get("layers", []) if r["choice"] == "float"],
             "int8_layers": sum(r["choice"] == "int8" for r in plan.get("layers", [])), "cached": plan.get("cached"), "timed_on": plan.get("timed_on"),
             "configs_measured": plan.get("configs_measured"), "load": load(),
-            "decided": {k: sum(r.get("decided") == k for r in plan.get("layers", [])) for k in ("isolated", "in context")},
-            "agreement": [{"node": r["node"], "isolated": r.get("isolated_gain"), "context": r.get("int8_gain"), "choice": r["choice"]}
-                          for r in plan.get("layers", []) if tool == "agree"]}
+            "route": plan.get("route"),
+            "decided": {k: sum(r.get("decided") == k for r in plan.get("layers", [])) for k in ("isolated", "neighbours", "in context")},
+            "agreement": [{"node": r["node"], "isolated": r.get("isolated_gain"), "context": r.get("int8_gain"), "choice": r["choice"],
+                           "follows": r["node"] in follows} for r in plan.get("layers", []) if tool == "agree"]}
 
 
 def run_child(tool: str, src: Path, out: Path, calib: int, cache: Path, before: Path | None) -> dict:
@@ -245,10 +259,11 @@ def main() -> int:
                 r = run_child(tool, src, folder / f"{tool}.onnx", args.calib, cache, before)
                 row["tools"][tool] = r
                 print(f"{name:20s} {tool:9s} {r['seconds']:7.1f} s  peak {r['peak_bytes'] / 2**20:7.0f} MiB ({r['peak_bytes'] / size:5.1f}x file)"
-                      f"  float layers {len(r.get('float_layers') or [])}  decided {r.get('decided')}  configs {r.get('configs_measured')}"
+                      f"  float layers {len(r.get('float_layers') or [])}  decided {r.get('decided')}  configs {r.get('configs_measured')}  route {r.get('route')}"
                       f"  load {r.get('load')}", flush=True)
                 for a in r.get("agreement") or []:  # isolated gain against the in-context gain and decision
-                    print(f"{'':20s}   {a['node']:32s} alone {a['isolated']}  in context {a['context']}  -> {a['choice']}", flush=True)
+                    print(f"{'':20s}   {a['node']:32s} alone {a['isolated']}  in context {a['context']}  -> {a['choice']}"
+                          + ("  (neighbour rule: int8)" if a.get("follows") else ""), flush=True)
             if "before" in row["tools"] and "balanced" in row["tools"]:  # the same plan builds the same bytes
                 row["before_same_bytes"] = (folder / "before.onnx").read_bytes() == (folder / "balanced.onnx").read_bytes()
                 print(f"{name:20s} balanced before/after byte-identical: {row['before_same_bytes']}", flush=True)

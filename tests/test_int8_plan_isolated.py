@@ -282,3 +282,70 @@ def test_compress_takes_quantizes_route(zoo_onnx, cache_dir, tmp_path, monkeypat
     assert fallback["route"] == int8_plan.ROUTE_MEMORY and calls == [] and "would take about" in fallback["message"]
     monkeypatch.setattr(int8_plan, "PLAN_PEAK_PER_FILE_BYTE", 12)  # fits: timed in the model
     assert step("c")["route"] == "timed in the model" and calls
+
+
+def _two_branches(tmp_path, add_reads_input=False):
+    """x → conv a, conv b → Add → conv c → Tanh → y (the Add reads x itself with ``add_reads_input``)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = lambda name: numpy_helper.from_array(np.random.default_rng(len(name)).standard_normal((4, 4, 3, 3)).astype(np.float32), name)  # noqa: E731
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "wb"], ["b"], name="conv_b", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["x" if add_reads_input else "a", "b"], ["s"], name="add"),
+             helper.make_node("Conv", ["s", "wc"], ["c"], name="conv_c", pads=[1, 1, 1, 1]),
+             helper.make_node("Tanh", ["c"], ["y"], name="tanh")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w("wa"), w("wb"), w("wc")])
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    return int8_plan.isolation_of(model, rewrite=False, static_options=None, exclude=(), ranges=({}, {}))
+
+
+def test_a_weightless_layer_between_int8_layers_follows_them(tmp_path):
+    """An Add whose inputs come from int8 layers and whose reader is one is int8 untimed; one that
+    reads the graph input, or feeds a layer not decided alone, is left to the timing."""
+    iso = _two_branches(tmp_path)
+    by_name = {g[0]: i for i, g in enumerate(iso.groups)}
+    assert set(by_name) >= {"conv_a", "add", "conv_c"} and iso.weightless == {"add"}
+    clear = [None if g[0] == "add" else {1: 2.0, 64: 2.0} for g in iso.groups]
+    follows = int8_plan.followers(iso, clear, None, "balanced")
+    assert [g[0] for g, f in zip(iso.groups, follows) if f] == ["add"]
+    near = [None if g[0] in ("add", "conv_c") else {1: 2.0, 64: 2.0} for g in iso.groups]
+    assert not any(int8_plan.followers(iso, near, None, "balanced"))
+    iso = _two_branches(tmp_path, add_reads_input=True)
+    clear = [None if g[0] == "add" else {1: 2.0, 64: 2.0} for g in iso.groups]
+    assert not any(int8_plan.followers(iso, clear, None, "balanced"))
+    # in plan_layers: the follower needs no timing; the guard alone is timed
+    measure, asked = stub({n: {1: -0.1, 64: -0.1} for n in iso.layers})
+    iso = _two_branches(tmp_path)
+    clear = [None if g[0] == "add" else {1: 2.0, 64: 2.0} for g in iso.groups]
+    result = plan_layers(iso.layers, measure, "balanced", groups=iso.groups, predicted=clear, follows=int8_plan.followers(iso, clear, None, "balanced"))
+    assert {r["node"]: r["decided"] for r in result.layers}["add"] == "neighbours" and len(asked) == 1
+
+
+@pytest.mark.parametrize("op", ["Gemm", "MatMul"])
+def test_large_fully_connected_layer_is_sliced_by_its_output_columns(op, monkeypatch):
+    """A Gemm (transB=1: weight [N, K]) or MatMul (weight [K, N]) over ISOLATE_WEIGHTS keeps 64 of its
+    N outputs alone, bias sliced alike, and runs; its times scale back by N / 64."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from gencompress.runtime_check.sessions import make_session
+
+    rng = np.random.default_rng(0)
+    if op == "Gemm":
+        node = helper.make_node("Gemm", ["x", "w", "c"], ["h"], name="fc", transB=1)
+        inits = [numpy_helper.from_array(rng.standard_normal((256, 32)).astype(np.float32), "w"),
+                 numpy_helper.from_array(rng.standard_normal(256).astype(np.float32), "c")]
+    else:
+        node = helper.make_node("MatMul", ["x", "w"], ["h"], name="fc")
+        inits = [numpy_helper.from_array(rng.standard_normal((32, 256)).astype(np.float32), "w")]
+    graph = helper.make_graph([node, helper.make_node("Relu", ["h"], ["y"], name="relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    shaped = int8_plan.isolation_of(model, rewrite=False, static_options=None, exclude=(), ranges=({}, {})).model
+    monkeypatch.setattr(int8_plan, "ISOLATE_WEIGHTS", 1000)
+    sliced = int8_plan.isolated_layer(shaped, "fc")
+    assert float(next(m.value for m in sliced.metadata_props if m.key == int8_plan.SLICED_KEY)) == 4.0
+    assert {t.name: list(t.dims) for t in sliced.graph.initializer} == ({"w": [64, 32], "c": [64]} if op == "Gemm" else {"w": [32, 64]})
+    out = make_session(sliced.SerializeToString()).run(None, {"x": np.ones((3, 32), np.float32)})[0]
+    assert out.shape == (3, 64)

@@ -211,7 +211,7 @@ def predicted_choice(gain: Ratios | None, objective: str, negligible: bool = Fal
 def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objective: str, noise: float = NOISE,
                 size: Callable[[frozenset], int] | None = None, groups: list[list[str]] | None = None,
                 predicted: list[Ratios | None] | None = None, negligible: list[bool] | None = None,
-                untimed: str | None = None) -> PlanResult:
+                untimed: str | None = None, follows: list[bool] | None = None) -> PlanResult:
     """Choose the layers that compute in int8.
 
     ``measure(configs, reference=True, give_up=None)`` times each configuration (a frozenset of int8
@@ -235,6 +235,7 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
     layers, unless another is faster than it beyond ``noise`` (then the fastest). No-int8 runs the
     float model's kernels (its int8 weights are folded into float at load): it is taken as 1.0x
     float and timed only when the pick would fall on it.
+    ``follows``: per group, a weightless one between int8 layers (``followers``): int8 untimed.
     ``untimed``: when every group is decided from isolation, nothing is timed in the model: every
     layer int8, with this said in the message (the whole model's timing would cost more than the
     plan may: ``guard_seconds``).
@@ -258,7 +259,7 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
         return objective == "balanced" and all(any(f[b] / with_int8[b] < 1.0 - noise for b in with_int8) for f in flips)
 
     units = groups or [[n] for n in layers]
-    rows, undecided = isolated_rows(units, predicted, negligible, objective)
+    rows, undecided = isolated_rows(units, predicted, negligible, objective, follows)
     order = {n: i for i, n in enumerate(layers)}
     if untimed and not undecided:
         rows.sort(key=lambda r: order[r["node"]])
@@ -296,13 +297,23 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
     return PlanResult(chosen, measured[chosen], rows, configs, message)
 
 
-def isolated_rows(units: list[list[str]], predicted, negligible, objective: str) -> tuple[list[dict], list[tuple]]:
-    """(report rows of the groups their isolated gains decide, [(group, gain)] of the others)."""
+FOLLOWS = ("int8: every tensor it reads comes from an int8 layer and every reader is an int8 layer, so int8 adds no"
+           " Q/DQ and runs one int8 op where float runs DequantizeLinear, the op and QuantizeLinear (not timed)")
+
+
+def isolated_rows(units: list[list[str]], predicted, negligible, objective: str, follows=None) -> tuple[list[dict], list[tuple]]:
+    """(report rows of the groups their isolated gains, or their neighbours (``follows``), decide,
+    [(group, gain)] of the others)."""
     predicted = predicted or [None] * len(units)
     negligible = negligible or [False] * len(units)
+    follows = follows or [False] * len(units)
     rows, undecided = [], []
-    for group, gain, small in zip(units, predicted, negligible):
+    for group, gain, small, follow in zip(units, predicted, negligible, follows):
         verdict = predicted_choice(gain, objective, small)
+        if verdict is None and follow:
+            rows += [{"node": name, "choice": "int8", "reason": FOLLOWS, "decided": "neighbours",
+                      **({"isolated_gain": {str(b): round(g, 3) for b, g in gain.items()}} if gain else {})} for name in group]
+            continue
         if verdict is None:
             undecided.append((group, gain))
             continue
@@ -429,7 +440,7 @@ class ConfigBuilder:
     def isolation(self) -> "Isolation":
         """What timing this model's layers alone needs (``predict_groups``)."""
         return Isolation(_with_shapes(self.prepared), [l["node"] for l in self.layers], self.groups, self.rewrite,
-                         self.static_options, self.ranges(), self.log)
+                         self.static_options, self.ranges(), self.log, frozenset(l["node"] for l in self.layers if not l["weights"]))
 
     def _quantizer(self, keep_float: frozenset):
         """(rewritten prepared proto's static quantizer, rewrite report) for this set of float ConvTransposes."""
@@ -536,6 +547,7 @@ class Isolation:
     static_options: object
     ranges: tuple
     log: Callable = lambda message: None
+    weightless: frozenset = frozenset()  # decidable layers without weights (Add, Concat, an activation, Mul by a constant)
 
 
 def isolation_of(model: ir.Model, *, rewrite: bool, static_options, exclude, ranges, log=lambda m: None) -> Isolation:
@@ -546,7 +558,8 @@ def isolation_of(model: ir.Model, *, rewrite: bool, static_options, exclude, ran
     shaped = model.clone()
     ShapeInferencePass(strict_mode=False)(shaped)
     decidable, _, groups, rewritten = _decidable(shaped, exclude)
-    return Isolation(shaped, [l["node"] for l in decidable], groups, rewrite and bool(rewritten), static_options, ranges, log)
+    return Isolation(shaped, [l["node"] for l in decidable], groups, rewrite and bool(rewritten), static_options, ranges, log,
+                     frozenset(l["node"] for l in decidable if not l["weights"]))
 
 
 KEEP_BUILDS = 1  # models (and rewritten quantizers) kept built: each is a whole copy of the weights; sizes are remembered
@@ -616,20 +629,20 @@ def isolated_layer(model: ir.Model, name: str, slice_large: bool = True) -> onnx
 
 
 SLICED_KEY = "gencompress.isolated_scale"  # an isolated layer timed on a slice of its output channels: times scale by this
-ISOLATE_WEIGHTS = 1 << 20  # a Conv/ConvTranspose with more weights is timed alone on a slice of its output channels (at least 64)
+ISOLATE_WEIGHTS = 1 << 20  # a Conv/ConvTranspose/Gemm/MatMul with more weights is timed alone on a slice of its outputs (at least 64)
 
 
 def _sliced(node: ir.Node, weights: dict) -> tuple[dict, float]:
-    """A large Conv or ConvTranspose (group 1, over ``ISOLATE_WEIGHTS`` weights) keeps a slice of its
-    output channels (and bias), at least 64: its int8 and float kernels stay full (the same GEMM
-    depth and rows, fewer columns) while building and loading it costs a fraction (the 47M
-    DCGAN's 33.5M-weight layer: 2.4 s of rewrites and 1.6 s of serializing alone). Returns the
-    weights (numpy-backed where sliced) and the factor that scales its times back."""
-    w = node.inputs[1].const_value if node.op_type in ("Conv", "ConvTranspose") and len(node.inputs) > 1 and node.inputs[1] is not None else None
-    group = node.attributes.get("group")
-    if w is None or (group is not None and group.value != 1) or w.size <= ISOLATE_WEIGHTS or len(w.shape) < 3:
+    """A large layer (over ``ISOLATE_WEIGHTS`` weights: a Conv or ConvTranspose of group 1, a Gemm or
+    MatMul with a 2-D weight) keeps a slice of its output channels or columns (and bias), at least
+    64: its int8 and float kernels stay full (the same GEMM depth and rows, fewer columns) while
+    building and loading it costs a fraction (the 47M DCGAN's 33.5M-weight layer: 2.4 s of
+    rewrites and 1.6 s of serializing alone; VGG-19's first fully connected layer, 102M weights).
+    Returns the weights (numpy-backed where sliced) and the factor that scales its times back."""
+    axis = _output_axis(node)
+    if axis is None:
         return weights, 1.0
-    axis = 0 if node.op_type == "Conv" else 1
+    w = node.inputs[1].const_value
     channels = w.shape[axis]
     keep = max(64, int(np.ceil(channels * ISOLATE_WEIGHTS / w.size / 16)) * 16)
     if keep >= channels:
@@ -637,9 +650,25 @@ def _sliced(node: ir.Node, weights: dict) -> tuple[dict, float]:
     out = dict(weights)
     out[node.inputs[1].name] = ir.Tensor(np.ascontiguousarray(np.take(w.numpy(), np.arange(keep), axis=axis)), name=node.inputs[1].name)
     bias = node.inputs[2] if len(node.inputs) > 2 else None
-    if bias is not None and bias.const_value is not None:
-        out[bias.name] = ir.Tensor(np.ascontiguousarray(bias.const_value.numpy()[:keep]), name=bias.name)
+    if bias is not None and bias.const_value is not None and bias.const_value.shape and bias.const_value.shape[-1] == channels:
+        out[bias.name] = ir.Tensor(np.ascontiguousarray(bias.const_value.numpy()[..., :keep]), name=bias.name)
     return out, channels / keep
+
+
+def _output_axis(node: ir.Node) -> int | None:
+    """The axis of a large layer's weight (input 1) that holds its output channels or columns; None
+    when it is not sliced (small, grouped, a constant first input, another op)."""
+    w = node.inputs[1].const_value if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    if w is None or w.size <= ISOLATE_WEIGHTS or node.inputs[0] is None or node.inputs[0].const_value is not None:
+        return None
+    if node.op_type in ("Conv", "ConvTranspose"):
+        group = node.attributes.get("group")
+        return None if (group is not None and group.value != 1) or len(w.shape) < 3 else (0 if node.op_type == "Conv" else 1)
+    if node.op_type == "Gemm" and len(w.shape) == 2 and not node.attributes.get_int("transA", 0):
+        return 0 if node.attributes.get_int("transB", 0) else 1
+    if node.op_type == "MatMul" and len(w.shape) == 2:
+        return 1
+    return None
 
 
 def _in_memory(tensor) -> onnx.TensorProto:
@@ -762,6 +791,54 @@ def predict_groups(iso: Isolation, isolated, batches, kernels=None, log=lambda m
     return [{b: f / max(i, 1e-12) for b, (f, i) in t.items()} if t else None for t in out], negligible, total
 
 
+def followers(iso: Isolation, predicted, negligible, objective: str) -> list[bool]:
+    """Per group of ``iso.groups``: a group of weightless layers (Add, Concat, an activation, Mul by a
+    constant: ``iso.weightless``) that isolation leaves undecided, every activation it reads made by
+    an int8 layer and every reader of its output an int8 layer, those decided int8 alone or
+    themselves such followers (the largest such set). Between int8 layers such a layer in float
+    runs DequantizeLinear, the op and QuantizeLinear; in int8, one int8 op and no Q/DQ more, so
+    int8 is not slower: it is decided without timing the model (RRDB: its Concat and Add groups
+    cannot be timed alone, so they took greedy steps over the whole model). Ops that keep a
+    quantized tensor's scale (Resize nearest, Reshape, ...: insert_qdq moves the Q/DQ across them)
+    are looked through. A tensor from a graph input, a float or undecided layer, or any other op
+    leaves the group to be timed."""
+    if objective == "size":
+        return [False] * len(iso.groups)
+    decided = set()
+    for group, gain, small in zip(iso.groups, predicted or [None] * len(iso.groups), negligible or [False] * len(iso.groups)):
+        if predicted_choice(gain, objective, small) == "int8":
+            decided.update(group)
+    from gencompress.passes.insert_qdq import _is_transparent
+
+    candidates = [g for g in iso.groups if not decided.issuperset(g) and all(n in iso.weightless for n in g)]
+    nodes = {n.name: n for n in iso.model.graph}
+
+    def made_int8(v: ir.Value, int8: set) -> bool:  # through ops that keep a quantized tensor's scale (insert_qdq moves Q/DQ there)
+        producer = v.producer()
+        while producer is not None and _is_transparent(producer) and producer.name not in int8 and producer.inputs:
+            producer = producer.inputs[0].producer() if producer.inputs[0] is not None else None
+        return producer is not None and producer.name in int8
+
+    def read_int8(v: ir.Value, int8: set) -> bool:
+        return not v.is_graph_output() and all(u.node.name in int8 or (_is_transparent(u.node) and u.idx == 0 and
+                                                                        all(read_int8(o, int8) for o in u.node.outputs))
+                                               for u in v.uses())
+
+    def between_int8(name: str, int8: set) -> bool:
+        node = nodes.get(name)
+        reads = [v for v in node.inputs if v is not None and v.const_value is None] if node is not None else [None]
+        return node is not None and all(made_int8(v, int8) for v in reads) and all(read_int8(v, int8) for v in node.outputs)
+
+    while True:
+        int8 = decided | {n for g in candidates for n in g}
+        kept = [g for g in candidates if all(between_int8(n, int8) for n in g)]
+        if len(kept) == len(candidates):
+            break
+        candidates = kept
+    chosen = {id(g) for g in candidates}
+    return [id(g) in chosen for g in iso.groups]
+
+
 # a layer timed on a slice of its output channels is decided from it only when int8 is at least this much
 # faster at every batch, else timed whole: on the 47M DCGAN's four large layers the slice's gain was 0.36-2.0x
 # the whole layer's (load 6; benchmarks/plan_cost.py)
@@ -806,7 +883,7 @@ def predicted_plan(iso: Isolation, timer, objective: str, why: str, log=lambda m
         return None
     log(f"timing {len(iso.layers)} layer(s) in {len(iso.groups)} group(s) of the same shape alone, int8 vs float ({objective}) ...")
     gains, negligible, total = predict_groups(iso, timer.isolated, settings["batches"], plan_cache.KernelCache(settings), log)
-    rows, undecided = isolated_rows(iso.groups, gains, negligible, objective)
+    rows, undecided = isolated_rows(iso.groups, gains, negligible, objective, followers(iso, gains, negligible, objective))
     if undecided:
         log(f"  {len(undecided)} group(s) not decided alone ({', '.join(g[0] for g, _ in undecided[:3])}{', ...' if len(undecided) > 3 else ''})")
         return None
@@ -961,13 +1038,16 @@ def plan(builder: ConfigBuilder, objective: str, measure_models, log=lambda m: N
                 from gencompress.verbs.plan_cache import KernelCache
 
                 kernels = KernelCache(settings, cache.folder) if settings and cache is not None else None
-                predicted = predict_groups(builder.isolation(), isolated, settings["batches"] if settings else [1], kernels, log)
+                iso = builder.isolation()
+                predicted = predict_groups(iso, isolated, settings["batches"] if settings else [1], kernels, log)
+                predicted = (*predicted, followers(iso, predicted[0], predicted[1], objective))
+                del iso
         untimed = None
         if predicted and guard_seconds(predicted[2]) > GUARD_SECONDS:
             untimed = untimed_message(predicted[2], f"timing it would take about {guard_seconds(predicted[2]):.0f} s")
         result = plan_layers(names, measure, objective, size=builder.size, groups=builder.groups or None,
                              predicted=predicted[0] if predicted else None, negligible=predicted[1] if predicted else None,
-                             untimed=untimed)
+                             untimed=untimed, follows=predicted[3] if predicted else None)
         result.timed_on = timed_on if objective != "size" and names else {}
         op_of = {l["node"]: l["op_type"] for l in builder.layers}
         for row in result.layers:
