@@ -133,3 +133,25 @@ def test_quantize_twice_reuses_the_plan_and_writes_the_same_bytes(zoo_onnx, cach
     from gencompress.cli.quantize import _summary
 
     assert "timed on" in _summary(first) and "plan reused from" in _summary(second)
+
+
+def test_calibration_ranges_are_reused_with_the_same_bytes(zoo_onnx, cache_dir, tmp_path, monkeypatch):
+    """A second quantize of the same file and calibration options reads the ranges back (no
+    calibration run) and writes the same bytes; another seed, or a damaged entry, calibrates."""
+    import gencompress.verbs.quantizers as quantizers
+    from gencompress.verbs.quantize import quantize
+
+    runs = []
+    real = quantizers.calibrated_ranges
+    monkeypatch.setattr(quantizers, "calibrated_ranges", lambda *a, **k: (runs.append(1), real(*a, **k))[1])
+    logs = []
+    quantize(zoo_onnx("dcgan"), tmp_path / "a.onnx", calib_size=16, check=False, objective="size")
+    quantize(zoo_onnx("dcgan"), tmp_path / "b.onnx", calib_size=16, check=False, objective="size", log=logs.append)
+    assert len(runs) == 1 and any("calibration ranges reused" in m for m in logs)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    quantize(zoo_onnx("dcgan"), tmp_path / "c.onnx", calib_size=16, check=False, objective="size", seed=1)
+    assert len(runs) == 2
+    for entry in (cache_dir / "calibration").glob("*.json"):
+        entry.write_text(entry.read_text().replace('"float"', '"load"'))  # a type that is not a float's: a miss
+    quantize(zoo_onnx("dcgan"), tmp_path / "d.onnx", calib_size=16, check=False, objective="size")
+    assert len(runs) == 3 and (tmp_path / "d.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()

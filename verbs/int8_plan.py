@@ -464,9 +464,11 @@ class ConfigBuilder:
         """``calibrated_ranges`` of ``prepared``: one calibration run for every configuration (and
         every isolated layer, whose tensors keep their names)."""
         if self._calibrated is None:
+            from gencompress.verbs.plan_cache import cached_ranges
             from gencompress.verbs.quantizers import calibrated_ranges
 
-            self._calibrated = calibrated_ranges(ir.serde.deserialize_model(self.prepared), self.static_options, log=self.log)
+            self._calibrated = cached_ranges(self.prepared, self.static_options, log=self.log, compute=lambda: calibrated_ranges(
+                ir.serde.deserialize_model(self.prepared), self.static_options, log=self.log))
         return self._calibrated
 
     def calibration(self) -> dict | None:

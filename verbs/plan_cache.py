@@ -13,7 +13,9 @@ it was timed on, so the key covers all of them:
   and this module's ``FORMAT`` and gencompress's version (a plan from other code is not reused).
 
 Reusing a plan skips the timing only; the model is built from it as on the first run, so the
-output is byte-identical. Entries live in ``$GENCOMPRESS_PLAN_CACHE`` or the cache folder's
+output is byte-identical. Beside the plans, the calibration's ranges (``cached_ranges``): keyed by
+the calibrated model's content, the calibration options and rows, and the machine kind (float
+results, and so ranges, may differ in the last bits from one ISA or onnxruntime to another). Entries live in ``$GENCOMPRESS_PLAN_CACHE`` or the cache folder's
 ``plans/`` (``gencompress/cache.py``; default ``~/.cache/gencompress/plans``), one small JSON
 file per key, written to a temp file in that folder then renamed. The cache is an optimisation:
 a folder that cannot be written or an entry that cannot be read or does not fit the model is a
@@ -204,3 +206,59 @@ class KernelCache:
         merged = {**self.entries(), key: entry}
         self._entries = merged
         _write_json(self.path, merged)
+
+
+# ---- calibration ranges -----------------------------------------------------------------------------
+
+
+CALIBRATION_FIELDS = ("calib", "calib_size", "calib_data", "percentile", "activations", "seed")  # what a range depends on
+
+
+def calibration_key(model, static, feeds=None, form=None) -> str:
+    """The key of a calibration's ranges: the calibrated model's content (a proto: ``model_digest``;
+    a path: its files' bytes, with ``form`` saying what the run made of it before calibrating), the
+    options that decide its rows and ranges, the rows themselves when given, and the machine kind."""
+    import gencompress
+
+    from gencompress.onnx_io import model_files
+
+    h = hashlib.sha256()
+    if isinstance(model, onnx.ModelProto):
+        h.update(model_digest(model).encode())
+    else:  # read from disk in chunks: a memory-mapped model is not paged in
+        for f in model_files(model):
+            _digest_value(str(f), h)
+    options = _options_dict(static)
+    _digest_value({"format": FORMAT, "what": "calibration", "form": repr(form), "gencompress": gencompress.__version__, **machine_kind(),
+                   "options": {k: options.get(k) for k in CALIBRATION_FIELDS}, "feeds": dict(feeds) if feeds is not None else None}, h)
+    return h.hexdigest()
+
+
+def cached_ranges(model, static, compute, *, feeds=None, form=None, log=lambda m: None, folder=None) -> tuple[dict, dict]:
+    """``compute()`` (``quantizers.calibrated_ranges`` of ``model``), or the ranges a run before kept
+    for the same key (``calibration_key``), with their types (a range is a Python or a numpy float:
+    the scales computed from it are the same to the bit). A miss or an unwritable folder: computed."""
+    key = calibration_key(model, static, feeds, form)
+    cache = PlanCache(folder)
+    path = cache.folder / "calibration" / f"{key}.json"
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        if entry.get("format") == FORMAT and entry.get("key") == key:
+            ranges = {name: tuple(_typed(v, t) for v, t in zip(values, types)) for name, (values, types) in entry["ranges"].items()}
+            log(f"calibration ranges reused from {path}")
+            return ranges, dict(entry["calibration"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        pass
+    ranges, calibration = compute()
+    _write_json(path, {"format": FORMAT, "key": key, "calibration": calibration,
+                       "ranges": {name: [[float(v) for v in r], [type(v).__name__ for v in r]] for name, r in ranges.items()}})
+    return ranges, calibration
+
+
+RANGE_TYPES = {"float": float, "float64": np.float64, "float32": np.float32}
+
+
+def _typed(value: float, type_name: str):
+    """A stored range value as the type it was computed in (float, or a numpy float type); another
+    type name: a damaged entry (KeyError, a miss)."""
+    return RANGE_TYPES[type_name](value)

@@ -261,6 +261,7 @@ class _Run:
         self.model = self.unrewritten = self.before_rewrites = self.rewrite_report = None
         self.streamed = False
         self.calibrated = None  # calibrated_ranges, when the prediction ran them before the plan
+        self.form = None  # what prepare_and_rewrite made of the input: with its files, the calibration cache's key
 
     @classmethod
     def load(cls, in_path, *, planned: bool, stream: bool, objective: str, log) -> "_Run":
@@ -308,6 +309,7 @@ class _Run:
         # reference's sessions read the input file itself
         model = mapped_ir(self.reference, self.in_path) if self.mapped else ir.serde.deserialize_model(self.reference)
         self.reference = None
+        self.form = ("quantize", mode, rewrite, tuple(exclude), keep_debug_metadata, self.planned)
         self._note_fills(model)
         prepare(model, keep_debug_metadata=keep_debug_metadata)
         # one build, no plan: the weights are streamed (moved to the scratch folder, read back one
@@ -363,6 +365,8 @@ class _Run:
         quantizer keeps the prepared model for more builds (the target search); ``calibrated``:
         the calibration already run (``calibrated_ranges``)."""
         if mode == "static":
+            if calibrated is None and self._quantizable(exclude):
+                calibrated = self.ranges(static, feeds)
             quantizer = static_quantizer(self.model, static, log=self.log, exclude=exclude, feeds=feeds,
                                          before_rewrites=self.before_rewrites, calibrated=calibrated)
             self.before_rewrites = None
@@ -376,6 +380,25 @@ class _Run:
         if mode == "weight-only" and objective != "size":  # float compute: int8 weights folded at load
             proto, pass_report = _fold_weights(proto), {**pass_report, "weights_folded_at_load": True}
         return quantizer, proto, pass_report
+
+    def _quantizable(self, exclude) -> bool:
+        """Some layer to quantize, and ``exclude`` names only known ones (else static_quantizer says so, before calibrating)."""
+        from gencompress.passes.insert_qdq import find_layers, select_layers
+
+        layers = find_layers(self.model.graph)
+        if layers:
+            select_layers(layers, exclude)
+        return bool(layers)
+
+    def ranges(self, static, feeds):
+        """``calibrated_ranges`` of the model as calibrated (before the rewrites), or those a run before
+        kept for the same input files, preparation and calibration (``plan_cache.cached_ranges``)."""
+        from gencompress.verbs.plan_cache import cached_ranges
+        from gencompress.verbs.quantizers import calibrated_ranges
+
+        source = self.before_rewrites or self.model
+        return cached_ranges(self.in_path, static, lambda: calibrated_ranges(source, static, log=self.log, feeds=feeds), feeds=feeds,
+                             form=self.form, log=self.log)
 
     def plan(self, exclude, objective, timer, static):
         """Plan which layers compute in int8 (``int8_plan``): (quantizer, proto, pass report, plan report)."""
@@ -392,10 +415,9 @@ class _Run:
         import onnx_ir as ir
 
         from gencompress.onnx_io import materialize
-        from gencompress.verbs.quantizers import calibrated_ranges
 
         source = self.before_rewrites or self.model
-        ranges = calibrated_ranges(source, static, log=self.log, feeds=feeds)
+        ranges = self.ranges(static, feeds)
         iso = int8_plan.isolation_of(source, rewrite=bool(self.rewrite_report.get("applied")), static_options=static, exclude=exclude,
                                      ranges=ranges, log=self.log)
         why = f"a {self.before / 1e6:.0f} MB model: timed whole, it would hold a float session of it beside each configuration"
