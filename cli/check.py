@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from gencompress.arguments import SEED_MAX, positive_int
+from gencompress.arguments import BENCH_BUDGET_S, SEED_MAX, positive_int
 from gencompress.errors import GencompressError
 from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES, HELD_BACK_SEED
 
@@ -133,8 +133,10 @@ def check(reference, candidate, samples, seed, batch, inputs_npz, features, peak
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed warm-up runs.")
 @click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True, help="Seed of the inputs.")
 @click.option("--memory/--no-memory", default=True, show_default=True, help="Measure session peak memory (one fresh process per model and batch).")
+@click.option("--time-budget", "budget", type=float, default=BENCH_BUDGET_S, show_default=True,
+              help="Seconds per configuration (batch, threads, provider): a model too slow for --runs in it gets fewer, and says so; 0: no limit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def bench(model, reference, providers, batches, threads, runs, warmup, seed, memory, as_json):
+def bench(model, reference, providers, batches, threads, runs, warmup, seed, memory, budget, as_json):
     """Latency, throughput, peak memory and size of MODEL in onnxruntime.
 
     Warm-up, then repeated runs: p50/p90/p99 and samples/s per execution provider, batch size
@@ -163,9 +165,12 @@ def bench(model, reference, providers, batches, threads, runs, warmup, seed, mem
         seed=seed,
         memory=memory,
         progress=not as_json,
+        budget=budget,
     )
     for warning in result.get("warnings", []):
         click.echo(f"warning: {warning}", err=True)
+    for note in result.get("notes", []):
+        click.echo(f"note: {note}", err=True)
     if as_json:
         echo_json(jsonable(result))
         return

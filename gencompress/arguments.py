@@ -47,6 +47,11 @@ def seed_value(value, option: str = "--seed") -> int:
 # Limits on counts a user gives: beyond them a run would hang for hours or exhaust memory.
 MAX_RUNS = 100_000
 MAX_WARMUP = 10_000
+# bench: seconds one configuration (provider, threads, batch) may take, warm-up and timed runs of
+# every model; a model so large that the asked runs would not fit gets fewer (at least
+# MIN_BUDGET_RUNS), and the result says so. Small models never reach it (the zoo: 100 runs in ~1 s)
+BENCH_BUDGET_S = 120.0
+MIN_BUDGET_RUNS = 3
 MAX_SAMPLES = 1_000_000
 MAX_BATCH = 1_000_000
 MAX_THREADS = max(256, 4 * (os.cpu_count() or 1))

@@ -44,7 +44,22 @@ def as_path(value, role: str = "model") -> Path:
     text = os.fspath(value)
     if isinstance(text, bytes) or not text or "\0" in text:
         raise GencompressError(f"{role}: expected a file path, got {short(value)}")
-    return Path(text)
+    path = Path(text)
+    # the OS refuses such names (ENAMETOOLONG), from os.stat too: said here, before any use
+    if len(os.fsencode(text)) >= 4096 or any(len(os.fsencode(part)) > 255 for part in path.parts):
+        raise GencompressError(f"{role}: {short(text, 80)}: a file name longer than 255 bytes (or a path over 4096); choose a shorter one")
+    return path
+
+
+def _refuse_special_output(out: Path) -> None:
+    """An output path naming a device, FIFO or socket is refused: the atomic rename would replace
+    it with a regular file (``/dev/null`` as root: the machine's own null device)."""
+    try:
+        st = out.lstat()
+    except OSError:
+        return  # nothing there (or unreadable: the write says why)
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise GencompressError(f"{out}: not a regular file (a device, FIFO or socket); refusing to replace it with an output")
 
 
 def regular_file(path: Path, what: str = "") -> int:
@@ -163,13 +178,76 @@ def validate_model(model: onnx.ModelProto, path, *, checker: bool = True) -> Non
     bad = _tensor_size_mismatch(model)
     if bad:
         raise GencompressError(f"{path}: damaged ONNX model ({bad})")
-    if not checker:
-        return
+    if checker:
+        try:
+            onnx.checker.check_model(_without_external_data(model))
+        except Exception as e:  # ValidationError; protobuf errors for a damaged message
+            raise GencompressError(f"{path}: not a valid ONNX model ({_first_line(e)})") from None
+    bad = _type_mismatch(model, Path(path))
+    if bad:
+        raise GencompressError(f"{path}: not a valid ONNX model (types do not match: {bad})")
+
+
+def _first_line(e: Exception) -> str:
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+    return short(first, 240)[1:-1]
+
+
+# a model holding more weight bytes than this in memory is type-checked on its skeleton (shape
+# inference serializes what it is given: a whole copy of the model otherwise)
+INLINE_TYPECHECK_BYTES = 2**20
+
+
+def _type_mismatch(model: onnx.ModelProto, path: Path) -> str | None:
+    """The first node whose inputs' types do not match its operator (a double weight into a
+    float Gemm; onnx.checker without full_check lets it through, onnxruntime refuses it later or
+    a verb writes it on), from onnx's strict shape inference with type checks; None if none.
+    Runs on the graph and small tensors only (weights in files or large ones left out)."""
+    from onnx.external_data_helper import uses_external_data
+
+    inline = sum(_tensor_nbytes(t) or 0 for t in model.graph.initializer if not uses_external_data(t))
     try:
-        onnx.checker.check_model(_without_external_data(model))
-    except Exception as e:  # ValidationError; protobuf errors for a damaged message
-        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise GencompressError(f"{path}: not a valid ONNX model ({short(first, 240)[1:-1]})") from None
+        if inline <= INLINE_TYPECHECK_BYTES:
+            target = onnx.ModelProto()
+            target.CopyFrom(model)  # small: named below without touching the model
+        else:
+            target = skeleton(model)
+    except Exception:  # a graph onnx_ir cannot read is the verbs' to refuse, each in one line
+        return None
+    for i, node in enumerate(target.graph.node):  # the message names the node: an unnamed one by position and output
+        if not node.name:
+            node.name = f"#{i} writing {node.output[0] if node.output else '<nothing>'}"
+    _inline_small_external(target, path)
+    try:
+        onnx.shape_inference.infer_shapes(target, check_type=True, strict_mode=True)
+    except Exception as e:  # InferenceError; protobuf errors
+        if "Cannot parse data from external tensors" in str(e):
+            return None  # a large shape-like tensor left in a file: undecided here, onnxruntime judges it
+        return _first_line(e)
+    return None
+
+
+def _inline_small_external(model: onnx.ModelProto, path: Path, limit: int = 64 * 1024) -> None:
+    """Small external-data tensors of ``model`` (a copy) read into it: shape inference needs the
+    values of a Reshape's shape or a Resize's scales, and cannot read files. Entries were validated."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    for tensor in model.graph.initializer:
+        if not uses_external_data(tensor):
+            continue
+        info = ExternalDataInfo(tensor)
+        length = int(info.length) if info.length is not None else None
+        if length is None or length > limit:
+            continue
+        try:
+            with open(path.parent / info.location, "rb") as f:
+                f.seek(int(info.offset or 0))
+                data = f.read(length)
+        except (OSError, ValueError):
+            continue
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        tensor.raw_data = data
 
 
 _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
@@ -510,8 +588,42 @@ def external_data_entries(model: onnx.ModelProto, path: Path) -> list[tuple[onnx
         expected = _tensor_nbytes(tensor)
         if expected is not None and expected != length:
             raise GencompressError(f"{where}: holds {length} bytes, but a {tensor.dims} tensor of its type needs {expected}")
+        if "checksum" in info:
+            _verify_checksum(info["checksum"], target, offset, length, where)
         entries.append((tensor, target, offset, length))
     return entries
+
+
+def _verify_checksum(checksum: str, file: Path, offset: int, length: int, where: str) -> None:
+    """An entry's ``checksum``: the SHA-1 of "the file specified under location" (the ONNX
+    spec); writers differ on whether that is the whole file or the tensor's bytes in it, so either
+    matches. A mismatch (a damaged or swapped side file) is refused in one line."""
+    text = checksum.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{40}", text):
+        raise GencompressError(f"{where}: checksum {short(checksum)} is not a SHA-1 digest (40 hex digits)")
+    st = file.stat()
+    if text == _sha1(file, st.st_mtime_ns, st.st_size, offset, length):
+        return
+    if (offset, length) != (0, st.st_size) and text == _sha1(file, st.st_mtime_ns, st.st_size, 0, st.st_size):
+        return
+    raise GencompressError(f"{where}: {file.name} does not match its SHA-1 checksum (a damaged or replaced side file); refusing to read it")
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha1(file: Path, mtime_ns: int, size: int, offset: int, length: int, chunk: int = 16 * 2**20) -> str:
+    """SHA-1 of ``length`` bytes at ``offset`` of ``file``, read a chunk at a time (bounded
+    memory); cached per file version, since a verb reads a model's entries several times."""
+    digest = hashlib.sha1(usedforsecurity=False)
+    with open(file, "rb") as f:
+        f.seek(offset)
+        left = length
+        while left > 0:
+            block = f.read(min(chunk, left))
+            if not block:
+                break
+            digest.update(block)
+            left -= len(block)
+    return digest.hexdigest()
 
 
 def _tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
@@ -651,8 +763,10 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 
 def refuse_overwrite(out: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
-    """Refuse an output that is one of the inputs, or the external-data file of an input model."""
+    """Refuse an output that is one of the inputs, or the external-data file of an input model, or
+    a device/FIFO/socket."""
     out = as_path(out, "output")
+    _refuse_special_output(out)
     for src in inputs:
         if src is None:
             continue
@@ -669,7 +783,7 @@ def refuse_overwrite(out: str | os.PathLike, inputs: Iterable[str | os.PathLike]
 def atomic_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
     """Yield a temp path beside ``out``; rename it onto ``out`` only if the block succeeds."""
     out = as_path(out, "output")
-    refuse_overwrite(out, inputs)
+    refuse_overwrite(out, inputs)  # a device/FIFO/socket too
     if out.is_dir():
         raise GencompressError(f"{out}: is a folder, expected a file path")
     folder = out.parent if str(out.parent) else Path(".")

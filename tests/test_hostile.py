@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import gencompress
 from gencompress.errors import GencompressError
-from gencompress.onnx_io import initializer_inputs
+from gencompress.onnx_io import initializer_inputs, save_model
 from gencompress.inputs import InputSpec, parse_input_spec, sample_inputs, specs_of_model, specs_to_json
 
 LATENT, WIDTH = 8, 64
@@ -105,6 +105,9 @@ BAD_MODELS = {
     "ext device": dict(external={"location": "dev"}),
     "ext the folder itself": dict(external={"location": "."}),
     "ext unknown key": dict(external={"location": "w.bin", "evil": "1"}),
+    "ext checksum mismatch": dict(external={"location": "w.bin", "checksum": "0" * 40}),
+    "ext checksum not sha1": dict(external={"location": "w.bin", "checksum": "../w.bin"}),
+    "double weight into a float Gemm": dict(weight=np.ones((LATENT, WIDTH), np.float64)),
 }
 # what each verb needs from the model: weights (prune, quantize), samples (check, bench)
 WEIGHT_ONLY_CLASSES = {"nan weight", "inf weight"}
@@ -1194,3 +1197,73 @@ def test_weights_kept_as_inputs_are_named_not_nothing(tmp_path, run_cli, user_er
     r = run_cli("quantize", m, tmp_path / "s.onnx", "--objective", "size", "--keep-initializer-inputs", "--calib-size", "8")
     assert r.exit_code == 0, r
     assert [i.name for i in onnx.load(str(tmp_path / "s.onnx")).graph.input] == ["z", "W"]
+
+
+def test_external_data_checksum_is_verified(tmp_path, run_cli, user_error):
+    """An entry's SHA-1 (of the tensor's bytes, or of the whole side file) is checked; a tampered
+    side file is refused in one line by every reader, the input left as it was."""
+    import hashlib
+
+    w = np.arange(LATENT * WIDTH, dtype=np.float32).reshape(LATENT, WIDTH) / 1000
+    for i, digest in enumerate([hashlib.sha1(w.tobytes()).hexdigest(), hashlib.sha1(w.tobytes()).hexdigest().upper()]):
+        (tmp_path / f"ok{i}").mkdir()
+        m = tiny(tmp_path / f"ok{i}" / "g.onnx", weight=w, external={"location": "w.bin", "checksum": digest})
+        assert run_cli("prune", m, tmp_path / f"p{i}.onnx", "--sparsity", "0.5").exit_code == 0
+    (tmp_path / "t").mkdir()
+    m = tiny(tmp_path / "t" / "g.onnx", weight=w, external={"location": "w.bin", "checksum": hashlib.sha1(w.tobytes()).hexdigest()})
+    assert run_cli("check", m, m, "--samples", "4").exit_code == 0
+    data = bytearray((tmp_path / "t" / "w.bin").read_bytes())
+    data[100] ^= 0x01  # one flipped bit, after a first successful read (the digest cache is per file version)
+    (tmp_path / "t" / "w.bin").write_bytes(bytes(data))
+    before = snapshot(tmp_path / "t")
+    for args in (["prune", m, tmp_path / "x.onnx", "--sparsity", "0.5"], ["check", m, m, "--samples", "4"], ["bench", m, "--runs", "2", "--no-memory"],
+                 ["quantize", m, tmp_path / "x.onnx", "--objective", "size"]):
+        user_error(run_cli(*args), "does not match its SHA-1 checksum")
+    assert_untouched(tmp_path / "t", before)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_whole_file_checksum_and_a_large_inline_model_type_check(tmp_path, monkeypatch):
+    import hashlib
+
+    from gencompress import onnx_io
+
+    (tmp_path / "a").mkdir()
+    w = np.random.default_rng(1).standard_normal((LATENT, WIDTH)).astype(np.float32)
+    m = tiny(tmp_path / "a" / "g.onnx", weight=w, external={"location": "w.bin", "offset": "0", "checksum": "1" * 40})
+    with open(tmp_path / "a" / "w.bin", "ab") as f:  # a shared side file: the digest is the whole file's
+        f.write(b"\0" * 64)
+    whole = hashlib.sha1((tmp_path / "a" / "w.bin").read_bytes()).hexdigest()
+    proto = onnx.load(str(m), load_external_data=False)
+    for entry in proto.graph.initializer[0].external_data:
+        if entry.key == "checksum":
+            entry.value = whole
+    proto.graph.initializer[0].external_data.add(key="length", value=str(w.nbytes))
+    onnx.save(proto, str(m))
+    assert onnx_io.load_model(m).graph.initializer[0].raw_data == w.tobytes()
+    # a model held in memory past the inline limit is type-checked on its skeleton: same verdict
+    monkeypatch.setattr(onnx_io, "INLINE_TYPECHECK_BYTES", 0)
+    bad = tiny(tmp_path / "d.onnx", weight=np.ones((LATENT, WIDTH), np.float64))
+    with pytest.raises(GencompressError, match=r"types do not match: .*node name: #0 writing h\): B has inconsistent type tensor\(double\)"):
+        onnx_io.load_header(bad)
+    onnx_io.load_header(tiny(tmp_path / "f.onnx"))
+
+
+# ---- paths the tool writes -----------------------------------------------------------------------------
+
+def test_output_onto_a_fifo_or_with_a_too_long_name_is_refused(tmp_path, run_cli, user_error):
+    """A device/FIFO/socket named as an output is refused, never replaced by the rename (as root,
+    ``prune g.onnx /dev/null`` replaced the machine's null device with a file); a name the OS
+    refuses (> 255 bytes) is one line, not an OSError traceback."""
+    m = tiny(tmp_path / "g.onnx")
+    fifo = tmp_path / "out.onnx"
+    os.mkfifo(fifo)
+    long = tmp_path / ("x" * 300 + ".onnx")
+    before = snapshot(tmp_path)
+    for out, fragment in ((fifo, "not a regular file"), (long, "longer than 255 bytes")):
+        user_error(run_cli("prune", m, out, "--sparsity", "0.5"), fragment)
+        user_error(run_cli("quantize", m, out, "--objective", "size", "--calib-size", "8", "--eval-size", "8"), fragment)
+        with pytest.raises(GencompressError, match=fragment):
+            save_model(onnx.load(str(m)), out)
+    user_error(run_cli("check", m, m, "--samples", "4", "--json", "--report", tmp_path / ("y" * 300)), "longer than 255 bytes")
+    assert fifo.is_fifo() and snapshot(tmp_path).keys() == before.keys()

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gencompress.arguments import MAX_BATCH, MAX_RUNS, MAX_SAMPLES, MAX_THREADS, MAX_WARMUP, positive_int, positive_ints, seed_value
+from gencompress.arguments import (
+    BENCH_BUDGET_S, MAX_BATCH, MAX_RUNS, MAX_SAMPLES, MAX_THREADS, MAX_WARMUP, MIN_BUDGET_RUNS, in_range, positive_int, positive_ints, seed_value,
+)
 from gencompress.errors import GencompressError, short
 from gencompress.isa import host_isa
 from gencompress.runtime_check.report_html import pareto_front, write_report  # noqa: F401  (re-exported)
@@ -128,12 +130,15 @@ def check(
     specs = specs_of_model(ref_proto)
     feeds, inputs_source, samples = _check_feeds(specs, inputs, samples, seed)
 
-    # a path is read by onnxruntime itself (external data and all), an in-memory model as given
-    ref_session = make_session(_source(reference, ref_proto), provider=provider, threads=threads, label=f"reference {ref_label}")
-    cand_session = make_session(_source(candidate, cand_proto), provider=provider, threads=threads, label=f"candidate {cand_label}")
-    output_names = [o.name for o in ref_session.get_outputs()]
-    ref_out = _run_all(ref_session, feeds, output_names, samples, batch, fixed_batch(ref_proto), f"reference {ref_label}", progress)
-    cand_out = _run_all(cand_session, feeds, output_names, samples, batch, fixed_batch(cand_proto), f"candidate {cand_label}", progress)
+    # a path is read by onnxruntime itself (external data and all), an in-memory model as given;
+    # one session alive at a time (a large model's weights are not held twice), outputs kept
+    session = make_session(_source(reference, ref_proto), provider=provider, threads=threads, label=f"reference {ref_label}")
+    output_names = [o.name for o in session.get_outputs()]
+    ref_out = _run_all(session, feeds, output_names, samples, batch, fixed_batch(ref_proto), f"reference {ref_label}", progress)
+    del session
+    session = make_session(_source(candidate, cand_proto), provider=provider, threads=threads, label=f"candidate {cand_label}")
+    cand_out = _run_all(session, feeds, output_names, samples, batch, fixed_batch(cand_proto), f"candidate {cand_label}", progress)
+    del session
 
     outputs = _compare_outputs(ref_proto, output_names, ref_out, cand_out, peak, features)
 
@@ -154,9 +159,10 @@ def check(
     return result
 
 
-def _timed_rows(data, models, specs, providers, threads, batches, runs, warmup, seed, progress) -> list[dict]:
+def _timed_rows(data, models, specs, providers, threads, batches, runs, warmup, seed, progress, budget=None) -> list[dict]:
     """One row per provider, thread count and batch size: each model's percentiles and samples/s,
-    timed interleaved, and with a reference its ``ratio`` and ``speedup``."""
+    timed interleaved, and with a reference its ``ratio`` and ``speedup``; ``budget``: seconds per
+    row (``_within_budget``), the runs and warm-up each row got in its ``runs`` / ``warmup``."""
     from gencompress.inputs import sample_inputs
     from gencompress.output import progress as bar
     from gencompress.runtime_check import latency as L
@@ -171,8 +177,11 @@ def _timed_rows(data, models, specs, providers, threads, batches, runs, warmup, 
                 for b in batches:
                     feeds = sample_inputs(specs, b, seed)
                     feeds = {k: cast_feeds(s, feeds) for k, s in sessions.items()}
-                    times = L.time_interleaved(sessions, feeds, runs=runs, warmup=int(warmup), tick=lambda: pbar.update(1))
-                    row = {"provider": provider, "threads": t, "batch": b}
+                    row_runs, left, round_s = _within_budget(sessions, feeds, runs, int(warmup), budget)
+                    times = L.time_interleaved(sessions, feeds, runs=row_runs, warmup=left, tick=lambda: pbar.update(1))
+                    pbar.update(runs - row_runs)
+                    row = {"provider": provider, "threads": t, "batch": b, "runs": row_runs, "warmup": left + (round_s is not None),
+                           "round_s": round_s}
                     for k in models:
                         stats = L.percentiles(times[k])
                         stats["samples_per_s"] = b / (stats["p50_ms"] / 1e3) if stats["p50_ms"] > 0 else None
@@ -187,6 +196,28 @@ def _timed_rows(data, models, specs, providers, threads, batches, runs, warmup, 
                     rows.append(row)
                 del sessions
     return rows
+
+
+def _within_budget(sessions, feeds, runs: int, warmup: int, budget) -> tuple[int, int, float | None]:
+    """(timed runs, warm-up runs left, seconds of one warm-up round) for one configuration: as
+    asked, unless one warm-up round of every session (timed here, counted as warm-up) shows that
+    they would take more than ``budget`` seconds; then as many rounds as fit, at least
+    ``MIN_BUDGET_RUNS``, a tenth of them warm-up. No warm-up asked: no round to time, no budget."""
+    import time
+
+    from gencompress.runtime_check import latency as L
+
+    if not budget or not warmup:
+        return runs, warmup, None
+    start = time.perf_counter()
+    for label, session in sessions.items():
+        L._run(session, feeds[label], label)
+    round_s = time.perf_counter() - start
+    if round_s * (runs + warmup) <= budget:
+        return runs, warmup - 1, round_s
+    rounds = max(MIN_BUDGET_RUNS, int((budget - round_s) / max(round_s, 1e-9)))
+    left = min(warmup - 1, rounds // 10)
+    return max(MIN_BUDGET_RUNS, min(runs, rounds - left)), left, round_s
 
 
 def _memory(data, models, specs, providers, batches, threads: int, seed) -> dict:
@@ -344,8 +375,12 @@ def bench(
     seed: int = 0,
     memory: bool = True,
     progress: bool = False,
+    budget: float | None = BENCH_BUDGET_S,
 ) -> dict:
     """Latency (p50/p90/p99, samples/s), peak memory and size of ``model`` in onnxruntime.
+
+    ``budget``: seconds each configuration may take (None or 0: no limit); where ``runs`` and
+    ``warmup`` would not fit, fewer are timed, each row has the counts it got, and ``notes`` say so.
 
     With ``reference``, both are timed interleaved in this process (spinning off) and every
     row carries ``ratio`` = model p50 / reference p50. A provider this onnxruntime build does
@@ -365,6 +400,7 @@ def bench(
     runs = positive_int(runs, "--runs", MAX_RUNS)
     seed = seed_value(seed)
     warmup = 0 if warmup == 0 else positive_int(warmup, "--warmup", MAX_WARMUP)
+    budget = None if budget is None or budget == 0 else float(in_range(budget, "--time-budget", 1e-3, 1e7))
     providers = resolve_providers(providers)
     sources = {"model": model, "reference": reference}
     # each path read once: its header, which for a self-contained file is the whole model
@@ -384,7 +420,10 @@ def bench(
             raise GencompressError(f"{key} {lab}: its graph fixes the batch size to {fixed}; use --batch {fixed}")
     specs = specs_of_model(models.get("reference", models["model"])[0])
 
-    rows = _timed_rows(data, models, specs, providers, threads, batches, runs, warmup, seed, progress)
+    rows = _timed_rows(data, models, specs, providers, threads, batches, runs, warmup, seed, progress, budget)
+    notes = [f"batch {r['batch']}, {r['threads']} thread(s): {r['runs']} timed runs of the {runs} asked, {r['warmup']} warm-up "
+             f"(one run of every model took {r['round_s']:.3g} s; time budget {budget:g} s per configuration, --time-budget)"
+             for r in rows if r["runs"] < runs]
 
     mem = _memory(data, models, specs, providers, batches, threads[0], seed) if memory else None
     sizes = _sizes(data, sources, models)
@@ -403,6 +442,7 @@ def bench(
         "memory": mem,
         "sizes": sizes,
         "warnings": _weight_warnings({k: sources[k] if in_files[k] else p for k, (p, _) in models.items()}),
+        "notes": notes,
     }
 
 
