@@ -17,8 +17,9 @@ quality one; the real ImageNet weights are not in the wheel).
 
 Tools, each in a fresh process (wall time of the call alone, peak RSS from VmHWM; imports and
 model building excluded): ``ort`` quantize_static (QDQ, per-channel, uint8 activations, MinMax);
-``balanced`` / ``speed`` / ``size``: gencompress.quantize with that objective and an empty plan
-cache, ``--no-check``; ``cached``: balanced again with the cache balanced left; ``agree``: balanced
+``balanced`` / ``speed`` / ``size``: gencompress.quantize with that objective and an empty cache
+(plans, kernel timings, calibration ranges: one folder per tool), ``--no-check``; ``cached``:
+balanced again with the cache balanced left; ``agree``: balanced
 with every group also timed in the whole model (prints each group's isolated gain beside its
 in-context gain and decision: how well isolation predicts); ``before``:
 balanced with the package at ``--before REV`` (its files from git archive, no plan cache). Every tool gets the
@@ -251,11 +252,12 @@ def main() -> int:
             folder.mkdir()
             src = make_model(name, folder)
             size = scale.file_bytes(src)
-            cache = folder / "cache"
             row = {"model": name, "file_bytes": size, "tools": {}}
             for tool in tools:
                 if tool == "cached" and "balanced" not in row["tools"]:
                     continue
+                # each tool starts from an empty cache (plans, kernel timings, calibration ranges); cached: balanced's
+                cache = folder / f"cache-{'balanced' if tool == 'cached' else tool}"
                 r = run_child(tool, src, folder / f"{tool}.onnx", args.calib, cache, before)
                 row["tools"][tool] = r
                 print(f"{name:20s} {tool:9s} {r['seconds']:7.1f} s  peak {r['peak_bytes'] / 2**20:7.0f} MiB ({r['peak_bytes'] / size:5.1f}x file)"
@@ -264,6 +266,9 @@ def main() -> int:
                 for a in r.get("agreement") or []:  # isolated gain against the in-context gain and decision
                     print(f"{'':20s}   {a['node']:32s} alone {a['isolated']}  in context {a['context']}  -> {a['choice']}"
                           + ("  (neighbour rule: int8)" if a.get("follows") else ""), flush=True)
+            if "cached" in row["tools"] and not row["tools"]["cached"].get("failed"):  # a cached re-plan writes the same bytes
+                row["cached_same_bytes"] = (folder / "cached.onnx").read_bytes() == (folder / "balanced.onnx").read_bytes()
+                print(f"{name:20s} balanced/cached byte-identical: {row['cached_same_bytes']}", flush=True)
             if "before" in row["tools"] and "balanced" in row["tools"]:  # the same plan builds the same bytes
                 row["before_same_bytes"] = (folder / "before.onnx").read_bytes() == (folder / "balanced.onnx").read_bytes()
                 print(f"{name:20s} balanced before/after byte-identical: {row['before_same_bytes']}", flush=True)

@@ -780,11 +780,17 @@ def predict_groups(iso: Isolation, isolated, batches, kernels=None, log=lambda m
     comes out too large, never too small); and that sum per batch (seconds). ``kernels``
     (``plan_cache.KernelCache``): timings by the pair's structure and batch, reused across models
     and runs on this machine kind."""
+    from gencompress.onnx_io import release
+
     out, timed = [], 0
+    nodes = {n.name: n for n in iso.model.graph}
     for group in iso.groups:
         gains = _isolated_gains(iso, group[0], isolated, batches, kernels, log)
         if gains is not None and gains[1] and min(f / i for f, i in gains[0].values()) < SLICED_CLEAR:
             gains = _isolated_gains(iso, group[0], isolated, batches, kernels, log, slice_large=False)  # near: the whole layer
+        for v in nodes[group[0]].inputs if group[0] in nodes else ():  # a memory-mapped weight read: its pages leave
+            if v is not None and v.const_value is not None:
+                release(v.const_value)
         timed += bool(gains and gains[2])
         out.append(gains[0] if gains else None)
     log(f"  {sum(g is not None for g in out)} of {len(out)} group(s) timed alone ({timed} timed, the others from the kernel cache)")
