@@ -1,6 +1,6 @@
 """Count tracebacks and silent acceptances per class of hostile input, across the verbs and the API.
 
-    python benchmarks/hostile_fuzz.py [--classes flips truncate options api recipes npz modules]
+    python benchmarks/hostile_fuzz.py [--classes flips truncate crafted outputs options api recipes npz modules]
                                       [--cases 24] [--seed 0] [--timeout 60]
 
 Every case runs in a forked child (benchmarks/forked.py: imports paid once; a segfault, a hang or
@@ -9,8 +9,11 @@ a multi-line message is seen as such) and ends as refused (one line), ok, crash 
 A case says what it expects: ``refuse`` (the input is wrong: ``ok`` is a *silent acceptance*) or
 ``either`` (a damaged file may still be a valid model: only crashes and hangs count). Classes:
 
-- crafted: invalid models made by hand (external-data tricks, no graph outputs, bad dims and
-  tensor sizes) through prune, quantize, check and bench;
+- crafted: invalid models made by hand (external-data tricks and checksums, no graph outputs, bad
+  dims and tensor sizes, weights whose type the op does not take) through prune, quantize, check
+  and bench; a float16 model through quantize (refused naming its type);
+- outputs: every writing verb given a FIFO, a name over 255 bytes, the input through a symlink,
+  a folder, a path below a file;
 - flips / truncate: a small DCGAN (ConvTranspose, BatchNorm, external metadata as the exporter
   writes it) with one random byte changed, or cut at a random length, through prune, quantize
   (``--objective size`` and the default), check, bench, sensitivity, compress and ship;
@@ -298,10 +301,10 @@ def crafted_cases(folder: Path) -> list:
 
     weight = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
 
-    def save(name, *, external=None, outputs=True, dims=("N", 8), raw_extra=b""):
+    def save(name, *, external=None, outputs=True, dims=("N", 8), raw_extra=b"", dtype=np.float32):
         sub = folder / f"crafted-{name}"
         sub.mkdir()
-        w = numpy_helper.from_array(weight, "W")
+        w = numpy_helper.from_array(weight.astype(dtype), "W")
         w.raw_data = w.raw_data + raw_extra
         graph = helper.make_graph([helper.make_node("Gemm", ["z", "W"], ["out"])], "g",
                                   [helper.make_tensor_value_info("z", TensorProto.FLOAT, list(dims))],
@@ -327,6 +330,10 @@ def crafted_cases(folder: Path) -> list:
         "dimension 0": save("dim0", dims=(0, 8)),
         "dimension 2**62": save("huge", dims=(2**62, 8)),
         "raw data one byte long": save("raw", raw_extra=b"\0"),
+        "external data: checksum of other bytes": save("sum", external={"location": "w.bin", "checksum": "0" * 40}),
+        "external data: checksum not a digest": save("sumtext", external={"location": "w.bin", "checksum": "../w.bin"}),
+        "a double weight into a float Gemm": save("double", dtype=np.float64),
+        "an int32 weight into a float Gemm": save("int32", dtype=np.int32),
     }
     import gencompress
 
@@ -341,12 +348,59 @@ def crafted_cases(folder: Path) -> list:
             if label.startswith("dimension") and verb == "prune":
                 continue  # prune draws no inputs: the dims are not its business
             cases.append(("crafted", f"{verb} {label}", call, "refuse"))
+    # a float16 model is a valid model: prune, check and bench measure it; quantize refuses it
+    # naming its type (it said "nothing to quantize")
+    half = folder / "crafted-half"
+    half.mkdir()
+    gencompress.quantize(save("half32"), half / "g.onnx", mode="fp16", eval_size=4)
+    for objective in ("size", "balanced"):
+        cases.append(("crafted", f"quantize --objective {objective} a float16 model",
+                      lambda objective=objective: _refused_with(gencompress.quantize, "float16, not float32", half / "g.onnx", half / "q.onnx",
+                                                                objective=objective, calib_size=8, eval_size=8), "refuse"))
+    return cases
+
+
+def _refused_with(call, fragment: str, *args, **kwargs):
+    """``call`` must raise GencompressError naming ``fragment`` (a refusal for an untrue reason is a bug)."""
+    from gencompress.errors import GencompressError
+
+    try:
+        call(*args, **kwargs)
+    except GencompressError as e:
+        if fragment not in str(e):
+            raise AssertionError(f"refused for another reason: {e}") from None
+        raise
+
+
+def output_cases(m: Path, folder: Path) -> list:
+    """Paths the tool writes: a FIFO, a name the OS refuses, the input itself through a symlink,
+    the input's folder, a file where a folder should be; every verb that writes, each refused."""
+    out = folder / "outputs"
+    out.mkdir()
+    os.mkfifo(out / "fifo.onnx")
+    (out / "afile").write_text("x")
+    os.symlink(m, out / "link.onnx")
+    targets = {"a FIFO": out / "fifo.onnx", "a name of 300 bytes": out / ("x" * 300 + ".onnx"), "the input through a symlink": out / "link.onnx",
+               "a folder": out, "below a file": out / "afile" / "o.onnx"}
+    writers = {
+        "prune": lambda o: cli("prune", m, o, "--sparsity", "0.5"),
+        "quantize": lambda o: cli("quantize", m, o, "--objective", "size", "--calib-size", "8", "--eval-size", "8"),
+        "compress": lambda o: cli("compress", m, o, "--objective", "size", "--no-bench", "--samples", "8", "--calib-size", "8"),
+        "check --report": lambda o: cli("check", m, m, "--samples", "4", "--report", o),
+        "ship": lambda o: cli("ship", m, o, "--target", "python"),
+    }
+    cases = []
+    for verb, call in writers.items():
+        for label, target in targets.items():
+            if verb in ("compress", "check --report", "ship") and label == "a folder":
+                continue  # these write into a folder: an existing one of theirs is fine
+            cases.append(("outputs", f"{verb} into {label}", lambda call=call, target=target: call(target), "refuse"))
     return cases
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--classes", nargs="*", default=["flips", "truncate", "crafted", "options", "api", "recipes", "npz", "modules"])
+    parser.add_argument("--classes", nargs="*", default=["flips", "truncate", "crafted", "outputs", "options", "api", "recipes", "npz", "modules"])
     parser.add_argument("--cases", type=int, default=24, help="damaged files per class (flips, truncate)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=int, default=60)
@@ -376,7 +430,7 @@ def main() -> int:
         for kind in ("flips", "truncate"):
             if kind in args.classes:
                 cases += damaged_cases(m, folder, rng, args.cases, kind)
-        makers = {"crafted": lambda: crafted_cases(folder), "options": lambda: option_cases(m, folder), "api": lambda: api_cases(m, folder), "recipes": lambda: recipe_cases(m, folder),
+        makers = {"crafted": lambda: crafted_cases(folder), "outputs": lambda: output_cases(m, folder), "options": lambda: option_cases(m, folder), "api": lambda: api_cases(m, folder), "recipes": lambda: recipe_cases(m, folder),
                   "npz": lambda: npz_cases(m, folder), "modules": lambda: module_cases(folder)}
         for kind, make in makers.items():
             if kind in args.classes:

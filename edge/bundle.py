@@ -76,7 +76,9 @@ def resolve_model(model) -> Path:
 def check_out_dir(out: Path, model: Path) -> None:
     """OUT_DIR is replaced as a whole: it must not hold the model, nor be a file, nor another folder's content."""
     from gencompress.edge.manifest import FORMAT, MANIFEST
+    from gencompress.onnx_io import as_path
 
+    out = as_path(out, "OUT_DIR")  # a name the OS refuses is one line, not OSError from exists()
     here, model_dir = out.resolve(), model.resolve().parent
     if here == model_dir or here in model_dir.parents:
         raise GencompressError(f"{out}: holds the model {model}; OUT_DIR is replaced as a whole, choose a new folder (e.g. {model_dir / 'ship'})")

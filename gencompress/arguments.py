@@ -148,6 +148,8 @@ def _path(value, name: str, verb: str) -> None:
 
     if value is not None and not isinstance(value, (str, os.PathLike)):
         raise GencompressError(f"gencompress.{verb}: {name} must be a file path or None, got {short(value)}")
+    if value is not None:
+        _required_path(value, name, verb)
 
 
 def _required_path(value, name: str, verb: str) -> None:
@@ -155,6 +157,11 @@ def _required_path(value, name: str, verb: str) -> None:
 
     if not isinstance(value, (str, os.PathLike)):
         raise GencompressError(f"gencompress.{verb}: {name} must be a file path, got {short(value)}")
+    if isinstance(value, str) and ":" in value and verb in ("compress", "export", "distill") and name == "in_path":
+        return  # a zoo name or file.py:Class, not a file path
+    from gencompress.onnx_io import as_path
+
+    as_path(value, f"gencompress.{verb}: {name}")  # empty, NUL, or a name the OS refuses (over 255 bytes)
 
 
 def _counts(value, name: str, verb: str) -> None:

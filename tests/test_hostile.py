@@ -1266,4 +1266,8 @@ def test_output_onto_a_fifo_or_with_a_too_long_name_is_refused(tmp_path, run_cli
         with pytest.raises(GencompressError, match=fragment):
             save_model(onnx.load(str(m)), out)
     user_error(run_cli("check", m, m, "--samples", "4", "--json", "--report", tmp_path / ("y" * 300)), "longer than 255 bytes")
+    for verb in ("compress", "ship"):  # OUT_DIR
+        user_error(run_cli(verb, m, tmp_path / ("z" * 300), *(["--no-bench"] if verb == "compress" else [])), "longer than 255 bytes")
+    with pytest.raises(GencompressError, match="longer than 255 bytes"):
+        gencompress.prune(m, tmp_path / ("p" * 300), sparsity=0.5)
     assert fifo.is_fifo() and snapshot(tmp_path).keys() == before.keys()

@@ -199,7 +199,9 @@ def compress(
     log = log or (lambda msg: None)
     flags = _checked_flags(flags)
     seed = seed_value(seed)
-    out = Path(out_dir)
+    from gencompress.onnx_io import as_path
+
+    out = as_path(out_dir, "OUT_DIR")  # a name the OS refuses is one line, not OSError from exists()
     if out.exists() and not out.is_dir():
         raise GencompressError(f"{out}: exists and is a file; OUT_DIR must be a folder")
     samples, batches, threads, runs, provider = _checked_counts(samples, batches, threads, runs, provider, bench)
