@@ -419,13 +419,15 @@ def quantize_symmetric(w: np.ndarray, axis: int | None, qmax: int = 127, block: 
     shaped = scale if axis is None else scale.reshape([-1 if i == axis else 1 for i in range(w.ndim)])
     if w.ndim == 0:
         return np.clip(np.rint(w / shaped), -qmax, qmax).astype(np.int8), scale
-    # a few million values at a time along the first axis: no float copy of a whole large weight
-    # (134 MB for the largest layer of the 47M scale model), the same numbers
+    # about a million values at a time along the first axis, in one scratch array: no float copy of a
+    # whole large weight (134 MB for the largest layer of the 47M scale model) and no fresh pages per
+    # chunk (that layer at load 7: 0.14-1.27 s with a new array per chunk, 0.09-0.18 s), the same numbers
     q = np.empty(w.shape, dtype=np.int8)
-    step = max(1, (1 << 22) // max(1, w.size // max(w.shape[0], 1)))
+    step = max(1, (1 << 20) // max(1, w.size // max(w.shape[0], 1)))
+    buf = np.empty((min(step, w.shape[0]), *w.shape[1:]), dtype=np.float32)
     for start in range(0, w.shape[0], step):
         part = slice(start, start + step)
-        t = w[part] / (shaped[part] if axis == 0 else shaped)  # rounded and clipped in place
+        t = np.divide(w[part], shaped[part] if axis == 0 else shaped, out=buf[: len(q[part])])  # rounded and clipped in place
         np.rint(t, out=t)
         np.clip(t, -qmax, qmax, out=t)
         q[part] = t

@@ -238,8 +238,10 @@ def test_saturation_free_weights_are_exact_on_emulated_avx2(tmp_path):
 
 def _random_conv_model():
     rng = np.random.default_rng(3)
+    # on 8x8: Conv 73,728 and Gemm 81,920 multiply-adds, both above int8_saturation.UINT8_MACS and
+    # each over the other's UINT8_SHARE: neither is kept uint8, so both get the int16 pair bound
     w = rng.normal(size=(16, 8, 3, 3)).astype(np.float32)
-    g = rng.normal(size=(16 * 4 * 4, 80)).astype(np.float32)  # 20480 multiply-adds: above int8_saturation.UINT8_MACS
+    g = rng.normal(size=(16 * 8 * 8, 80)).astype(np.float32)
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c"], ["r"], name="relu"),
@@ -247,7 +249,7 @@ def _random_conv_model():
         helper.make_node("Gemm", ["f", "g"], ["y"], name="gemm"),
     ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [1, 8, 4, 4])], [helper.make_tensor_value_info("y", TP.FLOAT, [1, 80])],
+        nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [1, 8, 8, 8])], [helper.make_tensor_value_info("y", TP.FLOAT, [1, 80])],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(g, "g")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])

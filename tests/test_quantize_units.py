@@ -372,7 +372,8 @@ def _kernels(proto, level) -> list[str]:
         opts.profile_file_prefix = f"{tmp}/p"
         opts.log_severity_level = 3
         session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        session.run(None, {"x": RNG.normal(size=(2, 24)).astype(np.float32)})
+        k = session.get_inputs()[0].shape[1]
+        session.run(None, {"x": RNG.normal(size=(2, k)).astype(np.float32)})
         events = json.loads(open(session.end_profiling()).read())
     return sorted({e["args"]["op_name"] for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")})
 
@@ -381,10 +382,11 @@ def test_channel_block_hint_gives_per_channel_scales_stored_once():
     """A Gemm whose columns are 64 channels x 16 positions: one weight scale per channel, and the
     per-column scale, zero point and int32 bias (each a channel value repeated 16x) stored once
     per channel, expanded in the graph; onnxruntime still fuses it into QGemm."""
-    proto = block_gemm_model()
+    proto = block_gemm_model(k=72)  # 73,728 multiply-adds: int8 weights (int8_saturation.UINT8_MACS), the pair bound applies
     q, report = static(proto)
     onnx.checker.check_model(q, full_check=True)
     assert all(len(n.metadata_props) == 0 for n in q.graph.node)  # the hint is consumed
+    assert inits(q)["w_quantized"].dtype == np.int8
     assert report["layers"][0]["channel_block"] == 16
     stored = inits(q)
     assert stored["w_scale"].shape == (64, 1) and stored["w_zero_point"].shape == (1,) and stored["b_quantized"].shape == (64, 1)
@@ -403,13 +405,13 @@ def test_channel_block_hint_gives_per_channel_scales_stored_once():
     for level in (ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
         kernels = _kernels(q, level)
         assert "QGemm" in kernels and not {"Gemm", "FusedGemm", "Expand", "Mul"} & set(kernels), kernels
-    x = RNG.normal(size=(16, 24)).astype(np.float32)
+    x = RNG.normal(size=(16, 72)).astype(np.float32)
     (ref,) = run(proto, {"x": x})
     for level in ort.GraphOptimizationLevel.__members__.values():
         (out,) = run(q, {"x": x}, level)
         assert rel_rms(out, ref) < 0.03
     # without the hint: one scale per column (finer, 1024 of them); only the zero point is stored short
-    plain, plain_report = static(block_gemm_model(hint=False))
+    plain, plain_report = static(block_gemm_model(k=72, hint=False))
     plain_stored = inits(plain)
     assert plain_stored["w_scale"].shape == (1024,) and plain_stored["b_quantized"].shape == (1024,)
     assert "channel_block" not in plain_report["layers"][0]
