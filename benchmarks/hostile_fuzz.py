@@ -24,7 +24,8 @@ A case says what it expects: ``refuse`` (the input is wrong: ``ok`` is a *silent
 - npz: ``--calib-data`` / ``--inputs`` files with pickles, object arrays, NaN, wrong dtypes;
 - modules: user ``file.py:Class`` generators that misbehave (raise, exit, print, return junk).
 
-Prints each non-passing case and a table of counts per class.
+Prints each non-passing case and a table of counts per class; an input (any file the cases were
+made from) that a case changed or removed is counted as lost.
 """
 
 from __future__ import annotations
@@ -398,6 +399,20 @@ def output_cases(m: Path, folder: Path) -> list:
     return cases
 
 
+def _digest(path: Path) -> str | None:
+    import hashlib
+
+    try:
+        return hashlib.sha1(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _digests(folder: Path) -> dict:
+    """SHA-1 of every regular file under ``folder`` (the inputs the cases were made from)."""
+    return {p: _digest(p) for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--classes", nargs="*", default=["flips", "truncate", "crafted", "outputs", "options", "api", "recipes", "npz", "modules"])
@@ -436,20 +451,26 @@ def main() -> int:
             if kind in args.classes:
                 cases += make()
         counts: Counter = Counter()
+        inputs = _digests(folder)  # every file the cases read: none may change or go
         for kind, label, call, expect in cases:
             row = forked(call, args.timeout)
             outcome = row["outcome"]
             verdict = {"crash": "traceback", "hang": "hang"}.get(outcome) or ("silent" if outcome == "ok" and expect == "refuse" else "pass")
+            lost = [p for p, digest in inputs.items() if _digest(p) != digest]
+            if lost:
+                verdict = "lost"
+                inputs = _digests(folder)  # counted once
             counts[(kind, verdict)] += 1
             if verdict != "pass":
-                print(f"  {verdict:9s} [{kind}] {label}: {outcome} {row['detail'][:240]}", flush=True)
+                detail = f"changed or gone: {', '.join(str(p.relative_to(folder)) for p in lost[:3])}" if lost else row["detail"][:240]
+                print(f"  {verdict:9s} [{kind}] {label}: {outcome} {detail}", flush=True)
     classes = list(dict.fromkeys(k for k, _ in counts))
     print(f"\n{time.perf_counter() - started:.0f} s, load avg {os.getloadavg()[0]:.2f} at end")
-    print("| class | cases | tracebacks | hangs | silent acceptances |")
-    print("|---|---|---|---|---|")
+    print("| class | cases | tracebacks | hangs | silent acceptances | inputs lost |")
+    print("|---|---|---|---|---|---|")
     for kind in classes:
         total = sum(v for (k, _), v in counts.items() if k == kind)
-        print(f"| {kind} | {total} | {counts[(kind, 'traceback')]} | {counts[(kind, 'hang')]} | {counts[(kind, 'silent')]} |")
+        print(f"| {kind} | {total} | {counts[(kind, 'traceback')]} | {counts[(kind, 'hang')]} | {counts[(kind, 'silent')]} | {counts[(kind, 'lost')]} |")
     return 1 if any(v for (_, verdict), v in counts.items() if verdict != "pass") else 0
 
 
