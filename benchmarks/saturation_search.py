@@ -7,13 +7,14 @@ Run by hand (not part of the tests):
     .venv/bin/python benchmarks/saturation_search.py --sizes 47M --rounds 3 --before 21ca8ca
 
 Per size (DCGAN generators of ``benchmarks/scale.py``, random weights), each variant in a fresh
-process, rounds interleaved (A B C / C B A): ``ort`` quantize_static (QDQ, per-channel, uint8
-activations, MinMax), ``portable`` and ``vnni`` (``quantize(objective="size", check=False)`` with
-that ``int8_kernels``), and with ``--before REV`` portable with the package at REV (its files from
-git archive). Wall time of the call alone (imports and model building excluded), peak resident
-memory (VmHWM, including ~150 MB of imports) against the model file, and the time inside
-``int8_saturation.saturation_free``. The same calibration draws for every variant. Medians of the
-rounds; the load average is printed with every line.
+process with an empty cache folder (no cached calibration), rounds interleaved (A B C / C B A):
+``ort`` quantize_static (QDQ, per-channel, uint8 activations, MinMax), ``portable`` and ``vnni``
+(``quantize(objective="size", check=False)`` with that ``int8_kernels``), and with ``--before REV``
+portable with the package at REV (its files from git archive). Wall time of the call alone
+(imports and model building excluded), peak resident memory (VmHWM, including ~150 MB of
+imports) against the model file, and the time inside ``int8_saturation.saturation_free``. The
+same calibration draws for every variant. Medians of the rounds; the load average is printed
+with every line.
 """
 
 from __future__ import annotations
@@ -69,7 +70,10 @@ def child(variant: str, src: str, out: str, calib: int) -> dict:
 
 
 def run_child(variant: str, src: Path, out: Path, calib: int, before: Path | None) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # an empty cache folder per run: a cached calibration (plan_cache.cached_ranges) would skip the
+    # float run that quantize_static pays
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GENCOMPRESS_CACHE": tempfile.mkdtemp(dir=out.parent, prefix="cache.")}
+    env.pop("GENCOMPRESS_PLAN_CACHE", None)
     if variant == "before":
         env["PYTHONPATH"] = str(before)  # found before the editable install's finder
     cmd = [sys.executable, __file__, "--child", "portable" if variant == "before" else variant, str(src), str(out), str(calib)]
