@@ -787,6 +787,7 @@ def predict_groups(iso: Isolation, isolated, batches, kernels=None, log=lambda m
     for group in iso.groups:
         gains = _isolated_gains(iso, group[0], isolated, batches, kernels, log)
         if gains is not None and gains[1] and min(f / i for f, i in gains[0].values()) < SLICED_CLEAR:
+            log(f"  {group[0]}: its slice {min(f / i for f, i in gains[0].values()):.2f}x, not clear by {SLICED_CLEAR:g}x: timed whole")
             gains = _isolated_gains(iso, group[0], isolated, batches, kernels, log, slice_large=False)  # near: the whole layer
         for v in nodes[group[0]].inputs if group[0] in nodes else ():  # a memory-mapped weight read: its pages leave
             if v is not None and v.const_value is not None:
