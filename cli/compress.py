@@ -136,6 +136,8 @@ def compress(model, out_dir, recipe, checkpoint, inputs, batch_size, mode, bits,
     search = next((p for p in report.get("passes", []) if p.get("pass") == "target_search"), None)
     if search and not search["summary"].get("met"):
         click.echo(f"gencompress: warning: {search['summary']['message']}", err=True)
+    for note in (report.get("latency") or {}).get("notes") or []:  # fewer timed runs than asked (bench's time budget)
+        click.echo(f"note: {note}", err=True)
     if as_json:
         echo_json(report)
         return

@@ -71,3 +71,14 @@ def test_bench_budget_out_of_range(budget, tmp_path):
     m = _model(tmp_path / "g.onnx")
     with pytest.raises(GencompressError, match="budget"):
         gencompress.bench(m, runs=2, memory=False, budget=budget)
+
+
+def test_compress_prints_the_budget_note(tmp_path, run_cli, monkeypatch):
+    """A bench cut by its time budget says so on compress's terminal too, not only in report.json."""
+    from gencompress.verbs import check as rc
+
+    monkeypatch.setattr(rc, "_within_budget", lambda sessions, feeds, runs, warmup, budget: (MIN_BUDGET_RUNS, 0, 9.0))
+    m = _model(tmp_path / "g.onnx")
+    r = run_cli("compress", m, tmp_path / "out", "--objective", "size", "--samples", "8", "--calib-size", "8", "--batch", "1")
+    assert r.exit_code == 0, r
+    assert f"note: batch 1, 2 thread(s): {MIN_BUDGET_RUNS} timed runs of the 50 asked" in r.stderr, r
