@@ -175,7 +175,9 @@ def install(cpu: str) -> None:
                 value = getattr(opts, name)
                 attrs[name] = int(value) if name in ("graph_optimization_level", "execution_mode", "execution_order") else value
             settings = {"attrs": attrs, "config": dict(getattr(opts, "config_entries", {}))}
-            model = os.fspath(path_or_bytes) if isinstance(path_or_bytes, os.PathLike) else path_or_bytes
+            model = path_or_bytes
+            if isinstance(model, (str, os.PathLike)):
+                model = os.path.abspath(model)  # the server's working folder is not this process's (tests chdir)
             self._opts = opts
             info = server.call("open", self._id, model, settings, list(providers or ["CPUExecutionProvider"]))
             self._inputs = [types.SimpleNamespace(name=n, type=t, shape=s) for n, t, s in info["inputs"]]
