@@ -214,6 +214,11 @@ def _type_mismatch(model: onnx.ModelProto, path: Path) -> str | None:
             target = skeleton(model)
     except Exception:  # a graph onnx_ir cannot read is the verbs' to refuse, each in one line
         return None
+    listed = {i.name for i in target.graph.input}
+    for sparse in (t for t in target.graph.sparse_initializer if t.values.name not in listed):  # strict inference refuses
+        target.graph.input.append(  # them ("type case mismatch"): checked as inputs of their type and shape
+            onnx.helper.make_tensor_value_info(sparse.values.name, sparse.values.data_type, list(sparse.dims)))
+    del target.graph.sparse_initializer[:]
     for i, node in enumerate(target.graph.node):  # the message names the node: an unnamed one by position and output
         if not node.name:
             node.name = f"#{i} writing {node.output[0] if node.output else '<nothing>'}"

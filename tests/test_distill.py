@@ -255,11 +255,12 @@ def test_cli_json(run_cli, dcgan_pruned, tmp_path):
 
 
 def _tiny(path, in_dims=(4,), out_dims=(3,), in_type=onnx.TensorProto.FLOAT, out_name="y"):
-    w = numpy_helper.from_array(np.ones((in_dims[-1], out_dims[-1]), np.float32), "w")
+    dtype = helper.tensor_dtype_to_np_dtype(in_type)  # a valid graph: weight and output of the input's type
+    w = numpy_helper.from_array(np.ones((in_dims[-1], out_dims[-1]), dtype), "w")
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["z", "w"], [out_name])], "tiny",
         [helper.make_tensor_value_info("z", in_type, ["N", *in_dims])],
-        [helper.make_tensor_value_info(out_name, onnx.TensorProto.FLOAT, ["N", *out_dims])], [w])
+        [helper.make_tensor_value_info(out_name, in_type, ["N", *out_dims])], [w])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 

@@ -311,6 +311,7 @@ def test_quantize_and_the_speed_plan_calibrate_once(zoo_onnx, tmp_path, monkeypa
     import gencompress.runtime_check.calibration as calibrate
     import gencompress.verbs.int8_plan as speed_plan
 
+    monkeypatch.setenv("GENCOMPRESS_PLAN_CACHE", str(tmp_path / "plans"))  # ranges cached by an earlier test would skip the run
     runs, moment_runs, rewrites = [], [], []
     real_stats, real_rewrite = calibrate.collect_stats, speed_plan.rewrite_only
     monkeypatch.setattr(calibrate, "collect_stats", lambda model, *a, **k: ((runs if k.get("stats") is None else moment_runs).append(model), real_stats(model, *a, **k))[1])
