@@ -176,6 +176,9 @@ def _summary(report: dict) -> str:
                          + (f"; plan reused from {plan['cached']}" if plan.get("cached") else "")))
     elif report.get("objective"):
         rows.append(("objective", report["objective"] + (": every layer int8, not timed" if mode == "static" else "")))
+    if report.get("cached"):  # verbs/output_cache.py: a rerun of the same quantize
+        c = report["cached"]
+        rows.append(("cached", f"output reused from {c['entry']} (first run {c['first_run_seconds']} s, {c['created']})"))
     lines = [table(["", report["output"]], rows)]
     if mode == "fp16":
         fp = report["fp16"]

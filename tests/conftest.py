@@ -14,13 +14,17 @@ def hermetic_plan_cache(tmp_path_factory):
     import os
 
     folder = tmp_path_factory.mktemp("plans")
-    previous = os.environ.get("GENCOMPRESS_PLAN_CACHE")
-    os.environ["GENCOMPRESS_PLAN_CACHE"] = str(folder)
+    # outputs are not reused either: tests that quantize a model twice measure the second run
+    # (tests/test_output_cache.py turns that cache on)
+    settings = {"GENCOMPRESS_PLAN_CACHE": str(folder), "GENCOMPRESS_OUTPUT_CACHE": "off"}
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     yield folder
-    if previous is None:
-        os.environ.pop("GENCOMPRESS_PLAN_CACHE", None)
-    else:
-        os.environ["GENCOMPRESS_PLAN_CACHE"] = previous
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

@@ -57,7 +57,7 @@ from gencompress.errors import GencompressError
 from gencompress.onnx_io import save_model, with_scratch_folder
 from gencompress.passes.insert_qdq import DEFAULT_PERCENTILE, StaticOptions
 from gencompress.result_warnings import compression_warnings
-from gencompress.verbs import int8_plan
+from gencompress.verbs import int8_plan, output_cache
 
 from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES as DEFAULT_EVAL_SIZE, Evaluator
 from gencompress.verbs.quantizers import (
@@ -117,6 +117,7 @@ def quantize(
 ) -> dict:
     """Quantize the float ONNX model at ``in_path`` into ``out_path``; return a report (the
     parameters: the module docstring)."""
+    options = dict(locals())  # the output cache's key: every argument (verbs/output_cache.py)
     log = log or (lambda message: None)
     started = time.perf_counter()
     percentile_given = percentile is not None
@@ -131,6 +132,10 @@ def quantize(
                            per_tensor=per_tensor, activations=activations, seed=seed, int8_kernels=int8_kernels)
     sources = _check_run(in_path, out_path, mode=mode, objective=objective, threads=threads, batches=batches, keep_io_types=keep_io_types,
                          calib_data=calib_data, external_data=external_data, check=check, target_psnr=target_psnr)
+    cache = output_cache.OutputCache.of(in_path, options)  # a rerun of the same quantize: the output copied
+    reused = cache.reuse(out_path, sources, log) if cache else None
+    if reused is not None:
+        return output_cache.finish(reused, in_path, out_path, evaluator=(lambda: _evaluator(in_path, options)) if check else None, started=started, log=log)
     planned = mode == "static" and objective != "size"
     # a large model is first planned from its layers timed alone, streamed like --objective size (memory: see _Run.predicted)
     predict = planned and target_psnr is None and int8_plan.predicts_first(in_path)
@@ -171,7 +176,18 @@ def quantize(
         log(f"warning: {warning}")
     report["rewrite"] = run.rewrite_report
     report["seconds"] = round(time.perf_counter() - started, 2)
+    report["cached"] = None
+    if cache:
+        cache.store(out_path, report)
     return report
+
+
+def _evaluator(in_path, options: dict) -> Evaluator:
+    """The PSNR check of a run whose output the output cache wrote: the reference and set a build's check uses."""
+    run = _Run.load(in_path, planned=False, stream=True, objective=options["objective"], log=lambda m: None)
+    _, feeds, source = _evaluation_set(run.header, options["mode"], options["calib_data"], options["calib_size"], options["eval_size"],
+                                       options["seed"])
+    return Evaluator(run.eval_reference, feeds, source=source)
 
 
 def _quantized(run: "_Run", report: dict, *, mode, static, exclude, bits, block_size, keep_io_types, planned, predict, objective, calib_feeds,
