@@ -76,14 +76,10 @@ def resolve_model(model) -> Path:
 def check_out_dir(out: Path, model: Path) -> None:
     """OUT_DIR is replaced as a whole: it must not hold the model, nor be a file, nor another folder's content."""
     from gencompress.edge.manifest import FORMAT, MANIFEST
-    from gencompress.onnx_io import as_path
 
-    out = as_path(out, "OUT_DIR")  # a name the OS refuses is one line, not OSError from exists()
     here, model_dir = out.resolve(), model.resolve().parent
     if here == model_dir or here in model_dir.parents:
         raise GencompressError(f"{out}: holds the model {model}; OUT_DIR is replaced as a whole, choose a new folder (e.g. {model_dir / 'ship'})")
-    if out.exists() and not out.is_dir():
-        raise GencompressError(f"{out}: exists and is a file; OUT_DIR must be a folder")
     if out.is_dir() and any(out.iterdir()):
         try:
             ours = json.loads((out / MANIFEST).read_text()).get("format") == FORMAT
@@ -103,6 +99,7 @@ def ship(model, out_dir, *, targets=TARGETS, web_version: str | None = None, web
     ``source``: the model path to record in the manifest (default: ``model``'s absolute path;
     compress passes its final OUT_DIR/model.onnx, not the staging copy it ships from).
     """
+    from gencompress.arguments import out_dir_path
     from gencompress.inputs import output_range_of_model, sample_inputs, specs_of_model
     from gencompress.onnx_io import load_model, refuse_nonfinite_weights, save_model
     from gencompress.batches import fixed_batch
@@ -116,7 +113,7 @@ def ship(model, out_dir, *, targets=TARGETS, web_version: str | None = None, web
     web_backends = W.parse_backends(web_backends)
     web_version = W.checked_version(web_version or W.ORT_WEB_VERSION)
     model_path = resolve_model(model)
-    out = Path(out_dir)
+    out = out_dir_path(out_dir)  # a path, new or a folder (gencompress/arguments.py)
     check_out_dir(out, model_path)
     proto = load_model(model_path)
     refuse_nonfinite_weights(proto, model_path)  # a bundle of NaN weights would ship NaN images

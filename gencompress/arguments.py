@@ -164,6 +164,27 @@ def _required_path(value, name: str, verb: str) -> None:
     as_path(value, f"gencompress.{verb}: {name}")  # empty, NUL, or a name the OS refuses (over 255 bytes)
 
 
+def out_dir_path(value, role: str = "OUT_DIR"):
+    """A verb's output folder (compress, ship, sweep), from the CLI and the API alike: a path the OS
+    accepts (``onnx_io.as_path``: a name it refuses is one line, not an OSError from ``exists()``),
+    new or a folder; anything else there is refused naming what it is."""
+    import stat
+
+    from gencompress.onnx_io import as_path
+
+    out = as_path(value, role)
+    try:
+        mode = out.stat().st_mode
+    except OSError:
+        return out  # nothing there (or below a file): making the folder says why
+    if not stat.S_ISDIR(mode):
+        kinds = ((stat.S_ISREG, "a file"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                 (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+        kind = next((name for test, name in kinds if test(mode)), "not a folder")
+        raise GencompressError(f"{out}: exists and is {kind}; {role} must be a folder")
+    return out
+
+
 def _counts(value, name: str, verb: str) -> None:
     """Batch sizes or thread counts: one integer or a non-empty list of integers (ranges: the verb's)."""
     def integer(v):
@@ -197,7 +218,6 @@ NAMED = {
     "checkpoint": (None, _path),
     "in_path": (None, _required_path),
     "out_path": (None, _required_path),
-    "out_dir": (None, _required_path),
     "out": (None, lambda value, name, verb: (_path if verb == "train" else _required_path)(value, name, verb)),
     "model": ({"ship"}, _required_path),
     "batches": ({"compress", "bench", "quantize", "export"}, _counts),

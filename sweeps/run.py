@@ -26,6 +26,7 @@ def sweep(spec, out_dir, *, address: str | None = None, num_cpus: int | None = N
     Returns {"trials", "done", "failed", "resumed", "executed": [keys run now], "results": path}.
     ``num_cpus`` / ``object_store_memory``: for the local Ray this starts (ignored with ``address``).
     """
+    from gencompress.arguments import out_dir_path
     from gencompress.onnx_io import refuse_overwrite
     from gencompress.output import progress as bar
 
@@ -36,9 +37,7 @@ def sweep(spec, out_dir, *, address: str | None = None, num_cpus: int | None = N
 
     log = log or (lambda msg: None)
     trials = load_spec(spec)  # everything validated before Ray starts or anything is written
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise GencompressError(f"{out}: exists and is a file; OUT_DIR must be a folder")
+    out = out_dir_path(out_dir)  # a path, new or a folder (gencompress/arguments.py)
     if isinstance(spec, (str, Path)):
         for name in OUTPUTS:
             refuse_overwrite(out / name, [Path(spec)])

@@ -1271,3 +1271,23 @@ def test_output_onto_a_fifo_or_with_a_too_long_name_is_refused(tmp_path, run_cli
     with pytest.raises(GencompressError, match="longer than 255 bytes"):
         gencompress.prune(m, tmp_path / ("p" * 300), sparsity=0.5)
     assert fifo.is_fifo() and snapshot(tmp_path).keys() == before.keys()
+
+
+def test_out_dir_that_is_not_a_folder_is_named(tmp_path, run_cli, user_error):
+    """OUT_DIR is checked in one place (``arguments.out_dir_path``) for compress, ship and sweep,
+    from the CLI and the API: a FIFO is called a FIFO (it was "exists and is a file"), a file a
+    file, a value that is no path one line."""
+    m = tiny(tmp_path / "g.onnx")
+    fifo, plain = tmp_path / "pipe", tmp_path / "plain"
+    os.mkfifo(fifo)
+    plain.write_text("mine")
+    for verb in ("compress", "ship"):
+        extra = ["--no-bench"] if verb == "compress" else []
+        user_error(run_cli(verb, m, fifo, *extra), "is a FIFO (named pipe); OUT_DIR must be a folder")
+        user_error(run_cli(verb, m, plain, *extra), "exists and is a file; OUT_DIR must be a folder")
+        for value in (5, None, ""):
+            with pytest.raises(GencompressError, match="OUT_DIR: expected a file path"):
+                getattr(gencompress, verb)(m, value)
+    with pytest.raises(GencompressError, match="is a FIFO"):
+        gencompress.sweep({"models": [str(m)], "configs": [{"sparsity": 0.5}]}, fifo)
+    assert fifo.is_fifo() and plain.read_text() == "mine"

@@ -194,16 +194,12 @@ def compress(
     report.json has only the shapes of). The other parameters: the module docstring."""
     from gencompress.verbs import check as rc
 
-    from gencompress.arguments import seed_value
+    from gencompress.arguments import out_dir_path, seed_value
 
     log = log or (lambda msg: None)
     flags = _checked_flags(flags)
     seed = seed_value(seed)
-    from gencompress.onnx_io import as_path
-
-    out = as_path(out_dir, "OUT_DIR")  # a name the OS refuses is one line, not OSError from exists()
-    if out.exists() and not out.is_dir():
-        raise GencompressError(f"{out}: exists and is a file; OUT_DIR must be a folder")
+    out = out_dir_path(out_dir)
     samples, batches, threads, runs, provider = _checked_counts(samples, batches, threads, runs, provider, bench)
     timing = {"batches": list(batches), "threads": threads[0], "provider": provider}
     # Everything that can be checked is checked before any work is done.
