@@ -205,13 +205,13 @@ def _within_budget(sessions, feeds, runs: int, warmup: int, budget) -> tuple[int
     ``MIN_BUDGET_RUNS``, a tenth of them warm-up. No warm-up asked: no round to time, no budget."""
     import time
 
-    from gencompress.runtime_check import latency as L
+    from gencompress.runtime_check.sessions import run
 
     if not budget or not warmup:
         return runs, warmup, None
     start = time.perf_counter()
     for label, session in sessions.items():
-        L._run(session, feeds[label], label)
+        run(session, feeds[label], label)  # the call a warm-up run makes (latency.time_interleaved)
     round_s = time.perf_counter() - start
     if round_s * (runs + warmup) <= budget:
         return runs, warmup - 1, round_s
