@@ -51,14 +51,14 @@ def test_check_holds_one_session_at_a_time(tmp_path, monkeypatch):
 def test_bench_budget_fits_runs_and_says_so(tmp_path, monkeypatch):
     import time
 
-    from gencompress.runtime_check import latency
+    from gencompress.runtime_check import sessions
 
     m = _model(tmp_path / "g.onnx")
     full = gencompress.bench(m, reference=m, runs=20, warmup=2, batches=(1,), memory=False, budget=None)
     assert full["notes"] == [] and [r["runs"] for r in full["results"]] == [20]
-    real = latency._run
+    real = sessions.run
     # the warm-up round bench times: at least 0.2 s per model (as a large model's run), so 22 rounds cannot fit in 0.5 s
-    monkeypatch.setattr(latency, "_run", lambda *a: (time.sleep(0.2), real(*a))[1])
+    monkeypatch.setattr(sessions, "run", lambda *a: (time.sleep(0.2), real(*a))[1])
     cut = gencompress.bench(m, reference=m, runs=20, warmup=2, batches=(1, 4), memory=False, budget=0.5)
     assert all(MIN_BUDGET_RUNS <= r["runs"] < 20 for r in cut["results"]), cut["results"]
     assert len(cut["notes"]) == 2 and all("of the 20 asked" in n and "--time-budget" in n for n in cut["notes"])
