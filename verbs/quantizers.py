@@ -331,7 +331,9 @@ def validate_options(
             raise GencompressError(f"{', '.join(static_only)}: only for --mode static (--mode {mode} has no calibrated activations)")
 
 
-def _check_float_model(proto, path) -> None:
+def _check_float_model(proto, path, model=None) -> None:
+    """Refuse a model already quantized or converted (float16 weights); ``model``: ``proto``
+    deserialized (onnx_ir), when the caller has made it (not deserialized again here)."""
     nodes = list(proto.graph.node if isinstance(proto, onnx.ModelProto) else proto.graph)
     ops = {n.op_type for n in nodes}
     if isinstance(proto, onnx.ModelProto):
@@ -340,7 +342,7 @@ def _check_float_model(proto, path) -> None:
             ops.add("DequantizeLinear")  # int8 weights behind Cast * scale (passes/fold_weights.py)
     if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger"}:
         raise GencompressError(f"{path}: the model is already quantized; give the float model")
-    _refuse_converted_weights(proto, path)
+    _refuse_converted_weights(proto if model is None else model, path)
 
 
 def _refuse_converted_weights(proto, path) -> None:

@@ -82,9 +82,10 @@ def sensitivity(
     )
     reference = load_model(in_path)
     refuse_nonfinite_weights(reference, in_path)
-    _check_float_model(reference, in_path)
+    model = ir.serde.deserialize_model(reference)  # wraps the proto's tensors: one deserialization for the check and the quantizer
+    _check_float_model(reference, in_path, model)
     header = skeleton(reference)
-    model = prepare(ir.serde.deserialize_model(reference))
+    model = prepare(model)
     del reference
     evaluator = Evaluator(in_path, eval_inputs(header, seed, eval_size))
     if mode == "static":
