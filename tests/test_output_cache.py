@@ -116,8 +116,12 @@ def test_damaged_or_foreign_entry_is_a_miss(zoo_onnx, outputs, tmp_path):
     (entry,) = [p for p in outputs.iterdir() if not p.name.startswith(".")]  # stored again
     (entry / "entry.json").write_text("{not json")
     assert quantize(src, tmp_path / "c.onnx", check=False, **FAST)["cached"] is None
-    meta_entry = [p for p in outputs.iterdir() if not p.name.startswith(".")]
-    assert len(meta_entry) == 1
+    assert quantize(src, tmp_path / "c2.onnx", check=False, **FAST)["cached"]  # replaced by that run's
+    (entry,) = [p for p in outputs.iterdir() if not p.name.startswith(".")]
+    (entry / "model.onnx").unlink()
+    os.mkfifo(entry / "model.onnx")  # would block a read
+    assert quantize(src, tmp_path / "d.onnx", check=False, **FAST)["cached"] is None
+    assert (tmp_path / "d.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
 
 
 def test_unwritable_folder_or_cap_zero_is_no_cache(zoo_onnx, tmp_path, monkeypatch):
@@ -136,17 +140,20 @@ def test_unwritable_folder_or_cap_zero_is_no_cache(zoo_onnx, tmp_path, monkeypat
 def test_cap_evicts_the_least_recently_used(tmp_path):
     from gencompress.verbs.output_cache import evict
 
-    for i, age in enumerate((300, 100, 200)):
-        entry = tmp_path / f"k{i}"
+    keys = [c * 64 for c in "abc"]
+    for key, age in zip(keys, (300, 100, 200)):
+        entry = tmp_path / key
         entry.mkdir()
         (entry / "model.onnx").write_bytes(b"x" * 1000)
         (entry / "entry.json").write_text("{}")
         os.utime(entry / "entry.json", (1e9 - age, 1e9 - age))
     (tmp_path / ".tmp-fresh").mkdir()  # a run storing now: left alone
+    (tmp_path / "users").mkdir()  # not a name of this cache (the folder may be a user's): never removed
+    os.utime(tmp_path / "users", (1e9, 1e9))
     evict(tmp_path, 2100)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-fresh", "k1", "k2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-fresh", keys[1], keys[2], "users"]
     evict(tmp_path, 1100)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-fresh", "k1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-fresh", keys[1], "users"]
 
 
 def test_cap_applies_when_storing(zoo_onnx, outputs, tmp_path, monkeypatch):

@@ -125,6 +125,17 @@ def output_key(in_path, options: dict) -> str | None:
     return h.hexdigest()
 
 
+def _remove(entry: Path) -> None:
+    """Remove a key's entry (a folder, or whatever else holds its name); errors ignored."""
+    try:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif os.path.lexists(entry):
+            entry.unlink()
+    except OSError:
+        pass
+
+
 def _regular(path: Path) -> bool:
     import stat
 
@@ -168,7 +179,10 @@ class OutputCache:
         from gencompress.onnx_io import _LIFTED, atomic_path, external_data_path
 
         meta = self._load()
-        if meta is None or meta["side"] not in (None, external_data_path(out_path).name):
+        if meta is None:
+            _remove(self.entry)  # a damaged entry of this key: this run stores it again
+            return None
+        if meta["side"] not in (None, external_data_path(out_path).name):
             return None  # the model names its side file: another output name is a miss
         targets = [Path(out_path), *([external_data_path(out_path)] if meta["side"] else [])]
         try:
@@ -176,7 +190,7 @@ class OutputCache:
                 with atomic_path(target, sources) as tmp:
                     _copy(self.entry / name, tmp, size, digest)
         except _Damaged:
-            shutil.rmtree(self.entry, ignore_errors=True)
+            _remove(self.entry)
             return None
         try:
             os.utime(self.entry / "entry.json")  # recently used: evicted last
@@ -245,6 +259,8 @@ def _copy(src: Path, dst: Path, size: int | None = None, digest: str | None = No
     that differs is ``_Damaged`` (reading errors too; writing errors are OSError)."""
     h = hashlib.sha256()
     try:
+        if not _regular(src):  # a FIFO would block the read
+            raise _Damaged(f"{src}: not a regular file")
         source = open(src, "rb")
     except OSError as e:
         raise _Damaged(str(e)) from None
@@ -272,9 +288,12 @@ def evict(folder: Path, cap: int) -> None:
         children = list(folder.iterdir())
     except OSError:
         return
-    for child in children:
+    for child in children:  # only what this module names: a key's folder, or a temp folder (the folder may be a user's)
         try:
-            if child.name.startswith(".tmp-") or not (child / "entry.json").exists():
+            ours = len(child.name) == 64 and all(c in "0123456789abcdef" for c in child.name)
+            if not ours and not child.name.startswith(".tmp-"):
+                continue
+            if not ours or not (child / "entry.json").exists():
                 if child.is_dir() and now - child.stat().st_mtime > STALE_SECONDS:
                     shutil.rmtree(child, ignore_errors=True)  # left by a killed run, or damaged
                 continue
