@@ -22,7 +22,10 @@ A case says what it expects: ``refuse`` (the input is wrong: ``ok`` is a *silent
 - api: every argument of every ``gencompress.<verb>`` given a value of no sensible type;
 - recipes: YAML with Python tags, aliases, duplicate keys, huge ints, deep nesting, bad steps;
 - npz: ``--calib-data`` / ``--inputs`` files with pickles, object arrays, NaN, wrong dtypes;
-- modules: user ``file.py:Class`` generators that misbehave (raise, exit, print, return junk).
+- modules: user ``file.py:Class`` generators that misbehave (raise, exit, print, return junk);
+- cache: a damaged output cache (entry.json not JSON or of the wrong shape, a stored model flipped,
+  truncated, a FIFO or a link to /dev/zero, the cache folder a file or a device, its cap not a
+  number): every rerun must write the bytes a build writes (a wrong output counts as a traceback).
 
 Prints each non-passing case and a table of counts per class; an input (any file the cases were
 made from) that a case changed or removed is counted as lost.
@@ -399,6 +402,86 @@ def output_cases(m: Path, folder: Path) -> list:
     return cases
 
 
+def cache_cases(m: Path, root: Path, timeout: int) -> list:
+    """A damaged or hostile output cache (verbs/output_cache.py): every rerun still writes the
+    bytes a build writes (a miss), never a traceback, a hang or a wrong output. One good entry is
+    made first, then each case damages a copy of it."""
+    import json
+    import shutil
+
+    args = ("--objective", "size", "--calib-size", "8", "--no-check")
+    good, built = root / "good", root / "built.onnx"
+    root.mkdir(parents=True)
+    os.environ["GENCOMPRESS_OUTPUT_CACHE"] = str(good)
+    forked(lambda: cli("quantize", m, root / "first.onnx", *args), timeout)  # the entry
+    os.environ["GENCOMPRESS_OUTPUT_CACHE"] = "off"
+    forked(lambda: cli("quantize", m, built, *args), timeout)  # what a build writes
+    os.environ.pop("GENCOMPRESS_OUTPUT_CACHE")
+    key = next(p.name for p in good.iterdir() if len(p.name) == 64)
+
+    def meta(change):
+        def damage(entry):
+            data = json.loads((entry / "entry.json").read_text())
+            change(data)
+            (entry / "entry.json").write_text(json.dumps(data))
+        return damage
+
+    def flip(entry):
+        data = bytearray((entry / "model.onnx").read_bytes())
+        data[len(data) // 2] ^= 1
+        (entry / "model.onnx").write_bytes(bytes(data))
+
+    def replace(name, how):
+        def damage(entry):
+            target = entry / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+            how(target)
+        return damage
+
+    damages = {
+        "entry.json not JSON": lambda e: (e / "entry.json").write_text("{nope"),
+        "entry.json a folder": replace("entry.json", lambda t: t.mkdir()),
+        "entry.json a list": lambda e: (e / "entry.json").write_text("[]"),
+        "report not a dict": meta(lambda d: d.update(report=[1])),
+        "files a string": meta(lambda d: d.update(files="model.onnx")),
+        "file name ../x": meta(lambda d: d["files"][0].update(name="../x")),
+        "size a text": meta(lambda d: d["files"][0].update(size="big")),
+        "side ../../x": meta(lambda d: d.update(side="../../x")),
+        "stored model one bit flipped": flip,
+        "stored model truncated": lambda e: (e / "model.onnx").write_bytes((e / "model.onnx").read_bytes()[:100]),
+        "stored model a FIFO": replace("model.onnx", lambda t: os.mkfifo(t)),
+        "stored model a link to /dev/zero": replace("model.onnx", lambda t: os.symlink("/dev/zero", t)),
+        "stored model a folder": replace("model.onnx", lambda t: t.mkdir()),
+        "entry a file": lambda e: (shutil.rmtree(e), e.write_text("x")),
+    }
+    environments = {
+        "cache folder a file": {"GENCOMPRESS_OUTPUT_CACHE": str(built)},
+        "cache folder /dev/null": {"GENCOMPRESS_OUTPUT_CACHE": "/dev/null"},
+        "cache folder below a file": {"GENCOMPRESS_OUTPUT_CACHE": str(built / "x")},
+        **{f"cap {v}": {"GENCOMPRESS_OUTPUT_CACHE_MB": v} for v in ("nan", "-1", "1e400", "lots", "")},
+    }
+
+    def rerun(env: dict, out: Path):
+        os.environ.update(env)
+        code, err = cli("quantize", m, out, *args)
+        if code != 0 or out.read_bytes() != built.read_bytes():
+            raise AssertionError(f"exit {code}, {err.strip()[:200]}; output {'differs from a build' if code == 0 else 'missing'}")
+        return code, err
+
+    cases = []
+    for i, (label, damage) in enumerate(damages.items()):
+        folder = root / f"d{i}"
+        shutil.copytree(good, folder)
+        damage(folder / key)
+        cases.append(("cache", label, lambda f=folder, i=i: rerun({"GENCOMPRESS_OUTPUT_CACHE": str(f)}, root / f"o{i}.onnx"), "either"))
+    for i, (label, env) in enumerate(environments.items()):
+        folder = root / f"e{i}"
+        shutil.copytree(good, folder)
+        cases.append(("cache", label, lambda f=folder, env=env, i=i: rerun({"GENCOMPRESS_OUTPUT_CACHE": str(f), **env}, root / f"p{i}.onnx"),
+                      "either"))
+    return cases
+
+
 def _digest(path: Path) -> str | None:
     import hashlib
 
@@ -415,7 +498,8 @@ def _digests(folder: Path) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--classes", nargs="*", default=["flips", "truncate", "crafted", "outputs", "options", "api", "recipes", "npz", "modules"])
+    parser.add_argument("--classes", nargs="*", default=["flips", "truncate", "crafted", "outputs", "options", "api", "recipes", "npz", "modules",
+                                                         "cache"])
     parser.add_argument("--cases", type=int, default=24, help="damaged files per class (flips, truncate)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=int, default=60)
@@ -438,15 +522,21 @@ def main() -> int:
     rng = random.Random(args.seed)
     started = time.perf_counter()
     print(f"gencompress from {Path(gencompress.__file__).parent.parent}, load avg {os.getloadavg()[0]:.2f} at start", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as cache_tmp:
         folder = Path(tmp)
+        # caches of its own (plans, calibration, outputs), outside the inputs' folder: every case runs
+        # the code, none reuses a user's entry
+        os.environ["GENCOMPRESS_CACHE"] = str(Path(cache_tmp) / "cache")
+        for name in ("GENCOMPRESS_PLAN_CACHE", "GENCOMPRESS_OUTPUT_CACHE"):
+            os.environ.pop(name, None)
         m = small_model(folder)
         cases = []
         for kind in ("flips", "truncate"):
             if kind in args.classes:
                 cases += damaged_cases(m, folder, rng, args.cases, kind)
         makers = {"crafted": lambda: crafted_cases(folder), "outputs": lambda: output_cases(m, folder), "options": lambda: option_cases(m, folder), "api": lambda: api_cases(m, folder), "recipes": lambda: recipe_cases(m, folder),
-                  "npz": lambda: npz_cases(m, folder), "modules": lambda: module_cases(folder)}
+                  "npz": lambda: npz_cases(m, folder), "modules": lambda: module_cases(folder),
+                  "cache": lambda: cache_cases(m, Path(cache_tmp) / "outputs", args.timeout)}
         for kind, make in makers.items():
             if kind in args.classes:
                 cases += make()
