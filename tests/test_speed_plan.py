@@ -319,3 +319,58 @@ def test_planned_dcgan_has_no_transposes_between_int8_convs(zoo_onnx, tmp_path):
     ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
     assert "DepthToSpace" not in ops and ops.count("QLinearConv") == 3
     assert ops.count("Transpose") == 2 + 2, ops  # in, out, and the two rewritten layers' shuffles
+
+
+def test_many_near_tie_groups_are_decided_as_one_block():
+    """More groups than one greedy step takes: the plan beside the whole block in float, one
+    comparison; the block's int8 pays (each group a tie), so every group keeps int8."""
+    costs = {f"g{i}": {1: 0.004, 64: 0.004} for i in range(12)}
+    costs["fast"] = {1: -0.3, 64: -0.3}
+    measure, asked = stub(costs)
+    result = plan_layers(list(costs), measure, "balanced")
+    assert result.int8 == set(costs)
+    assert len(asked) == 3  # the plan and the block in float; then the plan (every layer int8) beside float
+    assert all("one block of 13 groups" in r["reason"] for r in result.layers)
+
+
+def test_a_block_faster_in_float_is_halved_down_to_its_slow_group():
+    """A block slower in int8 beyond noise is halved; halves not slower keep int8, the half holding
+    the slow group is halved again until the group is found."""
+    costs = {f"g{i}": {1: 0.0, 64: 0.0} for i in range(8)}
+    costs["g5"] = {1: 0.2, 64: 0.2}
+    measure, _ = stub(costs)
+    result = plan_layers(list(costs), measure, "balanced")
+    assert result.int8 == set(costs) - {"g5"}
+
+
+def test_ties_summed_over_a_block_are_not_kept_in_int8():
+    """Every group 2% slower in int8 (a tie alone) and 16 of them 1.32x slower together: halves of
+    the block that lost keep int8 only where it is not slower at all; the model computes in float."""
+    costs = {f"g{i}": {1: 0.02, 64: 0.02} for i in range(16)}
+    measure, _ = stub(costs)
+    result = plan_layers(list(costs), measure, "balanced")
+    assert result.int8 == frozenset()
+    assert all(r["choice"] == "float" for r in result.layers)
+
+
+def test_greedy_steps_stop_at_the_budget_and_say_so():
+    """A stubbed clock (10 s per measurement) and a 15 s budget: after the first step the next would
+    pass the budget, so the groups left are decided untimed (int8, or float where their block
+    measured float), the rows and the message say so, and the plan is still measured beside float."""
+    costs = {f"g{i}": {1: 0.0, 64: 0.0} for i in range(8)}
+    costs["g1"] = {1: 0.3, 64: 0.3}
+    measure, asked = stub(costs)
+    now = [0.0]
+
+    def clock():
+        now[0] += 10.0  # read when a step starts and when it ends: 10 s per step
+        return now[0]
+
+    result = plan_layers(list(costs), measure, "balanced", budget=15.0, clock=clock)
+    untimed = [r for r in result.layers if r["decided"] == "budget"]
+    assert len(untimed) == 8 and all("budget" in r["reason"] for r in untimed)
+    assert all(r["choice"] == "float" for r in untimed)  # their block measured faster in float
+    assert "8 layer group(s) decided untimed" in result.message and "budget (15 s)" in result.message
+    assert len(asked) == 2 + 2 and result.int8 == frozenset()  # one step; then the plan and every layer int8 beside float
+    # the same plan with no budget times every step and keeps int8 where it pays
+    assert plan_layers(list(costs), stub(costs)[0], "balanced").int8 == set(costs) - {"g1"}

@@ -53,6 +53,7 @@ writes the same bytes. The plan says what it was timed on (``PlanResult.timed_on
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -86,6 +87,9 @@ ISOLATED_MIN_RUNS = 3
 # above this estimated cost of timing the plan beside float in the whole model (``guard_seconds``), a
 # plan every group of which isolation decides is not timed in the model (benchmarks/plan_cost.py)
 GUARD_SECONDS = 10.0
+# the greedy steps in the model stop before they would pass this (each step builds and times whole models); the
+# groups left are decided untimed, the final measurement beside float still runs (plan_layers' ``budget``)
+PLAN_BUDGET_SECONDS = 40.0
 ISOLATED_RUN_SECONDS = 0.05  # an isolated layer at a larger batch is timed at the batch whose float run takes about this
 ISOLATE_BYTES = 20e6  # with fewer groups than a greedy step takes, layers are timed alone only in models larger than this
 ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "Elu", "Selu", "HardSwish"})
@@ -211,7 +215,8 @@ def predicted_choice(gain: Ratios | None, objective: str, negligible: bool = Fal
 def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objective: str, noise: float = NOISE,
                 size: Callable[[frozenset], int] | None = None, groups: list[list[str]] | None = None,
                 predicted: list[Ratios | None] | None = None, negligible: list[bool] | None = None,
-                untimed: str | None = None, follows: list[bool] | None = None) -> PlanResult:
+                untimed: str | None = None, follows: list[bool] | None = None, budget: float | None = None,
+                clock: Callable[[], float] = time.perf_counter) -> PlanResult:
     """Choose the layers that compute in int8.
 
     ``measure(configs, reference=True, give_up=None)`` times each configuration (a frozenset of int8
@@ -225,10 +230,14 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
     ``predicted``: per group, its layer's isolated gain (``predict_groups``) or None, and
     ``negligible``, whether it cannot move the model's time beyond noise; a clear one
     (``predicted_choice``) decides the group without timing it in context.
-    Greedy, over the groups not decided so: start from the plan so far, for ``STEP_GROUPS`` groups
-    at a time in graph order, time the plan as it stands and, beside it, the plan with each of
-    those groups in float (one interleaved run, so load drift hits them alike); keep each group's
-    better form per the objective.
+    Greedy, over the groups not decided so (``_greedy``): more than ``STEP_GROUPS`` of them are
+    first timed as one block, the plan as it stands beside it with the whole block in float; a
+    block whose int8 pays keeps int8 at once, one that does not is halved; ``STEP_GROUPS`` groups
+    or fewer: time the plan as it stands and, beside it, the plan with each of those groups in
+    float (one interleaved run, so load drift hits them alike); keep each group's better form per
+    the objective. ``budget`` (seconds of ``clock``): once the next step would take the greedy
+    steps beyond it (its cost estimated from the steps so far), the groups left are decided
+    untimed (int8, or float where their block measured float) and the message says so.
     Then the plan, all-int8 and no-int8 against float, one at a time (two models alive), and the
     pick per the objective; balanced: of those not slower than float beyond ``noise`` whose
     ``size(config)`` (bytes) is within ``SIZE_SLACK`` of the smallest, the one with the most int8
@@ -253,37 +262,18 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
             configs.append({"int8": sorted(c), "vs": "float" if reference else "first", "ratios": {str(b): round(v, 4) for b, v in r.items()}})
         return results
 
-    def hopeless(with_int8: Ratios, *flips: Ratios) -> bool:
-        """balanced: for every group of the step, int8 is already slower beyond noise at one batch
-        size; the other batch sizes cannot save it."""
-        return objective == "balanced" and all(any(f[b] / with_int8[b] < 1.0 - noise for b in with_int8) for f in flips)
-
     units = groups or [[n] for n in layers]
     rows, undecided = isolated_rows(units, predicted, negligible, objective, follows)
     order = {n: i for i, n in enumerate(layers)}
     if untimed and not undecided:
         rows.sort(key=lambda r: order[r["node"]])
         return PlanResult(full, {}, rows, configs, untimed, route=ROUTE_ALONE)
-    current = full
-    for start in range(0, len(undecided), STEP_GROUPS):
-        step = undecided[start:start + STEP_GROUPS]
-        with_int8, *flips = timed(current, *(current - set(g) for g, _ in step), reference=False, give_up=hopeless)
-        for (group, isolated), without in zip(step, flips):
-            keep = int8_pays(with_int8, without, objective, noise)
-            gain = {b: without[b] / with_int8[b] for b in with_int8}
-            together = f" (decided with {len(group) - 1} more of its shape)" if len(group) > 1 else ""
-            reason = (f"int8 {'pays' if keep else 'does not pay'}: the model runs "
-                      + ", ".join(f"b{b} {g:.2f}x" for b, g in sorted(gain.items())) + f" as fast with it in int8 as in float{together}")
-            for name in group:
-                row = {"node": name, "choice": "int8" if keep else "float", "reason": reason, "decided": "in context",
-                       "int8_gain": {str(b): round(g, 3) for b, g in gain.items()}}
-                if isolated:
-                    row["isolated_gain"] = {str(b): round(g, 3) for b, g in isolated.items()}
-                rows.append(row)
-        current = current - {r["node"] for r in rows if r["choice"] == "float"}
+    current, left = _greedy(undecided, rows, timed, full, objective, noise, budget, clock)
     rows.sort(key=lambda r: order[r["node"]])
     measured = _measure_finals(timed, current, full, none, objective, noise, size)
     chosen, message = choose_final(list(measured), measured, objective, noise, size, none)
+    if left:
+        message += f"; {left}"
     if objective == "balanced" and size is not None and chosen != full and size(chosen) > SIZE_BUDGET * size(full):
         message += (f"; {size(chosen) / size(full):.2f}x the size of every layer in int8 (over the {SIZE_BUDGET:g}x budget),"
                     " kept because every layer in int8 was slower than float")
@@ -295,6 +285,94 @@ def plan_layers(layers: list[str], measure: Callable[..., list[Ratios]], objecti
                 row["reason"] += (f"; overridden: the whole plan with {'all' if chosen == full else 'no'} layers in int8 measured"
                                   f" {'faster' if objective == 'speed' else 'not slower and is smaller, or faster'}")
     return PlanResult(chosen, measured[chosen], rows, configs, message)
+
+
+def _greedy(undecided: list[tuple], rows: list[dict], timed, full: frozenset, objective: str, noise: float,
+            budget: float | None, clock) -> tuple[frozenset, str]:
+    """The greedy steps of ``plan_layers`` over ``undecided`` [(group, isolated gain)]: rows appended
+    to ``rows``; returns (the plan, a note on the groups the budget left untimed, or "").
+    Blocks: more than ``STEP_GROUPS`` groups are timed as one block, the plan as it stands beside it
+    with the whole block in float. Its int8 paying (a tie keeps int8) decides every group of it in
+    one comparison; else it is halved. A half of a block that measured faster in float keeps int8
+    only where int8 is not slower at all (ties within the noise band, summed over many groups, are
+    what made the block slower); a half slower within the noise band is float as a whole, one
+    slower beyond it is halved again. DenseNet-121: 120 Concat and BatchNorm Mul groups, each a
+    fraction of a percent of the model, measured noise one by one in 160 whole-model builds, while
+    the 120 in float made the model 1.2-1.3x faster (load 3)."""
+    current = full
+    work = [(undecided, None)] if undecided else []  # (groups, "float" when the block they came from measured float faster)
+    spent, configs = 0.0, 0
+
+    def hopeless(with_int8: Ratios, *flips: Ratios) -> bool:
+        """balanced: for every group of the step, int8 is already slower beyond noise at one batch
+        size; the other batch sizes cannot save it."""
+        return objective == "balanced" and all(any(f[b] / with_int8[b] < 1.0 - noise for b in with_int8) for f in flips)
+
+    while work:
+        step, prior = work[0]
+        block = len(step) > STEP_GROUPS
+        cost = 2 if block else len(step) + 1
+        if budget is not None and configs and spent + spent / configs * cost > budget:
+            return current - _untimed_rows(work, rows, spent, budget), _budget_note(work, spent, budget)
+        work.pop(0)
+        started = clock()
+        band = 0.0 if prior == "float" else noise  # within a block that lost, a tie is no reason for int8
+        if block:
+            names = frozenset(n for g, _ in step for n in g)
+            with_int8, without = timed(current, current - names, reference=False, give_up=hopeless)
+            what = f" (decided as one block of {len(step)} groups)"
+            if int8_pays(with_int8, without, objective, band):
+                _context_rows(rows, step, with_int8, without, True, what)
+            elif prior == "float" and int8_pays(with_int8, without, objective, noise):
+                _context_rows(rows, step, with_int8, without, False, what + ", part of a block faster in float")
+            else:  # halves, each timed against the plan as it stands
+                work[:0] = [(step[:len(step) // 2], "float"), (step[len(step) // 2:], "float")]
+        else:
+            with_int8, *flips = timed(current, *(current - set(g) for g, _ in step), reference=False, give_up=hopeless)
+            for item, without in zip(step, flips):
+                _context_rows(rows, [item], with_int8, without, int8_pays(with_int8, without, objective, band))
+        spent, configs = spent + clock() - started, configs + cost
+        current = current - {r["node"] for r in rows if r["choice"] == "float"}
+    return current, ""
+
+
+def _context_rows(rows: list[dict], step: list[tuple], with_int8: Ratios, without: Ratios, keep: bool, block: str = "") -> None:
+    """Rows of groups decided in the model (``keep``: int8), with the model's gain from their int8
+    form beside the rest of the plan as it stands."""
+    gain = {b: without[b] / with_int8[b] for b in with_int8}
+    for group, isolated in step:
+        together = f" (decided with {len(group) - 1} more of its shape)" if len(group) > 1 and not block else block
+        reason = (f"int8 {'pays' if keep else 'does not pay'}: the model runs "
+                  + ", ".join(f"b{b} {g:.2f}x" for b, g in sorted(gain.items())) + f" as fast with it in int8 as in float{together}")
+        for name in group:
+            row = {"node": name, "choice": "int8" if keep else "float", "reason": reason, "decided": "in context",
+                   "int8_gain": {str(b): round(g, 3) for b, g in gain.items()}}
+            if isolated:
+                row["isolated_gain"] = {str(b): round(g, 3) for b, g in isolated.items()}
+            rows.append(row)
+
+
+def _untimed_rows(work: list[tuple], rows: list[dict], spent: float, budget: float) -> set:
+    """Rows of the groups the budget left untimed: int8 (balanced: a tie keeps int8, and the final
+    measurement of the plan beside every layer int8 and float still applies), float where the
+    block they came from measured float. Returns the float layers."""
+    floating = set()
+    for step, prior in work:
+        choice = prior or "int8"
+        reason = (f"not timed in the model: the plan's in-model timing budget ({budget:.0f} s, {spent:.0f} s spent) ran out; "
+                  + ("its block measured faster in float" if choice == "float" else "int8 (a tie keeps int8)"))
+        for group, isolated in step:
+            for name in group:
+                rows.append({"node": name, "choice": choice, "reason": reason, "decided": "budget",
+                             **({"isolated_gain": {str(b): round(g, 3) for b, g in isolated.items()}} if isolated else {})})
+                if choice == "float":
+                    floating.add(name)
+    return floating
+
+
+def _budget_note(work: list[tuple], spent: float, budget: float) -> str:
+    n = sum(len(step) for step, _ in work)
+    return f"{n} layer group(s) decided untimed: the in-model timing budget ({budget:.0f} s) was spent ({spent:.0f} s)"
 
 
 FOLLOWS = ("int8: every tensor it reads comes from an int8 layer and every reader is an int8 layer, so int8 adds no"
@@ -1056,7 +1134,7 @@ def plan(builder: ConfigBuilder, objective: str, measure_models, log=lambda m: N
             untimed = untimed_message(predicted[2], f"timing it would take about {guard_seconds(predicted[2]):.0f} s")
         result = plan_layers(names, measure, objective, size=builder.size, groups=builder.groups or None,
                              predicted=predicted[0] if predicted else None, negligible=predicted[1] if predicted else None,
-                             untimed=untimed, follows=predicted[3] if predicted else None)
+                             untimed=untimed, follows=predicted[3] if predicted else None, budget=PLAN_BUDGET_SECONDS)
         result.timed_on = timed_on if objective != "size" and names else {}
         op_of = {l["node"]: l["op_type"] for l in builder.layers}
         for row in result.layers:
