@@ -10,7 +10,8 @@ Models: the zoo names, ``family:NAME`` (``models/families.py``) and ``conv:NAME`
 (``models/conv_families.py``, benchmark sizes); ``--models zoo families conv`` name the groups.
 Variants: ``vnni`` (full 8-bit weights, ``int8_kernels="vnni"``) and ``portable`` (the default:
 saturation-free; ``portable-scale`` / ``portable-nudge`` force one remedy of
-``passes/int8_saturation.py``), and onnxruntime's ``quantize_static`` (per-channel U8S8 QDQ, with
+``passes/int8_saturation.py``; ``portable-uint8`` keeps every cheap layer's full 8-bit weights as uint8,
+the rule before session 5), and onnxruntime's ``quantize_static`` (per-channel U8S8 QDQ, with
 and without ``reduce_range``; ``--ort``) on the same calibration inputs. PSNR against the float
 model on the held-back evaluation inputs (``check``'s: seeded draws from the model's priors,
 natural-image crops for image inputs), peak as ``check`` (the nominal output range, else the
@@ -19,7 +20,7 @@ host; "host" its fused kernels (level all) here; "avx2" the fused kernels of the
 emulated Haswell: the model is built natively and only onnxruntime runs under qemu (numpy and the
 tool under TCG build other models). The host's ISA and the load average are printed.
 
-Speed (``--speed``): float, ``vnni`` and ``portable`` int8 (objective size) timed interleaved in one
+Speed (``--speed``): float and each variant's int8 (objective size) timed interleaved in one
 process on this host, 2 intra-op threads, spinning off, batch 1 and 64 (``--rounds`` rounds, 10
 runs per slot at batch 1); speed = float p50 / model p50.
 """
@@ -30,6 +31,7 @@ import argparse
 import contextlib
 import functools
 import inspect
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-VARIANTS = {"vnni": ("vnni", "best"), "portable": ("portable", "best"), "portable-scale": ("portable", "scale"), "portable-nudge": ("portable", "nudge")}
+VARIANTS = {"vnni": ("vnni", "best", None), "portable": ("portable", "best", None), "portable-scale": ("portable", "scale", None),
+            "portable-nudge": ("portable", "nudge", None), "portable-uint8": ("portable", "best", 0.0)}
 
 
 def batched(session, feeds: dict) -> np.ndarray:
@@ -173,9 +176,10 @@ def build_variants(name, src, folder, args, ref):
     for objective in args.objectives:
         for variant in args.variants:
             out = folder / f"{name.replace(':', '_')}_{objective}_{variant}.onnx"
-            kernels, remedy = VARIANTS[variant]
+            kernels, remedy, uint8_cost = VARIANTS[variant]
+            fixed = {"saturation_remedy": remedy} if uint8_cost is None else {"saturation_remedy": remedy, "uint8_cost": uint8_cost}
             try:
-                with pass_options(saturation_remedy=remedy):
+                with pass_options(**fixed):
                     result = quantize(src, out, objective=objective, int8_kernels=kernels, check=False)
             except Exception as e:  # a family the quantizer refuses: say so in the table
                 print(f"{name} {objective} {variant}: {type(e).__name__}: {str(e)[:120]}", file=sys.stderr)
@@ -205,6 +209,8 @@ def main(argv=None) -> int:
     parser.add_argument("--speed", action="store_true", help="also time float / vnni / portable at batch 1 and 64 (objective size)")
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args(argv)
+    # the variants differ in pass options quantize's output cache does not key on: build each
+    os.environ["GENCOMPRESS_OUTPUT_CACHE"] = "off"
 
     import onnx
     import onnxruntime as ort
@@ -232,8 +238,8 @@ def main(argv=None) -> int:
                 print(f"{name} {objective} {variant}: exact {row['exact']:.2f} host {row['host']:.2f}", file=sys.stderr, flush=True)
             print(f"built {name} ({len(rows)} rows)", file=sys.stderr, flush=True)
             if args.speed and "size" in args.objectives:
-                paths = {v: folder / f"{name.replace(':', '_')}_size_{v}.onnx" for v in ("vnni", "portable")}
-                speeds.append((name, speed(src, paths, ref, args.rounds)))
+                paths = {v: folder / f"{name.replace(':', '_')}_size_{v}.onnx" for v in args.variants}
+                speeds.append((name, speed(src, {v: p for v, p in paths.items() if p.exists()}, ref, args.rounds)))
         if not args.no_avx2:
             for (_, _, floats, row), fused in zip(jobs, run_haswell(folder, [(p, f) for p, f, _, _ in jobs])):
                 row["avx2"] = psnr(floats, fused, row["peak"])
@@ -247,10 +253,10 @@ def main(argv=None) -> int:
         print(f"| {r['model']} | {r['objective']} | {r['variant']} | {r['changed']} | {r['exact']:.2f} | {r['host']:.2f} | {r['avx2']:.2f} |")
     if speeds:
         print(f"\nspeed vs float on this host ({host_isa()}), objective size, p50 ratio, {args.rounds} interleaved rounds")
-        print("| model | vnni b1 | portable b1 | vnni b64 | portable b64 |")
-        print("|---|---|---|---|---|")
+        print("| model | " + " | ".join(f"{v} b{b}" for b in (1, 64) for v in args.variants) + " |")
+        print("|---" * (1 + 2 * len(args.variants)) + "|")
         for name, r in speeds:
-            print(f"| {name} | {r[('vnni', 1)]:.2f}x | {r[('portable', 1)]:.2f}x | {r[('vnni', 64)]:.2f}x | {r[('portable', 64)]:.2f}x |")
+            print(f"| {name} | " + " | ".join(f"{r[(v, b)]:.2f}x" if (v, b) in r else "-" for b in (1, 64) for v in args.variants) + " |")
     return 0
 
 

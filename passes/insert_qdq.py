@@ -51,7 +51,8 @@ from gencompress.errors import GencompressError
 from gencompress.onnx_io import release
 from gencompress.passes.int8_saturation import METHODS as SATURATION_REMEDIES
 from gencompress.passes.int8_saturation import (
-    FEEDBACK_MACS, UINT8_ZERO_POINT, Layout, Unfold, as_uint8, feedback_cost, saturation_free, uint8_layers, unsafe_pairs,
+    FEEDBACK_MACS, UINT8_COST, UINT8_ZERO_POINT, Layout, Unfold, as_uint8, bound_cost, feedback_cost, saturation_free, uint8_layers,
+    unsafe_pairs,
 )
 from gencompress.passes.registry import GencompressPass, register
 from gencompress.passes.rewrite import Namer, ShapeLookup, onnx_opset
@@ -724,6 +725,9 @@ class InsertQDQPass(GencompressPass):
         include: tuple[str, ...] | None = None  # quantize only these (None: all)
         ranges: tuple[tuple[str, float, float], ...] = ()  # calibrated activation ranges
         saturation_remedy: str = "best"  # int8_saturation.METHODS: how an unsafe channel is changed
+        # a cheap layer keeps full 8-bit weights as uint8 when the bound costs its output error more than
+        # this factor (int8_saturation.UINT8_COST; 0: every cheap layer, as before session 5)
+        uint8_cost: float = UINT8_COST
 
         def __post_init__(self):
             super().__post_init__()
@@ -826,8 +830,7 @@ class InsertQDQPass(GencompressPass):
                     # onnxruntime's Gemm fusion wants the weight zero point spelled out
                     qtype, zero_point = ir.DataType.INT8, layer.op_type == "Gemm"
                     if layout is not None and key[-1] and unsafe_pairs(q, layout):
-                        q, qtype, zero_point = as_uint8(q), ir.DataType.UINT8, UINT8_ZERO_POINT
-                        layer.saturation = {"weights": "uint8", "reason": UINT8_REASON}
+                        q, scale, qtype, zero_point, layer.saturation = self._cheap_layer(use.array(), q, scale, key, moments.get(key), zero_point)
                     elif layout is not None:
                         q, scale, changed = saturation_free(use.array(), q, scale, axis, layout, block=block, method=opts.saturation_remedy,
                                                             moments=moments.get(key))
@@ -862,6 +865,20 @@ class InsertQDQPass(GencompressPass):
         }
         return ir.passes.PassResult(model, True)
 
+    def _cheap_layer(self, w: np.ndarray, q: np.ndarray, scale: np.ndarray, key: tuple, blocks: list | None, zero_point) -> tuple:
+        """``(q, scale, type, zero point, saturation report)`` of a cheap layer (``uint8_layers``) with
+        an unsafe pair: its saturation-free weights (error feedback on its input's moments
+        ``blocks``) where they cost its output error at most ``Options.uint8_cost`` times what full 8-bit
+        weights do, else its full 8-bit weights as uint8 (and so without moments)."""
+        _, axis, block, layout, _ = key
+        if blocks is not None:
+            bq, bs, changed = saturation_free(w, q, scale, axis, layout, block=block, method=self.options.saturation_remedy, moments=blocks)
+            cost = bound_cost(w, (q, scale), (bq, bs), axis, layout, blocks)
+            if cost <= self.options.uint8_cost:
+                return bq, bs, ir.DataType.INT8, zero_point, {**changed, "bound_cost": round(cost, 3), "reason": SATURATION_REASON}
+            return as_uint8(q), scale, ir.DataType.UINT8, UINT8_ZERO_POINT, {"weights": "uint8", "bound_cost": round(cost, 3), "reason": UINT8_REASON}
+        return as_uint8(q), scale, ir.DataType.UINT8, UINT8_ZERO_POINT, {"weights": "uint8", "reason": UINT8_REASON}
+
     def _weight_key(self, layer: Layer, use: WeightUse, uint8: set) -> tuple:
         """What makes two uses of a weight get the same int8 weights (they then share them)."""
         axis = None if (self.options.per_tensor and layer.kind == "int8") else use.out_axis
@@ -870,17 +887,18 @@ class InsertQDQPass(GencompressPass):
         return (use.value.name, axis, block, layout, layout is not None and layer.name in uint8)
 
     def _unsafe_weights(self, model: ir.Model, layers: list[Layer], uint8: set) -> tuple[dict, dict]:
-        """``(quantized, moments)``: the int8 weights (``{key: (q, scale)}``) of the layers whose
-        saturation-free weights will be searched (an unsafe pair, not kept uint8), and their input
-        moments (``{key: blocks}``) from ``self.moments``, measured in one run of the float model
-        before the pass changes it, for those whose error feedback fits ``FEEDBACK_MACS`` (none
-        when no moments callable was given)."""
+        """``(quantized, moments)``: the int8 weights (``{key: (q, scale)}``) of the layers with an
+        unsafe pair, and their input moments (``{key: blocks}``) from ``self.moments``, measured in
+        one run of the float model before the pass changes it, for those whose error feedback fits
+        ``FEEDBACK_MACS`` (none when no moments callable was given). A cheap layer's (``uint8_layers``)
+        are asked as optional: they decide between its bound and uint8 weights (``_cheap_layer``)
+        without raising the samples the others need, and never alone (no float run for them)."""
         quantized, asks = {}, {}
         for layer in layers:
             for use in layer.weights:
                 key = self._weight_key(layer, use, uint8)
-                _, axis, block, layout, keep_uint8 = key
-                if layout is None or keep_uint8 or key in quantized:
+                _, axis, block, layout, cheap = key
+                if layout is None or key in quantized:
                     continue
                 q, scale = quantize_symmetric(use.array(), axis, block=block)
                 release(use.value.const_value)  # a streamed weight: unmapped until its turn below
@@ -888,9 +906,9 @@ class InsertQDQPass(GencompressPass):
                     quantized[key] = (q, scale)
                     ask = _moment_ask(layer, q.shape)
                     if ask is not None and feedback_cost(q, layout) <= FEEDBACK_MACS:
-                        asks[key] = ask
-        if not asks or self.moments is None:
-            return quantized, {}
+                        asks[key] = (*ask, cheap)  # a cheap layer's: optional (uint8 weights without)
+        if self.moments is None or all(ask[3] for ask in asks.values()):
+            return quantized, {}  # cheap layers' moments only ride along a run the others need
         return quantized, self.moments(model, asks, self.options)
 
     def _pairing(self, layer: Layer, use: WeightUse) -> Layout | None:

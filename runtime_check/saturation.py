@@ -63,19 +63,27 @@ def _rows_per_sample(model, name: str, unfold: Unfold) -> int:
     return int(np.prod(inner)) if inner and all(isinstance(d, int) and d > 0 for d in inner) else 1
 
 
+def _optional(ask: tuple) -> bool:
+    return len(ask) > 3 and bool(ask[3])
+
+
 def input_moments(model, asks: dict, options) -> dict:
-    """``{key: [(start, stop, H)]}`` for ``asks`` ``{key: (input tensor name, Unfold, K)}``: the
+    """``{key: [(start, stop, H)]}`` for ``asks`` ``{key: (input tensor name, Unfold, K[, optional])}``: the
     diagonal blocks (``int8_saturation.moment_blocks``) of ``H = E[x xᵀ]`` over the K rows the
     layer's kernel reads, from the first calibration inputs (``MOMENT_SAMPLES``) that ``options``
     (``InsertQDQPass.Options``) describes, ``MOMENT_ROWS`` rows drawn per layer (seeded). What
-    ``InsertQDQPass`` is given as ``moments``."""
+    ``InsertQDQPass`` is given as ``moments``. An optional ask (a cheap layer deciding between the
+    bound and uint8 weights) is measured on the samples the others need and left out of the answer
+    when they give it fewer than ``MOMENT_ROWS`` rows."""
     from gencompress.batches import fixed_batch
     from gencompress.runtime_check.calibration import calibration_inputs, collect_stats
 
     by_tensor: dict[str, list] = {}
-    for key, (name, unfold, k) in asks.items():
+    for key, (name, unfold, k, *_) in asks.items():
         by_tensor.setdefault(name, []).append((key, unfold, k))
-    per_sample = min(_rows_per_sample(model, name, unfold) for name, unfold, _ in asks.values())
+    # an optional ask (a 4th element True) does not raise the samples run: it gets what the others need
+    needed = [a for a in asks.values() if not _optional(a)] or list(asks.values())
+    per_sample = min(_rows_per_sample(model, a[0], a[1]) for a in needed)
     size = int(np.clip(-(-MOMENT_ROWS // per_sample), *MOMENT_SAMPLES))
     size = min(options.calib_size or size, size)
     fixed = fixed_batch(model)
@@ -88,6 +96,8 @@ def input_moments(model, asks: dict, options) -> dict:
     for name, tensor_asks in by_tensor.items():
         for key, _, _ in tensor_asks:
             blocks = stats[name].blocks(key)
+            if _optional(asks[key]) and stats[name].rows[key] < MOMENT_ROWS:
+                continue  # an optional ask that got fewer rows than a layer's moments need: none
             if all(np.isfinite(h).all() for _, _, h in blocks):  # else activations whose squares overflow float32 (a damaged
                 out[key] = blocks                                  # weight): that layer's weights are changed without moments
     return out

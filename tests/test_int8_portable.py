@@ -466,6 +466,53 @@ def test_cheap_layer_keeps_full_weights_as_uint8():
     assert unsafe_layers(ir.serde.deserialize_model(portable).graph) == []
 
 
+def _correlated_moments(asked: dict, correlated: bool):
+    """A moments callable for the pass (records what it was asked): H of neighbouring K entries
+    correlated (error feedback then lowers the output error) or the identity (it cannot)."""
+
+    def moments(model, asks, options):
+        asked.update(asks)
+        out = {}
+        for key, (_, _, k, *_) in asks.items():
+            r = np.random.default_rng(k).normal(size=(4096, k))
+            h = (lambda a: a.T @ a / len(a))(np.abs(r + np.roll(r, 1, axis=1) + np.roll(r, 2, axis=1))) if correlated else np.eye(k)
+            out[key] = [(a, b, h[a:b, a:b]) for a, b in moment_blocks(k)]
+        return out
+
+    return moments
+
+
+def test_cheap_layer_takes_the_bound_where_it_costs_little():
+    """A cheap layer's moments are asked as optional; where the bound with error feedback keeps its
+    output error within ``uint8_cost`` of full 8-bit weights' it gets saturation-free int8 weights
+    (u8×s8 kernels, no unsafe pair), else it keeps full 8-bit weights as uint8; the cost is reported."""
+    import onnx_ir as ir
+
+    from gencompress.passes.insert_qdq import quantize_symmetric
+    from gencompress.passes.int8_saturation import UINT8_COST, bound_cost
+
+    ranges = (("x", -2.0, 2.0), ("c", -50.0, 50.0), ("r", 0.0, 50.0), ("y", -300.0, 300.0))
+
+    def build(correlated, **options):
+        asked = {}
+        irm = ir.serde.deserialize_model(_two_conv_model())
+        p = InsertQDQPass(InsertQDQPass.Options(ranges=ranges, **options), moments=_correlated_moments(asked, correlated))
+        p(irm)
+        model = ir.serde.serialize_model(irm)
+        return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}, {r["node"]: r["saturation"] for r in p.report["layers"]}, asked
+
+    inits, rows, asked = build(True)
+    assert sorted(bool(a[3]) for a in asked.values()) == [False, True]  # conv1 needed, conv2 (cheap) optional
+    assert inits["w2_quantized"].dtype == np.int8 and unsafe_pairs(inits["w2_quantized"], Layout("Conv")) == 0
+    assert rows["conv2"]["bound_cost"] <= UINT8_COST and rows["conv2"]["channels"] == 1
+    inits, rows, _ = build(False, uint8_cost=1.0)  # identity moments: feedback cannot pay for the bound
+    assert inits["w2_quantized"].dtype == np.uint8 and rows["conv2"]["weights"] == "uint8" and rows["conv2"]["bound_cost"] > 1.0
+    w = np.random.default_rng(0).normal(size=(4, 8, 3, 3)).astype(np.float32)
+    q, s = quantize_symmetric(w, 0)
+    blocks = [(a, b, np.eye(b - a)) for a, b in moment_blocks(72)]
+    assert bound_cost(w, (q, s), (q, s), 0, Layout("Conv"), blocks) == 1.0
+
+
 # ---- the zoo, fused AVX2 kernels against exact arithmetic ----------------------------------------
 
 
