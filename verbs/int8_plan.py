@@ -52,6 +52,7 @@ writes the same bytes. The plan says what it was timed on (``PlanResult.timed_on
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from dataclasses import dataclass, field
@@ -531,9 +532,8 @@ class ConfigBuilder:
             report = None
             if self.rewrite:
                 model, report = rewrite_only(model, set(keep_float))
-            proto = ir.serde.serialize_model(model)
-            quantizer = static_quantizer(
-                proto, self.static_options, log=self.log, exclude=self.exclude, before_rewrites=before if self.rewrite else None,
+            quantizer = static_quantizer(  # the rewritten onnx_ir model itself: a serialized copy held its weights twice
+                model, self.static_options, log=self.log, exclude=self.exclude, before_rewrites=before if self.rewrite else None,
                 calibrated=self.ranges())
             _keep_last(self._quantizers, key, (quantizer, report))
         return self._quantizers[key]
@@ -665,12 +665,13 @@ def _keep_last(cache: dict, key, value) -> None:
 # ---- one layer in isolation ---------------------------------------------------------------------
 
 
-def isolated_layer(model: ir.Model, name: str, slice_large: bool = True) -> onnx.ModelProto | None:
+def isolated_layer(model: ir.Model, name: str, slice_weights: int | None = None) -> onnx.ModelProto | None:
     """A float model of layer ``name`` alone: the layer, a nearest Resize feeding it (the
     ``resize_nhwc`` rewrite takes both), an activation that alone reads it (fused in int8), its
     weights; its one activation input a graph input with the layer's own shape, the batch
     dimension the model's. None when the layer has several activation inputs or shapes that do
-    not follow the batch. ``model``: onnx_ir, shapes inferred; only these nodes' weights are read."""
+    not follow the batch. ``model``: onnx_ir, shapes inferred; only these nodes' weights are read.
+    ``slice_weights``: a larger layer keeps a slice of its outputs (``_sliced``; None: ``ISOLATE_WEIGHTS``, 0: whole)."""
     node = next((n for n in model.graph if n.name == name), None)
     if node is None or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
         return None
@@ -692,7 +693,7 @@ def isolated_layer(model: ir.Model, name: str, slice_large: bool = True) -> onnx
     if shape is None or x.dtype is None:
         return None
     weights = {v.name: v.const_value for n in chain for v in n.inputs if v is not None and v.const_value is not None}
-    weights, scale = _sliced(node, weights) if slice_large else (weights, 1.0)
+    weights, scale = _sliced(node, weights, slice_weights or ISOLATE_WEIGHTS) if slice_weights != 0 else (weights, 1.0)
     nodes, x_info = [ir.serde.serialize_node(n) for n in chain], onnx.helper.make_tensor_value_info(x.name, int(x.dtype), shape)
     y_info = onnx.helper.make_tensor_value_info(out.name, int(out.dtype or x.dtype), None)
     opsets = [onnx.helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()]
@@ -702,6 +703,7 @@ def isolated_layer(model: ir.Model, name: str, slice_large: bool = True) -> onnx
         onnx.helper.make_graph(nodes, "shapes", [x_info, *typed], [y_info]), opset_imports=opsets, ir_version=model.ir_version))
     graph = onnx.helper.make_graph(nodes, f"isolated {name}", [x_info], [shapes.graph.output[0]],
                                    [_in_memory(weights[k]) for k in sorted(weights)], value_info=shapes.graph.value_info)
+    _release_weights(chain)  # copied into the proto: the mapped pages it read leave (a large layer's would double it)
     tiny = onnx.helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version)
     if scale != 1.0:
         tiny.metadata_props.add(key=SLICED_KEY, value=repr(scale))
@@ -710,21 +712,25 @@ def isolated_layer(model: ir.Model, name: str, slice_large: bool = True) -> onnx
 
 SLICED_KEY = "gencompress.isolated_scale"  # an isolated layer timed on a slice of its output channels: times scale by this
 ISOLATE_WEIGHTS = 1 << 20  # a Conv/ConvTranspose/Gemm/MatMul with more weights is timed alone on a slice of its outputs (at least 64)
+# a sliced layer not clear by SLICED_CLEAR is timed again on a slice of at most this many weights (or whole, when smaller):
+# its two forms, the rewrite between them and onnxruntime's pre-packed copy hold about 4x its float bytes, so the 47M
+# DCGAN's 33.5M-weight layer timed whole took the plan's peak from 2.7x to 7.4x the model file (5.5x its own bytes)
+RETIME_WEIGHTS = 16 << 20
 
 
-def _sliced(node: ir.Node, weights: dict) -> tuple[dict, float]:
-    """A large layer (over ``ISOLATE_WEIGHTS`` weights: a Conv or ConvTranspose of group 1, a Gemm or
+def _sliced(node: ir.Node, weights: dict, limit: int) -> tuple[dict, float]:
+    """A large layer (over ``limit`` weights, ``ISOLATE_WEIGHTS`` at first: a Conv or ConvTranspose of group 1, a Gemm or
     MatMul with a 2-D weight) keeps a slice of its output channels or columns (and bias), at least
     64: its int8 and float kernels stay full (the same GEMM depth and rows, fewer columns) while
     building and loading it costs a fraction (the 47M DCGAN's 33.5M-weight layer: 2.4 s of
     rewrites and 1.6 s of serializing alone; VGG-19's first fully connected layer, 102M weights).
     Returns the weights (numpy-backed where sliced) and the factor that scales its times back."""
-    axis = _output_axis(node)
+    axis = _output_axis(node, limit)
     if axis is None:
         return weights, 1.0
     w = node.inputs[1].const_value
     channels = w.shape[axis]
-    keep = max(64, int(np.ceil(channels * ISOLATE_WEIGHTS / w.size / 16)) * 16)
+    keep = max(64, int(np.ceil(channels * limit / w.size / 16)) * 16)
     if keep >= channels:
         return weights, 1.0
     out = dict(weights)
@@ -735,11 +741,11 @@ def _sliced(node: ir.Node, weights: dict) -> tuple[dict, float]:
     return out, channels / keep
 
 
-def _output_axis(node: ir.Node) -> int | None:
+def _output_axis(node: ir.Node, limit: int) -> int | None:
     """The axis of a large layer's weight (input 1) that holds its output channels or columns; None
     when it is not sliced (small, grouped, a constant first input, another op)."""
     w = node.inputs[1].const_value if len(node.inputs) > 1 and node.inputs[1] is not None else None
-    if w is None or w.size <= ISOLATE_WEIGHTS or node.inputs[0] is None or node.inputs[0].const_value is not None:
+    if w is None or w.size <= limit or node.inputs[0] is None or node.inputs[0].const_value is not None:
         return None
     if node.op_type in ("Conv", "ConvTranspose"):
         group = node.attributes.get("group")
@@ -749,6 +755,16 @@ def _output_axis(node: ir.Node) -> int | None:
     if node.op_type == "MatMul" and len(w.shape) == 2:
         return 1
     return None
+
+
+def _release_weights(nodes) -> None:
+    """Unmap the memory-mapped weights ``nodes`` read (``onnx_io.release``; in-memory ones stay)."""
+    from gencompress.onnx_io import release
+
+    for node in nodes:
+        for v in node.inputs:
+            if v is not None and v.const_value is not None:
+                release(v.const_value)
 
 
 def _in_memory(tensor) -> onnx.TensorProto:
@@ -791,8 +807,9 @@ def isolated_pair(iso: Isolation, tiny: onnx.ModelProto, name: str) -> tuple[onn
     if name not in {l["node"] for l in small.layers}:
         return None
     small._calibrated = iso.ranges
-    pair = onnx.ModelProto(), small.build(frozenset({name}), timing=True)[0]
-    pair[0].CopyFrom(tiny)
+    pair = tiny, small.build(frozenset({name}), timing=True)[0]  # the float form: ``tiny`` itself (the caller's, not copied)
+    del small
+    gc.collect()  # the build's onnx_ir graphs hold cycles: a large layer's rewritten weights went only with them
     out = tiny.graph.output[0].name
     if reads_int8(iso, out):
         lo, hi = iso.ranges[0].get(out, (-1.0, 1.0))
@@ -858,18 +875,15 @@ def predict_groups(iso: Isolation, isolated, batches, kernels=None, log=lambda m
     comes out too large, never too small); and that sum per batch (seconds). ``kernels``
     (``plan_cache.KernelCache``): timings by the pair's structure and batch, reused across models
     and runs on this machine kind."""
-    from gencompress.onnx_io import release
-
     out, timed = [], 0
     nodes = {n.name: n for n in iso.model.graph}
     for group in iso.groups:
         gains = _isolated_gains(iso, group[0], isolated, batches, kernels, log)
         if gains is not None and gains[1] and min(f / i for f, i in gains[0].values()) < SLICED_CLEAR:
-            log(f"  {group[0]}: its slice {min(f / i for f, i in gains[0].values()):.2f}x, not clear by {SLICED_CLEAR:g}x: timed whole")
-            gains = _isolated_gains(iso, group[0], isolated, batches, kernels, log, slice_large=False)  # near: the whole layer
-        for v in nodes[group[0]].inputs if group[0] in nodes else ():  # a memory-mapped weight read: its pages leave
-            if v is not None and v.const_value is not None:
-                release(v.const_value)
+            log(f"  {group[0]}: its slice {min(f / i for f, i in gains[0].values()):.2f}x, not clear by {SLICED_CLEAR:g}x:"
+                f" timed again on up to {RETIME_WEIGHTS >> 20}M weights")
+            gains = _isolated_gains(iso, group[0], isolated, batches, kernels, log, slice_weights=RETIME_WEIGHTS)  # near: (nearly) whole
+        _release_weights([nodes[group[0]]] if group[0] in nodes else [])  # a memory-mapped weight read: its pages leave
         timed += bool(gains and gains[2])
         out.append(gains[0] if gains else None)
     log(f"  {sum(g is not None for g in out)} of {len(out)} group(s) timed alone ({timed} timed, the others from the kernel cache)")
@@ -932,11 +946,11 @@ def followers(iso: Isolation, predicted, negligible, objective: str) -> list[boo
 SLICED_CLEAR = 2.2
 
 
-def _isolated_gains(iso: Isolation, name: str, isolated, batches, kernels, log, slice_large: bool = True):
+def _isolated_gains(iso: Isolation, name: str, isolated, batches, kernels, log, slice_weights: int | None = None):
     """({batch: (float s, int8 s)}, sliced, timed now) of one layer alone, or None."""
     gains = None
     try:
-        tiny = isolated_layer(iso.model, name, slice_large)
+        tiny = isolated_layer(iso.model, name, slice_weights)
         keys = {b: kernel_key(iso, tiny, b) for b in batches} if tiny is not None else {}
         cached = {b: kernels.get(k) for b, k in keys.items()} if kernels is not None else {}
         if cached and all(cached.values()):  # timed before on this machine kind: not even built
@@ -948,13 +962,17 @@ def _isolated_gains(iso: Isolation, name: str, isolated, batches, kernels, log, 
     sliced = tiny is not None and any(m.key == SLICED_KEY for m in tiny.metadata_props)
     if gains is not None or pair is None:
         return (gains, sliced, False) if gains is not None else None
-    x = tiny.graph.input[0]
-    gains = isolated(*pair, _feeds_at(x, iso.ranges[0].get(x.name, (-1.0, 1.0))))
+    x = onnx.ValueInfoProto()
+    x.CopyFrom(tiny.graph.input[0])
     scale = float(next((m.value for m in tiny.metadata_props if m.key == SLICED_KEY), 1.0))
+    op = tiny.graph.node[0].op_type
+    forms = dict(zip(("float", "int8"), pair))
+    del tiny, pair  # each form goes once its session is made: a large layer timed whole holds its weights once, in onnxruntime
+    gains = isolated(lambda: forms.pop("float"), lambda: forms.pop("int8"), _feeds_at(x, iso.ranges[0].get(x.name, (-1.0, 1.0))))
     gains = {b: (f * scale, i * scale) for b, (f, i) in gains.items()}  # a slice of the layer: its whole time
     for b, (f, i) in gains.items():
         if kernels is not None:
-            kernels.put(keys[b], {"gain": f / i, "float_s": f, "int8_s": i, "op": tiny.graph.node[0].op_type})
+            kernels.put(keys[b], {"gain": f / i, "float_s": f, "int8_s": i, "op": op})
     return gains, sliced, True
 
 
@@ -1065,14 +1083,17 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
         return out
 
     def isolated(float_model, int8_model, feeds_at) -> dict:
-        """{batch: (float p50, int8 p50)} in seconds of one layer's two forms, interleaved, about
+        """{batch: (float p50, int8 p50)} in seconds of one layer's two forms (protos, or functions that
+        return one, called when its session is made), interleaved, about
         ``ISOLATED_SECONDS`` each per batch size (at least ``ISOLATED_MIN_RUNS`` runs). A layer whose
         float run at a batch would take over ``ISOLATED_RUN_SECONDS`` is timed at the batch that
         takes about that (at least the smallest batch), its times scaled by the batch ratio: a
         layer that large already fills the int8 and float kernels (the 47M DCGAN's three large
         layers: int8 1.5-9.9x as fast at batch 1, 1.9-5.4x at 64: the decision is the same)."""
-        pair = {"float": make_session(model_bytes(float_model), provider=provider, threads=threads, label="isolated float layer"),
-                "int8": make_session(model_bytes(int8_model), provider=provider, threads=threads, label="isolated int8 layer")}
+        pair = {"float": make_session(model_bytes(float_model() if callable(float_model) else float_model), provider=provider,
+                                      threads=threads, label="isolated float layer"),
+                "int8": make_session(model_bytes(int8_model() if callable(int8_model) else int8_model), provider=provider,
+                                     threads=threads, label="isolated int8 layer")}
         gains, per_sample = {}, None
         for b in batches:
             timed = b if per_sample is None else int(np.clip(ISOLATED_RUN_SECONDS / per_sample, min(batches), b))
