@@ -67,8 +67,11 @@ UINT8_ZERO_POINT = 128
 # such a cheap layer keeps its uint8 weights only where the bound costs it: its output error with the
 # saturation-free weights (error feedback included) over its output error with full 8-bit weights
 # (``bound_cost``, on the layer input's moments) above this; else it gets the bounded int8 weights
-# and runs in the u8×s8 kernels (the uint8 ones cost speed most on large batches and images)
-UINT8_COST = 1.25
+# and runs in the u8×s8 kernels (session 4's uint8 layers cost dcgan and cgan 9-10% of their speed
+# at batch 64). Measured costs: 0.002-0.96 on the Convs of the zoo and families (bounded: within
+# 0.12 dB of uint8 or above), 1.47 / 2.51 on attention's in-projection / head (-0.04 / -0.21 dB
+# against full 8-bit weights on 64 inputs with the first / both bounded)
+UINT8_COST = 2.0
 # error feedback: H's damping (share of its mean diagonal, as GPTQ), the K entries handled as one
 # block of H (larger K: H is kept block-diagonal, feedback stays within a block; bounds H's memory
 # and cost on wide layers), and the columns updated at once inside a block (GPTQ's lazy batch)
