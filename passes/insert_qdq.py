@@ -66,8 +66,9 @@ DEFAULT_PERCENTILE = 99.99
 # kernels (AVX2, AVX-512BW); vnni: full 8-bit weights, for targets that all have VNNI / ARM dot
 INT8_KERNELS = ("portable", "vnni")
 SATURATION_REASON = "weight pairs could overflow the int16 sums of x86 int8 kernels without VNNI (AVX2, AVX-512BW)"
-UINT8_REASON = (SATURATION_REASON + "; a cheap layer (int8_saturation.UINT8_SHARE of the multiply-adds) keeps full 8-bit weights "
-                "as uint8, zero point 128: u8×u8 kernels add in int32")
+UINT8_REASON = (SATURATION_REASON + "; a cheap layer (int8_saturation.UINT8_SHARE of the multiply-adds) whose output error the bound "
+                "would raise more than int8_saturation.UINT8_COST times (bound_cost; no moments to measure it: assumed) keeps full "
+                "8-bit weights as uint8, zero point 128: u8×u8 kernels add in int32")
 INT8_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 BINARY_OPS = ("Add", "Mul")
 RECURRENT_OPS = ("GRU", "LSTM", "RNN")
