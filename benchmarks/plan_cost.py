@@ -166,7 +166,7 @@ def child(tool: str, src: str, out: str, calib: int, cache: str) -> dict:
             "int8_layers": sum(r["choice"] == "int8" for r in plan.get("layers", [])), "cached": plan.get("cached"), "timed_on": plan.get("timed_on"),
             "configs_measured": plan.get("configs_measured"), "load": load(),
             "route": plan.get("route"),
-            "decided": {k: sum(r.get("decided") == k for r in plan.get("layers", [])) for k in ("isolated", "neighbours", "in context")},
+            "decided": {k: sum(r.get("decided") == k for r in plan.get("layers", [])) for k in ("isolated", "neighbours", "in context", "budget")},
             "agreement": [{"node": r["node"], "isolated": r.get("isolated_gain"), "context": r.get("int8_gain"), "choice": r["choice"],
                            "follows": r["node"] in follows} for r in plan.get("layers", []) if tool == "agree"]}
 

@@ -809,7 +809,8 @@ def isolated_pair(iso: Isolation, tiny: onnx.ModelProto, name: str) -> tuple[onn
     small._calibrated = iso.ranges
     pair = tiny, small.build(frozenset({name}), timing=True)[0]  # the float form: ``tiny`` itself (the caller's, not copied)
     del small
-    gc.collect()  # the build's onnx_ir graphs hold cycles: a large layer's rewritten weights went only with them
+    if sum(len(t.raw_data) for t in tiny.graph.initializer) > 4 * ISOLATE_WEIGHTS:  # a large layer (not every small one: a pass costs)
+        gc.collect()  # the build's onnx_ir graphs hold cycles: its rewritten weights went only with them
     out = tiny.graph.output[0].name
     if reads_int8(iso, out):
         lo, hi = iso.ranges[0].get(out, (-1.0, 1.0))
