@@ -1,4 +1,4 @@
-"""Small Conv-only generators of three common families, for int8 speed and placement work.
+"""Small Conv-only generators of four common families, for int8 speed and placement work.
 
 Not trained and not part of the zoo: seeded weights, with BatchNorm statistics measured on seeded
 inputs (as ``benchmarks/standard_dcgan.py`` does) so every layer's activations have the scale a
@@ -13,6 +13,9 @@ trained network's would. What matters is the structure — the ops onnxruntime s
 ``style``  style-transfer net (Johnson et al.-like): Conv 9×9 / stride-2 Convs with InstanceNorm
            + ReLU → residual blocks (Conv IN ReLU Conv IN, + x) → (Upsample ×2 → Conv → IN →
            ReLU) ×2 → Conv 9×9 → Tanh.
+``srgan``  SRGAN's generator (SRResNet): Conv 9×9 3→nf + PReLU → residual blocks (Conv 3×3 → BN →
+           PReLU → Conv 3×3 → BN, + x) → Conv 3×3 → BN, + the long skip → (Conv nf→4·nf →
+           PixelShuffle 2 → PReLU) ×2 → Conv 9×9 nf→3; image [N, 3, s, s] → [N, 3, 4s, 4s].
 
 ``build(name, **size)`` gives the module (eval mode, with ``gencompress_inputs``);
 ``exporter/families.export_family(name, out, **size)`` exports it with gencompress's exporter and records the
@@ -27,20 +30,22 @@ import torch.nn as nn
 
 from gencompress.inputs import InputSpec
 
-FAMILIES = ("rrdb", "gan", "style")
+FAMILIES = ("rrdb", "gan", "style", "srgan")
 # benchmark sizes: big enough that int8 speed matters (64 channels at 32x32 - 64x64)
 SIZES = {
     "rrdb": {"nf": 64, "gc": 32, "blocks": 1, "size": 32},
     "gan": {"nz": 100, "ngf": 64, "size": 32},
     "style": {"base": 16, "blocks": 3, "size": 64},
+    "srgan": {"nf": 64, "blocks": 16, "size": 24},  # SRResNet's 16 blocks; 24 -> 96 px
 }
 # test sizes: the same structure, a few milliseconds per batch
 TINY = {
     "rrdb": {"nf": 16, "gc": 8, "blocks": 1, "size": 8},
     "gan": {"nz": 16, "ngf": 16, "size": 16},
     "style": {"base": 8, "blocks": 1, "size": 16},
+    "srgan": {"nf": 16, "blocks": 1, "size": 4},  # nf 16: only the last Conv has few output channels, as at full size
 }
-OUTPUT_RANGE = {"rrdb": None, "gan": 2.0, "style": 2.0}
+OUTPUT_RANGE = {"rrdb": None, "gan": 2.0, "style": 2.0, "srgan": None}
 
 
 # ---- super-resolution: residual-in-residual dense blocks ---------------------------------------
@@ -165,9 +170,39 @@ class StyleTransferNet(nn.Module):
         return self.net(x)
 
 
+# ---- SRGAN's generator (SRResNet): residual blocks with BatchNorm + PReLU, pixel-shuffle upsampling --
+
+
+class SRResidualBlock(nn.Module):
+    def __init__(self, nf: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(nf, nf, 3, 1, 1), nn.BatchNorm2d(nf), nn.PReLU(nf), nn.Conv2d(nf, nf, 3, 1, 1), nn.BatchNorm2d(nf))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class SRResNet(nn.Module):
+    """image [N, 3, s, s] -> image [N, 3, 4s, 4s]."""
+
+    def __init__(self, nf: int = 64, blocks: int = 16, size: int = 24, channels: int = 3):
+        super().__init__()
+        self.first = nn.Sequential(nn.Conv2d(channels, nf, 9, 1, 4), nn.PReLU(nf))
+        self.trunk = nn.Sequential(*(SRResidualBlock(nf) for _ in range(blocks)))
+        self.trunk_end = nn.Sequential(nn.Conv2d(nf, nf, 3, 1, 1), nn.BatchNorm2d(nf))
+        self.up = nn.Sequential(*(m for _ in range(2) for m in (nn.Conv2d(nf, 4 * nf, 3, 1, 1), nn.PixelShuffle(2), nn.PReLU(nf))))
+        self.last = nn.Conv2d(nf, channels, 9, 1, 4)
+        self.gencompress_inputs = (InputSpec("image", (1, channels, size, size)),)
+
+    def forward(self, x):
+        feat = self.first(x)
+        feat = feat + self.trunk_end(self.trunk(feat))
+        return self.last(self.up(feat))
+
+
 # ---- building and exporting -------------------------------------------------------------------
 
-_CLASSES = {"rrdb": RRDBNet, "gan": UpsampleGenerator, "style": StyleTransferNet}
+_CLASSES = {"rrdb": RRDBNet, "gan": UpsampleGenerator, "style": StyleTransferNet, "srgan": SRResNet}
 
 
 def build(name: str, seed: int = 0, **size) -> nn.Module:

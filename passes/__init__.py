@@ -9,6 +9,7 @@ registers every pass.
 from gencompress.passes import (  # noqa: F401  (each import registers its passes)
     channel_prune,
     cleanup,
+    compact_block_weights,
     conv_space_to_depth,
     convtranspose_to_conv,
     convtranspose_to_gemm,

@@ -137,7 +137,16 @@ def _layout_changes(steps: dict) -> dict:
 
 
 def finalize(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Drop value_info entries that merely repeat an initializer's type (the initializer has it)."""
+    """Drop value_info entries that merely repeat an initializer's type (the initializer has it);
+    a pixel-block Conv's int8 weight is stored as its kernel (``compact_block_weights``)."""
+    if any(n.op_type == "SpaceToDepth" for n in proto.graph.node):
+        import onnx_ir as ir
+
+        from gencompress.passes.compact_block_weights import CompactBlockWeightsPass
+
+        model = ir.serde.deserialize_model(proto)
+        if CompactBlockWeightsPass()(model).modified:
+            proto = ir.serde.serialize_model(model)
     initializers = {i.name for i in proto.graph.initializer}
     keep = [vi for vi in proto.graph.value_info if vi.name not in initializers]
     del proto.graph.value_info[:]
