@@ -132,6 +132,12 @@ def _block_size(value: ir.Value | None) -> int | None:
     return None
 
 
+def reads_pixel_blocks(node: ir.Node) -> bool:
+    """A Conv on SpaceToDepth's output (``conv_space_to_depth``): its weight's copies of each tap must
+    stay equal and its structural zeros zero for this pass to store it compactly."""
+    return node.op_type == "Conv" and bool(node.inputs) and _block_size(node.inputs[0]) in BLOCKS
+
+
 @register("compact_block_weights")
 class CompactBlockWeightsPass(GencompressPass):
     """See the module docstring. Graph inputs and outputs unchanged; outputs bit-identical."""

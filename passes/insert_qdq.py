@@ -49,6 +49,7 @@ import onnx_ir.passes.common as common_passes
 
 from gencompress.errors import GencompressError
 from gencompress.onnx_io import release
+from gencompress.passes.compact_block_weights import reads_pixel_blocks
 from gencompress.passes.int8_saturation import METHODS as SATURATION_REMEDIES
 from gencompress.passes.int8_saturation import (
     FEEDBACK_MACS, UINT8_COST, UINT8_ZERO_POINT, Layout, Unfold, as_uint8, bound_cost, feedback_cost, saturation_free, uint8_layers,
@@ -663,8 +664,8 @@ def _moment_ask(layer: Layer, shape: tuple) -> tuple | None:
     kernel's K rows, or None where it is not known (grouped Conv, auto_pad, transposed or batched
     operands): those layers' weights are changed without moments."""
     node, x = layer.node, layer.node.inputs[0]
-    if x is None or not x.name:
-        return None
+    if x is None or not x.name or reads_pixel_blocks(node):
+        return None  # a pixel-block Conv: feedback would make its weight's copies differ (compact_block_weights)
     attr = node.attributes
     if layer.op_type == "Conv":
         if attr.get_int("group", 1) != 1 or attr.get_string("auto_pad", "NOTSET") != "NOTSET":
