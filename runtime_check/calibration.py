@@ -315,11 +315,27 @@ def collect_stats(
         per_sample = sum(np.asarray(o).nbytes for o in run({k: v[:1] for k, v in feeds.items()}))
         batch_size = max(1, min(batch_size, ACTIVATION_BUDGET // max(per_sample, 1)))
     total = n // batch_size if fixed else math.ceil(n / batch_size)
-    for batch in progress(batches(feeds, batch_size, exact=fixed is not None), total=total, desc=desc, unit="batch"):
-        outputs = run(batch)
+
+    def update(outputs):
         for name, i in zip(names, wanted):
             stats[name].update(outputs[i])
-        del outputs
+
+    # a batch's statistics are taken in a second thread while onnxruntime runs the next batch (both
+    # let go of the GIL): DenseNet-121's min/max updates were a quarter of its calibration, now hidden
+    # (24 draws: 10.4 s -> 7.1 s, the runs alone 7.0 s; load 5). Two batches' outputs alive at most,
+    # updated in order (the same statistics as one thread)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="calibration") as worker:
+        pending = None
+        for batch in progress(batches(feeds, batch_size, exact=fixed is not None), total=total, desc=desc, unit="batch"):
+            outputs = run(batch)
+            if pending is not None:
+                pending.result()  # the previous batch's statistics taken (its errors raised here)
+            pending = worker.submit(update, outputs)
+            del outputs
+        if pending is not None:
+            pending.result()
     return stats
 
 
