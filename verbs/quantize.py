@@ -380,11 +380,9 @@ class _Run:
         """(quantizer, proto, pass report) of the one build without a plan; ``keep_model``: the
         quantizer keeps the prepared model for more builds (the target search); ``calibrated``:
         the calibration already run (``calibrated_ranges``)."""
-        if mode == "static":
-            if calibrated is None and self._quantizable(exclude):
-                calibrated = self.ranges(static, feeds)
-            quantizer = static_quantizer(self.model, static, log=self.log, exclude=exclude, feeds=feeds,
-                                         before_rewrites=self.before_rewrites, calibrated=calibrated)
+        if mode == "static":  # calibrated only once the quantizer found layers to quantize, from the cache when it can
+            quantizer = static_quantizer(self.model, static, log=self.log, exclude=exclude, feeds=feeds, before_rewrites=self.before_rewrites,
+                                         calibrated=calibrated or (lambda: self.ranges(static, feeds)))
             self.before_rewrites = None
         else:
             quantizer = weight_only_quantizer(self.model, bits=bits, block_size=block_size)
@@ -396,15 +394,6 @@ class _Run:
         if mode == "weight-only" and objective != "size":  # float compute: int8 weights folded at load
             proto, pass_report = _fold_weights(proto), {**pass_report, "weights_folded_at_load": True}
         return quantizer, proto, pass_report
-
-    def _quantizable(self, exclude) -> bool:
-        """Some layer to quantize, and ``exclude`` names only known ones (else static_quantizer says so, before calibrating)."""
-        from gencompress.passes.insert_qdq import find_layers, select_layers
-
-        layers = find_layers(self.model.graph)
-        if layers:
-            select_layers(layers, exclude)
-        return bool(layers)
 
     def ranges(self, static, feeds):
         """``calibrated_ranges`` of the model as calibrated (before the rewrites), or those a run before

@@ -236,7 +236,9 @@ def static_quantizer(prepared, static, *, log, exclude=(), feeds=None, before_re
     the int8 rewrites, calibrated in its place (the rewrites' tensors get their ranges by
     ``carry_ranges``): onnxruntime runs a ConvTranspose, pre-packed, faster than the sub-pixel Conv
     replacing it, and a speed plan calibrates once for all its configurations. ``calibrated``:
-    ``calibrated_ranges`` of that model, if already run."""
+    ``calibrated_ranges`` of that model, if already run, or a function returning them (called
+    only once the model is known to have layers to quantize and ``exclude`` names known ones:
+    quantize's cached calibration, ``_Run.ranges``)."""
     import onnx_ir as ir
 
     from gencompress.passes.carry_ranges import carry_ranges
@@ -254,6 +256,8 @@ def static_quantizer(prepared, static, *, log, exclude=(), feeds=None, before_re
     select_layers(layers, exclude)  # unknown names fail before the calibration run
     if calibrated is None:
         calibrated = calibrated_ranges(before_rewrites or prepared, static, log=log, feeds=feeds)
+    elif callable(calibrated):
+        calibrated = calibrated()
     found, calibration = calibrated
     if before_rewrites is not None:
         found = {**found, **carry_ranges(prepared.graph, before_rewrites.graph, found)}
