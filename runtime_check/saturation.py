@@ -27,20 +27,24 @@ ROW_CHUNK = 1 << 24  # floats of unfolded rows held at a time
 
 
 class _Moments:
-    """Running ``Σ x xᵀ`` over sampled rows of one tensor, for each ``(key, Unfold, K)`` asked of it."""
+    """Running ``Σ x xᵀ`` over sampled rows of one tensor, for each ``(key, Unfold, K, optional)``
+    asked of it. Where optional and other asks share the tensor, the optional ones draw their rows
+    with a generator of their own, so the others' rows are those they get without them."""
 
     def __init__(self, asks: list[tuple], seed: int):
-        self.asks = [(key, unfold, moment_blocks(k)) for key, unfold, k in asks]
-        self.spans = {key: blocks for key, _, blocks in self.asks}
+        self.asks = [(key, unfold, moment_blocks(k), optional) for key, unfold, k, optional in asks]
+        self.spans = {key: blocks for key, _, blocks, _ in self.asks}
         self.sums = {key: [np.zeros((b - a, b - a)) for a, b in blocks] for key, blocks in self.spans.items()}
         self.rows = dict.fromkeys(self.sums, 0)
         self.rng = np.random.default_rng(seed)
+        mixed = len({optional for *_, optional in asks}) > 1
+        self.optional_rng = np.random.default_rng([seed, 1]) if mixed else self.rng
 
     def update(self, x: np.ndarray) -> None:
-        for key, unfold, blocks in self.asks:
+        for key, unfold, blocks, optional in self.asks:
             while self.rows[key] < MOMENT_ROWS:
                 want = min(MOMENT_ROWS - self.rows[key], max(64, ROW_CHUNK // blocks[-1][1]))
-                rows = unfold.rows(np.asarray(x), want, self.rng)
+                rows = unfold.rows(np.asarray(x), want, self.optional_rng if optional else self.rng)
                 for total, (a, b) in zip(self.sums[key], blocks):
                     part = rows[:, a:b]
                     with np.errstate(over="ignore", invalid="ignore"):  # Inf from a huge activation: see input_moments
@@ -79,8 +83,8 @@ def input_moments(model, asks: dict, options) -> dict:
     from gencompress.runtime_check.calibration import calibration_inputs, collect_stats
 
     by_tensor: dict[str, list] = {}
-    for key, (name, unfold, k, *_) in asks.items():
-        by_tensor.setdefault(name, []).append((key, unfold, k))
+    for key, ask in asks.items():
+        by_tensor.setdefault(ask[0], []).append((key, ask[1], ask[2], _optional(ask)))
     # an optional ask (a 4th element True) does not raise the samples run: it gets what the others need
     needed = [a for a in asks.values() if not _optional(a)] or list(asks.values())
     per_sample = min(_rows_per_sample(model, a[0], a[1]) for a in needed)
@@ -94,7 +98,7 @@ def input_moments(model, asks: dict, options) -> dict:
     collect_stats(model, list(stats), feeds, stats=stats, desc="input moments")
     out = {}
     for name, tensor_asks in by_tensor.items():
-        for key, _, _ in tensor_asks:
+        for key, *_ in tensor_asks:
             blocks = stats[name].blocks(key)
             if _optional(asks[key]) and stats[name].rows[key] < MOMENT_ROWS:
                 continue  # an optional ask that got fewer rows than a layer's moments need: none
