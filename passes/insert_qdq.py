@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
+from threadpoolctl import threadpool_limits
 
 from gencompress.errors import GencompressError
 from gencompress.onnx_io import release
@@ -763,7 +764,10 @@ class InsertQDQPass(GencompressPass):
         # measured on the graph as it comes (shape inference, where a value has no shape, before any Q/DQ)
         shapes = ShapeLookup(model)
         uint8 = uint8_layers({l.name: int8_macs(l, shapes) for l in layers if any(self._pairing(l, u) for u in l.weights)})
-        quantized, moments = self._unsafe_weights(model, layers, uint8)
+        # numpy's BLAS on one thread: the moments and the error feedback's float64 products then sum in
+        # one order whatever the core count (on two threads rrdb's bytes differed, and took longer)
+        with threadpool_limits(limits=1, user_api="blas"):
+            quantized, moments = self._unsafe_weights(model, layers, uint8)
         ranges = {name: (lo, hi) for name, lo, hi in opts.ranges}
         missing = [s for s in plan.seeds if s not in ranges]
         if missing:
