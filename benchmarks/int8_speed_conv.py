@@ -76,7 +76,40 @@ def ort_quantize(float_path: Path, out: Path, feeds: dict[str, np.ndarray]) -> N
     pre.unlink()
 
 
-def measure(name: str, folder: Path, rounds: int, repeats: int, kernels: bool, objective: str = "balanced") -> dict:
+def expand_weights(path: Path, out: Path) -> bool:
+    """``out``: the model at ``path`` with each weight ``compact_block_weights`` rebuilds by constant
+    ops stored expanded instead (the values onnxruntime computes from those ops); False if none."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {t.name for t in model.graph.initializer}
+    names = [n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and "/compact_weight/" in n.input[0] and n.input[0] not in inits]
+    if not names:
+        return False
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32) for i in sess.get_inputs()}
+    values = dict(zip(names, sess.run(names, feeds)))
+    keep = [n for n in model.graph.node if not any(o in values for o in n.output) and "/compact_weight/" not in n.name]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    model.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in values.items())
+    used = {i for n in model.graph.node for i in n.input}
+    kept = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    onnx.save(model, str(out))
+    return True
+
+
+def measure(name: str, folder: Path, rounds: int, repeats: int, kernels: bool, objective: str = "balanced", expanded: bool = False) -> dict:
     from gencompress.inputs import sample_inputs, specs_of_model
     from gencompress.onnx_io import load_model
     from gencompress.verbs.quantize import quantize
@@ -92,6 +125,8 @@ def measure(name: str, folder: Path, rounds: int, repeats: int, kernels: bool, o
     quantize(float_path, paths["ours"], objective=objective)
     quantize_s = {"ort-qdq": middle - start, "ours": time.perf_counter() - middle}
 
+    if expanded and expand_weights(paths["ours"], folder / f"{name}_ours_expanded.onnx"):
+        paths["expanded"] = folder / f"{name}_ours_expanded.onnx"  # the same int8 weights, stored as onnxruntime runs them
     specs = specs_of_model(load_model(float_path))
     sessions = {n: base.session(p) for n, p in paths.items()}
     held_back = sample_inputs(specs, base.EVAL_SIZE, base.EVAL_SEED)
@@ -114,6 +149,8 @@ def measure(name: str, folder: Path, rounds: int, repeats: int, kernels: bool, o
             speeds = [f / m for f, m in zip(p50["float"], p50[n])]
             rows[n][b] = {"p50_ms": p50[n], "speed": speeds}
         rows["ours"][b]["vs_ort"] = [o / m for o, m in zip(p50["ort-qdq"], p50["ours"])]
+        if "expanded" in p50:
+            rows["ours"][b]["vs_expanded"] = [e / m for e, m in zip(p50["expanded"], p50["ours"])]
         if kernels:
             for n, p in paths.items():
                 profiles.setdefault(n, {})[b] = base.kernel_profile(p, feed, 6 if batch == 64 else 30, folder)
@@ -144,6 +181,8 @@ def print_report(facts: dict, results: list[dict], rounds: int, repeats: int) ->
         print(f"  ours / ort-qdq throughput: b1 {span(ours['b1']['vs_ort'])}x, b64 {span(ours['b64']['vs_ort'])}x;"
               f" PSNR ours - ort {((ours['psnr_db'] or 0) - (theirs['psnr_db'] or 0)):+.1f} dB;"
               f" quantize time ours {res['quantize_s']['ours']:.0f} s (objective's timing included), ort {res['quantize_s']['ort-qdq']:.0f} s")
+        if "vs_expanded" in ours["b1"]:
+            print(f"  ours (compact weights) / expanded throughput: b1 {span(ours['b1']['vs_expanded'])}x, b64 {span(ours['b64']['vs_expanded'])}x")
         if res["kernels"]:
             print("  kernels onnxruntime executed (nodes, share of kernel time):")
             for n, per_batch in res["kernels"].items():
@@ -157,6 +196,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds per repeat and batch size (default 20)")
     parser.add_argument("--repeats", type=int, default=3, help="timing blocks per batch size; the table shows their range (default 3)")
     parser.add_argument("--kernels", action="store_true", help="also profile which kernels onnxruntime ran (share of kernel time)")
+    parser.add_argument("--expanded", action="store_true",
+                        help="also time ours with its compact pixel-block weights stored expanded (compact_block_weights: the same speed expected)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
     parser.add_argument("--objective", choices=["balanced", "speed", "size"], default="balanced",
                         help="ours: gencompress.quantize's objective (default balanced, the tool's default)")
@@ -167,7 +208,7 @@ def main(argv=None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="gc-int8-conv-") as tmp:
         for name in args.only:
-            results.append(measure(name, Path(tmp), args.rounds, args.repeats, args.kernels, args.objective))
+            results.append(measure(name, Path(tmp), args.rounds, args.repeats, args.kernels, args.objective, args.expanded))
             if not args.json:  # one model at a time: a long run shows its progress
                 facts["load_avg_end"] = list(os.getloadavg())
                 print_report(facts, results[-1:], args.rounds, args.repeats)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-FORMAT = 3  # bump when what a plan means changes (2: groups decided from isolated layer timings; 3: kernel keys of the float layer)
+FORMAT = 4  # bump when what a plan means changes (2: groups decided from isolated layer timings; 3: kernel keys of the float layer; 4: pixel-block weights stored compactly, so the sizes balanced compares changed)
 
 
 def cache_folder() -> Path:
