@@ -132,6 +132,43 @@ def _block_size(value: ir.Value | None) -> int | None:
     return None
 
 
+def folded_weight(value: ir.Value | None, _memo: dict | None = None) -> np.ndarray | None:
+    """The array ``value`` holds when it is a constant or the output of this pass's constant ops
+    (what onnxruntime folds at load), else None: for checks that read a layer's stored int8 weight."""
+    memo = {} if _memo is None else _memo
+    if value is None:
+        return None
+    if value.const_value is not None and not value.is_graph_input():
+        return value.const_value.numpy()
+    node = value.producer()
+    if node is None or not is_onnx_domain(node) or node.op_type not in ("Pad", "Slice", "Concat", "Reshape", "Transpose") or len(memo) > 64:
+        return None
+    if id(node) not in memo:
+        args = [folded_weight(v, memo) for v in node.inputs]
+        memo[id(node)] = None if any(a is None for a, v in zip(args, node.inputs) if v is not None) else _fold(node, args)
+    return memo[id(node)]
+
+
+def _fold(node: ir.Node, args: list) -> np.ndarray | None:
+    x, op = args[0], node.op_type
+    if op == "Pad" and node.attributes.get_string("mode", "constant") == "constant" and len(args) < 4:
+        p = [int(v) for v in args[1]]
+        fill = args[2] if len(args) > 2 and args[2] is not None else 0
+        return np.pad(x, [(p[i], p[i + x.ndim]) for i in range(x.ndim)], constant_values=fill)
+    if op == "Slice" and len(args) == 4:
+        index = [slice(None)] * x.ndim
+        for axis, start, end in zip(args[3], args[1], args[2]):
+            index[int(axis)] = slice(int(start), int(end))
+        return x[tuple(index)]
+    if op == "Concat":
+        return np.concatenate(args, axis=node.attributes.get_int("axis", 0))
+    if op == "Reshape" and np.all(args[1] > 0):
+        return x.reshape([int(d) for d in args[1]])
+    if op == "Transpose":
+        return x.transpose(list(node.attributes.get_ints("perm")))
+    return None
+
+
 def reads_pixel_blocks(node: ir.Node) -> bool:
     """A Conv on SpaceToDepth's output (``conv_space_to_depth``): its weight's copies of each tap must
     stay equal and its structural zeros zero for this pass to store it compactly."""

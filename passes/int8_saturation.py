@@ -541,6 +541,8 @@ def unsafe_layers(graph) -> list[dict]:
     (onnxruntime fuses it into an int8 kernel) with an unsafe int8 weight pair. uint8 weights run
     in u8×u8 kernels, which do not saturate. ``[]``: the model is saturation-free by the bound.
     Each entry: node, op_type, unsafe_pairs."""
+    from gencompress.passes.compact_block_weights import folded_weight
+
     found = []
     for node in graph:
         if node.domain not in ("", "ai.onnx") or node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
@@ -548,14 +550,14 @@ def unsafe_layers(graph) -> list[dict]:
         x, w = (v.producer() if v is not None else None for v in node.inputs[:2])
         if x is None or w is None or x.op_type != "DequantizeLinear" or w.op_type != "DequantizeLinear":
             continue
-        q = w.inputs[0].const_value if w.inputs[0] is not None else None
-        if q is None or q.dtype.name != "INT8":
+        q = folded_weight(w.inputs[0])  # an initializer, or a pixel-block weight stored compactly
+        if q is None or q.dtype != np.int8:
             continue
         if node.op_type == "Conv":
             layout = Layout("Conv", group=node.attributes.get_int("group", 1))
         else:
             layout = Layout(node.op_type, trans_b=bool(node.attributes.get_int("transB", 0)) if node.op_type == "Gemm" else False)
-        n = unsafe_pairs(q.numpy(), layout)
+        n = unsafe_pairs(q, layout)
         if n:
             found.append({"node": node.name or "", "op_type": node.op_type, "unsafe_pairs": n})
     return found

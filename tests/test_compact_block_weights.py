@@ -155,3 +155,17 @@ def test_quantize_stores_the_kernel(tmp_path):
     nf = TINY["srgan"]["nf"]
     assert [3, nf, 9, 9] in shapes and [48, 16 * nf, 3, 3] not in shapes
     assert report["psnr_db"] > 30
+
+
+def test_saturation_check_reads_the_compact_weight():
+    """The portability check (unsafe int8 pairs on kernels without VNNI) sees the rebuilt weight of a
+    compacted Conv, not nothing: the same finding as on the stored w'."""
+    from gencompress.passes.compact_block_weights import folded_weight
+    from gencompress.passes.int8_saturation import unsafe_layers
+
+    proto, _, w2 = block_qdq_model((9, 9), 16, 3, [4, 4, 4, 4], 4)
+    new, _ = compact(proto)
+    before, after = (unsafe_layers(ir.serde.deserialize_model(m).graph) for m in (proto, new))
+    assert before and after == before  # random int8 values: unsafe pairs, found in both
+    dq = next(n for n in ir.serde.deserialize_model(new).graph if n.op_type == "DequantizeLinear" and n.outputs[0].name == "wd")
+    assert np.array_equal(folded_weight(dq.inputs[0]), w2)
