@@ -6,6 +6,7 @@ import click
 
 from gencompress.arguments import BENCH_BUDGET_S, SEED_MAX, positive_int
 from gencompress.errors import GencompressError
+from gencompress.output import cell
 from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES, HELD_BACK_SEED
 
 
@@ -18,18 +19,6 @@ def _ints(values, option: str) -> list[int]:
     if not out:
         raise GencompressError(f"{option}: give at least one value")
     return list(dict.fromkeys(out))
-
-
-def _f(v, digits: int = 4) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        if v != v:
-            return "nan"
-        if v in (float("inf"), float("-inf")):
-            return "inf" if v > 0 else "-inf"
-        return f"{v:.{digits}g}"
-    return str(v)
 
 
 CHECK_ROWS = [
@@ -113,12 +102,12 @@ def check(reference, candidate, samples, seed, batch, inputs_npz, features, peak
     for key, label in CHECK_ROWS:
         if all(o.get(key) is None for o in outs):
             continue
-        rows.append([label, *(_f(o.get(key)) for o in outs)])
+        rows.append([label, *(cell(o.get(key), decimals=2 if key.endswith("_db") else None) for o in outs)])
     click.echo(f"{result['samples']} samples, seed {result['seed']}, {result['provider']}")
     click.echo(portability_line(result.get("portability")))
     click.echo(table(["metric", *(o["name"] for o in outs)], rows))
     for o in outs:
-        click.echo(f"{o['name']}: peak {_f(o['peak'])} ({o['peak_note']})")
+        click.echo(f"{o['name']}: peak {cell(o['peak'])} ({o['peak_note']})")
     if written:
         click.echo(f"report: {written['html']}")
 
@@ -180,25 +169,25 @@ def bench(model, reference, providers, batches, threads, runs, warmup, seed, mem
         headers += ["ref p50 ms", "p50 / ref p50"]
     rows = []
     for r in result["results"]:
-        row = [r["provider"].replace("ExecutionProvider", ""), r["threads"], r["batch"], *(_f(r["model"][k]) for k in ("p50_ms", "p90_ms", "p99_ms")), _f(r["model"]["samples_per_s"], 5)]
+        row = [r["provider"].replace("ExecutionProvider", ""), r["threads"], r["batch"], *(cell(r["model"][k]) for k in ("p50_ms", "p90_ms", "p99_ms")), cell(r["model"]["samples_per_s"], 5)]
         if has_ref:
-            row += [_f(r["reference"]["p50_ms"]), _f(r["ratio"], 3)]
+            row += [cell(r["reference"]["p50_ms"]), cell(r["ratio"], 3)]
         rows.append(row)
     click.echo(table(headers, rows))
     if result["memory"]:
         mheaders = ["provider", "batch", "peak MiB"] + (["ref peak MiB"] if has_ref else [])
         mrows = []
         for r in result["memory"]["results"]:
-            row = [r["provider"].replace("ExecutionProvider", ""), r["batch"], _f(r["model_peak_bytes"] / 2**20)]
+            row = [r["provider"].replace("ExecutionProvider", ""), r["batch"], cell(r["model_peak_bytes"] / 2**20)]
             if has_ref:
-                row.append(_f(r["reference_peak_bytes"] / 2**20))
+                row.append(cell(r["reference_peak_bytes"] / 2**20))
             mrows.append(row)
         click.echo("")
         click.echo(table(mheaders, mrows))
     s = result["sizes"]
     line = f"size: {s['model']['bytes']} bytes, deflate {s['model']['deflate_bytes']}"
     if s.get("reference"):
-        line += f"; reference {s['reference']['bytes']} bytes (ratio {_f(s['ratio'], 3)}, deflate ratio {_f(s['deflate_ratio'], 3)})"
+        line += f"; reference {s['reference']['bytes']} bytes (ratio {cell(s['ratio'], 3)}, deflate ratio {cell(s['deflate_ratio'], 3)})"
     click.echo("")
     click.echo(line)
 

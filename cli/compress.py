@@ -7,7 +7,7 @@ import click
 
 from gencompress.arguments import SEED_MAX
 from gencompress.cli.check import portability_line
-from gencompress.output import echo_json, table
+from gencompress.output import cell, echo_json, table
 from gencompress.passes.insert_qdq import ACTIVATION_TYPES, CALIBRATION_METHODS, INT8_KERNELS
 from gencompress.passes.prune_report import SCOPES
 from gencompress.verbs.compress import QUANT_MODES
@@ -157,19 +157,13 @@ def summary_table(report: dict) -> str:
             ["deflated size", f"{sizes['reference']['deflate_bytes'] / 1e6:.3f} MB", f"{sizes['candidate']['deflate_bytes'] / 1e6:.3f} MB", f"{sizes['deflate_ratio']:.3f}x"]]
     for out in report["fidelity"]["outputs"]:
         name = out["name"]
-        rows.append([f"PSNR {name} (dB, peak {out['peak']:g})", "", _fmt(out.get("psnr_db")), ""])
+        rows.append([f"PSNR {name} (dB, peak {out['peak']:g})", "", cell(out.get("psnr_db"), decimals=2), ""])
         if out.get("ssim") is not None:
-            rows.append([f"SSIM {name}", "", _fmt(out["ssim"]), ""])
-        rows.append([f"Fréchet distance {name} (relative)", "", _fmt(out.get("frechet_distance_relative")), ""])
+            rows.append([f"SSIM {name}", "", cell(out["ssim"]), ""])
+        rows.append([f"Fréchet distance {name} (relative)", "", cell(out.get("frechet_distance_relative")), ""])
     for r in (report.get("latency") or {}).get("results", []):
         rows.append([f"latency p50, batch {r['batch']}, {r['threads']} threads",
                      f"{r['reference']['p50_ms']:.3f} ms", f"{r['model']['p50_ms']:.3f} ms", f"{r['speedup']:.2f}x speed-up"])
     return table(["", "reference", "compressed", "compressed vs reference"], rows)
 
 
-def _fmt(v):
-    if v is None:
-        return "-"
-    if isinstance(v, str):
-        return v
-    return f"{v:.4g}"

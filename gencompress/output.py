@@ -36,6 +36,20 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def cell(v, digits: int = 4, decimals: int | None = None) -> str:
+    """A summary table's number: ``digits`` significant digits, or ``decimals`` after the point (PSNR
+    in dB: two, as every verb prints it, so check, quantize and compress show the same text)."""
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        if v in (float("inf"), float("-inf")):
+            return "inf" if v > 0 else "-inf"
+        return f"{v:.{decimals}f}" if decimals is not None else f"{v:.{digits}g}"
+    return str(v)
+
+
 def _cell(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
