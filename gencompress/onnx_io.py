@@ -126,6 +126,24 @@ def initializer_inputs(keep: bool = False):
         _LIFTED.reset(tokens[1])
 
 
+def keeping_initializer_inputs() -> bool:
+    """Whether models read now keep their initializer inputs (``initializer_inputs(keep=True)``)."""
+    return bool(_KEEP_INPUTS.get())
+
+
+def lifted_inputs() -> list[str]:
+    """The names taken as weights so far within ``initializer_inputs`` (empty outside it)."""
+    return list(_LIFTED.get() or ())
+
+
+def note_lifted(names) -> None:
+    """Add ``names`` to the list ``initializer_inputs`` yields, once each (outside it: nothing), as
+    reading a model that lists them would (an output reused from the cache reads no model)."""
+    holder = _LIFTED.get()
+    if holder is not None:
+        holder.extend(n for n in names if n not in holder)
+
+
 def weights_from_inputs(model: onnx.ModelProto) -> list[str]:
     """Drop from the graph inputs those that have an initializer of the same name (IR version 3
     requires that listing: a feed may override them; exporters of that era wrote every weight so),
@@ -142,9 +160,7 @@ def weights_from_inputs(model: onnx.ModelProto) -> list[str]:
     del model.graph.input[:]
     model.graph.input.extend(kept)
     model.ir_version = max(model.ir_version, 4)
-    holder = _LIFTED.get()
-    if holder is not None:
-        holder.extend(n for n in lifted if n not in holder)
+    note_lifted(lifted)
     return lifted
 
 
