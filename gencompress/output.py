@@ -9,10 +9,11 @@ from typing import Any, Iterable, Sequence
 
 
 def echo_json(result: Any) -> None:
-    sys.stdout.write(json.dumps(result, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    sys.stdout.write(json.dumps(result, indent=2, sort_keys=False, default=jsonable) + "\n")
 
 
-def _jsonable(x):
+def jsonable(x):
+    """``json.dumps``'s ``default``: numpy scalars and arrays as numbers and lists, anything else as text."""
     import numpy as np
 
     if isinstance(x, np.generic):

@@ -175,3 +175,24 @@ def test_cli_summary_says_cached(zoo_onnx, outputs, run_cli, tmp_path):
     result = run_cli(*args[:2], tmp_path / "b.onnx", *args[3:])
     assert result.exit_code == 0 and "output reused" in result.stderr
     assert "cached" in result.stdout and str(outputs) in result.stdout
+
+
+def test_hit_notes_initializers_taken_as_weights(outputs, tmp_path):
+    """A hit reads no model, yet the verb's note on an IR version 3 model's initializer inputs
+    (onnx_io.initializer_inputs) names what the first run took as weights."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from gencompress.onnx_io import initializer_inputs
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["z", "W"], ["out"])], "ir3",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in (("z", ["N", 8]), ("W", [8, 64]))],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 64])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=3)
+    onnx.save(model, str(tmp_path / "g.onnx"))
+    runs = []
+    for out in ("a.onnx", "b.onnx"):
+        with initializer_inputs() as lifted:
+            report = quantize(tmp_path / "g.onnx", tmp_path / out, mode="weight-only", check=False)
+        runs.append((report["cached"] is not None, lifted))
+    assert runs == [(False, ["W"]), (True, ["W"])]

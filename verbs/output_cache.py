@@ -103,8 +103,8 @@ def code_digest() -> str:
 def output_key(in_path, options: dict) -> str | None:
     """The key of ``quantize(in_path, ..., **options)``'s output (the module docstring); None when an
     input file cannot be read (the run itself then says why)."""
-    from gencompress.onnx_io import EXTERNAL_DATA_LIMIT, _KEEP_INPUTS, file_sha256, model_files
-    from gencompress.verbs.plan_cache import _digest_value, machine_kind
+    from gencompress.onnx_io import EXTERNAL_DATA_LIMIT, file_sha256, keeping_initializer_inputs, model_files
+    from gencompress.verbs.plan_cache import digest_value, machine_kind
 
     shaping = {k: v for k, v in options.items() if k not in NOT_SHAPING}
     calib_data = shaping.pop("calib_data", None)
@@ -116,11 +116,11 @@ def output_key(in_path, options: dict) -> str | None:
             return None  # a FIFO or a device would block the hash: the run refuses it
         files = [(f.name, f.stat().st_size, file_sha256(f)) for f in paths]
         if calib_data is not None:
-            _digest_value(calib_data, h)  # a folder of images by content; a dict of arrays by bytes
+            digest_value(calib_data, h)  # a folder of images by content; a dict of arrays by bytes
     except (OSError, ValueError):
         return None
     settings = {"format": FORMAT, "code": code_digest(), "machine": machine_kind(options.get("threads")), "files": files,
-                "options": shaping, "keep_initializer_inputs": bool(_KEEP_INPUTS.get()), "external_data_limit": EXTERNAL_DATA_LIMIT}
+                "options": shaping, "keep_initializer_inputs": keeping_initializer_inputs(), "external_data_limit": EXTERNAL_DATA_LIMIT}
     h.update(json.dumps(settings, sort_keys=True, default=repr).encode())
     return h.hexdigest()
 
@@ -176,7 +176,7 @@ class OutputCache:
     def reuse(self, out_path, sources, log) -> dict | None:
         """Write the stored output to ``out_path`` (and its side file) and return the first run's
         report marked ``cached``; None on a miss (a damaged entry is removed)."""
-        from gencompress.onnx_io import _LIFTED, atomic_path, external_data_path
+        from gencompress.onnx_io import atomic_path, external_data_path, note_lifted
 
         meta = self._load()
         if meta is None:
@@ -196,9 +196,7 @@ class OutputCache:
             os.utime(self.entry / "entry.json")  # recently used: evicted last
         except OSError:
             pass
-        holder = _LIFTED.get()  # the verb's note on IR-3 initializer inputs, as reading the model would say it
-        if holder is not None:
-            holder.extend(n for n in meta["lifted"] if n not in holder)
+        note_lifted(meta["lifted"])  # the verb's note on IR-3 initializer inputs, as reading the model would say it
         report = meta["report"]
         report["cached"] = {"entry": str(self.entry), "created": meta.get("created"), "first_run_seconds": report.get("seconds")}
         log(f"output reused from {self.entry} (written {meta.get('created')}: the same input bytes, options, machine kind and "
@@ -208,8 +206,8 @@ class OutputCache:
     def store(self, out_path, report: dict) -> Path | None:
         """Keep a copy of the written output and its report; None when not kept (too large for the
         cap, the disk nearly full, the folder unwritable: never an error)."""
-        from gencompress.onnx_io import _LIFTED, model_files
-        from gencompress.output import _jsonable
+        from gencompress.onnx_io import lifted_inputs, model_files
+        from gencompress.output import jsonable
 
         tmp = None
         try:
@@ -223,8 +221,8 @@ class OutputCache:
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.folder))
             stored = [{"name": name, "size": f.stat().st_size, "sha256": _copy(f, tmp / name)} for f, name in zip(files, ("model.onnx", "model.data"))]
             meta = {"format": FORMAT, "key": self.key, "files": stored, "side": files[1].name if len(files) > 1 else None,
-                    "lifted": list(_LIFTED.get() or ()), "report": report, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            (tmp / "entry.json").write_text(json.dumps(meta, default=_jsonable), encoding="utf-8")
+                    "lifted": lifted_inputs(), "report": report, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            (tmp / "entry.json").write_text(json.dumps(meta, default=jsonable), encoding="utf-8")
             os.rename(tmp, self.entry)  # atomic; an entry another run stored meanwhile stays (ENOTEMPTY)
             tmp = None
         except (OSError, ValueError, TypeError, _Damaged):

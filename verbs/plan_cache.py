@@ -65,12 +65,12 @@ def model_digest(proto: onnx.ModelProto) -> str:
     return h.hexdigest()
 
 
-def _digest_value(value, h) -> None:
+def digest_value(value, h) -> None:
     """Feed an option's value to ``h``: file and folder paths by content, arrays by bytes."""
     if isinstance(value, dict):
         for k in sorted(value):
             h.update(repr(k).encode())
-            _digest_value(value[k], h)
+            digest_value(value[k], h)
     elif isinstance(value, np.ndarray):
         h.update(f"{value.dtype}{value.shape}".encode())
         h.update(np.ascontiguousarray(value).tobytes())
@@ -102,7 +102,7 @@ def plan_key(prepared: onnx.ModelProto, *, objective: str, rewrite: bool, exclud
     settings = {"format": FORMAT, "gencompress": gencompress.__version__, "objective": objective, "rewrite": bool(rewrite),
                 "exclude": sorted(exclude), "static": _options_dict(static_options),
                 "timed": {**timed, "batches": sorted(int(b) for b in timed["batches"])}, **machine_kind(timed["threads"])}
-    _digest_value(settings, h)
+    digest_value(settings, h)
     return h.hexdigest()
 
 
@@ -180,7 +180,7 @@ class KernelCache:
 
     def __init__(self, settings: dict, folder: str | os.PathLike | None = None):
         h = hashlib.sha256()
-        _digest_value({"format": FORMAT, **machine_kind(settings["threads"]), "provider": settings["provider"]}, h)
+        digest_value({"format": FORMAT, **machine_kind(settings["threads"]), "provider": settings["provider"]}, h)
         self.path = (Path(folder) if folder is not None else cache_folder()) / f"kernels-{h.hexdigest()[:20]}.json"
         self._entries: dict | None = None
 
@@ -227,9 +227,9 @@ def calibration_key(model, static, feeds=None, form=None) -> str:
         h.update(model_digest(model).encode())
     else:  # read from disk in chunks: a memory-mapped model is not paged in
         for f in model_files(model):
-            _digest_value(str(f), h)
+            digest_value(str(f), h)
     options = _options_dict(static)
-    _digest_value({"format": FORMAT, "what": "calibration", "form": repr(form), "gencompress": gencompress.__version__, **machine_kind(),
+    digest_value({"format": FORMAT, "what": "calibration", "form": repr(form), "gencompress": gencompress.__version__, **machine_kind(),
                    "options": {k: options.get(k) for k in CALIBRATION_FIELDS}, "feeds": dict(feeds) if feeds is not None else None}, h)
     return h.hexdigest()
 
