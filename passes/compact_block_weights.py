@@ -69,12 +69,28 @@ class Layout:
 
 
 def rebuild(kernel: np.ndarray, layout: Layout, fill) -> np.ndarray:
-    """What the constant ops compute from ``kernel``, in numpy, op by op."""
-    p = layout.pads()
-    padded = np.pad(kernel, [(p[i], p[i + 4]) for i in range(4)], constant_values=fill)
-    blocks = np.concatenate([padded[:, :, s[0]:e[0], s[1]:e[1]] for s, e in layout.windows()], axis=0)
-    first, last = layout.shapes(kernel.shape[1], blocks.shape[0])
-    return blocks.reshape(first).transpose(PERM).reshape(last)
+    """What the constant ops compute from ``kernel``: ``rebuild_ops`` evaluated by ``evaluate``."""
+    return rebuild_ops(kernel, layout, fill, lambda suffix, array: array, evaluate)
+
+
+def rebuild_ops(kernel: np.ndarray, layout: Layout, fill, const, op):
+    """The constant ops that rebuild ``w'`` from ``kernel`` (the module docstring), made through
+    ``const(suffix, array)`` and ``op(op_type, inputs, attributes)``: written into the graph by the
+    pass, evaluated in numpy by ``rebuild`` (the proof), so the proof checks the ops written."""
+
+    def ints(suffix, values):
+        return const(suffix, np.asarray(values, dtype=np.int64))
+
+    pad_inputs = [const("kernel", kernel), ints("pads", layout.pads())]
+    if fill != 0:
+        pad_inputs.append(const("fill", np.asarray(fill, kernel.dtype)))
+    padded = op("Pad", pad_inputs, {})
+    axes = ints("axes", [2, 3])
+    blocks = [op("Slice", [padded, ints("starts", s), ints("ends", e), axes], {}) for s, e in layout.windows()]
+    first, last = layout.shapes(kernel.shape[1], layout.r * layout.r * kernel.shape[0])
+    joined = op("Concat", blocks, {"axis": 0})
+    moved = op("Transpose", [op("Reshape", [joined, ints("shape", first)], {})], {"perm": list(PERM)})
+    return op("Reshape", [moved, ints("shape", last)], {})
 
 
 def _axis_candidates(r: int, t0: int, taps: int) -> list[tuple[int, int]]:
@@ -145,27 +161,30 @@ def folded_weight(value: ir.Value | None, _memo: dict | None = None) -> np.ndarr
         return None
     if id(node) not in memo:
         args = [folded_weight(v, memo) for v in node.inputs]
-        memo[id(node)] = None if any(a is None for a, v in zip(args, node.inputs) if v is not None) else _fold(node, args)
+        known = all(a is not None for a, v in zip(args, node.inputs) if v is not None)
+        memo[id(node)] = evaluate(node.op_type, args, {k: a.value for k, a in node.attributes.items()}) if known else None
     return memo[id(node)]
 
 
-def _fold(node: ir.Node, args: list) -> np.ndarray | None:
-    x, op = args[0], node.op_type
-    if op == "Pad" and node.attributes.get_string("mode", "constant") == "constant" and len(args) < 4:
+def evaluate(op: str, args: list, attributes: dict) -> np.ndarray | None:
+    """``op`` (Pad, Slice, Concat, Reshape or Transpose, as ONNX defines them) on numpy ``args``; None
+    for a form it does not cover (a non-constant Pad, steps, a Reshape with 0 or -1, ...)."""
+    x = args[0]
+    if op == "Pad" and attributes.get("mode", "constant") == "constant" and len(args) < 4:
         p = [int(v) for v in args[1]]
         fill = args[2] if len(args) > 2 and args[2] is not None else 0
-        return np.pad(x, [(p[i], p[i + x.ndim]) for i in range(x.ndim)], constant_values=fill)
+        return np.pad(x, [(p[i], p[i + x.ndim]) for i in range(x.ndim)], constant_values=fill) if min(p, default=0) >= 0 else None
     if op == "Slice" and len(args) == 4:
         index = [slice(None)] * x.ndim
         for axis, start, end in zip(args[3], args[1], args[2]):
             index[int(axis)] = slice(int(start), int(end))
         return x[tuple(index)]
     if op == "Concat":
-        return np.concatenate(args, axis=node.attributes.get_int("axis", 0))
+        return np.concatenate(args, axis=attributes.get("axis", 0))
     if op == "Reshape" and np.all(args[1] > 0):
         return x.reshape([int(d) for d in args[1]])
     if op == "Transpose":
-        return x.transpose(list(node.attributes.get_ints("perm")))
+        return x.transpose(attributes.get("perm"))  # no perm: the axes reversed, as numpy and ONNX both do
     return None
 
 
@@ -232,27 +251,17 @@ class CompactBlockWeightsPass(GencompressPass):
         old = dq.inputs[0]
         nodes = []
 
-        def const(suffix, values):
-            return add_initializer(graph, namer, f"{base}.{suffix}", np.asarray(values, dtype=np.int64))
+        def const(suffix, array):
+            return add_initializer(graph, namer, f"{base}.{suffix}", array)
 
-        def add(op, inputs, attrs=None):
-            node = ir.node(op, inputs, attrs or {}, name=namer(f"{base}/{op}"))
-            node.outputs[0].name = namer(f"{base}/{op}_output")
+        def op(op_type, inputs, attributes):
+            node = ir.node(op_type, inputs, attributes, name=namer(f"{base}/{op_type}"))
+            node.outputs[0].name = namer(f"{base}/{op_type}_output")
             node.outputs[0].type = ir.TensorType(old.dtype)
             nodes.append(node)
             return node.outputs[0]
 
-        stored = add_initializer(graph, namer, f"{base}.kernel", kernel)
-        pad_inputs = [stored, const("pads", layout.pads())]
-        if fill != 0:
-            pad_inputs.append(add_initializer(graph, namer, f"{base}.fill", np.asarray(fill, w.dtype)))
-        padded = add("Pad", pad_inputs)
-        axes = const("axes", [2, 3])
-        blocks = [add("Slice", [padded, const("starts", s), const("ends", e), axes]) for s, e in layout.windows()]
-        first, last = layout.shapes(kernel.shape[1], w.shape[0])
-        joined = add("Concat", blocks, {"axis": 0})
-        moved = add("Transpose", [add("Reshape", [joined, const("shape", first)])], {"perm": list(PERM)})
-        out = add("Reshape", [moved, const("shape", last)])
+        out = rebuild_ops(kernel, layout, fill, const, op)
         out.shape = ir.Shape(w.shape)
         graph.insert_before(dq, nodes)
         dq.replace_input_with(0, out)

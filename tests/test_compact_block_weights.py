@@ -169,3 +169,35 @@ def test_saturation_check_reads_the_compact_weight():
     assert before and after == before  # random int8 values: unsafe pairs, found in both
     dq = next(n for n in ir.serde.deserialize_model(new).graph if n.op_type == "DequantizeLinear" and n.outputs[0].name == "wd")
     assert np.array_equal(folded_weight(dq.inputs[0]), w2)
+
+
+@pytest.mark.parametrize("op, args, attributes", [
+    ("Pad", [np.arange(6, dtype=np.int8).reshape(2, 3), np.array([0, 1, 2, 0]), np.int8(-3)], {}),
+    ("Slice", [np.arange(24).reshape(2, 3, 4), np.array([1, -3]), np.array([3, 99]), np.array([1, 2])], {}),
+    ("Concat", [np.ones((1, 2), np.uint8), np.zeros((2, 2), np.uint8)], {"axis": 0}),
+    ("Reshape", [np.arange(12), np.array([3, 4])], {}),
+    ("Transpose", [np.arange(24).reshape(2, 3, 4)], {"perm": [1, 2, 0]}),
+    ("Transpose", [np.arange(24).reshape(2, 3, 4)], {}),  # no perm: reversed
+])
+def test_evaluate_is_what_onnx_computes(op, args, attributes):
+    """The one numpy evaluator of the constant ops (the pass's proof and the saturation check's
+    reading) agrees with onnx's reference implementation."""
+    from onnx.reference import ReferenceEvaluator
+
+    from gencompress.passes.compact_block_weights import evaluate
+
+    names = [f"a{i}" for i in range(len(args))]
+    node = helper.make_node(op, names, ["y"], **attributes)
+    want = ReferenceEvaluator(node).run(None, dict(zip(names, args)))[0]
+    got = evaluate(op, args, attributes)
+    assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def test_evaluate_refuses_forms_it_does_not_cover():
+    from gencompress.passes.compact_block_weights import evaluate
+
+    x = np.zeros((2, 3), np.int8)
+    assert evaluate("Pad", [x, np.array([0, -1, 0, 0])], {}) is None  # a crop
+    assert evaluate("Pad", [x, np.array([0, 1, 0, 0])], {"mode": "reflect"}) is None
+    assert evaluate("Reshape", [x, np.array([-1])], {}) is None
+    assert evaluate("Slice", [x, np.array([0]), np.array([1]), np.array([0]), np.array([2])], {}) is None  # steps
