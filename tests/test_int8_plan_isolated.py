@@ -80,7 +80,7 @@ def isolating_timer(threads=2, batches=(1, 64)):
         qdq = [sum(n.op_type == "QuantizeLinear" for n in m.graph.node) for m in models]
         return [{b: 1.0 + (0.01 if b == 1 else -0.01) * q for b in batches} for q in qdq]
 
-    def isolated(float_model, int8_model, feeds_at):  # the forms may come as functions returning them (called once)
+    def isolated(float_model, int8_model, feeds_at, clear_at=None):  # the forms may come as functions returning them (called once)
         isolated_calls.append(tuple(m() if callable(m) else m for m in (float_model, int8_model)))
         for b in batches:
             feeds = feeds_at(b)
@@ -177,7 +177,7 @@ def test_large_model_near_the_band_is_timed_in_the_model(zoo_onnx, cache_dir, tm
     timer, calls, isolated_calls = isolating_timer()
     inner = timer.isolated
 
-    def isolated(float_model, int8_model, feeds_at):  # the first group: 2x slower alone, not negligible
+    def isolated(float_model, int8_model, feeds_at, clear_at=None):  # the first group: 2x slower alone, not negligible
         times = inner(float_model, int8_model, feeds_at)
         return {b: (0.003, 0.006) for b in times} if len(isolated_calls) == 1 else times
 
@@ -235,6 +235,33 @@ def test_isolated_forms_quantize_an_output_an_int8_layer_reads(zoo_onnx):
     assert set(asked) == {1} and set(times) == {1, 64}  # batch 64 timed at batch 1, scaled
 
 
+def test_isolated_timing_stops_once_the_decision_is_settled(zoo_onnx, monkeypatch):
+    """The same form timed as float and as "int8": at a gain of 100 to decide at, the int8 runs are
+    plainly on the slow side after ISOLATED_MIN_RUNS runs, so no more are timed; asked for no gain,
+    the timer runs its full count (a sub-millisecond layer: many more)."""
+    from gencompress.runtime_check import latency
+
+    runs = []
+    timed = latency.time_interleaved
+
+    def counting(sessions, feeds, **kwargs):
+        times = timed(sessions, feeds, **kwargs)
+        runs.append(len(times["float"]))
+        return times
+
+    monkeypatch.setattr(latency, "time_interleaved", counting)
+    tiny = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 8])]))
+    timer = int8_plan.interleaved_timer(zoo_onnx("dcgan"), header=onnx.load(str(zoo_onnx("dcgan"))), batches=(1,))
+    feeds_at = int8_plan._feeds_at(tiny.graph.input[0], (0.0, 1.0))
+    timer.isolated(tiny, tiny, feeds_at, clear_at=100.0)
+    assert runs[-2:] == [1, int8_plan.ISOLATED_MIN_RUNS - 1]  # the probe's run counts among them
+    timer.isolated(tiny, tiny, feeds_at)
+    assert runs[-1] > 10 * int8_plan.ISOLATED_MIN_RUNS
+
+
 def test_large_layer_is_timed_on_a_slice_of_its_output_channels(zoo_onnx, monkeypatch):
     """A Conv/ConvTranspose over ISOLATE_WEIGHTS keeps at least 64 of its output channels alone,
     and says by how much its times scale back; below, or asked not to, it is whole."""
@@ -279,7 +306,7 @@ def test_compress_takes_quantizes_route(zoo_onnx, cache_dir, tmp_path, monkeypat
     alone = step("a")
     assert alone["route"] == int8_plan.ROUTE_ALONE and calls == [] and isolated_calls
     inner = timer.isolated
-    timer.isolated = lambda f, i, feeds_at: {b: (0.003, 0.006) for b in inner(f, i, feeds_at)}  # every group 2x slower alone
+    timer.isolated = lambda f, i, feeds_at, clear_at=None: {b: (0.003, 0.006) for b in inner(f, i, feeds_at)}  # every group 2x slower alone
     for kernels in cache_dir.glob("kernels-*.json"):
         kernels.unlink()  # timed alone again, with the new stub
     fallback = step("b")

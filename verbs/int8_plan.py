@@ -714,8 +714,9 @@ SLICED_KEY = "gencompress.isolated_scale"  # an isolated layer timed on a slice 
 ISOLATE_WEIGHTS = 1 << 20  # a Conv/ConvTranspose/Gemm/MatMul with more weights is timed alone on a slice of its outputs (at least 64)
 # a sliced layer not clear by SLICED_CLEAR is timed again on a slice of at most this many weights (or whole, when smaller):
 # its two forms, the rewrite between them and onnxruntime's pre-packed copy hold about 4x its float bytes, so the 47M
-# DCGAN's 33.5M-weight layer timed whole took the plan's peak from 2.7x to 7.4x the model file (5.5x its own bytes)
-RETIME_WEIGHTS = 16 << 20
+# DCGAN's 33.5M-weight layer timed whole took the plan's peak from 2.7x to 7.4x the model file (5.5x its own bytes),
+# and on 16M weights to 3.4x (quiet: 625 MiB against 482 MiB before the plan; on 8M weights the plan adds nothing)
+RETIME_WEIGHTS = 8 << 20
 
 
 def _sliced(node: ir.Node, weights: dict, limit: int) -> tuple[dict, float]:
@@ -969,7 +970,8 @@ def _isolated_gains(iso: Isolation, name: str, isolated, batches, kernels, log, 
     op = tiny.graph.node[0].op_type
     forms = dict(zip(("float", "int8"), pair))
     del tiny, pair  # each form goes once its session is made: a large layer timed whole holds its weights once, in onnxruntime
-    gains = isolated(lambda: forms.pop("float"), lambda: forms.pop("int8"), _feeds_at(x, iso.ranges[0].get(x.name, (-1.0, 1.0))))
+    clear_at = SLICED_CLEAR if sliced and slice_weights is None else 1.0 + CLEAR_FASTER  # the gain the caller decides at
+    gains = isolated(lambda: forms.pop("float"), lambda: forms.pop("int8"), _feeds_at(x, iso.ranges[0].get(x.name, (-1.0, 1.0))), clear_at)
     gains = {b: (f * scale, i * scale) for b, (f, i) in gains.items()}  # a slice of the layer: its whole time
     for b, (f, i) in gains.items():
         if kernels is not None:
@@ -1083,14 +1085,28 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
                 break
         return out
 
-    def isolated(float_model, int8_model, feeds_at) -> dict:
+    def settled(times, clear_at: float) -> bool:
+        """At least ``ISOLATED_MIN_RUNS`` runs each, and the int8 runs' quartiles (scaled by ``clear_at``) both
+        below, or both above, the float runs' beyond the noise band (quartiles: a sub-millisecond layer's
+        runs have outliers 5-30x its median here)."""
+        f, i = times["float"], times["int8"]
+        if len(i) < ISOLATED_MIN_RUNS:
+            return False
+        (f1, f3), (i1, i3) = np.percentile(f, (25, 75)), np.percentile(i, (25, 75))
+        return i3 * clear_at * (1 + NOISE) < f1 or i1 * clear_at > f3 * (1 + NOISE)
+
+    def isolated(float_model, int8_model, feeds_at, clear_at: float | None = None) -> dict:
         """{batch: (float p50, int8 p50)} in seconds of one layer's two forms (protos, or functions that
         return one, called when its session is made), interleaved, about
         ``ISOLATED_SECONDS`` each per batch size (at least ``ISOLATED_MIN_RUNS`` runs). A layer whose
         float run at a batch would take over ``ISOLATED_RUN_SECONDS`` is timed at the batch that
         takes about that (at least the smallest batch), its times scaled by the batch ratio: a
         layer that large already fills the int8 and float kernels (the 47M DCGAN's three large
-        layers: int8 1.5-9.9x as fast at batch 1, 1.9-5.4x at 64: the decision is the same)."""
+        layers: int8 1.5-9.9x as fast at batch 1, 1.9-5.4x at 64: the decision is the same).
+        ``clear_at``: the gain (float / int8) the caller decides at; a batch size stops being timed
+        once its int8 runs are beyond the noise band on one side of it against its float runs
+        (``settled``): more runs would move the digits, not the decision (the 47M DCGAN's five
+        layers, quiet: 2.6 s of the plan's 4.3 s were runs of the timer, 4,227 of them)."""
         pair = {"float": make_session(model_bytes(float_model() if callable(float_model) else float_model), provider=provider,
                                       threads=threads, label="isolated float layer"),
                 "int8": make_session(model_bytes(int8_model() if callable(int8_model) else int8_model), provider=provider,
@@ -1100,9 +1116,11 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
             timed = b if per_sample is None else int(np.clip(ISOLATED_RUN_SECONDS / per_sample, min(batches), b))
             inputs = feeds_at(timed)  # one draw for both forms
             feeds = {k: cast_feeds(s, inputs) for k, s in pair.items()}
-            probe = time_interleaved(pair, feeds, runs=1, warmup=1)
+            probe = time_interleaved(pair, feeds, runs=1, warmup=1)  # its run counts among the timed ones
             p50 = max(max(t[0] for t in probe.values()), 1e-6)
-            times = time_interleaved(pair, feeds, runs=int(np.clip(ISOLATED_SECONDS / p50, ISOLATED_MIN_RUNS, 400)), warmup=0)
+            more = time_interleaved(pair, feeds, runs=int(np.clip(ISOLATED_SECONDS / p50, ISOLATED_MIN_RUNS, 400)) - 1, warmup=0,
+                                    stop=None if clear_at is None else lambda t: settled({k: probe[k] + t[k] for k in t}, clear_at))
+            times = {k: probe[k] + more[k] for k in pair}
             f, i = float(np.median(times["float"])), max(float(np.median(times["int8"])), 1e-9)
             per_sample = per_sample or f / timed
             gains[b] = (f * b / timed, i * b / timed)
