@@ -15,7 +15,8 @@ Models, all from the same exported float graph:
 Families (models/conv_families.py, seeded weights): rrdb (super-resolution, residual-in-residual
 dense blocks), gan (Linear → (Upsample → Conv → BN → LeakyReLU) ×2 → Conv → Tanh), style
 (InstanceNorm residual blocks), srgan (SRResNet: BN + PReLU residual blocks, pixel-shuffle
-upsampling, a 9x9 Conv to 3 channels); plus the zoo dcgan and the standard DCGAN (DESIGN.md).
+upsampling, a 9x9 Conv to 3 channels), espcn (PyTorch's super-resolution example: four Convs, a 3x
+pixel shuffle); plus the zoo dcgan and the standard DCGAN (DESIGN.md).
 
 Latency as in int8_speed.py: CPU EP, 2 intra-op threads, spinning off, all three sessions in one
 process, rounds interleaved (A B C, C B A, ...; batch 1: 10 runs per slot). The timing block is
@@ -40,12 +41,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import int8_speed as base  # noqa: E402  (sessions, interleaved timing, kernel profile, machine facts)
 
-MODELS = ("rrdb", "gan", "style", "srgan", "zoo-dcgan", "standard-dcgan")
+MODELS = ("rrdb", "gan", "style", "srgan", "espcn", "zoo-dcgan", "standard-dcgan")
 TITLES = {
     "rrdb": "super-resolution RRDB net (nf 64, gc 32, 1 RRDB, 3x32x32 -> 3x64x64)",
     "gan": "GAN generator Linear -> (Upsample, Conv, BN, LeakyReLU) x2 -> Conv -> Tanh (ngf 64, 3x32x32)",
     "style": "style-transfer net, InstanceNorm residual blocks (base 16, 3 blocks, 3x64x64)",
     "srgan": "SRGAN generator (SRResNet: nf 64, 16 residual blocks, PReLU, 2 pixel shuffles, 3x24x24 -> 3x96x96)",
+    "espcn": "ESPCN super-resolution (PyTorch's example: Conv 5x5 1->64, 3x3 64->64, 64->32, 32->9, pixel shuffle 3; 1x64x64 -> 1x192x192)",
     "zoo-dcgan": "zoo dcgan (latent 100, ngf 32, 1x16x16)",
     "standard-dcgan": "standard DCGAN (latent 100, ngf 64, 3x64x64)",
 }

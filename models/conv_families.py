@@ -1,4 +1,4 @@
-"""Small Conv-only generators of four common families, for int8 speed and placement work.
+"""Small Conv-only generators of five common families, for int8 speed and placement work.
 
 Not trained and not part of the zoo: seeded weights, with BatchNorm statistics measured on seeded
 inputs (as ``benchmarks/standard_dcgan.py`` does) so every layer's activations have the scale a
@@ -16,6 +16,10 @@ trained network's would. What matters is the structure — the ops onnxruntime s
 ``srgan``  SRGAN's generator (SRResNet): Conv 9×9 3→nf + PReLU → residual blocks (Conv 3×3 → BN →
            PReLU → Conv 3×3 → BN, + x) → Conv 3×3 → BN, + the long skip → (Conv nf→4·nf →
            PixelShuffle 2 → PReLU) ×2 → Conv 9×9 nf→3; image [N, 3, s, s] → [N, 3, 4s, 4s].
+``espcn``  ESPCN super-resolution (sub-pixel convolution; the structure of PyTorch's
+           super-resolution example that onnxruntime's tutorials export): Conv 5×5 1→64 → ReLU →
+           Conv 3×3 64→64 → ReLU → Conv 3×3 64→32 → ReLU → Conv 3×3 32→r² → PixelShuffle r; the
+           luminance channel [N, 1, s, s] → [N, 1, rs, rs], r = 3.
 
 ``build(name, **size)`` gives the module (eval mode, with ``gencompress_inputs``);
 ``exporter/families.export_family(name, out, **size)`` exports it with gencompress's exporter and records the
@@ -30,13 +34,14 @@ import torch.nn as nn
 
 from gencompress.inputs import InputSpec
 
-FAMILIES = ("rrdb", "gan", "style", "srgan")
+FAMILIES = ("rrdb", "gan", "style", "srgan", "espcn")
 # benchmark sizes: big enough that int8 speed matters (64 channels at 32x32 - 64x64)
 SIZES = {
     "rrdb": {"nf": 64, "gc": 32, "blocks": 1, "size": 32},
     "gan": {"nz": 100, "ngf": 64, "size": 32},
     "style": {"base": 16, "blocks": 3, "size": 64},
     "srgan": {"nf": 64, "blocks": 16, "size": 24},  # SRResNet's 16 blocks; 24 -> 96 px
+    "espcn": {"nf": 64, "upscale": 3, "size": 64},  # 64 -> 192 px
 }
 # test sizes: the same structure, a few milliseconds per batch
 TINY = {
@@ -44,8 +49,9 @@ TINY = {
     "gan": {"nz": 16, "ngf": 16, "size": 16},
     "style": {"base": 8, "blocks": 1, "size": 16},
     "srgan": {"nf": 16, "blocks": 1, "size": 4},  # nf 16: only the last Conv has few output channels, as at full size
+    "espcn": {"nf": 16, "upscale": 3, "size": 8},
 }
-OUTPUT_RANGE = {"rrdb": None, "gan": 2.0, "style": 2.0, "srgan": None}
+OUTPUT_RANGE = {"rrdb": None, "gan": 2.0, "style": 2.0, "srgan": None, "espcn": None}
 
 
 # ---- super-resolution: residual-in-residual dense blocks ---------------------------------------
@@ -200,9 +206,23 @@ class SRResNet(nn.Module):
         return self.last(self.up(feat))
 
 
+class ESPCN(nn.Module):
+    """luminance [N, 1, s, s] -> [N, 1, rs, rs]."""
+
+    def __init__(self, nf: int = 64, upscale: int = 3, size: int = 64, channels: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, nf, 5, 1, 2), nn.ReLU(), nn.Conv2d(nf, nf, 3, 1, 1), nn.ReLU(),
+                                  nn.Conv2d(nf, nf // 2, 3, 1, 1), nn.ReLU(), nn.Conv2d(nf // 2, channels * upscale ** 2, 3, 1, 1),
+                                  nn.PixelShuffle(upscale))
+        self.gencompress_inputs = (InputSpec("image", (1, channels, size, size)),)
+
+    def forward(self, x):
+        return self.body(x)
+
+
 # ---- building and exporting -------------------------------------------------------------------
 
-_CLASSES = {"rrdb": RRDBNet, "gan": UpsampleGenerator, "style": StyleTransferNet, "srgan": SRResNet}
+_CLASSES = {"rrdb": RRDBNet, "gan": UpsampleGenerator, "style": StyleTransferNet, "srgan": SRResNet, "espcn": ESPCN}
 
 
 def build(name: str, seed: int = 0, **size) -> nn.Module:

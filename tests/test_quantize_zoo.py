@@ -411,3 +411,21 @@ def test_unet_on_image_crops_calibrates_the_values_read(tmp_path):
         scales[label] = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}[name]
     assert scales["quantize"] == scales["recipe"]
     assert abs(float(scales["quantize"]) - span / 255) <= 1e-6 * span
+
+
+def test_espcn_family_quantizes_every_conv_saturation_free(family_onnx, tmp_path):
+    """ESPCN (PyTorch's super-resolution example, a 1-channel image input, a 3x pixel shuffle)
+    with every layer int8: its four Convs read int8 weights and activations, no int8 weight pair
+    can overflow the non-VNNI kernels' int16, and the image is within 40 dB of float."""
+    import onnx_ir as ir
+
+    from gencompress import quantize
+    from gencompress.passes.int8_saturation import unsafe_layers
+
+    out = tmp_path / "espcn.int8.onnx"
+    report = quantize(family_onnx("espcn"), out, objective="size", calib_size=32)
+    model = ir.load(out)
+    convs = [n for n in model.graph if n.op_type == "Conv"]
+    assert len(convs) == 4 and all(v.producer() is not None and v.producer().op_type == "DequantizeLinear"
+                                   for n in convs for v in n.inputs[:2])
+    assert unsafe_layers(model.graph) == [] and report["psnr_db"] >= 40.0
