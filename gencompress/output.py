@@ -9,10 +9,10 @@ from typing import Any, Iterable, Sequence
 
 
 def echo_json(result: Any) -> None:
-    sys.stdout.write(json.dumps(result, indent=2, sort_keys=False, default=jsonable) + "\n")
+    sys.stdout.write(json.dumps(result, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
-def jsonable(x):
+def json_default(x):
     """``json.dumps``'s ``default``: numpy scalars and arrays as numbers and lists, anything else as text."""
     import numpy as np
 

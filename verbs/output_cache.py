@@ -207,7 +207,7 @@ class OutputCache:
         """Keep a copy of the written output and its report; None when not kept (too large for the
         cap, the disk nearly full, the folder unwritable: never an error)."""
         from gencompress.onnx_io import lifted_inputs, model_files
-        from gencompress.output import jsonable
+        from gencompress.output import json_default
 
         tmp = None
         try:
@@ -222,7 +222,7 @@ class OutputCache:
             stored = [{"name": name, "size": f.stat().st_size, "sha256": _copy(f, tmp / name)} for f, name in zip(files, ("model.onnx", "model.data"))]
             meta = {"format": FORMAT, "key": self.key, "files": stored, "side": files[1].name if len(files) > 1 else None,
                     "lifted": lifted_inputs(), "report": report, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            (tmp / "entry.json").write_text(json.dumps(meta, default=jsonable), encoding="utf-8")
+            (tmp / "entry.json").write_text(json.dumps(meta, default=json_default), encoding="utf-8")
             os.rename(tmp, self.entry)  # atomic; an entry another run stored meanwhile stays (ENOTEMPTY)
             tmp = None
         except (OSError, ValueError, TypeError, _Damaged):
