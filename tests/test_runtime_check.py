@@ -446,6 +446,16 @@ def test_bench_peak_memory_probe(models):
     assert r["reference"] is None and r["results"][0]["ratio"] is None
 
 
+def test_a_model_failing_its_warm_up_run_is_named(models):
+    """time_interleaved's warm-up runs are checked runs: onnxruntime's failure is one line naming the model."""
+    from gencompress.runtime_check.latency import time_interleaved
+    from gencompress.runtime_check.sessions import make_session
+
+    session = make_session(models["ref"].read_bytes(), threads=1)
+    with pytest.raises(GencompressError, match="^candidate: onnxruntime failed to run it"):
+        time_interleaved({"candidate": session}, {"z": np.zeros((1, 3), np.float32)}, runs=1, warmup=1)
+
+
 def test_sessions_have_spinning_off():
     from gencompress.runtime_check.sessions import session_options
 
