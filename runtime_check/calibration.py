@@ -329,6 +329,10 @@ def collect_stats(
     with ThreadPoolExecutor(1, thread_name_prefix="calibration") as worker:
         pending = None
         for batch in progress(batches(feeds, batch_size, exact=fixed is not None), total=total, desc=desc, unit="batch"):
+            if pending is not None and all(hasattr(s, "full") for s in stats.values()):
+                pending.result()  # statistics that can be full (input_moments' rows): the other batches
+                if all(s.full for s in stats.values()):  # would change nothing once they are
+                    break
             outputs = run(batch)
             if pending is not None:
                 pending.result()  # the previous batch's statistics taken (its errors raised here)

@@ -53,6 +53,11 @@ class _Moments:
                 if len(rows) < want:  # the batch holds fewer rows than asked: all taken
                     break
 
+    @property
+    def full(self) -> bool:
+        """Every ask has its rows: later batches change nothing (``collect_stats`` stops)."""
+        return all(n >= MOMENT_ROWS for n in self.rows.values())
+
     def blocks(self, key) -> list:
         n = max(self.rows[key], 1)
         return [(a, b, total / n) for total, (a, b) in zip(self.sums[key], self.spans[key])]
