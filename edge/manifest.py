@@ -27,14 +27,14 @@ _ELEM = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 9: 
 
 def prior_of(spec) -> dict:
     """The prior ``InputSpec.sample`` draws from, as data (see sample.py ``draw`` and index.html ``drawJs``)."""
-    from gencompress.inputs import _prior_parts  # the one parser of a spec's prior
+    from gencompress.inputs import prior_parts  # the one parser of a spec's prior
 
     extra = {f.name for f in dataclasses.fields(spec)} - set(KNOWN_SPEC_FIELDS)
     defaults = {f.name: f.default for f in dataclasses.fields(spec)}
     changed = sorted(k for k in extra if getattr(spec, k) != defaults[k])
     if changed:
         raise GencompressError(f"input {spec.name!r}: its prior uses {', '.join(changed)}, which the bundle's samplers do not reproduce yet")
-    kind, args = _prior_parts(spec)
+    kind, args = prior_parts(spec)
     if kind == "normal":
         return {"kind": "normal", "mean": 0.0, "std": 1.0}
     if kind == "uniform":

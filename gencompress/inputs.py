@@ -91,7 +91,7 @@ class InputSpec:
         return math.prod(self.shape[1:]) * np.dtype(DTYPES[self.dtype]).itemsize
 
     def describe_prior(self) -> str:
-        kind, args = _prior_parts(self)
+        kind, args = prior_parts(self)
         if kind == "normal":
             return "normal(0, 1)"
         if kind == "uniform":
@@ -111,7 +111,7 @@ class InputSpec:
     def sample(self, batch: int, rng: np.random.Generator, rows: np.ndarray | None = None) -> np.ndarray:
         """``batch`` draws from the prior; ``rows`` (data priors) picks the data rows to use."""
         shape = (batch, *self.shape[1:])
-        kind, args = _prior_parts(self)
+        kind, args = prior_parts(self)
         dtype = DTYPES[self.dtype]
         if kind == "normal":
             return rng.standard_normal(shape).astype(dtype)
@@ -138,7 +138,7 @@ def _short(value, limit: int = 60) -> str:
     return repr(text) if len(text) <= limit else repr(text[: limit - 3] + "...")
 
 
-def _prior_parts(spec: InputSpec) -> tuple[str, tuple]:
+def prior_parts(spec: InputSpec) -> tuple[str, tuple]:
     """(kind, args) of a validated spec's prior."""
     prior = spec.prior
     if prior.startswith("data:"):
@@ -343,7 +343,7 @@ def _image_rows(folder: Path, spec: InputSpec, low: float, high: float) -> np.nd
 def image_range(spec: InputSpec, output_range: float | None = None) -> tuple[float, float]:
     """The pixel range an image input takes: its images: prior's, else the output's ([-1, 1] for a
     peak-to-peak range of 2, as tanh generators take and give, else [0, 1])."""
-    kind, args = _prior_parts(spec)
+    kind, args = prior_parts(spec)
     if kind == "images":
         return args
     return (-1.0, 1.0) if output_range == 2.0 else (0.0, 1.0)
