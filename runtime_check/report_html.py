@@ -250,7 +250,8 @@ svg text{font:11px system-ui,sans-serif;fill:#1d2330}
 """
 
 
-def _e(text) -> str:
+def escape(text) -> str:
+    """``text`` as HTML text or an attribute value."""
     return html.escape(str(text), quote=True)
 
 
@@ -292,10 +293,10 @@ class _Page:
     def num(self, path: str, *, digits: int = 5, scale: float = 1.0, suffix: str = "", tag: str = "td", cls: str = "n", before: str = "") -> str:
         v = _get(self.data, path)
         shown = fmt_value(v, digits=digits, scale=scale, suffix=suffix)
-        attrs = f' data-key="{_e(path)}" data-value="{_e(json.dumps(v))}"'
+        attrs = f' data-key="{escape(path)}" data-value="{escape(json.dumps(v))}"'
         if scale != 1.0:
             attrs += f' data-scale="{scale!r}"'
-        return f'<{tag} class="{cls}"{attrs}>{before}{_e(shown)}</{tag}>'
+        return f'<{tag} class="{cls}"{attrs}>{before}{escape(shown)}</{tag}>'
 
 
 def render_html(report: dict, data: dict | None = None) -> str:
@@ -306,9 +307,9 @@ def render_html(report: dict, data: dict | None = None) -> str:
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(data.get('title') or 'gencompress report')}</title>",
+        f"<title>{escape(data.get('title') or 'gencompress report')}</title>",
         f"<style>{CSS}</style></head><body>",
-        f"<h1>{_e(data.get('title') or 'gencompress report')}</h1>",
+        f"<h1>{escape(data.get('title') or 'gencompress report')}</h1>",
         _meta(data),
         _cards(report, data, page),
         _samples_section(report),
@@ -328,10 +329,10 @@ def _meta(data) -> str:
     rows = []
     for key, label in (("reference", "reference"), ("candidate", "candidate"), ("created", "created")):
         if data.get(key):
-            rows.append(f"{label}: <code>{_e(data[key])}</code>")
+            rows.append(f"{label}: <code>{escape(data[key])}</code>")
     fid = data.get("fidelity") or {}
     if fid.get("samples"):
-        rows.append(f"fidelity set: {_e(fid['samples'])} samples, {_e(fid.get('inputs_source', ''))}")
+        rows.append(f"fidelity set: {escape(fid['samples'])} samples, {escape(fid.get('inputs_source', ''))}")
     meta = f'<p class="meta">{" · ".join(rows)}</p>' if rows else ""
     return meta + _portability(data.get("portability"))
 
@@ -349,14 +350,14 @@ def _portability(p) -> str:
         return ""
     verdict = p["saturation_free"]
     cls = "warn" if verdict is False else "meta"
-    return f'<p id="portability" class="{cls}">measured on {_e(p.get("isa", "?"))} · {_e(PORTABILITY_TEXT[verdict])}</p>'
+    return f'<p id="portability" class="{cls}">measured on {escape(p.get("isa", "?"))} · {escape(PORTABILITY_TEXT[verdict])}</p>'
 
 
 def _cards(report, data, page: _Page) -> str:
     cards = []
 
     def card(label, cell):
-        cards.append(f'<div class="card">{cell}<div class="k">{_e(label)}</div></div>')
+        cards.append(f'<div class="card">{cell}<div class="k">{escape(label)}</div></div>')
 
     if _get(data, "sizes.ratio") is not None:
         card("size / reference", page.num("sizes.ratio", digits=3, suffix="×", tag="div", cls="v"))
@@ -388,12 +389,12 @@ def _samples_section(report) -> str:
 
     def img(px, alt):
         big = upscale(px, factor)
-        return f'<img class="px" alt="{_e(alt)}" width="{big.shape[1]}" height="{big.shape[0]}" src="{data_uri(big)}">'
+        return f'<img class="px" alt="{escape(alt)}" width="{big.shape[1]}" height="{big.shape[0]}" src="{data_uri(big)}">'
 
     head = ["<th></th>"]
     for j, idx in enumerate(preview["indices"]):
-        extra = "".join(f"<br>{_e(n)}={_e(v[j])}" for n, v in labels.items())
-        head.append(f"<th style='text-align:center'>#{_e(idx)}{extra}</th>")
+        extra = "".join(f"<br>{escape(n)}={escape(v[j])}" for n, v in labels.items())
+        head.append(f"<th style='text-align:center'>#{escape(idx)}{extra}</th>")
     rows = [f"<tr>{''.join(head)}</tr>"]
     rows.append("<tr><th>reference</th>" + "".join(f"<td>{img(sample_pixels(r, kind, lo, hi), f'reference sample {i}')}</td>" for i, r in enumerate(ref)) + "</tr>")
     rows.append("<tr><th>compressed</th>" + "".join(f"<td>{img(sample_pixels(c, kind, lo, hi), f'compressed sample {i}')}</td>" for i, c in enumerate(cand)) + "</tr>")
@@ -401,7 +402,7 @@ def _samples_section(report) -> str:
     what = "images" if kind == "image" else "sequences (one row per time step)"
     parts = [
         "<h2>Samples</h2>",
-        f"<p class='note'>Output <code>{_e(preview['output'])}</code>: reference and compressed {what} for the same inputs, "
+        f"<p class='note'>Output <code>{escape(preview['output'])}</code>: reference and compressed {what} for the same inputs, "
         f"shown {factor}× (nearest neighbour); grey scale {lo:.4g} (black) … {hi:.4g} (white). "
         f"Error maps: |compressed − reference|{' averaged over channels' if kind == 'image' else ''}, black 0 … yellow {vmax:.3g}.</p>",
         f"<table class='samples'>{''.join(rows)}</table>",
@@ -416,13 +417,13 @@ def _samples_section(report) -> str:
             "<h3>Per-pixel error heat map</h3>",
             f"<table class='samples'><tr><td>{img_tag(upscale(heat_rgb(m, mmax), f2), 'mean error heat map')}</td>"
             f"<td style='vertical-align:bottom'>{img_tag(bar, 'colour scale')}<div class='note'>0 … {mmax:.3g}</div></td></tr></table>",
-            f"<p class='note'>{_e(preview.get('error_map_note', 'mean |compressed − reference|'))}.</p>",
+            f"<p class='note'>{escape(preview.get('error_map_note', 'mean |compressed − reference|'))}.</p>",
         ]
     return "\n".join(parts)
 
 
 def img_tag(px, alt) -> str:
-    return f'<img class="px" alt="{_e(alt)}" width="{px.shape[1]}" height="{px.shape[0]}" src="{data_uri(px)}">'
+    return f'<img class="px" alt="{escape(alt)}" width="{px.shape[1]}" height="{px.shape[0]}" src="{data_uri(px)}">'
 
 
 FIDELITY_ROWS = [
@@ -449,24 +450,24 @@ def _fidelity_section(data, page: _Page) -> str:
     outs = fid.get("outputs") or []
     if not outs:
         return ""
-    head = "<tr><th>metric</th>" + "".join(f"<th>{_e(o.get('name'))} <span class='meta'>({_e(o.get('kind'))} {_e('×'.join(map(str, o.get('shape', []))))})</span></th>" for o in outs) + "</tr>"
+    head = "<tr><th>metric</th>" + "".join(f"<th>{escape(o.get('name'))} <span class='meta'>({escape(o.get('kind'))} {escape('×'.join(map(str, o.get('shape', []))))})</span></th>" for o in outs) + "</tr>"
     rows = [head]
     for key, label, digits in FIDELITY_ROWS:
         if all(o.get(key) is None for o in outs):
             continue
-        rows.append(f"<tr><th>{_e(label)}</th>" + "".join(page.num(f"fidelity.outputs.{i}.{key}", digits=digits) for i in range(len(outs))) + "</tr>")
+        rows.append(f"<tr><th>{escape(label)}</th>" + "".join(page.num(f"fidelity.outputs.{i}.{key}", digits=digits) for i in range(len(outs))) + "</tr>")
     notes = []
     for o in outs:
-        notes.append(f"<code>{_e(o.get('name'))}</code>: peak {_e(fmt_value(o.get('peak')))} — {_e(o.get('peak_note') or o.get('peak_source'))}.")
+        notes.append(f"<code>{escape(o.get('name'))}</code>: peak {escape(fmt_value(o.get('peak')))} — {escape(o.get('peak_note') or o.get('peak_source'))}.")
         if o.get("ssim_window"):
             notes.append(f"SSIM: {o['ssim_window']}×{o['ssim_window']} uniform window, K1 0.01, K2 0.03, data range = peak.")
         feats = o.get("features")
         if feats:
             desc = feats.get("net") or feats.get("path")
-            notes.append(f"Fréchet features ({_e(feats.get('kind'))}, {_e(feats.get('dim'))}-d): {_e(desc)}" + (f", seed {_e(feats['seed'])}" if feats.get("seed") is not None else "") + ".")
+            notes.append(f"Fréchet features ({escape(feats.get('kind'))}, {escape(feats.get('dim'))}-d): {escape(desc)}" + (f", seed {escape(feats['seed'])}" if feats.get("seed") is not None else "") + ".")
     inputs = fid.get("inputs") or []
     if inputs:
-        notes.append("Inputs: " + ", ".join(f"<code>{_e(s['name'])}</code> {_e('×'.join(map(str, s['shape'])))} {_e(s['dtype'])} ~ {_e(s.get('prior', ''))}" for s in inputs) + f"; seed {_e(fid.get('seed'))}, provider {_e(fid.get('provider', ''))}.")
+        notes.append("Inputs: " + ", ".join(f"<code>{escape(s['name'])}</code> {escape('×'.join(map(str, s['shape'])))} {escape(s['dtype'])} ~ {escape(s.get('prior', ''))}" for s in inputs) + f"; seed {escape(fid.get('seed'))}, provider {escape(fid.get('provider', ''))}.")
     return "<h2>Fidelity</h2>" + f"<table id='fidelity'>{''.join(rows)}</table>" + "".join(f"<p class='note'>{n}</p>" for n in notes)
 
 
@@ -480,12 +481,12 @@ def _layers_section(data, page: _Page) -> str:
         bar = f"<span class='bar' style='width:{round(60 * sp)}px'></span>"
         rows.append(
             "<tr>"
-            f"<td><code>{_e(l.get('node', ''))}</code></td><td>{_e(l.get('op_type', ''))}</td>"
-            f"<td>{_e('×'.join(map(str, l.get('shape') or [])))}</td>"
+            f"<td><code>{escape(l.get('node', ''))}</code></td><td>{escape(l.get('op_type', ''))}</td>"
+            f"<td>{escape('×'.join(map(str, l.get('shape') or [])))}</td>"
             + page.num(f"layers.{i}.params")
             + page.num(f"layers.{i}.sparsity", digits=4, scale=100, suffix="%", before=bar)
             + page.num(f"layers.{i}.zero_channels", digits=4, scale=100, suffix="%")
-            + f"<td>{_e(l.get('precision') or '')}</td><td>{_e(l.get('granularity') or '')}</td>"
+            + f"<td>{escape(l.get('precision') or '')}</td><td>{escape(l.get('granularity') or '')}</td>"
             + page.num(f"layers.{i}.bytes")
             + "</tr>"
         )
@@ -503,28 +504,28 @@ def _passes_section(data, page: _Page) -> str:
             cells = []
             for k, v in summary.items() if isinstance(summary, dict) else []:
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    cells.append(f"{_e(k)}: {page.num(f'passes.{i}.summary.{k}', tag='span', cls='n')}")
+                    cells.append(f"{escape(k)}: {page.num(f'passes.{i}.summary.{k}', tag='span', cls='n')}")
                 else:
-                    cells.append(f"{_e(k)}: {_e(json.dumps(v) if not isinstance(v, str) else v)}")
+                    cells.append(f"{escape(k)}: {escape(json.dumps(v) if not isinstance(v, str) else v)}")
             opts = p.get("options")
             rows.append(
-                f"<tr><td>{i + 1}</td><td><code>{_e(p.get('pass') or p.get('name') or '')}</code></td>"
-                f"<td><code>{_e(json.dumps(opts, sort_keys=True) if opts else '')}</code></td>"
-                f"<td>{_e(fmt_value(p.get('modified')) if 'modified' in p else '')}</td>"
+                f"<tr><td>{i + 1}</td><td><code>{escape(p.get('pass') or p.get('name') or '')}</code></td>"
+                f"<td><code>{escape(json.dumps(opts, sort_keys=True) if opts else '')}</code></td>"
+                f"<td>{escape(fmt_value(p.get('modified')) if 'modified' in p else '')}</td>"
                 f"<td>{'<br>'.join(cells)}</td></tr>"
             )
         parts.append(f"<h3>Passes</h3><table id='passes'>{''.join(rows)}</table>")
         if data.get("reproducibility"):  # a timed plan: the same command may choose differently
-            parts.append(f"<p class='note' id='reproducibility'>{_e(data['reproducibility'])}</p>")
+            parts.append(f"<p class='note' id='reproducibility'>{escape(data['reproducibility'])}</p>")
         for i, p in enumerate(passes):
             if isinstance(p.get("layers"), list) and p["layers"]:
                 name = p.get("pass") or p.get("name") or f"#{i + 1}"
-                parts.append(f"<h3>Pass {i + 1}: <code>{_e(name)}</code>, per layer</h3>" + generic_table(p["layers"], f"passes.{i}.layers", page))
+                parts.append(f"<h3>Pass {i + 1}: <code>{escape(name)}</code>, per layer</h3>" + generic_table(p["layers"], f"passes.{i}.layers", page))
             if isinstance(p.get("loss_curve"), list) and p["loss_curve"]:
-                parts.append(f"<h3>Pass {i + 1}: <code>{_e(p.get('pass') or '')}</code>, training loss</h3>" + loss_svg(p["loss_curve"]))
+                parts.append(f"<h3>Pass {i + 1}: <code>{escape(p.get('pass') or '')}</code>, training loss</h3>" + loss_svg(p["loss_curve"]))
     if recipe:
         text = recipe if isinstance(recipe, str) else json.dumps(recipe, indent=2)
-        parts.append(f"<h3>Recipe</h3><pre>{_e(text)}</pre>")
+        parts.append(f"<h3>Recipe</h3><pre>{escape(text)}</pre>")
     return ("<h2>Compression</h2>" + "".join(parts)) if parts else ""
 
 
@@ -547,14 +548,14 @@ def _latency_section(data, page: _Page) -> str:
         head += "<th>reference p50 ms</th><th>reference p99 ms</th><th>ratio (p50)</th></tr>" if has_ref else "</tr>"
         rows = [head]
         for i, r in enumerate(results):
-            cells = [f"<td>{_e(r.get('provider', ''))}</td>", page.num(f"latency.results.{i}.threads"), page.num(f"latency.results.{i}.batch")]
+            cells = [f"<td>{escape(r.get('provider', ''))}</td>", page.num(f"latency.results.{i}.threads"), page.num(f"latency.results.{i}.batch")]
             cells += [page.num(f"latency.results.{i}.model.{k}", digits=4) for k in ("p50_ms", "p90_ms", "p99_ms", "samples_per_s")]
             if has_ref:
                 cells += [page.num(f"latency.results.{i}.reference.p50_ms", digits=4), page.num(f"latency.results.{i}.reference.p99_ms", digits=4), page.num(f"latency.results.{i}.ratio", digits=4, suffix="×")]
             rows.append("<tr>" + "".join(cells) + "</tr>")
         settings = lat.get("settings") or {}
         note = (
-            f"{_e(lat.get('runs'))} timed runs after {_e(lat.get('warmup'))} warm-up runs per model and configuration"
+            f"{escape(lat.get('runs'))} timed runs after {escape(lat.get('warmup'))} warm-up runs per model and configuration"
             + (", interleaved with the reference in one process" if has_ref else "")
             + f"; intra-op spinning {'on' if settings.get('intra_op_spinning') else 'off'}. Ratio = candidate p50 / reference p50 (below 1 is faster)."
         )
@@ -566,11 +567,11 @@ def _latency_section(data, page: _Page) -> str:
         rows = ["<tr><th>provider</th><th>batch</th><th>peak</th>" + ("<th>reference peak</th>" if has_ref else "") + "</tr>"]
         for i, r in enumerate(mem["results"]):
             rows.append(
-                f"<tr><td>{_e(r.get('provider', ''))}</td>{page.num(f'latency.memory.results.{i}.batch')}{page.num(f'latency.memory.results.{i}.model_peak_bytes', **mib)}"
+                f"<tr><td>{escape(r.get('provider', ''))}</td>{page.num(f'latency.memory.results.{i}.batch')}{page.num(f'latency.memory.results.{i}.model_peak_bytes', **mib)}"
                 + (page.num(f"latency.memory.results.{i}.reference_peak_bytes", **mib) if has_ref else "")
                 + "</tr>"
             )
-        parts.append("<h3>Session peak memory</h3>" + f"<table id='memory'>{''.join(rows)}</table><p class='note'>{_e(mem.get('method', ''))}.</p>")
+        parts.append("<h3>Session peak memory</h3>" + f"<table id='memory'>{''.join(rows)}</table><p class='note'>{escape(mem.get('method', ''))}.</p>")
     return ("<h2>Cost: size, latency, memory</h2>" + "".join(parts)) if parts else ""
 
 
@@ -582,12 +583,12 @@ def _sweep_section(data, page: _Page) -> str:
     if not sweep:
         return ""
     extra = _scalar_columns(sweep, exclude=SWEEP_FIXED)
-    head = "<tr><th>configuration</th><th>bytes</th><th>PSNR dB</th>" + "".join(f"<th>{_e(k)}</th>" for k in extra) + "<th>Pareto front</th></tr>"
+    head = "<tr><th>configuration</th><th>bytes</th><th>PSNR dB</th>" + "".join(f"<th>{escape(k)}</th>" for k in extra) + "<th>Pareto front</th></tr>"
     rows = [head]
     for i, e in enumerate(sweep):
         mark = " (selected)" if e.get("selected") else ""
         rows.append(
-            f"<tr><td>{_e(e.get('label', f'#{i}'))}{_e(mark)}</td>{page.num(f'sweep.{i}.bytes')}{page.num(f'sweep.{i}.psnr_db', digits=4)}"
+            f"<tr><td>{escape(e.get('label', f'#{i}'))}{escape(mark)}</td>{page.num(f'sweep.{i}.bytes')}{page.num(f'sweep.{i}.psnr_db', digits=4)}"
             + "".join(_cell(e, k, f"sweep.{i}.{k}", page) for k in extra)
             + f"<td>{'yes' if e.get('pareto') else ''}</td></tr>"
         )
@@ -620,8 +621,8 @@ def _cell(row: dict, key: str, path: str, page: _Page) -> str:
     if (isinstance(v, (int, float)) and not isinstance(v, bool)) or (isinstance(v, str) and v in ("inf", "-inf", "nan")):
         return page.num(path)
     if isinstance(v, list):
-        return f"<td>{_e('×'.join(fmt_value(x) for x in v))}</td>"
-    return f"<td>{_e(fmt_value(v)) if v is not None else ''}</td>"
+        return f"<td>{escape('×'.join(fmt_value(x) for x in v))}</td>"
+    return f"<td>{escape(fmt_value(v)) if v is not None else ''}</td>"
 
 
 def generic_table(rows: list, path: str, page: _Page) -> str:
@@ -630,13 +631,14 @@ def generic_table(rows: list, path: str, page: _Page) -> str:
     cols = _scalar_columns(rows)
     if not cols:
         return ""
-    out = ["<tr>" + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr>"]
+    out = ["<tr>" + "".join(f"<th>{escape(c)}</th>" for c in cols) + "</tr>"]
     for i, r in enumerate(rows):
         out.append("<tr>" + "".join(_cell(r, c, f"{path}.{i}.{c}", page) for c in cols) + "</tr>")
     return f"<table>{''.join(out)}</table>"
 
 
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+def ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About ``n`` round axis ticks (steps of 1, 2, 2.5 or 5 times a power of ten) within [lo, hi]."""
     if not (hi > lo):
         return [lo]
     raw = (hi - lo) / n
@@ -680,10 +682,10 @@ def sweep_svg(sweep: list, width: int = 620, height: int = 360) -> str:
 
     out = [f'<svg id="sweep-chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="size versus PSNR">']
     out.append(f'<rect x="{ml}" y="{mt}" width="{width - ml - mr}" height="{height - mt - mb}" fill="#fafbfc" stroke="#c9ced8"/>')
-    for t in _ticks(xlo, xhi):
+    for t in ticks(xlo, xhi):
         x = X(t)
         out.append(f'<line x1="{x:.1f}" y1="{height - mb}" x2="{x:.1f}" y2="{height - mb + 4}" stroke="#666"/><text x="{x:.1f}" y="{height - mb + 16}" text-anchor="middle">{t:g}</text>')
-    for t in _ticks(ylo, yhi if not has_inf else qhi + pad_q):
+    for t in ticks(ylo, yhi if not has_inf else qhi + pad_q):
         y = Y(t)
         out.append(f'<line x1="{ml - 4}" y1="{y:.1f}" x2="{width - mr}" y2="{y:.1f}" stroke="#e3e6ec"/><text x="{ml - 7}" y="{y + 4:.1f}" text-anchor="end">{t:g}</text>')
     if has_inf:
@@ -709,12 +711,12 @@ def sweep_svg(sweep: list, width: int = 620, height: int = 360) -> str:
         shown_q = "∞" if math.isinf(q) else f"{q:.3g}"
         out.append(
             f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r}" fill="{fill}" stroke="{stroke}" stroke-width="{2 if selected else 1.5}" '
-            f'data-index="{i}" data-pareto="{str(on_front).lower()}"><title>{_e(label)}: {kb:.4g} KiB, {shown_q} dB</title></circle>'
+            f'data-index="{i}" data-pareto="{str(on_front).lower()}"><title>{escape(label)}: {kb:.4g} KiB, {shown_q} dB</title></circle>'
         )
         right = x > width - mr - 130
         name, bracket, speed = label.partition(" [")
         short = name[:28] + bracket + speed
-        out.append(f'<text x="{x - 7 if right else x + 7:.1f}" y="{y - 7:.1f}" text-anchor="{"end" if right else "start"}">{_e(short)}</text>')
+        out.append(f'<text x="{x - 7 if right else x + 7:.1f}" y="{y - 7:.1f}" text-anchor="{"end" if right else "start"}">{escape(short)}</text>')
     out.append(f'<circle cx="{ml + 6}" cy="14" r="4.5" fill="#d0452f" stroke="#d0452f"/><text x="{ml + 15}" y="18">Pareto front</text>')
     out.append(f'<circle cx="{ml + 116}" cy="14" r="4.5" fill="#fff" stroke="#7a8292" stroke-width="1.5"/><text x="{ml + 125}" y="18">dominated</text>')
     if any(p[5] for p in pts):
@@ -745,7 +747,7 @@ def loss_svg(curve: list, width: int = 420, height: int = 220) -> str:
     for e in range(lo, hi + 1):
         y = Y(10.0 ** e)
         out.append(f'<line x1="{ml}" y1="{y:.1f}" x2="{width - mr}" y2="{y:.1f}" stroke="#e3e6ec"/><text x="{ml - 6}" y="{y + 4:.1f}" text-anchor="end">1e{e}</text>')
-    for t in _ticks(x0, x1, 4):
+    for t in ticks(x0, x1, 4):
         x = X(t)
         out.append(f'<text x="{x:.1f}" y="{height - mb + 16}" text-anchor="middle">{t:g}</text>')
     out.append(f'<text x="{(ml + width - mr) / 2:.0f}" y="{height - 6}" text-anchor="middle">step</text>')
@@ -762,4 +764,4 @@ def _details_section(data) -> str:
     extra = {k: v for k, v in data.items() if k not in known}
     if not extra:
         return ""
-    return "<h2>Details</h2>" + f"<pre>{_e(json.dumps(extra, indent=2))}</pre>"
+    return "<h2>Details</h2>" + f"<pre>{escape(json.dumps(extra, indent=2))}</pre>"
