@@ -289,11 +289,11 @@ def _options(raw) -> dict:
     if not isinstance(out["provider"], str):
         raise GencompressError("spec: options.provider must be a provider name")
     from gencompress.arguments import seed_value
-    from gencompress.verbs.compress import _checked_counts
+    from gencompress.verbs.compress import checked_counts
 
     try:  # compress's own limits and provider names, before any trial runs
         seed_value(out["seed"], "seed")
-        _checked_counts(out["samples"], out["batches"], out["threads"], out["runs"], out["provider"], bench=True)
+        checked_counts(out["samples"], out["batches"], out["threads"], out["runs"], out["provider"], bench=True)
     except GencompressError as e:
         raise GencompressError(f"spec: options: {e}") from None
     return out

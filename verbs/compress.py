@@ -200,7 +200,7 @@ def compress(
     flags = _checked_flags(flags)
     seed = seed_value(seed)
     out = out_dir_path(out_dir)
-    samples, batches, threads, runs, provider = _checked_counts(samples, batches, threads, runs, provider, bench)
+    samples, batches, threads, runs, provider = checked_counts(samples, batches, threads, runs, provider, bench)
     timing = {"batches": list(batches), "threads": threads[0], "provider": provider}
     # Everything that can be checked is checked before any work is done.
     steps, recipe_source = _steps_of(recipe, flags, timing, target_psnr, sweep)
@@ -279,7 +279,7 @@ def _ship_into(candidate, folder, out, targets, log):
     return None
 
 
-def _checked_counts(samples, batches, threads, runs, provider, bench: bool):
+def checked_counts(samples, batches, threads, runs, provider, bench: bool):
     """The measurement's counts checked before any work (the limits keep a typo from hanging the
     run for hours) and the provider resolved (an unavailable one fails now, not after export)."""
     from gencompress.arguments import MAX_BATCH, MAX_RUNS, MAX_SAMPLES, MAX_THREADS, positive_int, positive_ints
