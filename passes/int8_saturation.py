@@ -415,26 +415,30 @@ def _feedback_block(t: np.ndarray, q0: np.ndarray, h: np.ndarray) -> np.ndarray:
     as ``_nudge``; the second weight of a pair then rounded within what the first leaves). ``q0``:
     the rounding without feedback, kept for rows where feedback does not lower ``e H eᵀ``."""
     rs = _damped_factor(h)
-    w = t.astype(np.float64, copy=True)
+    # the columns as rows (contiguous) and clipped by ufuncs, no np.clip / np.outer wrappers: the same
+    # arithmetic in the same order (identical roundings); rrdb's feedback 1.16 -> 0.61 s CPU (cProfile)
+    tt = t.T.astype(np.float64)
+    w = tt.copy()
     q = np.empty_like(w)
-    width = w.shape[1]
+    width = w.shape[0]
     for c0 in range(0, width, FEEDBACK_COLUMNS):
         c1 = min(c0 + FEEDBACK_COLUMNS, width)
         for a in range(c0, c1, 2):
             b = a + 1
-            wa = w[:, a]
-            qa = np.clip(np.rint(wa), -QMAX, QMAX)
-            wb = w[:, b] + (t[:, a] - qa) * rs[a, b]
-            over = np.abs(qa + np.clip(np.rint(wb), -QMAX, QMAX)) > PAIR_LIMIT
+            wa = w[a]
+            qa = np.minimum(np.maximum(np.rint(wa), -QMAX), QMAX)
+            wb = w[b] + (tt[a] - qa) * rs[a, b]
+            over = np.abs(qa + np.minimum(np.maximum(np.rint(wb), -QMAX), QMAX)) > PAIR_LIMIT
             if over.any():
                 pa, _ = _on_bound(np.abs(wa[over]), np.abs(wb[over]))
                 qa[over] = np.where(wa[over] + wb[over] >= 0, pa, -pa)
-            w[:, a + 1 : c1] += np.outer(t[:, a] - qa, rs[a, a + 1 : c1])
-            wb = w[:, b]
-            qb = np.clip(np.clip(np.rint(wb), -QMAX, QMAX), -PAIR_LIMIT - qa, PAIR_LIMIT - qa)
-            w[:, b + 1 : c1] += np.outer(t[:, b] - qb, rs[b, b + 1 : c1])
-            q[:, a], q[:, b] = qa, qb
-        w[:, c1:] += (t[:, c0:c1] - q[:, c0:c1]) @ rs[c0:c1, c1:]
+            w[a + 1 : c1] += rs[a, a + 1 : c1, None] * (tt[a] - qa)
+            qb = np.minimum(np.maximum(np.minimum(np.maximum(np.rint(w[b]), -QMAX), QMAX), -PAIR_LIMIT - qa), PAIR_LIMIT - qa)
+            w[b + 1 : c1] += rs[b, b + 1 : c1, None] * (tt[b] - qb)
+            q[a], q[b] = qa, qb
+        # the product of the rows' layout (C-contiguous errors), so that BLAS sums as it did
+        w[c1:] += (np.ascontiguousarray((tt[c0:c1] - q[c0:c1]).T) @ rs[c0:c1, c1:]).T
+    q = np.ascontiguousarray(q.T)
     better = _output_error(t - q, h) < _output_error(t - q0, h)
     return np.where(better[:, None], q, q0), better
 
