@@ -377,6 +377,30 @@ def test_unfold_rows_are_the_kernels_k_order():
     assert moment_blocks(7) == [(0, 8)] and moment_blocks(3000) == [(0, 1152), (1152, 2304), (2304, 3000)]
 
 
+def test_moments_run_stops_once_every_ask_has_its_rows(monkeypatch):
+    """``collect_stats`` runs no batch after every ``_Moments`` ask has ``MOMENT_ROWS`` rows (later
+    batches would change nothing): the same moments as a run over every batch."""
+    from gencompress.runtime_check import saturation
+    from gencompress.runtime_check.calibration import collect_stats
+
+    monkeypatch.setattr(saturation, "MOMENT_ROWS", 40)  # 16 windows a sample: full within the 2nd batch of 2
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(3, 4, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g", [helper.make_tensor_value_info("x", TP.FLOAT, ["N", 4, 6, 6])],
+                              [helper.make_tensor_value_info("y", TP.FLOAT, ["N", 3, 4, 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"x": np.random.default_rng(1).normal(size=(10, 4, 6, 6)).astype(np.float32)}
+    asks = [("conv", Unfold((3, 3), (0, 0, 0, 0), (1, 1), (1, 1)), 36, False)]
+    seen = []
+    real = saturation._Moments.update
+    monkeypatch.setattr(saturation._Moments, "update", lambda self, x: (seen.append(len(x)), real(self, x))[1])
+    early = collect_stats(model, ["x"], feeds, stats={"x": saturation._Moments(asks, 0)}, batch_size=2)["x"]
+    assert seen == [2, 2]
+    monkeypatch.setattr(saturation._Moments, "full", property(lambda self: False))
+    every = collect_stats(model, ["x"], feeds, stats={"x": saturation._Moments(asks, 0)}, batch_size=2)["x"]
+    assert len(seen) == 7 and early.rows == every.rows == {"conv": 40}
+    assert all(np.array_equal(a[2], b[2]) for a, b in zip(early.blocks("conv"), every.blocks("conv")))
+
+
 def _output_error(w, q, scale, layout, h):
     """Per output channel, ``e H eᵀ`` of the weight error ``e = w - s q`` in the kernel's K order."""
     wr, ch = layout.rows(w)
