@@ -1,10 +1,9 @@
 """Calibration: run the float model in onnxruntime over a calibration set, collect tensor statistics.
 
 Not a pass: it reads a model and returns numbers. ``collect_stats`` runs the model once per
-batch with every requested tensor added as a graph output (for ``minmax``, only its min, max,
-sum and size, reduced by onnxruntime), and keeps for each tensor its exact min/max and (for
-the histogram methods) its count of exact zeros and a signed histogram whose range doubles as
-larger values arrive, so one pass over the data suffices. ``TensorStats.range``
+batch with every requested tensor added as a graph output, and keeps for each tensor its exact
+min/max and (for the histogram methods) its count of exact zeros and a signed histogram whose
+range doubles as larger values arrive, so one pass over the data suffices. ``TensorStats.range``
 turns the statistics into a quantization range for one of the methods:
 
 - ``minmax``: the observed range.
@@ -60,7 +59,14 @@ class TensorStats:
         x = np.asarray(x)
         if x.size == 0:
             return
-        self.update_range(float(x.min()), float(x.max()), x.size)  # exact in float32; NaN propagates, Inf shows
+        lo, hi = float(x.min()), float(x.max())  # exact in float32; NaN propagates, Inf shows
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise GencompressError(
+                f"calibration: tensor {self.name!r} has NaN or Inf values on the calibration inputs"
+            )
+        self.lo = min(self.lo, lo)
+        self.hi = max(self.hi, hi)
+        self.count += x.size
         if not self.histogram:
             return  # minmax needs no more (and no float64 copy of a large batch)
         x = x.astype(np.float64, copy=False).ravel()
@@ -76,18 +82,6 @@ class TensorStats:
         index = np.floor(x / width).astype(np.int64) + HALF_BINS
         np.clip(index, 0, 2 * HALF_BINS - 1, out=index)
         self.counts += np.bincount(index, minlength=2 * HALF_BINS)
-
-    def update_range(self, lo: float, hi: float, count: int) -> None:
-        """Take a batch's min, max and element count (all ``minmax`` needs)."""
-        if count == 0:
-            return
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise GencompressError(
-                f"calibration: tensor {self.name!r} has NaN or Inf values on the calibration inputs"
-            )
-        self.lo = min(self.lo, lo)
-        self.hi = max(self.hi, hi)
-        self.count += count
 
     def _double(self) -> None:
         """Double the histogram's range by merging bin pairs (exact: edges stay aligned)."""
@@ -267,9 +261,7 @@ def collect_stats(
     """Run ``model`` (float; onnx_ir or proto) over ``feeds`` once per batch; statistics of each
     tensor in ``names``. The tensors are made graph outputs of the model for the run and the
     model is restored after (no copy of its weights is made). ``stats``: other statistics to
-    keep, ``{name: object with update(batch of the tensor)}`` (then ``names`` are its keys).
-    Without histograms or ``stats`` (``minmax``), onnxruntime reduces each tensor to its min, max,
-    sum and size in the graph (``_add_reductions``) and no tensor is copied out."""
+    keep, ``{name: object with update(batch of the tensor)}`` (then ``names`` are its keys)."""
     import onnx_ir as ir
 
     from gencompress.output import progress
@@ -281,16 +273,13 @@ def collect_stats(
     graph = model.graph
     values = {v.name: v for v in graph.inputs}
     values.update({v.name: v for node in graph for v in node.outputs})
-    added, typed, reductions = [], [], []
+    added, typed = [], []
     existing = {v.name for v in graph.outputs}
-    reduced = stats is None and not histogram
     for name in names:
         value = values.get(name)
         if value is None:
             raise GencompressError(f"calibration: tensor {name!r} is not computed by the graph")
-        if reduced:
-            reductions += _add_reductions(graph, value, values)
-        elif name not in existing:
+        if name not in existing:
             if value.type is None:
                 value.type = ir.TensorType(ir.DataType.FLOAT)
                 typed.append(value)
@@ -303,17 +292,12 @@ def collect_stats(
         # ConvTranspose weight on every run. (benchmarks/scale.py measures these choices.)
         session = make_session(model, label="calibration", lean=True, optimization="extended", spinning=True)
     finally:
-        for _ in added + [o for node in reductions for o in node.outputs]:  # pop, not del: onnx_ir's del leaves the
-            graph.outputs.pop()                                               # values marked as graph outputs
-        graph.remove(reductions)
+        for _ in added:  # pop, not del: onnx_ir's del leaves the values marked as graph outputs
+            graph.outputs.pop()
         for value in typed:
             value.type = None
     out_names = [o.name for o in session.get_outputs()]
-    if reduced:  # each name's min, max, sum and size: four outputs in a row
-        first = out_names.index(reductions[0].outputs[0].name) if reductions else 0
-        wanted = [first + 4 * k for k in range(len(names))]
-    else:
-        wanted = [out_names.index(n) for n in names]
+    wanted = [out_names.index(n) for n in names]
     stats = stats if stats is not None else {n: TensorStats(n, histogram=histogram) for n in names}
     n = num_samples(feeds)
     fixed = fixed_batch(model)
@@ -328,23 +312,13 @@ def collect_stats(
     if fixed:
         batch_size = fixed
     elif n > 1:  # one sample first, to size the batches within ACTIVATION_BUDGET
-        outputs = run({k: v[:1] for k, v in feeds.items()})
-        # reduced: the tensors' bytes from their sizes (the memory onnxruntime holds them in is as before)
-        per_sample = sum(int(outputs[i + 3]) * 4 for i in wanted) if reduced else sum(np.asarray(o).nbytes for o in outputs)
+        per_sample = sum(np.asarray(o).nbytes for o in run({k: v[:1] for k, v in feeds.items()}))
         batch_size = max(1, min(batch_size, ACTIVATION_BUDGET // max(per_sample, 1)))
     total = n // batch_size if fixed else math.ceil(n / batch_size)
 
     def update(outputs):
         for name, i in zip(names, wanted):
-            if not reduced:
-                stats[name].update(outputs[i])
-                continue
-            lo, hi, total, count = (float(outputs[i + j]) for j in range(4))
-            # onnxruntime's min and max may skip a NaN; their sum does not (nor can finite values
-            # whose sum cannot reach float32's limit make one)
-            if math.isnan(total) and count * max(abs(lo), abs(hi)) < 1e38:
-                lo = math.nan
-            stats[name].update_range(lo, hi, int(count))
+            stats[name].update(outputs[i])
 
     # a batch's statistics are taken in a second thread while onnxruntime runs the next batch (both
     # let go of the GIL): DenseNet-121's min/max updates were a quarter of its calibration, now hidden
@@ -367,33 +341,6 @@ def collect_stats(
         if pending is not None:
             pending.result()
     return stats
-
-
-def _add_reductions(graph, value, values: dict) -> list:
-    """ReduceMin, ReduceMax, ReduceSum (all axes) and Size of ``value`` appended to ``graph``, their
-    outputs made graph outputs in that order; returns the nodes (removed after the session is made).
-    The tensor stays inside onnxruntime: its memory is reused as in a plain run and no copy of a
-    large batch of activations goes through numpy (VGG-19's calibration took twice a float run)."""
-    import onnx_ir as ir
-
-    nodes = []
-    for op in ("ReduceMin", "ReduceMax", "ReduceSum", "Size"):
-        node = ir.node(op, [value], {"keepdims": 0} if op != "Size" else None)
-        out = node.outputs[0]
-        out.name = _fresh(f"{value.name}__{op}", values)
-        out.type = ir.TensorType(ir.DataType.INT64 if op == "Size" else (value.type.dtype if value.type else ir.DataType.FLOAT))
-        out.shape = ir.Shape([])
-        graph.append(node)
-        graph.outputs.append(out)
-        nodes.append(node)
-    return nodes
-
-
-def _fresh(name: str, taken: dict) -> str:
-    while name in taken:
-        name += "_"
-    taken[name] = None
-    return name
 
 
 def calibration_inputs(model, *, size: int | None = None, seed: int = 0, data=None) -> dict[str, np.ndarray]:

@@ -103,11 +103,11 @@ _PEAK_CHILD = textwrap.dedent(
     build_generator(80, src)
     base = int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) * 1024
     seen = {"bytes": 0}
-    update = C.TensorStats.update_range
-    def counting(self, lo, hi, count):  # every calibrated tensor of every batch passes here once (float32)
-        seen["bytes"] += 4 * count
-        return update(self, lo, hi, count)
-    C.TensorStats.update_range = counting
+    update = C.TensorStats.update
+    def counting(self, x):  # every calibrated tensor of every batch passes here once
+        seen["bytes"] += np.asarray(x).nbytes
+        return update(self, x)
+    C.TensorStats.update = counting
     Q.quantize(str(src), out, calib_size=64, check=False, objective="size")
     print(json.dumps({"base": base, "peak": vm_hwm(), "file": src.stat().st_size, "per_sample": seen["bytes"] / 64}))
     """
