@@ -193,7 +193,7 @@ def before_tree(rev: str, folder: Path) -> Path:
     pkg.mkdir(parents=True)
     for item in (tree / "gencompress").iterdir():
         (pkg / item.name).symlink_to(item)
-    for sub in ("exporter", "passes", "runtime_check", "models", "distill", "ship", "verbs", "cli"):
+    for sub in ("exporter", "passes", "runtime_check", "models", "verbs", "cli", "distillation", "edge", "sweeps"):  # pyproject's package-dir
         if (tree / sub).exists() and not (pkg / sub).exists():
             (pkg / sub).symlink_to(tree / sub)
     return folder / "pkg"
