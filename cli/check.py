@@ -7,7 +7,7 @@ import click
 from gencompress.arguments import BENCH_BUDGET_S, SEED_MAX, positive_int
 from gencompress.errors import GencompressError
 from gencompress.output import cell
-from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES, HELD_BACK_SEED
+from gencompress.runtime_check.fidelity import AUTO_SAMPLES_HELP, HELD_BACK_SEED
 
 
 def _ints(values, option: str) -> list[int]:
@@ -37,7 +37,8 @@ CHECK_ROWS = [
 @click.command("check")
 @click.argument("reference", metavar="REF.onnx")
 @click.argument("candidate", metavar="CANDIDATE.onnx")
-@click.option("--samples", "-n", type=int, default=DEFAULT_SAMPLES, show_default=True, help="Number of seeded latents (the same for both models).")
+@click.option("--samples", "-n", type=int, default=None, show_default="auto",
+              help=f"Number of seeded latents (the same for both models); {AUTO_SAMPLES_HELP}.")
 @click.option("--seed", type=click.IntRange(0, SEED_MAX), default=HELD_BACK_SEED, show_default=True,
               help="Seed of the latent set (default: the held-back set quantize and compress report PSNR on).")
 @click.option("--batch", type=int, default=64, show_default=True, help="Samples per onnxruntime call.")
@@ -104,6 +105,8 @@ def check(reference, candidate, samples, seed, batch, inputs_npz, features, peak
             continue
         rows.append([label, *(cell(o.get(key), decimals=2 if key.endswith("_db") else None) for o in outs)])
     click.echo(f"{result['samples']} samples, seed {result['seed']}, {result['provider']}")
+    if result.get("samples_note"):
+        click.echo(result["samples_note"])
     click.echo(portability_line(result.get("portability")))
     click.echo(table(["metric", *(o["name"] for o in outs)], rows))
     for o in outs:

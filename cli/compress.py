@@ -10,6 +10,7 @@ from gencompress.cli.check import portability_line
 from gencompress.output import cell, echo_json, table
 from gencompress.passes.insert_qdq import ACTIVATION_TYPES, CALIBRATION_METHODS, INT8_KERNELS
 from gencompress.passes.prune_report import SCOPES
+from gencompress.runtime_check.fidelity import AUTO_SAMPLES_HELP
 from gencompress.verbs.compress import QUANT_MODES
 from gencompress.verbs.prune import PASS_OF_MODE
 from gencompress.verbs.int8_plan import OBJECTIVES
@@ -69,7 +70,7 @@ def _flag(name: str) -> str:
                    "one per --objective that stays at or above DB against float; all candidates go on the report's chart.")
 @click.option("--distill", type=int, default=0, show_default=True, metavar="STEPS", help="After pruning, distill the pruned model against the float one for STEPS steps (quantization-aware when a quantization follows).")
 @click.option("--sweep", help="Also run KEY=V1,V2,... (sparsity, bits, mode, calib) for the size-vs-PSNR chart.")
-@click.option("--samples", type=int, default=256, show_default=True, help="Seeded latents for the fidelity check.")
+@click.option("--samples", type=int, default=None, show_default="auto", help=f"Seeded latents for the fidelity check; {AUTO_SAMPLES_HELP}.")
 @click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True)
 @click.option("--provider", default="CPUExecutionProvider", show_default=True, help="Execution provider to time.")
 @click.option("--batch", "batches", type=int, multiple=True, help="Batch sizes to time (default 1 and 64).")

@@ -9,6 +9,7 @@ from gencompress.output import echo_json, table
 from gencompress.passes.insert_qdq import ACTIVATION_TYPES, CALIBRATION_METHODS, INT8_KERNELS
 from gencompress.verbs.int8_plan import OBJECTIVES
 from gencompress.verbs.quantizers import MODES
+from gencompress.runtime_check.fidelity import AUTO_SAMPLES_HELP
 
 _QUANTIZE_EPILOG = """\b
 Examples:
@@ -53,8 +54,9 @@ def _options(*names):
                                      help="portable: int8 weights that cannot saturate the int16 sums of x86 kernels without VNNI "
                                           "(AVX2, AVX-512BW); vnni: full 8-bit weights, for targets that all have VNNI or ARM dot-product."),
         "seed": click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True, help="Seed of the calibration draws (evaluation uses a held-back seed)."),
-        "eval-size": click.option("--eval-size", type=int, default=256, show_default=True,
-                                  help="Held-back samples for the PSNR check (the set `gencompress check` draws by default)."),
+        "eval-size": click.option("--eval-size", type=int, default=None, show_default="auto",
+                                  help="Held-back samples for the PSNR check (the set `gencompress check` draws by default); "
+                                       f"{AUTO_SAMPLES_HELP}."),
         "json": click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
     }
 

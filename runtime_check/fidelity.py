@@ -51,11 +51,107 @@ def held_back_seed(seed: int = 0) -> int:
 HELD_BACK_SEED = held_back_seed(0)  # check's default: what quantize and compress use by default
 
 
-def held_back_inputs(model, seed: int = 0, samples: int = DEFAULT_SAMPLES) -> dict:
-    """The held-back evaluation set of ``model`` for a run with ``seed``."""
+def held_back_inputs(model, seed: int = 0, samples: int | None = None) -> dict:
+    """The held-back evaluation set of ``model`` for a run with ``seed``: ``samples`` draws
+    (None: ``default_samples(model)``)."""
     from gencompress.inputs import sample_inputs, specs_of_model
 
-    return sample_inputs(specs_of_model(model), samples, held_back_seed(seed))
+    return sample_inputs(specs_of_model(model), default_samples(model) if samples is None else samples, held_back_seed(seed))
+
+
+# A large model's default set is smaller, so that its check does not cost more than its quantize:
+# ``DEFAULT_SAMPLES`` draws while they take at most ``EVAL_MACS`` multiply-adds, else the largest
+# power of two that fits, never under ``MIN_SAMPLES``. From the model's shapes only (never from a
+# timing): the same model gets the same set on every machine. 2 TMAC (256 draws up to 7.8 GMAC
+# each) keeps 256 for every zoo model, family, Conv family, the standard DCGAN, the 12M and 47M
+# DCGANs of benchmarks/scale.py (0.41, 1.6 GMAC a draw) and ResNet-50 (4.1); VGG-19 (19.6) gets 64.
+EVAL_MACS = 2_000_000_000_000
+MIN_SAMPLES = 32
+AUTO_SAMPLES_HELP = (f"auto: {DEFAULT_SAMPLES}, fewer for a model above {EVAL_MACS / DEFAULT_SAMPLES / 1e9:.1f} GMAC per draw "
+                     f"(a power of two, at least {MIN_SAMPLES}: from the model's shapes, the same on every machine)")
+
+
+def default_samples(model) -> int:
+    """The number of held-back draws every verb evaluates ``model`` (the float reference: a path,
+    proto or onnx_ir model) on when the user gives none."""
+    return budgeted_samples(model)[0]
+
+
+def budgeted_samples(model) -> tuple[int, str | None]:
+    """(``default_samples(model)``, one line saying why it is under ``DEFAULT_SAMPLES``, else None)."""
+    macs, batch = _macs_and_batch(model)
+    if macs is None or macs * DEFAULT_SAMPLES <= EVAL_MACS:
+        return DEFAULT_SAMPLES, None
+    n = max(MIN_SAMPLES, 1 << (EVAL_MACS // macs).bit_length() - 1)
+    n = -(-n // batch) * batch  # whole batches of a fixed-batch model
+    return n, (f"fidelity on {n} held-back draws, not {DEFAULT_SAMPLES}: the model's {macs / 1e9:.1f} GMAC per draw "
+               f"(--samples / --eval-size to change)")
+
+
+def macs_per_sample(model) -> int | None:
+    """Multiply-adds of one sample through ``model``'s Conv, ConvTranspose, Gemm, MatMul, LSTM, GRU
+    and RNN nodes (main graph), from onnx shape inference on inputs of the size the held-back
+    draws have (a dynamic batch at 1); None when a shape they need is unknown. Weights are not
+    read: their dims are enough."""
+    return _macs_and_batch(model)[0]
+
+
+def _macs_and_batch(model) -> tuple[int | None, int]:
+    from gencompress.batches import fixed_batch
+    from gencompress.inputs import specs_of_model
+    from gencompress.onnx_io import load_header, skeleton
+
+    proto = skeleton(load_header(model) if isinstance(model, (str, os.PathLike)) else model)
+    batch = fixed_batch(proto) or 1
+    try:
+        drawn = {s.name: s.shape for s in specs_of_model(proto)}
+    except GencompressError:
+        drawn = {}
+    inits = {t.name for t in proto.graph.initializer}
+    for vi in proto.graph.input:  # every dynamic dim at the size drawn (the batch at 1): data propagation resolves reshapes of them
+        shape = drawn.get(vi.name, ())
+        for i, d in enumerate(vi.type.tensor_type.shape.dim if vi.name not in inits else ()):
+            if not d.HasField("dim_value"):
+                d.dim_value = int(shape[i]) if 0 < i < len(shape) else 1
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:
+        return None, batch
+    shapes = {t.name: tuple(t.dims) for t in proto.graph.initializer}
+    for vi in [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]:
+        t = vi.type.tensor_type
+        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            shapes[vi.name] = tuple(d.dim_value for d in t.shape.dim)
+    total = 0
+    for node in proto.graph.node:
+        if node.op_type not in _MAC_OPS:
+            continue
+        # (X, W, Y), or a recurrent layer's (X, W, R)
+        names = list(node.input[:3]) if node.op_type in _RECURRENT else [*node.input[:2], *node.output[:1]]
+        if len(names) < 3 or any(name not in shapes for name in names):
+            return None, batch
+        total += _MAC_OPS[node.op_type](*(shapes[name] for name in names), node)
+    return total // batch, batch
+
+
+def _prod(dims) -> int:
+    return math.prod(int(d) for d in dims)
+
+
+def _gemm_k(x, node) -> int:
+    trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
+    return x[0] if trans_a else x[-1]
+
+
+_RECURRENT = ("LSTM", "GRU", "RNN")
+_MAC_OPS = {  # (input 0 dims, input 1 dims, output 0 dims (R's for a recurrent layer), node) -> multiply-adds
+    "Conv": lambda x, w, y, node: _prod(y) * _prod(w[1:]),
+    "ConvTranspose": lambda x, w, y, node: _prod(x) * _prod(w[1:]),  # each input element meets C_out/g x kernel weights
+    "Gemm": lambda x, w, y, node: _prod(y) * _gemm_k(x, node),
+    "MatMul": lambda x, w, y, node: _prod(y) * x[-1],
+    # every step of every sequence (X's first two dims) meets the input (W) and hidden (R) weights
+    **{op: (lambda x, w, r, node: _prod(x[:2]) * (_prod(w) + _prod(r))) for op in _RECURRENT},
+}
 
 
 def observed_peak(ref: np.ndarray) -> float:

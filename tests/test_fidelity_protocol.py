@@ -70,3 +70,87 @@ def test_one_peak_rule(zoo_onnx):
     del proto.metadata_props[:]
     assert F.output_peak(proto, ref) == (0.75, "observed")
     assert F.output_peak(proto, np.zeros((2, 3))) == (1.0, "observed")
+
+
+# ---- the held-back set's size: 256 draws, fewer for a model whose draws cost more than EVAL_MACS ----
+
+
+def _layers_model(batch="N", mystery=False) -> onnx.ModelProto:
+    """x [batch, 3, 16, 16] -> Conv 3x3 (8) -> ConvTranspose 4/2/1 (2) -> Flatten -> Gemm (5) -> MatMul (7),
+    and an LSTM over a [batch, 5, 4] sequence (time-major inside): multiply-adds known by hand. ``mystery``: an op of
+    an unknown domain before the Conv (shape inference knows nothing after it)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def w(name, *shape):
+        return numpy_helper.from_array(np.full(shape, 0.01, np.float32), name)
+
+    nodes = [
+        *([helper.make_node("Mystery", ["x"], ["m"], domain="example.mystery")] if mystery else []),
+        helper.make_node("Conv", ["m" if mystery else "x", "wc"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("ConvTranspose", ["c", "wt"], ["t"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Flatten", ["t"], ["f"]),
+        helper.make_node("Gemm", ["f", "wg"], ["g"]),
+        helper.make_node("MatMul", ["g", "wm"], ["y"]),
+        helper.make_node("Transpose", ["s"], ["st"], perm=[1, 0, 2]),
+        helper.make_node("LSTM", ["st", "wl", "rl"], ["", "h"], hidden_size=3),
+    ]
+    graph = helper.make_graph(
+        nodes, "layers",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 16, 16]),
+         helper.make_tensor_value_info("s", TensorProto.FLOAT, [batch, 5, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None), helper.make_tensor_value_info("h", TensorProto.FLOAT, None)],
+        [w("wc", 8, 3, 3, 3), w("wt", 8, 2, 4, 4), w("wg", 2 * 32 * 32, 5), w("wm", 5, 7), w("wl", 1, 12, 4), w("rl", 1, 12, 3)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("example.mystery", 1)])
+
+
+# per sample: Conv 8 outputs x 16x16 positions x 3x3x3 taps; ConvTranspose 8x16x16 input elements
+# x 2 outputs x 4x4 taps; Gemm 5 x 2048; MatMul 7 x 5; LSTM 5 steps x (12x4 + 12x3)
+LAYER_MACS = 8 * 256 * 27 + 8 * 256 * 2 * 16 + 5 * 2048 + 7 * 5 + 5 * (48 + 36)
+
+
+def test_macs_per_sample_from_shapes():
+    assert F.macs_per_sample(_layers_model()) == LAYER_MACS
+    assert F.macs_per_sample(_layers_model(batch=4)) == LAYER_MACS  # a fixed batch: per sample, not per run
+    assert F.macs_per_sample(_layers_model(mystery=True)) is None  # unknown shapes: no count...
+    assert F.default_samples(_layers_model(mystery=True)) == F.DEFAULT_SAMPLES  # ...and the full set
+
+
+def test_default_samples_follow_the_budget(monkeypatch):
+    model = _layers_model()
+    assert F.budgeted_samples(model) == (F.DEFAULT_SAMPLES, None)  # far under the budget
+    monkeypatch.setattr(F, "EVAL_MACS", LAYER_MACS * 256)
+    assert F.default_samples(model) == 256  # exactly at the budget
+    monkeypatch.setattr(F, "EVAL_MACS", LAYER_MACS * 100)
+    n, note = F.budgeted_samples(model)
+    assert n == 64 and "64 held-back draws" in note  # the largest power of two within the budget
+    monkeypatch.setattr(F, "EVAL_MACS", LAYER_MACS * 3)
+    assert F.default_samples(model) == F.MIN_SAMPLES  # never under the floor
+    assert F.default_samples(_layers_model(batch=3)) == 33  # whole runs of a fixed-batch model
+
+
+def test_a_large_model_is_evaluated_on_the_budgeted_set_by_every_verb(run_cli, zoo_onnx, tmp_path, monkeypatch):
+    """A model above the budget (made so by lowering it): quantize, check and compress evaluate it on
+    the same smaller held-back set and say so; an explicit count is obeyed."""
+    src = zoo_onnx("dcgan")
+    assert F.default_samples(src) == F.DEFAULT_SAMPLES  # the zoo model itself keeps 256 draws
+    monkeypatch.setattr(F, "EVAL_MACS", F.macs_per_sample(src) * 40)  # -> 32 draws
+    out = tmp_path / "q.onnx"
+    q = run_cli("quantize", src, out, "--objective", "size", "--json")
+    assert q.exit_code == 0, q
+    report = json.loads(q.stdout)
+    assert report["evaluation"]["samples"] == 32 and any("32 held-back draws" in n for n in report["notes"])
+    c = json.loads(run_cli("check", src, out, "--json").stdout)
+    assert c["samples"] == 32 and "32 held-back draws" in c["samples_note"]
+    assert report["psnr_db"] == round(c["outputs"][0]["psnr_db"], 2)  # the same set: the same figure
+    job = tmp_path / "job"
+    r = run_cli("compress", src, job, "--no-bench", "--objective", "size", "--json")
+    assert r.exit_code == 0, r
+    fid = json.loads(r.stdout)["fidelity"]
+    assert fid["samples"] == 32 and "32 held-back draws" in fid["samples_note"]
+    # an explicit count is what is used, in both verbs, with no note
+    q40 = json.loads(run_cli("quantize", src, tmp_path / "q40.onnx", "--objective", "size", "--eval-size", 40, "--json").stdout)
+    c40 = json.loads(run_cli("check", src, out, "--samples", 40, "--json").stdout)
+    assert q40["evaluation"]["samples"] == c40["samples"] == 40 and c40["samples_note"] is None
+    assert not any("held-back draws" in n for n in q40["notes"])
+    assert q40["psnr_db"] == round(c40["outputs"][0]["psnr_db"], 2)

@@ -29,7 +29,7 @@ from gencompress.errors import GencompressError, short
 from gencompress.isa import host_isa
 from gencompress.runtime_check.report_html import pareto_front, write_report  # noqa: F401  (re-exported)
 
-from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES, HELD_BACK_SEED  # noqa: E402  (the one protocol)
+from gencompress.runtime_check.fidelity import HELD_BACK_SEED  # noqa: E402  (the one protocol)
 
 SCHEMA = "gencompress.report/1"
 DEFAULT_PREVIEW_OUTPUT_KINDS = ("image", "sequence")
@@ -84,7 +84,7 @@ def check(
     reference,
     candidate,
     *,
-    samples: int = DEFAULT_SAMPLES,
+    samples: int | None = None,
     seed: int = HELD_BACK_SEED,
     batch: int = 64,
     inputs=None,
@@ -99,8 +99,9 @@ def check(
     """Fidelity of ``candidate`` against ``reference`` on one fixed, seeded input set.
 
     ``samples`` latents are drawn with ``seed`` from the prior the exporter recorded in the
-    reference (``gencompress.inputs``); the defaults are the held-back set quantize and compress
-    evaluate on (``fidelity.held_back_inputs``), so all three print the same PSNR; or taken from ``inputs`` (an ``.npz`` path or a dict of
+    reference (``gencompress.inputs``; None: ``fidelity.default_samples`` of the reference, 256
+    unless the model is large, and ``samples_note`` says why when it is fewer); the defaults are
+    the held-back set quantize and compress evaluate on (``fidelity.held_back_inputs``), so all three print the same PSNR; or taken from ``inputs`` (an ``.npz`` path or a dict of
     arrays keyed by input name). Both models run the same inputs, ``batch`` samples per call.
     ``features``: an ONNX model (path) whose first output, flattened, gives the features for the
     Fréchet distance of the first output (default: the built-in seeded conv net).
@@ -128,6 +129,9 @@ def check(
         raise GencompressError(f"{weight_warnings[0]}; refusing to check it (--allow-nonfinite measures it anyway)")
 
     specs = specs_of_model(ref_proto)
+    note = None
+    if inputs is None and samples is None:  # the held-back set's size for this model's compute
+        samples, note = F.budgeted_samples(ref_proto)
     feeds, inputs_source, samples = _check_feeds(specs, inputs, samples, seed)
 
     # a path is read by onnxruntime itself (external data and all), an in-memory model as given;
@@ -146,6 +150,7 @@ def check(
         "reference": ref_label,
         "candidate": cand_label,
         "samples": int(samples),
+        "samples_note": note,
         "seed": int(seed),
         "inputs_source": inputs_source,
         "provider": provider,
@@ -270,7 +275,7 @@ def _compare_outputs(ref_proto, output_names, ref_out, cand_out, peak, features)
 
 def _checked_check_arguments(samples, batch, seed, threads, preview, peak, provider, inputs, features):
     """``check``'s counts and argument types checked before any work; (samples, batch, seed, threads, preview)."""
-    if inputs is None:
+    if inputs is None and samples is not None:
         samples = positive_int(samples, "--samples (the number of latents)", MAX_SAMPLES)
     batch = positive_int(batch, "--batch", MAX_BATCH)
     seed = seed_value(seed)

@@ -173,7 +173,7 @@ def compress(
     checkpoint=None,
     inputs=None,
     batch_size: int | None = None,
-    samples: int = 256,
+    samples: int | None = None,
     seed: int = 0,
     bench: bool = True,
     batches=(1, 64),
@@ -284,7 +284,7 @@ def checked_counts(samples, batches, threads, runs, provider, bench: bool):
     run for hours) and the provider resolved (an unavailable one fails now, not after export)."""
     from gencompress.arguments import MAX_BATCH, MAX_RUNS, MAX_SAMPLES, MAX_THREADS, positive_int, positive_ints
 
-    samples = positive_int(samples, "--samples", MAX_SAMPLES)
+    samples = None if samples is None else positive_int(samples, "--samples", MAX_SAMPLES)  # None: the reference's default
     batches = positive_ints(batches, "--batch", MAX_BATCH)
     threads = positive_ints(threads, "--threads", MAX_THREADS)
     runs = positive_int(runs, "--runs", MAX_RUNS)
@@ -385,11 +385,11 @@ def _checked_reference(proto, path, samples: int):
     from gencompress.inputs import check_batch_budget, output_range_of_model, specs_of_model
     from gencompress.onnx_io import refuse_nonfinite_weights
 
-    from gencompress.runtime_check.fidelity import refuse_uncomparable_outputs
+    from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES, refuse_uncomparable_outputs
 
     refuse_uncomparable_outputs(proto, str(path))
     refuse_nonfinite_weights(proto, path)
-    check_batch_budget(specs_of_model(proto), samples)  # the model's metadata, checked before any work
+    check_batch_budget(specs_of_model(proto), samples or DEFAULT_SAMPLES)  # the model's metadata, checked before any work
     output_range_of_model(proto)
     return proto
 
@@ -432,14 +432,18 @@ def _measure_and_report(reference, candidate, staging, steps, pass_reports, sear
                         samples, seed, bench, batches, threads, runs, provider, progress, log) -> dict:
     """Fidelity, latency and the sweep's extra configurations measured; the report (as report.json)."""
     from gencompress.onnx_io import load_model, save_model
-    from gencompress.runtime_check.fidelity import held_back_seed
+    from gencompress.runtime_check.fidelity import budgeted_samples, held_back_seed
     from gencompress.verbs import check as rc
 
-    log(f"checking fidelity on {samples} seeded samples ...")
+    note = None
+    if samples is None:  # the held-back set's size for this model's compute, said when under 256
+        samples, note = budgeted_samples(reference)
+    log(note or f"checking fidelity on {samples} seeded samples ...")
     # Held back: calibration drew its latents with ``seed``; fidelity must not reuse them.
     # The same set quantize and check evaluate on (one fidelity protocol).
     check_seed = held_back_seed(seed)
     fidelity = rc.check(reference, candidate, samples=samples, seed=check_seed, preview=8, progress=progress)
+    fidelity["samples_note"] = note
     latency = None
     if bench:
         log("timing reference and candidate, interleaved ...")

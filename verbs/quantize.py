@@ -32,7 +32,8 @@ weight-only and fp16 (float compute: nothing to gain); True / False: always / ne
 report's ``rewrite`` says whether they ran, why, and what they changed.
 ``check``: measure PSNR against float afterwards (False: ``--no-check``, ``psnr_db`` None).
 The evaluation set is the held-back one every verb uses (``fidelity.held_back_inputs``), or,
-with ``calib_data``, the rows of the file calibration did not use (``split_calibration_data``).
+with ``calib_data``, the rows of the file calibration did not use (``split_calibration_data``);
+``eval_size`` of them (None: ``fidelity.default_samples``, 256 draws unless the model is large).
 ``external_data``: write the weights to ``OUT.onnx.data`` beside the output (None: only
 when the model would exceed the 2 GB protobuf limit).
 ``log``: receives progress and warning lines (the CLI sends them to stderr).
@@ -103,7 +104,7 @@ def quantize(
     percentile: float | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
     keep_io_types: bool = True,
-    eval_size: int = DEFAULT_EVAL_SIZE,
+    eval_size: int | None = None,
     rewrite: bool | None = None,
     keep_debug_metadata: bool = False,
     check: bool = True,
@@ -125,7 +126,8 @@ def quantize(
     exclude = _split_patterns(exclude)
     validate_options(
         mode=mode, bits=bits, calib=calib, calib_size=calib_size, activations=activations,
-        percentile=percentile, block_size=block_size, target_psnr=target_psnr, eval_size=eval_size, seed=seed,
+        percentile=percentile, block_size=block_size, target_psnr=target_psnr,
+        eval_size=DEFAULT_EVAL_SIZE if eval_size is None else eval_size, seed=seed,
         calib_data=calib_data, per_tensor=per_tensor, percentile_given=percentile_given, int8_kernels=int8_kernels,
     )
     static = StaticOptions(calib=calib, calib_size=calib_size, calib_data=calib_data, percentile=percentile,
@@ -153,7 +155,10 @@ def quantize(
         from gencompress.runtime_check.fidelity import refuse_uncomparable_outputs
 
         refuse_uncomparable_outputs(run.header, str(in_path))
-    calib_feeds, eval_feeds, eval_source = _evaluation_set(run.header, mode, calib_data, calib_size, eval_size, seed)
+    calib_feeds, eval_feeds, eval_source, eval_note = _evaluation_set(run.header, mode, calib_data, calib_size, eval_size, seed)
+    if eval_note and (check or target_psnr is not None):  # a large model's smaller default set, said once
+        run.notes.append(eval_note)
+        log(eval_note)
     run.prepare_and_rewrite(mode=mode, rewrite=rewrite, exclude=exclude, keep_debug_metadata=keep_debug_metadata)
 
     report: dict = {"input": str(in_path), "output": str(out_path), "mode": mode, "objective": objective}
@@ -185,7 +190,7 @@ def quantize(
 def _evaluator(in_path, options: dict) -> Evaluator:
     """The PSNR check of a run whose output the output cache wrote: the reference and set a build's check uses."""
     run = _Run.load(in_path, planned=False, stream=True, objective=options["objective"], log=lambda m: None)
-    _, feeds, source = _evaluation_set(run.header, options["mode"], options["calib_data"], options["calib_size"], options["eval_size"],
+    _, feeds, source, _ = _evaluation_set(run.header, options["mode"], options["calib_data"], options["calib_size"], options["eval_size"],
                                        options["seed"])
     return Evaluator(run.eval_reference, feeds, source=source)
 
@@ -518,18 +523,23 @@ def _build_once(quantizer: Quantizer, model, exclude) -> tuple[onnx.ModelProto, 
 
 
 def _evaluation_set(header, mode, calib_data, calib_size, eval_size, seed):
-    """(calibration rows or None, evaluation inputs, their description) for a quantize run."""
+    """(calibration rows or None, evaluation inputs, their description, the line saying why a
+    default set is under 256 draws or None) for a quantize run. ``eval_size`` None: the size
+    every verb evaluates this model on (``fidelity.budgeted_samples``: 256 unless it is large)."""
     from gencompress.runtime_check.calibration import calibration_inputs
-    from gencompress.runtime_check.fidelity import held_back_seed
+    from gencompress.runtime_check.fidelity import budgeted_samples, held_back_seed
 
+    note = None
+    if eval_size is None:
+        eval_size, note = budgeted_samples(header)
     drawn = f"{eval_size} held-back seeded latents (seed {held_back_seed(seed)})"
     if mode != "static" or calib_data is None:
-        return None, eval_inputs(header, seed, eval_size), drawn
+        return None, eval_inputs(header, seed, eval_size), drawn, note
     rows = calibration_inputs(header, data=calib_data)
     calibration, held, which = split_calibration_data(rows, calib_size, eval_size)
     if held is None:
-        return calibration, eval_inputs(header, seed, eval_size), f"{drawn}: {calib_data} has no rows left after calibration"
-    return calibration, held, f"{len(next(iter(held.values())))} held-back rows of {calib_data} ({which}, not used in calibration)"
+        return calibration, eval_inputs(header, seed, eval_size), f"{drawn}: {calib_data} has no rows left after calibration", note
+    return calibration, held, f"{len(next(iter(held.values())))} held-back rows of {calib_data} ({which}, not used in calibration)", None
 
 
 def _split_patterns(patterns) -> tuple[str, ...]:

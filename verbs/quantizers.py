@@ -154,8 +154,8 @@ def finalize(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
-def eval_inputs(model, seed: int, size: int = DEFAULT_EVAL_SIZE) -> dict[str, np.ndarray]:
-    """The held-back evaluation set (``fidelity.held_back_inputs``)."""
+def eval_inputs(model, seed: int, size: int | None = None) -> dict[str, np.ndarray]:
+    """The held-back evaluation set (``fidelity.held_back_inputs``; ``size`` None: ``fidelity.default_samples``)."""
     from gencompress.runtime_check.fidelity import held_back_inputs
 
     return held_back_inputs(model, seed, size)

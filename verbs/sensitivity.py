@@ -57,7 +57,7 @@ def sensitivity(
 
     from gencompress.onnx_io import load_model, refuse_nonfinite_weights, skeleton
     from gencompress.passes.insert_qdq import DEFAULT_PERCENTILE, StaticOptions
-    from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES as DEFAULT_EVAL_SIZE, Evaluator
+    from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES, Evaluator
     from gencompress.verbs.quantizers import (
         _check_float_model,
         db,
@@ -70,14 +70,13 @@ def sensitivity(
 
     log = log or (lambda message: None)
     started = time.perf_counter()
-    eval_size = DEFAULT_EVAL_SIZE if eval_size is None else eval_size
     percentile_given = percentile is not None
     percentile = DEFAULT_PERCENTILE if percentile is None else percentile
     if mode == "fp16":
         raise GencompressError("sensitivity works with --mode static or weight-only")
     validate_options(
         mode=mode, bits=bits, calib=calib, calib_size=calib_size, activations=activations,
-        percentile=percentile, block_size=block_size, target_psnr=None, eval_size=eval_size, seed=seed,
+        percentile=percentile, block_size=block_size, target_psnr=None, eval_size=DEFAULT_SAMPLES if eval_size is None else eval_size, seed=seed,
         calib_data=calib_data, per_tensor=per_tensor, percentile_given=percentile_given, int8_kernels=int8_kernels,
     )
     reference = load_model(in_path)
@@ -87,7 +86,7 @@ def sensitivity(
     header = skeleton(reference)
     model = prepare(model)
     del reference
-    evaluator = Evaluator(in_path, eval_inputs(header, seed, eval_size))
+    evaluator = Evaluator(in_path, eval_inputs(header, seed, eval_size))  # None: the model's default (fidelity.default_samples)
     if mode == "static":
         static = StaticOptions(calib=calib, calib_size=calib_size, calib_data=calib_data, seed=seed, percentile=percentile,
                                per_tensor=per_tensor, activations=activations, int8_kernels=int8_kernels)
