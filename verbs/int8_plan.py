@@ -91,7 +91,10 @@ GUARD_SECONDS = 10.0
 # the greedy steps in the model stop before they would pass this (each step builds and times whole models); the
 # groups left are decided untimed, the final measurement beside float still runs (plan_layers' ``budget``)
 PLAN_BUDGET_SECONDS = 40.0
-ISOLATED_RUN_SECONDS = 0.05  # an isolated layer at a larger batch is timed at the batch whose float run takes about this
+# an isolated layer at a larger batch is timed at the batch whose float run takes about this (0.05 until session 6:
+# RRDB's 64-channel 3x3 Convs were timed at batch 64, 0.2-0.4 s a layer of the plan's ~3 s; their int8 kernels are
+# full at batch 16 or so, 16K output rows)
+ISOLATED_RUN_SECONDS = 0.02
 ISOLATE_BYTES = 20e6  # with fewer groups than a greedy step takes, layers are timed alone only in models larger than this
 ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "Elu", "Selu", "HardSwish"})
 
@@ -1111,17 +1114,19 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
                                       threads=threads, label="isolated float layer"),
                 "int8": make_session(model_bytes(int8_model() if callable(int8_model) else int8_model), provider=provider,
                                      threads=threads, label="isolated int8 layer")}
-        gains, per_sample = {}, None
+        gains, per_sample, at = {}, None, {}
         for b in batches:
             timed = b if per_sample is None else int(np.clip(ISOLATED_RUN_SECONDS / per_sample, min(batches), b))
-            inputs = feeds_at(timed)  # one draw for both forms
-            feeds = {k: cast_feeds(s, inputs) for k, s in pair.items()}
-            probe = time_interleaved(pair, feeds, runs=1, warmup=1)  # its run counts among the timed ones
-            p50 = max(max(t[0] for t in probe.values()), 1e-6)
-            more = time_interleaved(pair, feeds, runs=int(np.clip(ISOLATED_SECONDS / p50, ISOLATED_MIN_RUNS, 400)) - 1, warmup=0,
-                                    stop=None if clear_at is None else lambda t: settled({k: probe[k] + t[k] for k in t}, clear_at))
-            times = {k: probe[k] + more[k] for k in pair}
-            f, i = float(np.median(times["float"])), max(float(np.median(times["int8"])), 1e-9)
+            if timed not in at:  # a batch size timed already (a large layer's every batch at batch 1): its times
+                inputs = feeds_at(timed)  # one draw for both forms
+                feeds = {k: cast_feeds(s, inputs) for k, s in pair.items()}
+                probe = time_interleaved(pair, feeds, runs=1, warmup=1)  # its run counts among the timed ones
+                p50 = max(max(t[0] for t in probe.values()), 1e-6)
+                more = time_interleaved(pair, feeds, runs=int(np.clip(ISOLATED_SECONDS / p50, ISOLATED_MIN_RUNS, 400)) - 1, warmup=0,
+                                        stop=None if clear_at is None else lambda t: settled({k: probe[k] + t[k] for k in t}, clear_at))
+                times = {k: probe[k] + more[k] for k in pair}
+                at[timed] = float(np.median(times["float"])), max(float(np.median(times["int8"])), 1e-9)
+            f, i = at[timed]
             per_sample = per_sample or f / timed
             gains[b] = (f * b / timed, i * b / timed)
         return gains
