@@ -32,7 +32,7 @@ from gencompress.onnx_io import file_sha256
 
 TOP_KEYS = {"models", "configs", "options"}
 MODEL_KEYS = {"model", "name", "checkpoint", "inputs", "batch_size"}
-OPTION_KEYS = {"samples": 256, "seed": 0, "bench": True, "batches": [1, 64], "threads": [2], "runs": 50,
+OPTION_KEYS = {"samples": None, "seed": 0, "bench": True, "batches": [1, 64], "threads": [2], "runs": 50,
                "provider": "CPUExecutionProvider"}
 TIMED_PASSES = ("plan_int8", "target_search")  # recipe steps that time models while building
 MAX_TRIALS = 10_000  # a typo in a grid must not queue a million trials
@@ -281,6 +281,8 @@ def _options(raw) -> dict:
         if isinstance(out[k], int):
             out[k] = [out[k]]
     for k in ("samples", "seed", "runs", "batches", "threads"):
+        if k == "samples" and out[k] is None:
+            continue  # compress's own default: 256 draws, fewer for a large model (fidelity.default_samples)
         values = out[k] if isinstance(out[k], list) else [out[k]]
         if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= (0 if k == "seed" else 1) for v in values):
             raise GencompressError(f"spec: options.{k} must be {'a list of ' if k in ('batches', 'threads') else ''}positive integers")

@@ -13,7 +13,6 @@ import onnx
 
 from gencompress.arguments import target_psnr_value
 from gencompress.errors import GencompressError
-from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES as DEFAULT_EVAL_SIZE
 
 MODES = ("static", "weight-only", "fp16")
 
