@@ -91,7 +91,7 @@ TRANSPARENT_OPS = (
     "SpaceToDepth",
     "MaxPool",
     "Relu",
-    "Resize",  # nearest / linear only (``_is_transparent``): cubic can overshoot the input's range
+    "Resize",  # nearest / linear only (``is_transparent``): cubic can overshoot the input's range
 )
 # Ops onnxruntime runs on int8 data when a DequantizeLinear feeds every input and a QuantizeLinear
 # takes the output (QLinearLeakyRelu, QLinearConcat; QLinearAdd / QLinearMul for BINARY_OPS).
@@ -228,7 +228,7 @@ def _small_constant(graph: ir.Graph, value: ir.Value | None) -> bool:
     )
 
 
-def _is_transparent(node: ir.Node) -> bool:
+def is_transparent(node: ir.Node) -> bool:
     """Keeps a quantized tensor's scale: moves or selects values, or clamps them at 0 (Relu, MaxPool)."""
     if node.domain not in ("", "ai.onnx") or node.op_type not in TRANSPARENT_OPS:
         return False
@@ -356,7 +356,7 @@ def make_plan(graph: ir.Graph, layers: list[Layer]) -> Plan:
         current = value
         while True:
             producer = current.producer()
-            if producer is None or not _is_transparent(producer) or id(producer) in int8_nodes:
+            if producer is None or not is_transparent(producer) or id(producer) in int8_nodes:
                 break
             upstream = producer.inputs[0]
             if not _is_activation(graph, upstream) or upstream in points:

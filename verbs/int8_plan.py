@@ -914,19 +914,19 @@ def followers(iso: Isolation, predicted, negligible, objective: str) -> list[boo
     for group, gain, small in zip(iso.groups, predicted or [None] * len(iso.groups), negligible or [False] * len(iso.groups)):
         if predicted_choice(gain, objective, small) == "int8":
             decided.update(group)
-    from gencompress.passes.insert_qdq import _is_transparent
+    from gencompress.passes.insert_qdq import is_transparent
 
     candidates = [g for g in iso.groups if not decided.issuperset(g) and all(n in iso.weightless for n in g)]
     nodes = {n.name: n for n in iso.model.graph}
 
     def made_int8(v: ir.Value, int8: set) -> bool:  # through ops that keep a quantized tensor's scale (insert_qdq moves Q/DQ there)
         producer = v.producer()
-        while producer is not None and _is_transparent(producer) and producer.name not in int8 and producer.inputs:
+        while producer is not None and is_transparent(producer) and producer.name not in int8 and producer.inputs:
             producer = producer.inputs[0].producer() if producer.inputs[0] is not None else None
         return producer is not None and producer.name in int8
 
     def read_int8(v: ir.Value, int8: set) -> bool:
-        return not v.is_graph_output() and all(u.node.name in int8 or (_is_transparent(u.node) and u.idx == 0 and
+        return not v.is_graph_output() and all(u.node.name in int8 or (is_transparent(u.node) and u.idx == 0 and
                                                                         all(read_int8(o, int8) for o in u.node.outputs))
                                                for u in v.uses())
 

@@ -63,7 +63,7 @@ from gencompress.verbs import int8_plan, output_cache
 from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES as DEFAULT_EVAL_SIZE, Evaluator
 from gencompress.verbs.quantizers import (
     Quantizer,
-    _check_float_model,
+    check_float_model,
     apply_rewrites,
     db,
     eval_inputs,
@@ -299,7 +299,7 @@ class _Run:
         if not mapped:
             load_external_data(reference, in_path)
         refuse_nonfinite_weights(in_path if mapped else reference, in_path)
-        _check_float_model(reference, in_path)
+        check_float_model(reference, in_path)
         specs_of_model(reference), output_range_of_model(reference)  # malformed metadata, unbatched inputs: before any note or work
         notes: list[str] = []
         if planned and on_disk > PLAN_NOTE_BYTES:

@@ -343,7 +343,7 @@ def validate_options(
             raise GencompressError(f"{', '.join(static_only)}: only for --mode static (--mode {mode} has no calibrated activations)")
 
 
-def _check_float_model(proto, path, model=None) -> None:
+def check_float_model(proto, path, model=None) -> None:
     """Refuse a model already quantized or converted (float16 weights); ``model``: ``proto``
     deserialized (onnx_ir), when the caller has made it (not deserialized again here)."""
     nodes = list(proto.graph.node if isinstance(proto, onnx.ModelProto) else proto.graph)

@@ -59,7 +59,7 @@ def sensitivity(
     from gencompress.passes.insert_qdq import DEFAULT_PERCENTILE, StaticOptions
     from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES, Evaluator
     from gencompress.verbs.quantizers import (
-        _check_float_model,
+        check_float_model,
         db,
         eval_inputs,
         prepare,
@@ -82,7 +82,7 @@ def sensitivity(
     reference = load_model(in_path)
     refuse_nonfinite_weights(reference, in_path)
     model = ir.serde.deserialize_model(reference)  # wraps the proto's tensors: one deserialization for the check and the quantizer
-    _check_float_model(reference, in_path, model)
+    check_float_model(reference, in_path, model)
     header = skeleton(reference)
     model = prepare(model)
     del reference
