@@ -168,7 +168,7 @@ def quantize(
         timer=timer, timing=dict(provider=provider, threads=threads, batches=batches, seed=seed), evaluation=(eval_feeds, eval_source))
     run.model = None
     if check and psnr is None:
-        evaluator = Evaluator(run.eval_reference, eval_feeds, source=eval_source)
+        evaluator = Evaluator(run.eval_reference, eval_feeds, source=eval_source, header=run.header)
         psnr = evaluator.psnr(proto)
     after = sum(path.stat().st_size for path in save_model(proto, out_path, inputs=sources, external_data=external_data))
     report.update(bytes_before=run.before, bytes_after=after, ratio=round(after / run.before, 4), psnr_db=db(psnr) if check else None,
@@ -192,7 +192,7 @@ def _evaluator(in_path, options: dict) -> Evaluator:
     run = _Run.load(in_path, planned=False, stream=True, objective=options["objective"], log=lambda m: None)
     _, feeds, source, _ = _evaluation_set(run.header, options["mode"], options["calib_data"], options["calib_size"], options["eval_size"],
                                        options["seed"])
-    return Evaluator(run.eval_reference, feeds, source=source)
+    return Evaluator(run.eval_reference, feeds, source=source, header=run.header)
 
 
 def _quantized(run: "_Run", report: dict, *, mode, static, exclude, bits, block_size, keep_io_types, planned, predict, objective, calib_feeds,
@@ -226,7 +226,7 @@ def _quantized(run: "_Run", report: dict, *, mode, static, exclude, bits, block_
             if mode == "static":
                 report["calibration"] = quantizer.calibration
         if target_psnr is not None:
-            evaluator = Evaluator(run.eval_reference, evaluation[0], source=evaluation[1])
+            evaluator = Evaluator(run.eval_reference, evaluation[0], source=evaluation[1], header=run.header)
             proto, pass_report, target, psnr = _meet_target(quantizer, evaluator, exclude, target_psnr, proto, pass_report, run.log)
             if not target["met"] and strict:
                 raise GencompressError(target["message"])
