@@ -42,7 +42,8 @@ def _options(*names):
         "calib": click.option("--calib", type=click.Choice(CALIBRATION_METHODS), default="minmax", show_default=True,
                               help="How activation ranges are chosen from the calibration run (static mode)."),
         "calib-size": click.option("--calib-size", type=int, default=None,
-                                   help="Calibration samples: seeded latent draws (default 256), or the first N rows of --calib-data."),
+                                   help="Calibration samples: seeded latent draws (default 256, fewer for a model above 15.6 GMAC per draw: "
+                                        "a power of two, at least 64), or the first N rows of --calib-data."),
         "calib-data": click.option("--calib-data", type=click.Path(), default=None, metavar="FILE.npz|FOLDER",
                                    help="Real calibration inputs: an .npz with one array per model input, keyed by input name, "
                                         "or a folder of PNG/JPEG images for an image input."),

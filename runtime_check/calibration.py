@@ -31,6 +31,12 @@ from gencompress.batches import batches, fixed_batch, num_samples
 from gencompress.passes.insert_qdq import CALIBRATION_METHODS as METHODS, DEFAULT_PERCENTILE
 
 DEFAULT_CALIB_SIZE = 256
+# A large model calibrates on fewer draws (``default_calib_size``): 256 while they cost at most 4 TMAC
+# (15.6 GMAC a draw: every zoo model, family, the large DCGANs and ResNet-50 keep 256), else the
+# largest power of two within that, at least 64 (VGG-19's 19.6 GMAC: 128; its 256 draws were half
+# of its default quantize, 31 of 60 s on 2 cores). From the model's shapes: the same on every machine.
+CALIB_MACS = 4_000_000_000_000
+MIN_CALIB_SIZE = 64
 BATCH_SIZE = 64
 # the calibration run returns every calibrated tensor of a batch at once: a large model gets
 # smaller batches, so that one batch's tensors stay below this (statistics are the same for
@@ -360,7 +366,19 @@ def calibration_inputs(model, *, size: int | None = None, seed: int = 0, data=No
         if size is not None:
             feeds = {k: v[:size] for k, v in feeds.items()}
         return feeds
-    return sample_inputs(specs, size or DEFAULT_CALIB_SIZE, seed)
+    return sample_inputs(specs, size or default_calib_size(model), seed)
+
+
+def default_calib_size(model) -> int:
+    """The number of seeded calibration draws when the user gives none (``CALIB_MACS``)."""
+    return calib_size_note(model)[0]
+
+
+def calib_size_note(model) -> tuple[int, str | None]:
+    """(``default_calib_size(model)``, one line saying why it is under ``DEFAULT_CALIB_SIZE``, else None)."""
+    from gencompress.runtime_check.fidelity import budgeted_samples
+
+    return budgeted_samples(model, DEFAULT_CALIB_SIZE, CALIB_MACS, MIN_CALIB_SIZE, "calibration on {n} seeded draws", "--calib-size")
 
 
 def calibrate_ranges(model, names: list[str], options) -> dict[str, tuple[float, float]]:

@@ -77,15 +77,21 @@ def default_samples(model) -> int:
     return budgeted_samples(model)[0]
 
 
-def budgeted_samples(model) -> tuple[int, str | None]:
-    """(``default_samples(model)``, one line saying why it is under ``DEFAULT_SAMPLES``, else None)."""
+def budgeted_samples(model, default: int | None = None, budget: int | None = None, floor: int | None = None,
+                     what: str = "fidelity on {n} held-back draws", option: str = "--samples / --eval-size") -> tuple[int, str | None]:
+    """(``default`` draws while they cost at most ``budget`` multiply-adds, else the largest power of
+    two within it, at least ``floor``; one line saying why it is under ``default``, else None).
+    None: the evaluation set's (``DEFAULT_SAMPLES``, ``EVAL_MACS``, ``MIN_SAMPLES``: ``default_samples``);
+    ``calibration.default_calib_size`` gives the calibration set's."""
+    default = DEFAULT_SAMPLES if default is None else default
+    budget = EVAL_MACS if budget is None else budget
+    floor = MIN_SAMPLES if floor is None else floor
     macs, batch = _macs_and_batch(model)
-    if macs is None or macs * DEFAULT_SAMPLES <= EVAL_MACS:
-        return DEFAULT_SAMPLES, None
-    n = max(MIN_SAMPLES, 1 << (EVAL_MACS // macs).bit_length() - 1)
+    if macs is None or macs * default <= budget:
+        return default, None
+    n = max(floor, 1 << (budget // macs).bit_length() - 1)
     n = -(-n // batch) * batch  # whole batches of a fixed-batch model
-    return n, (f"fidelity on {n} held-back draws, not {DEFAULT_SAMPLES}: the model's {macs / 1e9:.1f} GMAC per draw "
-               f"(--samples / --eval-size to change)")
+    return n, f"{what.format(n=n)}, not {default}: the model's {macs / 1e9:.1f} GMAC per draw ({option} to change)"
 
 
 def macs_per_sample(model) -> int | None:

@@ -85,7 +85,7 @@ def input_moments(model, asks: dict, options) -> dict:
     bound and uint8 weights) is measured on the samples the others need and left out of the answer
     when they give it fewer than ``MOMENT_ROWS`` rows."""
     from gencompress.batches import fixed_batch
-    from gencompress.runtime_check.calibration import calibration_inputs, collect_stats
+    from gencompress.runtime_check.calibration import calibration_inputs, collect_stats, default_calib_size
 
     by_tensor: dict[str, list] = {}
     for key, ask in asks.items():
@@ -94,7 +94,8 @@ def input_moments(model, asks: dict, options) -> dict:
     needed = [a for a in asks.values() if not _optional(a)] or list(asks.values())
     per_sample = min(_rows_per_sample(model, a[0], a[1]) for a in needed)
     size = int(np.clip(-(-MOMENT_ROWS // per_sample), *MOMENT_SAMPLES))
-    size = min(options.calib_size or size, size)
+    # within the calibration set: --calib-size, or the model's default count (a large model's is smaller)
+    size = min(options.calib_size or (size if options.calib_data is not None else default_calib_size(model)), size)
     fixed = fixed_batch(model)
     if fixed:  # whole batches only
         size = max(fixed, size - size % fixed)

@@ -154,3 +154,22 @@ def test_a_large_model_is_evaluated_on_the_budgeted_set_by_every_verb(run_cli, z
     assert q40["evaluation"]["samples"] == c40["samples"] == 40 and c40["samples_note"] is None
     assert not any("held-back draws" in n for n in q40["notes"])
     assert q40["psnr_db"] == round(c40["outputs"][0]["psnr_db"], 2)
+
+
+def test_a_large_model_calibrates_on_the_budgeted_set(zoo_onnx, tmp_path, monkeypatch):
+    """A model above the calibration budget (made so by lowering it) calibrates on fewer seeded
+    draws, says so in one line, and writes what an explicit --calib-size of that count writes."""
+    import hashlib
+
+    from gencompress import quantize
+    from gencompress.runtime_check import calibration as C
+
+    src = zoo_onnx("dcgan")
+    assert C.default_calib_size(src) == C.DEFAULT_CALIB_SIZE  # the zoo model itself keeps 256 draws
+    monkeypatch.setattr(C, "CALIB_MACS", F.macs_per_sample(src) * 100)  # -> 64 draws
+    auto = quantize(src, tmp_path / "auto.onnx", objective="size", check=False)
+    assert any("calibration on 64 seeded draws" in n for n in auto["notes"])
+    explicit = quantize(src, tmp_path / "64.onnx", objective="size", check=False, calib_size=64)
+    assert not any("seeded draws, not" in n for n in explicit["notes"])
+    digest = [hashlib.sha256((tmp_path / f).read_bytes()).hexdigest() for f in ("auto.onnx", "64.onnx")]
+    assert digest[0] == digest[1]

@@ -221,6 +221,7 @@ def calibration_key(model, static, feeds=None, form=None) -> str:
     import gencompress
 
     from gencompress.onnx_io import model_files
+    from gencompress.runtime_check import calibration
 
     h = hashlib.sha256()
     if isinstance(model, onnx.ModelProto):
@@ -229,8 +230,11 @@ def calibration_key(model, static, feeds=None, form=None) -> str:
         for f in model_files(model):
             digest_value(str(f), h)
     options = _options_dict(static)
+    # no --calib-size: the draws are the model's default count, set by the calibration budget (a large model's is smaller)
+    budget = None if options.get("calib_size") is not None else (calibration.DEFAULT_CALIB_SIZE, calibration.CALIB_MACS, calibration.MIN_CALIB_SIZE)
     digest_value({"format": FORMAT, "what": "calibration", "form": repr(form), "gencompress": gencompress.__version__, **machine_kind(),
-                   "options": {k: options.get(k) for k in CALIBRATION_FIELDS}, "feeds": dict(feeds) if feeds is not None else None}, h)
+                   "options": {k: options.get(k) for k in CALIBRATION_FIELDS}, "feeds": dict(feeds) if feeds is not None else None,
+                   "calib_budget": budget}, h)
     return h.hexdigest()
 
 

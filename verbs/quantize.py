@@ -18,7 +18,8 @@ so the two never coincide.
 Parameters of ``quantize``:
 
 ``mode``: "static" (int8 QDQ, calibrated), "weight-only" (``bits`` 8 or 4), or "fp16".
-``calib_size``: seeded latent draws for calibration (default 256), or the first N rows of
+``calib_size``: seeded latent draws for calibration (default 256; a model above 15.6 GMAC a draw
+gets fewer, ``calibration.default_calib_size``, said in one note), or the first N rows of
 ``calib_data`` (an .npz keyed by input name; all rows by default).
 ``int8_kernels``: "portable" (default): int8 weights no x86 kernel without VNNI (AVX2,
 AVX-512BW: int16 sums of u8×s8 pairs) can saturate on, changed per output channel where needed;
@@ -159,6 +160,13 @@ def quantize(
     if eval_note and (check or target_psnr is not None):  # a large model's smaller default set, said once
         run.notes.append(eval_note)
         log(eval_note)
+    if mode == "static" and calib_size is None and calib_data is None:  # likewise its calibration set
+        from gencompress.runtime_check.calibration import calib_size_note
+
+        calib_note = calib_size_note(run.header)[1]
+        if calib_note:
+            run.notes.append(calib_note)
+            log(calib_note)
     run.prepare_and_rewrite(mode=mode, rewrite=rewrite, exclude=exclude, keep_debug_metadata=keep_debug_metadata)
 
     report: dict = {"input": str(in_path), "output": str(out_path), "mode": mode, "objective": objective}
