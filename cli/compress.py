@@ -10,6 +10,7 @@ from gencompress.cli.check import portability_line
 from gencompress.output import cell, echo_json, table
 from gencompress.passes.insert_qdq import ACTIVATION_TYPES, CALIBRATION_METHODS, INT8_KERNELS
 from gencompress.passes.prune_report import SCOPES
+from gencompress.runtime_check.calibration import AUTO_CALIB_HELP
 from gencompress.runtime_check.fidelity import AUTO_SAMPLES_HELP
 from gencompress.verbs.compress import QUANT_MODES
 from gencompress.verbs.prune import PASS_OF_MODE
@@ -56,7 +57,7 @@ def _flag(name: str) -> str:
                    "Default: global with --distill (measured better after distillation), else layer.")
 @click.option("--nm", default="2:4", show_default=True, help="N:M pattern for --prune-mode nm.")
 @click.option("--calib", type=click.Choice(CALIBRATION_METHODS), default="minmax", show_default=True)
-@click.option("--calib-size", type=int, help="Calibration samples (seeded draws from the latent prior; default 256, fewer for a model above 15.6 GMAC per draw).")
+@click.option("--calib-size", type=int, help=f"Calibration samples (seeded draws from the latent prior; {AUTO_CALIB_HELP}).")
 @click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
 @click.option("--activations", type=click.Choice(ACTIVATION_TYPES), default="uint8", show_default=True)
 @click.option("--int8-kernels", type=click.Choice(INT8_KERNELS), default="portable", show_default=True,

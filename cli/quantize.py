@@ -9,6 +9,7 @@ from gencompress.output import echo_json, table
 from gencompress.passes.insert_qdq import ACTIVATION_TYPES, CALIBRATION_METHODS, INT8_KERNELS
 from gencompress.verbs.int8_plan import OBJECTIVES
 from gencompress.verbs.quantizers import MODES
+from gencompress.runtime_check.calibration import AUTO_CALIB_HELP
 from gencompress.runtime_check.fidelity import AUTO_SAMPLES_HELP
 
 _QUANTIZE_EPILOG = """\b
@@ -42,8 +43,7 @@ def _options(*names):
         "calib": click.option("--calib", type=click.Choice(CALIBRATION_METHODS), default="minmax", show_default=True,
                               help="How activation ranges are chosen from the calibration run (static mode)."),
         "calib-size": click.option("--calib-size", type=int, default=None,
-                                   help="Calibration samples: seeded latent draws (default 256, fewer for a model above 15.6 GMAC per draw: "
-                                        "a power of two, at least 64), or the first N rows of --calib-data."),
+                                   help=f"Calibration samples: seeded latent draws ({AUTO_CALIB_HELP}), or the first N rows of --calib-data."),
         "calib-data": click.option("--calib-data", type=click.Path(), default=None, metavar="FILE.npz|FOLDER",
                                    help="Real calibration inputs: an .npz with one array per model input, keyed by input name, "
                                         "or a folder of PNG/JPEG images for an image input."),

@@ -37,6 +37,8 @@ DEFAULT_CALIB_SIZE = 256
 # of its default quantize, 31 of 60 s on 2 cores). From the model's shapes: the same on every machine.
 CALIB_MACS = 4_000_000_000_000
 MIN_CALIB_SIZE = 64
+AUTO_CALIB_HELP = (f"default {DEFAULT_CALIB_SIZE}, fewer for a model above {CALIB_MACS / DEFAULT_CALIB_SIZE / 1e9:.1f} GMAC per draw "
+                   f"(a power of two, at least {MIN_CALIB_SIZE})")
 BATCH_SIZE = 64
 # the calibration run returns every calibrated tensor of a batch at once: a large model gets
 # smaller batches, so that one batch's tensors stay below this (statistics are the same for

@@ -61,7 +61,7 @@ from gencompress.passes.insert_qdq import DEFAULT_PERCENTILE, StaticOptions
 from gencompress.result_warnings import compression_warnings
 from gencompress.verbs import int8_plan, output_cache
 
-from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES as DEFAULT_EVAL_SIZE, Evaluator
+from gencompress.runtime_check.fidelity import Evaluator
 from gencompress.verbs.quantizers import (
     Quantizer,
     check_float_model,
@@ -128,7 +128,7 @@ def quantize(
     validate_options(
         mode=mode, bits=bits, calib=calib, calib_size=calib_size, activations=activations,
         percentile=percentile, block_size=block_size, target_psnr=target_psnr,
-        eval_size=DEFAULT_EVAL_SIZE if eval_size is None else eval_size, seed=seed,
+        eval_size=eval_size, seed=seed,
         calib_data=calib_data, per_tensor=per_tensor, percentile_given=percentile_given, int8_kernels=int8_kernels,
     )
     static = StaticOptions(calib=calib, calib_size=calib_size, calib_data=calib_data, percentile=percentile,

@@ -326,7 +326,7 @@ def validate_options(
         target_psnr_value(target_psnr)
     if target_psnr is not None and mode == "fp16":
         raise GencompressError("--target-psnr works with --mode static or weight-only")
-    if eval_size <= 0:
+    if eval_size is not None and eval_size <= 0:  # None: the model's default set (fidelity.default_samples)
         raise GencompressError(f"--eval-size must be positive, got {eval_size}")
     if seed < 0:
         raise GencompressError(f"--seed must be 0 or more, got {seed}")

@@ -57,7 +57,7 @@ def sensitivity(
 
     from gencompress.onnx_io import load_model, refuse_nonfinite_weights, skeleton
     from gencompress.passes.insert_qdq import DEFAULT_PERCENTILE, StaticOptions
-    from gencompress.runtime_check.fidelity import DEFAULT_SAMPLES, Evaluator
+    from gencompress.runtime_check.fidelity import Evaluator
     from gencompress.verbs.quantizers import (
         check_float_model,
         db,
@@ -76,7 +76,7 @@ def sensitivity(
         raise GencompressError("sensitivity works with --mode static or weight-only")
     validate_options(
         mode=mode, bits=bits, calib=calib, calib_size=calib_size, activations=activations,
-        percentile=percentile, block_size=block_size, target_psnr=None, eval_size=DEFAULT_SAMPLES if eval_size is None else eval_size, seed=seed,
+        percentile=percentile, block_size=block_size, target_psnr=None, eval_size=eval_size, seed=seed,
         calib_data=calib_data, per_tensor=per_tensor, percentile_given=percentile_given, int8_kernels=int8_kernels,
     )
     reference = load_model(in_path)
@@ -86,7 +86,7 @@ def sensitivity(
     header = skeleton(reference)
     model = prepare(model)
     del reference
-    evaluator = Evaluator(in_path, eval_inputs(header, seed, eval_size))  # None: the model's default (fidelity.default_samples)
+    evaluator = Evaluator(in_path, eval_inputs(header, seed, eval_size), header=header)  # eval_size None: the model's default (fidelity.default_samples)
     if mode == "static":
         static = StaticOptions(calib=calib, calib_size=calib_size, calib_data=calib_data, seed=seed, percentile=percentile,
                                per_tensor=per_tensor, activations=activations, int8_kernels=int8_kernels)
