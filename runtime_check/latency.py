@@ -78,18 +78,19 @@ def percentiles(times_s) -> dict:
     }
 
 
-def time_interleaved(sessions: dict, feeds: dict, *, runs: int, warmup: int, tick=None, stop=None) -> dict:
+def time_interleaved(sessions: dict, feeds: dict, *, runs: int, warmup, tick=None, stop=None) -> dict:
     """Warm up, then time ``runs`` calls of each session, interleaved; ``{label: [seconds...]}``.
 
-    ``feeds``: the inputs of every session, or ``{label: inputs}`` per session. ``stop(times so
-    far)`` true after a round: no more rounds (the comparison is already decided)."""
+    ``feeds``: the inputs of every session, or ``{label: inputs}`` per session. ``warmup``: runs
+    before timing, for every session or ``{label: runs}``. ``stop(times so far)`` true after a
+    round: no more rounds (the comparison is already decided)."""
     from gencompress.runtime_check.sessions import run
 
     labels = list(sessions)
     if set(feeds) != set(labels) or not all(isinstance(v, dict) for v in feeds.values()):
         feeds = {label: feeds for label in labels}
     for label in labels:
-        for _ in range(warmup):
+        for _ in range(warmup[label] if isinstance(warmup, dict) else warmup):
             run(sessions[label], feeds[label], label)  # a failing run named by its label
     times = {label: [] for label in labels}
     clock = time.perf_counter

@@ -262,6 +262,45 @@ def test_isolated_timing_stops_once_the_decision_is_settled(zoo_onnx, monkeypatc
     assert runs[-1] > 10 * int8_plan.ISOLATED_MIN_RUNS
 
 
+def test_slow_model_times_a_large_batch_at_a_stand_in(zoo_onnx, monkeypatch):
+    """A model whose float run at batch 64 would take over MODEL_RUN_SECONDS is timed there at a
+    smaller batch, never below MODEL_MIN_BATCH, and its ratio stands for batch 64; the float session
+    is warmed by the probe alone (no second warm-up run of it). A fast model is timed at 64."""
+    from gencompress.runtime_check import latency
+
+    feeds_seen, warmups = [], []
+    timed = latency.time_interleaved
+
+    def recording(sessions, feeds, **kwargs):  # feeds: one input dict, or one per session
+        inputs = next(iter(feeds.values()))
+        feeds_seen.append((next(iter(inputs.values())) if isinstance(inputs, dict) else inputs).shape[0])
+        warmups.append(kwargs["warmup"])
+        return timed(sessions, feeds, **kwargs)
+
+    monkeypatch.setattr(latency, "time_interleaved", recording)
+    path = zoo_onnx("dcgan")
+    model = onnx.load(str(path))
+    monkeypatch.setattr(int8_plan, "MODEL_RUN_SECONDS", 1e-9)  # every model "slow": the stand-in is the floor
+    timer = int8_plan.interleaved_timer(path, header=model, batches=(1, 64))
+    (ratios,) = timer([model])
+    assert set(ratios) == {1, 64} and timer.timed_at == {1: 1, 64: int8_plan.MODEL_MIN_BATCH}
+    assert 64 not in feeds_seen and int8_plan.MODEL_MIN_BATCH in feeds_seen
+    assert all(w["float"] == 0 for w in warmups if isinstance(w, dict))
+    monkeypatch.setattr(int8_plan, "MODEL_RUN_SECONDS", 1e9)  # every model fast: batch 64 itself
+    timer = int8_plan.interleaved_timer(path, header=model, batches=(1, 64))
+    timer([model])
+    assert timer.timed_at == {1: 1, 64: 64}
+
+
+def test_guard_estimate_counts_the_stand_in_batch():
+    """The whole-model timing's estimated cost uses the batch that stands in for a slow large one."""
+    slow = {1: 0.01, 64: 0.9}
+    at_64 = 2 * max(int8_plan.TARGET_SLOT_SECONDS, (int8_plan.MIN_RUNS + 2) * 0.9)
+    assert int8_plan.guard_seconds(slow) < at_64 / 2
+    fast = {1: 0.001, 64: 0.02}
+    assert int8_plan.guard_seconds(fast) == 2 * 2 * int8_plan.TARGET_SLOT_SECONDS
+
+
 def test_large_layer_is_timed_on_a_slice_of_its_output_channels(zoo_onnx, monkeypatch):
     """A Conv/ConvTranspose over ISOLATE_WEIGHTS keeps at least 64 of its output channels alone,
     and says by how much its times scale back; below, or asked not to, it is whole."""

@@ -95,6 +95,13 @@ PLAN_BUDGET_SECONDS = 40.0
 # RRDB's 64-channel 3x3 Convs were timed at batch 64, 0.2-0.4 s a layer of the plan's ~3 s; their int8 kernels are
 # full at batch 16 or so, 16K output rows)
 ISOLATED_RUN_SECONDS = 0.02
+# a model whose float run at a batch would take over this is timed at the batch that takes about this, but at no
+# smaller batch than MODEL_MIN_BATCH: its kernels are full there (RRDB, float 10 ms a sample: int8 3.3x float at batch
+# 16, 4.7x at 64; the Upsample and style Conv families 2.8x / 2.3x at 16, 2.6x / 2.4x at 64; load 1,
+# benchmarks/stand_in_batch.py), while a weight-bound layer's int8 gain still changes below it (the 47M DCGAN's first layer).
+# Batch 64's runs were most of RRDB's whole-model timing (0.7 s a float run)
+MODEL_RUN_SECONDS = 0.1
+MODEL_MIN_BATCH = 16
 ISOLATE_BYTES = 20e6  # with fewer groups than a greedy step takes, layers are timed alone only in models larger than this
 ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "Elu", "Selu", "HardSwish"})
 
@@ -412,8 +419,11 @@ def isolated_rows(units: list[list[str]], predicted, negligible, objective: str,
 def guard_seconds(total: dict) -> float:
     """About what timing a plan beside float in the whole model costs (seconds), from the summed
     float times of its layers alone per batch (``predict_groups``): two models, each batch at least
-    ``TARGET_SLOT_SECONDS`` or ``MIN_RUNS`` runs, and the probe and warm-up runs."""
-    return sum(2 * max(TARGET_SLOT_SECONDS, (MIN_RUNS + 2) * t) for t in total.values())
+    ``TARGET_SLOT_SECONDS`` or ``MIN_RUNS`` runs, and the probe and warm-up runs; a large batch at
+    the batch that stands in for it (``interleaved_timer``)."""
+    smallest = min(total, default=0)
+    timed = {b: t if b == smallest else min(t, max(MODEL_RUN_SECONDS, t * MODEL_MIN_BATCH / b)) for b, t in total.items()}
+    return sum(2 * max(TARGET_SLOT_SECONDS, (MIN_RUNS + 2) * t) for t in timed.values())
 
 
 def untimed_message(total: dict, why: str) -> str:
@@ -1049,17 +1059,23 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
     specs = specs_of_model(header)
 
     float_session = None
-    probed: dict = {}  # batch -> (feeds, runs, warm-up runs), from the float model's time
+    probed: dict = {}  # timed batch -> (feeds, runs, warm-up runs, float seconds a sample), from the float model's time
+    timed_at: dict = {}  # batch -> the batch it is timed at (``MODEL_RUN_SECONDS``)
 
     def slot(b):
-        if b not in probed:
-            feeds = sample_inputs(specs, b, seed)
+        """(the batch ``b`` is timed at, its feeds, runs, warm-up runs); the float session has run on them."""
+        if b not in timed_at:
+            smaller = [t for t in probed if t < b]  # the float time a sample at the largest smaller batch timed (an upper bound)
+            timed_at[b] = int(np.clip(MODEL_RUN_SECONDS / probed[max(smaller)][3], min(b, MODEL_MIN_BATCH), b)) if smaller else b
+        t = timed_at[b]
+        if t not in probed:
+            feeds = sample_inputs(specs, t, seed)
             probe = time_interleaved({"float": reference_session()}, feeds, runs=1, warmup=1)["float"]
             if probe[0] <= 0.05:  # a fast model: a median of three; a slow one's single run sets its counts well enough
                 probe += time_interleaved({"float": reference_session()}, feeds, runs=2, warmup=0)["float"]  # (RRDB at 64: 0.4 s a run)
             p50 = max(float(np.median(probe)), 1e-6)
-            probed[b] = (feeds, int(np.clip(TARGET_SLOT_SECONDS / p50, MIN_RUNS, 400)), 1 if p50 > 0.05 else 3)
-        return probed[b]
+            probed[t] = (feeds, int(np.clip(TARGET_SLOT_SECONDS / p50, MIN_RUNS, 400)), 1 if p50 > 0.05 else 3, p50 / t)
+        return (t, *probed[t][:3])
 
     def reference_session():
         nonlocal float_session
@@ -1079,14 +1095,17 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
         sessions = {"float": reference_session()} if reference else {}
         for i, m in enumerate(models):  # a model may come as a function that builds it: built here, one at a time
             sessions[i] = make_session(model_bytes(m() if callable(m) else m), provider=provider, threads=threads, label=f"candidate {i}")
-        out = [{} for _ in models]
+        out, done = [{} for _ in models], {}
         for b in batches:
-            inputs, runs, warmup = slot(b)
-            feeds = {k: cast_feeds(s, inputs) for k, s in sessions.items()}
-            times = time_interleaved(sessions, feeds, runs=runs, warmup=warmup, stop=clear if reference and len(models) == 1 else None)
-            base = float(np.median(times["float" if reference else 0]))
-            for i in range(len(models)):
-                out[i][b] = float(np.median(times[i])) / base
+            t, inputs, runs, warmup = slot(b)
+            if t not in done:  # a batch standing in for another timed already (batch 16 for 64 of batches 16 and 64): its ratios
+                feeds = {k: cast_feeds(s, inputs) for k, s in sessions.items()}
+                warm = {k: 0 if k == "float" else warmup for k in sessions}  # the float session ran on these feeds in ``slot``
+                times = time_interleaved(sessions, feeds, runs=runs, warmup=warm, stop=clear if reference and len(models) == 1 else None)
+                base = float(np.median(times["float" if reference else 0]))
+                done[t] = [float(np.median(times[i])) / base for i in range(len(models))]
+            for i, ratio in enumerate(done[t]):
+                out[i][b] = ratio
             if give_up is not None and give_up(*out):
                 break
         return out
@@ -1135,6 +1154,7 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
         return gains
 
     measure.settings = {"provider": provider, "threads": threads, "batches": list(batches)}  # what the plan cache keys on
+    measure.timed_at = timed_at  # {batch: batch timed at}, filled as batches are timed
     measure.isolated = isolated
     measure.lazy = True  # takes functions that build the models
     return measure
@@ -1184,6 +1204,10 @@ def plan(builder: ConfigBuilder, objective: str, measure_models, log=lambda m: N
                              predicted=predicted[0] if predicted else None, negligible=predicted[1] if predicted else None,
                              untimed=untimed, follows=predicted[3] if predicted else None, budget=PLAN_BUDGET_SECONDS)
         result.timed_on = timed_on if objective != "size" and names else {}
+        stand_ins = {b: t for b, t in getattr(measure_models, "timed_at", {}).items() if t != b}
+        if stand_ins and result.ratios:
+            result.message += "; " + ", ".join(f"batch {b} timed at batch {t}" for b, t in sorted(stand_ins.items())) + \
+                f" in the model (a float run there takes about {MODEL_RUN_SECONDS:g} s: its kernels are full)"
         op_of = {l["node"]: l["op_type"] for l in builder.layers}
         for row in result.layers:
             row["op_type"] = op_of.get(row["node"])
