@@ -19,7 +19,10 @@ Tools, each in a fresh process (wall time of the call alone, peak RSS from VmHWM
 model building excluded): ``ort`` quantize_static (QDQ, per-channel, uint8 activations, MinMax);
 ``balanced`` / ``speed`` / ``size``: gencompress.quantize with that objective and an empty cache
 (plans, kernel timings, calibration ranges: one folder per tool), ``--no-check``; ``cached``:
-balanced again with the cache balanced left; ``agree``: balanced
+balanced again with the cache balanced left; ``retrained``: balanced on the model with its weights
+changed (each float weight times 1 + 1% seeded noise: the same architecture retrained) and only
+balanced's kernel timings left (plans, calibration ranges and outputs miss: what a machine that
+has planned this architecture before pays for its next weights); ``agree``: balanced
 with every group also timed in the whole model (prints each group's isolated gain beside its
 in-context gain and decision: how well isolation predicts); ``before``:
 balanced with the package at ``--before REV`` (its files from git archive, no plan cache). Every tool gets the
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,7 +57,7 @@ GEN_FAMILIES = ("equalized_lr", "stylegan2_fused", "stylegan2_nonfused", "lstm_d
 DCGANS = {"dcgan-12M": 128, "dcgan-47M": 256, "dcgan-200M": 540}
 CLASSIC = ("resnet50", "vgg19")
 SMALL = (*(f"zoo-{n}" for n in ZOO), *CONV_FAMILIES, *GEN_FAMILIES)
-TOOLS = ("ort", "size", "speed", "balanced", "cached", "before", "agree")
+TOOLS = ("ort", "size", "speed", "balanced", "cached", "retrained", "before", "agree")
 
 
 def load() -> str:
@@ -119,6 +123,22 @@ def constant_weights(src: Path, folder: Path) -> Path:
     weights_from_inputs(model)
     model.ir_version = max(model.ir_version, 8)
     out = folder / "constant_weights.onnx"
+    onnx.save(model, str(out))
+    return out
+
+
+def retrained(src: Path) -> Path:
+    """``src`` with every float weight of more than 16 values times 1 + 1% seeded noise: new weights, the same structure."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    rng = np.random.default_rng(0)
+    for i, t in enumerate(model.graph.initializer):
+        if t.data_type == onnx.TensorProto.FLOAT and np.prod(t.dims) > 16:
+            w = numpy_helper.to_array(t)
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array((w * (1 + 0.01 * rng.standard_normal(w.shape))).astype(np.float32), t.name))
+    out = src.with_name(src.stem + ".retrained.onnx")
     onnx.save(model, str(out))
     return out
 
@@ -254,11 +274,18 @@ def main() -> int:
             size = scale.file_bytes(src)
             row = {"model": name, "file_bytes": size, "tools": {}}
             for tool in tools:
-                if tool == "cached" and "balanced" not in row["tools"]:
+                if tool in ("cached", "retrained") and "balanced" not in row["tools"]:
                     continue
                 # each tool starts from an empty cache (plans, kernel timings, calibration ranges); cached: balanced's
                 cache = folder / f"cache-{'balanced' if tool == 'cached' else tool}"
-                r = run_child(tool, src, folder / f"{tool}.onnx", args.calib, cache, before)
+                model = src
+                if tool == "retrained":  # balanced's kernel timings only, new weights
+                    model = retrained(src)
+                    cache.mkdir()
+                    for kernels in (folder / "cache-balanced").glob("kernels-*.json"):
+                        shutil.copy(kernels, cache / kernels.name)
+                r = run_child("balanced" if tool == "retrained" else tool, model, folder / f"{tool}.onnx", args.calib, cache, before)
+                r["tool"] = tool
                 row["tools"][tool] = r
                 print(f"{name:20s} {tool:9s} {r['seconds']:7.1f} s  peak {r['peak_bytes'] / 2**20:7.0f} MiB ({r['peak_bytes'] / size:5.1f}x file)"
                       f"  float layers {len(r.get('float_layers') or [])}  decided {r.get('decided')}  configs {r.get('configs_measured')}  route {r.get('route')}"
