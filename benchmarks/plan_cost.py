@@ -9,7 +9,7 @@ Run by hand (not part of the tests):
     .venv/bin/python benchmarks/plan_cost.py --models resnet50 vgg19 --tools balanced
 
 Models: the zoo (dcgan, vae, rvae, cgan), the Conv families (models/conv_families.py: rrdb, gan,
-style), the generator families (models/families.py), DCGAN-style generators of benchmarks/scale.py
+style, srgan, espcn), the generator families (models/families.py), DCGAN-style generators of benchmarks/scale.py
 (12M, 47M, 200M parameters, random weights) and the onnx wheel's ResNet-50 and VGG-19. The wheel
 has these only as "light" graphs whose weights are ConstantOfShape outputs; onnxruntime's basic
 optimisations fold them into initializers (constant weights: a cost and speed study, not a
@@ -52,7 +52,7 @@ sys.path.insert(0, str(HERE))
 import scale  # noqa: E402  (DCGAN generators, VmHWM, quantize_static)
 
 ZOO = ("dcgan", "vae", "rvae", "cgan")
-CONV_FAMILIES = ("rrdb", "gan", "style")
+CONV_FAMILIES = ("rrdb", "gan", "style", "srgan", "espcn")
 GEN_FAMILIES = ("equalized_lr", "stylegan2_fused", "stylegan2_nonfused", "lstm_decoder", "unet", "instancenorm_resnet", "attention")
 DCGANS = {"dcgan-12M": 128, "dcgan-47M": 256, "dcgan-200M": 540}
 CLASSIC = ("resnet50", "vgg19")
