@@ -262,6 +262,68 @@ def test_isolated_timing_stops_once_the_decision_is_settled(zoo_onnx, monkeypatc
     assert runs[-1] > 10 * int8_plan.ISOLATED_MIN_RUNS
 
 
+def _synthetic_timer(monkeypatch, gain: float):
+    """An isolated timer whose runs cycle through times 0.7-1.3 ms (float) and the same divided by
+    ``gain`` (int8) instead of onnxruntime's: quartiles about 15% either side of the median, which
+    holds still; returns (timer, [(runs timed, runs asked)] per call)."""
+    from gencompress.runtime_check import latency
+
+    cycle, counts = (0.7, 1.0, 1.3, 0.85, 1.15), []
+
+    def synthetic(sessions, feeds, *, runs, warmup, tick=None, stop=None):
+        times = {k: [] for k in sessions}
+        for _ in range(runs):
+            for k in times:
+                times[k].append(1e-3 * cycle[(len(times[k]) + len(counts)) % len(cycle)] / (gain if k == "int8" else 1.0))
+            if stop is not None and stop(times):
+                break
+        counts.append((len(times["float"]), runs))
+        return times
+
+    monkeypatch.setattr(latency, "time_interleaved", synthetic)
+    monkeypatch.setattr(int8_plan, "ISOLATED_SECONDS", 0.4)  # a cap of 400 runs at 1 ms
+    tiny = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 8])]))
+    timer = int8_plan.interleaved_timer(tiny, header=tiny, batches=(1,))
+    return lambda clear_at: timer.isolated(tiny, tiny, int8_plan._feeds_at(tiny.graph.input[0], (0.0, 1.0)), clear_at), counts
+
+
+def test_isolated_timing_settles_on_the_medians_when_quartiles_overlap(monkeypatch):
+    """Runs spread so wide that the quartiles of a 1.3x gain never clear 1.1 beyond the noise band: the
+    medians' bounds narrow with the runs and stop the timing well before its full count, on the
+    side the full count decides; at a gain on the decision point itself they never settle."""
+    isolated, counts = _synthetic_timer(monkeypatch, gain=1.3)
+    f, i = isolated(1.1)[1]
+    (_, _), (timed, asked) = counts
+    assert f / i > 1.1 and asked > 300 and timed < asked / 2
+    isolated, counts = _synthetic_timer(monkeypatch, gain=1.1)
+    isolated(1.1)
+    assert counts[-1][0] == counts[-1][1] > 300
+
+
+def test_median_bounds_hold_the_median_and_narrow_with_runs():
+    """A few runs: their smallest and largest; many: order statistics around the median, narrower
+    than the quartiles."""
+    assert int8_plan.median_bounds([3.0, 1.0, 2.0]) == (1.0, 3.0)
+    t = np.random.default_rng(0).lognormal(0.0, 0.3, 400)
+    lo, hi = int8_plan.median_bounds(t)
+    q1, median, q3 = np.percentile(t, (25, 50, 75))
+    assert q1 < lo < median < hi < q3
+
+
+def test_isolated_feeds_are_drawn_once_and_repeated_to_the_batch():
+    """An isolated layer's inputs: uniform over the calibrated range, in the input's type; a larger
+    batch holds the same seeded samples as a smaller one, repeated."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT16, ["N", 3, 5])
+    feeds_at = int8_plan._feeds_at(x, (-2.0, 3.0))
+    one, many = feeds_at(1)["x"], feeds_at(64)["x"]
+    assert one.shape == (1, 3, 5) and many.shape == (64, 3, 5) and many.dtype == np.float16
+    assert -2.0 <= many.min() and many.max() <= 3.0 and many.std() > 1.0
+    assert np.array_equal(many[:1], one) and len({many[k].tobytes() for k in range(64)}) == int8_plan.FEED_SAMPLES
+
+
 def test_slow_model_times_a_large_batch_at_a_stand_in(zoo_onnx, monkeypatch):
     """A model whose float run at batch 64 would take over MODEL_RUN_SECONDS is timed there at a
     smaller batch, never below MODEL_MIN_BATCH, and its ratio stands for batch 64; the float session
