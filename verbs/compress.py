@@ -233,6 +233,7 @@ def compress(
         if target_psnr is not None:
             search, pass_reports = _search_target(reference, candidate, steps, target_psnr, flags, seed, timing, log)
         else:
+            steps, sweep_recipes = _calibration_count(reference, steps, sweep_recipes, log)
             search, pass_reports = None, _run_steps(reference, candidate, steps, log)
         report = _measure_and_report(reference, candidate, staging, steps, pass_reports, search, sweep_recipes, source=source,
                                      recipe_source=recipe_source, samples=samples, seed=seed, bench=bench, batches=batches,
@@ -252,6 +253,32 @@ def compress(
     if keep_previews and (report.get("fidelity") or {}).get("preview") is not None:
         written["fidelity"]["preview"] = report["fidelity"]["preview"]
     return written
+
+
+CALIBRATING_PASSES = ("insert_qdq", "plan_int8")
+
+
+def _calibration_count(reference, steps, sweep_recipes, log) -> tuple[list[dict], list[tuple[str, list[dict]]]]:
+    """``steps`` and ``sweep_recipes`` with the default calibration count written into their static
+    int8 steps that would draw it (no calib_size, no calib_data): counted once, from the reference,
+    as quantize counts it, and said in quantize's note when the calibration budget cut it, so the
+    count said is the count every step draws (and the report's recipe records it)."""
+    from gencompress.runtime_check.calibration import calib_size_note
+
+    def draws(step) -> bool:
+        options = step.get("options") or {}
+        return step["pass"] in CALIBRATING_PASSES and options.get("calib_size") is None and options.get("calib_data") is None
+
+    if not any(draws(step) for recipe in [steps, *(r for _, r in sweep_recipes)] for step in recipe):
+        return steps, sweep_recipes
+    count, note = calib_size_note(reference)
+    if note:
+        log(note)
+
+    def counted(recipe):
+        return [{**step, "options": {**(step.get("options") or {}), "calib_size": count}} if draws(step) else step for step in recipe]
+
+    return counted(steps), [(label, counted(recipe)) for label, recipe in sweep_recipes]
 
 
 def _run_steps(reference, candidate, steps, log) -> list[dict]:

@@ -47,6 +47,7 @@ Layers computing in float keep int8 weights in a form onnxruntime folds at load.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 from dataclasses import dataclass
@@ -163,7 +164,9 @@ def quantize(
     if mode == "static" and calib_size is None and calib_data is None:  # likewise its calibration set
         from gencompress.runtime_check.calibration import calib_size_note
 
-        calib_note = calib_size_note(run.header)[1]
+        # counted once, from the header: every calibration of the run draws this many (not a count of the prepared model's)
+        count, calib_note = calib_size_note(run.header)
+        static = dataclasses.replace(static, calib_size=count)
         if calib_note:
             run.notes.append(calib_note)
             log(calib_note)
