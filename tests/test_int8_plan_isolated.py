@@ -305,12 +305,14 @@ def test_isolated_timing_settles_on_the_medians_when_quartiles_overlap(monkeypat
 
 def test_median_bounds_hold_the_median_and_narrow_with_runs():
     """A few runs: their smallest and largest; many: order statistics around the median, narrower
-    than the quartiles."""
+    than the quartiles (``quartiles``: numpy's percentiles)."""
     assert int8_plan.median_bounds([3.0, 1.0, 2.0]) == (1.0, 3.0)
     t = np.random.default_rng(0).lognormal(0.0, 0.3, 400)
     lo, hi = int8_plan.median_bounds(t)
     q1, median, q3 = np.percentile(t, (25, 50, 75))
     assert q1 < lo < median < hi < q3
+    for n in (3, 4, 10, 400):  # the timer's quartiles: numpy's
+        assert np.allclose(int8_plan.quartiles(t[:n]), np.percentile(t[:n], (25, 75)))
 
 
 def test_isolated_feeds_are_drawn_once_and_repeated_to_the_batch():

@@ -987,9 +987,8 @@ def _isolated_gains(iso: Isolation, name: str, isolated, batches, kernels, log, 
     clear_at = SLICED_CLEAR if sliced and slice_weights is None else 1.0 + CLEAR_FASTER  # the gain the caller decides at
     gains = isolated(lambda: forms.pop("float"), lambda: forms.pop("int8"), _feeds_at(x, iso.ranges[0].get(x.name, (-1.0, 1.0))), clear_at)
     gains = {b: (f * scale, i * scale) for b, (f, i) in gains.items()}  # a slice of the layer: its whole time
-    for b, (f, i) in gains.items():
-        if kernels is not None:
-            kernels.put(keys[b], {"gain": f / i, "float_s": f, "int8_s": i, "op": op})
+    if kernels is not None:
+        kernels.put({keys[b]: {"gain": f / i, "float_s": f, "int8_s": i, "op": op} for b, (f, i) in gains.items()})
     return gains, sliced, True
 
 
@@ -1060,6 +1059,13 @@ def median_bounds(times) -> tuple[float, float]:
     s = np.sort(np.asarray(times, dtype=np.float64))
     k = max(int((len(s) - MEDIAN_Z * np.sqrt(len(s))) / 2), 0)
     return float(s[k]), float(s[len(s) - 1 - k])
+
+
+def quartiles(times) -> tuple[float, float]:
+    """The 25th and 75th percentiles of ``times`` (``np.percentile``'s, at a fifth of its cost: the
+    timer asks after every round)."""
+    s = np.sort(np.asarray(times, dtype=np.float64))
+    return tuple(float(v) for v in np.interp((0.25 * (len(s) - 1), 0.75 * (len(s) - 1)), np.arange(len(s)), s))
 
 
 def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provider: str = "CPUExecutionProvider",
@@ -1142,7 +1148,7 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
         f, i = times["float"], times["int8"]
         if len(i) < ISOLATED_MIN_RUNS:
             return False
-        (f1, f3), (i1, i3) = np.percentile(f, (25, 75)), np.percentile(i, (25, 75))
+        (f1, f3), (i1, i3) = quartiles(f), quartiles(i)
         (fl, fh), (il, ih) = median_bounds(f), median_bounds(i)
         return (i3 * clear_at * (1 + NOISE) < f1 or i1 * clear_at > f3 * (1 + NOISE)
                 or ih * clear_at * (1 + NOISE) < fl or il * clear_at > fh * (1 + NOISE))

@@ -200,10 +200,11 @@ class KernelCache:
         except (TypeError, KeyError, ValueError):
             return None
 
-    def put(self, key: str, entry: dict) -> None:
-        """Store (merged with what another run may have written since), atomically; errors ignored."""
+    def put(self, entries: dict) -> None:
+        """Store ``{key: entry}`` (merged with what another run may have written since), atomically, in one
+        write (a layer's batch sizes together); errors ignored."""
         self._entries = None
-        merged = {**self.entries(), key: entry}
+        merged = {**self.entries(), **entries}
         self._entries = merged
         _write_json(self.path, merged)
 
