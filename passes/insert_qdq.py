@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,7 +55,7 @@ from gencompress.passes.compact_block_weights import reads_pixel_blocks
 from gencompress.passes.int8_saturation import METHODS as SATURATION_REMEDIES
 from gencompress.passes.int8_saturation import (
     FEEDBACK_MACS, UINT8_COST, UINT8_ZERO_POINT, Layout, Unfold, as_uint8, bound_cost, feedback_cost, saturation_free, uint8_layers,
-    unsafe_pairs,
+    unsafe_pairs, worker_threads,
 )
 from gencompress.passes.registry import GencompressPass, register
 from gencompress.passes.rewrite import Namer, ShapeLookup, onnx_opset
@@ -772,7 +773,7 @@ class InsertQDQPass(GencompressPass):
         # measured on the graph as it comes (shape inference, where a value has no shape, before any Q/DQ)
         shapes = ShapeLookup(model)
         uint8 = uint8_layers({l.name: int8_macs(l, shapes) for l in layers if any(self._pairing(l, u) for u in l.weights)})
-        quantized, moments = self._unsafe_weights(model, layers, uint8)
+        quantized, ready = self._unsafe_weights(model, layers, uint8)
         ranges = {name: (lo, hi) for name, lo, hi in opts.ranges}
         missing = [s for s in plan.seeds if s not in ranges]
         if missing:
@@ -837,16 +838,16 @@ class InsertQDQPass(GencompressPass):
                 layout = self._pairing(layer, use)
                 key = self._weight_key(layer, use, uint8)
                 if key not in cache:
-                    q, scale = quantized.pop(key) if key in quantized else quantize_symmetric(use.array(), axis, block=block)
-                    # onnxruntime's Gemm fusion wants the weight zero point spelled out
-                    qtype, zero_point = ir.DataType.INT8, layer.op_type == "Gemm"
-                    if layout is not None and key[-1] and unsafe_pairs(q, layout):
-                        q, scale, qtype, zero_point, layer.saturation = self._cheap_layer(use.array(), q, scale, key, moments.get(key), zero_point)
-                    elif layout is not None:
-                        q, scale, changed = saturation_free(use.array(), q, scale, axis, layout, block=block, method=opts.saturation_remedy,
-                                                            moments=moments.get(key))
-                        if changed is not None:
-                            layer.saturation = {**changed, "reason": SATURATION_REASON}
+                    if key in ready:  # changed with error feedback (_unsafe_weights)
+                        q, scale, qtype, zero_point, saturation = ready.pop(key)
+                    else:
+                        q, scale = quantized.pop(key) if key in quantized else quantize_symmetric(use.array(), axis, block=block)
+                        # onnxruntime's Gemm fusion wants the weight zero point spelled out
+                        qtype, zero_point, saturation = ir.DataType.INT8, layer.op_type == "Gemm", None
+                        if layout is not None:
+                            q, scale, qtype, zero_point, saturation = self._portable(use.array(), q, scale, key, None, zero_point)
+                    if saturation is not None:
+                        layer.saturation = saturation
                     release(use.value.const_value)  # a streamed weight: unmapped once read
                     dq_value = dequantize_weight(builder, use, q, scale, axis, qtype, zero_point=zero_point, compact=True)
                     cache[key] = (dq_value, scale)
@@ -876,6 +877,16 @@ class InsertQDQPass(GencompressPass):
         }
         return ir.passes.PassResult(model, True)
 
+    def _portable(self, w: np.ndarray, q: np.ndarray, scale: np.ndarray, key: tuple, blocks: list | None, zero_point) -> tuple:
+        """``(q, scale, type, zero point, saturation report or None)``: the int8 weights ``q`` of the
+        float weights ``w`` (``key``: ``_weight_key``) made saturation-free, with error feedback on the
+        input moments ``blocks`` when given; a cheap layer's by ``_cheap_layer``."""
+        _, axis, block, layout, cheap = key
+        if cheap and unsafe_pairs(q, layout):
+            return self._cheap_layer(w, q, scale, key, blocks, zero_point)
+        q, scale, changed = saturation_free(w, q, scale, axis, layout, block=block, method=self.options.saturation_remedy, moments=blocks)
+        return q, scale, ir.DataType.INT8, zero_point, None if changed is None else {**changed, "reason": SATURATION_REASON}
+
     def _cheap_layer(self, w: np.ndarray, q: np.ndarray, scale: np.ndarray, key: tuple, blocks: list | None, zero_point) -> tuple:
         """``(q, scale, type, zero point, saturation report)`` of a cheap layer (``uint8_layers``) with
         an unsafe pair: its saturation-free weights (error feedback on its input's moments
@@ -898,13 +909,14 @@ class InsertQDQPass(GencompressPass):
         return (use.value.name, axis, block, layout, layout is not None and layer.name in uint8)
 
     def _unsafe_weights(self, model: ir.Model, layers: list[Layer], uint8: set) -> tuple[dict, dict]:
-        """``(quantized, moments)``: the int8 weights (``{key: (q, scale)}``) of the layers with an
-        unsafe pair, and their input moments (``{key: blocks}``) from ``self.moments``, measured in
-        one run of the float model before the pass changes it, for those whose error feedback fits
-        ``FEEDBACK_MACS`` (none when no moments callable was given). A cheap layer's (``uint8_layers``)
-        are asked as optional: they decide between its bound and uint8 weights (``_cheap_layer``)
-        without raising the samples the others need, and never alone (no float run for them)."""
-        quantized, asks = {}, {}
+        """``(quantized, ready)``: the int8 weights (``{key: (q, scale)}``) of the layers with an
+        unsafe pair, and ``_portable``'s answers (``{key: (q, scale, type, zero point, report)}``)
+        for those whose input moments ``self.moments`` measured (in one run of the float model before
+        the pass changes it): those whose error feedback fits ``FEEDBACK_MACS`` (none when no moments
+        callable was given); they leave ``quantized``. A cheap layer's (``uint8_layers``) are asked as
+        optional: they decide between its bound and uint8 weights (``_cheap_layer``) without raising
+        the samples the others need, and never alone (no float run for them)."""
+        quantized, asks, owners = {}, {}, {}
         for layer in layers:
             for use in layer.weights:
                 key = self._weight_key(layer, use, uint8)
@@ -918,9 +930,16 @@ class InsertQDQPass(GencompressPass):
                     ask = _moment_ask(layer, q.shape)
                     if ask is not None and feedback_cost(q, layout) <= FEEDBACK_MACS:
                         asks[key] = (*ask, cheap)  # a cheap layer's: optional (uint8 weights without)
+                        owners[key] = (use, layer.op_type == "Gemm")  # the first layer's zero point, as below
         if self.moments is None or all(ask[3] for ask in asks.values()):
             return quantized, {}  # cheap layers' moments only ride along a run the others need
-        return quantized, self.moments(model, asks, self.options)
+        moments = self.moments(model, asks, self.options)
+        # the layers' error feedback on threads of their own (small layers, FEEDBACK_MACS: their weights
+        # all held at once): each on one BLAS thread (see call), so the same roundings in any order
+        with ThreadPoolExecutor(min(len(moments), worker_threads()) or 1, thread_name_prefix="saturation") as pool:
+            futures = {key: pool.submit(self._portable, owners[key][0].array(), *quantized.pop(key), key, blocks, owners[key][1])
+                       for key, blocks in moments.items()}
+            return quantized, {key: future.result() for key, future in futures.items()}
 
     def _pairing(self, layer: Layer, use: WeightUse) -> Layout | None:
         """How a non-VNNI x86 int8 kernel pairs this weight, when the bound applies to it

@@ -39,6 +39,7 @@ Pure numpy: no onnxruntime, torch or click.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,6 +85,15 @@ FEEDBACK_COLUMNS = 128
 # DCGANs (12M: 5.3e8), whose build time stays what the search alone costs (they keep the search's
 # weights, and no moments are measured for them)
 FEEDBACK_MACS = 1 << 28
+
+
+def worker_threads() -> int:
+    """Threads the moments and the error feedback of several layers run on (one BLAS thread each:
+    the same sums in any order): the cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -426,14 +436,23 @@ def _feedback_block(t: np.ndarray, q0: np.ndarray, h: np.ndarray) -> np.ndarray:
         for a in range(c0, c1, 2):
             b = a + 1
             wa = w[a]
-            qa = np.minimum(np.maximum(np.rint(wa), -QMAX), QMAX)
-            wb = w[b] + (tt[a] - qa) * rs[a, b]
-            over = np.abs(qa + np.minimum(np.maximum(np.rint(wb), -QMAX), QMAX)) > PAIR_LIMIT
+            qa = np.rint(wa)
+            np.maximum(qa, -QMAX, out=qa)
+            np.minimum(qa, QMAX, out=qa)
+            ea = tt[a] - qa
+            wb = w[b] + ea * rs[a, b]
+            qb = np.rint(wb)
+            np.maximum(qb, -QMAX, out=qb)
+            np.minimum(qb, QMAX, out=qb)
+            over = np.abs(qa + qb) > PAIR_LIMIT
             if over.any():
                 pa, _ = _on_bound(np.abs(wa[over]), np.abs(wb[over]))
                 qa[over] = np.where(wa[over] + wb[over] >= 0, pa, -pa)
-            w[a + 1 : c1] += rs[a, a + 1 : c1, None] * (tt[a] - qa)
-            qb = np.minimum(np.maximum(np.minimum(np.maximum(np.rint(w[b]), -QMAX), QMAX), -PAIR_LIMIT - qa), PAIR_LIMIT - qa)
+                ea = tt[a] - qa
+                w[a + 1 : c1] += rs[a, a + 1 : c1, None] * ea
+                qb = np.minimum(np.maximum(np.minimum(np.maximum(np.rint(w[b]), -QMAX), QMAX), -PAIR_LIMIT - qa), PAIR_LIMIT - qa)
+            else:  # w[b] becomes wb (the same product and sum) and qb, within the bound, stands
+                w[a + 1 : c1] += rs[a, a + 1 : c1, None] * ea
             w[b + 1 : c1] += rs[b, b + 1 : c1, None] * (tt[b] - qb)
             q[a], q[b] = qa, qb
         # the product of the rows' layout (C-contiguous errors), so that BLAS sums as it did

@@ -265,11 +265,14 @@ def collect_stats(
     batch_size: int = BATCH_SIZE,
     desc: str = "calibrating",
     stats=None,
+    workers: int = 1,
 ) -> dict[str, TensorStats]:
     """Run ``model`` (float; onnx_ir or proto) over ``feeds`` once per batch; statistics of each
     tensor in ``names``. The tensors are made graph outputs of the model for the run and the
     model is restored after (no copy of its weights is made). ``stats``: other statistics to
-    keep, ``{name: object with update(batch of the tensor)}`` (then ``names`` are its keys)."""
+    keep, ``{name: object with update(batch of the tensor)}`` (then ``names`` are its keys).
+    ``workers``: threads taking a batch's statistics, tensor by tensor (each tensor's batches
+    still in order: a batch's statistics are all taken before the next batch's start)."""
     import onnx_ir as ir
 
     from gencompress.output import progress
@@ -324,30 +327,28 @@ def collect_stats(
         batch_size = max(1, min(batch_size, ACTIVATION_BUDGET // max(per_sample, 1)))
     total = n // batch_size if fixed else math.ceil(n / batch_size)
 
-    def update(outputs):
-        for name, i in zip(names, wanted):
-            stats[name].update(outputs[i])
+    def taken(pending):  # the batch's statistics taken (its errors raised here, the first tensor's first)
+        for future in pending:
+            future.result()
 
-    # a batch's statistics are taken in a second thread while onnxruntime runs the next batch (both
+    # a batch's statistics are taken in other threads while onnxruntime runs the next batch (both
     # let go of the GIL): DenseNet-121's min/max updates were a quarter of its calibration, now hidden
     # (24 draws: 10.4 s -> 7.1 s, the runs alone 7.0 s; load 5). Two batches' outputs alive at most,
-    # updated in order (the same statistics as one thread)
+    # each tensor updated in batch order (the same statistics as one thread)
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(1, thread_name_prefix="calibration") as worker:
-        pending = None
+    with ThreadPoolExecutor(workers, thread_name_prefix="calibration") as pool:
+        pending = []
         for batch in progress(batches(feeds, batch_size, exact=fixed is not None), total=total, desc=desc, unit="batch"):
-            if pending is not None and all(hasattr(s, "full") for s in stats.values()):
-                pending.result()  # statistics that can be full (input_moments' rows): the other batches
+            if pending and all(hasattr(s, "full") for s in stats.values()):
+                taken(pending)  # statistics that can be full (input_moments' rows): the other batches
                 if all(s.full for s in stats.values()):  # would change nothing once they are
                     break
             outputs = run(batch)
-            if pending is not None:
-                pending.result()  # the previous batch's statistics taken (its errors raised here)
-            pending = worker.submit(update, outputs)
+            taken(pending)
+            pending = [pool.submit(stats[name].update, outputs[i]) for name, i in zip(names, wanted)]
             del outputs
-        if pending is not None:
-            pending.result()
+        taken(pending)
     return stats
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import onnx_ir as ir
 
 from gencompress.isa import host_isa, saturates
-from gencompress.passes.int8_saturation import Unfold, moment_blocks, unsafe_layers
+from gencompress.passes.int8_saturation import Unfold, moment_blocks, unsafe_layers, worker_threads
 
 # K rows (im2col windows, tokens, samples) kept per layer, and the calibration samples run to find
 # them: as many as the layer with the fewest rows per sample needs (a Gemm on a latent: one row
@@ -101,7 +101,8 @@ def input_moments(model, asks: dict, options) -> dict:
         size = max(fixed, size - size % fixed)
     feeds = calibration_inputs(model, size=size, seed=options.seed, data=options.calib_data)
     stats = {name: _Moments(tensor_asks, options.seed) for name, tensor_asks in by_tensor.items()}
-    collect_stats(model, list(stats), feeds, stats=stats, desc="input moments")
+    # each tensor's moments on a thread of its own where there are cores (one BLAS thread each: the same sums)
+    collect_stats(model, list(stats), feeds, stats=stats, desc="input moments", workers=min(len(stats), worker_threads()))
     out = {}
     for name, tensor_asks in by_tensor.items():
         for key, *_ in tensor_asks:

@@ -401,6 +401,37 @@ def test_moments_run_stops_once_every_ask_has_its_rows(monkeypatch):
     assert all(np.array_equal(a[2], b[2]) for a, b in zip(early.blocks("conv"), every.blocks("conv")))
 
 
+def test_statistics_on_several_threads_are_those_of_one(monkeypatch):
+    """``collect_stats`` with ``workers`` threads (tensor by tensor, each tensor's batches in order)
+    keeps the statistics one thread keeps: histograms and input moments over several batches."""
+    from gencompress.runtime_check import saturation
+    from gencompress.runtime_check.calibration import collect_stats
+
+    monkeypatch.setattr(saturation, "MOMENT_ROWS", 100)  # 16 windows a sample: rows from 4 batches of 2
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array(rng.normal(size=(4, 4, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Conv", ["r", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, ["N", 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TP.FLOAT, ["N", 4, 4, 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"x": rng.normal(size=(10, 4, 8, 8)).astype(np.float32)}
+    unfold = Unfold((3, 3), (0, 0, 0, 0), (1, 1), (1, 1))
+
+    def run(workers):
+        hist = collect_stats(model, ["x", "c", "r"], feeds, batch_size=2, workers=workers)
+        moments = collect_stats(model, ["x", "r"], feeds, batch_size=2, workers=workers,
+                                stats={n: saturation._Moments([(n, unfold, 36, False)], 0) for n in ("x", "r")})
+        return hist, moments
+
+    (h1, m1), (h3, m3) = run(1), run(3)
+    for n in ("x", "c", "r"):
+        assert (h1[n].lo, h1[n].hi, h1[n].count, h1[n].zeros) == (h3[n].lo, h3[n].hi, h3[n].count, h3[n].zeros)
+        assert np.array_equal(h1[n].counts, h3[n].counts)
+    for n in ("x", "r"):
+        assert m1[n].rows == m3[n].rows == {n: 100}
+        assert all(np.array_equal(a[2], b[2]) for a, b in zip(m1[n].blocks(n), m3[n].blocks(n)))
+
+
 def _output_error(w, q, scale, layout, h):
     """Per output channel, ``e H eᵀ`` of the weight error ``e = w - s q`` in the kernel's K order."""
     wr, ch = layout.rows(w)
@@ -535,6 +566,27 @@ def test_cheap_layer_takes_the_bound_where_it_costs_little():
     q, s = quantize_symmetric(w, 0)
     blocks = [(a, b, np.eye(b - a)) for a, b in moment_blocks(72)]
     assert bound_cost(w, (q, s), (q, s), 0, Layout("Conv"), blocks) == 1.0
+
+
+def test_error_feedback_on_several_threads_writes_the_same_model(monkeypatch):
+    """The layers' error feedback runs on threads of their own (``_unsafe_weights``): the same model
+    and report as on one thread, the cheap layer's choice included."""
+    import onnx_ir as ir
+
+    from gencompress.passes import insert_qdq
+
+    ranges = (("x", -2.0, 2.0), ("c", -50.0, 50.0), ("r", 0.0, 50.0), ("y", -300.0, 300.0))
+
+    def build(threads):
+        monkeypatch.setattr(insert_qdq, "worker_threads", lambda: threads)
+        irm = ir.serde.deserialize_model(_two_conv_model())
+        p = InsertQDQPass(InsertQDQPass.Options(ranges=ranges), moments=_correlated_moments({}, True))
+        p(irm)
+        return ir.serde.serialize_model(irm).SerializeToString(), p.report
+
+    one, many = build(1), build(4)
+    assert one == many
+    assert all("error_feedback_channels" in r["saturation"] for r in one[1]["layers"])  # both layers fed back
 
 
 # ---- the zoo, fused AVX2 kernels against exact arithmetic ----------------------------------------
