@@ -935,10 +935,12 @@ class InsertQDQPass(GencompressPass):
             return quantized, {}  # cheap layers' moments only ride along a run the others need
         moments = self.moments(model, asks, self.options)
         # the layers' error feedback on threads of their own (small layers, FEEDBACK_MACS: their weights
-        # all held at once): each on one BLAS thread (see call), so the same roundings in any order
+        # all held at once): each on one BLAS thread (see call), so the same roundings in any order; the
+        # widest H first (its factorization and products), so that the threads end together
+        costliest = sorted(moments.items(), key=lambda item: -sum((b - a) ** 2 for a, b, _ in item[1]))
         with ThreadPoolExecutor(min(len(moments), worker_threads()) or 1, thread_name_prefix="saturation") as pool:
             futures = {key: pool.submit(self._portable, owners[key][0].array(), *quantized.pop(key), key, blocks, owners[key][1])
-                       for key, blocks in moments.items()}
+                       for key, blocks in costliest}
             return quantized, {key: future.result() for key, future in futures.items()}
 
     def _pairing(self, layer: Layer, use: WeightUse) -> Layout | None:

@@ -85,15 +85,19 @@ FEEDBACK_COLUMNS = 128
 # DCGANs (12M: 5.3e8), whose build time stays what the search alone costs (they keep the search's
 # weights, and no moments are measured for them)
 FEEDBACK_MACS = 1 << 28
+# threads for the moments and the feedback: each holds its own temporaries (a layer's unfolded rows, up
+# to runtime_check.saturation.ROW_CHUNK floats, and a channels-last copy of its input batch)
+MAX_WORKERS = 4
 
 
 def worker_threads() -> int:
     """Threads the moments and the error feedback of several layers run on (one BLAS thread each:
-    the same sums in any order): the cores this process may use."""
+    the same sums in any order): the cores this process may use, at most ``MAX_WORKERS``."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS))
 
 
 @dataclass(frozen=True)

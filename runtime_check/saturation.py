@@ -103,8 +103,10 @@ def input_moments(model, asks: dict, options) -> dict:
         size = max(fixed, size - size % fixed)
     feeds = calibration_inputs(model, size=size, seed=options.seed, data=options.calib_data)
     stats = {name: _Moments(tensor_asks, options.seed) for name, tensor_asks in by_tensor.items()}
-    # each tensor's moments on a thread of its own where there are cores (one BLAS thread each: the same sums)
-    collect_stats(model, list(stats), feeds, stats=stats, desc="input moments", workers=min(len(stats), worker_threads()))
+    # each tensor's moments on a thread of its own where there are cores (one BLAS thread each: the same sums),
+    # the costliest first (products of K² per row) so that the threads end together
+    costliest = sorted(stats, key=lambda n: -sum((b - a) ** 2 for *_, blocks, _ in stats[n].asks for a, b in blocks))
+    collect_stats(model, costliest, feeds, stats=stats, desc="input moments", workers=min(len(stats), worker_threads()))
     out = {}
     for name, tensor_asks in by_tensor.items():
         for key, *_ in tensor_asks:
