@@ -52,7 +52,6 @@ writes the same bytes. The plan says what it was timed on (``PlanResult.timed_on
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 from dataclasses import dataclass, field
@@ -63,6 +62,7 @@ import onnx
 import onnx_ir as ir
 
 from gencompress.errors import GencompressError
+from gencompress.onnx_io import collect_cycles
 from gencompress.passes.fold_weights import cast_mul_weights
 from gencompress.passes.insert_qdq import StaticOptions
 from gencompress.passes.registry import GencompressPass, register
@@ -824,8 +824,7 @@ def isolated_pair(iso: Isolation, tiny: onnx.ModelProto, name: str) -> tuple[onn
     small._calibrated = iso.ranges
     pair = tiny, small.build(frozenset({name}), timing=True)[0]  # the float form: ``tiny`` itself (the caller's, not copied)
     del small
-    if sum(len(t.raw_data) for t in tiny.graph.initializer) > 4 * ISOLATE_WEIGHTS:  # a large layer (not every small one: a pass costs)
-        gc.collect()  # the build's onnx_ir graphs hold cycles: its rewritten weights went only with them
+    collect_cycles(sum(len(t.raw_data) for t in tiny.graph.initializer))  # a large layer's build: its rewritten weights go with its cycles
     out = tiny.graph.output[0].name
     if reads_int8(iso, out):
         lo, hi = iso.ranges[0].get(out, (-1.0, 1.0))

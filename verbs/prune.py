@@ -14,7 +14,6 @@ indices a sparse weight is smaller only above ~2/3 sparsity (12 bytes per non-ze
 
 from __future__ import annotations
 
-import gc
 import numbers
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 import onnx
 
 from gencompress.errors import GencompressError
-from gencompress.onnx_io import deflate_files, deflate_level, deflate_size, materialize, refuse_nonfinite_weights, refuse_overwrite, save_model, spill, with_scratch_folder
+from gencompress.onnx_io import collect_cycles, deflate_files, deflate_level, deflate_size, materialize, refuse_nonfinite_weights, refuse_overwrite, save_model, spill, tensor_bytes, with_scratch_folder
 from gencompress.passes.prune_report import DEFAULT_MIN_SIZE
 
 MODES = ("unstructured", "nm", "channel")
@@ -71,9 +70,10 @@ def prune(
     # large weights load_mapped leaves in memory (densified sparse ones, integer ones, those of
     # subgraphs) moved to the scratch folder and read back memory-mapped, one at a time:
     # the loaded proto is freed, and only the pruned copies are held in memory
+    weight_bytes = tensor_bytes(model)
     if inline_bytes(model) > 2**20 and spill(model, "input.onnx") is not None:
         own_tensors(model)
-        gc.collect()  # onnx_ir graphs hold reference cycles: the proto goes only with them
+        collect_cycles(weight_bytes)  # onnx_ir graphs hold reference cycles: the proto goes only with them
     signature = _signature(model.graph)
     p = make_pass(PASS_OF_MODE[mode], options)
     model = p(model).model
@@ -108,7 +108,7 @@ def prune(
     del model
     written = save_model(out_model, out_path, inputs=[in_path], external_data=external_data)
     del out_model
-    gc.collect()  # onnx_ir graphs hold reference cycles: the weights go before the output is read back
+    collect_cycles(weight_bytes)  # onnx_ir graphs hold reference cycles: the weights go before the output is read back
 
     return {**_result(in_path, out_path, mode, report, written, sizes_before, sparse, warnings), "notes": notes}
 

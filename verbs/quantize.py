@@ -48,7 +48,6 @@ Layers computing in float keep int8 weights in a form onnxruntime folds at load.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +56,7 @@ from typing import Callable
 import onnx
 
 from gencompress.errors import GencompressError
-from gencompress.onnx_io import save_model, with_scratch_folder
+from gencompress.onnx_io import collect_cycles, save_model, tensor_bytes, with_scratch_folder
 from gencompress.passes.insert_qdq import DEFAULT_PERCENTILE, StaticOptions
 from gencompress.result_warnings import compression_warnings
 from gencompress.verbs import int8_plan, output_cache
@@ -294,6 +293,7 @@ class _Run:
         self.streamed = False
         self.calibrated = None  # calibrated_ranges, when the prediction ran them before the plan
         self.form = None  # what prepare_and_rewrite made of the input: with its files, the calibration cache's key
+        self.weight_bytes = 0  # the prepared model's (prepare_and_rewrite): whether dropping it is worth a gc.collect
 
     @classmethod
     def load(cls, in_path, *, planned: bool, stream: bool, objective: str, log) -> "_Run":
@@ -349,7 +349,8 @@ class _Run:
         # onnxruntime's calibration session do not each hold a copy of the model in memory
         self.streamed = self.stream and (self.mapped or spill(model, "prepared.onnx") is not None)
         own_tensors(model)
-        gc.collect()  # onnx_ir graphs hold reference cycles: the loaded proto goes only with them
+        self.weight_bytes = tensor_bytes(model)
+        collect_cycles(self.weight_bytes)  # onnx_ir graphs hold reference cycles: the loaded proto goes only with them
         folded = fold_into_layers(model) if mode == "static" and rewrite is not False else []
         self.unrewritten = ir.serde.serialize_model(model) if self.planned else None
         before_rewrites = None
@@ -358,7 +359,7 @@ class _Run:
                 # the folded weights out of memory too, all weights in the scratch folder: onnxruntime
                 # maps them from there (weights in a user's folder would be copied for its session)
                 spill(model, "folded.onnx")
-                gc.collect()
+                collect_cycles(self.weight_bytes)
             before_rewrites = model.clone()  # shares the weights: the rewrites make new tensors
         model, self.rewrite_report = apply_rewrites(model, setting=rewrite, mode=mode, exclude=exclude)
         if folded:
@@ -367,7 +368,7 @@ class _Run:
             before_rewrites = None
         if self.streamed and self.rewrite_report["applied"]:  # the rewrites' new weights out of memory (the others are already)
             spill(model, "rewritten.onnx")
-            gc.collect()
+            collect_cycles(self.weight_bytes)
         for tensor in external_tensors(before_rewrites) if before_rewrites is not None else ():
             release(tensor)  # unmap the pages the rewrites read: the calibration session maps the file itself
         own_tensors(model)
@@ -424,7 +425,7 @@ class _Run:
     def plan(self, exclude, objective, timer, static):
         """Plan which layers compute in int8 (``int8_plan``): (quantizer, proto, pass report, plan report)."""
         self.model = self.before_rewrites = None  # the plan builds from ``unrewritten``: the loaded weights and their rewrites go
-        gc.collect()
+        collect_cycles(self.weight_bytes)
         return _planned_quantizer(self.unrewritten, self.rewrite_report, exclude, objective, timer, static, self.log, self.calibrated)
 
     def predicted(self, exclude, objective, timer, static, feeds):
