@@ -94,7 +94,8 @@ PLAN_BUDGET_SECONDS = 40.0
 # an isolated layer at a larger batch is timed at the batch whose float run takes about this (0.05 until session 6:
 # RRDB's 64-channel 3x3 Convs were timed at batch 64, 0.2-0.4 s a layer of the plan's ~3 s; their int8 kernels are
 # full at batch 16 or so, 16K output rows; 0.02 until session 7: RRDB's 7 heavier layers' batch-64 runs were 1.0 of the
-# 1.5 s its layers took alone, their gains at 16-32 within noise of 64, benchmarks/plan_cost.py decisions unchanged)
+# 1.5 s its layers took alone, their gains at 16-32 within noise of 64 (gan, style too); no group's isolated verdict moved
+# beyond the flips sub-millisecond layers show between runs of the same code, 6 interleaved rounds of 6 models, load 1.4-9)
 ISOLATED_RUN_SECONDS = 0.01
 # a model whose float run at a batch would take over this is timed at the batch that takes about this, but at no
 # smaller batch than MODEL_MIN_BATCH: its kernels are full there (RRDB, float 10 ms a sample: int8 3.3x float at batch
