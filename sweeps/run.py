@@ -5,8 +5,9 @@
     OUT_DIR/report.html             per-model Pareto charts, best configuration per objective
 
 Trials already in OUT_DIR with the same content key (model bytes, configuration, options, tool
-version) are not run again. Ctrl-C / SIGTERM cancels the running trials; finished ones stay and
-the results files are written for them. See sweeps.runner for how timings are kept apart.
+version) are not run again. Ctrl-C / SIGTERM stops the running trials (Ray is shut down, their
+temporary files removed: ``runner.scratch``); finished ones stay and the results files are written
+for them. See sweeps.runner for how timings are kept apart.
 """
 
 from __future__ import annotations
@@ -83,11 +84,12 @@ def sweep(spec, out_dir, *, address: str | None = None, num_cpus: int | None = N
             bars.refresh()
 
     started = False
+    folder = runner.scratch_name()
     try:
         if todo:
             started = runner.connect(address, num_cpus=num_cpus, object_store_memory=object_store_memory)
             runner.check_cluster(any(t.times_in_build or t.options["bench"] for t in todo))
-            runner.run(todo, on_done=done, on_failed=failed, on_progress=tick)
+            runner.run(todo, on_done=done, on_failed=failed, on_progress=tick, folder=folder)
     finally:
         if bars is not None:
             bars.close()
@@ -101,6 +103,7 @@ def sweep(spec, out_dir, *, address: str | None = None, num_cpus: int | None = N
             import ray
 
             ray.shutdown()
+        runner.remove_scratch(folder)  # what the workers ray.shutdown() stopped left behind
     counts = {s: sum(r["status"] == s for r in ordered) for s in ("done", "failed")}
     return {"trials": len(trials), **counts, "resumed": resumed, "executed": executed, "results": str(out / "results.json")}
 

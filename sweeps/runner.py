@@ -18,10 +18,13 @@ file system: only the driver writes OUT_DIR.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from gencompress.errors import GencompressError
@@ -30,6 +33,32 @@ from gencompress.verbs.compress import without_prefix
 TIMING_RESOURCE = "gencompress_timing"
 BASE_MEMORY = 768 << 20  # a worker with torch and onnxruntime imported
 MAX_RETRIES = 3  # a worker that dies (killed, OOM, node lost) is retried this many times
+SCRATCH_PREFIX = "gencompress-sweep-"
+
+
+def scratch_name() -> str:
+    """A new name for a sweep's scratch folder (``scratch``) in each node's temp folder."""
+    return f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:12]}"
+
+
+@contextlib.contextmanager
+def scratch(name: str):
+    """A task's temporary files (its trial folder, compress's scratch) in the sweep's folder ``name``
+    of this node's temp folder: a worker the interrupt's ``ray.shutdown()`` kills removes none of
+    its own, so the driver removes the folder (``remove_scratch``) once Ray has stopped."""
+    folder = Path(tempfile.gettempdir()) / name
+    folder.mkdir(exist_ok=True)
+    saved, tempfile.tempdir = tempfile.tempdir, str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
+
+
+def remove_scratch(name: str) -> None:
+    """The sweep's scratch folder on the driver's node removed (a cluster's other nodes keep what
+    a killed worker left in theirs)."""
+    shutil.rmtree(Path(tempfile.gettempdir()) / name, ignore_errors=True)
 
 
 def connect(address: str | None, *, num_cpus: int | None = None, object_store_memory: int | None = None) -> bool:
@@ -103,31 +132,32 @@ def _files(folder: Path) -> dict:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def export_model(trial) -> bytes | None:
+def export_model(trial, folder: str) -> bytes | None:
     """The trial's torch model exported once for all its trials, as compress would export it: the
-    file's bytes, or None when the export has a side file (each trial then exports it itself)."""
+    file's bytes, or None when the export has a side file (each trial then exports it itself).
+    ``folder``: the sweep's scratch folder name (``scratch``)."""
     from gencompress.exporter.export import export
 
     m = trial.model
-    with tempfile.TemporaryDirectory(prefix="gencompress-export-") as tmp:
+    with scratch(folder), tempfile.TemporaryDirectory(prefix="gencompress-export-") as tmp:
         export(m["model"], Path(tmp) / "reference.onnx", checkpoint=m["checkpoint"], inputs=m["inputs"], seed=trial.options["seed"],
                batch_size=m["batch_size"])
         files = _files(Path(tmp))
     return files["reference.onnx"] if len(files) == 1 else None
 
 
-def build_trial(trial, time_later: bool, exported: bytes | None = None) -> dict:
+def build_trial(trial, time_later: bool, folder: str, exported: bytes | None = None) -> dict:
     """One compress run in a scratch folder; its files come back as bytes.
 
     ``exported``: the torch model's export (``export_model``), used as the reference instead of
     exporting it again. ``time_later``: built with ``bench=False``; the fidelity comes back with
     its sample previews (report.json has only their shapes) so that the report can be rendered
-    whole once the latency is merged in."""
+    whole once the latency is merged in. ``folder``: the sweep's scratch folder name (``scratch``)."""
     import ray
 
     import gencompress
 
-    with tempfile.TemporaryDirectory(prefix="gencompress-trial-") as tmp:
+    with scratch(folder), tempfile.TemporaryDirectory(prefix="gencompress-trial-") as tmp:
         out = Path(tmp) / "out"
         start = time.perf_counter()
         kwargs = _compress_kwargs(trial, out, bench=trial.options["bench"] and not time_later)
@@ -139,14 +169,15 @@ def build_trial(trial, time_later: bool, exported: bytes | None = None) -> dict:
                 "build_seconds": time.perf_counter() - start, "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
 
-def time_trial(trial, built: dict) -> dict:
-    """compress's timing of a built trial: candidate and reference interleaved in this process."""
+def time_trial(trial, built: dict, folder: str) -> dict:
+    """compress's timing of a built trial: candidate and reference interleaved in this process.
+    ``folder``: the sweep's scratch folder name (``scratch``)."""
     import ray
 
     import gencompress
 
     o = trial.options
-    with tempfile.TemporaryDirectory(prefix="gencompress-timing-") as tmp:
+    with scratch(folder), tempfile.TemporaryDirectory(prefix="gencompress-timing-") as tmp:
         for name, data in built["files"].items():
             if name.startswith(("reference.onnx", "model.onnx")):  # the models and their side files, if any
                 (Path(tmp) / name).write_bytes(data)
@@ -157,10 +188,16 @@ def time_trial(trial, built: dict) -> dict:
                 "node": ray.get_runtime_context().get_node_id()}
 
 
-def run(trials, *, on_done, on_failed, on_progress=lambda done, running, failed: None) -> None:
+def run(trials, *, on_done, on_failed, on_progress=lambda done, running, failed: None, folder: str) -> None:
     """Run ``trials``; ``on_done(trial, built, timed|None)`` and ``on_failed(trial, message)`` are
-    called in the driver as each finishes. Ctrl-C/SIGTERM (KeyboardInterrupt) cancels what is
-    still running and re-raises; finished trials have been handed over already.
+    called in the driver as each finishes. Ctrl-C/SIGTERM (KeyboardInterrupt) propagates at once;
+    finished trials have been handed over already. The running tasks are not cancelled: a
+    ``ray.cancel`` racing the reply of a task that just finished fails a check in Ray's core
+    (task_manager.cc ``it != submissible_tasks_.end()``, Ray 2.60) that kills the driver, exit 1
+    and no results written (seen in a loaded test run). ``ray.shutdown()`` ends them instead: a
+    local Ray stops with its workers, a cluster ends the tasks of a job whose driver has gone (a
+    caller's own Ray session keeps running them; their results are dropped). ``folder``: the
+    sweep's scratch folder name (``scratch``), removed by the caller after ``ray.shutdown()``.
 
     Each torch model is exported once, in the build phase, and its trials' builds take that
     export (Ray passes it when it is ready): a model's 6 configurations export it once, not 6
@@ -182,7 +219,7 @@ def run(trials, *, on_done, on_failed, on_progress=lambda done, running, failed:
             return None
         name = trial.model["name"]
         if name not in exports:
-            exports[name] = export.options(**common, memory=memory_estimate(trial)).remote(trial)
+            exports[name] = export.options(**common, memory=memory_estimate(trial)).remote(trial, folder)
             pending[exports[name]] = ("export", trial, None)
         return exports[name]
 
@@ -193,9 +230,9 @@ def run(trials, *, on_done, on_failed, on_progress=lambda done, running, failed:
         for trial, built in later:
             opts = dict(common, memory=memory_estimate(trial), resources=timed_phase)
             if built is None:  # times inside its build: the whole compress run holds the node's timing slot
-                pending[build.options(**opts).remote(trial, False, exports.get(trial.model["name"]))] = ("whole", trial, None)
+                pending[build.options(**opts).remote(trial, False, folder, exports.get(trial.model["name"]))] = ("whole", trial, None)
             else:
-                pending[timing.options(**opts).remote(trial, built)] = ("timing", trial, built)
+                pending[timing.options(**opts).remote(trial, built, folder)] = ("timing", trial, built)
         later.clear()
 
     for trial in sorted(trials, key=build_cost, reverse=True):  # longest first: no long build left alone at the end
@@ -204,35 +241,30 @@ def run(trials, *, on_done, on_failed, on_progress=lambda done, running, failed:
             later.append((trial, None))
         else:
             time_later = trial.options["bench"]
-            pending[build.options(**common, memory=memory_estimate(trial)).remote(trial, time_later, ref)] = ("build", trial, None)
-    try:
-        if not building():
-            submit_timing()
-        while pending:
-            on_progress(counts["done"], sum(phase != "export" for phase, _, _ in pending.values()), counts["failed"])
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            for ref in ready:
-                phase, trial, built = pending.pop(ref)
-                if phase == "export":  # its trials' builds take it (a failed export fails them, with its message)
-                    continue
-                try:
-                    value = ray.get(ref)
-                except Exception as e:  # noqa: BLE001 - the trial failed; the sweep goes on
-                    counts["failed"] += 1
-                    on_failed(trial, _message(e))
-                    continue
-                if phase == "build" and trial.options["bench"]:
-                    later.append((trial, value))
-                else:
-                    counts["done"] += 1
-                    on_done(trial, built if phase == "timing" else value, value if phase == "timing" else None)
-            if later and not building():
-                submit_timing()  # the last build is done: nothing else runs beside a timing now
-        on_progress(counts["done"], 0, counts["failed"])
-    except BaseException:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise
+            pending[build.options(**common, memory=memory_estimate(trial)).remote(trial, time_later, folder, ref)] = ("build", trial, None)
+    if not building():
+        submit_timing()
+    while pending:
+        on_progress(counts["done"], sum(phase != "export" for phase, _, _ in pending.values()), counts["failed"])
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+        for ref in ready:
+            phase, trial, built = pending.pop(ref)
+            if phase == "export":  # its trials' builds take it (a failed export fails them, with its message)
+                continue
+            try:
+                value = ray.get(ref)
+            except Exception as e:  # noqa: BLE001 - the trial failed; the sweep goes on
+                counts["failed"] += 1
+                on_failed(trial, _message(e))
+                continue
+            if phase == "build" and trial.options["bench"]:
+                later.append((trial, value))
+            else:
+                counts["done"] += 1
+                on_done(trial, built if phase == "timing" else value, value if phase == "timing" else None)
+        if later and not building():
+            submit_timing()  # the last build is done: nothing else runs beside a timing now
+    on_progress(counts["done"], 0, counts["failed"])
 
 
 def _message(error: Exception) -> str:
