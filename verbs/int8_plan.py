@@ -98,10 +98,10 @@ PLAN_BUDGET_SECONDS = 40.0
 # beyond the flips sub-millisecond layers show between runs of the same code, 6 interleaved rounds of 6 models, load 1.4-9)
 ISOLATED_RUN_SECONDS = 0.01
 # a model whose float run at a batch would take over this is timed at the batch that takes about this, but at no
-# smaller batch than MODEL_MIN_BATCH: its kernels are full there (RRDB, float 10 ms a sample: int8 3.3x float at batch
-# 16, 4.7x at 64; the Upsample and style Conv families 2.8x / 2.3x at 16, 2.6x / 2.4x at 64; load 1,
-# benchmarks/stand_in_batch.py), while a weight-bound layer's int8 gain still changes below it (the 47M DCGAN's first layer).
-# Batch 64's runs were most of RRDB's whole-model timing (0.7 s a float run)
+# smaller batch than MODEL_MIN_BATCH: its kernels are full there (every layer int8 against float at 16 / 64: RRDB
+# 2.76x / 2.87x, the Upsample GAN 3.11x / 3.59x, the style net 2.90x / 2.99x, SRGAN 2.37x / 2.93x, ESPCN 2.12x /
+# 2.46x; benchmarks/stand_in_batch.py, load 2.3-5), while a weight-bound layer's int8 gain still changes below it (the
+# 47M DCGAN's first layer). Batch 64's runs were most of RRDB's whole-model timing (0.4-0.7 s a float run)
 MODEL_RUN_SECONDS = 0.1
 MODEL_MIN_BATCH = 16
 ISOLATE_BYTES = 20e6  # with fewer groups than a greedy step takes, layers are timed alone only in models larger than this
