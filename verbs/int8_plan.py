@@ -104,6 +104,13 @@ ISOLATED_RUN_SECONDS = 0.01
 # 47M DCGAN's first layer). Batch 64's runs were most of RRDB's whole-model timing (0.4-0.7 s a float run)
 MODEL_RUN_SECONDS = 0.1
 MODEL_MIN_BATCH = 16
+
+
+def stand_in_batch(batch: int, sample_seconds: float) -> int:
+    """The batch a model is timed at in place of ``batch`` (larger than the smallest planned), its
+    float run taking ``sample_seconds`` a sample: the batch whose run takes about ``MODEL_RUN_SECONDS``,
+    at least ``MODEL_MIN_BATCH`` (or ``batch`` itself when smaller), at most ``batch``."""
+    return int(np.clip(MODEL_RUN_SECONDS / max(sample_seconds, 1e-12), min(batch, MODEL_MIN_BATCH), batch))
 ISOLATE_BYTES = 20e6  # with fewer groups than a greedy step takes, layers are timed alone only in models larger than this
 ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "Elu", "Selu", "HardSwish"})
 
@@ -422,9 +429,9 @@ def guard_seconds(total: dict) -> float:
     """About what timing a plan beside float in the whole model costs (seconds), from the summed
     float times of its layers alone per batch (``predict_groups``): two models, each batch at least
     ``TARGET_SLOT_SECONDS`` or ``MIN_RUNS`` runs, and the probe and warm-up runs; a large batch at
-    the batch that stands in for it (``interleaved_timer``)."""
+    the batch that stands in for it (``stand_in_batch``)."""
     smallest = min(total, default=0)
-    timed = {b: t if b == smallest else min(t, max(MODEL_RUN_SECONDS, t * MODEL_MIN_BATCH / b)) for b, t in total.items()}
+    timed = {b: t if b == smallest else t / b * stand_in_batch(b, t / b) for b, t in total.items()}
     return sum(2 * max(TARGET_SLOT_SECONDS, (MIN_RUNS + 2) * t) for t in timed.values())
 
 
@@ -1089,13 +1096,13 @@ def interleaved_timer(reference, *, header: onnx.ModelProto | None = None, provi
 
     float_session = None
     probed: dict = {}  # timed batch -> (feeds, runs, warm-up runs, float seconds a sample), from the float model's time
-    timed_at: dict = {}  # batch -> the batch it is timed at (``MODEL_RUN_SECONDS``)
+    timed_at: dict = {}  # batch -> the batch it is timed at (``stand_in_batch``)
 
     def slot(b):
         """(the batch ``b`` is timed at, its feeds, runs, warm-up runs); the float session has run on them."""
         if b not in timed_at:
             smaller = [t for t in probed if t < b]  # the float time a sample at the largest smaller batch timed (an upper bound)
-            timed_at[b] = int(np.clip(MODEL_RUN_SECONDS / probed[max(smaller)][3], min(b, MODEL_MIN_BATCH), b)) if smaller else b
+            timed_at[b] = stand_in_batch(b, probed[max(smaller)][3]) if smaller else b
         t = timed_at[b]
         if t not in probed:
             feeds = sample_inputs(specs, t, seed)
