@@ -189,7 +189,8 @@ def validate_recipe(recipe: Any) -> list[dict]:
     return steps
 
 
-QUANTIZING = {"insert_qdq", "plan_int8", "weight_only_quantize", "fp16_convert", "target_search"}
+STATIC_INT8 = ("insert_qdq", "plan_int8")  # calibrated, int8 weights (plan_int8: computed in int8 or float)
+QUANTIZING = {*STATIC_INT8, "weight_only_quantize", "fp16_convert", "target_search"}
 WEIGHT_TRAINING = {"magnitude_prune", "nm_prune", "channel_prune", "distill"}  # they need float weights
 
 

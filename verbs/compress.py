@@ -255,19 +255,17 @@ def compress(
     return written
 
 
-CALIBRATING_PASSES = ("insert_qdq", "plan_int8")
-
-
 def _calibration_count(reference, steps, sweep_recipes, log) -> tuple[list[dict], list[tuple[str, list[dict]]]]:
     """``steps`` and ``sweep_recipes`` with the default calibration count written into their static
     int8 steps that would draw it (no calib_size, no calib_data): counted once, from the reference,
     as quantize counts it, and said in quantize's note when the calibration budget cut it, so the
     count said is the count every step draws (and the report's recipe records it)."""
+    from gencompress.passes.registry import STATIC_INT8
     from gencompress.runtime_check.calibration import calib_size_note
 
     def draws(step) -> bool:
         options = step.get("options") or {}
-        return step["pass"] in CALIBRATING_PASSES and options.get("calib_size") is None and options.get("calib_data") is None
+        return step["pass"] in STATIC_INT8 and options.get("calib_size") is None and options.get("calib_data") is None
 
     if not any(draws(step) for recipe in [steps, *(r for _, r in sweep_recipes)] for step in recipe):
         return steps, sweep_recipes

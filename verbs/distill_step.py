@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from gencompress.verbs.distill import DEFAULTS, check_options
 from gencompress.errors import GencompressError
-from gencompress.passes.registry import GencompressPass, register
+from gencompress.passes.registry import STATIC_INT8, GencompressPass, register
 
 QUANTIZE_AWARE_CHOICES = ("auto", "none", "int8", "int4")
 
@@ -24,7 +24,7 @@ def quantize_aware_for(later_steps: list[dict]) -> tuple[str | None, int]:
     """(mode, int4 block size) the first quantization step after distillation stores weights with."""
     for step in later_steps:
         options = step.get("options") or {}
-        if step["pass"] in ("insert_qdq", "plan_int8"):  # plan_int8 stores every weight int8, computed in int8 or float
+        if step["pass"] in STATIC_INT8:  # plan_int8 stores every weight int8, computed in int8 or float
             return "int8", 64
         if step["pass"] == "weight_only_quantize":
             bits = options.get("bits", 8)
